@@ -1,0 +1,40 @@
+# Two commands do everything on a fresh Debian machine:
+#   make up     set up, build the images, bring up the example site
+#   make test   set up and run the whole suite (unit, real engine, real hub, browser)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SITE ?= config/example/site.yaml
+
+.PHONY: setup host host-test up down test unit bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+host:
+	scripts/host-setup.sh
+
+host-test:
+	scripts/host-setup.sh --test
+
+setup: $(VENV)/.installed host
+
+up: setup
+	$(VENV)/bin/hubdeploy --site $(SITE) up
+
+down: setup
+	$(VENV)/bin/hubdeploy --site $(SITE) down
+
+test: $(VENV)/.installed host-test
+	$(VENV)/bin/pytest -ra --durations=15
+
+unit: $(VENV)/.installed
+	$(VENV)/bin/pytest -ra tests/unit
+
+bench: setup
+	$(PY) benchmarks/spawn_latency.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from hubdeploy.cli import main
+
+main()

@@ -1,0 +1,269 @@
+"""The ``hubdeploy`` command: parse, call a plain function, print.
+
+Exit codes: 0 ok, 1 a failed operation, 2 bad input. A HubdeployError is printed as one
+clear message, never as a traceback; anything else is a bug and says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hubdeploy import __version__
+from hubdeploy.errors import HubdeployError, SiteError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _handle(fn):
+    """Turn HubdeployError into its exit code and message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except HubdeployError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+
+    return wrapper
+
+
+def _site_path(ctx: click.Context) -> Path:
+    return Path(ctx.obj["site"])
+
+
+def _print_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--site",
+    default="site.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    envvar="HUBDEPLOY_SITE",
+    help="The site description.",
+)
+@click.version_option(__version__, prog_name="hubdeploy")
+@click.pass_context
+def cli(ctx: click.Context, site: str) -> None:
+    """Run JupyterHub at a facility from one site description."""
+    ctx.ensure_object(dict)
+    ctx.obj["site"] = site
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+@_handle
+def init(directory: str) -> None:
+    """Write a commented, working demo site.yaml into DIRECTORY."""
+    from hubdeploy.init import write_demo_site
+
+    path = write_demo_site(Path(directory))
+    out.print(f"wrote {path}\nnext: hubdeploy --site {path} up")
+
+
+@cli.command()
+@click.pass_context
+@_handle
+def validate(ctx: click.Context) -> None:
+    """Check the site file; nothing is written or started."""
+    from hubdeploy.loader import load_site
+
+    site = load_site(_site_path(ctx))
+    out.print(f"{_site_path(ctx)}: ok (site {site.name}, {len(site.profiles)} profiles)")
+
+
+@cli.command()
+def schema() -> None:
+    """Print the site file's JSON Schema (for editors)."""
+    from hubdeploy.schema import json_schema
+
+    _print_json(json_schema())
+
+
+@cli.command("render")
+@click.pass_context
+@_handle
+def render_cmd(ctx: click.Context) -> None:
+    """Write compose.yaml and the hub's configuration into .hubdeploy/ beside the site file."""
+    from hubdeploy import stack
+
+    prep = stack.prepare(_site_path(ctx))
+    changed = stack.write(prep)
+    out.print(f"rendered {prep.rendered} ({len(changed)} files changed)")
+
+
+@cli.command()
+@click.option("--wait-timeout", default=300, show_default=True, help="Seconds to wait for health.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+@_handle
+def up(ctx: click.Context, wait_timeout: int, as_json: bool) -> None:
+    """Render, build missing images, start the stack and wait until it is healthy."""
+    from hubdeploy import stack
+
+    prep = stack.prepare(_site_path(ctx))
+    result = stack.up(prep, console=None if as_json else err, wait_timeout=wait_timeout)
+    if as_json:
+        _print_json(
+            {"url": result.url, "built": result.built, "changed_files": result.changed_files,
+             "seconds": round(result.seconds, 2)}
+        )
+    else:
+        built = f"built {', '.join(result.built)}; " if result.built else ""
+        out.print(f"{built}up in {result.seconds:.1f} s: [bold]{result.url}[/]")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_context
+@_handle
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Services, their health, and running user servers. Exit 1 when not healthy."""
+    from hubdeploy import stack
+
+    prep = stack.prepare(_site_path(ctx))
+    data = stack.status(prep)
+    if as_json:
+        _print_json(data)
+    else:
+        table = Table(title=f"site {data['site']}: {data['url']}")
+        for col in ("service", "state", "health"):
+            table.add_column(col)
+        for s in data["services"]:
+            table.add_row(s["service"], s["state"], s["health"] or "-")
+        out.print(table)
+        if data["servers"]:
+            servers = Table(title="user servers")
+            for col in ("user", "server", "profile", "container", "state"):
+                servers.add_column(col)
+            for s in data["servers"]:
+                servers.add_row(s["user"], s["server"] or "-", s["profile"] or "-", s["container"], s["state"])
+            out.print(servers)
+        else:
+            out.print("no user servers")
+    sys.exit(0 if data["healthy"] else 1)
+
+
+@cli.command()
+@click.argument("service", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Follow the log output.")
+@click.option("--tail", default="200", show_default=True, help="Lines from the end of each log.")
+@click.pass_context
+@_handle
+def logs(ctx: click.Context, service: str | None, follow: bool, tail: str) -> None:
+    """Show the logs of the stack, or of one SERVICE."""
+    from hubdeploy import stack
+
+    prep = stack.prepare(_site_path(ctx))
+    sys.exit(stack.logs(prep, service, follow, tail))
+
+
+@cli.command()
+@click.option("--volumes", is_flag=True, help="Also remove the hub database and user home volumes.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_handle
+def down(ctx: click.Context, volumes: bool, as_json: bool) -> None:
+    """Stop and remove the stack and user servers (data is kept unless --volumes)."""
+    from hubdeploy import stack
+
+    prep = stack.prepare(_site_path(ctx))
+    result = stack.down(prep, volumes=volumes)
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(
+            f"down: {prep.project} ({len(result['removed_servers'])} user servers removed"
+            + (f", {len(result['removed_volumes'])} volumes removed" if volumes else ", data kept")
+            + ")"
+        )
+
+
+@cli.command()
+@click.option("--throwaway", is_flag=True, help="Bring the stack up, test it, take it down with its volumes.")
+@click.option("--profile", "profiles", multiple=True, help="Profile(s) to test; default: all.")
+@click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML report here.")
+@click.option("--timeout", default=300, show_default=True, help="Seconds allowed per server start.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_handle
+def smoke(ctx: click.Context, throwaway: bool, profiles: tuple[str, ...], junit: str | None,
+          timeout: int, as_json: bool) -> None:
+    """Log a test user in, start every profile, run code in every kernel, clean up."""
+    from hubdeploy import smoke_cmd
+
+    report = smoke_cmd.smoke(
+        _site_path(ctx), throwaway=throwaway, profiles=list(profiles), timeout=timeout,
+        console=None if as_json else out,
+    )
+    if junit:
+        Path(junit).write_text(report.to_junit_xml())
+    if as_json:
+        _print_json(report.to_dict())
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.group("images")
+def images_group() -> None:
+    """The site's images: list and build."""
+
+
+@images_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_handle
+def images_list(ctx: click.Context, as_json: bool) -> None:
+    """Every image of the site with its tag and whether it is built."""
+    from hubdeploy import engine, images, stack
+
+    prep = stack.prepare(_site_path(ctx))
+    client = engine.docker_client()
+    missing = set(images.missing_images(prep.plans, client))
+    rows = [{"name": n, "ref": p.ref, "parent": p.parent, "built": n not in missing} for n, p in prep.plans.items()]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table()
+    for col in ("image", "ref", "parent", "built"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], r["ref"], r["parent"] or "-", "yes" if r["built"] else "[yellow]no[/]")
+    out.print(table)
+
+
+@images_group.command("build")
+@click.argument("names", nargs=-1)
+@click.option("--force", is_flag=True, help="Rebuild even when the tag exists.")
+@click.pass_context
+@_handle
+def images_build(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
+    """Build the site's images (only missing ones unless --force)."""
+    from hubdeploy import engine, images, stack
+
+    prep = stack.prepare(_site_path(ctx))
+    unknown = [n for n in names if n not in prep.plans]
+    if unknown:
+        raise SiteError(f"unknown image(s): {', '.join(unknown)}; images: {', '.join(prep.plans)}")
+    client = engine.docker_client()
+    built = images.build_images(
+        prep.plans, client=client, state_dir=prep.state, names=list(names) or None, force=force, console=err
+    )
+    out.print(f"built: {', '.join(built) if built else 'nothing (all up to date)'}")
+
+
+def main() -> None:
+    cli(obj={})

@@ -1,0 +1,371 @@
+"""Site -> the files of the stack: compose.yaml, the hub's data, the proxy's entrypoint.
+
+Everything here is a pure function of the site, the image refs and hubdeploy's own static
+files, so the same site renders byte-identical output (golden tests) and ``up`` on an
+unchanged site changes nothing. Changes reach containers through two hashes: image refs
+carry the hash of their build context, and each service carries a ``hubdeploy.config-hash``
+label over the files mounted into it, so compose recreates exactly the services whose
+inputs changed (compose itself does not look inside bind-mounted files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+from hubdeploy import resources
+from hubdeploy.schema import Site, memory_bytes
+
+HUB_PORT = 8081
+PROXY_API_PORT = 8001
+# The proxy listens on this port inside its container; the site's public port maps to it.
+PROXY_PORT = 8000
+NOTEBOOK_PORT = 8888
+
+CULLER_SCOPES = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+
+
+def project_name(site: Site) -> str:
+    return f"hubdeploy-{site.name}"
+
+
+def state_dir(site_file: Path) -> Path:
+    return site_file.resolve().parent / ".hubdeploy"
+
+
+def _sha(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(hashlib.sha256(p).digest())
+    return h.hexdigest()[:16]
+
+
+def _smoke_scopes() -> list[str]:
+    from hubdeploy.smoke.hubclient import SMOKE_SERVICE_SCOPES
+
+    return list(SMOKE_SERVICE_SCOPES)
+
+
+def hub_data(site: Site, refs: dict[str, str]) -> dict[str, Any]:
+    """The data the static jupyterhub_config.py reads (docs/design.md, "hub.json")."""
+    prefix = project_name(site)
+    services = [
+        {
+            "name": "hubdeploy-smoke",
+            "token_file": "/run/secrets/service-hubdeploy-smoke_token",
+            "url": None,
+            "scopes": _smoke_scopes(),
+        }
+    ]
+    if site.services.idle_culler.enabled:
+        services.append(
+            {
+                "name": "idle-culler",
+                "token_file": "/run/secrets/service-idle-culler_token",
+                "url": None,
+                "scopes": CULLER_SCOPES,
+            }
+        )
+    for svc in site.services.extra:
+        url = svc.url
+        if svc.command is not None and svc.port is not None:
+            url = f"http://{svc.name}:{svc.port}"
+        services.append(
+            {
+                "name": svc.name,
+                "token_file": f"/run/secrets/service-{svc.name}_token",
+                "url": url,
+                "scopes": list(svc.scopes),
+            }
+        )
+    if site.database.type == "postgresql":
+        database = {
+            "url": "postgresql://jupyterhub@db:5432/jupyterhub",
+            "password_file": "/run/secrets/db_password",
+        }
+    else:
+        database = {"url": "sqlite:////srv/jupyterhub/data/jupyterhub.sqlite"}
+    profiles = []
+    for p in site.profiles:
+        profiles.append(
+            {
+                "name": p.name,
+                "display_name": p.display_name or p.name,
+                "description": p.description,
+                "image": p.image,
+                "image_ref": refs[p.image],
+                "node": p.node,
+                "cpu": p.cpu,
+                "mem_limit": memory_bytes(p.memory) if p.memory else None,
+                "home": p.home,
+                "volumes": [v.model_dump() for v in p.volumes],
+                "environment": dict(p.environment),
+                "default": p.default,
+                "spawner_config": dict(p.spawner_config),
+            }
+        )
+    return {
+        "site": site.name,
+        "hub": {"ip": "0.0.0.0", "port": HUB_PORT, "connect_url": f"http://hub:{HUB_PORT}"},
+        "cookie_secret_file": "/run/secrets/cookie_secret",
+        "proxy": {
+            "api_url": f"http://proxy-api:{PROXY_API_PORT}",
+            "token_file": "/run/secrets/proxy_token",
+            "route_check_interval": site.proxy.route_check_interval,
+        },
+        "database": database,
+        "authenticator": {
+            "class": site.hub.authenticator.class_,
+            "config": dict(site.hub.authenticator.config),
+        },
+        "admin_users": list(site.hub.admin_users),
+        "services": services,
+        "spawner": {
+            "backend": "docker",
+            "backend_config": {"network": f"{prefix}-users", "prefix": prefix, "site": site.name},
+            "profiles": profiles,
+        },
+        "config": {k: dict(v) for k, v in site.hub.config.items()},
+    }
+
+
+PROXY_ENTRYPOINT = """\
+#!/bin/sh
+# Rendered by hubdeploy. Starts configurable-http-proxy without its token in argv,
+# compose.yaml or `docker inspect`, with its REST API bound to the internal network only,
+# and without root.
+set -eu
+CONFIGPROXY_AUTH_TOKEN="$(cat /run/secrets/proxy_token)"
+export CONFIGPROXY_AUTH_TOKEN
+# Our own address on the internal network: only the proxy carries the alias proxy-api.
+api_ip="$(getent hosts proxy-api | awk 'NR == 1 { print $1 }')"
+if [ -z "$api_ip" ]; then
+  echo "hubdeploy: cannot resolve proxy-api on the internal network" >&2
+  exit 1
+fi
+if [ -f /etc/hubdeploy/tls/key.pem ]; then
+  # The key on the host may be root-only; hand the unprivileged proxy its own copy.
+  install -m 0400 -o nobody /etc/hubdeploy/tls/key.pem /tmp/tls-key.pem
+  set -- "$@" --ssl-key /tmp/tls-key.pem --ssl-cert /etc/hubdeploy/tls/cert.pem
+fi
+exec setpriv --reuid=nobody --regid=nogroup --init-groups \\
+  configurable-http-proxy --ip 0.0.0.0 --port {proxy_port} \\
+  --api-ip "$api_ip" --api-port {api_port} \\
+  --default-target http://hub:{hub_port} --error-target http://hub:{hub_port}/hub/error \\
+  "$@"
+""".format(proxy_port=PROXY_PORT, api_port=PROXY_API_PORT, hub_port=HUB_PORT)
+
+# Health checks run inside the images, which have node (proxy) and python (hub).
+PROXY_HEALTH = (
+    "require('{scheme}').get({{host: '127.0.0.1', port: {port}, path: '/_chp_healthz', rejectUnauthorized: false}},"
+    " r => process.exit(r.statusCode == 200 ? 0 : 1)).on('error', () => process.exit(1))"
+)
+HUB_HEALTH = (
+    "import urllib.request,sys;"
+    "sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{port}/hub/health', timeout=4).status == 200 else 1)"
+)
+
+
+def _healthcheck(test: list[str]) -> dict[str, Any]:
+    return {"test": test, "interval": "5s", "timeout": "5s", "retries": 5, "start_period": "60s"}
+
+
+def compose_data(site: Site, refs: dict[str, str], hashes: dict[str, str], tls: dict[str, str] | None) -> dict:
+    """The compose document. ``hashes`` are the config hashes of mounted files per service;
+    ``tls`` maps 'cert'/'key' to absolute host paths when TLS is on."""
+    prefix = project_name(site)
+    secret_list = lambda names: sorted(names)  # noqa: E731 - compose wants a list
+    nets = {
+        "internal": {"name": f"{prefix}-internal", "internal": True},
+        "users": {"name": f"{prefix}-users"},
+    }
+    hub_secrets = ["cookie_secret", "proxy_token", "service-hubdeploy-smoke_token"]
+    if site.services.idle_culler.enabled:
+        hub_secrets.append("service-idle-culler_token")
+    hub_secrets += [f"service-{s.name}_token" for s in site.services.extra]
+    volumes: dict[str, Any] = {"hub-data": {"name": f"{prefix}-hub-data"}}
+    scheme = "https" if tls else "http"
+
+    proxy_volumes = ["./proxy/entrypoint.sh:/etc/hubdeploy/proxy-entrypoint.sh:ro"]
+    if tls:
+        proxy_volumes += [f"{tls['cert']}:/etc/hubdeploy/tls/cert.pem:ro", f"{tls['key']}:/etc/hubdeploy/tls/key.pem:ro"]
+    services: dict[str, Any] = {
+        "proxy": {
+            "image": refs["proxy"],
+            "pull_policy": "never",
+            "entrypoint": ["/bin/sh", "/etc/hubdeploy/proxy-entrypoint.sh"],
+            "command": [],
+            "ports": [f"{site.public.host}:{site.public.port}:{PROXY_PORT}"],
+            "networks": {"internal": {"aliases": ["proxy-api"]}, "users": {}},
+            "secrets": ["proxy_token"],
+            "volumes": proxy_volumes,
+            "labels": {"hubdeploy.site": site.name, "hubdeploy.config-hash": hashes["proxy"]},
+            "healthcheck": _healthcheck(
+                ["CMD", "node", "-e", PROXY_HEALTH.format(scheme=scheme, port=PROXY_PORT)]
+            ),
+            "restart": "unless-stopped",
+        },
+        "hub": {
+            "image": refs["hub"],
+            "pull_policy": "never",
+            "command": ["jupyterhub", "-f", "/etc/jupyterhub/jupyterhub_config.py"],
+            "networks": {"internal": {"aliases": ["hub"]}, "users": {"aliases": ["hub"]}},
+            "secrets": secret_list(hub_secrets + (["db_password"] if site.database.type == "postgresql" else [])),
+            "volumes": [
+                "./hub/jupyterhub_config.py:/etc/jupyterhub/jupyterhub_config.py:ro",
+                "./hub/hub.json:/etc/hubdeploy/hub.json:ro",
+                "hub-data:/srv/jupyterhub/data",
+                # The docker backend starts login-node notebooks on this engine.
+                "/var/run/docker.sock:/var/run/docker.sock",
+            ],
+            "labels": {"hubdeploy.site": site.name, "hubdeploy.config-hash": hashes["hub"]},
+            "healthcheck": _healthcheck(["CMD", "python3", "-c", HUB_HEALTH.format(port=HUB_PORT)]),
+            "depends_on": {"proxy": {"condition": "service_healthy"}},
+            "restart": "unless-stopped",
+        },
+    }
+    if site.database.type == "postgresql":
+        volumes["db-data"] = {"name": f"{prefix}-db-data"}
+        services["db"] = {
+            "image": refs["db"],
+            "pull_policy": "never",
+            "networks": {"internal": {}},
+            "secrets": ["db_password"],
+            "volumes": ["db-data:/var/lib/postgresql/data"],
+            "labels": {"hubdeploy.site": site.name},
+            "healthcheck": _healthcheck(["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "jupyterhub"]),
+            "restart": "unless-stopped",
+        }
+        services["hub"]["depends_on"]["db"] = {"condition": "service_healthy"}
+    hub_api = f"http://hub:{HUB_PORT}/hub/api"
+    if site.services.idle_culler.enabled:
+        c = site.services.idle_culler
+        services["idle-culler"] = {
+            "image": refs["hub"],
+            "pull_policy": "never",
+            "command": [
+                "python3", "-m", "hubdeploy.hub.run",
+                "--env", "JUPYTERHUB_API_TOKEN=/run/secrets/service-idle-culler_token",
+                "--user", "nobody", "--",
+                "python3", "-m", "jupyterhub_idle_culler",
+                f"--url={hub_api}", f"--timeout={c.timeout}", f"--cull-every={c.every}",
+            ],
+            "networks": {"internal": {}},
+            "secrets": ["service-idle-culler_token"],
+            "labels": {"hubdeploy.site": site.name},
+            "depends_on": {"hub": {"condition": "service_healthy"}},
+            "restart": "unless-stopped",
+        }
+    for svc in site.services.extra:
+        if svc.command is None:
+            continue
+        token = f"service-{svc.name}_token"
+        env = {
+            "JUPYTERHUB_API_URL": hub_api,
+            "JUPYTERHUB_SERVICE_NAME": svc.name,
+            "JUPYTERHUB_SERVICE_PREFIX": f"/services/{svc.name}/",
+            **svc.environment,
+        }
+        if svc.image is None:
+            # Our hub image has the secret-to-environment wrapper.
+            command = ["python3", "-m", "hubdeploy.hub.run", "--env", f"JUPYTERHUB_API_TOKEN=/run/secrets/{token}",
+                       "--user", "nobody", "--", *svc.command]
+        else:
+            # A foreign image gets the token as a file path, never as a value.
+            command = list(svc.command)
+            env["JUPYTERHUB_API_TOKEN_FILE"] = f"/run/secrets/{token}"
+        if svc.port is not None:
+            env["JUPYTERHUB_SERVICE_URL"] = f"http://0.0.0.0:{svc.port}"
+        services[svc.name] = {
+            "image": svc.image or refs["hub"],
+            "pull_policy": "never" if svc.image is None else "missing",
+            "command": command,
+            "environment": dict(sorted(env.items())),
+            "networks": {"internal": {}},
+            "secrets": [token],
+            "labels": {"hubdeploy.site": site.name},
+            "depends_on": {"hub": {"condition": "service_healthy"}},
+            "restart": "unless-stopped",
+        }
+    all_secrets = sorted({s for svc in services.values() for s in svc.get("secrets", [])})
+    return {
+        "name": prefix,
+        "services": services,
+        "networks": nets,
+        "volumes": volumes,
+        "secrets": {name: {"file": f"../secrets/{name}"} for name in all_secrets},
+    }
+
+
+def _dump_yaml(data: Any) -> bytes:
+    import io
+
+    yaml = YAML()
+    yaml.default_flow_style = False
+    yaml.width = 4096  # never fold long health-check commands
+    buf = io.StringIO()
+    buf.write("# Rendered by hubdeploy from the site description; edit the site file, not this.\n")
+    yaml.dump(data, buf)
+    return buf.getvalue().encode()
+
+
+def render(site: Site, site_dir: Path, refs: dict[str, str]) -> dict[str, bytes]:
+    """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic."""
+    hub_config = resources.read_bytes("config/jupyterhub_config.py")
+    hub_json = (json.dumps(hub_data(site, refs), indent=2, sort_keys=True) + "\n").encode()
+    entry = PROXY_ENTRYPOINT.encode()
+    tls = None
+    tls_bytes: list[bytes] = []
+    if site.tls is not None:
+        tls = {k: str((site_dir / getattr(site.tls, k)).resolve()) for k in ("cert", "key")}
+        # Hash the certificate, not the key: a renewed cert must recreate the proxy, and the
+        # key's bytes never need to enter anything we print.
+        tls_bytes = [Path(tls["cert"]).read_bytes(), tls["key"].encode()]
+    hashes = {
+        "hub": _sha(hub_config, hub_json),
+        "proxy": _sha(entry, *tls_bytes),
+    }
+    files = {
+        "compose.yaml": _dump_yaml(compose_data(site, refs, hashes, tls)),
+        "hub/jupyterhub_config.py": hub_config,
+        "hub/hub.json": hub_json,
+        "proxy/entrypoint.sh": entry,
+    }
+    return files
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> list[str]:
+    """Write ``files`` under ``root``, each atomically (temp file + rename), only if changed.
+
+    Unchanged files keep their mtime, so an unchanged site touches nothing. Files of an
+    earlier render that are no longer produced are removed. Returns the paths written.
+    """
+    written = []
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, data in sorted(files.items()):
+        path = root / rel
+        if path.is_file() and path.read_bytes() == data:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o755 if rel.endswith(".sh") else 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        written.append(rel)
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and str(path.relative_to(root)) not in files:
+            path.unlink()
+    return written

@@ -1,0 +1,313 @@
+"""The site description: one closed pydantic model per level.
+
+Every model forbids unknown keys (``extra="forbid"``) so that a misspelt key is an
+error rather than a silent no-op (the-littlest-jupyterhub once accepted unknown
+top-level keys because its ``additionalProperties: false`` sat at the wrong depth).
+The deliberate escape hatches are ``hub.config``, ``hub.authenticator.config`` and
+``profiles[].spawner_config``: free-form JupyterHub traits, like z2jh's ``hub.config``.
+
+Nothing here touches the disk or a daemon; :mod:`hubdeploy.loader` turns YAML into
+these models and pydantic errors into messages with file, line and column.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+# Names end up in container, volume, network and image names: keep them to the
+# characters every one of those accepts, and short enough to leave room for suffixes.
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,30}$")]
+# Memory sizes as Docker and Slurm both understand them: 512M, 2G, 1.5G.
+MEMORY_RE = re.compile(r"^(\d+(\.\d+)?)([KMGT])$")
+Memory = Annotated[str, StringConstraints(pattern=MEMORY_RE.pattern)]
+# A trait-section name such as "JupyterHub" or "Spawner".
+TraitSection = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+# pip requirement or Debian package: no options, no URLs with spaces, no shell.
+Package = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+\-\[\],<>=!~*]*$")]
+# A username allowed for admin_users; anything printable except whitespace and '/'.
+Username = Annotated[str, StringConstraints(pattern=r"^[^\s/]{1,255}$")]
+
+
+def memory_bytes(value: str) -> int:
+    """``"2G"`` -> 2147483648. The schema already guarantees the format."""
+    m = MEMORY_RE.match(value)
+    assert m, value
+    scale = {"K": 1, "M": 2, "G": 3, "T": 4}[m.group(3)]
+    return int(float(m.group(1)) * 1024**scale)
+
+
+class Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Public(Closed):
+    """Where users reach the hub. The demo binds loopback only."""
+
+    host: str = Field("127.0.0.1", description="Address the proxy's public port binds on the host.")
+    port: int = Field(8000, ge=1, le=65535, description="Public port of the proxy.")
+
+
+class TLS(Closed):
+    """TLS terminated by configurable-http-proxy. Paths are relative to the site file."""
+
+    cert: str = Field(description="PEM certificate chain file.")
+    key: str = Field(description="PEM private key file.")
+
+
+class Authenticator(Closed):
+    # JupyterHub resolves short names through its "jupyterhub.authenticators" entry
+    # points ("dummy", "github", "ldapauthenticator", ...), so any installed
+    # authenticator works without hubdeploy knowing about it.
+    class_: str = Field(
+        "dummy",
+        alias="class",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]*$",
+        description="Authenticator entry-point name or import path.",
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Traits of the authenticator class, passed through as is."
+    )
+    packages: list[Package] = Field(
+        default_factory=list, description="Extra pip packages the hub image needs for this authenticator."
+    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Hub(Closed):
+    jupyterhub_version: str = Field(
+        "6.1.1",
+        pattern=r"^\d+\.\d+\.\d+$",
+        description="JupyterHub version of the hub; notebook images get the same jupyterhub-singleuser.",
+    )
+    authenticator: Authenticator = Field(default_factory=Authenticator)
+    admin_users: list[Username] = Field(default_factory=list)
+    config: dict[TraitSection, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Pass-through JupyterHub traits, e.g. {JupyterHub: {shutdown_on_logout: true}}.",
+    )
+
+
+class Database(Closed):
+    type: Literal["sqlite", "postgresql"] = Field(
+        "sqlite", description="sqlite on a volume, or PostgreSQL as its own service."
+    )
+
+
+class Proxy(Closed):
+    route_check_interval: int = Field(
+        5,
+        ge=1,
+        le=300,
+        description="Seconds between the hub's checks that the proxy still has every route "
+        "(restores routes quickly after a proxy restart).",
+    )
+
+
+class IdleCuller(Closed):
+    enabled: bool = True
+    timeout: int = Field(3600, ge=60, description="Seconds of inactivity before a server is stopped.")
+    every: int = Field(300, ge=10, description="Seconds between culler runs.")
+
+
+class ExtraService(Closed):
+    """A hub service: an external URL, or a container that runs a command."""
+
+    name: Name
+    url: str | None = Field(None, description="URL the hub proxies /services/NAME to.")
+    command: list[str] | None = Field(None, min_length=1, description="argv of a container service.")
+    image: str | None = Field(
+        None,
+        description="Image for a container service; default: the hub image "
+        "(which exports JUPYTERHUB_API_TOKEN from the secret file).",
+    )
+    port: int | None = Field(None, ge=1, le=65535, description="Port a container service listens on.")
+    scopes: list[str] = Field(default_factory=list, description="Scopes of the service's API token.")
+    environment: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "ExtraService":
+        if (self.url is None) == (self.command is None):
+            raise ValueError("a service needs exactly one of 'url' or 'command'")
+        if self.image is not None and self.command is None:
+            raise ValueError("'image' only applies to a container service (one with 'command')")
+        return self
+
+
+class Services(Closed):
+    idle_culler: IdleCuller = Field(default_factory=IdleCuller)
+    extra: list[ExtraService] = Field(default_factory=list)
+
+    @field_validator("extra")
+    @classmethod
+    def _unique(cls, v: list[ExtraService]) -> list[ExtraService]:
+        names = [s.name for s in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate service names: {', '.join(sorted(dup))}")
+        reserved = {"idle-culler", "hubdeploy-smoke"} & set(names)
+        if reserved:
+            raise ValueError(f"reserved service names: {', '.join(sorted(reserved))}")
+        return v
+
+
+class Debian(Closed):
+    suite: str = Field("bookworm", pattern=r"^[a-z]+$")
+    mirror: str = Field("http://deb.debian.org/debian", pattern=r"^https?://\S+$")
+
+
+class Build(Closed):
+    """How images are built here: trust and proxies apply to every build step."""
+
+    ca_bundle: str | None = Field(
+        None, description="PEM bundle of the site's CA (for TLS-inspecting proxies). Relative to the site file."
+    )
+    http_proxy: str | None = None
+    https_proxy: str | None = None
+    no_proxy: str | None = None
+    debian: Debian = Field(default_factory=Debian)
+
+
+class BaseImage(Closed):
+    from_: str | None = Field(
+        None,
+        alias="from",
+        description="Local image to build the base on; default: a Debian rootfs bootstrapped from the mirror.",
+    )
+    apt: list[Package] = Field(default_factory=list)
+    pip: list[Package] = Field(default_factory=list)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("from_")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        if v is not None and not IMAGE_REF_RE.match(v):
+            raise ValueError(f"not a valid image reference: {v!r}")
+        return v
+
+
+# Docker's reference grammar, simplified: [registry[:port]/]path[:tag][@digest].
+IMAGE_REF_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+
+class CollaborationImage(Closed):
+    parent: Name = Field("base", description="'base' or another collaboration image.")
+    description: str = ""
+    apt: list[Package] = Field(default_factory=list)
+    pip: list[Package] = Field(default_factory=list)
+
+
+class Images(Closed):
+    base: BaseImage = Field(default_factory=BaseImage)
+    collaborations: dict[Name, CollaborationImage] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _graph(self) -> "Images":
+        if "base" in self.collaborations:
+            raise ValueError("'base' is reserved for the base image")
+        for name, img in self.collaborations.items():
+            seen = [name]
+            parent = img.parent
+            while parent != "base":
+                if parent not in self.collaborations:
+                    raise ValueError(f"image {name!r}: parent {parent!r} is not declared")
+                if parent in seen:
+                    raise ValueError(f"image {name!r}: parent cycle {' -> '.join(seen + [parent])}")
+                seen.append(parent)
+                parent = self.collaborations[parent].parent
+        return self
+
+    def names(self) -> list[str]:
+        return ["base", *sorted(self.collaborations)]
+
+
+class Volume(Closed):
+    source: str = Field(description="Absolute host path, or a Docker volume name.")
+    target: str = Field(description="Absolute path in the notebook container.")
+    read_only: bool = True
+
+    @field_validator("target")
+    @classmethod
+    def _abs(cls, v: str) -> str:
+        if not PurePosixPath(v).is_absolute() or ".." in PurePosixPath(v).parts:
+            raise ValueError("target must be an absolute path without '..'")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _src(cls, v: str) -> str:
+        if v.startswith("/"):
+            if ".." in PurePosixPath(v).parts:
+                raise ValueError("source path must not contain '..'")
+        elif not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$", v):
+            raise ValueError("source must be an absolute host path or a Docker volume name")
+        return v
+
+
+class Profile(Closed):
+    name: Name
+    display_name: str | None = None
+    description: str = ""
+    image: Name = Field(description="'base' or a collaboration image name.")
+    node: Literal["login"] = Field("login", description="Where the server runs (compute nodes: Slurm backend).")
+    cpu: float | None = Field(None, gt=0, le=1024, description="CPU limit in cores.")
+    memory: Memory | None = Field(None, description="Memory limit, e.g. 2G.")
+    home: bool = Field(True, description="Mount a per-user home volume at /home/jovyan.")
+    volumes: list[Volume] = Field(default_factory=list)
+    environment: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(
+        default_factory=dict
+    )
+    default: bool = False
+    spawner_config: dict[str, Any] = Field(
+        default_factory=dict, description="Pass-through Spawner traits for this profile."
+    )
+
+
+class Site(Closed):
+    """A facility's JupyterHub, described in one file."""
+
+    name: Name = Field(description="Site name; prefixes every container, network, volume and image.")
+    public: Public = Field(default_factory=Public)
+    tls: TLS | None = None
+    hub: Hub = Field(default_factory=Hub)
+    database: Database = Field(default_factory=Database)
+    proxy: Proxy = Field(default_factory=Proxy)
+    services: Services = Field(default_factory=Services)
+    build: Build = Field(default_factory=Build)
+    images: Images = Field(default_factory=Images)
+    profiles: list[Profile] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _profiles(self) -> "Site":
+        known = set(self.images.names())
+        for i, p in enumerate(self.profiles):
+            if p.image not in known:
+                raise ValueError(
+                    f"profiles[{i}] ({p.name}): image {p.image!r} is not declared; "
+                    f"declared: {', '.join(sorted(known))}"
+                )
+        names = [p.name for p in self.profiles]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate profile names: {', '.join(dup)}")
+        if sum(p.default for p in self.profiles) > 1:
+            raise ValueError("at most one profile may be the default")
+        return self
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema editors use (``hubdeploy schema``); aliases as written in YAML."""
+    return Site.model_json_schema(by_alias=True)

@@ -1,0 +1,67 @@
+"""Stack secrets: generated once, stored owner-only, reused on every ``up``.
+
+Secrets live in ``.hubdeploy/secrets/`` (0700, files 0600) beside the site file. Only their
+*paths* ever leave this module: compose mounts them at ``/run/secrets/NAME``; the hub,
+proxy and services read the files themselves, so no value appears in compose.yaml, argv,
+``docker inspect``, logs or ``--json``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+from pathlib import Path
+
+from hubdeploy.errors import OperationError
+
+
+def secret_names(site) -> list[str]:
+    """Every secret a site's stack needs, in a stable order."""
+    names = ["cookie_secret", "proxy_token", "service-hubdeploy-smoke_token"]
+    if site.services.idle_culler.enabled:
+        names.append("service-idle-culler_token")
+    names += [f"service-{s.name}_token" for s in site.services.extra]
+    if site.database.type == "postgresql":
+        names.append("db_password")
+    return names
+
+
+def ensure_secrets(secrets_dir: Path, names: list[str]) -> dict[str, Path]:
+    """Create the missing secrets (32 random bytes, hex) and return name -> path.
+
+    Existing files are reused as they are, so cookies and tokens survive every ``up``.
+    A file is created with O_EXCL and mode 0600 from the start: there is no moment at
+    which a secret is world-readable.
+    """
+    secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(secrets_dir, 0o700)
+    paths = {}
+    for name in names:
+        path = secrets_dir / name
+        if not path.exists():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # raced with another `up`: theirs wins
+                pass
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(_random.token_hex(32))
+                    f.flush()
+                    os.fsync(f.fileno())
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise OperationError(
+                f"secret file {path} is readable by others (mode {mode:o})",
+                hint=f"chmod 600 {path}",
+            )
+        paths[name] = path
+    return paths
+
+
+def read_secret(secrets_dir: Path, name: str) -> str:
+    """The value of one secret (for the smoke test's service token)."""
+    path = secrets_dir / name
+    try:
+        return path.read_text().strip()
+    except OSError:
+        raise OperationError(f"secret {name!r} is missing; run `hubdeploy up` first") from None

@@ -1,0 +1,45 @@
+"""``hubdeploy smoke``: prove a site's stack works, as a user would use it.
+
+Sites whose authenticator has a login form (the dummy authenticator) are tested through
+that form; others through the ``hubdeploy-smoke`` hub service, whose token hubdeploy
+provisions with the narrowest scopes that work (hubdeploy.smoke.hubclient).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hubdeploy import stack
+from hubdeploy.secrets import read_secret
+
+FORM_AUTHENTICATORS = {"dummy", "jupyterhub.auth.DummyAuthenticator"}
+
+
+def smoke(site_file: Path, *, throwaway: bool = False, profiles: list[str] | None = None,
+          timeout: int = 300, console=None):
+    """Run the smoke test; returns a SmokeReport (never raises for a failed step)."""
+    from hubdeploy.errors import SiteError
+    from hubdeploy.smoke.run import run_smoke
+
+    prep = stack.prepare(site_file)
+    known = [p.name for p in prep.site.profiles]
+    unknown = [p for p in profiles or [] if p not in known]
+    if unknown:
+        raise SiteError(f"unknown profile(s): {', '.join(unknown)}; profiles: {', '.join(known)}")
+    if throwaway:
+        stack.up(prep, console=console)
+    try:
+        auth = prep.site.hub.authenticator
+        use_form = auth.class_ in FORM_AUTHENTICATORS
+        token = None if use_form else read_secret(prep.state / "secrets", "service-hubdeploy-smoke_token")
+        return run_smoke(
+            prep.url,
+            profiles=profiles or known,
+            password=auth.config.get("password") if use_form else None,
+            service_token=token,
+            timeout=timeout,
+            console=console,
+        )
+    finally:
+        if throwaway:
+            stack.down(prep, volumes=True)

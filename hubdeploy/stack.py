@@ -1,0 +1,236 @@
+"""Operating a site's stack: up, status, logs, down.
+
+Each operation first does all its pure work (load and validate the site, plan images,
+render files) so that bad input fails with exit code 2 before anything is written or
+started; only then does it talk to the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubdeploy import engine, images, render
+from hubdeploy.errors import OperationError, SiteError
+from hubdeploy.loader import load_site
+from hubdeploy.schema import Site
+from hubdeploy.secrets import ensure_secrets, secret_names
+
+
+@dataclass
+class Prepared:
+    """A validated site with everything derived from it, before any side effect."""
+
+    site_file: Path
+    site: Site
+    plans: dict[str, Any]
+    files: dict[str, bytes]
+
+    @property
+    def state(self) -> Path:
+        return render.state_dir(self.site_file)
+
+    @property
+    def rendered(self) -> Path:
+        return self.state / "rendered"
+
+    @property
+    def compose_file(self) -> Path:
+        return self.rendered / "compose.yaml"
+
+    @property
+    def project(self) -> str:
+        return render.project_name(self.site)
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.site.tls else "http"
+        host = self.site.public.host
+        host = "localhost" if host in ("0.0.0.0", "::") else host
+        return f"{scheme}://{host}:{self.site.public.port}/"
+
+
+def prepare(site_file: Path) -> Prepared:
+    """Load, validate, plan and render in memory. Raises SiteError on bad input."""
+    site = load_site(site_file)
+    site_dir = site_file.resolve().parent
+    plans = images.plan_images(site, site_dir)
+    files = render.render(site, site_dir, images.image_refs(plans))
+    return Prepared(site_file, site, plans, files)
+
+
+def write(prep: Prepared) -> list[str]:
+    """Create missing secrets and write the rendered files; returns the files changed."""
+    ensure_secrets(prep.state / "secrets", secret_names(prep.site))
+    return render.write_files(prep.rendered, prep.files)
+
+
+def _port_free(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _our_proxy_running(client, prep: Prepared) -> bool:
+    found = client.containers.list(
+        filters={"label": [f"com.docker.compose.project={prep.project}", "com.docker.compose.service=proxy"]}
+    )
+    return bool(found)
+
+
+@dataclass
+class UpResult:
+    url: str
+    built: list[str] = field(default_factory=list)
+    changed_files: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
+    """Render, build what is missing, start, wait until healthy."""
+    t0 = time.monotonic()
+    client = engine.docker_client()
+    engine.compose_command()
+    if not _port_free(prep.site.public.host, prep.site.public.port) and not _our_proxy_running(client, prep):
+        raise OperationError(
+            f"port {prep.site.public.port} on {prep.site.public.host} is already in use",
+            hint="stop what uses it, or change public.port in the site file",
+        )
+    changed = write(prep)
+    built = images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
+    if console:
+        console.print(f"[bold]starting[/] {prep.project}")
+    proc = engine.compose(
+        prep.project,
+        prep.compose_file,
+        ["up", "--detach", "--wait", "--wait-timeout", str(wait_timeout), "--remove-orphans"],
+        capture=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise OperationError(
+            "the stack did not become healthy:\n" + _unhealthy_report(prep),
+            hint=f"hubdeploy --site {prep.site_file} logs",
+        )
+    return UpResult(prep.url, built, changed, time.monotonic() - t0)
+
+
+def services(prep: Prepared) -> list[dict[str, Any]]:
+    """One dict per compose service: name, state, health, container."""
+    if not prep.compose_file.exists():
+        return []
+    proc = engine.compose(prep.project, prep.compose_file, ["ps", "--all", "--format", "json"], capture=True)
+    out = []
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        rows = json.loads(line)
+        for row in rows if isinstance(rows, list) else [rows]:
+            out.append(
+                {
+                    "service": row.get("Service"),
+                    "state": row.get("State"),
+                    "health": row.get("Health") or None,
+                    "container": row.get("Name"),
+                }
+            )
+    return sorted(out, key=lambda r: r["service"] or "")
+
+
+def notebook_containers(client, site: Site) -> list:
+    """Containers the backends started for this site (login-node notebooks)."""
+    return client.containers.list(
+        all=True, filters={"label": [f"hubdeploy.site={site.name}", "hubdeploy.user"]}
+    )
+
+
+def status(prep: Prepared) -> dict[str, Any]:
+    """The stack's services and running user servers, as data (``status --json``)."""
+    client = engine.docker_client()
+    svcs = services(prep)
+    servers = []
+    for c in notebook_containers(client, prep.site):
+        labels = c.labels
+        servers.append(
+            {
+                "user": labels.get("hubdeploy.user"),
+                "server": labels.get("hubdeploy.server", ""),
+                "profile": labels.get("hubdeploy.profile"),
+                "container": c.name,
+                "state": c.status,
+            }
+        )
+    expected = _expected_services(prep)
+    running = {s["service"] for s in svcs if s["state"] == "running" and s["health"] in (None, "", "healthy")}
+    return {
+        "site": prep.site.name,
+        "url": prep.url,
+        "healthy": bool(expected) and expected <= running,
+        "services": svcs,
+        "servers": sorted(servers, key=lambda s: (s["user"] or "", s["server"])),
+    }
+
+
+def _expected_services(prep: Prepared) -> set[str]:
+    from ruamel.yaml import YAML
+
+    return set(YAML(typ="safe").load(prep.files["compose.yaml"])["services"])
+
+
+def _unhealthy_report(prep: Prepared) -> str:
+    lines = []
+    try:
+        for s in services(prep):
+            lines.append(f"  {s['service']}: {s['state']} {s['health'] or ''}".rstrip())
+            if s["state"] != "running" or s["health"] not in (None, "", "healthy"):
+                proc = engine.compose(
+                    prep.project, prep.compose_file, ["logs", "--no-color", "--tail", "15", s["service"]],
+                    capture=True, check=False,
+                )
+                lines += [f"    | {line}" for line in proc.stdout.splitlines()[-15:]]
+    except OperationError as exc:
+        lines.append(f"  (could not read the stack's state: {exc.message})")
+    return "\n".join(lines)
+
+
+def logs(prep: Prepared, service: str | None, follow: bool, tail: str = "200") -> int:
+    """Stream compose logs to the terminal; returns compose's exit code."""
+    if service is not None and service not in _expected_services(prep):
+        raise SiteError(
+            f"no service {service!r} in site {prep.site.name}; services: {', '.join(sorted(_expected_services(prep)))}"
+        )
+    if not prep.compose_file.exists():
+        raise OperationError("the stack has not been rendered yet", hint="hubdeploy up")
+    args = ["logs", "--tail", tail] + (["--follow"] if follow else []) + ([service] if service else [])
+    try:
+        return engine.compose(prep.project, prep.compose_file, args, check=False).returncode
+    except KeyboardInterrupt:
+        return 0
+
+
+def down(prep: Prepared, *, volumes: bool = False, console=None) -> dict[str, Any]:
+    """Stop and remove the stack and its notebook containers; keep data unless ``volumes``."""
+    client = engine.docker_client()
+    removed = []
+    for c in notebook_containers(client, prep.site):
+        c.remove(force=True)
+        removed.append(c.name)
+    if prep.compose_file.exists():
+        args = ["down", "--remove-orphans", "--timeout", "20"] + (["--volumes"] if volumes else [])
+        engine.compose(prep.project, prep.compose_file, args, capture=True)
+    removed_volumes = []
+    if volumes:
+        for v in client.volumes.list(filters={"label": f"hubdeploy.site={prep.site.name}"}):
+            v.remove(force=True)
+            removed_volumes.append(v.name)
+    return {"site": prep.site.name, "removed_servers": removed, "removed_volumes": removed_volumes}
