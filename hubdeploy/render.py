@@ -135,31 +135,6 @@ def hub_data(site: Site, refs: dict[str, str]) -> dict[str, Any]:
     }
 
 
-PROXY_ENTRYPOINT = """\
-#!/bin/sh
-# Rendered by hubdeploy. Starts configurable-http-proxy without its token in argv,
-# compose.yaml or `docker inspect`, with its REST API bound to the internal network only,
-# and without root.
-set -eu
-CONFIGPROXY_AUTH_TOKEN="$(cat /run/secrets/proxy_token)"
-export CONFIGPROXY_AUTH_TOKEN
-# Our own address on the internal network: only the proxy carries the alias proxy-api.
-api_ip="$(getent hosts proxy-api | awk 'NR == 1 { print $1 }')"
-if [ -z "$api_ip" ]; then
-  echo "hubdeploy: cannot resolve proxy-api on the internal network" >&2
-  exit 1
-fi
-if [ -f /etc/hubdeploy/tls/key.pem ]; then
-  # The key on the host may be root-only; hand the unprivileged proxy its own copy.
-  install -m 0400 -o nobody /etc/hubdeploy/tls/key.pem /tmp/tls-key.pem
-  set -- "$@" --ssl-key /tmp/tls-key.pem --ssl-cert /etc/hubdeploy/tls/cert.pem
-fi
-exec setpriv --reuid=nobody --regid=nogroup --init-groups \\
-  configurable-http-proxy --ip 0.0.0.0 --port {proxy_port} \\
-  --api-ip "$api_ip" --api-port {api_port} \\
-  --default-target http://hub:{hub_port} --error-target http://hub:{hub_port}/hub/error \\
-  "$@"
-""".format(proxy_port=PROXY_PORT, api_port=PROXY_API_PORT, hub_port=HUB_PORT)
 
 # Health checks run inside the images, which have node (proxy) and python (hub).
 PROXY_HEALTH = (
@@ -319,7 +294,8 @@ def render(site: Site, site_dir: Path, refs: dict[str, str]) -> dict[str, bytes]
     """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic."""
     hub_config = resources.read_bytes("config/jupyterhub_config.py")
     hub_json = (json.dumps(hub_data(site, refs), indent=2, sort_keys=True) + "\n").encode()
-    entry = PROXY_ENTRYPOINT.encode()
+    # Static: ports are fixed inside the containers; nothing from the site goes into it.
+    entry = resources.read_bytes("compose/proxy-entrypoint.sh")
     tls = None
     tls_bytes: list[bytes] = []
     if site.tls is not None:

@@ -30,13 +30,14 @@ def smoke(site_file: Path, *, throwaway: bool = False, profiles: list[str] | Non
         stack.up(prep, console=console)
     try:
         auth = prep.site.hub.authenticator
-        use_form = auth.class_ in FORM_AUTHENTICATORS
-        token = None if use_form else read_secret(prep.state / "secrets", "service-hubdeploy-smoke_token")
+        # With a form, log in through it as a person would; the service token is then only
+        # used to delete the test user at the end (a user cannot delete itself).
+        password = str(auth.config.get("password", "")) if auth.class_ in FORM_AUTHENTICATORS else None
         return run_smoke(
             prep.url,
             profiles=profiles or known,
-            password=auth.config.get("password") if use_form else None,
-            service_token=token,
+            password=password,
+            service_token=read_secret(prep.state / "secrets", "service-hubdeploy-smoke_token"),
             timeout=timeout,
             console=console,
         )

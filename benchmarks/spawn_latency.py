@@ -1,0 +1,187 @@
+"""Login-node spawn latency against its floor, measured in the same run.
+
+Hub path: POST /hub/api/users/U/server (profile) -> server ready, and -> first kernel
+result (`5*4` over the kernel websocket, through the proxy).
+Floor: a plain `docker run` of the same image (`jupyter server`, same network) until its
+/api answers, and then the same kernel round trip, straight to the container.
+
+Reports p50 and p95 at concurrency 1 and 10 and the ratio hub/floor. Needs a running
+site whose authenticator is the dummy one (``make up`` brings up the example site).
+
+    python benchmarks/spawn_latency.py [--site config/example/site.yaml] [--repeat 8] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+import requests
+
+from hubdeploy import stack
+from hubdeploy.smoke.hubclient import HubClient, escape_path
+from hubdeploy.smoke.kernel import ServerClient
+
+ADMIN = "admin"
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def kernel_round_trip(server_url: str, token: str) -> float:
+    t0 = time.monotonic()
+    client = ServerClient(server_url, token)
+    kid = client.start_kernel("python3")
+    out, err = client.execute(kid, "print(5 * 4)", timeout=60)
+    elapsed = time.monotonic() - t0
+    client.delete_kernel(kid)
+    if err or out.strip() != "20":
+        raise RuntimeError(f"kernel check failed: {out!r} {err!r}")
+    return elapsed
+
+
+def wait_http(url: str, headers: dict, limit: float = 120) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, headers=headers, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(url)
+
+
+def floor_once(client, image: str, network: str, prefix: str) -> tuple[float, float]:
+    token = secrets.token_hex(16)
+    name = f"{prefix}-bench-floor-{secrets.token_hex(4)}"
+    t0 = time.monotonic()
+    c = client.containers.run(
+        image,
+        ["jupyter", "server", "--ip=0.0.0.0", "--port=8888", "--no-browser"],
+        name=name, network=network, detach=True, remove=False,
+        environment={"JUPYTER_TOKEN": token},
+    )
+    try:
+        c.reload()
+        ip = c.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+        base = f"http://{ip}:8888/"
+        wait_http(base + "api/status", {"Authorization": f"token {token}"})
+        ready = time.monotonic() - t0
+        return ready, ready + kernel_round_trip(base, token)
+    finally:
+        c.remove(force=True)
+
+
+def hub_once(admin: HubClient, base_url: str, user: str, profile: str) -> tuple[float, float]:
+    token, _ = admin.create_token(user, scopes=None, expires_in=600, note="benchmark")
+    t0 = time.monotonic()
+    admin.api("POST", f"users/{escape_path(user)}/server", json={"profile": profile}, ok=(201, 202))
+    admin.wait_ready(user, "", time.monotonic() + 300)
+    ready = time.monotonic() - t0
+    url = admin.server_url(user)
+    total = ready + kernel_round_trip(url, token)
+    admin.api("DELETE", f"users/{escape_path(user)}/server", ok=(202, 204))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and admin.user_model(user).get("servers", {}).get(""):
+        time.sleep(0.2)
+    return ready, total
+
+
+def run_rounds(fn, concurrency: int, repeat: int) -> tuple[list[float], list[float]]:
+    ready, total = [], []
+    with ThreadPoolExecutor(concurrency) as pool:
+        for _ in range(repeat):
+            for r, t in pool.map(lambda i: fn(i), range(concurrency)):
+                ready.append(r)
+                total.append(t)
+    return ready, total
+
+
+def summary(label: str, hub: tuple[list, list], floor: tuple[list, list]) -> dict:
+    out = {"case": label}
+    for i, what in enumerate(("ready", "first_result")):
+        h50, h95 = pct(hub[i], 0.5), pct(hub[i], 0.95)
+        f50, f95 = pct(floor[i], 0.5), pct(floor[i], 0.95)
+        out[what] = {
+            "hub_p50": round(h50, 3), "hub_p95": round(h95, 3),
+            "floor_p50": round(f50, 3), "floor_p95": round(f95, 3),
+            "ratio_p50": round(h50 / f50, 2), "ratio_p95": round(h95 / f95, 2), "n": len(hub[i]),
+        }
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--site", default="config/example/site.yaml")
+    ap.add_argument("--repeat", type=int, default=8, help="spawns at concurrency 1")
+    ap.add_argument("--rounds10", type=int, default=2, help="rounds of 10 concurrent spawns")
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args()
+
+    prep = stack.prepare(Path(args.site))
+    if prep.site.hub.authenticator.class_ != "dummy":
+        print("the benchmark logs users in through the dummy authenticator's form", file=sys.stderr)
+        return 2
+    profile = next((p for p in prep.site.profiles if p.default), prep.site.profiles[0])
+    image = prep.plans[profile.image].ref
+    network = f"{prep.project}-users"
+    client = docker.from_env()
+
+    admin = HubClient(prep.url)
+    admin.login(ADMIN, str(prep.site.hub.authenticator.config.get("password", "")))
+    admin_token, _ = admin.create_token(ADMIN, scopes=None, expires_in=3600, note="benchmark")
+    api = HubClient(prep.url, token=admin_token)
+    users = [f"bench-{i}" for i in range(10)]
+    for u in users:
+        api.create_user(u)
+
+    results = []
+    try:
+        # Warm both paths once so the first sample is not an outlier from cold caches.
+        floor_once(client, image, network, prep.project)
+        hub_once(api, prep.url, users[0], profile.name)
+        for conc, repeat in ((1, args.repeat), (10, args.rounds10)):
+            floor = run_rounds(lambda i: floor_once(client, image, network, prep.project), conc, repeat)
+            hub = run_rounds(lambda i: hub_once(api, prep.url, users[i], profile.name), conc, repeat)
+            results.append(summary(f"concurrency {conc}", hub, floor))
+    finally:
+        for u in users:
+            try:
+                api.delete_user(u)
+            except Exception:
+                pass
+        for c in client.containers.list(all=True, filters={"name": f"{prep.project}-bench-floor"}):
+            c.remove(force=True)
+
+    for r in results:
+        for what in ("ready", "first_result"):
+            m = r[what]
+            print(
+                f"{r['case']:>15} {what:>12}: hub p50 {m['hub_p50']:.2f}s p95 {m['hub_p95']:.2f}s | "
+                f"floor p50 {m['floor_p50']:.2f}s p95 {m['floor_p95']:.2f}s | "
+                f"ratio p50 {m['ratio_p50']:.2f}x p95 {m['ratio_p95']:.2f}x (n={m['n']})"
+            )
+    target = results[0]["ready"]["ratio_p50"]
+    print(f"target: p50 within 1.3x of the floor at concurrency 1 -> {target:.2f}x "
+          f"({'met' if target <= 1.3 else 'not met'})")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

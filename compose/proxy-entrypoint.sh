@@ -1,0 +1,24 @@
+#!/bin/sh
+# Mounted into the proxy service by hubdeploy. Starts configurable-http-proxy without its
+# token in argv, compose.yaml or `docker inspect`, with its REST API bound to the internal
+# network only, and without root. Nothing in this file comes from the site description.
+set -eu
+CONFIGPROXY_AUTH_TOKEN="$(cat /run/secrets/proxy_token)"
+export CONFIGPROXY_AUTH_TOKEN
+# Our own address on the internal network: only the proxy carries the alias proxy-api,
+# so notebooks on the users network cannot reach the API port at all.
+api_ip="$(getent hosts proxy-api | awk 'NR == 1 { print $1 }')"
+if [ -z "$api_ip" ]; then
+  echo "hubdeploy: cannot resolve proxy-api on the internal network" >&2
+  exit 1
+fi
+if [ -f /etc/hubdeploy/tls/key.pem ]; then
+  # The key on the host may be root-only; hand the unprivileged proxy its own copy.
+  install -m 0400 -o nobody /etc/hubdeploy/tls/key.pem /tmp/tls-key.pem
+  set -- "$@" --ssl-key /tmp/tls-key.pem --ssl-cert /etc/hubdeploy/tls/cert.pem
+fi
+exec setpriv --reuid=nobody --regid=nogroup --init-groups \
+  configurable-http-proxy --ip 0.0.0.0 --port 8000 \
+  --api-ip "$api_ip" --api-port 8001 \
+  --default-target http://hub:8081 --error-target http://hub:8081/hub/error \
+  "$@"

@@ -1,0 +1,26 @@
+"""Fixtures for tests against the real Docker engine, hub and proxy."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from stackfixture import SITE_NAME, Stack, free_port, remove_site_images, run_cli
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """The session's running hubdeploy stack (site ``hdtstack``); call ``ensure_up()``."""
+    s = Stack(dir=tmp_path_factory.mktemp("stack"), port=free_port())
+    s.write_site()
+    yield s
+    run_cli(s.site_file, "down", "--volumes", timeout=300)
+    if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
+        remove_site_images(SITE_NAME)
+
+
+@pytest.fixture
+def up_stack(stack):
+    stack.ensure_up()
+    return stack

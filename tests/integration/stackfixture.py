@@ -1,0 +1,157 @@
+"""A real hubdeploy stack for integration tests, driven through the real CLI.
+
+One stack per test session (site ``hdtstack``): bringing it up builds the images once;
+``ensure_up`` makes any test independent of the order (``up`` on a running, unchanged
+stack is a no-op). On a failed ``up`` the compose state and logs are printed, so a CI
+failure explains itself. The session finaliser takes it down with its volumes and, unless
+HUBDEPLOY_TEST_KEEP_IMAGES is set, removes the images it built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+SITE_NAME = "hdtstack"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(site_file: Path | None, *args: str, timeout: float = 1800, env: dict | None = None,
+            check: bool = False) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "hubdeploy"]
+    if site_file is not None:
+        argv += ["--site", str(site_file)]
+    proc = subprocess.run(
+        [*argv, *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"hubdeploy {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+SITE_TEMPLATE = """\
+name: {name}
+public: {{host: 127.0.0.1, port: {port}}}
+hub:
+  admin_users: [admin]
+  authenticator: {{class: dummy}}
+services:
+  idle_culler: {{timeout: {culler_timeout}}}
+build:
+  ca_bundle: /etc/ssl/certs/ca-certificates.crt
+profiles:
+  - name: small
+    display_name: Small login node
+    image: base
+    cpu: 0.5
+    memory: 1G
+    default: true
+  - name: medium
+    display_name: Medium login node
+    image: base
+    cpu: 1
+    memory: 2G
+    environment: {{HDT_PROFILE: medium}}
+    volumes: [{{source: hubdeploy-{name}-shared, target: /srv/shared}}]
+"""
+
+
+@dataclass
+class Stack:
+    dir: Path
+    port: int
+    culler_timeout: int = 3600
+
+    @property
+    def site_file(self) -> Path:
+        return self.dir / "site.yaml"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    @property
+    def project(self) -> str:
+        return f"hubdeploy-{SITE_NAME}"
+
+    @property
+    def state(self) -> Path:
+        return self.dir / ".hubdeploy"
+
+    def write_site(self, **changes) -> None:
+        for k, v in changes.items():
+            setattr(self, k, v)
+        self.site_file.write_text(
+            SITE_TEMPLATE.format(name=SITE_NAME, port=self.port, culler_timeout=self.culler_timeout)
+        )
+
+    def cli(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return run_cli(self.site_file, *args, **kw)
+
+    def secret(self, name: str) -> str:
+        return (self.state / "secrets" / name).read_text().strip()
+
+    def secrets(self) -> list[str]:
+        return [p.read_text().strip() for p in (self.state / "secrets").iterdir()]
+
+    def status(self) -> dict:
+        return json.loads(self.cli("status", "--json").stdout)
+
+    def ensure_up(self) -> None:
+        if self.site_file.exists():
+            proc = self.cli("status", "--json")
+            if proc.returncode == 0:
+                return
+        proc = self.cli("up")
+        if proc.returncode != 0:
+            raise AssertionError(
+                f"hubdeploy up failed ({proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}\n"
+                + diagnostics(self.project)
+            )
+
+    def container_ids(self) -> dict[str, str]:
+        import docker
+
+        client = docker.from_env()
+        found = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"})
+        return {c.labels["com.docker.compose.service"]: c.id for c in found}
+
+
+def diagnostics(project: str) -> str:
+    """docker ps and the last log lines of every container of the project."""
+    out = [subprocess.run(["docker", "ps", "-a"], capture_output=True, text=True).stdout]
+    names = subprocess.run(
+        ["docker", "ps", "-a", "--filter", f"name={project}", "--format", "{{.Names}}"],
+        capture_output=True, text=True,
+    ).stdout.split()
+    for name in names:
+        logs = subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True)
+        out.append(f"--- {name}\n{textwrap.indent(logs.stdout + logs.stderr, '  ')}")
+    return "\n".join(out)
+
+
+def remove_site_images(site_name: str) -> None:
+    import docker
+
+    client = docker.from_env()
+    for image in client.images.list():
+        for tag in image.tags:
+            if tag.startswith(f"hubdeploy/{site_name}-"):
+                try:
+                    client.images.remove(tag, force=True)
+                except Exception:
+                    pass
