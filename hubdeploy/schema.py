@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+# An environment variable name, as a POSIX shell accepts it.
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 # Names end up in container, volume, network and image names: keep them to the
 # characters every one of those accepts, and short enough to leave room for suffixes.
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,30}$")]
@@ -45,6 +47,19 @@ def memory_bytes(value: str) -> int:
     assert m, value
     scale = {"K": 1, "M": 2, "G": 3, "T": 4}[m.group(3)]
     return int(float(m.group(1)) * 1024**scale)
+
+
+class SiteValueError(ValueError):
+    """A cross-field problem that knows where below the validated model it sits.
+
+    A model validator's error is reported by pydantic at the model itself (e.g. the
+    whole site); ``problems`` carries ``(relative location, message)`` pairs so the
+    loader can point at ``profiles[2].image`` instead, and report all of them at once.
+    """
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
+        super().__init__("; ".join(msg for _, msg in problems))
+        self.problems = problems
 
 
 class Closed(BaseModel):
@@ -133,7 +148,7 @@ class ExtraService(Closed):
     )
     port: int | None = Field(None, ge=1, le=65535, description="Port a container service listens on.")
     scopes: list[str] = Field(default_factory=list, description="Scopes of the service's API token.")
-    environment: dict[str, str] = Field(default_factory=dict)
+    environment: dict[EnvName, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_kind(self) -> "ExtraService":
@@ -151,13 +166,17 @@ class Services(Closed):
     @field_validator("extra")
     @classmethod
     def _unique(cls, v: list[ExtraService]) -> list[ExtraService]:
-        names = [s.name for s in v]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise ValueError(f"duplicate service names: {', '.join(sorted(dup))}")
-        reserved = {"idle-culler", "hubdeploy-smoke"} & set(names)
-        if reserved:
-            raise ValueError(f"reserved service names: {', '.join(sorted(reserved))}")
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        first: dict[str, int] = {}
+        for j, s in enumerate(v):
+            if s.name in {"idle-culler", "hubdeploy-smoke"}:
+                problems.append(((j, "name"), f"service name {s.name!r} is reserved"))
+            elif s.name in first:
+                problems.append(((j, "name"), f"duplicate service name {s.name!r} (first: extra[{first[s.name]}])"))
+            else:
+                first[s.name] = j
+        if problems:
+            raise SiteValueError(problems)
         return v
 
 
@@ -191,8 +210,11 @@ class BaseImage(Closed):
     @field_validator("from_")
     @classmethod
     def _ref(cls, v: str | None) -> str | None:
-        if v is not None and not IMAGE_REF_RE.match(v):
-            raise ValueError(f"not a valid image reference: {v!r}")
+        # fullmatch: re's "$" also matches before a trailing newline.
+        if v is not None and not IMAGE_REF_RE.fullmatch(v):
+            raise ValueError(
+                "not a valid image reference: expected [registry/]name[:tag][@sha256:digest], name in lowercase"
+            )
         return v
 
 
@@ -216,18 +238,43 @@ class Images(Closed):
 
     @model_validator(mode="after")
     def _graph(self) -> "Images":
+        problems: list[tuple[tuple[str | int, ...], str]] = []
         if "base" in self.collaborations:
-            raise ValueError("'base' is reserved for the base image")
+            problems.append((("collaborations", "base"), "'base' is reserved for the base image"))
+        cycles: set[frozenset[str]] = set()
         for name, img in self.collaborations.items():
+            if name == "base":
+                continue
             seen = [name]
             parent = img.parent
             while parent != "base":
                 if parent not in self.collaborations:
-                    raise ValueError(f"image {name!r}: parent {parent!r} is not declared")
+                    # Reported where the bad parent is written, once.
+                    if seen[-1] == name:
+                        problems.append(
+                            (
+                                ("collaborations", name, "parent"),
+                                f"image {name!r}: parent {parent!r} is not declared; "
+                                f"declared: {', '.join(self.names())}",
+                            )
+                        )
+                    break
                 if parent in seen:
-                    raise ValueError(f"image {name!r}: parent cycle {' -> '.join(seen + [parent])}")
+                    cycle = seen[seen.index(parent) :]
+                    # Every member of a cycle would find it; report it once, at its first member.
+                    if frozenset(cycle) not in cycles and name in cycle:
+                        cycles.add(frozenset(cycle))
+                        problems.append(
+                            (
+                                ("collaborations", name, "parent"),
+                                f"image {name!r}: parent cycle {' -> '.join(cycle + [parent])}",
+                            )
+                        )
+                    break
                 seen.append(parent)
                 parent = self.collaborations[parent].parent
+        if problems:
+            raise SiteValueError(problems)
         return self
 
     def names(self) -> list[str]:
@@ -252,7 +299,7 @@ class Volume(Closed):
         if v.startswith("/"):
             if ".." in PurePosixPath(v).parts:
                 raise ValueError("source path must not contain '..'")
-        elif not re.match(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$", v):
+        elif not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+", v):
             raise ValueError("source must be an absolute host path or a Docker volume name")
         return v
 
@@ -267,9 +314,7 @@ class Profile(Closed):
     memory: Memory | None = Field(None, description="Memory limit, e.g. 2G.")
     home: bool = Field(True, description="Mount a per-user home volume at /home/jovyan.")
     volumes: list[Volume] = Field(default_factory=list)
-    environment: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(
-        default_factory=dict
-    )
+    environment: dict[EnvName, str] = Field(default_factory=dict)
     default: bool = False
     spawner_config: dict[str, Any] = Field(
         default_factory=dict, description="Pass-through Spawner traits for this profile."
@@ -292,22 +337,54 @@ class Site(Closed):
 
     @model_validator(mode="after")
     def _profiles(self) -> "Site":
-        known = set(self.images.names())
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        known = self.images.names()
+        first: dict[str, int] = {}
+        default: int | None = None
         for i, p in enumerate(self.profiles):
             if p.image not in known:
-                raise ValueError(
-                    f"profiles[{i}] ({p.name}): image {p.image!r} is not declared; "
-                    f"declared: {', '.join(sorted(known))}"
+                problems.append(
+                    (
+                        ("profiles", i, "image"),
+                        f"profile {p.name!r}: image {p.image!r} is not declared; declared: {', '.join(known)}",
+                    )
                 )
-        names = [p.name for p in self.profiles]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"duplicate profile names: {', '.join(dup)}")
-        if sum(p.default for p in self.profiles) > 1:
-            raise ValueError("at most one profile may be the default")
+            if p.name in first:
+                problems.append(
+                    (("profiles", i, "name"), f"duplicate profile name {p.name!r} (first: profiles[{first[p.name]}])")
+                )
+            else:
+                first[p.name] = i
+            if p.default:
+                if default is not None:
+                    problems.append(
+                        (
+                            ("profiles", i, "default"),
+                            f"at most one profile may be the default (already: profiles[{default}])",
+                        )
+                    )
+                else:
+                    default = i
+        if problems:
+            raise SiteValueError(problems)
         return self
 
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema editors use (``hubdeploy schema``); aliases as written in YAML."""
-    return Site.model_json_schema(by_alias=True)
+    return _close_pattern_maps(Site.model_json_schema(by_alias=True))
+
+
+def _close_pattern_maps(node: Any) -> Any:
+    # pydantic describes dict[Name, X] as patternProperties alone, which in JSON Schema
+    # lets any key that misses the pattern through; the model rejects those keys, so
+    # say so, or an editor would accept what `hubdeploy check` refuses.
+    if isinstance(node, dict):
+        if "patternProperties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for v in node.values():
+            _close_pattern_maps(v)
+    elif isinstance(node, list):
+        for v in node:
+            _close_pattern_maps(v)
+    return node
