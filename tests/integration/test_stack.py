@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 
