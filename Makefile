@@ -27,8 +27,13 @@ up: setup
 down: setup
 	$(VENV)/bin/hubdeploy --site $(SITE) down
 
-test: $(VENV)/.installed host-test
-	$(VENV)/bin/pytest -ra --durations=15
+# The smoke client's own tests run a hub on loopback that starts its own proxy.
+CHP := build/chp/node_modules/.bin/configurable-http-proxy
+$(CHP):
+	npm install --silent --no-audit --no-fund --prefix build/chp configurable-http-proxy@4
+
+test: $(VENV)/.installed host-test $(CHP)
+	HUBDEPLOY_TEST_CHP=$(CURDIR)/$(CHP) $(VENV)/bin/pytest -ra --durations=15
 
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -ra tests/unit

@@ -14,7 +14,6 @@ if ! docker info >/dev/null 2>&1; then
 fi
 if [ "${1:-}" = "--test" ]; then
   need chromium chromium
-  need configurable-http-proxy node-configurable-http-proxy
 fi
 
 if [ "${#want[@]}" -gt 0 ]; then
