@@ -1,0 +1,93 @@
+# JupyterHub configuration for hubdeploy. Static: the same file for every site.
+#
+# Everything site-specific comes from hub.json, which `hubdeploy render` writes
+# (docs/design.md, "hub.json"); secrets come from files under /run/secrets, never from
+# hub.json, compose.yaml or the environment. The site's pass-through `config` is applied
+# last, so a site can override any value set here.
+#
+# Authenticator traits (hub.json authenticator.config) are set on `c.Authenticator`:
+# traitlets applies a section to every subclass, so they reach whichever class the
+# entry-point name resolves to, without importing it here; a site that needs the
+# class-specific section can still use the pass-through (e.g. `GitHubOAuthenticator`).
+
+import json
+import os
+from pathlib import Path
+
+# get_config is provided by traitlets when it loads this file.
+c = get_config()  # noqa: F821
+
+HUB_JSON = os.environ.get("HUBDEPLOY_HUB_JSON", "/etc/hubdeploy/hub.json")
+hub = json.loads(Path(HUB_JSON).read_text(encoding="utf-8"))
+
+
+def read_secret(path):
+    """The stripped contents of a secret file; a missing or empty file stops the hub."""
+    value = Path(path).read_text(encoding="utf-8").strip()
+    if not value:
+        raise SystemExit(f"hubdeploy: secret file {path} is empty")
+    return value
+
+
+# -- hub and proxy ------------------------------------------------------------------
+c.JupyterHub.hub_bind_url = f"http://{hub['hub']['ip']}:{hub['hub']['port']}"
+c.JupyterHub.hub_connect_url = hub["hub"]["connect_url"]
+c.JupyterHub.cookie_secret_file = hub["cookie_secret_file"]
+# Notebook servers outlive hub restarts (upgrades, config changes); the spawner's state in
+# the database lets the restarted hub find them again.
+c.JupyterHub.cleanup_servers = False
+c.JupyterHub.allow_named_servers = True
+
+# CHP runs as its own container (compose restarts it); the hub only talks to its API.
+c.JupyterHub.proxy_class = "hubdeploy.hub.proxy.RouteKeepingProxy"
+c.ConfigurableHTTPProxy.should_start = False
+c.ConfigurableHTTPProxy.api_url = hub["proxy"]["api_url"]
+c.ConfigurableHTTPProxy.auth_token = read_secret(hub["proxy"]["token_file"])
+c.RouteKeepingProxy.route_check_interval = hub["proxy"].get("route_check_interval", 5)
+
+# -- database -------------------------------------------------------------------------
+c.JupyterHub.db_url = hub["database"]["url"]
+if hub["database"].get("password_file"):
+    # Handed to the driver's connect() rather than put in the URL: JupyterHub logs the
+    # URL, and an URL-embedded password would also need escaping.
+    c.JupyterHub.db_kwargs = {"connect_args": {"password": read_secret(hub["database"]["password_file"])}}
+
+# -- authentication -------------------------------------------------------------------
+auth = hub["authenticator"]
+c.JupyterHub.authenticator_class = auth["class"]
+for key, value in auth.get("config", {}).items():
+    c.Authenticator[key] = value
+c.Authenticator.admin_users = set(hub.get("admin_users", []))
+if auth["class"] in ("dummy", "jupyterhub.auth.DummyAuthenticator"):
+    # The demo: anyone may log in with any password (DummyAuthenticator without a password),
+    # unless the site restricts the users.
+    passthrough = hub.get("config", {})
+    restricted = "allowed_users" in auth.get("config", {}) or any(
+        "allowed_users" in passthrough.get(section, {}) for section in ("Authenticator", "DummyAuthenticator")
+    )
+    if not restricted:
+        c.Authenticator.allow_all = True
+
+# -- services: each token gets exactly its service's scopes ---------------------------
+services = []
+roles = []
+for svc in hub.get("services", []):
+    entry = {"name": svc["name"], "api_token": read_secret(svc["token_file"])}
+    if svc.get("url"):
+        entry["url"] = svc["url"]
+    services.append(entry)
+    if svc.get("scopes"):
+        roles.append({"name": f"service-{svc['name']}", "scopes": list(svc["scopes"]), "services": [svc["name"]]})
+c.JupyterHub.services = services
+c.JupyterHub.load_roles = roles
+
+# -- notebook servers -----------------------------------------------------------------
+c.JupyterHub.spawner_class = "hubdeploy.hub.spawner.HubdeploySpawner"
+c.HubdeploySpawner.profiles = hub["spawner"]["profiles"]
+c.HubdeploySpawner.backend = hub["spawner"].get("backend", "docker")
+c.HubdeploySpawner.backend_config = hub["spawner"].get("backend_config", {})
+
+# -- the site's pass-through, last so that it wins ------------------------------------
+for section, traits in hub.get("config", {}).items():
+    for key, value in traits.items():
+        c[section][key] = value

@@ -1,0 +1,172 @@
+"""Where a notebook server process runs: the one abstract class a backend implements.
+
+The spawner (:class:`hubdeploy.hub.spawner.HubdeploySpawner`) owns everything JupyterHub
+cares about: profiles, the options form, the environment, the API token, persisting state.
+A backend owns only the process: start it somewhere, tell whether it still runs, stop it.
+
+Subclass :class:`Backend` and override:
+
+- :meth:`Backend.start`
+- :meth:`Backend.stop`
+- :meth:`Backend.poll`
+- optionally :meth:`Backend.progress` and :meth:`Backend.close`
+
+and register the class under the ``hubdeploy.backends`` entry-point group::
+
+    [project.entry-points."hubdeploy.backends"]
+    slurm = "mysite.backends:SlurmBackend"
+
+One backend instance serves every server of a hub (so a Docker client or a scheduler
+session is shared), hence it keeps no per-server attributes. What it needs to find a
+server again lives in a per-server ``state`` dict: JSON-able, owned by the backend, opaque
+to the spawner, which stores it in the hub database (``Spawner.get_state``) and hands the
+same dict back after a hub restart (``Spawner.load_state``).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything a backend needs to start one notebook server.
+
+    ``profile`` is one entry of hub.json's ``spawner.profiles`` (docs/design.md) with the
+    spawner's effective values written in: ``cpu`` (cores) and ``mem_limit`` (bytes) may
+    differ from hub.json when a profile's ``spawner_config`` or the site's pass-through
+    config overrides them. ``env`` includes the hub's JUPYTERHUB_* variables and the API
+    token, so a backend must not log it. ``cmd`` is the full argv; the server listens on
+    ``port`` on all interfaces of wherever it runs.
+    """
+
+    user: str
+    server_name: str
+    profile: Mapping[str, Any]
+    env: Mapping[str, str] = field(default_factory=dict)
+    cmd: list[str] = field(default_factory=lambda: ["jupyterhub-singleuser"])
+    port: int = 8888
+
+    def __repr__(self) -> str:  # keep the API token out of logs and tracebacks
+        return (
+            f"ServerSpec(user={self.user!r}, server_name={self.server_name!r}, "
+            f"profile={self.profile.get('name')!r}, cmd={self.cmd!r}, port={self.port})"
+        )
+
+
+@dataclass(frozen=True)
+class Running:
+    """The server process exists and runs (or is starting)."""
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The server process is gone; ``status`` is its exit status (0 if not known)."""
+
+    status: int = 0
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """The backend cannot tell: the daemon or scheduler did not answer.
+
+    Never report a transient failure as :class:`Stopped`: the hub would drop a live
+    server from its books (batchspawner's long-standing bug with a failed ``squeue``).
+    """
+
+    reason: str
+
+
+PollResult = Running | Stopped | Unknown
+
+# Key under which a backend that adopted an already running server leaves that server's
+# API token for the spawner (see Backend.start). The spawner removes it from the state
+# before the state reaches the database.
+ADOPTED_TOKEN_KEY = "adopted_api_token"
+
+
+class BackendError(Exception):
+    """A start or stop that failed for a reason a person can act on.
+
+    The message is shown to the user on the spawn page: it must never contain a secret.
+    """
+
+
+class Backend(abc.ABC):
+    """Base class of notebook backends.
+
+    ``config`` is hub.json's ``spawner.backend_config`` (free-form per backend) plus
+    ``allowed_images``, the image references of the site's profiles, added by the spawner.
+    """
+
+    def __init__(self, config: Mapping[str, Any], log: logging.Logger | None = None):
+        self.config = dict(config)
+        self.log = log or logging.getLogger(f"hubdeploy.backends.{type(self).__name__}")
+
+    @abc.abstractmethod
+    async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
+        """Start the server described by ``spec``; return ``(host, port)`` the proxy reaches.
+
+        ``state`` is an empty dict that belongs to this server. Record in it, as soon as
+        they are known, whatever :meth:`poll`, :meth:`stop` and :meth:`progress` need
+        (a container id, a job id): progress reads it while start is still running, and a
+        start that fails or times out is followed by :meth:`stop` with the same dict.
+        Values must be JSON-able.
+
+        Return only when the process has been started (not necessarily answering HTTP:
+        the hub waits for that itself). Raise :class:`BackendError` with a readable message
+        when the server cannot start (an image outside the allowlist, a full queue).
+
+        If a server of the same user, server name and profile already runs, a backend may
+        adopt it instead of starting another; it must then put that server's
+        JUPYTERHUB_API_TOKEN under ``state[ADOPTED_TOKEN_KEY]`` so the hub accepts it.
+        """
+
+    @abc.abstractmethod
+    async def stop(self, state: dict[str, Any]) -> None:
+        """Stop the server that ``state`` describes and release its compute resources.
+
+        Called after a successful start, after a failed start (``state`` may then be
+        partial or empty) and for servers found running after a hub restart. Persistent
+        data (home volumes) is kept. Stopping a server that is already gone is not an
+        error. Raise when the daemon or scheduler cannot be reached: the server may still
+        run, and saying otherwise would leak it silently.
+        """
+
+    @abc.abstractmethod
+    async def poll(self, state: dict[str, Any]) -> PollResult:
+        """Tell whether the server that ``state`` describes runs. Never raises.
+
+        - :class:`Running` while the process exists, including while it starts.
+        - :class:`Stopped` with its exit status once it has ended or no longer exists;
+          also for an empty ``state`` (poll may be called before start, when the hub
+          restarts and loads state for a server that never started).
+        - :class:`Unknown` with a reason when the daemon or scheduler cannot be asked
+          (connection refused, timeout, a 5xx answer). The spawner keeps the server on
+          the hub's books and asks again at the next poll.
+        """
+
+    async def progress(self, state: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yield progress events while :meth:`start` runs.
+
+        Events are JupyterHub's: ``{"progress": 0..100, "message": text}``. ``state`` is
+        the dict :meth:`start` is filling. The generator must end by itself (bounded in
+        time); the hub also stops reading it once the start is over. The default yields
+        nothing.
+        """
+        return
+        yield  # pragma: no cover - makes this an async generator
+
+    def load_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Turn state read back from the hub database into the dict the methods expect.
+
+        The default copies it; override to migrate state written by an older version.
+        """
+        return dict(state)
+
+    async def close(self) -> None:
+        """Release shared resources (clients, thread pools) when the hub shuts down."""

@@ -1,0 +1,302 @@
+"""Notebook servers as containers on the Docker engine the hub talks to (the login node).
+
+Every docker SDK call runs in a small thread pool: the SDK is synchronous, and a slow or
+hung engine must never block the hub's event loop (the hub serves every user from it).
+
+Containers are named by :mod:`hubdeploy.hub.names`, join the site's users network and
+carry the labels ``hubdeploy.site/user/server/profile``. The proxy reaches them by name
+(or by a short network alias when the name is too long for DNS). Each user has one named
+home volume at ``/home/jovyan``: Docker copies the image's (empty, uid 1000 owned)
+``/home/jovyan`` ownership into a fresh volume, so the notebook user owns its home
+without a root helper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import Mount
+
+from hubdeploy.backends.base import (
+    ADOPTED_TOKEN_KEY,
+    Backend,
+    BackendError,
+    PollResult,
+    Running,
+    ServerSpec,
+    Stopped,
+    Unknown,
+)
+from hubdeploy.hub import names
+
+HOME_TARGET = "/home/jovyan"
+# Container states that mean "the process exists": paused and restarting servers come back.
+_ALIVE = {"running", "restarting", "paused"}
+# What "the engine did not answer" looks like through the SDK and requests.
+_UNREACHABLE = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+_PHASES = {
+    "image": (10, "Checking the image"),
+    "volume": (30, "Preparing the home volume"),
+    "create": (50, "Creating the container"),
+    "start": (70, "Starting the container"),
+    "started": (90, "Container started, waiting for the server to answer"),
+}
+
+
+class DockerBackend(Backend):
+    """Containers on the local Docker engine.
+
+    ``config`` keys (hub.json ``spawner.backend_config``): ``network``, ``prefix`` and
+    ``site`` (required), ``allowed_images`` (added by the spawner: only these image
+    references may start), optional ``docker_url`` (default: ``DOCKER_HOST`` or the
+    local socket), ``timeout`` (seconds per engine call, default 30), ``stop_timeout``
+    (seconds between SIGTERM and SIGKILL, default 10), ``max_workers`` (default 8),
+    ``init`` (run Docker's tini as PID 1, default true).
+    """
+
+    def __init__(self, config: Mapping[str, Any], log=None):
+        super().__init__(config, log)
+        missing = [k for k in ("network", "prefix", "site") if not self.config.get(k)]
+        if missing:
+            raise ValueError(f"docker backend config lacks {', '.join(missing)}")
+        self.network: str = self.config["network"]
+        self.prefix: str = self.config["prefix"]
+        self.site: str = self.config["site"]
+        self.allowed_images = frozenset(self.config.get("allowed_images") or ())
+        self._client: docker.DockerClient | None = None
+        self._client_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(
+            max_workers=int(self.config.get("max_workers", 8)), thread_name_prefix="hubdeploy-docker"
+        )
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _make_client(self) -> docker.DockerClient:
+        """A new SDK client. Connects to the engine (API version negotiation)."""
+        timeout = int(self.config.get("timeout", 30))
+        url = self.config.get("docker_url")
+        if url:
+            return docker.DockerClient(base_url=url, timeout=timeout)
+        return docker.from_env(timeout=timeout)
+
+    def client(self) -> docker.DockerClient:
+        """The shared client, created on first use; call from a worker thread only."""
+        with self._client_lock:
+            # Created lazily and not cached on failure, so an engine that comes back
+            # after an outage is found again by the next call.
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    async def _run(self, fn: Callable, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def labels(self, spec: ServerSpec) -> dict[str, str]:
+        """The labels that mark a container as this site's server for ``spec``."""
+        return {
+            "hubdeploy.site": self.site,
+            "hubdeploy.user": spec.user,
+            "hubdeploy.server": spec.server_name,
+            "hubdeploy.profile": str(spec.profile.get("name", "")),
+        }
+
+    # -- start ------------------------------------------------------------------------
+
+    async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
+        """Create and start the container; return ``(DNS name, port)`` on the users network."""
+        image = spec.profile.get("image_ref")
+        if not image or image not in self.allowed_images:
+            raise BackendError(f"image {image!r} is not one of this site's profile images")
+        name = names.container_name(self.prefix, spec.user, spec.server_name)
+        host = names.dns_name(name)
+        state.update(container_name=name, phase="image")
+        try:
+            await self._run(self._start_sync, spec, state, name, host)
+        except BackendError:
+            state["phase"] = "failed"
+            raise
+        except docker.errors.APIError as exc:
+            state["phase"] = "failed"
+            # The engine's explanation (bad mount source, out of memory) is what helps.
+            raise BackendError(f"Docker refused to start {name}: {exc.explanation or exc}") from exc
+        except _UNREACHABLE as exc:
+            state["phase"] = "failed"
+            raise BackendError(f"cannot reach the Docker engine: {type(exc).__name__}") from exc
+        return host, spec.port
+
+    def _start_sync(self, spec: ServerSpec, state: dict[str, Any], name: str, host: str) -> None:
+        client = self.client()
+        image = spec.profile["image_ref"]
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            # No registry to pull from: images only come from `hubdeploy up`.
+            raise BackendError(f"image {image} is not on this Docker engine; run `hubdeploy up`") from None
+        try:
+            old = client.containers.get(name)
+        except docker.errors.NotFound:
+            old = None
+        if old is not None:
+            token = self._adoptable(old, spec)
+            if token:
+                self.log.info("adopting running container %s", name)
+                state.update(container_id=old.id, phase="started", **{ADOPTED_TOKEN_KEY: token})
+                return
+            self.log.info("removing stale container %s (%s)", name, old.status)
+            old.remove(force=True)
+
+        mounts = []
+        if spec.profile.get("home", True):
+            state["phase"] = "volume"
+            mounts.append(Mount(HOME_TARGET, self._ensure_home(client, spec.user), type="volume"))
+        for vol in spec.profile.get("volumes") or ():
+            kind = "bind" if vol["source"].startswith("/") else "volume"
+            mounts.append(Mount(vol["target"], vol["source"], type=kind, read_only=vol.get("read_only", True)))
+
+        kwargs: dict[str, Any] = {}
+        if spec.profile.get("cpu"):
+            kwargs["nano_cpus"] = int(float(spec.profile["cpu"]) * 1e9)
+        if spec.profile.get("mem_limit"):
+            kwargs["mem_limit"] = int(spec.profile["mem_limit"])
+        aliases = [host] if host != name else None
+        # Docker's init (tini) as PID 1: reaps kernels' orphaned children and turns
+        # SIGTERM into a prompt exit for servers that never installed a handler.
+        kwargs["init"] = bool(self.config.get("init", True))
+        state["phase"] = "create"
+        container = client.containers.create(
+            image,
+            command=list(spec.cmd),
+            name=name,
+            environment=dict(spec.env),
+            labels=self.labels(spec),
+            mounts=mounts,
+            network=self.network,
+            networking_config={self.network: client.api.create_endpoint_config(aliases=aliases)},
+            detach=True,
+            **kwargs,
+        )
+        # Recorded before start: a failed start is followed by stop(state), which removes it.
+        state.update(container_id=container.id, phase="start")
+        container.start()
+        state["phase"] = "started"
+
+    def _adoptable(self, container, spec: ServerSpec) -> str | None:
+        """The API token of ``container`` if it is our running server for ``spec``."""
+        cfg = container.attrs.get("Config") or {}
+        labels = cfg.get("Labels") or {}
+        if container.status != "running" or cfg.get("Image") != spec.profile.get("image_ref"):
+            return None
+        if any(labels.get(k) != v for k, v in self.labels(spec).items()):
+            return None
+        env = dict(item.split("=", 1) for item in cfg.get("Env") or () if "=" in item)
+        return env.get("JUPYTERHUB_API_TOKEN") or None
+
+    def _ensure_home(self, client: docker.DockerClient, user: str) -> str:
+        name = names.home_volume(self.prefix, user)
+        try:
+            client.volumes.get(name)
+        except docker.errors.NotFound:
+            client.volumes.create(name, labels={"hubdeploy.site": self.site, "hubdeploy.user": user})
+        return name
+
+    # -- stop / poll ------------------------------------------------------------------
+
+    async def stop(self, state: dict[str, Any]) -> None:
+        """Stop and remove the container; the home volume stays."""
+        if not (state.get("container_id") or state.get("container_name")):
+            return
+        try:
+            await self._run(self._stop_sync, state)
+        except _UNREACHABLE as exc:
+            raise BackendError(
+                f"cannot stop {state.get('container_name')}: Docker engine error {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _stop_sync(self, state: dict[str, Any]) -> None:
+        container = self._find(state)
+        if container is None:
+            return
+        try:
+            container.stop(timeout=int(self.config.get("stop_timeout", 10)))
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass  # gone meanwhile: that is what we wanted
+        except docker.errors.APIError as exc:
+            if "already in progress" not in str(exc.explanation or ""):
+                raise
+
+    def _find(self, state: dict[str, Any]):
+        client = self.client()
+        if state.get("container_id"):
+            try:
+                return client.containers.get(state["container_id"])
+            except docker.errors.NotFound:
+                return None
+        # A start that failed before create left only the name: touch the container of
+        # that name only if it is this site's (someone may have reused the name).
+        try:
+            container = client.containers.get(state["container_name"])
+        except docker.errors.NotFound:
+            return None
+        if (container.labels or {}).get("hubdeploy.site") != self.site:
+            return None
+        return container
+
+    async def poll(self, state: dict[str, Any]) -> PollResult:
+        """Running / Stopped(exit code) / Unknown when the engine does not answer."""
+        if not (state.get("container_id") or state.get("container_name")):
+            return Stopped(0)
+        try:
+            return await self._run(self._poll_sync, state)
+        except _UNREACHABLE as exc:
+            return Unknown(f"Docker engine: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # poll must answer; a bug here must not drop servers
+            self.log.exception("unexpected error polling %s", state.get("container_name"))
+            return Unknown(f"unexpected {type(exc).__name__}: {exc}")
+
+    def _poll_sync(self, state: dict[str, Any]) -> PollResult:
+        container = self._find(state)
+        if container is None:
+            return Stopped(0)
+        st = container.attrs.get("State") or {}
+        status = st.get("Status", container.status)
+        if status in _ALIVE:
+            return Running()
+        if status == "created" and state.get("phase") != "started":
+            return Running()  # our own start is between create and start
+        return Stopped(int(st.get("ExitCode") or 0))
+
+    # -- progress / close -------------------------------------------------------------
+
+    async def progress(self, state: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """One event per start phase, until the start succeeded or failed (at most 10 minutes)."""
+        seen = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            phase = state.get("phase")
+            if phase != seen and phase in _PHASES:
+                seen = phase
+                pct, message = _PHASES[phase]
+                yield {"progress": pct, "message": message}
+            if phase in ("started", "failed"):
+                return
+            await asyncio.sleep(0.2)
+
+    async def close(self) -> None:
+        """Close the client and the thread pool."""
+        self._executor.shutdown(wait=False)
+        with self._client_lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None

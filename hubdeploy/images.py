@@ -1,0 +1,459 @@
+"""The site's images: plan them (pure), then build what is missing (Docker engine).
+
+Build graph (docs/design.md, "Names")::
+
+    debian (debootstrap rootfs, docker import)
+      +-- base (or base FROM images.base.from) -- collaborations, each FROM its parent
+      +-- hub      +-- proxy      +-- db (postgresql only)
+
+A plan is a build context (relative path -> bytes, Dockerfile included) rendered from
+the Jinja2 templates in ``images/``. Its tag is the hash of that context, of the
+non-proxy build args and of the parent's tag, so an unchanged site builds nothing, a
+change to the base retags every descendant and a change to one collaboration retags
+only it. Proxy settings are build args only: Docker keeps its predefined proxy args out
+of the image history, and a rotated proxy password must not rebuild every image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shlex
+import shutil
+import tarfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+import hubdeploy
+from hubdeploy import rootfs
+from hubdeploy.errors import OperationError, SiteError
+from hubdeploy.schema import Site
+
+CA_FILE = "hubdeploy-ca.crt"
+# Names the stack's own images take; a collaboration cannot reuse them.
+SYSTEM_IMAGES = ("debian", "hub", "proxy", "db")
+# Docker's predefined proxy args: usable in RUN without an ARG line, never in history.
+PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy")
+# Bump when a build step changes outside the rendered files (e.g. how rootfs is made).
+RECIPE_VERSION = "1"
+# Every context file gets the same metadata, so the same files give the same tar.
+_MTIME = 0
+# The classic builder colours stderr and narrates its own bookkeeping; neither helps
+# someone reading the last lines of a failed build.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_NOISE = re.compile(r"^\s*(---> |Removing intermediate container|Successfully (built|tagged) )")
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """One image to build: its context, its tag and the plan it is built FROM."""
+
+    name: str
+    ref: str
+    parent: str | None
+    files: dict[str, bytes]
+    buildargs: dict[str, str]
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _source_root() -> Path:
+    return Path(hubdeploy.__file__).resolve().parent.parent
+
+
+def _images_dir() -> Path:
+    # An installed wheel carries the recipes as package data; a checkout has images/.
+    packaged = Path(hubdeploy.__file__).resolve().parent / "data" / "images"
+    return packaged if packaged.is_dir() else _source_root() / "images"
+
+
+def _jinja() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_images_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["dq"] = lambda v: json.dumps(str(v))
+    return env
+
+
+def spec_hash(files: dict[str, bytes], buildargs: dict[str, str], parent_ref: str | None) -> str:
+    """sha256 over the parent's tag, the build args and the files, length-prefixed so
+    that no two different inputs give the same byte stream."""
+    h = hashlib.sha256(b"hubdeploy-image\0" + RECIPE_VERSION.encode() + b"\0")
+
+    def put(data: bytes) -> None:
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+
+    put((parent_ref or "").encode())
+    for key in sorted(buildargs):
+        put(key.encode())
+        put(buildargs[key].encode())
+    for path in sorted(files):
+        put(path.encode())
+        put(files[path])
+    return h.hexdigest()
+
+
+def _proxy_buildargs(site: Site) -> dict[str, str]:
+    args = {}
+    for key in PROXY_ARGS:
+        value = getattr(site.build, key)
+        if value:
+            # Both spellings: curl reads only the lower-case one, some Go tools the upper.
+            args[key] = value
+            args[key.upper()] = value
+    return dict(sorted(args.items()))
+
+
+def _read_ca(site: Site, site_dir: Path) -> bytes | None:
+    if not site.build.ca_bundle:
+        return None
+    path = (site_dir / site.build.ca_bundle).resolve()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SiteError(f"build.ca_bundle: cannot read {path}: {exc.strerror}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise SiteError(f"build.ca_bundle: {path} holds no PEM certificate")
+    return data
+
+
+def _hubdeploy_source() -> dict[str, bytes]:
+    """hubdeploy's package and pyproject.toml, as the hub image installs them."""
+    root = _source_root()
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file():
+        raise OperationError(
+            f"hubdeploy's source tree was not found beside {root / 'hubdeploy'}",
+            hint="the hub image installs hubdeploy from a source checkout (pip install -e .)",
+        )
+    files = {"hubdeploy-src/pyproject.toml": pyproject.read_bytes()}
+    for path in sorted((root / "hubdeploy").rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_symlink() or not path.is_file() or "__pycache__" in rel.parts or path.suffix in (".pyc", ".pyo"):
+            continue
+        files[f"hubdeploy-src/{rel.as_posix()}"] = path.read_bytes()
+    readme = root / "README.md"
+    # setuptools refuses a pyproject whose readme file is missing.
+    files["hubdeploy-src/README.md"] = readme.read_bytes() if readme.is_file() else b"hubdeploy\n"
+    return files
+
+
+def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib.loads((_source_root() / "pyproject.toml").read_text())
+
+
+def _requirements(lines: list[str]) -> bytes:
+    seen: list[str] = []
+    for line in lines:
+        if line not in seen:
+            seen.append(line)
+    return ("\n".join(seen) + "\n").encode()
+
+
+def _collaboration_order(site: Site) -> list[str]:
+    """Collaborations with every parent before its children (ties by name)."""
+    order: list[str] = []
+    pending = dict(sorted(site.images.collaborations.items()))
+    while pending:
+        ready = [n for n, img in pending.items() if img.parent == "base" or img.parent in order]
+        order += ready
+        for n in ready:
+            del pending[n]
+    return order
+
+
+def _check_names(site: Site) -> None:
+    # Docker repository names cannot end in '-', which the schema's Name allows.
+    for name in [site.name, *site.images.collaborations]:
+        if name.endswith("-"):
+            raise SiteError(f"{name!r}: image names cannot end with '-' (Docker rejects such repository names)")
+    clash = sorted(set(SYSTEM_IMAGES) & set(site.images.collaborations))
+    if clash:
+        raise SiteError(f"images.collaborations: {', '.join(clash)} is reserved for hubdeploy's own images")
+
+
+def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
+    """Every image of the site, in build order (parents first).
+
+    Pure apart from reading the site's CA bundle, the recipes in ``images/`` and
+    hubdeploy's own source (the hub image installs it): the same site gives byte-identical
+    contexts and the same tags. Raises SiteError on bad input.
+    """
+    _check_names(site)
+    ca = _read_ca(site, site_dir)
+    proxies = _proxy_buildargs(site)
+    env = _jinja()
+    version = site.hub.jupyterhub_version
+    source_url = (_pyproject().get("project", {}).get("urls") or {}).get("Source")
+    plans: dict[str, ImagePlan] = {}
+
+    def labels(name: str, digest: str, parent_ref: str | None) -> dict[str, str]:
+        out = {
+            "org.opencontainers.image.title": f"hubdeploy {site.name} {name}",
+            "org.opencontainers.image.version": hubdeploy.__version__,
+            "hubdeploy.site": site.name,
+            "hubdeploy.image": name,
+            "hubdeploy.spec-hash": digest,
+            "hubdeploy.parent": parent_ref or "",
+        }
+        if source_url:
+            out["org.opencontainers.image.source"] = source_url
+        return dict(sorted(out.items()))
+
+    def add(name: str, template: str, parent: str | None, parent_ref: str, extra: dict[str, bytes], **ctx) -> None:
+        files = dict(extra)
+        if ca is not None:
+            files[CA_FILE] = ca
+        tpl = env.get_template(template)
+        ctx.update(ca=ca is not None, parent_ref=parent_ref, jupyterhub_version=version)
+        # The tag cannot hash a Dockerfile that contains the tag: hash the body, then
+        # append the labels (which only restate what the hash already covers).
+        body = tpl.render(labels=None, **ctx).encode()
+        digest = spec_hash({**files, "Dockerfile": body}, {}, parent_ref)
+        lab = labels(name, digest, parent_ref)
+        files["Dockerfile"] = tpl.render(labels=lab, **ctx).encode()
+        ref = f"hubdeploy/{site.name}-{name}:{digest[:12]}"
+        plans[name] = ImagePlan(name, ref, parent, dict(sorted(files.items())), dict(proxies), lab)
+
+    # debian: a rootfs recipe, not a Dockerfile; the overlay files go into the rootfs.
+    deb = site.build.debian
+    overlay_dir = _images_dir() / "debian" / "rootfs"
+    files = {
+        f"rootfs/{p.relative_to(overlay_dir).as_posix()}": p.read_bytes()
+        for p in sorted(overlay_dir.rglob("*"))
+        if p.is_file()
+    }
+    recipe = {"suite": deb.suite, "mirror": deb.mirror, "variant": "minbase"}
+    files["recipe.json"] = (json.dumps(recipe, sort_keys=True, indent=1) + "\n").encode()
+    digest = spec_hash(files, {}, None)
+    plans["debian"] = ImagePlan(
+        "debian", f"hubdeploy/{site.name}-debian:{digest[:12]}", None, dict(sorted(files.items())),
+        dict(proxies), labels("debian", digest, None),
+    )
+    debian_ref = plans["debian"].ref
+
+    def packages(apt: list[str], pip: list[str]) -> tuple[list[str], dict[str, bytes]]:
+        extra = {}
+        if pip:
+            extra["requirements.txt"] = _requirements(pip)
+            extra["constraints.txt"] = f"jupyterhub=={version}\n".encode()
+        return [shlex.quote(p) for p in apt], extra
+
+    base = site.images.base
+    apt, extra = packages(base.apt, base.pip)
+    add("base", "base/Dockerfile.j2", None if base.from_ else "debian", base.from_ or debian_ref, extra,
+        apt=apt, pip=bool(base.pip))
+    for name in _collaboration_order(site):
+        img = site.images.collaborations[name]
+        apt, extra = packages(img.apt, img.pip)
+        add(name, "collaboration/Dockerfile.j2", img.parent, plans[img.parent].ref, extra,
+            apt=apt, pip=bool(img.pip))
+
+    hub_reqs = ["setuptools>=68", "wheel", f"jupyterhub=={version}", "dockerspawner", "jupyterhub-idle-culler",
+                *site.hub.authenticator.packages]
+    if site.database.type == "postgresql":
+        hub_reqs.append("psycopg2-binary")
+    hub_reqs += _pyproject()["project"].get("dependencies", [])
+    add("hub", "hub/Dockerfile.j2", "debian", debian_ref,
+        {"requirements.txt": _requirements(hub_reqs), **_hubdeploy_source()})
+    add("proxy", "proxy/Dockerfile.j2", "debian", debian_ref, {})
+    if site.database.type == "postgresql":
+        add("db", "db/Dockerfile.j2", "debian", debian_ref,
+            {"entrypoint.sh": (_images_dir() / "db" / "entrypoint.sh").read_bytes()})
+    return plans
+
+
+def image_refs(plans: dict[str, ImagePlan]) -> dict[str, str]:
+    """name -> image tag, for the renderer."""
+    return {name: plan.ref for name, plan in plans.items()}
+
+
+def context_tar(files: dict[str, bytes]) -> bytes:
+    """The build context as an uncompressed tar, identical for identical files."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for path in sorted(files):
+            data = files[path]
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            info.mtime = _MTIME
+            info.mode = 0o755 if data.startswith(b"#!") else 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def missing_images(plans: dict[str, ImagePlan], client) -> list[str]:
+    """Names of the plans whose tag is not on the engine, in build order."""
+    return [name for name, plan in plans.items() if not _exists(client, plan.ref)]
+
+
+def _exists(client, ref: str) -> bool:
+    import docker.errors
+
+    try:
+        client.api.inspect_image(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    except Exception as exc:  # APIError, connection errors: the engine is the problem
+        raise OperationError(f"cannot inspect image {ref}: {exc}") from None
+
+
+def write_context(plan: ImagePlan, state_dir: Path) -> Path:
+    """Write the context to ``<state>/build/<name>/`` so that people can read what was built."""
+    dest = state_dir / "build" / plan.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    for rel, data in plan.files.items():
+        path = dest / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return dest
+
+
+def build_images(
+    plans: dict[str, ImagePlan],
+    *,
+    client,
+    state_dir: Path,
+    names: list[str] | None = None,
+    force: bool = False,
+    console=None,
+) -> list[str]:
+    """Build the plans whose tag is missing, parents first; returns the names built.
+
+    ``names`` limits the build to those images (plus any missing ancestor). ``force``
+    rebuilds the selected images without Docker's layer cache (and bootstraps a fresh
+    Debian rootfs), e.g. to pick up security updates. A failure raises OperationError
+    naming the image, the failing step and the last 20 lines of output.
+    """
+    selected = list(plans) if names is None else list(names)
+    unknown = [n for n in selected if n not in plans]
+    if unknown:
+        raise SiteError(f"unknown image(s): {', '.join(unknown)}; images: {', '.join(plans)}")
+    needed: set[str] = set()
+    for name in selected:
+        cur: str | None = name
+        while cur is not None and cur not in needed:
+            needed.add(cur)
+            cur = plans[cur].parent
+    forced = set(selected) if force else set()
+    missing = set(missing_images(plans, client))
+    built = []
+    for name, plan in plans.items():
+        if name not in needed or (name not in forced and name not in missing):
+            continue
+        t0 = time.monotonic()
+        if console:
+            console.print(f"[bold]building[/] {name} -> {plan.ref}")
+        write_context(plan, state_dir)
+        if name == "debian":
+            _build_debian(plan, client, state_dir, fresh=name in forced, console=console)
+        else:
+            if plan.parent is None:
+                _require_parent(plan, client)
+            _docker_build(client, plan, nocache=name in forced, console=console)
+        if console:
+            console.print(f"[bold green]built[/] {name} in {time.monotonic() - t0:.0f} s")
+        built.append(name)
+    return built
+
+
+def _require_parent(plan: ImagePlan, client) -> None:
+    # A classic build would try to pull a missing FROM image, and fail obscurely.
+    parent_ref = plan.labels.get("hubdeploy.parent", "")
+    if parent_ref and not _exists(client, parent_ref):
+        raise OperationError(
+            f"image {plan.name}: its parent image {parent_ref} is not on this engine",
+            hint="build or `docker load` it first (images.base.from names a local image)",
+        )
+
+
+def _build_debian(plan: ImagePlan, client, state_dir: Path, *, fresh: bool, console) -> None:
+    digest = plan.labels["hubdeploy.spec-hash"]
+    if not fresh:
+        # Another site on this engine may have imported the same rootfs: relabel it (1 s)
+        # instead of bootstrapping again.
+        same = client.images.list(filters={"label": ["hubdeploy.image=debian", f"hubdeploy.spec-hash={digest}"]})
+        tagged = sorted(t for img in same for t in img.tags)
+        if tagged:
+            lines = [f"FROM {tagged[0]}", "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}"
+                                                             for k, v in plan.labels.items())]
+            relabel = ImagePlan("debian", plan.ref, None, {"Dockerfile": ("\n".join(lines) + "\n").encode()}, {})
+            _docker_build(client, relabel, nocache=False, console=console)
+            return
+    recipe = json.loads(plan.files["recipe.json"])
+    tarball = rootfs.tarball_path(state_dir, recipe["suite"], digest)
+    if fresh or not tarball.is_file():
+        overlay = {k[len("rootfs/"):]: v for k, v in plan.files.items() if k.startswith("rootfs/")}
+        rootfs.bootstrap(tarball, suite=recipe["suite"], mirror=recipe["mirror"], overlay=overlay,
+                         proxies=plan.buildargs, console=console)
+    elif console:
+        console.print(f"[bold cyan]debian[/] importing the cached rootfs {tarball}")
+    rootfs.import_tarball(client, tarball, plan.ref, plan.labels)
+
+
+def _docker_build(client, plan: ImagePlan, *, nocache: bool, console) -> None:
+    """Classic-builder build through the SDK, streaming the steps to the console."""
+    from rich.markup import escape
+
+    tail: deque[str] = deque(maxlen=20)
+    step = "sending the build context"
+
+    def fail(reason: str) -> OperationError:
+        detail = "".join(f"\n  {line}" for line in tail)
+        hint = None
+        if "CERTIFICATE_VERIFY_FAILED" in detail or "certificate verify failed" in detail:
+            hint = "TLS is intercepted here? set build.ca_bundle to the site's CA bundle (PEM)"
+        return OperationError(
+            f"building image {plan.name} ({plan.ref}) failed at {step[:200]}: {reason.strip()}"
+            + (f"\n  last output:{detail}" if detail else ""),
+            hint=hint,
+        )
+
+    try:
+        stream = client.api.build(
+            fileobj=io.BytesIO(context_tar(plan.files)),
+            custom_context=True,
+            tag=plan.ref,
+            buildargs=plan.buildargs or None,
+            decode=True,
+            rm=True,
+            forcerm=True,
+            nocache=nocache,
+            pull=False,
+            timeout=3600,
+        )
+        for chunk in stream:
+            if "error" in chunk:
+                raise fail(chunk["error"])
+            for line in _ANSI.sub("", chunk.get("stream") or "").splitlines():
+                line = line.rstrip()
+                if not line or _NOISE.match(line):
+                    continue
+                tail.append(line)
+                if line.startswith("Step "):
+                    step = line
+                    if console:
+                        console.print(f"[bold cyan]{plan.name}[/] {escape(line[:150])}")
+    except OperationError:
+        raise
+    except Exception as exc:  # APIError, connection reset, timeout: never a traceback
+        raise fail(f"{type(exc).__name__}: {exc}") from None
+    if not _exists(client, plan.ref):
+        raise fail("the engine reported no error but the image is not tagged")

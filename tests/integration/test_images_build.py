@@ -1,0 +1,253 @@
+"""Build the whole image graph of a tiny site on the real engine, then use the images.
+
+The rootfs tarball is cached in a fixed state directory (``HUBDEPLOY_TEST_STATE``,
+default /var/tmp/hubdeploy-test/state) so reruns skip debootstrap; the images are
+removed afterwards by the test site's prefix (``HUBDEPLOY_TEST_KEEP_IMAGES=1`` keeps them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from hubdeploy import images
+from hubdeploy.schema import Site
+
+pytestmark = pytest.mark.integration
+
+SITE = "hdtest"
+PREFIX = f"hubdeploy/{SITE}-"
+VERSION = "6.1.1"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+STATE = Path(os.environ.get("HUBDEPLOY_TEST_STATE", "/var/tmp/hubdeploy-test/state"))
+
+
+class Recorder:
+    """A console that keeps what build_images prints (timings) and echoes it."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def print(self, text: str, **kwargs) -> None:
+        self.lines.append(text)
+        print(text, flush=True)
+
+
+@pytest.fixture(scope="module")
+def client():
+    docker = pytest.importorskip("docker")
+    try:
+        c = docker.from_env(timeout=300)
+        c.ping()
+    except Exception as exc:
+        pytest.skip(f"no Docker engine: {exc}")
+    return c
+
+
+def _remove_test_images(client) -> None:
+    tags = sorted({t for img in client.images.list() for t in img.tags if t.startswith(PREFIX)})
+    # Children before parents: the build order reversed is close enough, and force
+    # untags even when a child still references the layer.
+    for tag in reversed(tags):
+        try:
+            client.images.remove(tag, force=True)
+        except Exception as exc:  # noqa: BLE001 - cleanup must go on
+            print(f"cleanup: {tag}: {exc}")
+
+
+@pytest.fixture(scope="module")
+def built(client, tmp_path_factory):
+    site_dir = tmp_path_factory.mktemp("site")
+    (site_dir / "ca.pem").write_bytes(HOST_CA.read_bytes())
+    site = Site.model_validate({
+        "name": SITE,
+        # Without this bundle pip cannot reach PyPI here (TLS is re-signed locally).
+        "build": {"ca_bundle": "ca.pem"},
+        "database": {"type": "postgresql"},
+        "images": {"collaborations": {"c1": {"apt": ["jq"], "pip": ["six"]}}},
+        "profiles": [{"name": "default", "image": "base"}],
+    })
+    plans = images.plan_images(site, site_dir)
+    rec = Recorder()
+    t0 = time.monotonic()
+    try:
+        names = images.build_images(plans, client=client, state_dir=STATE, console=rec)
+        elapsed = time.monotonic() - t0
+        print(f"built {names} in {elapsed:.0f} s", flush=True)
+        yield {"plans": plans, "refs": images.image_refs(plans), "built": names, "seconds": elapsed,
+               "lines": rec.lines, "site_dir": site_dir}
+    finally:
+        if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
+            _remove_test_images(client)
+
+
+def run(client, ref: str, cmd: list[str], **kwargs) -> str:
+    out = client.containers.run(ref, cmd, remove=True, stdout=True, stderr=False, **kwargs)
+    return out.decode().strip()
+
+
+def test_every_image_is_tagged_and_labelled(client, built):
+    assert set(images.missing_images(built["plans"], client)) == set()
+    for name, plan in built["plans"].items():
+        labels = client.images.get(plan.ref).labels
+        assert labels["hubdeploy.site"] == SITE
+        assert labels["hubdeploy.image"] == name
+        assert labels["hubdeploy.spec-hash"].startswith(plan.ref.rsplit(":", 1)[1])
+
+
+def test_base_runs_singleuser_of_the_hub_version_as_jovyan(client, built):
+    ref = built["refs"]["base"]
+    assert run(client, ref, ["id", "-u"]) == "1000"
+    assert run(client, ref, ["id", "-g"]) == "100"
+    assert run(client, ref, ["jupyterhub-singleuser", "--version"], user="1000").splitlines()[-1] == VERSION
+    config = client.images.get(ref).attrs["Config"]
+    assert config["Cmd"] == ["jupyterhub-singleuser"]
+    assert config["WorkingDir"] == "/home/jovyan"
+    assert "8888/tcp" in config["ExposedPorts"]
+    assert "JUPYTER_PREFER_ENV_PATH=1" in config["Env"]
+
+
+def test_kernelspec_lives_outside_home(client, built):
+    specs = json.loads(run(client, built["refs"]["base"], ["jupyter", "kernelspec", "list", "--json"]))
+    python3 = specs["kernelspecs"]["python3"]["resource_dir"]
+    assert python3.startswith("/opt/venv/"), python3
+    assert not python3.startswith("/home/")
+
+
+def test_home_is_empty_and_owned_by_jovyan(client, built):
+    ref = built["refs"]["base"]
+    assert run(client, ref, ["stat", "-c", "%u:%g", "/home/jovyan"]) == "1000:100"
+    assert run(client, ref, ["ls", "-A", "/home/jovyan"]) == ""
+
+
+def test_site_ca_is_what_lets_tls_through(client, built):
+    """The image trusts PyPI through the site CA; with Debian's Mozilla set alone it would not."""
+    ref = built["refs"]["base"]
+    probe = (
+        "import glob, ssl, sys, urllib.request\n"
+        "ctx = None\n"
+        "if sys.argv[1] == 'mozilla':\n"
+        "    with open('/tmp/mozilla.pem', 'w') as f:\n"
+        "        f.writelines(open(p).read() for p in glob.glob('/usr/share/ca-certificates/mozilla/*.crt'))\n"
+        "    ctx = ssl.create_default_context(cafile='/tmp/mozilla.pem')\n"
+        "try:\n"
+        "    urllib.request.urlopen('https://pypi.org/simple/six/', context=ctx, timeout=20)\n"
+        "    print('ok')\n"
+        "except Exception as exc:\n"
+        "    print('fail', exc)\n"
+    )
+    assert run(client, ref, ["python", "-c", probe, "system"]) == "ok"
+    without = run(client, ref, ["python", "-c", probe, "mozilla"])
+    if without == "ok":
+        pytest.skip("this network does not re-sign TLS: nothing to prove about the CA bundle")
+    assert "CERTIFICATE_VERIFY_FAILED" in without
+
+
+def test_without_the_ca_bundle_pip_fails_with_a_clear_error(client, built, tmp_path):
+    """The same base without build.ca_bundle: pip cannot reach PyPI, and the error says where."""
+    from hubdeploy.errors import OperationError
+
+    site = Site.model_validate({"name": f"{SITE}-noca", "profiles": [{"name": "d", "image": "base"}]})
+    plans = images.plan_images(site, tmp_path)
+    with pytest.raises(OperationError) as info:
+        images.build_images(plans, client=client, state_dir=tmp_path / "state", names=["base"])
+    msg = str(info.value)
+    if "CERTIFICATE_VERIFY_FAILED" not in msg and "certificate verify failed" not in msg:
+        pytest.fail(f"expected a TLS failure, got:\n{msg}")
+    assert msg.startswith(f"building image base ({plans['base'].ref}) failed at Step ")
+    assert "pip install" in msg.splitlines()[0]
+    assert "Traceback" not in msg.splitlines()[0]
+
+
+def test_collaboration_adds_packages_and_keeps_the_version(client, built):
+    ref = built["refs"]["c1"]
+    assert run(client, ref, ["sh", "-c", "command -v jq && python -c 'import six; print(six.__name__)'"]) \
+        .splitlines() == ["/usr/bin/jq", "six"]
+    assert run(client, ref, ["jupyterhub-singleuser", "--version"]).splitlines()[-1] == VERSION
+    assert run(client, ref, ["id", "-un"]) == "jovyan"
+
+
+def test_hub_image(client, built):
+    ref = built["refs"]["hub"]
+    assert run(client, ref, ["jupyterhub", "--version"]).splitlines()[-1] == VERSION
+    run(client, ref, ["python3", "-c", "import hubdeploy, dockerspawner, jupyterhub_idle_culler, psycopg2"])
+    config = client.images.get(ref).attrs["Config"]
+    assert config["Cmd"] == ["jupyterhub", "-f", "/etc/jupyterhub/jupyterhub_config.py"]
+    assert config["WorkingDir"] == "/srv/jupyterhub"
+    assert config["User"] in ("", "root")
+
+
+def test_hub_code_change_rebuilds_only_the_last_layers(client, built):
+    hub = built["plans"]["hub"]
+    files = {**hub.files, "hubdeploy-src/hubdeploy/_test_probe.txt": b"changed\n"}
+    changed = replace(hub, ref=f"{PREFIX}hub:probe{int(time.time())}", files=files)
+    t0 = time.monotonic()
+    plans = {**built["plans"], "hub": changed}
+    assert images.build_images(plans, client=client, state_dir=STATE / "probe", names=["hub"]) == ["hub"]
+    seconds = time.monotonic() - t0
+    old = client.images.get(hub.ref).attrs["RootFS"]["Layers"]
+    new = client.images.get(changed.ref).attrs["RootFS"]["Layers"]
+    # COPY source, pip install source, mkdir: everything before them is reused.
+    assert new[: len(old) - 3] == old[: len(old) - 3]
+    assert seconds < 60, seconds
+
+
+def test_proxy_image(client, built):
+    ref = built["refs"]["proxy"]
+    assert run(client, ref, ["configurable-http-proxy", "--version"]).startswith("4.")
+    assert run(client, ref, ["sh", "-c", "command -v setpriv; command -v node"]).splitlines() == [
+        "/usr/bin/setpriv", "/usr/bin/node"]
+
+
+def test_db_initialises_and_accepts_the_password_over_tcp(client, built, tmp_path):
+    password = "pa'ss-" + os.urandom(8).hex()
+    secret = tmp_path / "db_password"
+    secret.write_text(password)
+    secret.chmod(0o600)
+    container = client.containers.run(
+        built["refs"]["db"], detach=True, name=f"hubdeploy-{SITE}-db-{os.getpid()}",
+        volumes={str(secret): {"bind": "/run/secrets/db_password", "mode": "ro"}},
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            container.reload()
+            assert container.status in ("created", "running"), container.logs().decode()
+            if container.exec_run(["pg_isready", "-h", "127.0.0.1", "-U", "jupyterhub"]).exit_code == 0:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("postgres not ready in 90 s:\n" + container.logs().decode())
+        query = ["psql", "-h", "127.0.0.1", "-U", "jupyterhub", "-d", "jupyterhub", "-tAc", "select current_user"]
+        ok = container.exec_run(query, environment={"PGPASSWORD": password}, user="nobody")
+        assert ok.exit_code == 0 and ok.output.decode().strip() == "jupyterhub", ok.output
+        bad = container.exec_run(query, environment={"PGPASSWORD": "wrong"}, user="nobody")
+        assert bad.exit_code != 0
+        logs = container.logs().decode()
+        assert password not in logs and "pa'ss" not in logs
+        assert password not in json.dumps(container.attrs)
+        assert client.api.inspect_image(built["refs"]["db"])["Config"]["StopSignal"] == "SIGINT"
+    finally:
+        container.remove(force=True)
+
+
+def test_unchanged_site_builds_nothing(client, built):
+    t0 = time.monotonic()
+    assert images.build_images(built["plans"], client=client, state_dir=STATE) == []
+    assert time.monotonic() - t0 < 10
+
+
+def test_second_site_reuses_the_rootfs_without_bootstrapping(client, built, tmp_path):
+    site = Site.model_validate({"name": f"{SITE}-b", "profiles": [{"name": "d", "image": "base"}]})
+    plans = images.plan_images(site, tmp_path)
+    t0 = time.monotonic()
+    # An empty state dir: no cached tarball; the other site's debian image is relabelled.
+    assert images.build_images(plans, client=client, state_dir=tmp_path / "state", names=["debian"]) == ["debian"]
+    assert time.monotonic() - t0 < 20
+    assert client.images.get(plans["debian"].ref).labels["hubdeploy.site"] == f"{SITE}-b"
+    assert not (tmp_path / "state" / "rootfs").exists()

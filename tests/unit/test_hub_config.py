@@ -1,0 +1,156 @@
+"""config/jupyterhub_config.py read with a hub.json as `hubdeploy render` writes it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from traitlets.config.loader import PyFileConfigLoader
+
+from hubdeploy import resources
+
+CONFIG = resources.path("config/jupyterhub_config.py")
+
+
+def hub_json(tmp_path, **changes):
+    secrets = {}
+    for name in ("cookie_secret", "proxy_token", "db_password", "service-idle-culler_token", "service-web_token"):
+        path = tmp_path / name
+        path.write_text(f"value-of-{name}\n")
+        secrets[name] = str(path)
+    data = {
+        "site": "hdtconf",
+        "hub": {"ip": "0.0.0.0", "port": 8081, "connect_url": "http://hub:8081"},
+        "cookie_secret_file": secrets["cookie_secret"],
+        "proxy": {"api_url": "http://proxy-api:8001", "token_file": secrets["proxy_token"], "route_check_interval": 7},
+        "database": {"url": "postgresql://jupyterhub@db:5432/jupyterhub", "password_file": secrets["db_password"]},
+        "authenticator": {"class": "dummy", "config": {}},
+        "admin_users": ["admin"],
+        "services": [
+            {
+                "name": "idle-culler",
+                "token_file": secrets["service-idle-culler_token"],
+                "url": None,
+                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            },
+            {"name": "web", "token_file": secrets["service-web_token"], "url": "http://web:9000", "scopes": []},
+        ],
+        "spawner": {
+            "backend": "docker",
+            "backend_config": {"network": "hubdeploy-hdtconf-users", "prefix": "hubdeploy-hdtconf", "site": "hdtconf"},
+            "profiles": [{"name": "base", "image_ref": "hubdeploy/hdtconf-base:0123456789ab", "default": True}],
+        },
+        "config": {"JupyterHub": {"shutdown_on_logout": True}, "Spawner": {"start_timeout": 99}},
+    }
+    for key, value in changes.items():
+        data[key] = value
+    path = tmp_path / "hub.json"
+    path.write_text(json.dumps(data))
+    return path, data
+
+
+def load(monkeypatch, path):
+    monkeypatch.setenv("HUBDEPLOY_HUB_JSON", str(path))
+    return PyFileConfigLoader(CONFIG.name, path=str(CONFIG.parent)).load_config()
+
+
+def test_static_config(tmp_path, monkeypatch):
+    path, data = hub_json(tmp_path)
+    c = load(monkeypatch, path)
+    assert c.JupyterHub.hub_bind_url == "http://0.0.0.0:8081"
+    assert c.JupyterHub.hub_connect_url == "http://hub:8081"
+    assert c.JupyterHub.cookie_secret_file == data["cookie_secret_file"]
+    assert c.JupyterHub.cleanup_servers is False
+    assert c.JupyterHub.allow_named_servers is True
+    assert c.JupyterHub.proxy_class == "hubdeploy.hub.proxy.RouteKeepingProxy"
+    assert c.ConfigurableHTTPProxy.should_start is False
+    assert c.ConfigurableHTTPProxy.api_url == "http://proxy-api:8001"
+    assert c.ConfigurableHTTPProxy.auth_token == "value-of-proxy_token"
+    assert c.RouteKeepingProxy.route_check_interval == 7
+    assert c.JupyterHub.spawner_class == "hubdeploy.hub.spawner.HubdeploySpawner"
+    assert c.HubdeploySpawner.profiles == data["spawner"]["profiles"]
+    assert c.HubdeploySpawner.backend == "docker"
+    assert c.HubdeploySpawner.backend_config["network"] == "hubdeploy-hdtconf-users"
+    assert c.Authenticator.admin_users == {"admin"}
+    assert c.JupyterHub.authenticator_class == "dummy"
+    assert c.Authenticator.allow_all is True
+    # pass-through
+    assert c.JupyterHub.shutdown_on_logout is True
+    assert c.Spawner.start_timeout == 99
+
+
+def test_database_password_never_in_url(tmp_path, monkeypatch):
+    path, _ = hub_json(tmp_path)
+    c = load(monkeypatch, path)
+    assert "value-of-db_password" not in c.JupyterHub.db_url
+    assert c.JupyterHub.db_kwargs == {"connect_args": {"password": "value-of-db_password"}}
+
+
+def test_sqlite_has_no_password(tmp_path, monkeypatch):
+    path, _ = hub_json(tmp_path, database={"url": "sqlite:////srv/jupyterhub/data/jupyterhub.sqlite"})
+    c = load(monkeypatch, path)
+    assert c.JupyterHub.db_url.startswith("sqlite:")
+    assert "db_kwargs" not in c.JupyterHub
+
+
+def test_services_get_exactly_their_scopes(tmp_path, monkeypatch):
+    path, _ = hub_json(tmp_path)
+    c = load(monkeypatch, path)
+    assert c.JupyterHub.services == [
+        {"name": "idle-culler", "api_token": "value-of-service-idle-culler_token"},
+        {"name": "web", "api_token": "value-of-service-web_token", "url": "http://web:9000"},
+    ]
+    assert c.JupyterHub.load_roles == [
+        {
+            "name": "service-idle-culler",
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            "services": ["idle-culler"],
+        }
+    ]
+
+
+def test_authenticator_config_and_restricted_dummy(tmp_path, monkeypatch):
+    path, _ = hub_json(tmp_path, authenticator={"class": "dummy", "config": {"allowed_users": ["ann"]}})
+    c = load(monkeypatch, path)
+    assert c.Authenticator.allowed_users == ["ann"]
+    assert "allow_all" not in c.Authenticator
+
+
+def test_other_authenticator_not_open(tmp_path, monkeypatch):
+    path, _ = hub_json(
+        tmp_path, authenticator={"class": "github", "config": {"client_id": "abc", "allowed_organizations": ["x"]}}
+    )
+    c = load(monkeypatch, path)
+    assert c.JupyterHub.authenticator_class == "github"
+    assert c.Authenticator.client_id == "abc"
+    assert "allow_all" not in c.Authenticator
+
+
+def test_passthrough_wins(tmp_path, monkeypatch):
+    passthrough = {"JupyterHub": {"cleanup_servers": True}, "Authenticator": {"allow_all": False}}
+    path, _ = hub_json(tmp_path, config=passthrough)
+    c = load(monkeypatch, path)
+    assert c.JupyterHub.cleanup_servers is True
+    assert c.Authenticator.allow_all is False
+
+
+def test_empty_secret_stops_the_hub(tmp_path, monkeypatch):
+    path, data = hub_json(tmp_path)
+    open(data["proxy"]["token_file"], "w").close()
+    with pytest.raises(SystemExit, match="empty"):
+        load(monkeypatch, path)
+
+
+def test_jupyterhub_accepts_the_config(tmp_path, monkeypatch):
+    """JupyterHub itself loads the file and builds the authenticator and proxy from it."""
+    pytest.importorskip("jupyterhub")
+    from jupyterhub.app import JupyterHub
+
+    path, _ = hub_json(tmp_path, database={"url": f"sqlite:///{tmp_path}/jupyterhub.sqlite"})
+    monkeypatch.setenv("HUBDEPLOY_HUB_JSON", str(path))
+    app = JupyterHub()
+    app.load_config_file(str(CONFIG))
+    assert app.cleanup_servers is False
+    assert app.authenticator_class.__name__ == "DummyAuthenticator"
+    assert app.proxy_class.__name__ == "RouteKeepingProxy"
+    assert app.spawner_class.__name__ == "HubdeploySpawner"

@@ -1,0 +1,326 @@
+"""Image plans: deterministic contexts, tags that follow the build graph, trust and proxies."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from hubdeploy import images
+from hubdeploy.errors import SiteError
+from hubdeploy.schema import Site
+
+CA = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+PROXY = "http://alice:s3cret-pw@proxy.example.org:3128"
+
+
+def make_site(**overrides) -> Site:
+    data = {
+        "name": "demo",
+        "build": {"ca_bundle": "ca.pem", "http_proxy": PROXY, "https_proxy": PROXY, "no_proxy": "localhost"},
+        "images": {
+            "base": {"apt": ["git"], "pip": ["numpy<2"]},
+            "collaborations": {
+                "astro": {"pip": ["astropy"], "apt": ["jq"]},
+                "radio": {"parent": "astro", "pip": ["casa-formats-io"]},
+                "bio": {"pip": ["biopython"]},
+            },
+        },
+        "database": {"type": "postgresql"},
+        "profiles": [{"name": "default", "image": "base"}],
+    }
+    for key, value in overrides.items():
+        section, _, sub = key.partition("__")
+        if sub:
+            data[section] = {**data.get(section, {}), sub: value}
+        else:
+            data[section] = value
+    return Site.model_validate(data)
+
+
+@pytest.fixture
+def site_dir(tmp_path: Path) -> Path:
+    (tmp_path / "ca.pem").write_bytes(CA)
+    return tmp_path
+
+
+def plan(site_dir: Path, **overrides) -> dict[str, images.ImagePlan]:
+    return images.plan_images(make_site(**overrides), site_dir)
+
+
+def test_plan_order_parents_and_refs(site_dir):
+    plans = plan(site_dir)
+    assert list(plans) == ["debian", "base", "astro", "bio", "radio", "hub", "proxy", "db"]
+    order = list(plans)
+    for name, p in plans.items():
+        if p.parent:
+            assert order.index(p.parent) < order.index(name)
+        assert p.ref.startswith(f"hubdeploy/demo-{name}:")
+        tag = p.ref.rsplit(":", 1)[1]
+        assert len(tag) == 12 and int(tag, 16) >= 0
+    assert plans["radio"].parent == "astro" and plans["base"].parent == "debian"
+    assert plans["debian"].parent is None
+    assert plans["radio"].files["Dockerfile"].startswith(b"# hubdeploy collaboration") 
+    assert f"FROM {plans['astro'].ref}\n".encode() in plans["radio"].files["Dockerfile"]
+    assert images.image_refs(plans)["hub"] == plans["hub"].ref
+
+
+def test_no_db_plan_for_sqlite(site_dir):
+    assert "db" not in plan(site_dir, database={"type": "sqlite"})
+
+
+def test_plans_are_deterministic(site_dir):
+    a, b = plan(site_dir), plan(site_dir)
+    assert images.image_refs(a) == images.image_refs(b)
+    for name in a:
+        assert a[name].files == b[name].files
+        assert images.context_tar(a[name].files) == images.context_tar(b[name].files)
+
+
+def test_labels_are_last_and_carry_the_spec_hash(site_dir):
+    for name, p in plan(site_dir).items():
+        if name == "debian":
+            continue
+        text = p.files["Dockerfile"].decode()
+        last = text[text.rindex("\nLABEL ") :]
+        assert "\nRUN " not in last and "\nCOPY " not in last
+        for key in ("org.opencontainers.image.title", "org.opencontainers.image.version", "hubdeploy.site",
+                    "hubdeploy.image", "hubdeploy.spec-hash", "hubdeploy.parent"):
+            assert f'"{key}"=' in last
+        assert p.labels["hubdeploy.spec-hash"][:12] == p.ref.rsplit(":", 1)[1]
+        assert "created" not in text
+
+
+def test_base_change_retags_every_descendant_only(site_dir):
+    before = images.image_refs(plan(site_dir))
+    after = images.image_refs(plan(site_dir, images={
+        "base": {"apt": ["git", "vim"], "pip": ["numpy<2"]},
+        "collaborations": {
+            "astro": {"pip": ["astropy"], "apt": ["jq"]},
+            "radio": {"parent": "astro", "pip": ["casa-formats-io"]},
+            "bio": {"pip": ["biopython"]},
+        },
+    }))
+    changed = {n for n in before if before[n] != after[n]}
+    assert changed == {"base", "astro", "radio", "bio"}
+
+
+def test_one_collaboration_change_retags_it_and_its_children(site_dir):
+    before = images.image_refs(plan(site_dir))
+    after = images.image_refs(plan(site_dir, images={
+        "base": {"apt": ["git"], "pip": ["numpy<2"]},
+        "collaborations": {
+            "astro": {"pip": ["astropy"], "apt": ["jq"]},
+            "radio": {"parent": "astro", "pip": ["casa-formats-io"]},
+            "bio": {"pip": ["biopython", "pandas"]},
+        },
+    }))
+    assert {n for n in before if before[n] != after[n]} == {"bio"}
+
+
+def test_jupyterhub_version_reaches_hub_and_notebooks(site_dir):
+    before = images.image_refs(plan(site_dir))
+    plans = plan(site_dir, hub={"jupyterhub_version": "5.2.1"})
+    after = images.image_refs(plans)
+    assert {n for n in before if before[n] != after[n]} == {"base", "astro", "radio", "bio", "hub"}
+    assert b'"jupyterhub==5.2.1"' in plans["base"].files["Dockerfile"]
+    assert b"jupyterhub==5.2.1\n" in plans["hub"].files["requirements.txt"]
+    assert b"jupyterhub==5.2.1\n" in plans["astro"].files["constraints.txt"]
+
+
+def test_debian_suite_changes_everything_but_from_base(site_dir):
+    before = images.image_refs(plan(site_dir))
+    after = images.image_refs(plan(site_dir, build__debian={"suite": "trixie"}))
+    assert all(before[n] != after[n] for n in before)
+
+
+def test_base_from_local_image(site_dir):
+    plans = plan(site_dir, images={"base": {"from": "example/notebook:1.0"}})
+    assert plans["base"].parent is None
+    assert plans["base"].files["Dockerfile"].count(b"FROM example/notebook:1.0\n") == 1
+    # hub, proxy and db still need Debian.
+    assert "debian" in plans and plans["hub"].parent == "debian"
+
+
+def test_ca_bundle_in_every_context_and_used(site_dir):
+    plans = plan(site_dir)
+    for name, p in plans.items():
+        if name == "debian":
+            continue
+        assert p.files[images.CA_FILE] == CA, name
+    for name in ("base", "hub", "proxy", "db"):
+        text = plans[name].files["Dockerfile"].decode()
+        assert "COPY hubdeploy-ca.crt" in text
+        assert "Acquire::https::CAInfo" in text
+        for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO"):
+            assert var in text, (name, var)
+
+
+def test_ca_bundle_change_retags_all_but_debian(site_dir):
+    before = images.image_refs(plan(site_dir))
+    (site_dir / "ca.pem").write_bytes(CA + CA.replace(b"fake", b"other"))
+    after = images.image_refs(plan(site_dir))
+    assert {n for n in before if before[n] != after[n]} == set(before) - {"debian"}
+
+
+def test_missing_or_bad_ca_bundle_is_a_site_error(site_dir):
+    with pytest.raises(SiteError, match="ca_bundle"):
+        plan(site_dir, build={"ca_bundle": "nope.pem"})
+    (site_dir / "bad.pem").write_text("not a certificate")
+    with pytest.raises(SiteError, match="no PEM"):
+        plan(site_dir, build={"ca_bundle": "bad.pem"})
+
+
+def test_no_ca_bundle_no_ca_file(site_dir):
+    plans = plan(site_dir, build={})
+    assert all(images.CA_FILE not in p.files for p in plans.values())
+    assert b"hubdeploy-ca.crt" not in plans["base"].files["Dockerfile"]
+
+
+def test_proxies_are_build_args_only(site_dir):
+    plans = plan(site_dir)
+    for name, p in plans.items():
+        assert p.buildargs["http_proxy"] == PROXY and p.buildargs["HTTPS_PROXY"] == PROXY
+        assert p.buildargs["no_proxy"] == "localhost"
+        for path, data in p.files.items():
+            assert b"s3cret" not in data, (name, path)
+            assert b"proxy.example.org" not in data, (name, path)
+        assert not any("s3cret" in v for v in p.labels.values())
+        # Docker keeps its predefined proxy args out of history unless an ARG names them.
+        assert b"ARG http_proxy" not in p.files.get("Dockerfile", b"").lower().replace(b"https", b"http")
+
+
+def test_rotating_the_proxy_password_keeps_every_tag(site_dir):
+    before = images.image_refs(plan(site_dir))
+    after = images.image_refs(plan(site_dir, build={"ca_bundle": "ca.pem", "http_proxy": "http://bob:other@p:1"}))
+    assert before == after
+
+
+def test_pip_requirements_are_files_not_shell(site_dir):
+    plans = plan(site_dir)
+    base = plans["base"]
+    assert base.files["requirements.txt"] == b"numpy<2\n"
+    assert b"numpy<2" not in base.files["Dockerfile"]  # '<' would be a shell redirection
+    assert b"-c /tmp/hubdeploy/constraints.txt" in base.files["Dockerfile"]
+
+
+def test_apt_packages_are_quoted(site_dir):
+    plans = plan(site_dir, images={"base": {"apt": ["python3-numpy=1.24*"]}})
+    assert b"'python3-numpy=1.24*'" in plans["base"].files["Dockerfile"]
+
+
+def test_base_image_contract(site_dir):
+    text = plan(site_dir)["base"].files["Dockerfile"].decode()
+    for needle in ("--uid 1000 --gid 100", "/opt/venv", "JUPYTER_PREFER_ENV_PATH=1", "ipykernel install --sys-prefix",
+                   "USER jovyan", "WORKDIR /home/jovyan", "EXPOSE 8888", 'CMD ["jupyterhub-singleuser"]',
+                   "jupyterhub-singleuser --version"):
+        assert needle in text, needle
+    # USER jovyan is the last USER line.
+    users = [line for line in text.splitlines() if line.startswith("USER ")]
+    assert users[-1] == "USER jovyan"
+
+
+def test_hub_context_installs_dependencies_before_source(site_dir):
+    site = make_site(hub={"authenticator": {"class": "ldapauthenticator", "packages": ["jupyterhub-ldapauthenticator"]}})
+    hub = images.plan_images(site, site_dir)["hub"]
+    reqs = hub.files["requirements.txt"].decode().splitlines()
+    for req in ("jupyterhub==6.1.1", "dockerspawner", "jupyterhub-idle-culler", "jupyterhub-ldapauthenticator",
+                "psycopg2-binary", "docker>=7.0"):
+        assert req in reqs
+    assert "hubdeploy-src/pyproject.toml" in hub.files
+    assert "hubdeploy-src/hubdeploy/images.py" in hub.files
+    assert not any("__pycache__" in p or p.endswith(".pyc") for p in hub.files)
+    text = hub.files["Dockerfile"].decode()
+    assert text.index("COPY requirements.txt") < text.index("COPY hubdeploy-src/")
+    assert "WORKDIR /srv/jupyterhub" in text
+    assert 'CMD ["jupyterhub", "-f", "/etc/jupyterhub/jupyterhub_config.py"]' in text
+    assert "node-configurable-http-proxy" not in text
+
+
+def test_db_context_has_the_entrypoint(site_dir):
+    db = plan(site_dir)["db"]
+    assert db.files["entrypoint.sh"].startswith(b"#!/bin/sh")
+    assert b"/run/secrets/db_password" in db.files["entrypoint.sh"]
+    tar = tarfile.open(fileobj=io.BytesIO(images.context_tar(db.files)))
+    assert tar.getmember("entrypoint.sh").mode == 0o755
+    assert tar.getmember("Dockerfile").mode == 0o644
+    assert {m.mtime for m in tar.getmembers()} == {0}
+
+
+def test_reserved_and_invalid_collaboration_names(site_dir):
+    with pytest.raises(SiteError, match="reserved"):
+        plan(site_dir, images={"collaborations": {"hub": {}}})
+    with pytest.raises(SiteError, match="cannot end with"):
+        plan(site_dir, images={"collaborations": {"astro-": {}}})
+
+
+def test_debian_plan_is_a_rootfs_recipe(site_dir):
+    deb = plan(site_dir)["debian"]
+    assert b'"mirror": "http://deb.debian.org/debian"' in deb.files["recipe.json"]
+    assert "rootfs/usr/sbin/policy-rc.d" in deb.files
+    other = images.plan_images(make_site(name="other"), site_dir)["debian"]
+    # The rootfs does not depend on the site: a second site reuses it.
+    assert other.labels["hubdeploy.spec-hash"] == deb.labels["hubdeploy.spec-hash"]
+
+
+class FakeAPI:
+    def __init__(self, present):
+        self.present = set(present)
+        self.built = []
+
+    def inspect_image(self, ref):
+        import docker.errors
+
+        if ref not in self.present:
+            raise docker.errors.ImageNotFound(ref)
+        return {"Id": "sha256:" + "0" * 64}
+
+    def build(self, *, tag, **kwargs):
+        self.built.append(tag)
+        if "fail" in tag:
+            yield {"stream": "Step 1/3 : FROM x\n"}
+            yield {"stream": "Step 2/3 : RUN false\n"}
+            yield {"stream": "boom\n"}
+            yield {"error": "The command '/bin/sh -c false' returned a non-zero code: 1"}
+            return
+        self.present.add(tag)
+        yield {"stream": "Step 1/1 : FROM x\n"}
+
+
+class FakeClient:
+    def __init__(self, present=()):
+        self.api = FakeAPI(present)
+
+
+def test_build_only_missing_parents_first(site_dir, tmp_path):
+    plans = plan(site_dir)
+    present = {p.ref for n, p in plans.items() if n not in ("astro", "radio")}
+    client = FakeClient(present)
+    assert images.missing_images(plans, client) == ["astro", "radio"]
+    built = images.build_images(plans, client=client, state_dir=tmp_path / "state")
+    assert built == ["astro", "radio"]
+    assert (tmp_path / "state" / "build" / "astro" / "Dockerfile").is_file()
+    assert images.build_images(plans, client=client, state_dir=tmp_path / "state") == []
+    forced = images.build_images(plans, client=client, state_dir=tmp_path / "state", names=["radio"], force=True)
+    assert forced == ["radio"]
+
+
+def test_build_failure_names_image_step_and_output(site_dir, tmp_path):
+    from hubdeploy.errors import OperationError
+
+    plans = plan(site_dir)
+    bad = images.ImagePlan("bio", "hubdeploy/demo-fail:000000000000", "base", plans["bio"].files, {})
+    plans = {**plans, "bio": bad}
+    client = FakeClient({p.ref for p in plans.values() if p.name != "bio"})
+    with pytest.raises(OperationError) as info:
+        images.build_images(plans, client=client, state_dir=tmp_path)
+    msg = str(info.value)
+    assert "bio" in msg and "Step 2/3 : RUN false" in msg and "boom" in msg and "non-zero code" in msg
+    assert "Traceback" not in msg
+
+
+def test_unknown_name_is_a_site_error(site_dir, tmp_path):
+    with pytest.raises(SiteError, match="unknown image"):
+        images.build_images(plan(site_dir), client=FakeClient(), state_dir=tmp_path, names=["nope"])

@@ -1,0 +1,218 @@
+"""HubdeploySpawner without a hub or a daemon: profiles, form, state, poll answers."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("jupyterhub")
+
+from jupyterhub.objects import Hub
+from tornado import web
+
+from hubdeploy.backends.base import (
+    ADOPTED_TOKEN_KEY,
+    Backend,
+    Running,
+    Stopped,
+    Unknown,
+)
+from hubdeploy.hub import spawner as spawner_mod
+from hubdeploy.hub.spawner import HubdeploySpawner
+
+PROFILES = [
+    {
+        "name": "small",
+        "display_name": "Small <b>",
+        "description": "1 core & 2G",
+        "image_ref": "hubdeploy/test-base:000000000001",
+        "cpu": 1.0,
+        "mem_limit": 2 * 1024**3,
+        "home": True,
+        "volumes": [],
+        "environment": {"PROFILE": "small"},
+        "default": False,
+        "spawner_config": {},
+    },
+    {
+        "name": "big",
+        "display_name": "Big",
+        "description": "",
+        "image_ref": "hubdeploy/test-base:000000000002",
+        "cpu": 4.0,
+        "mem_limit": None,
+        "home": True,
+        "volumes": [],
+        "environment": {},
+        "default": True,
+        "spawner_config": {"environment": {"EXTRA": "1"}, "start_timeout": 77},
+    },
+]
+
+
+class FakeBackend(Backend):
+    """Records calls; answers poll with whatever the test puts in ``answer``."""
+
+    def __init__(self, config, log=None):
+        super().__init__(config, log)
+        self.specs = []
+        self.stopped = []
+        self.answer = Running()
+        self.adopt = None
+
+    async def start(self, spec, state):
+        self.specs.append(spec)
+        state["job"] = len(self.specs)
+        state["phase"] = "started"
+        if self.adopt:
+            state[ADOPTED_TOKEN_KEY] = self.adopt
+        return f"host-{len(self.specs)}", spec.port
+
+    async def stop(self, state):
+        self.stopped.append(dict(state))
+
+    async def poll(self, state):
+        return self.answer
+
+    async def progress(self, state):
+        yield {"progress": 50, "message": f"job {state.get('job')}"}
+
+
+@pytest.fixture
+def make_spawner(monkeypatch):
+    monkeypatch.setattr(spawner_mod, "get_backend", lambda name: FakeBackend)
+    monkeypatch.setattr(spawner_mod, "_BACKENDS", {})
+
+    def make(profiles=PROFILES, name="", **kw):
+        user = SimpleNamespace(name="has@", url="/user/has@/", escaped_name="has%40")
+        return HubdeploySpawner(
+            user=user,
+            hub=Hub(),
+            orm_spawner=SimpleNamespace(name=name, server=None),
+            profiles=profiles,
+            backend="fake",
+            backend_config={"site": "t"},
+            **kw,
+        )
+
+    return make
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_form_lists_profiles_escaped_with_default_checked(make_spawner):
+    form = run(make_spawner().get_options_form())
+    assert form.count('type="radio" name="profile"') == 2
+    assert "Small &lt;b&gt;" in form and "Small <b>" not in form
+    assert "1 core &amp; 2G" in form and "(1 CPU, 2 GiB)" in form
+    assert 'value="big" checked' in form and 'value="small" checked' not in form
+
+
+def test_form_remembers_previous_choice(make_spawner):
+    s = make_spawner(user_options={"profile": "small"})
+    assert 'value="small" checked' in run(s.get_options_form())
+
+
+def test_no_form_with_one_profile(make_spawner):
+    assert run(make_spawner(profiles=PROFILES[:1]).get_options_form()) == ""
+
+
+def test_options_from_form(make_spawner):
+    s = make_spawner()
+    assert s.run_options_from_form({"profile": ["small"]}) == {"profile": "small"}
+    assert s.run_options_from_form({}) == {"profile": "big"}
+    assert s.options_from_query({"profile": ["small"]}) == {"profile": "small"}
+    with pytest.raises(web.HTTPError) as exc:
+        s.run_options_from_form({"profile": ["nope"]})
+    assert exc.value.status_code == 400 and "small, big" in exc.value.log_message
+
+
+def test_api_user_options_validated_before_start(make_spawner):
+    s = make_spawner()
+    run(s._run_apply_user_options({"profile": "small"}))
+    with pytest.raises(web.HTTPError) as exc:
+        run(s._run_apply_user_options({"profile": "gpu"}))
+    assert exc.value.status_code == 400
+
+
+def test_start_applies_profile_and_builds_spec(make_spawner):
+    s = make_spawner(name="second", user_options={"profile": "small"}, environment={"SITE": "x"})
+    s.api_token = "tok"
+    host, port = run(s.start())
+    backend = s.get_backend()
+    spec = backend.specs[-1]
+    assert (host, port) == ("host-1", 8888)
+    assert spec.user == "has@" and spec.server_name == "second" and spec.port == 8888
+    assert spec.cmd == ["jupyterhub-singleuser"]
+    assert spec.env["PROFILE"] == "small" and spec.env["SITE"] == "x"
+    assert spec.env["JUPYTERHUB_API_TOKEN"] == "tok"
+    assert spec.env["JUPYTERHUB_SERVICE_URL"].startswith("http://0.0.0.0:8888/")
+    assert spec.profile["cpu"] == 1.0 and spec.profile["mem_limit"] == 2 * 1024**3
+    assert "tok" not in repr(spec)
+    assert backend.config["allowed_images"] == sorted(p["image_ref"] for p in PROFILES)
+
+    # Switching profiles must not keep the previous profile's settings.
+    s.user_options = {"profile": "big"}
+    run(s.start())
+    spec = backend.specs[-1]
+    assert "PROFILE" not in spec.env and spec.env["EXTRA"] == "1" and spec.env["SITE"] == "x"
+    assert spec.profile["cpu"] == 4.0 and s.start_timeout == 77
+    assert s.mem_limit is None
+
+
+def test_unknown_profile_at_start_is_400(make_spawner):
+    s = make_spawner(user_options={"profile": "gone"})
+    with pytest.raises(web.HTTPError) as exc:
+        run(s.start())
+    assert exc.value.status_code == 400
+
+
+def test_state_round_trip_and_poll(make_spawner):
+    s = make_spawner()
+    assert run(s.poll()) == 0  # never started: not running
+    run(s.start())
+    state = s.get_state()
+    assert state["hubdeploy"] == {"backend": "fake", "state": {"job": 1, "phase": "started", "profile": "big"}}
+
+    # A restarted hub: a fresh spawner loads the state and still finds the server.
+    s2 = make_spawner()
+    s2.load_state(state)
+    backend = s2.get_backend()
+    assert run(s2.poll()) is None
+    backend.answer = Stopped(3)
+    assert run(s2.poll()) == 3
+    backend.answer = Unknown("daemon down")
+    assert run(s2.poll()) is None  # kept on the books
+    run(s2.stop())
+    assert backend.stopped == [{"job": 1, "phase": "started", "profile": "big"}]
+    s2.clear_state()
+    assert "hubdeploy" not in s2.get_state()
+    assert run(s2.poll()) == 0
+
+
+def test_adopted_token_reaches_hub_not_database(make_spawner):
+    s = make_spawner()
+    s.get_backend().adopt = "old-token"
+    run(s.start())
+    assert s.api_token == "old-token"
+    assert ADOPTED_TOKEN_KEY not in s.get_state()["hubdeploy"]["state"]
+
+
+def test_progress_yields_backend_events(make_spawner):
+    s = make_spawner()
+    run(s.start())
+
+    async def collect():
+        return [e async for e in s.progress()]
+
+    assert run(collect()) == [{"progress": 50, "message": "job 1"}]
+
+
+def test_unknown_spawner_config_trait_is_an_error(make_spawner):
+    bad = [{**PROFILES[0], "spawner_config": {"no_such_trait": 1}}]
+    with pytest.raises(web.HTTPError, match="no_such_trait"):
+        run(make_spawner(profiles=bad).start())
