@@ -28,7 +28,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import docker.errors
 import jinja2
+import requests.exceptions
 
 import hubdeploy
 from hubdeploy import rootfs
@@ -44,6 +46,8 @@ PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy")
 RECIPE_VERSION = "1"
 # Every context file gets the same metadata, so the same files give the same tar.
 _MTIME = 0
+# What the engine, the SDK and the socket raise when a daemon call goes wrong.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 # The classic builder colours stderr and narrates its own bookkeeping; neither helps
 # someone reading the last lines of a failed build.
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -138,7 +142,9 @@ def _hubdeploy_source() -> dict[str, bytes]:
     files = {"hubdeploy-src/pyproject.toml": pyproject.read_bytes()}
     for path in sorted((root / "hubdeploy").rglob("*")):
         rel = path.relative_to(root)
-        if path.is_symlink() or not path.is_file() or "__pycache__" in rel.parts or path.suffix in (".pyc", ".pyo"):
+        # Caches and editor droppings would change the hub's tag without changing hubdeploy.
+        junk = "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts) or path.name.endswith("~")
+        if junk or path.is_symlink() or not path.is_file() or path.suffix in (".pyc", ".pyo"):
             continue
         files[f"hubdeploy-src/{rel.as_posix()}"] = path.read_bytes()
     readme = root / "README.md"
@@ -175,16 +181,6 @@ def _collaboration_order(site: Site) -> list[str]:
     return order
 
 
-def _check_names(site: Site) -> None:
-    # Docker repository names cannot end in '-', which the schema's Name allows.
-    for name in [site.name, *site.images.collaborations]:
-        if name.endswith("-"):
-            raise SiteError(f"{name!r}: image names cannot end with '-' (Docker rejects such repository names)")
-    clash = sorted(set(SYSTEM_IMAGES) & set(site.images.collaborations))
-    if clash:
-        raise SiteError(f"images.collaborations: {', '.join(clash)} is reserved for hubdeploy's own images")
-
-
 def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
     """Every image of the site, in build order (parents first).
 
@@ -192,7 +188,6 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
     hubdeploy's own source (the hub image installs it): the same site gives byte-identical
     contexts and the same tags. Raises SiteError on bad input.
     """
-    _check_names(site)
     ca = _read_ca(site, site_dir)
     proxies = _proxy_buildargs(site)
     env = _jinja()
@@ -303,14 +298,12 @@ def missing_images(plans: dict[str, ImagePlan], client) -> list[str]:
 
 
 def _exists(client, ref: str) -> bool:
-    import docker.errors
-
     try:
         client.api.inspect_image(ref)
         return True
     except docker.errors.ImageNotFound:
         return False
-    except Exception as exc:  # APIError, connection errors: the engine is the problem
+    except ENGINE_ERRORS as exc:
         raise OperationError(f"cannot inspect image {ref}: {exc}") from None
 
 
@@ -450,10 +443,8 @@ def _docker_build(client, plan: ImagePlan, *, nocache: bool, console) -> None:
                 if line.startswith("Step "):
                     step = line
                     if console:
-                        console.print(f"[bold cyan]{plan.name}[/] {escape(line[:150])}")
-    except OperationError:
-        raise
-    except Exception as exc:  # APIError, connection reset, timeout: never a traceback
+                        console.print(f"[bold cyan]{plan.name}[/] {escape(' '.join(line.split())[:100])}")
+    except ENGINE_ERRORS as exc:  # API error, connection reset, timeout: never a traceback
         raise fail(f"{type(exc).__name__}: {exc}") from None
     if not _exists(client, plan.ref):
         raise fail("the engine reported no error but the image is not tagged")

@@ -31,7 +31,7 @@ def _pattern(annotated: Any) -> str:
 
 # What each schema pattern means, in words; an unknown pattern is shown as is.
 PATTERNS: dict[str, str] = {
-    _pattern(schema.Name): "a name: a lowercase letter, then up to 30 lowercase letters, digits or '-'",
+    _pattern(schema.Name): "a name: a lowercase letter, then up to 30 lowercase letters, digits or '-', not ending in '-'",
     _pattern(schema.Memory): "a memory size: a number and K, M, G or T, e.g. 512M, 2G, 1.5G",
     _pattern(schema.TraitSection): "an identifier: letters, digits and '_', not starting with a digit",
     _pattern(schema.Package): "a package name or requirement such as numpy or numpy>=1.26 (no spaces, no options)",

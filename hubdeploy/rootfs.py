@@ -15,6 +15,9 @@ import tempfile
 from collections import deque
 from pathlib import Path
 
+import docker.errors
+import requests.exceptions
+
 from hubdeploy.errors import OperationError
 
 # Debian's own docker images set the same environment; an imported tarball has none.
@@ -96,5 +99,5 @@ def import_tarball(client, tarball: Path, ref: str, labels: dict[str, str]) -> s
     try:
         client.api.import_image_from_file(str(tarball), repository=repo, tag=tag, changes=changes)
         return client.api.inspect_image(ref)["Id"]
-    except Exception as exc:  # the SDK raises APIError, requests errors or OSError here
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise OperationError(f"image debian: docker import of {tarball} failed: {exc}") from None

@@ -29,7 +29,7 @@ from pydantic import (
 EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 # Names end up in container, volume, network and image names: keep them to the
 # characters every one of those accepts, and short enough to leave room for suffixes.
-Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,30}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z](?:[a-z0-9-]{0,29}[a-z0-9])?$")]
 # Memory sizes as Docker and Slurm both understand them: 512M, 2G, 1.5G.
 MEMORY_RE = re.compile(r"^(\d+(\.\d+)?)([KMGT])$")
 Memory = Annotated[str, StringConstraints(pattern=MEMORY_RE.pattern)]
@@ -241,6 +241,9 @@ class Images(Closed):
         problems: list[tuple[tuple[str | int, ...], str]] = []
         if "base" in self.collaborations:
             problems.append((("collaborations", "base"), "'base' is reserved for the base image"))
+        # The stack's own images share the site's image namespace.
+        for reserved in sorted({"debian", "hub", "proxy", "db"} & set(self.collaborations)):
+            problems.append((("collaborations", reserved), f"'{reserved}' is reserved for the stack's own image"))
         cycles: set[frozenset[str]] = set()
         for name, img in self.collaborations.items():
             if name == "base":

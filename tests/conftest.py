@@ -35,7 +35,10 @@ def _sweep_docker() -> None:
         return
     for c in client.containers.list(all=True):
         if c.name.startswith(("hubdeploy-test", f"hubdeploy-{TEST_SITE_PREFIX}")):
-            c.remove(force=True)
+            try:
+                c.remove(force=True)
+            except Exception:  # already gone
+                pass
     for n in client.networks.list():
         if n.name.startswith(("hubdeploy-test", f"hubdeploy-{TEST_SITE_PREFIX}")):
             try:

@@ -243,16 +243,18 @@ def test_db_context_has_the_entrypoint(site_dir):
     db = plan(site_dir)["db"]
     assert db.files["entrypoint.sh"].startswith(b"#!/bin/sh")
     assert b"/run/secrets/db_password" in db.files["entrypoint.sh"]
-    tar = tarfile.open(fileobj=io.BytesIO(images.context_tar(db.files)))
-    assert tar.getmember("entrypoint.sh").mode == 0o755
-    assert tar.getmember("Dockerfile").mode == 0o644
-    assert {m.mtime for m in tar.getmembers()} == {0}
+    with tarfile.open(fileobj=io.BytesIO(images.context_tar(db.files))) as tar:
+        assert tar.getmember("entrypoint.sh").mode == 0o755
+        assert tar.getmember("Dockerfile").mode == 0o644
+        assert {m.mtime for m in tar.getmembers()} == {0}
 
 
 def test_reserved_and_invalid_collaboration_names(site_dir):
-    with pytest.raises(SiteError, match="reserved"):
+    # The schema refuses them, before any planning: names that clash with the stack's own
+    # images, and names Docker rejects as repository names.
+    with pytest.raises(ValueError, match="reserved"):
         plan(site_dir, images={"collaborations": {"hub": {}}})
-    with pytest.raises(SiteError, match="cannot end with"):
+    with pytest.raises(ValueError, match="collaborations.astro-"):
         plan(site_dir, images={"collaborations": {"astro-": {}}})
 
 
@@ -324,3 +326,13 @@ def test_build_failure_names_image_step_and_output(site_dir, tmp_path):
 def test_unknown_name_is_a_site_error(site_dir, tmp_path):
     with pytest.raises(SiteError, match="unknown image"):
         images.build_images(plan(site_dir), client=FakeClient(), state_dir=tmp_path, names=["nope"])
+
+
+def test_missing_local_from_image_is_named(site_dir, tmp_path):
+    from hubdeploy.errors import OperationError
+
+    plans = plan(site_dir, images={"base": {"from": "example/notebook:1.0"}})
+    client = FakeClient({p.ref for n, p in plans.items() if n != "base"})
+    with pytest.raises(OperationError, match="example/notebook:1.0 is not on this engine"):
+        images.build_images(plans, client=client, state_dir=tmp_path, names=["base"])
+    assert client.api.built == []
