@@ -39,7 +39,6 @@ from hubdeploy.schema import Site
 
 CA_FILE = "hubdeploy-ca.crt"
 # Names the stack's own images take; a collaboration cannot reuse them.
-SYSTEM_IMAGES = ("debian", "hub", "proxy", "db")
 # Docker's predefined proxy args: usable in RUN without an ARG line, never in history.
 PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy")
 # Bump when a build step changes outside the rendered files (e.g. how rootfs is made).
