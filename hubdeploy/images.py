@@ -33,6 +33,7 @@ import jinja2
 import requests.exceptions
 
 import hubdeploy
+from hubdeploy import kernels as kern
 from hubdeploy import rootfs
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.schema import Site
@@ -207,7 +208,8 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
             out["org.opencontainers.image.source"] = source_url
         return dict(sorted(out.items()))
 
-    def add(name: str, template: str, parent: str | None, parent_ref: str, extra: dict[str, bytes], **ctx) -> None:
+    def add(name: str, template: str, parent: str | None, parent_ref: str, extra: dict[str, bytes],
+            kernel_meta: list[dict] | None = None, **ctx) -> None:
         files = dict(extra)
         if ca is not None:
             files[CA_FILE] = ca
@@ -218,6 +220,9 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
         body = tpl.render(labels=None, **ctx).encode()
         digest = spec_hash({**files, "Dockerfile": body}, {}, parent_ref)
         lab = labels(name, digest, parent_ref)
+        if kernel_meta is not None:
+            # Restates what the hash covers (kernel.json files, the parent's tag).
+            lab = dict(sorted({**lab, kern.LABEL: kern.label_value(kernel_meta)}.items()))
         files["Dockerfile"] = tpl.render(labels=lab, **ctx).encode()
         ref = f"hubdeploy/{site.name}-{name}:{digest[:12]}"
         plans[name] = ImagePlan(name, ref, parent, dict(sorted(files.items())), dict(proxies), lab)
@@ -246,15 +251,29 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
             extra["constraints.txt"] = f"jupyterhub=={version}\n".encode()
         return [shlex.quote(p) for p in apt], extra
 
+    def kernel_ctx(name: str, declared) -> tuple[dict[str, bytes], dict]:
+        ctx = {
+            "kernels": [{"spec": kern.spec_name(name, k), "venv": kern.venv_path(name, k)} for k in declared],
+            "r_packages": [shlex.quote(p) for p in kern.r_packages(declared)],
+            "spec_root": kern.SPEC_ROOT,
+        }
+        return kern.context_files(name, declared), ctx
+
+    # Cumulative: a child's label lists its ancestors' kernels too (it inherits them).
+    kernel_meta: dict[str, list[dict]] = {}
     base = site.images.base
     apt, extra = packages(base.apt, base.pip)
-    add("base", "base/Dockerfile.j2", None if base.from_ else "debian", base.from_ or debian_ref, extra,
-        apt=apt, pip=bool(base.pip))
+    kfiles, kctx = kernel_ctx("base", base.kernels)
+    kernel_meta["base"] = kern.metadata("base", base.kernels)
+    add("base", "base/Dockerfile.j2", None if base.from_ else "debian", base.from_ or debian_ref,
+        {**extra, **kfiles}, kernel_meta["base"], apt=apt, pip=bool(base.pip), **kctx)
     for name in _collaboration_order(site):
         img = site.images.collaborations[name]
         apt, extra = packages(img.apt, img.pip)
-        add(name, "collaboration/Dockerfile.j2", img.parent, plans[img.parent].ref, extra,
-            apt=apt, pip=bool(img.pip))
+        kfiles, kctx = kernel_ctx(name, img.kernels)
+        kernel_meta[name] = kernel_meta[img.parent] + kern.metadata(name, img.kernels)
+        add(name, "collaboration/Dockerfile.j2", img.parent, plans[img.parent].ref, {**extra, **kfiles},
+            kernel_meta[name], apt=apt, pip=bool(img.pip), **kctx)
 
     hub_reqs = ["setuptools>=68", "wheel", f"jupyterhub=={version}", "dockerspawner", "jupyterhub-idle-culler",
                 *site.hub.authenticator.packages]

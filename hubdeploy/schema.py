@@ -197,6 +197,38 @@ class Build(Closed):
     debian: Debian = Field(default_factory=Debian)
 
 
+class Kernel(Closed):
+    """A Jupyter kernel baked into an image, with its own environment.
+
+    Python and bash kernels get a virtualenv of their own at ``/opt/kernels/<image>-<name>``
+    (``packages`` are pip requirements; pin them for reproducible images); an R kernel runs
+    Debian's R with ``r-cran-irkernel``, and ``packages`` are Debian packages
+    (e.g. ``r-cran-jsonlite``). The kernelspec is named ``<image>-<name>`` so that kernels
+    of different collaborations never shadow each other.
+    """
+
+    name: Name
+    display_name: str | None = Field(None, max_length=100, description="Name shown in the launcher; default: the spec name.")
+    language: Literal["python", "r", "bash"] = "python"
+    packages: list[Package] = Field(
+        default_factory=list, description="pip requirements (python, bash) or Debian packages (r)."
+    )
+    env: dict[EnvName, str] = Field(default_factory=dict, description="Environment of the kernel process.")
+
+
+def _unique_kernels(v: list[Kernel]) -> list[Kernel]:
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    first: dict[str, int] = {}
+    for j, k in enumerate(v):
+        if k.name in first:
+            problems.append(((j, "name"), f"duplicate kernel name {k.name!r} (first: kernels[{first[k.name]}])"))
+        else:
+            first[k.name] = j
+    if problems:
+        raise SiteValueError(problems)
+    return v
+
+
 class BaseImage(Closed):
     from_: str | None = Field(
         None,
@@ -205,7 +237,13 @@ class BaseImage(Closed):
     )
     apt: list[Package] = Field(default_factory=list)
     pip: list[Package] = Field(default_factory=list)
+    kernels: list[Kernel] = Field(default_factory=list, description="Kernels with their own environments.")
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("kernels")
+    @classmethod
+    def _kernels(cls, v: list[Kernel]) -> list[Kernel]:
+        return _unique_kernels(v)
 
     @field_validator("from_")
     @classmethod
@@ -230,6 +268,12 @@ class CollaborationImage(Closed):
     description: str = ""
     apt: list[Package] = Field(default_factory=list)
     pip: list[Package] = Field(default_factory=list)
+    kernels: list[Kernel] = Field(default_factory=list, description="Kernels with their own environments.")
+
+    @field_validator("kernels")
+    @classmethod
+    def _kernels(cls, v: list[Kernel]) -> list[Kernel]:
+        return _unique_kernels(v)
 
 
 class Images(Closed):
@@ -276,6 +320,17 @@ class Images(Closed):
                     break
                 seen.append(parent)
                 parent = self.collaborations[parent].parent
+        # "a" + kernel "b-c" and "a-b" + kernel "c" would both install kernelspec "a-b-c".
+        specs: dict[str, str] = {}
+        for image, img in [("base", self.base), *sorted(self.collaborations.items())]:
+            for j, k in enumerate(img.kernels):
+                spec = f"{image}-{k.name}"
+                loc: tuple[str | int, ...] = (("base",) if image == "base" else ("collaborations", image)) + (
+                    "kernels", j, "name")
+                if spec in specs:
+                    problems.append((loc, f"kernelspec name {spec!r} is also made by image {specs[spec]!r}"))
+                else:
+                    specs[spec] = image
         if problems:
             raise SiteValueError(problems)
         return self

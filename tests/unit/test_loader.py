@@ -270,6 +270,8 @@ PASS_THROUGH = {
     "profiles[].spawner_config",
     "profiles[].environment",
     "services.extra[].environment",
+    "images.base.kernels[].env",
+    "images.collaborations.*.kernels[].env",
 }
 # Maps whose keys are names the site chooses, but whose values are closed models.
 NAMED_MAPS = {"images.collaborations"}
@@ -325,7 +327,8 @@ FULL: dict[str, Any] = {
     "proxy": {"route_check_interval": 5},
     "services": {"idle_culler": {"enabled": True}, "extra": [{"name": "mon", "url": "http://mon:9000"}]},
     "build": {"debian": {"suite": "bookworm"}},
-    "images": {"base": {"pip": []}, "collaborations": {"astro": {"parent": "base"}}},
+    "images": {"base": {"pip": []}, "collaborations": {"astro": {"parent": "base",
+                                                                   "kernels": [{"name": "py", "packages": ["six"]}]}}},
     "profiles": [{"name": "login", "image": "astro", "volumes": [{"source": "/data", "target": "/data"}]}],
 }
 LEVELS: list[tuple[Any, ...]] = [
@@ -344,6 +347,7 @@ LEVELS: list[tuple[Any, ...]] = [
     ("images",),
     ("images", "base"),
     ("images", "collaborations", "astro"),
+    ("images", "collaborations", "astro", "kernels", 0),
     ("profiles", 0),
     ("profiles", 0, "volumes", 0),
 ]
