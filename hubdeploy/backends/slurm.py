@@ -1,0 +1,489 @@
+"""Notebook servers as Slurm batch jobs, driven through the Slurm commands.
+
+Why the commands (sbatch, squeue, scancel) and not slurmrestd: every Slurm site has them
+and munge on its login nodes, while slurmrestd with JWT is optional, often not deployed,
+and versioned per release (``/slurm/v0.0.38/`` in 22.05). The commands run as argv lists
+(``asyncio.create_subprocess_exec``, never a shell), behind an optional ``submit_prefix``
+argv: ``["docker", "exec", "-i", "-u", "jovyan", "slurmctld"]`` in the tests,
+``["ssh", "submit-host"]`` or ``["sudo", "-u", "svc"]`` at a site.
+
+What goes where (see :mod:`hubdeploy.backends.slurm_script`):
+
+- the job script: ``#SBATCH`` options and the runtime wrapper, from validated profile
+  values and fixed text only;
+- the notebook command: the script's arguments (``sbatch ... /dev/stdin ARG...``);
+- the API token and the hub's other variables: ``sbatch --export=NAME,...`` of the
+  submitting process's environment, never in argv or in the stored script. With a
+  ``submit_prefix`` the variables must cross it: ``submit_env_option`` (``"-e"`` for
+  ``docker exec``) adds ``-e NAME`` per variable before the prefix's last word, which
+  passes the value from our environment; ``ssh`` needs ``SendEnv``/``AcceptEnv``.
+
+The node picks its own port and reports it with ``scontrol update Comment=`` (the
+script's first lines); :meth:`SlurmBackend.start` returns Slurm's BatchHost and that
+port. The host never comes from the job itself, so a user editing their job's comment can
+at most point the proxy at another port of their own node.
+
+poll never says "stopped" when it cannot ask: only squeue's "Invalid job id", an empty
+answer or a final job state mean stopped; a timeout, an unreachable controller, munge
+errors and every other failure are :class:`~hubdeploy.backends.base.Unknown`.
+(batchspawner's long-standing bug was to read a failed squeue as "job gone".)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hubdeploy.backends.base import (
+    Backend,
+    BackendError,
+    PollResult,
+    Running,
+    ServerSpec,
+    Stopped,
+    Unknown,
+)
+from hubdeploy.backends.slurm_script import (
+    OptionError,
+    job_options,
+    parse_port_comment,
+    render,
+)
+from hubdeploy.hub import names
+
+# Job states in which the server process exists or will exist (squeue %T).
+ALIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESIZING",
+        "RESV_DEL_HOLD",
+        "SIGNALING",
+        "STAGE_OUT",
+    }
+)
+# Final states; the value is the exit status reported to the hub.
+FINAL_STATES = {
+    "COMPLETED": 0,
+    "CANCELLED": 0,
+    "FAILED": 1,
+    "TIMEOUT": 1,
+    "NODE_FAIL": 1,
+    "PREEMPTED": 1,
+    "BOOT_FAIL": 1,
+    "DEADLINE": 1,
+    "OUT_OF_MEMORY": 1,
+    "SPECIAL_EXIT": 1,
+    "REVOKED": 1,
+}
+# The job script ended; Slurm still cleans up. The server is gone, the allocation not yet.
+COMPLETING = "COMPLETING"
+
+SQUEUE_FORMAT = "%i|%T|%r|%S|%B|%k"  # the comment (free text) last: it may contain '|'
+_JOB_ID = re.compile(r"^\d{1,12}$")
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+_INVALID_JOB = "Invalid job id specified"
+# Variables of the hub's own environment that make no sense on a compute node.
+DEFAULT_ENV_SKIP = (
+    "PATH",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "CONDA_ROOT",
+    "CONDA_DEFAULT_ENV",
+)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """One line of ``squeue -o SQUEUE_FORMAT``."""
+
+    job_id: str
+    state: str
+    reason: str
+    start_time: str
+    batch_host: str
+    comment: str
+
+    @property
+    def port(self) -> int | None:
+        return parse_port_comment(self.comment)
+
+
+class CommandError(Exception):
+    """A Slurm command that did not answer (timeout, missing program) or failed."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: str):
+        self.argv, self.returncode, self.stderr = list(argv), returncode, stderr
+        what = "timed out" if returncode is None else f"exited {returncode}"
+        super().__init__(f"{argv[0]} {what}: {stderr.strip()[-500:]}")
+
+
+def parse_squeue(stdout: str) -> JobInfo | None:
+    """The first job line of squeue's output; None for no line (the job is gone)."""
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|", 5)
+        if len(parts) != 6:
+            raise ValueError(f"unexpected squeue line {line!r}")
+        job_id, state, reason, start, host, comment = (p.strip() for p in parts)
+        # squeue prints the base state; "CANCELLED by 1000" appears only in sacct.
+        return JobInfo(job_id, state.split()[0] if state else "", reason, start, host, comment)
+    return None
+
+
+def classify(info: JobInfo | None) -> PollResult:
+    """Running / Stopped / Unknown for one squeue answer (None: no line, exit 0)."""
+    if info is None:
+        return Stopped(0)
+    if info.state in ALIVE_STATES:
+        return Running()
+    if info.state == COMPLETING:
+        return Stopped(0)
+    if info.state in FINAL_STATES:
+        return Stopped(FINAL_STATES[info.state])
+    return Unknown(f"job {info.job_id} is in state {info.state!r}, which hubdeploy does not know")
+
+
+def sbatch_message(stderr: str) -> str:
+    """Slurm's own words from sbatch's stderr, without the ``sbatch: error:`` noise."""
+    lines = []
+    for line in stderr.splitlines():
+        line = line.strip()
+        for noise in ("sbatch: error: ", "sbatch: "):
+            if line.startswith(noise):
+                line = line[len(noise) :]
+                break
+        if line:
+            lines.append(line)
+    return "; ".join(lines)[-1000:] or "sbatch failed without a message"
+
+
+def validate_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep only well-formed keys of a state read back from the database.
+
+    ``job_id`` (digits), ``job_name``, ``host`` (a hostname) and ``port`` (1-65535) are
+    checked; anything else that is JSON-able is kept as is (progress details). A state
+    without a usable job id and job name is empty: there is nothing to poll or stop.
+    """
+    out: dict[str, Any] = {}
+    job_id = state.get("job_id")
+    if isinstance(job_id, int) and not isinstance(job_id, bool):
+        job_id = str(job_id)
+    if isinstance(job_id, str) and _JOB_ID.match(job_id):
+        out["job_id"] = job_id
+    name = state.get("job_name")
+    if isinstance(name, str) and re.match(r"^[a-z0-9][a-z0-9_-]{0,127}$", name):
+        out["job_name"] = name
+    if not out:
+        return {}
+    host, port = state.get("host"), state.get("port")
+    if isinstance(host, str) and _HOST.match(host) and isinstance(port, int) and 0 < port < 65536:
+        out.update(host=host, port=port)
+    for key in ("phase", "job_state", "reason", "start_time", "profile"):
+        if isinstance(state.get(key), str):
+            out[key] = state[key]
+    return out
+
+
+class SlurmBackend(Backend):
+    """Notebook servers as Slurm jobs (``sbatch``/``squeue``/``scancel``).
+
+    ``config`` keys (hub.json ``spawner.backend_config``), all optional:
+
+    - ``submit_prefix``: argv put before every Slurm command (default: none, the hub's
+      own environment has the Slurm client and munge).
+    - ``submit_env_option``: option that passes one variable through the prefix
+      (``"-e"`` for ``docker exec``); inserted before the prefix's last word.
+    - ``submit_quote``: shell-quote the command after the prefix (``ssh`` runs it through
+      the remote shell); default false.
+    - ``prefix``: name prefix of job names (default ``hubdeploy``; ``site`` is added when set).
+    - ``output``: sbatch ``--output`` (default ``hubdeploy-slurm-%j.log``, relative to the
+      job's working directory, the submit directory).
+    - ``node_python``, ``node_scontrol``: programs on the compute nodes
+      (``python3``, ``scontrol``).
+    - ``env_skip``: variables of the spawner's environment not exported to the job
+      (default PATH, PYTHONPATH, VIRTUAL_ENV, CONDA_ROOT, CONDA_DEFAULT_ENV).
+    - ``command_timeout`` (s, default 30), ``poll_interval`` (s, default 2),
+      ``start_timeout`` (s, default 3600, the backend's own bound; the hub's
+      ``start_timeout`` usually ends a start first), ``stop_timeout`` (s, default 60).
+
+    Profile fields: ``cpu``, ``mem_limit``, ``volumes`` and the ``slurm`` section read by
+    :func:`hubdeploy.backends.slurm_script.job_options`.
+    """
+
+    def __init__(self, config: Mapping[str, Any], log=None):
+        super().__init__(config, log)
+        prefix = self.config.get("submit_prefix") or []
+        if not (isinstance(prefix, list) and all(isinstance(w, str) for w in prefix)):
+            raise ValueError("slurm backend: submit_prefix must be a list of strings (an argv, no shell)")
+        self.submit_prefix: list[str] = prefix
+        self.env_option: str | None = self.config.get("submit_env_option")
+        if self.env_option and not prefix:
+            raise ValueError("slurm backend: submit_env_option needs a submit_prefix")
+        self.name_prefix = "-".join(p for p in (self.config.get("prefix") or "hubdeploy", self.config.get("site")) if p)
+        self.command_timeout = float(self.config.get("command_timeout", 30))
+        self.poll_interval = float(self.config.get("poll_interval", 2))
+        self.start_timeout = float(self.config.get("start_timeout", 3600))
+        self.stop_timeout = float(self.config.get("stop_timeout", 60))
+        self.env_skip = frozenset(self.config.get("env_skip", DEFAULT_ENV_SKIP))
+
+    # -- running commands -------------------------------------------------------------
+
+    def _argv(self, argv: Sequence[str], env_names: Sequence[str] = ()) -> list[str]:
+        words = list(argv)
+        if self.config.get("submit_quote"):
+            words = [shlex.join(words)]
+        if not self.submit_prefix:
+            return words
+        head, last = self.submit_prefix[:-1], self.submit_prefix[-1:]
+        passes = [w for n in env_names for w in (self.env_option, n)] if self.env_option else []
+        return [*head, *passes, *last, *words]
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> tuple[int, str, str]:
+        """Run one Slurm command; ``(returncode, stdout, stderr)``. CommandError if it hangs.
+
+        ``env`` adds variables to the command's environment (and, with
+        ``submit_env_option``, passes them through the prefix) without putting a value
+        in argv.
+        """
+        full = self._argv(argv, sorted(env or ()))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *full,
+                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, **(env or {})},
+            )
+        except OSError as exc:  # the prefix or Slurm program is missing
+            raise CommandError(full[:1], None, f"cannot run {full[0]}: {exc}") from exc
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), self.command_timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise CommandError(argv, None, f"no answer within {self.command_timeout:g}s") from None
+        return (
+            proc.returncode,
+            out.decode(errors="replace"),
+            err.decode(errors="replace"),
+        )
+
+    async def query(self, job_id: str) -> PollResult | JobInfo:
+        """squeue for one job: its :class:`JobInfo`, or Stopped / Unknown."""
+        try:
+            code, out, err = await self.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", SQUEUE_FORMAT])
+        except CommandError as exc:
+            return Unknown(str(exc))
+        if code != 0:
+            if _INVALID_JOB in err:
+                return Stopped(0)  # gone past MinJobAge
+            return Unknown(f"squeue exited {code}: {err.strip()[-300:] or out.strip()[-300:]}")
+        try:
+            info = parse_squeue(out)
+        except ValueError as exc:
+            return Unknown(str(exc))
+        return Stopped(0) if info is None else info
+
+    # -- start ------------------------------------------------------------------------
+
+    def job_name(self, spec: ServerSpec) -> str:
+        """``{prefix}-nb-{escaped user}[--{escaped server}]``: one name per server."""
+        return names.container_name(self.name_prefix, spec.user, spec.server_name)
+
+    def export_env(self, spec: ServerSpec) -> dict[str, str]:
+        """The spawner's variables that the job gets (minus ``env_skip``)."""
+        return {k: v for k, v in spec.env.items() if k not in self.env_skip}
+
+    async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
+        """Submit the job and wait until it runs and reports its port; ``(BatchHost, port)``."""
+        env = self.export_env(spec)
+        node = {
+            "python": self.config.get("node_python", "python3"),
+            "scontrol": self.config.get("node_scontrol", "scontrol"),
+        }
+        try:
+            options = job_options(spec.profile, export=sorted(env), **node)
+        except OptionError as exc:
+            raise BackendError(f"profile {spec.profile.get('name')!r}: {exc}") from None
+        script = render(options)
+        name = self.job_name(spec)
+        state.update(job_name=name, phase="submitting")
+        argv = [
+            "sbatch",
+            "--parsable",
+            f"--job-name={name}",
+            f"--output={self.config.get('output', 'hubdeploy-slurm-%j.log')}",
+            # NAME list only: the values come from sbatch's environment, not argv.
+            "--export=" + ",".join(sorted(env)) if env else "--export=NONE",
+            "/dev/stdin",
+            *spec.cmd,
+        ]
+        try:
+            code, out, err = await self.run(argv, stdin=script.encode(), env=env)
+        except CommandError as exc:
+            state["phase"] = "failed"
+            # The job may exist (sbatch hung after submitting): stop() cancels by name.
+            raise BackendError(f"cannot submit to Slurm: {exc}") from None
+        if code != 0:
+            state["phase"] = "failed"
+            raise BackendError(f"Slurm refused the job: {sbatch_message(err)}")
+        job_id = out.strip().splitlines()[-1].split(";")[0] if out.strip() else ""
+        if not _JOB_ID.match(job_id):
+            state["phase"] = "failed"
+            raise BackendError(f"sbatch answered {out.strip()[:200]!r}, not a job id")
+        state.update(job_id=job_id, phase="pending")
+        self.log.info("submitted Slurm job %s (%s) for %s", job_id, name, spec.user)
+        try:
+            host, port = await self._wait_started(state)
+        except BaseException:
+            state["phase"] = "failed"
+            raise
+        state.update(host=host, port=port, phase="started")
+        return host, port
+
+    async def _wait_started(self, state: dict[str, Any]) -> tuple[str, int]:
+        deadline = time.monotonic() + self.start_timeout
+        job_id = state["job_id"]
+        while time.monotonic() < deadline:
+            result = await self.query(job_id)
+            if isinstance(result, JobInfo):
+                state.update(
+                    job_state=result.state,
+                    reason=result.reason,
+                    start_time=result.start_time,
+                )
+                if result.state == "RUNNING":
+                    state["phase"] = "running"
+                    port = result.port
+                    if port is not None:
+                        if not _HOST.match(result.batch_host):
+                            raise BackendError(f"job {job_id} runs on {result.batch_host!r}, not a host name")
+                        return result.batch_host, port
+                elif result.state not in ALIVE_STATES:
+                    raise BackendError(
+                        f"Slurm job {job_id} ended before the server started ({result.state}"
+                        + (f", {result.reason}" if result.reason and result.reason != "None" else "")
+                        + "); see its output file"
+                    )
+            elif isinstance(result, Stopped):
+                raise BackendError(f"Slurm job {job_id} ended before the server started; see its output file")
+            else:  # Unknown: the controller may come back; the deadline bounds the wait
+                state["reason"] = f"scheduler not answering: {result.reason}"
+            await asyncio.sleep(self.poll_interval)
+        raise BackendError(f"Slurm job {job_id} did not start within {self.start_timeout:g}s")
+
+    # -- stop / poll ------------------------------------------------------------------
+
+    async def stop(self, state: dict[str, Any]) -> None:
+        """scancel the job (pending or running) and wait, bounded, until it is gone."""
+        job_id, name = state.get("job_id"), state.get("job_name")
+        if job_id:
+            argv = ["scancel", job_id]
+        elif name:
+            argv = ["scancel", f"--name={name}"]  # a submit that failed midway
+        else:
+            return
+        try:
+            code, _, err = await self.run(argv)
+        except CommandError as exc:
+            raise BackendError(f"cannot cancel Slurm job {job_id or name}: {exc}") from None
+        if code != 0 and _INVALID_JOB not in err:
+            raise BackendError(f"scancel {job_id or name} failed: {err.strip()[-300:]}")
+        if not job_id or code != 0:  # by name, or already gone
+            return
+        deadline = time.monotonic() + self.stop_timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            last = await self.query(job_id)
+            if isinstance(last, Stopped) or (isinstance(last, JobInfo) and last.state in FINAL_STATES):
+                return
+            await asyncio.sleep(min(self.poll_interval, 1.0))
+        # Slurm accepted the cancel; it finishes the job on its own.
+        self.log.warning(
+            "Slurm job %s not gone %gs after scancel: %s",
+            job_id,
+            self.stop_timeout,
+            last,
+        )
+
+    async def poll(self, state: dict[str, Any]) -> PollResult:
+        """Running / Stopped(status) / Unknown from squeue; never raises."""
+        job_id = state.get("job_id")
+        if not job_id:
+            return Stopped(0)
+        try:
+            result = await self.query(job_id)
+        except Exception as exc:  # poll must answer; a bug here must not drop servers
+            self.log.exception("unexpected error polling Slurm job %s", job_id)
+            return Unknown(f"unexpected {type(exc).__name__}: {exc}")
+        return classify(result) if isinstance(result, JobInfo) else result
+
+    # -- progress / state -------------------------------------------------------------
+
+    async def progress(self, state: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Queue state, pending reason and expected start time while the start runs."""
+        seen = None
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            phase = state.get("phase")
+            event = progress_event(state)
+            key = (event or {}).get("message")
+            if event and key != seen:
+                seen = key
+                yield event
+            if phase in ("started", "failed"):
+                return
+            await asyncio.sleep(0.5)
+
+    def load_state(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """Validated copy of a saved state (see :func:`validate_state`)."""
+        out = validate_state(state)
+        if state and not out:
+            self.log.warning("ignoring unusable Slurm backend state with keys %s", sorted(state))
+        return out
+
+
+def progress_event(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The progress event for the start phase recorded in ``state``."""
+    phase, job_id = state.get("phase"), state.get("job_id")
+    if phase == "submitting":
+        return {"progress": 10, "message": "Submitting the Slurm job"}
+    if phase == "pending":
+        reason = state.get("reason") or ""
+        start = state.get("start_time") or ""
+        msg = f"Slurm job {job_id} is {state.get('job_state', 'PENDING').lower()}"
+        if reason and reason != "None":
+            msg += f" ({reason})"
+        if start and start not in ("N/A", "Unknown"):
+            msg += f", expected to start at {start}"
+        return {"progress": 30, "message": msg}
+    if phase == "running":
+        return {
+            "progress": 60,
+            "message": f"Slurm job {job_id} is running; waiting for the server's port",
+        }
+    if phase == "started":
+        return {
+            "progress": 90,
+            "message": f"Server started on {state.get('host')}:{state.get('port')}",
+        }
+    return None

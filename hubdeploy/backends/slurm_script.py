@@ -1,0 +1,326 @@
+"""The Slurm job script of a notebook server: validated options in, fixed text out.
+
+Pure functions, no Slurm needed. :func:`job_options` turns a profile (hub.json's
+``spawner.profiles`` entry with the spawner's effective ``cpu`` and ``mem_limit``, plus a
+``slurm`` section) into :class:`JobOptions`, refusing anything that is malformed or over
+the profile's ``slurm.limits``. :func:`render` turns those options into the script.
+
+What the script contains and what it does not:
+
+- ``#SBATCH`` lines and the runtime wrapper are built only from :class:`JobOptions`, whose
+  every field matched a strict pattern (names, paths, numbers) and is shell-quoted anyway.
+- No user data and no secret: the notebook command arrives as the script's arguments
+  (``sbatch ... /dev/stdin ARG...``, so ``"$@"``) and the API token and the hub's other
+  variables through ``sbatch --export=NAME,...`` from the submitting process's
+  environment. The script file Slurm stores (``scontrol write batch_script``) is the
+  same for every user of a profile.
+
+On the node the script reserves a port and reports it, then execs the runtime:
+
+1. ``python3`` binds port 0, connects to itself and closes the accepted side first, so
+   the port sits in TIME_WAIT: the kernel hands it to no other ``bind(0)`` or outgoing
+   connection for a minute, while a server that sets SO_REUSEADDR (tornado, hence
+   jupyter_server; Python's http.server) binds it at once. That closes the
+   pick-then-bind race of "find a free port, close it, hope".
+2. ``scontrol update JobId=$SLURM_JOB_ID Comment=hubdeploy:port=N``: the backend reads the
+   port from ``squeue %k`` and the host from Slurm's own BatchHost, never from the job.
+3. ``HUBDEPLOY_PORT=N`` and ``JUPYTERHUB_SERVICE_URL`` rewritten to that port (which
+   jupyterhub-singleuser listens on), then ``exec`` the runtime and ``"$@"``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+RUNTIMES = ("native", "apptainer", "podman-hpc", "shifter")
+
+# Slurm names (partition, account, qos, reservation): letters, digits and _ . + -
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
+_CONSTRAINT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.&|,-]{0,255}$")
+_GRES = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_:.,-]{0,255}$")
+_PATH = re.compile(r"^/[A-Za-z0-9_./+-]{0,1023}$")
+_IMAGE = re.compile(r"^[A-Za-z0-9_/][A-Za-z0-9_./:@+-]{0,511}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_PROGRAM = re.compile(r"^[A-Za-z0-9_./+-]{1,1024}$")
+_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+PORT_COMMENT_PREFIX = "hubdeploy:port="
+
+
+class OptionError(ValueError):
+    """A profile value that is malformed or over the profile's limits (shown to the user)."""
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: str
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a job asks Slurm for and how it runs the server. Every field is validated."""
+
+    cpus: int = 1
+    mem_mib: int | None = None
+    time_minutes: int | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    reservation: str | None = None
+    constraint: str | None = None
+    gres: str | None = None
+    gpus: int = 0
+    runtime: str = "native"
+    image: str | None = None
+    binds: tuple[Bind, ...] = ()
+    path_prepend: tuple[str, ...] = ()
+    export: tuple[str, ...] = ()  # names of the variables sbatch exports (podman-hpc passes them on)
+    python: str = "python3"
+    scontrol: str = "scontrol"
+
+
+def parse_time(value: Any) -> int:
+    """Slurm time -> minutes: ``90``, ``"90"``, ``"1:30:00"``, ``"2-00:00:00"``, ``"MM:SS"``."""
+    if isinstance(value, bool):
+        raise OptionError(f"time limit {value!r} is not a duration")
+    if isinstance(value, int):
+        if value <= 0:
+            raise OptionError(f"time limit {value} must be positive (minutes)")
+        return value
+    m = _TIME.match(str(value).strip())
+    if not m:
+        raise OptionError(f"time limit {value!r} is not minutes, HH:MM:SS or D-HH:MM:SS")
+    days, a, b, c = m.groups()
+    if days is not None:  # D-HH[:MM[:SS]]
+        seconds = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
+    elif c is not None:  # HH:MM:SS
+        seconds = int(a) * 3600 + int(b) * 60 + int(c)
+    elif b is not None:  # MM:SS
+        seconds = int(a) * 60 + int(b)
+    else:  # minutes
+        seconds = int(a) * 60
+    if seconds <= 0:
+        raise OptionError(f"time limit {value!r} must be positive")
+    return math.ceil(seconds / 60)
+
+
+def _name(section: Mapping[str, Any], key: str, pattern: re.Pattern = _NAME) -> str | None:
+    value = section.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not pattern.match(value):
+        raise OptionError(f"slurm.{key} {value!r} is not a valid Slurm value")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise OptionError(f"{what} {value!r} must be a non-negative number")
+    return int(value)
+
+
+def job_options(profile: Mapping[str, Any], export: Sequence[str] = (), **node: str) -> JobOptions:
+    """Validate a profile and return its :class:`JobOptions`; :class:`OptionError` if not.
+
+    ``profile["slurm"]`` holds partition, account, qos, reservation, constraint, time,
+    gres, gpus, runtime, image, path_prepend and ``limits`` (max_cpu, max_mem in bytes,
+    max_time, max_gpus). ``cpu`` (cores) and ``mem_limit`` (bytes) come from the profile
+    itself. ``export`` names the variables to export; ``node`` may set ``python`` and
+    ``scontrol`` (programs on the compute nodes).
+    """
+    s = profile.get("slurm") or {}
+    if not isinstance(s, Mapping):
+        raise OptionError("profile's slurm section must be a mapping")
+    limits = s.get("limits") or {}
+    name = profile.get("name", "?")
+
+    cpu = profile.get("cpu")
+    if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu < 0):
+        raise OptionError(f"cpu {cpu!r} must be a non-negative number of cores")
+    # Slurm allocates whole cores: 0.5 CPU becomes 1.
+    cpus = max(1, math.ceil((cpu or 0) - 1e-9))
+    mem = profile.get("mem_limit")
+    mem_mib = None if mem in (None, 0) else max(1, math.ceil(_count(mem, "mem_limit") / 2**20))
+    time_minutes = None if s.get("time") in (None, "") else parse_time(s["time"])
+    gpus = _count(s.get("gpus", 0), "slurm.gpus")
+
+    if limits.get("max_cpu") is not None and cpus > float(limits["max_cpu"]):
+        raise OptionError(f"profile {name!r} asks for {cpus} cores; its limit is {limits['max_cpu']}")
+    if limits.get("max_mem") is not None and mem is not None and int(mem) > int(limits["max_mem"]):
+        raise OptionError(
+            f"profile {name!r} asks for {mem_mib} MiB of memory; its limit is {int(limits['max_mem']) // 2**20} MiB"
+        )
+    if (
+        limits.get("max_time") is not None
+        and time_minutes is not None
+        and time_minutes > parse_time(limits["max_time"])
+    ):
+        raise OptionError(f"profile {name!r} asks for {time_minutes} minutes; its limit is {limits['max_time']}")
+    if limits.get("max_gpus") is not None and gpus > int(limits["max_gpus"]):
+        raise OptionError(f"profile {name!r} asks for {gpus} GPUs; its limit is {limits['max_gpus']}")
+
+    runtime = s.get("runtime", "native")
+    if runtime not in RUNTIMES:
+        raise OptionError(f"slurm.runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    image = None
+    binds: list[Bind] = []
+    if runtime != "native":
+        image = s.get("image") or profile.get("image_ref")
+        if not isinstance(image, str) or not _IMAGE.match(image):
+            raise OptionError(f"runtime {runtime} needs an image (slurm.image or image_ref), got {image!r}")
+        for vol in profile.get("volumes") or ():
+            src, dst = vol.get("source", ""), vol.get("target", "")
+            if not (_PATH.match(src) and _PATH.match(dst)):
+                raise OptionError(f"volume {src!r} -> {dst!r}: a batch job binds absolute host paths only")
+            binds.append(Bind(src, dst, bool(vol.get("read_only", True))))
+    path_prepend = tuple(s.get("path_prepend") or ())
+    for p in path_prepend:
+        if not isinstance(p, str) or not _PATH.match(p):
+            raise OptionError(f"slurm.path_prepend entry {p!r} is not an absolute path")
+    for n in export:
+        if not _ENV_NAME.match(n):
+            raise OptionError(f"environment variable name {n!r} cannot be exported")
+    for key, program in node.items():
+        if not _PROGRAM.match(program):
+            raise OptionError(f"{key} {program!r} is not a program name or path")
+
+    return JobOptions(
+        cpus=cpus,
+        mem_mib=mem_mib,
+        time_minutes=time_minutes,
+        partition=_name(s, "partition"),
+        account=_name(s, "account"),
+        qos=_name(s, "qos"),
+        reservation=_name(s, "reservation"),
+        constraint=_name(s, "constraint", _CONSTRAINT),
+        gres=_name(s, "gres", _GRES),
+        gpus=gpus,
+        runtime=runtime,
+        image=image,
+        binds=tuple(binds),
+        path_prepend=path_prepend,
+        export=tuple(export),
+        **node,
+    )
+
+
+# -- rendering --------------------------------------------------------------------------
+
+# Fixed text: reserve a port (see the module docstring) and print it.
+_RESERVE_PORT = (
+    "import socket\n"
+    "s = socket.socket()\n"
+    "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    's.bind(("", 0))\n'
+    "s.listen(1)\n"
+    "port = s.getsockname()[1]\n"
+    'c = socket.create_connection(("127.0.0.1", port))\n'
+    "a, _ = s.accept()\n"
+    "a.close()\n"
+    "c.close()\n"
+    "s.close()\n"
+    "print(port)\n"
+)
+
+
+def _sbatch_lines(o: JobOptions) -> list[str]:
+    q = shlex.quote
+    lines = [
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks=1",
+        f"#SBATCH --cpus-per-task={o.cpus}",
+    ]
+    if o.mem_mib:
+        lines.append(f"#SBATCH --mem={o.mem_mib}M")
+    if o.time_minutes:
+        lines.append(f"#SBATCH --time={o.time_minutes}")
+    for key in ("partition", "account", "qos", "reservation", "constraint"):
+        value = getattr(o, key)
+        if value:
+            lines.append(f"#SBATCH --{key}={q(value)}")
+    if o.gres:
+        lines.append(f"#SBATCH --gres={q(o.gres)}")
+    elif o.gpus:
+        lines.append(f"#SBATCH --gres=gpu:{o.gpus}")
+    return lines
+
+
+def runtime_argv(o: JobOptions) -> list[str]:
+    """The words before ``"$@"`` that run the server in the profile's runtime."""
+    if o.runtime == "native":
+        return []
+    if o.runtime == "apptainer":
+        argv = ["apptainer", "exec"]
+        if o.gpus or o.gres:
+            argv.append("--nv")
+        for b in o.binds:
+            argv += [
+                "--bind",
+                f"{b.source}:{b.target}" + (":ro" if b.read_only else ""),
+            ]
+        return [*argv, o.image]
+    if o.runtime == "podman-hpc":
+        # A separate process tree: the server's variables must be named to cross over.
+        argv = ["podman-hpc", "run", "--rm", "--net=host"]
+        if o.gpus or o.gres:
+            argv.append("--gpu")
+        for b in o.binds:
+            argv += ["-v", f"{b.source}:{b.target}" + (":ro" if b.read_only else "")]
+        for n in sorted({*o.export, "HUBDEPLOY_PORT", "JUPYTERHUB_SERVICE_URL"}):
+            argv += ["-e", n]
+        return [*argv, o.image]
+    if o.runtime == "shifter":
+        image = o.image if o.image.startswith(("docker:", "/")) else f"docker:{o.image}"
+        argv = ["shifter", f"--image={image}"]
+        if o.gpus or o.gres:
+            argv.append("--module=gpu")
+        for b in o.binds:
+            argv.append(f"--volume={b.source}:{b.target}" + (":ro" if b.read_only else ""))
+        return argv
+    raise OptionError(f"unknown runtime {o.runtime!r}")  # job_options refuses it first
+
+
+def render(o: JobOptions) -> str:
+    """The job script for ``o`` (deterministic: the same options give the same bytes)."""
+    q = shlex.quote
+    lines = [
+        "#!/bin/bash",
+        "# hubdeploy notebook server job (generated; no user data, no secrets)",
+    ]
+    lines += _sbatch_lines(o)
+    lines += [
+        "set -euo pipefail",
+        "",
+        "# A port of this node that nobody else is handed for a minute (TIME_WAIT).",
+        f"HUBDEPLOY_PORT=$({q(o.python)} -c {q(_RESERVE_PORT)})",
+        "export HUBDEPLOY_PORT",
+        "# The backend reads the port back from the job's comment (squeue %k).",
+        f'{q(o.scontrol)} update JobId="$SLURM_JOB_ID" Comment="{PORT_COMMENT_PREFIX}$HUBDEPLOY_PORT"',
+        'if [ -n "${JUPYTERHUB_SERVICE_URL:-}" ]; then',
+        '  export JUPYTERHUB_SERVICE_URL="${JUPYTERHUB_SERVICE_URL%%://*}://0.0.0.0:$HUBDEPLOY_PORT${JUPYTERHUB_SERVICE_PREFIX:-/}"',
+        "fi",
+    ]
+    if o.path_prepend:
+        lines.append(f'export PATH={q(":".join(o.path_prepend))}"${{PATH:+:$PATH}}"')
+    argv = runtime_argv(o)
+    lines.append(f'exec {" ".join(q(w) for w in argv) + " " if argv else ""}"$@"')
+    return "\n".join(lines) + "\n"
+
+
+def parse_port_comment(comment: str) -> int | None:
+    """The port in a job comment ``hubdeploy:port=N``; None when absent or not a port."""
+    comment = (comment or "").strip()
+    if not comment.startswith(PORT_COMMENT_PREFIX):
+        return None
+    digits = comment[len(PORT_COMMENT_PREFIX) :]
+    if not digits.isdigit() or len(digits) > 5:
+        return None
+    port = int(digits)
+    return port if 1024 <= port <= 65535 else None

@@ -1,0 +1,255 @@
+"""A real Slurm 22.05 cluster of containers for the Slurm backend's tests.
+
+- image ``hubdeploy-test/slurm:<hash12>``: ``images/slurm/`` built FROM a local notebook
+  image (``HUBDEPLOY_TEST_SLURM_BASE``, else the newest ``hubdeploy/*-base`` that has
+  jupyterhub-singleuser). The hash covers the recipe only, so the image is built once and
+  kept between runs (a test cache, like ``hubdeploy-test/debian-python3``).
+- network ``hubdeploy-test-slurmnet``; containers ``hubdeploy-test-slurmctld``,
+  ``hubdeploy-test-c1`` (2 CPUs, partition ``interactive``) and ``hubdeploy-test-c2``
+  (1 CPU, partition ``tiny``: one job fills it, the next one waits). Hostnames are the
+  NodeNames. Without slurmdbd Slurm cannot check accounts (``AllowAccounts`` leaves such
+  jobs pending), so a ``job_submit.lua`` admits only account ``hubdeploy`` and sbatch
+  refuses any other with Slurm's own "Invalid account" error. ``EnforcePartLimits=ALL``
+  refuses over-limit requests at submission.
+- one munge key and slurm.conf, copied into every container before it starts.
+
+Run as a context manager; every object is removed on exit, and :meth:`dump_logs` prints
+what explains a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import secrets
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+
+PREFIX = "hubdeploy-test"
+NETWORK = f"{PREFIX}-slurmnet"
+CONTROLLER = f"{PREFIX}-slurmctld"
+NODES = {f"{PREFIX}-c1": 2, f"{PREFIX}-c2": 1}  # NodeName -> CPUs
+ACCOUNT = "hubdeploy"
+RECIPE = Path(__file__).resolve().parents[2] / "images" / "slurm"
+LABEL = {"hubdeploy.test": "slurm"}
+
+SLURM_CONF = f"""\
+ClusterName=hubdeploytest
+SlurmctldHost={CONTROLLER}
+SlurmUser=slurm
+AuthType=auth/munge
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+# Without privileges: no cgroups anywhere (22.05 has no CgroupPlugin=disabled).
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SlurmdParameters=config_overrides
+ReturnToService=2
+MinJobAge=30
+SlurmctldTimeout=30
+SlurmdTimeout=300
+InactiveLimit=0
+KillWait=5
+SchedulerType=sched/backfill
+MpiDefault=none
+# Refuse over-limit jobs at submission (sbatch error) instead of leaving them pending.
+EnforcePartLimits=ALL
+# Without slurmdbd Slurm knows no accounts; job_submit.lua plays the site's account check.
+JobSubmitPlugins=lua
+{"".join(f"NodeName={n} CPUs={c} RealMemory={1000 * c} State=UNKNOWN{chr(10)}" for n, c in NODES.items())}\
+PartitionName=interactive Nodes={PREFIX}-c1 Default=YES MaxTime=08:00:00 State=UP
+PartitionName=tiny Nodes={PREFIX}-c2 MaxTime=01:00:00 State=UP
+"""
+
+# Refuses every account but ACCOUNT with Slurm's own error code, as an accounting
+# database would ("Invalid account or account/partition combination specified").
+JOB_SUBMIT_LUA = f"""\
+function slurm_job_submit(job_desc, part_list, submit_uid)
+  if job_desc.account ~= nil and job_desc.account ~= "{ACCOUNT}" then
+    slurm.log_user("hubdeploy-test: account %s does not exist or you are not in it", job_desc.account)
+    return slurm.ESLURM_INVALID_ACCOUNT
+  end
+  return slurm.SUCCESS
+end
+
+function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
+  return slurm.SUCCESS
+end
+"""
+
+
+def recipe_hash() -> str:
+    """sha256 over the recipe's file names and contents (12 hex digits)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in RECIPE.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(RECIPE)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:12]
+
+
+def _tar(files: dict[str, tuple[bytes, int]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class SlurmCluster:
+    """Build (once), start and remove the test cluster."""
+
+    def __init__(self, client: docker.DockerClient | None = None, base: str | None = None):
+        self.client = client or docker.from_env(timeout=300)
+        self.base = base
+        self.image = f"{PREFIX}/slurm:{recipe_hash()}"
+        self.containers: dict[str, docker.models.containers.Container] = {}
+
+    # -- image ------------------------------------------------------------------------
+
+    def _pick_base(self) -> str:
+        if self.base:
+            return self.base
+        candidates = sorted(
+            self.client.images.list(name="hubdeploy/*-base"),
+            key=lambda i: i.attrs.get("Created", ""),
+            reverse=True,
+        )
+        for img in candidates:
+            ref = img.tags[0] if img.tags else img.id
+            try:
+                self.client.containers.run(
+                    ref,
+                    ["test", "-x", "/opt/venv/bin/jupyterhub-singleuser"],
+                    entrypoint=[],
+                    remove=True,
+                )
+            except docker.errors.ContainerError:
+                continue
+            return ref
+        raise RuntimeError("no local notebook image hubdeploy/*-base to build the Slurm image on (run `make up`)")
+
+    def ensure_image(self) -> str:
+        try:
+            self.client.images.get(self.image)
+            return self.image
+        except docker.errors.ImageNotFound:
+            pass
+        base = self._pick_base()
+        self.client.images.build(
+            path=str(RECIPE),
+            tag=self.image,
+            buildargs={"BASE": base},
+            rm=True,
+            labels=LABEL,
+            timeout=900,
+        )
+        return self.image
+
+    # -- cluster ----------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """Remove the cluster's containers and network (whatever exists of them)."""
+        for name in [CONTROLLER, *NODES]:
+            try:
+                self.client.containers.get(name).remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        try:
+            self.client.networks.get(NETWORK).remove()
+        except docker.errors.NotFound:
+            pass
+        self.containers.clear()
+
+    def start(self, timeout: float = 120) -> None:
+        self.ensure_image()
+        self.remove()  # leftovers of an interrupted run
+        self.client.networks.create(NETWORK, driver="bridge", labels=LABEL)
+        files = {
+            "hubdeploy-slurm/slurm.conf": (SLURM_CONF.encode(), 0o644),
+            "hubdeploy-slurm/job_submit.lua": (JOB_SUBMIT_LUA.encode(), 0o644),
+            "hubdeploy-slurm/munge.key": (secrets.token_bytes(1024), 0o400),
+        }
+        archive = _tar(files)
+        for name, role in [(CONTROLLER, "slurmctld"), *((n, "slurmd") for n in NODES)]:
+            c = self.client.containers.create(
+                self.image,
+                [role],
+                name=name,
+                hostname=name,
+                network=NETWORK,
+                labels=LABEL,
+                detach=True,
+            )
+            c.put_archive("/etc", archive)
+            self.containers[name] = c
+        self.containers[CONTROLLER].start()
+        for name in NODES:
+            self.containers[name].start()
+        self.wait_idle(timeout)
+
+    def exec(self, container: str, argv: list[str], user: str = "root") -> tuple[int, str]:
+        res = self.client.containers.get(container).exec_run(argv, user=user, demux=False)
+        return res.exit_code, (res.output or b"").decode(errors="replace")
+
+    def wait_idle(self, timeout: float = 120) -> None:
+        """Until every node is idle (or mixed/allocated) in sinfo; bounded."""
+        deadline = time.monotonic() + timeout
+        out = ""
+        while time.monotonic() < deadline:
+            code, out = self.exec(CONTROLLER, ["sinfo", "-h", "-N", "-o", "%N %t"])
+            if code == 0:
+                states = dict(line.split() for line in out.splitlines() if line.strip())
+                if set(states) == set(NODES) and all(s in ("idle", "mix", "alloc") for s in states.values()):
+                    return
+            time.sleep(1)
+        self.dump_logs()
+        raise TimeoutError(f"Slurm nodes not idle after {timeout}s: {out!r}")
+
+    def wait_controller(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.exec(CONTROLLER, ["scontrol", "ping"])[0] == 0:
+                return
+            time.sleep(0.5)
+        self.dump_logs()
+        raise TimeoutError(f"slurmctld does not answer after {timeout}s")
+
+    def dump_logs(self, file=sys.stderr) -> None:
+        """Print every container's log tail and the controller's view of nodes and jobs."""
+        for name in [CONTROLLER, *NODES]:
+            try:
+                c = self.client.containers.get(name)
+            except docker.errors.NotFound:
+                print(f"===== {name}: no such container", file=file)
+                continue
+            print(f"===== {name} ({c.status}) log tail", file=file)
+            print(c.logs(tail=80).decode(errors="replace"), file=file)
+        try:
+            for argv in (["sinfo", "-N", "-l"], ["squeue", "-a", "-t", "all", "-l"]):
+                print(f"===== {' '.join(argv)}", file=file)
+                print(self.exec(CONTROLLER, argv)[1], file=file)
+        except Exception as exc:  # noqa: BLE001 - best effort while reporting a failure
+            print(f"(cannot query the controller: {exc})", file=file)
+
+    def __enter__(self) -> SlurmCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()

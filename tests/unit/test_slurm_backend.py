@@ -1,0 +1,402 @@
+"""SlurmBackend's answers to every kind of Slurm command outcome (commands faked)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown
+from hubdeploy.backends.slurm import (
+    CommandError,
+    JobInfo,
+    SlurmBackend,
+    classify,
+    parse_squeue,
+    progress_event,
+    sbatch_message,
+    validate_state,
+)
+
+PROFILE = {
+    "name": "p",
+    "cpu": 1,
+    "mem_limit": 2**30,
+    "slurm": {"partition": "interactive", "account": "a"},
+}
+SPEC = ServerSpec(
+    user="has@",
+    server_name="",
+    profile=PROFILE,
+    env={"JUPYTERHUB_API_TOKEN": "s3cret", "PATH": "/hub"},
+)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 20))
+
+
+class FakeBackend(SlurmBackend):
+    """Answers each command with the next outcome: (code, stdout, stderr) or an exception."""
+
+    def __init__(self, outcomes, **config):
+        super().__init__({"poll_interval": 0.01, "stop_timeout": 1, **config})
+        self.outcomes = list(outcomes)
+        self.calls: list[tuple[list[str], bytes | None, dict]] = []
+
+    async def run(self, argv, *, stdin=None, env=None):
+        self.calls.append((list(argv), stdin, dict(env or {})))
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+
+def line(state, reason="None", comment="(null)", host="c1", start="N/A"):
+    return (0, f"7|{state}|{reason}|{start}|{host}|{comment}\n", "")
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def test_parse_squeue():
+    info = parse_squeue("\n42|RUNNING|None|2024-01-01T00:00:00|c1|hubdeploy:port=40000|extra\n")
+    assert info == JobInfo(
+        "42",
+        "RUNNING",
+        "None",
+        "2024-01-01T00:00:00",
+        "c1",
+        "hubdeploy:port=40000|extra",
+    )
+    assert info.port is None  # a comment with trailing junk is not a port
+    assert parse_squeue("") is None
+    with pytest.raises(ValueError):
+        parse_squeue("garbage")
+
+
+@pytest.mark.parametrize(
+    "state, expected",
+    [
+        ("PENDING", Running()),
+        ("CONFIGURING", Running()),
+        ("RUNNING", Running()),
+        ("SUSPENDED", Running()),
+        ("COMPLETING", Stopped(0)),
+        ("COMPLETED", Stopped(0)),
+        ("CANCELLED", Stopped(0)),
+        ("FAILED", Stopped(1)),
+        ("TIMEOUT", Stopped(1)),
+        ("NODE_FAIL", Stopped(1)),
+    ],
+)
+def test_classify(state, expected):
+    assert classify(JobInfo("1", state, "", "", "", "")) == expected
+
+
+def test_classify_unknown_state_is_unknown():
+    assert isinstance(classify(JobInfo("1", "WEIRD", "", "", "", "")), Unknown)
+    assert classify(None) == Stopped(0)
+
+
+def test_sbatch_message():
+    err = (
+        "sbatch: error: hubdeploy-test: account nope does not exist\n"
+        "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified\n"
+    )
+    assert sbatch_message(err) == (
+        "hubdeploy-test: account nope does not exist; Batch job submission failed: "
+        "Invalid account or account/partition combination specified"
+    )
+    assert sbatch_message("") == "sbatch failed without a message"
+
+
+# -- state -----------------------------------------------------------------------------
+
+
+def test_validate_state():
+    good = {
+        "job_id": "12",
+        "job_name": "hubdeploy-nb-has-40",
+        "host": "c1",
+        "port": 40000,
+        "phase": "started",
+    }
+    assert validate_state(good) == good
+    assert validate_state({"job_id": 12})["job_id"] == "12"
+    assert validate_state({"job_id": "12; rm"}) == {}
+    assert validate_state({"job_id": True}) == {}
+    assert validate_state({}) == {}
+    # A bad host or port is dropped, the job id is kept (poll and stop still work).
+    assert validate_state({"job_id": "3", "host": "a b", "port": 1}) == {"job_id": "3"}
+    assert validate_state({"job_id": "3", "host": "c1", "port": 70000}) == {"job_id": "3"}
+    assert FakeBackend([]).load_state({"job_id": "x"}) == {}
+
+
+# -- poll ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "outcome, expected",
+    [
+        (line("RUNNING"), Running),
+        (line("PENDING", "Resources"), Running),
+        (line("COMPLETED"), Stopped),
+        ((0, "", ""), Stopped),  # gone, within MinJobAge
+        ((1, "", "slurm_load_jobs error: Invalid job id specified\n"), Stopped),
+        (
+            (
+                1,
+                "",
+                "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n",
+            ),
+            Unknown,
+        ),
+        (
+            (1, "", "slurm_load_jobs error: Socket timed out on send/recv operation\n"),
+            Unknown,
+        ),
+        (
+            (
+                1,
+                "",
+                'squeue: error: Munge encode failed: Failed to access "/run/munge/munge.socket.2"\n',
+            ),
+            Unknown,
+        ),
+        (
+            (1, "", "Error response from daemon: Container abc is not running\n"),
+            Unknown,
+        ),
+        (
+            (255, "", "ssh: connect to host login port 22: Connection refused\n"),
+            Unknown,
+        ),
+        ((0, "garbage without fields\n", ""), Unknown),
+        (CommandError(["squeue"], None, "no answer within 30s"), Unknown),
+        (CommandError(["ssh"], None, "cannot run ssh: No such file"), Unknown),
+    ],
+)
+def test_poll_never_stopped_on_a_transient_error(outcome, expected):
+    assert isinstance(run(FakeBackend([outcome]).poll({"job_id": "7"})), expected)
+
+
+def test_poll_without_job_is_stopped():
+    assert run(FakeBackend([]).poll({})) == Stopped(0)
+
+
+def test_poll_survives_a_bug():
+    assert isinstance(run(FakeBackend([RuntimeError("boom")]).poll({"job_id": "7"})), Unknown)
+
+
+# -- start -----------------------------------------------------------------------------
+
+
+def test_start_submits_script_args_and_env():
+    b = FakeBackend(
+        [
+            (0, "7\n", ""),
+            line("PENDING", "Priority", start="2030-01-01T00:00:00"),
+            (1, "", "Unable to contact slurm controller"),
+            line("RUNNING"),
+            line("RUNNING", comment="hubdeploy:port=40001"),
+        ]
+    )
+    state: dict = {}
+    assert run(b.start(SPEC, state)) == ("c1", 40001)
+    argv, stdin, env = b.calls[0]
+    assert argv[:2] == ["sbatch", "--parsable"]
+    assert "--job-name=hubdeploy-nb-has-40" in argv
+    assert "--export=JUPYTERHUB_API_TOKEN" in argv  # PATH of the hub is not exported
+    assert argv[-2:] == ["/dev/stdin", "jupyterhub-singleuser"]
+    assert env == {"JUPYTERHUB_API_TOKEN": "s3cret"}
+    assert b"s3cret" not in stdin and all("s3cret" not in a for a in argv)
+    assert b"#SBATCH --partition=interactive" in stdin
+    assert state == {
+        "job_name": "hubdeploy-nb-has-40",
+        "job_id": "7",
+        "phase": "started",
+        "job_state": "RUNNING",
+        "reason": "None",
+        "start_time": "N/A",
+        "host": "c1",
+        "port": 40001,
+    }
+
+
+@pytest.mark.parametrize(
+    "outcomes, message",
+    [
+        (
+            [
+                (
+                    1,
+                    "",
+                    "sbatch: error: Batch job submission failed: Invalid partition name specified\n",
+                )
+            ],
+            "Slurm refused the job: Batch job submission failed: Invalid partition name specified",
+        ),
+        (
+            [CommandError(["sbatch"], None, "no answer within 30s")],
+            "cannot submit to Slurm",
+        ),
+        ([(0, "Submitted\n", "")], "not a job id"),
+        (
+            [(0, "7\n", ""), line("FAILED", "NonZeroExitCode")],
+            "ended before the server started (FAILED, NonZeroExitCode)",
+        ),
+        (
+            [(0, "7\n", ""), (1, "", "Invalid job id specified")],
+            "ended before the server started",
+        ),
+        (
+            [
+                (0, "7\n", ""),
+                line("RUNNING", host="bad host", comment="hubdeploy:port=40001"),
+            ],
+            "not a host name",
+        ),
+    ],
+)
+def test_start_failures_are_backend_errors(outcomes, message):
+    state: dict = {}
+    with pytest.raises(BackendError) as err:
+        run(FakeBackend(outcomes).start(SPEC, state))
+    assert message in str(err.value)
+    assert "s3cret" not in str(err.value)
+    assert state["phase"] == "failed"
+
+
+def test_start_refuses_bad_profile_before_slurm():
+    b = FakeBackend([])
+    spec = ServerSpec(user="u", server_name="", profile={**PROFILE, "slurm": {"partition": "a b"}})
+    with pytest.raises(BackendError, match="profile 'p'"):
+        run(b.start(spec, {}))
+    assert b.calls == []
+
+
+def test_start_is_bounded():
+    b = FakeBackend([(0, "7\n", "")] + [line("PENDING")] * 1000, start_timeout=0.1)
+    with pytest.raises(BackendError, match="did not start within"):
+        run(b.start(SPEC, {}))
+
+
+# -- stop ------------------------------------------------------------------------------
+
+
+def test_stop_cancels_and_waits():
+    b = FakeBackend([(0, "", ""), line("RUNNING"), line("COMPLETING"), line("CANCELLED")])
+    run(b.stop({"job_id": "7"}))
+    assert b.calls[0][0] == ["scancel", "7"]
+    assert len(b.calls) == 4
+
+
+def test_stop_of_gone_job_is_fine():
+    run(
+        FakeBackend(
+            [
+                (
+                    1,
+                    "",
+                    "scancel: error: Kill job error on job id 7: Invalid job id specified",
+                )
+            ]
+        ).stop({"job_id": "7"})
+    )
+    run(FakeBackend([]).stop({}))
+
+
+def test_stop_after_failed_submit_cancels_by_name():
+    b = FakeBackend([(0, "", "")])
+    run(b.stop({"job_name": "hubdeploy-nb-u", "phase": "failed"}))
+    assert b.calls[0][0] == ["scancel", "--name=hubdeploy-nb-u"]
+
+
+def test_stop_raises_when_slurm_cannot_be_reached():
+    with pytest.raises(BackendError, match="cannot cancel"):
+        run(FakeBackend([CommandError(["scancel"], None, "no answer")]).stop({"job_id": "7"}))
+    with pytest.raises(BackendError, match="scancel 7 failed"):
+        run(FakeBackend([(1, "", "scancel: error: Unable to contact slurm controller")]).stop({"job_id": "7"}))
+
+
+def test_stop_wait_is_bounded():
+    b = FakeBackend([(0, "", "")] + [line("RUNNING")] * 1000, stop_timeout=0.1)
+    run(b.stop({"job_id": "7"}))  # returns (with a warning) after the bound
+
+
+# -- argv and progress -----------------------------------------------------------------
+
+
+def test_prefix_and_env_passing():
+    b = SlurmBackend({"submit_prefix": ["docker", "exec", "-i", "ctr"], "submit_env_option": "-e"})
+    assert b._argv(["squeue", "-h"], ["A", "B"]) == [
+        "docker",
+        "exec",
+        "-i",
+        "-e",
+        "A",
+        "-e",
+        "B",
+        "ctr",
+        "squeue",
+        "-h",
+    ]
+    b = SlurmBackend({"submit_prefix": ["ssh", "login"], "submit_quote": True})
+    assert b._argv(["sbatch", "/dev/stdin", "a b", "$HOME"]) == [
+        "ssh",
+        "login",
+        "sbatch /dev/stdin 'a b' '$HOME'",
+    ]
+    assert SlurmBackend({})._argv(["squeue"]) == ["squeue"]
+    with pytest.raises(ValueError):
+        SlurmBackend({"submit_prefix": "ssh login"})
+
+
+def test_real_subprocess_runner_timeout_and_missing_program():
+    b = SlurmBackend({"command_timeout": 0.5})
+    assert run(b.run(["sh", "-c", "echo out; echo err >&2; exit 3"])) == (
+        3,
+        "out\n",
+        "err\n",
+    )
+    assert run(b.run(["sh", "-c", 'printf %s "$X"'], env={"X": "v"}))[1] == "v"
+    with pytest.raises(CommandError, match="no answer"):
+        run(b.run(["sleep", "5"]))
+    with pytest.raises(CommandError, match="cannot run"):
+        run(b.run(["/nonexistent/squeue"]))
+
+
+def test_progress_events():
+    st = {
+        "phase": "pending",
+        "job_id": "7",
+        "job_state": "PENDING",
+        "reason": "Resources",
+        "start_time": "2030-01-01T10:00:00",
+    }
+    assert progress_event(st) == {
+        "progress": 30,
+        "message": "Slurm job 7 is pending (Resources), expected to start at 2030-01-01T10:00:00",
+    }
+    assert progress_event({"phase": "pending", "job_id": "7", "reason": "None", "start_time": "N/A"})["message"] == (
+        "Slurm job 7 is pending"
+    )
+
+    async def collect():
+        state = {"phase": "submitting"}
+        events = []
+
+        async def advance():
+            await asyncio.sleep(0.1)
+            state.update(phase="pending", job_id="7", reason="Priority")
+            await asyncio.sleep(0.7)
+            state.update(phase="started", host="c1", port=40000)
+
+        task = asyncio.ensure_future(advance())
+        async for ev in FakeBackend([]).progress(state):
+            events.append(ev["progress"])
+        await task
+        return events
+
+    assert run(collect()) == [10, 30, 90]
