@@ -385,6 +385,36 @@ def build_images(
     return built
 
 
+def build_time_labels() -> dict[str, str]:
+    """OCI ``created`` and ``revision``: given to the engine as build labels, outside the
+    rendered Dockerfile, so they never enter the spec hash (the tag). The engine appends
+    them as a last LABEL step: every cached layer is reused, and an image already tagged
+    is not rebuilt just because time passed or hubdeploy was committed again."""
+    out = {"org.opencontainers.image.created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    rev = _git(_source_root(), "rev-parse", "HEAD")
+    if rev and re.fullmatch(r"[0-9a-f]{40}", rev):
+        out["org.opencontainers.image.revision"] = rev
+    # pyproject's [project.urls] Source is rendered (and preferred); a checkout's remote
+    # is the fallback, as long as it carries no credentials.
+    if not (_pyproject().get("project", {}).get("urls") or {}).get("Source"):
+        url = _git(_source_root(), "remote", "get-url", "origin")
+        if url and "@" not in url.split("://", 1)[-1].split("/", 1)[0]:
+            out["org.opencontainers.image.source"] = url
+    return out
+
+
+def _git(root: Path, *args: str) -> str | None:
+    import subprocess
+
+    if not (root / ".git").exists():
+        return None
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
+
+
 def _require_parent(plan: ImagePlan, client) -> None:
     # A classic build would try to pull a missing FROM image, and fail obscurely.
     parent_ref = plan.labels.get("hubdeploy.parent", "")
@@ -443,6 +473,7 @@ def _docker_build(client, plan: ImagePlan, *, nocache: bool, console) -> None:
             custom_context=True,
             tag=plan.ref,
             buildargs=plan.buildargs or None,
+            labels=build_time_labels(),
             decode=True,
             rm=True,
             forcerm=True,

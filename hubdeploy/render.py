@@ -86,7 +86,8 @@ def hub_data(site: Site, refs: dict[str, str]) -> dict[str, Any]:
         )
     if site.database.type == "postgresql":
         database = {
-            "url": "postgresql://jupyterhub@db:5432/jupyterhub",
+            # The driver is named: SQLAlchemy 2.1 defaults to psycopg 3, the image has psycopg2.
+            "url": "postgresql+psycopg2://jupyterhub@db:5432/jupyterhub",
             "password_file": "/run/secrets/db_password",
         }
     else:
