@@ -48,9 +48,14 @@ c.RouteKeepingProxy.route_check_interval = hub["proxy"].get("route_check_interva
 # -- database -------------------------------------------------------------------------
 c.JupyterHub.db_url = hub["database"]["url"]
 if hub["database"].get("password_file"):
-    # Handed to the driver's connect() rather than put in the URL: JupyterHub logs the
-    # URL, and an URL-embedded password would also need escaping.
-    c.JupyterHub.db_kwargs = {"connect_args": {"password": read_secret(hub["database"]["password_file"])}}
+    # The password goes into the URL only here, in the hub's memory: hub.json never holds
+    # it. It cannot go in db_kwargs: JupyterHub stamps a new database's schema (alembic)
+    # with the URL alone. JupyterHub redacts the password whenever it logs the URL.
+    from urllib.parse import quote, urlsplit, urlunsplit
+
+    _u = urlsplit(hub["database"]["url"])
+    _pw = quote(read_secret(hub["database"]["password_file"]), safe="")
+    c.JupyterHub.db_url = urlunsplit(_u._replace(netloc=f"{_u.username}:{_pw}@{_u.hostname}:{_u.port}"))
 
 # -- authentication -------------------------------------------------------------------
 auth = hub["authenticator"]
