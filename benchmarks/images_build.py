@@ -1,0 +1,119 @@
+"""Image graph build times: cold, no-op, one collaboration changed; image sizes.
+
+Not a test. Builds the kernel test graph (base + alpha with R and two Python kernels +
+beta, a child of alpha) under its own site name, so every notebook image is cold; the
+Debian rootfs comes from the shared cache (HUBDEPLOY_TEST_STATE) when present.
+
+    .venv/bin/python benchmarks/images_build.py [--keep]
+
+Targets: no-op rebuild < 5 s and builds nothing; changing one kernel's package list of
+alpha rebuilds alpha (and its child) in <= 20 % of alpha's cold build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import docker
+
+from hubdeploy import images
+from hubdeploy.schema import Site
+
+SITE = "hdtbench"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+STATE = Path(os.environ.get("HUBDEPLOY_TEST_STATE", "/var/tmp/hubdeploy-test/state"))
+NOTEBOOK = ("debian", "base", "alpha", "beta")
+
+
+def site(py2_packages: list[str]) -> Site:
+    return Site.model_validate({
+        "name": SITE,
+        "build": {"ca_bundle": "ca.pem"},
+        "images": {"collaborations": {
+            "alpha": {"kernels": [
+                {"name": "r", "language": "r"},
+                {"name": "py1", "packages": ["six"]},
+                {"name": "py2", "packages": py2_packages},
+            ]},
+            "beta": {"parent": "alpha", "kernels": [{"name": "sh", "language": "bash"}, {"name": "py", "packages": ["packaging"]}]},
+        }},
+        "profiles": [{"name": "d", "image": "base"}],
+    })
+
+
+class Timings:
+    """A console that records when each image finished building."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def print(self, text: str, **kwargs) -> None:
+        if text.startswith("[bold green]built[/] "):
+            name, _, rest = text[len("[bold green]built[/] "):].partition(" in ")
+            self.seconds[name] = float(rest.split()[0])
+
+
+def build(client, plans) -> tuple[list[str], float, dict[str, float]]:
+    rec = Timings()
+    t0 = time.monotonic()
+    built = images.build_images(plans, client=client, state_dir=STATE, console=rec)
+    return built, time.monotonic() - t0, rec.seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep the images afterwards")
+    args = parser.parse_args()
+    client = docker.from_env(timeout=900)
+    site_dir = Path(f"/tmp/{SITE}-site")
+    site_dir.mkdir(exist_ok=True)
+    (site_dir / "ca.pem").write_bytes(HOST_CA.read_bytes())
+    plans = {n: p for n, p in images.plan_images(site(["idna"]), site_dir).items() if n in NOTEBOOK}
+    report: dict = {}
+    try:
+        # Cold: drop earlier runs' notebook images so that every one is built.
+        for name in ("beta", "alpha", "base"):
+            for img in client.images.list(name=f"hubdeploy/{SITE}-{name}"):
+                client.images.remove(img.id, force=True)
+        built, total, per = build(client, plans)
+        report["cold"] = {"built": built, "seconds": round(total, 1), "per_image": per}
+
+        built, total, _ = build(client, plans)
+        report["noop"] = {"built": built, "seconds": round(total, 2), "target_s": 5, "ok": not built and total < 5}
+
+        changed = {n: p for n, p in images.plan_images(site(["idna", "six"]), site_dir).items() if n in NOTEBOOK}
+        built, total, per2 = build(client, changed)
+        ratio = per2.get("alpha", 0) / per["alpha"] if per.get("alpha") else None
+        report["one_kernel_changed"] = {
+            "built": built, "seconds": round(total, 1), "alpha_seconds": per2.get("alpha"),
+            "alpha_cold_seconds": per.get("alpha"), "ratio": round(ratio, 3) if ratio else None,
+            "target_ratio": 0.2, "ok": ratio is not None and ratio <= 0.2,
+        }
+        sizes = {n: client.images.get(p.ref).attrs["Size"] for n, p in plans.items()}
+        deb = sizes["debian"]
+        report["sizes_mb"] = {n: round(s / 1e6) for n, s in sizes.items()}
+        report["size_vs_debian"] = {n: round(s / deb, 2) for n, s in sizes.items()}
+    finally:
+        if not args.keep:
+            for img in client.images.list():
+                for t in img.tags:
+                    if t.startswith(f"hubdeploy/{SITE}-"):
+                        try:
+                            client.images.remove(t, force=True)
+                        except docker.errors.APIError:
+                            pass
+    print(json.dumps(report, indent=1))
+    print(f"cold {report['cold']['seconds']} s; no-op {report['noop']['seconds']} s "
+          f"(target < 5 s, built {report['noop']['built'] or 'nothing'}); "
+          f"alpha after one kernel changed {report['one_kernel_changed']['alpha_seconds']} s = "
+          f"{report['one_kernel_changed']['ratio']} of its cold build (target <= 0.2)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

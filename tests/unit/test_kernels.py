@@ -1,0 +1,141 @@
+"""Kernels as data: schema, kernelspecs, labels, rendered steps and tags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from hubdeploy import images, kernelcheck, kernels
+from hubdeploy.schema import Kernel, Site
+
+
+def site(alpha_kernels=None, beta_kernels=None, base_kernels=None) -> Site:
+    return Site.model_validate({
+        "name": "demo",
+        "images": {
+            "base": {"kernels": base_kernels or []},
+            "collaborations": {
+                "alpha": {"kernels": alpha_kernels if alpha_kernels is not None else [
+                    {"name": "r", "language": "r", "packages": ["r-cran-jsonlite"], "env": {"A": "1"}},
+                    {"name": "py1", "packages": ["six==1.16.0"]},
+                    {"name": "py2", "packages": ["idna", "packaging"], "display_name": "Py 2"},
+                ]},
+                "beta": {"parent": "alpha", "kernels": beta_kernels or [{"name": "sh", "language": "bash"}]},
+                "gamma": {},
+            },
+        },
+        "profiles": [{"name": "d", "image": "base"}],
+    })
+
+
+def plans(s: Site, tmp_path: Path):
+    return images.plan_images(s, tmp_path)
+
+
+def test_kernel_defaults_and_closed_model():
+    k = Kernel.model_validate({"name": "py"})
+    assert (k.language, k.packages, k.env, k.display_name) == ("python", [], {}, None)
+    with pytest.raises(ValidationError):
+        Kernel.model_validate({"name": "py", "pakages": ["six"]})
+    with pytest.raises(ValidationError):
+        Kernel.model_validate({"name": "py", "language": "julia"})
+    with pytest.raises(ValidationError):
+        Kernel.model_validate({"name": "py", "packages": ["six; rm -rf /"]})
+    with pytest.raises(ValidationError):
+        Kernel.model_validate({"name": "py", "env": {"1BAD": "x"}})
+
+
+def test_duplicate_kernel_names_and_colliding_spec_names_are_rejected():
+    with pytest.raises(ValidationError, match="duplicate kernel name 'py'"):
+        site(alpha_kernels=[{"name": "py"}, {"name": "py"}])
+    # alpha + "x-y" and alpha-x (a collaboration) + "y" would both install "alpha-x-y".
+    with pytest.raises(ValidationError, match="kernelspec name 'alpha-x-y'"):
+        Site.model_validate({
+            "name": "demo",
+            "images": {"collaborations": {"alpha": {"kernels": [{"name": "x-y"}]},
+                                          "alpha-x": {"kernels": [{"name": "y"}]}}},
+            "profiles": [{"name": "d", "image": "base"}],
+        })
+
+
+def test_kernelspecs_by_language():
+    py = kernels.kernelspec("astro", Kernel(name="py311", env={"B": "2", "A": "1"}))
+    assert py["argv"][:3] == ["/opt/kernels/astro-py311/bin/python", "-m", "ipykernel_launcher"]
+    assert py["display_name"] == "astro-py311" and py["language"] == "python"
+    assert list(py["env"]) == ["A", "B"]
+    r = kernels.kernelspec("astro", Kernel(name="r", language="r", display_name="R"))
+    assert r["argv"][0] == "/usr/bin/R" and "IRkernel::main()" in r["argv"] and r["language"] == "R"
+    assert "env" not in r and kernels.venv_path("astro", Kernel(name="r", language="r")) is None
+    sh = kernels.kernelspec("astro", Kernel(name="sh", language="bash"))
+    assert sh["argv"][1:3] == ["-m", "bash_kernel"] and sh["env"] == {"PS1": "$"}
+    assert kernels.requirements(Kernel(name="sh", language="bash", packages=["six"])) == b"bash_kernel\nsix\n"
+    assert kernels.requirements(Kernel(name="p", packages=["ipykernel==6.29.5"])) == b"ipykernel\nipykernel==6.29.5\n"
+
+
+def test_r_libraries_from_debian_names():
+    assert kernels.r_library("r-cran-jsonlite") == "jsonlite"
+    assert kernels.r_library("r-bioc-biobase") == "biobase"
+    assert kernels.r_library("libxml2-dev") is None
+
+
+def test_context_dockerfile_and_cumulative_label(tmp_path):
+    p = plans(site(), tmp_path)
+    alpha, beta = p["alpha"], p["beta"]
+    assert json.loads(alpha.files["kernels/alpha-py2/kernel.json"])["display_name"] == "Py 2"
+    assert alpha.files["kernels/alpha-py2/requirements.txt"] == b"ipykernel\nidna\npackaging\n"
+    assert "kernels/alpha-r/requirements.txt" not in alpha.files
+    df = alpha.files["Dockerfile"].decode()
+    # R first (slowest), then one COPY + RUN per kernel, before the version check.
+    assert df.index("r-base-core r-cran-irkernel r-cran-jsonlite") < df.index("COPY kernels/alpha-r/") \
+        < df.index("COPY kernels/alpha-py1/") < df.index("COPY kernels/alpha-py2/") < df.index("jupyterhub-singleuser")
+    assert "/usr/bin/python3 -m venv /opt/kernels/alpha-py1" in df
+    assert f"{kernels.SPEC_ROOT}/alpha-py1/kernel.json" in df
+    assert "r-base-core" not in beta.files["Dockerfile"].decode()
+    own = kernels.from_labels(alpha.labels)
+    assert [k["name"] for k in own] == ["alpha-r", "alpha-py1", "alpha-py2"]
+    assert own[0]["libraries"] == ["IRkernel", "jsonlite"] and own[1]["prefix"] == "/opt/kernels/alpha-py1"
+    assert [k["name"] for k in kernels.from_labels(beta.labels)] == ["alpha-r", "alpha-py1", "alpha-py2", "beta-sh"]
+    assert kernels.from_labels(p["gamma"].labels) == [] and kernels.LABEL in p["gamma"].labels
+    assert kernels.LABEL not in p["hub"].labels
+
+
+def test_images_without_kernels_render_as_before(tmp_path):
+    df = plans(site(), tmp_path)["gamma"].files["Dockerfile"].decode()
+    assert "kernels" not in df.split("# Labels last")[0] and "\n\n" not in df
+
+
+def test_changing_one_kernel_retags_only_that_image_and_its_children(tmp_path):
+    a = plans(site(), tmp_path)
+    b = plans(site(beta_kernels=[{"name": "sh", "language": "bash", "packages": ["six"]}]), tmp_path)
+    assert [n for n in a if a[n].ref != b[n].ref] == ["beta"]
+    c = plans(site(alpha_kernels=[{"name": "py1", "packages": ["six==1.17.0"]}]), tmp_path)
+    assert sorted(n for n in a if a[n].ref != c[n].ref) == ["alpha", "beta"]
+    # Same site, same bytes.
+    again = plans(site(), tmp_path)
+    assert all(again[n].files == a[n].files and again[n].ref == a[n].ref for n in a)
+
+
+def test_build_time_labels_stay_out_of_the_hash(tmp_path):
+    p = plans(site(), tmp_path)
+    extra = images.build_time_labels()
+    assert "org.opencontainers.image.created" in extra
+    for plan in p.values():
+        for key in extra:
+            assert key not in plan.labels
+            assert key.encode() not in plan.files.get("Dockerfile", b"")
+
+
+def test_check_code_per_language():
+    py = kernelcheck.check_code("python", {"language": "python", "env": {"A": "1"}, "packages": ["six>=1"],
+                                          "prefix": "/opt/kernels/x"})
+    compile(py, "<check>", "exec")
+    r = kernelcheck.check_code("R", {"language": "r", "env": {"A": "it's"}, "packages": [],
+                                    "libraries": ["IRkernel"]})
+    assert 'library(m[1], character.only = TRUE)' in r and '"A" = "it\'s"' in r
+    sh = kernelcheck.check_code("bash", {"language": "bash", "env": {"B": "x y"}, "packages": ["six"],
+                                        "prefix": "/opt/kernels/s"})
+    assert "[ \"${B}\" = 'x y' ]" in sh and kernelcheck.MARK_OK in sh
+    assert kernelcheck.MARK_OK in kernelcheck.check_code("python", None)
