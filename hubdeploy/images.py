@@ -130,26 +130,41 @@ def _read_ca(site: Site, site_dir: Path) -> bytes | None:
     return data
 
 
+# What of hubdeploy runs inside the hub: the spawner, the backends, the proxy class and the
+# secret wrapper. Only these files enter the hub image (and its tag), so a change to the
+# CLI, the renderer or the docs does not rebuild and restart every site's hub.
+HUB_SOURCES = ("hubdeploy/__init__.py", "hubdeploy/errors.py", "hubdeploy/hub", "hubdeploy/backends")
+HUB_ENTRY_POINT_GROUPS = ("hubdeploy.backends", "jupyterhub.spawners")
+
+
 def _hubdeploy_source() -> dict[str, bytes]:
-    """hubdeploy's package and pyproject.toml, as the hub image installs them."""
+    """The hub-side part of hubdeploy and a minimal pyproject that installs it."""
     root = _source_root()
-    pyproject = root / "pyproject.toml"
-    if not pyproject.is_file():
+    if not (root / "pyproject.toml").is_file():
         raise OperationError(
             f"hubdeploy's source tree was not found beside {root / 'hubdeploy'}",
             hint="the hub image installs hubdeploy from a source checkout (pip install -e .)",
         )
-    files = {"hubdeploy-src/pyproject.toml": pyproject.read_bytes()}
-    for path in sorted((root / "hubdeploy").rglob("*")):
-        rel = path.relative_to(root)
-        # Caches and editor droppings would change the hub's tag without changing hubdeploy.
-        junk = "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts) or path.name.endswith("~")
-        if junk or path.is_symlink() or not path.is_file() or path.suffix in (".pyc", ".pyo"):
-            continue
-        files[f"hubdeploy-src/{rel.as_posix()}"] = path.read_bytes()
-    readme = root / "README.md"
-    # setuptools refuses a pyproject whose readme file is missing.
-    files["hubdeploy-src/README.md"] = readme.read_bytes() if readme.is_file() else b"hubdeploy\n"
+    project = _pyproject()["project"]
+    lines = [
+        "[build-system]", 'requires = ["setuptools>=68"]', 'build-backend = "setuptools.build_meta"', "",
+        "[project]", 'name = "hubdeploy"', f'version = "{project["version"]}"', "",
+        "[tool.setuptools]", 'packages = ["hubdeploy", "hubdeploy.hub", "hubdeploy.backends"]', "",
+    ]
+    for group in HUB_ENTRY_POINT_GROUPS:
+        lines.append(f'[project.entry-points."{group}"]')
+        for name, target in sorted(project.get("entry-points", {}).get(group, {}).items()):
+            lines.append(f'{name} = "{target}"')
+        lines.append("")
+    files = {"hubdeploy-src/pyproject.toml": "\n".join(lines).encode()}
+    for source in HUB_SOURCES:
+        base = root / source
+        paths = [base] if base.is_file() else sorted(base.rglob("*.py"))
+        for path in paths:
+            rel = path.relative_to(root)
+            if "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts) or path.is_symlink():
+                continue
+            files[f"hubdeploy-src/{rel.as_posix()}"] = path.read_bytes()
     return files
 
 
@@ -279,7 +294,8 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
                 *site.hub.authenticator.packages]
     if site.database.type == "postgresql":
         hub_reqs.append("psycopg2-binary")
-    hub_reqs += _pyproject()["project"].get("dependencies", [])
+    # The hub-side code needs only the docker SDK beyond JupyterHub itself.
+    hub_reqs.append("docker>=7.0")
     add("hub", "hub/Dockerfile.j2", "debian", debian_ref,
         {"requirements.txt": _requirements(hub_reqs), **_hubdeploy_source()})
     add("proxy", "proxy/Dockerfile.j2", "debian", debian_ref, {})

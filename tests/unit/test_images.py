@@ -230,7 +230,11 @@ def test_hub_context_installs_dependencies_before_source(site_dir):
                 "psycopg2-binary", "docker>=7.0"):
         assert req in reqs
     assert "hubdeploy-src/pyproject.toml" in hub.files
-    assert "hubdeploy-src/hubdeploy/images.py" in hub.files
+    # Only the hub-side code: a CLI or renderer change must not rebuild every hub.
+    assert "hubdeploy-src/hubdeploy/hub/spawner.py" in hub.files
+    assert "hubdeploy-src/hubdeploy/backends/docker.py" in hub.files
+    assert "hubdeploy-src/hubdeploy/images.py" not in hub.files
+    assert "hubdeploy-src/README.md" not in hub.files
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in hub.files)
     text = hub.files["Dockerfile"].decode()
     assert text.index("COPY requirements.txt") < text.index("COPY hubdeploy-src/")
