@@ -10,6 +10,16 @@ from stackfixture import SITE_NAME, Stack, free_port, remove_site_images, run_cl
 
 
 @pytest.fixture(scope="session")
+def client():
+    """The real Docker engine; no engine is an error, never a skip."""
+    import docker
+
+    c = docker.from_env(timeout=600)
+    c.ping()
+    return c
+
+
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """The session's running hubdeploy stack (site ``hdtstack``); call ``ensure_up()``."""
     s = Stack(dir=tmp_path_factory.mktemp("stack"), port=free_port())

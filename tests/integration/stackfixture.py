@@ -21,6 +21,17 @@ from pathlib import Path
 SITE_NAME = "hdtstack"
 
 
+class Recorder:
+    """A console that keeps what build_images prints and echoes it."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def print(self, text: str, **kwargs) -> None:
+        self.lines.append(text)
+        print(text, flush=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -44,16 +44,6 @@ def run(coro):
     return asyncio.run(coro)
 
 
-@pytest.fixture(scope="module")
-def client():
-    try:
-        c = docker.from_env(timeout=120)
-        c.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
-        pytest.skip(f"no Docker engine: {exc}")
-    return c
-
-
 def _ensure_base_image(client):
     try:
         client.images.get(BASE_IMAGE)

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from stackfixture import Recorder
+
 from hubdeploy import images
 from hubdeploy.schema import Site
 
@@ -27,26 +29,6 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 STATE = Path(os.environ.get("HUBDEPLOY_TEST_STATE", "/var/tmp/hubdeploy-test/state"))
 
 
-class Recorder:
-    """A console that keeps what build_images prints (timings) and echoes it."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def print(self, text: str, **kwargs) -> None:
-        self.lines.append(text)
-        print(text, flush=True)
-
-
-@pytest.fixture(scope="module")
-def client():
-    docker = pytest.importorskip("docker")
-    try:
-        c = docker.from_env(timeout=300)
-        c.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure here means "no engine"
-        pytest.skip(f"no Docker engine: {exc}")
-    return c
 
 
 def _remove_test_images(client) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from stackfixture import Recorder
+
 from hubdeploy import images, imagetest, kernels
 from hubdeploy.schema import Site
 
@@ -55,26 +57,6 @@ def make_site(beta_packages: tuple[str, ...] = ("packaging",)) -> Site:
 # -- fixtures -----------------------------------------------------------------------------
 
 
-class Recorder:
-    """A console that keeps what build_images prints and echoes it."""
-
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def print(self, text: str, **kwargs) -> None:
-        self.lines.append(text)
-        print(text, flush=True)
-
-
-@pytest.fixture(scope="module")
-def client():
-    docker = pytest.importorskip("docker")
-    try:
-        c = docker.from_env(timeout=600)
-        c.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure here means "no engine"
-        pytest.skip(f"no Docker engine: {exc}")
-    return c
 
 
 def _remove_test_images(client) -> None:
