@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-import docker
 import pytest
+from stackfixture import SITE_NAME
 from slurmcluster import ACCOUNT, CONTROLLER, SlurmCluster
 
 from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown
@@ -61,19 +61,25 @@ def spec(user="has@", server="", prof=None, cmd=SERVE):
     )
 
 
+def stack_base_tag(stack) -> str:
+    from hubdeploy import images
+    from hubdeploy.loader import load_site
+
+    site = load_site(stack.site_file)
+    return images.plan_images(site, stack.dir)["base"].ref.rsplit(":", 1)[1]
+
+
 def run(coro, timeout=180):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    try:
-        client = docker.from_env(timeout=300)
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
-        pytest.skip(f"no Docker engine: {exc}")
+def cluster(client, stack):
+    # The nodes run the site's notebook image: the session's test stack builds it (once),
+    # so this module works on a fresh machine whatever order the modules run in.
+    stack.ensure_up()
     t = time.monotonic()
-    with SlurmCluster(client) as c:
+    with SlurmCluster(client, base=f"hubdeploy/{SITE_NAME}-base:{stack_base_tag(stack)}") as c:
         print(f"Slurm cluster up in {time.monotonic() - t:.1f}s ({c.image})")
         yield c
 
