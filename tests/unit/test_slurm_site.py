@@ -62,12 +62,12 @@ def test_valid_site_and_defaults():
         ("name: a\nslurm: {cluster: {}, submit: {}}\nprofiles: [{name: c, image: base}]\n", "exactly one of"),
         ("name: a\nslurm: {}\nprofiles: [{name: c, image: base}]\n", "exactly one of"),
         ("name: a\nslurm: {cluster: {partitions: [x]}}\n"
-         "profiles: [{name: c, image: base, node: compute, slurm: {partition: y}}]\n", "'y' is not in slurm.cluster"),
+         + "profiles: [{name: c, image: base, node: compute, slurm: {partition: y}}]\n", "'y' is not in slurm.cluster"),
         ("name: a\nslurm: {cluster: {image: nope}}\nprofiles: [{name: c, image: base}]\n", "'nope' is not declared"),
         ("name: a\nslurm: {cluster: {}}\nprofiles: [{name: c, image: base, node: compute,"
-         " slurm: {runtime: docker}}]\n", "runtime"),
+         + " slurm: {runtime: docker}}]\n", "runtime"),
         ("name: a\nslurm: {cluster: {}}\nprofiles: [{name: c, image: base, node: compute,"
-         " slurm: {partition: 'a;b'}}]\n", "partition"),
+         + " slurm: {partition: 'a;b'}}]\n", "partition"),
         ("name: a\nslurm: {cluster: {nodes: 0}}\nprofiles: [{name: c, image: base}]\n", "nodes"),
         ("name: a\nslurm: {cluster: {nodez: 2}}\nprofiles: [{name: c, image: base}]\n", "unknown key"),
         ("name: a\nimages: {collaborations: {slurm: {}}}\nprofiles: [{name: c, image: base}]\n", "reserved"),
@@ -149,11 +149,11 @@ def test_site_without_slurm_renders_as_before():
 # -- spawner: the user's choices --------------------------------------------------------
 
 pytest.importorskip("jupyterhub")
-from tornado import web  # noqa: E402
+from tornado import web
 
-from hubdeploy.backends.slurm_script import OptionError  # noqa: E402
-from hubdeploy.hub import spawner as spawner_mod  # noqa: E402
-from hubdeploy.hub.spawner import HubdeploySpawner, apply_slurm_choices  # noqa: E402
+from hubdeploy.backends.slurm_script import OptionError
+from hubdeploy.hub import spawner as spawner_mod
+from hubdeploy.hub.spawner import HubdeploySpawner, apply_slurm_choices
 
 
 def profiles():
