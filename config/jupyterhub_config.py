@@ -91,6 +91,8 @@ c.JupyterHub.spawner_class = "hubdeploy.hub.spawner.HubdeploySpawner"
 c.HubdeploySpawner.profiles = hub["spawner"]["profiles"]
 c.HubdeploySpawner.backend = hub["spawner"].get("backend", "docker")
 c.HubdeploySpawner.backend_config = hub["spawner"].get("backend_config", {})
+# Compute profiles' backend (slurm), chosen per profile by its node type.
+c.HubdeploySpawner.backends = hub["spawner"].get("backends", {})
 
 # -- the site's pass-through, last so that it wins ------------------------------------
 for section, traits in hub.get("config", {}).items():

@@ -299,6 +299,20 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
     add("hub", "hub/Dockerfile.j2", "debian", debian_ref,
         {"requirements.txt": _requirements(hub_reqs), **_hubdeploy_source()})
     add("proxy", "proxy/Dockerfile.j2", "debian", debian_ref, {})
+    if site.slurm is not None and site.slurm.cluster is not None:
+        # The compute nodes: the image the profiles run, plus Slurm and munge. The recipe
+        # is the one the Slurm tests build (FROM a build arg), so it stays a plain Dockerfile.
+        node_image = site.slurm.cluster.image
+        parent_ref = plans[node_image].ref
+        recipe = _images_dir() / "slurm"
+        files = {name: (recipe / name).read_bytes() for name in ("Dockerfile", "entrypoint.sh")}
+        args = {"BASE": parent_ref}
+        digest = spec_hash(files, args, parent_ref)
+        lab = labels("slurm", digest, parent_ref)
+        files["Dockerfile"] += ("LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in lab.items())
+                                + "\n").encode()
+        plans["slurm"] = ImagePlan("slurm", f"hubdeploy/{site.name}-slurm:{digest[:12]}", node_image,
+                                   dict(sorted(files.items())), {**proxies, **args}, lab)
     if site.database.type == "postgresql":
         add("db", "db/Dockerfile.j2", "debian", debian_ref,
             {"entrypoint.sh": (_images_dir() / "db" / "entrypoint.sh").read_bytes()})

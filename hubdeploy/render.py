@@ -10,6 +10,7 @@ inputs changed (compose itself does not look inside bind-mounted files).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from hubdeploy import resources
-from hubdeploy.schema import Site, memory_bytes
+from hubdeploy.schema import ProfileSlurm, Site, memory_bytes
 
 HUB_PORT = 8081
 PROXY_API_PORT = 8001
@@ -111,6 +112,16 @@ def hub_data(site: Site, refs: dict[str, str]) -> dict[str, Any]:
                 "spawner_config": dict(p.spawner_config),
             }
         )
+        if p.node == "compute":
+            profiles[-1]["slurm"] = _profile_slurm(site, p)
+    spawner: dict[str, Any] = {
+        "backend": "docker",
+        "backend_config": {"network": f"{prefix}-users", "prefix": prefix, "site": site.name},
+        "profiles": profiles,
+    }
+    if site.slurm is not None:
+        # Compute profiles use this backend (HubdeploySpawner.backends, by profile node).
+        spawner["backends"] = {"slurm": _slurm_backend_config(site)}
     return {
         "site": site.name,
         "hub": {"ip": "0.0.0.0", "port": HUB_PORT, "connect_url": f"http://hub:{HUB_PORT}"},
@@ -127,14 +138,163 @@ def hub_data(site: Site, refs: dict[str, str]) -> dict[str, Any]:
         },
         "admin_users": list(site.hub.admin_users),
         "services": services,
-        "spawner": {
-            "backend": "docker",
-            "backend_config": {"network": f"{prefix}-users", "prefix": prefix, "site": site.name},
-            "profiles": profiles,
-        },
+        "spawner": spawner,
         "config": {k: dict(v) for k, v in site.hub.config.items()},
     }
 
+
+# -- Slurm ------------------------------------------------------------------------------
+
+# The notebook user of hubdeploy's images; jobs on the stack's cluster run as this user.
+NOTEBOOK_USER = "jovyan"
+SLURM_NODE_PREFIX = "c"
+# Where sbatch runs in the controller container and the job's output goes on the node:
+# a directory the notebook user can write on every node.
+SLURM_WORKDIR = "/tmp"
+
+
+def slurm_node_names(site: Site) -> list[str]:
+    """The stack cluster's NodeNames, which are also the containers' hostnames and aliases."""
+    assert site.slurm is not None and site.slurm.cluster is not None
+    return [f"{SLURM_NODE_PREFIX}{i}" for i in range(1, site.slurm.cluster.nodes + 1)]
+
+
+def _profile_slurm(site: Site, p) -> dict[str, Any]:
+    """A compute profile's ``slurm`` section as slurm_script.job_options reads it."""
+    s = p.slurm or ProfileSlurm()
+    partitions = list(s.partitions)
+    cluster = site.slurm.cluster if site.slurm else None
+    path_prepend = list(s.path_prepend)
+    if cluster is not None and s.runtime == "native" and not path_prepend:
+        # hubdeploy's images keep jupyterhub-singleuser in /opt/venv; a batch job's PATH
+        # is Slurm's default, not the image's.
+        path_prepend = ["/opt/venv/bin"]
+    return {
+        "partition": s.partition or (partitions[0] if partitions else None),
+        "partitions": partitions,
+        "account": s.account,
+        "qos": s.qos,
+        "time": s.time,
+        "gpus": s.gpus,
+        "runtime": s.runtime,
+        "image": s.image,
+        "path_prepend": path_prepend,
+        "limits": {
+            "max_cpu": s.limits.max_cpu,
+            "max_mem": memory_bytes(s.limits.max_memory) if s.limits.max_memory else None,
+            "max_time": s.limits.max_time,
+            "max_gpus": s.limits.max_gpus,
+        },
+    }
+
+
+def _slurm_backend_config(site: Site) -> dict[str, Any]:
+    assert site.slurm is not None
+    if site.slurm.cluster is not None:
+        # The hub runs the Slurm commands in the controller's container through the Docker
+        # API it already has (hubdeploy.hub.dexec): no Slurm client, munged or user
+        # accounts in the hub image, and the commands always match the cluster's version.
+        return {
+            "submit_prefix": [
+                "python3", "-m", "hubdeploy.hub.dexec",
+                "--project", project_name(site), "--service", "slurmctld",
+                "--user", NOTEBOOK_USER, "--workdir", SLURM_WORKDIR, "--",
+            ],
+            "submit_env_option": "--env",
+            "output": f"{SLURM_WORKDIR}/hubdeploy-slurm-%j.log",
+            "prefix": "hubdeploy",
+            "site": site.name,
+        }
+    sub = site.slurm.submit
+    assert sub is not None
+    out: dict[str, Any] = {"prefix": "hubdeploy", "site": site.name}
+    if sub.prefix:
+        out["submit_prefix"] = list(sub.prefix)
+    if sub.env_option:
+        out["submit_env_option"] = sub.env_option
+    if sub.quote:
+        out["submit_quote"] = True
+    if sub.output:
+        out["output"] = sub.output
+    return out
+
+
+def slurm_conf(site: Site) -> bytes:
+    """slurm.conf of the stack's cluster: no privileges, no cgroups, no accounting."""
+    assert site.slurm is not None and site.slurm.cluster is not None
+    c = site.slurm.cluster
+    nodes = slurm_node_names(site)
+    mem_mb = memory_bytes(c.memory) // 2**20
+    lines = [
+        "# Rendered by hubdeploy from the site description; edit the site file, not this.",
+        f"ClusterName={site.name}",
+        "SlurmctldHost=slurmctld",
+        "SlurmUser=slurm",
+        "AuthType=auth/munge",
+        "StateSaveLocation=/var/spool/slurmctld",
+        "SlurmdSpoolDir=/var/spool/slurmd",
+        "SlurmctldPidFile=/run/slurmctld.pid",
+        "SlurmdPidFile=/run/slurmd.pid",
+        # Containers without privileges: no cgroups (22.05 has no CgroupPlugin=disabled).
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core_Memory",
+        # The nodes share the host's cores: schedule what the site declares.
+        "SlurmdParameters=config_overrides",
+        "ReturnToService=2",
+        "MinJobAge=60",
+        "SlurmctldTimeout=30",
+        # Long: a controller that is away for a while must not mark live nodes down.
+        "SlurmdTimeout=600",
+        "InactiveLimit=0",
+        "KillWait=5",
+        "SchedulerType=sched/backfill",
+        "MpiDefault=none",
+        "EnforcePartLimits=ALL",
+    ]
+    lines += [f"NodeName={n} CPUs={c.cpus} RealMemory={mem_mb} State=UNKNOWN" for n in nodes]
+    for i, part in enumerate(c.partitions):
+        lines.append(f"PartitionName={part} Nodes={','.join(nodes)} Default={'YES' if i == 0 else 'NO'} "
+                     "MaxTime=INFINITE State=UP")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _slurm_services(site: Site, refs: dict[str, str], hashes: dict[str, str]) -> dict[str, Any]:
+    """slurmctld and one slurmd container per node, on the users network (the proxy
+    reaches notebooks on the nodes by NodeName)."""
+    common = {
+        "image": refs["slurm"],
+        "pull_policy": "never",
+        "secrets": ["munge_key"],
+        # The entrypoint installs the key as /etc/munge/munge.key, owner munge, 0400.
+        "environment": {"HUBDEPLOY_MUNGE_KEY": "/run/secrets/munge_key"},
+        "labels": {"hubdeploy.site": site.name, "hubdeploy.config-hash": hashes["slurm"]},
+        "restart": "unless-stopped",
+    }
+    conf = "./slurm/slurm.conf:/etc/hubdeploy-slurm/slurm.conf:ro"
+    # Each service its own copy: shared dicts would come out as YAML anchors.
+    services: dict[str, Any] = {
+        "slurmctld": {
+            **copy.deepcopy(common),
+            "command": ["slurmctld"],
+            "hostname": "slurmctld",
+            "networks": {"users": {"aliases": ["slurmctld"]}},
+            "volumes": [conf, "slurmctld-state:/var/spool/slurmctld"],
+            "healthcheck": _healthcheck(["CMD", "scontrol", "ping"]),
+        }
+    }
+    for node in slurm_node_names(site):
+        services[f"slurm-{node}"] = {
+            **copy.deepcopy(common),
+            "command": ["slurmd"],
+            "hostname": node,
+            "networks": {"users": {"aliases": [node]}},
+            "volumes": [conf],
+        }
+    return services
 
 
 # Health checks run inside the images, which have node (proxy) and python (hub).
@@ -269,6 +429,9 @@ def compose_data(site: Site, refs: dict[str, str], hashes: dict[str, str], tls: 
             "depends_on": {"hub": {"condition": "service_healthy"}},
             "restart": "unless-stopped",
         }
+    if site.slurm is not None and site.slurm.cluster is not None:
+        services.update(_slurm_services(site, refs, hashes))
+        volumes["slurmctld-state"] = {"name": f"{prefix}-slurmctld-state"}
     all_secrets = sorted({s for svc in services.values() for s in svc.get("secrets", [])})
     return {
         "name": prefix,
@@ -308,7 +471,12 @@ def render(site: Site, site_dir: Path, refs: dict[str, str]) -> dict[str, bytes]
         "hub": _sha(hub_config, hub_json),
         "proxy": _sha(entry, *tls_bytes),
     }
+    slurm_files: dict[str, bytes] = {}
+    if site.slurm is not None and site.slurm.cluster is not None:
+        slurm_files["slurm/slurm.conf"] = slurm_conf(site)
+        hashes["slurm"] = _sha(slurm_files["slurm/slurm.conf"])
     files = {
+        **slurm_files,
         "compose.yaml": _dump_yaml(compose_data(site, refs, hashes, tls)),
         "hub/jupyterhub_config.py": hub_config,
         "hub/hub.json": hub_json,

@@ -286,7 +286,7 @@ class Images(Closed):
         if "base" in self.collaborations:
             problems.append((("collaborations", "base"), "'base' is reserved for the base image"))
         # The stack's own images share the site's image namespace.
-        for reserved in sorted({"debian", "hub", "proxy", "db"} & set(self.collaborations)):
+        for reserved in sorted({"debian", "hub", "proxy", "db", "slurm"} & set(self.collaborations)):
             problems.append((("collaborations", reserved), f"'{reserved}' is reserved for the stack's own image"))
         cycles: set[frozenset[str]] = set()
         for name, img in self.collaborations.items():
@@ -362,12 +362,63 @@ class Volume(Closed):
         return v
 
 
+# Slurm partition, account and QOS names; the same pattern slurm_script checks again.
+SlurmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")]
+# Slurm durations: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]] (slurm_script.parse_time).
+SlurmTime = Annotated[str, StringConstraints(pattern=r"^(?:\d+-)?\d+(?::\d+){0,2}$")]
+AbsPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./+-]{0,1023}$")]
+
+
+class SlurmLimits(Closed):
+    """The most a user may ask for in the spawn form; each set limit adds its form field."""
+
+    max_cpu: int | None = Field(None, ge=1, le=1024, description="Most cores a user may ask for.")
+    max_memory: Memory | None = Field(None, description="Most memory a user may ask for.")
+    max_time: SlurmTime | None = Field(None, description="Longest time limit a user may ask for.")
+    max_gpus: int | None = Field(None, ge=0, le=64)
+
+
+class ProfileSlurm(Closed):
+    """How a compute profile's server is submitted (read by slurm_script.job_options).
+
+    ``partitions`` are the choices the spawn form offers (the first is the default when
+    ``partition`` is not set); values a user sends are checked by the spawner against
+    these lists and ``limits``, never written into the job script unchecked.
+    """
+
+    partition: SlurmName | None = None
+    partitions: list[SlurmName] = Field(default_factory=list, description="Partitions offered in the spawn form.")
+    account: SlurmName | None = None
+    qos: SlurmName | None = None
+    time: SlurmTime | None = Field(None, description="Default time limit, e.g. 60 or 8:00:00.")
+    gpus: int = Field(0, ge=0, le=64)
+    runtime: Literal["native", "apptainer", "podman-hpc", "shifter"] = Field(
+        "native", description="native: the node's own environment; otherwise a container runtime on the node."
+    )
+    image: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_/][A-Za-z0-9_./:@+-]{0,511}$",
+        description="Image for apptainer/podman-hpc/shifter; default: the profile's image.",
+    )
+    path_prepend: list[AbsPath] = Field(default_factory=list, description="Directories put first in PATH on the node.")
+    limits: SlurmLimits = Field(default_factory=SlurmLimits)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ProfileSlurm":
+        if self.partition and self.partitions and self.partition not in self.partitions:
+            raise ValueError(f"partition {self.partition!r} is not in partitions {self.partitions}")
+        if len(set(self.partitions)) != len(self.partitions):
+            raise ValueError("partitions lists a partition twice")
+        return self
+
+
 class Profile(Closed):
     name: Name
     display_name: str | None = None
     description: str = ""
     image: Name = Field(description="'base' or a collaboration image name.")
-    node: Literal["login"] = Field("login", description="Where the server runs (compute nodes: Slurm backend).")
+    node: Literal["login", "compute"] = Field(
+        "login", description="Where the server runs: login (a container, docker backend) or compute (a Slurm job)."
+    )
     cpu: float | None = Field(None, gt=0, le=1024, description="CPU limit in cores.")
     memory: Memory | None = Field(None, description="Memory limit, e.g. 2G.")
     home: bool = Field(True, description="Mount a per-user home volume at /home/jovyan.")
@@ -377,6 +428,60 @@ class Profile(Closed):
     spawner_config: dict[str, Any] = Field(
         default_factory=dict, description="Pass-through Spawner traits for this profile."
     )
+    slurm: ProfileSlurm | None = Field(None, description="Slurm job settings of a compute profile.")
+
+    @model_validator(mode="after")
+    def _node(self) -> "Profile":
+        if self.slurm is not None and self.node != "compute":
+            raise ValueError("'slurm' only applies to a profile with node: compute")
+        return self
+
+
+class SlurmClusterSpec(Closed):
+    """A small Slurm cluster hubdeploy runs inside the stack (slurmctld + N slurmd)."""
+
+    nodes: int = Field(2, ge=1, le=16, description="Compute-node containers, named c1..cN (the NodeNames).")
+    cpus: int = Field(2, ge=1, le=256, description="CPUs Slurm schedules per node.")
+    memory: Memory = Field("2G", description="Memory Slurm schedules per node.")
+    partitions: list[SlurmName] = Field(
+        default_factory=lambda: ["compute"], min_length=1,
+        description="Partitions over all nodes; the first is the default.",
+    )
+    image: Name = Field("base", description="Image the nodes run (plus Slurm and munge): 'base' or a collaboration.")
+
+    @field_validator("partitions")
+    @classmethod
+    def _unique_parts(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("partitions lists a partition twice")
+        return v
+
+
+class SlurmSubmit(Closed):
+    """An existing site's Slurm: how the hub runs sbatch/squeue/scancel there."""
+
+    prefix: list[str] = Field(
+        default_factory=list,
+        description="argv before every Slurm command, e.g. [ssh, login1]; empty: the hub image has the client.",
+    )
+    env_option: str | None = Field(
+        None, description="Option that passes one variable through the prefix (-e for docker exec)."
+    )
+    quote: bool = Field(False, description="Shell-quote the command after the prefix (ssh).")
+    output: str | None = Field(None, description="sbatch --output of notebook jobs.")
+
+
+class SiteSlurm(Closed):
+    """Where compute profiles' jobs go: a cluster in the stack, or a site's submit path."""
+
+    cluster: SlurmClusterSpec | None = None
+    submit: SlurmSubmit | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "SiteSlurm":
+        if (self.cluster is None) == (self.submit is None):
+            raise ValueError("slurm needs exactly one of 'cluster' or 'submit'")
+        return self
 
 
 class Site(Closed):
@@ -391,6 +496,7 @@ class Site(Closed):
     services: Services = Field(default_factory=Services)
     build: Build = Field(default_factory=Build)
     images: Images = Field(default_factory=Images)
+    slurm: SiteSlurm | None = Field(None, description="Slurm for compute profiles.")
     profiles: list[Profile] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -413,6 +519,8 @@ class Site(Closed):
                 )
             else:
                 first[p.name] = i
+            if p.node == "compute":
+                problems += self._compute_problems(i, p)
             if p.default:
                 if default is not None:
                     problems.append(
@@ -423,9 +531,33 @@ class Site(Closed):
                     )
                 else:
                     default = i
+        if self.slurm and self.slurm.cluster and self.slurm.cluster.image not in known:
+            problems.append(
+                (("slurm", "cluster", "image"), f"image {self.slurm.cluster.image!r} is not declared; "
+                 f"declared: {', '.join(known)}")
+            )
         if problems:
             raise SiteValueError(problems)
         return self
+
+    def _compute_problems(self, i: int, p: Profile) -> list[tuple[tuple[str | int, ...], str]]:
+        if self.slurm is None:
+            return [(("profiles", i, "node"), f"profile {p.name!r} runs on compute nodes, but the site "
+                     "declares no 'slurm' section (cluster or submit)")]
+        cluster = self.slurm.cluster
+        if cluster is None or p.slurm is None:
+            return []
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        for key, names in (("partition", [p.slurm.partition] if p.slurm.partition else []),
+                           ("partitions", p.slurm.partitions)):
+            for name in names:
+                if name not in cluster.partitions:
+                    problems.append((("profiles", i, "slurm", key), f"partition {name!r} is not in "
+                                     f"slurm.cluster.partitions ({', '.join(cluster.partitions)})"))
+        if p.slurm.runtime == "native" and p.image != cluster.image:
+            problems.append((("profiles", i, "image"), f"profile {p.name!r} runs natively on the stack's "
+                             f"compute nodes, which run image {cluster.image!r}, not {p.image!r}"))
+        return problems
 
 
 def json_schema() -> dict[str, Any]:

@@ -23,6 +23,9 @@ def secret_names(site) -> list[str]:
     names += [f"service-{s.name}_token" for s in site.services.extra]
     if site.database.type == "postgresql":
         names.append("db_password")
+    if site.slurm is not None and site.slurm.cluster is not None:
+        # Shared by slurmctld and every slurmd (munge authenticates them to each other).
+        names.append("munge_key")
     return names
 
 

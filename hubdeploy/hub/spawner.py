@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from typing import Any
 
 from jupyterhub.spawner import Spawner
@@ -24,6 +25,67 @@ from hubdeploy.backends.base import (
     ServerSpec,
     Stopped,
 )
+from hubdeploy.backends.slurm_script import OptionError, parse_time
+
+# What a user may choose for a compute profile, within the site's lists and limits.
+SLURM_CHOICES = ("partition", "time", "cpu", "memory")
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])$")
+
+
+def _memory_bytes(value: str) -> int:
+    m = _MEMORY.match(value)
+    if not m:
+        raise OptionError(f"memory {value!r} is not a size such as 2G or 512M")
+    return int(float(m.group(1)) * 1024 ** {"K": 1, "M": 2, "G": 3, "T": 4}[m.group(2)])
+
+
+def apply_slurm_choices(profile: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """The profile with the user's choices (partition, time, cpu, memory) written in.
+
+    Every choice is checked against what the site allows: a partition from the profile's
+    list, a time, core count or memory only where the profile sets the matching limit, and
+    within it. Raises OptionError (shown to the user) otherwise; nothing unchecked reaches
+    the job script. Empty values mean "the profile's default" (an untouched form field).
+    """
+    chosen = {k: options.get(k) for k in SLURM_CHOICES if options.get(k) not in (None, "")}
+    if not chosen:
+        return profile
+    if profile.get("node") != "compute":
+        raise OptionError(f"profile {profile['name']!r} runs on a login node: {', '.join(chosen)} cannot be chosen")
+    slurm = dict(profile.get("slurm") or {})
+    limits = slurm.get("limits") or {}
+    out = dict(profile)
+    if "partition" in chosen:
+        allowed = slurm.get("partitions") or ([slurm["partition"]] if slurm.get("partition") else [])
+        if chosen["partition"] not in allowed:
+            raise OptionError(f"partition {chosen['partition']!r} is not offered; choose one of {', '.join(allowed)}")
+        slurm["partition"] = chosen["partition"]
+    if "time" in chosen:
+        if not limits.get("max_time"):
+            raise OptionError(f"profile {profile['name']!r} has a fixed time limit")
+        minutes = parse_time(chosen["time"])
+        if minutes > parse_time(limits["max_time"]):
+            raise OptionError(f"time limit {chosen['time']!r} is over the profile's limit {limits['max_time']}")
+        slurm["time"] = str(minutes)
+    if "cpu" in chosen:
+        if not limits.get("max_cpu"):
+            raise OptionError(f"profile {profile['name']!r} has a fixed number of cores")
+        try:
+            cores = int(str(chosen["cpu"]).strip())
+        except ValueError:
+            raise OptionError(f"cores {chosen['cpu']!r} is not a whole number") from None
+        if not 1 <= cores <= int(limits["max_cpu"]):
+            raise OptionError(f"cores must be between 1 and {limits['max_cpu']}")
+        out["cpu"] = cores
+    if "memory" in chosen:
+        if not limits.get("max_mem"):
+            raise OptionError(f"profile {profile['name']!r} has a fixed memory size")
+        size = _memory_bytes(str(chosen["memory"]).strip())
+        if not 0 < size <= int(limits["max_mem"]):
+            raise OptionError(f"memory must be at most {int(limits['max_mem']) // 2**20}M")
+        out["mem_limit"] = size
+    out["slurm"] = slurm
+    return out
 
 # One backend per (name, config) for the whole hub: a shared Docker client or scheduler
 # session, not one per user.
@@ -33,7 +95,41 @@ _BACKENDS: dict[tuple[str, str], Backend] = {}
 def _check_user_options(spawner: HubdeploySpawner, user_options: dict) -> None:
     # JupyterHub >= 5.3 calls this before start(): an unknown profile is refused with
     # 400 before anything is created (start() checks again for older hubs).
-    spawner.select_profile(user_options)
+    spawner.resolve_profile(user_options)
+
+
+def _slurm_fields(p: dict[str, Any]) -> str:
+    """The choices a compute profile offers: partition from its list, time, cores and
+    memory where it sets a limit. Named ``<profile>.<choice>``; checked again server-side."""
+    if p.get("node") != "compute":
+        return ""
+    slurm = p.get("slurm") or {}
+    limits = slurm.get("limits") or {}
+    prefix = html.escape(str(p["name"]))
+    fields = []
+    parts = slurm.get("partitions") or []
+    if len(parts) > 1:
+        opts = "".join(
+            f'<option value="{html.escape(x)}"{" selected" if x == slurm.get("partition") else ""}>{html.escape(x)}</option>'
+            for x in parts
+        )
+        fields.append(f'<label>Partition <select class="form-select" name="{prefix}.partition">{opts}</select></label>')
+    if limits.get("max_time"):
+        fields.append(
+            f'<label>Time limit (minutes or HH:MM:SS, at most {html.escape(str(limits["max_time"]))}) '
+            f'<input class="form-control" name="{prefix}.time" value="{html.escape(str(slurm.get("time") or ""))}"></label>'
+        )
+    if limits.get("max_cpu"):
+        fields.append(
+            f'<label>Cores <input class="form-control" type="number" min="1" max="{int(limits["max_cpu"])}" '
+            f'name="{prefix}.cpu" value="{int(p.get("cpu") or 1)}"></label>'
+        )
+    if limits.get("max_mem"):
+        fields.append(
+            f'<label>Memory (e.g. 2G, at most {int(limits["max_mem"]) // 2**20}M) '
+            f'<input class="form-control" name="{prefix}.memory"></label>'
+        )
+    return f'<div class="hubdeploy-slurm ms-4">{"".join(fields)}</div>' if fields else ""
 
 
 class HubdeploySpawner(Spawner):
@@ -48,10 +144,19 @@ class HubdeploySpawner(Spawner):
     backend_config = Dict(help="Free-form configuration of the backend (hub.json spawner.backend_config).").tag(
         config=True
     )
+    backends = Dict(
+        help="Further backends, name -> config (hub.json spawner.backends), e.g. {'slurm': {...}}.",
+    ).tag(config=True)
+    node_backends = Dict(
+        {"compute": "slurm"},
+        help="Profile node type -> backend name; other node types use `backend`.",
+    ).tag(config=True)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._backend_state: dict[str, Any] = {}
+        # The backend of the current (or last) server: profiles choose it by node type.
+        self._backend_name: str | None = None
         # Original values of the traits the last applied profile changed.
         self._profile_saved: dict[str, Any] = {}
 
@@ -125,7 +230,9 @@ class HubdeploySpawner(Spawner):
                 f"<strong>{html.escape(str(p.get('display_name') or p['name']))}</strong>"
                 + (f' <span class="text-muted">({html.escape(", ".join(facts))})</span>' if facts else "")
                 + (f"<br><small>{html.escape(str(p.get('description') or ''))}</small>" if p.get("description") else "")
-                + "</label></div>"
+                + "</label>"
+                + _slurm_fields(p)
+                + "</div>"
             )
         return (
             '<fieldset class="hubdeploy-profiles"><legend>Choose a server profile</legend>'
@@ -134,10 +241,27 @@ class HubdeploySpawner(Spawner):
         )
 
     def profile_from_form(self, form_data: dict[str, list[str]]) -> dict[str, str]:
-        """Form data (or /spawn query arguments) -> ``{"profile": name}``; 400 when unknown."""
+        """Form data (or /spawn query arguments) -> ``{"profile": name, ...choices}``; 400 when
+        the profile is unknown or a choice is not allowed."""
         values = form_data.get("profile") or []
         name = values[0] if values else self.default_profile()["name"]
-        return {"profile": self.select_profile({"profile": name})["name"]}
+        profile = self.select_profile({"profile": name})
+        options = {"profile": profile["name"]}
+        for key in SLURM_CHOICES:
+            # Fields are per profile in the form; the bare key works for /spawn?time=60.
+            got = form_data.get(f"{profile['name']}.{key}") or form_data.get(key) or []
+            if got and got[0].strip():
+                options[key] = got[0].strip()
+        self.resolve_profile(options)
+        return options
+
+    def resolve_profile(self, user_options: dict | None) -> dict[str, Any]:
+        """The chosen profile with the user's checked choices written in; 400 when not allowed."""
+        profile = self.select_profile(user_options)
+        try:
+            return apply_slurm_choices(profile, user_options or {})
+        except OptionError as exc:
+            raise web.HTTPError(400, str(exc)) from None
 
     def _apply_profile(self, profile: dict[str, Any]) -> None:
         # A spawner object lives across its server's restarts: undo what the previous
@@ -165,18 +289,30 @@ class HubdeploySpawner(Spawner):
 
     # -- backend ----------------------------------------------------------------------
 
-    def get_backend(self) -> Backend:
-        """The shared backend instance for this spawner's backend name and config."""
+    def backend_for(self, profile: dict[str, Any]) -> str:
+        """The backend name of a profile: by its node type (compute -> slurm), else ``backend``."""
+        return self.node_backends.get(profile.get("node") or "login", self.backend)
+
+    def get_backend(self, name: str | None = None) -> Backend:
+        """The shared backend instance of ``name`` (default: this server's, else ``backend``)."""
+        name = name or self._backend_name or self.backend
+        if name == self.backend:
+            base = self.backend_config
+        elif name in self.backends:
+            base = self.backends[name]
+        else:
+            raise web.HTTPError(500, f"backend {name!r} is not configured (hub.json spawner.backends)")
         images = sorted({p["image_ref"] for p in self.profiles if p.get("image_ref")})
-        config = {**self.backend_config, "allowed_images": images}
-        key = (self.backend, json.dumps(config, sort_keys=True, default=str))
+        config = {**base, "allowed_images": images}
+        key = (name, json.dumps(config, sort_keys=True, default=str))
         if key not in _BACKENDS:
-            _BACKENDS[key] = get_backend(self.backend)(config, log=self.log)
+            _BACKENDS[key] = get_backend(name)(config, log=self.log)
         return _BACKENDS[key]
 
     async def start(self):
         """Apply the chosen profile and start the server through the backend."""
-        profile = self.select_profile(self.user_options)
+        profile = self.resolve_profile(self.user_options)
+        self._backend_name = self.backend_for(profile)
         self._apply_profile(profile)
         effective = {**profile, "cpu": self.cpu_limit, "mem_limit": self.mem_limit}
         spec = ServerSpec(
@@ -190,7 +326,7 @@ class HubdeploySpawner(Spawner):
         # The same dict object that progress() reads while the backend fills it.
         state = self._backend_state
         state.clear()
-        self.log.info("starting %s with profile %s on backend %s", self._log_name, profile["name"], self.backend)
+        self.log.info("starting %s with profile %s on backend %s", self._log_name, profile["name"], self._backend_name)
         host, port = await self.get_backend().start(spec, state)
         token = state.pop(ADOPTED_TOKEN_KEY, None)
         if token:
@@ -230,7 +366,7 @@ class HubdeploySpawner(Spawner):
         """JupyterHub's state plus the backend's, under ``hubdeploy``."""
         state = super().get_state()
         if self._backend_state:
-            state["hubdeploy"] = {"backend": self.backend, "state": dict(self._backend_state)}
+            state["hubdeploy"] = {"backend": self._backend_name or self.backend, "state": dict(self._backend_state)}
         return state
 
     def load_state(self, state):
@@ -239,16 +375,20 @@ class HubdeploySpawner(Spawner):
         saved = (state or {}).get("hubdeploy")
         if not saved:
             return
-        if saved.get("backend") != self.backend:
+        name = saved.get("backend")
+        if name != self.backend and name not in self.backends:
             self.log.warning(
-                "%s was started by backend %r, the hub now uses %r; polling it with the latter",
+                "%s was started by backend %r, which the hub no longer has; polling it with %r",
                 self._log_name,
-                saved.get("backend"),
+                name,
                 self.backend,
             )
-        self._backend_state = self.get_backend().load_state(saved.get("state") or {})
+            name = self.backend
+        self._backend_name = name
+        self._backend_state = self.get_backend(name).load_state(saved.get("state") or {})
 
     def clear_state(self):
         """Forget the backend state (the hub calls this after stop and before a start)."""
         super().clear_state()
         self._backend_state = {}
+        self._backend_name = None

@@ -329,8 +329,15 @@ FULL: dict[str, Any] = {
     "build": {"debian": {"suite": "bookworm"}},
     "images": {"base": {"pip": []}, "collaborations": {"astro": {"parent": "base",
                                                                    "kernels": [{"name": "py", "packages": ["six"]}]}}},
-    "profiles": [{"name": "login", "image": "astro", "volumes": [{"source": "/data", "target": "/data"}]}],
+    "slurm": {"cluster": {"nodes": 2, "partitions": ["compute", "debug"]}},
+    "profiles": [
+        {"name": "login", "image": "astro", "volumes": [{"source": "/data", "target": "/data"}]},
+        {"name": "compute", "image": "base", "node": "compute",
+         "slurm": {"partitions": ["compute", "debug"], "time": "60", "limits": {"max_cpu": 2, "max_time": "4:00:00"}}},
+    ],
 }
+# slurm.cluster and slurm.submit exclude each other: the submit level has its own document.
+FULL_SUBMIT: dict[str, Any] = {**FULL, "slurm": {"submit": {"prefix": ["ssh", "login1"]}}}
 LEVELS: list[tuple[Any, ...]] = [
     (),
     ("public",),
@@ -350,7 +357,16 @@ LEVELS: list[tuple[Any, ...]] = [
     ("images", "collaborations", "astro", "kernels", 0),
     ("profiles", 0),
     ("profiles", 0, "volumes", 0),
+    ("profiles", 1, "slurm"),
+    ("profiles", 1, "slurm", "limits"),
+    ("slurm",),
+    ("slurm", "cluster"),
+    ("slurm", "submit"),
 ]
+
+
+def _full_for(level: tuple[Any, ...]) -> dict[str, Any]:
+    return FULL_SUBMIT if level[:2] == ("slurm", "submit") else FULL
 
 
 def _at(data: Any, level: tuple[Any, ...]) -> Any:
@@ -361,6 +377,7 @@ def _at(data: Any, level: tuple[Any, ...]) -> Any:
 
 def test_full_site_is_valid_and_levels_cover_every_model() -> None:
     load_site_text(_dump(FULL), "site.yaml")
+    load_site_text(_dump(FULL_SUBMIT), "site.yaml")
     models = {loader_messages.model_at(level) for level in LEVELS}
     assert None not in models
     assert {m.__name__ for m in models} == {"Site", *schema.json_schema()["$defs"]}
@@ -374,7 +391,7 @@ def test_unknown_keys_are_rejected_at_every_level(level: tuple[Any, ...], key: s
     # ruamel's emitter does not round-trip every string (a lone U+0085 comes back as a
     # space); what is tested here is the loader, so use keys that YAML carries intact.
     assume(dict(YAML().load(_dump({key: 1}))) == {key: 1})
-    data = copy.deepcopy(FULL)
+    data = copy.deepcopy(_full_for(level))
     _at(data, level)[key] = "x"
     text = _dump(data)
     message = _site_error(text)

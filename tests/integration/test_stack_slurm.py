@@ -1,0 +1,244 @@
+"""Compute-node notebooks through the real stack: site ``hdtslurm`` with a Slurm cluster
+in the stack (slurmctld + 2 slurmd containers), brought up and taken down by the CLI.
+
+A user spawns a compute profile through the hub API, runs ``5*4`` through the proxy on
+the node, and the server survives a hub restart and an absent controller; a stop cancels
+the job, and a job cancelled behind the hub's back is reported stopped with its route gone.
+The tests share one server and run in order (each also works alone: ``_need_server``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import docker
+import pytest
+from stackfixture import diagnostics, free_port, remove_site_images, run_cli
+
+from hubdeploy.smoke.hubclient import HubClient, escape_path
+from hubdeploy.smoke.kernel import ServerClient
+
+pytestmark = pytest.mark.integration
+
+SITE = "hdtslurm"
+PROJECT = f"hubdeploy-{SITE}"
+USER = "has@"
+SITE_YAML = """\
+name: {name}
+public: {{host: 127.0.0.1, port: {port}}}
+hub:
+  admin_users: [admin]
+  authenticator: {{class: dummy}}
+  # Poll servers often, so that the faults below show within seconds.
+  config: {{Spawner: {{poll_interval: 5}}}}
+services:
+  idle_culler: {{enabled: false}}
+build:
+  ca_bundle: /etc/ssl/certs/ca-certificates.crt
+slurm:
+  cluster: {{nodes: 2, cpus: 1, memory: 1G, partitions: [compute, debug]}}
+profiles:
+  - name: login
+    image: base
+    default: true
+  - name: compute
+    image: base
+    node: compute
+    cpu: 1
+    memory: 512M
+    slurm:
+      partitions: [compute, debug]
+      time: "60"
+      limits: {{max_cpu: 1, max_memory: 1G, max_time: "2:00:00"}}
+"""
+state: dict = {}
+
+
+class SlurmStack:
+    def __init__(self, root):
+        self.dir = root
+        self.port = free_port()
+        self.site_file = root / "site.yaml"
+        self.site_file.write_text(SITE_YAML.format(name=SITE, port=self.port))
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.client = docker.from_env(timeout=120)
+
+    def cli(self, *args, **kw):
+        return run_cli(self.site_file, *args, **kw)
+
+    def container(self, service: str):
+        found = self.client.containers.list(
+            all=True, filters={"label": [f"com.docker.compose.project={PROJECT}", f"com.docker.compose.service={service}"]}
+        )
+        assert found, f"no container for service {service}"
+        return found[0]
+
+    def ctl(self, *argv: str) -> tuple[int, str]:
+        res = self.container("slurmctld").exec_run(list(argv))
+        return res.exit_code, res.output.decode(errors="replace")
+
+    def jobs(self) -> dict[str, str]:
+        """job id -> 'STATE PARTITION NODE' of every job squeue shows (pending/running)."""
+        code, out = self.ctl("squeue", "-h", "-o", "%i %T %P %N")
+        assert code == 0, out
+        return {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines() if line.strip()}
+
+    def wait(self, what: str, cond, limit: float, every: float = 1.0):
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            value = cond()
+            if value:
+                return value
+            time.sleep(every)
+        raise AssertionError(f"{what}: not within {limit:.0f} s\n" + diagnostics(PROJECT))
+
+
+@pytest.fixture(scope="module")
+def slurm_stack(tmp_path_factory):
+    try:
+        docker.from_env().ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
+        pytest.skip(f"no Docker engine: {exc}")
+    s = SlurmStack(tmp_path_factory.mktemp("slurmstack"))
+    try:
+        t0 = time.monotonic()
+        proc = s.cli("up", timeout=1800)
+        assert proc.returncode == 0, proc.stdout + proc.stderr + diagnostics(PROJECT)
+        print(f"hdtslurm up in {time.monotonic() - t0:.0f} s")
+
+        def idle():
+            code, out = s.ctl("sinfo", "-h", "-N", "-o", "%N %t")
+            states = dict(line.split() for line in out.splitlines() if line.strip()) if code == 0 else {}
+            return set(states) == {"c1", "c2"} and all(v in ("idle", "mix", "alloc") for v in states.values())
+
+        s.wait("compute nodes idle", idle, 120)
+        yield s
+    finally:
+        run_cli(s.site_file, "down", "--volumes", timeout=300)
+        if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
+            remove_site_images(SITE)
+
+
+def _session(stack, user=USER):
+    hub = HubClient(stack.url)
+    hub.login(user, "")
+    token, _ = hub.create_token(user, scopes=None, expires_in=3600)
+    return hub, token
+
+
+def _run_5x4(url: str, token: str) -> str:
+    client = ServerClient(url, token)
+    kid = client.start_kernel("python3")
+    try:
+        out, error = client.execute(kid, "print(5 * 4)", timeout=60)
+        assert error is None, error
+        return out.strip()
+    finally:
+        client.delete_kernel(kid)
+
+
+def _spawn(stack, hub) -> str:
+    t0 = time.monotonic()
+    hub.api("POST", f"users/{escape_path(USER)}/server",
+            json={"profile": "compute", "partition": "debug", "time": "30"}, ok=(201, 202))
+    hub.wait_ready(USER, "", time.monotonic() + 240)
+    jobs = stack.jobs()
+    assert len(jobs) == 1, jobs
+    job_id, desc = next(iter(jobs.items()))
+    assert desc.startswith("RUNNING debug c"), desc
+    print(f"compute-node server ready in {time.monotonic() - t0:.1f} s (job {job_id}: {desc})")
+    return job_id
+
+
+def _need_server(stack):
+    if "job" not in state or state["job"] not in stack.jobs():
+        hub, token = _session(stack)
+        state.update(hub=hub, token=token, job=_spawn(stack, hub), url=hub.server_url(USER))
+    return state["url"], state["token"]
+
+
+def test_cluster_is_up_with_a_private_munge_key(slurm_stack):
+    key = slurm_stack.dir / ".hubdeploy" / "secrets" / "munge_key"
+    assert key.stat().st_mode & 0o777 == 0o600
+    for service in ("slurmctld", "slurm-c1", "slurm-c2"):
+        res = slurm_stack.container(service).exec_run(["stat", "-c", "%U %a", "/etc/munge/munge.key"])
+        assert res.output.decode().strip() == "munge 400", (service, res.output)
+    # Only the proxy publishes a port; the nodes are on the users network only.
+    for service in ("slurmctld", "slurm-c1"):
+        c = slurm_stack.container(service)
+        assert not (c.attrs["HostConfig"]["PortBindings"] or {})
+        assert list(c.attrs["NetworkSettings"]["Networks"]) == [f"{PROJECT}-users"]
+
+
+def test_choice_outside_the_limits_is_refused(slurm_stack):
+    hub, _ = _session(slurm_stack, "refused")
+    for options, words in (
+        ({"profile": "compute", "time": "9:00:00"}, "over the profile's limit"),
+        ({"profile": "compute", "partition": "gpu"}, "not offered"),
+        ({"profile": "login", "cpu": "1"}, "login node"),
+    ):
+        resp = hub.request("POST", "hub/api/users/refused/server", json=options, ok=(400,))
+        assert words in resp.text, resp.text
+    assert slurm_stack.jobs() == {}
+
+
+def test_compute_profile_spawns_on_a_node_and_runs_5x4(slurm_stack):
+    url, token = _need_server(slurm_stack)
+    assert _run_5x4(url, token) == "20"
+
+
+def test_hub_restart_keeps_the_job(slurm_stack):
+    url, token = _need_server(slurm_stack)
+    job = state["job"]
+    slurm_stack.container("hub").restart(timeout=20)
+    time.sleep(2)
+    slurm_stack.wait("hub healthy", lambda: slurm_stack.container("hub").attrs["State"].get("Health", {}).get(
+        "Status") == "healthy", 120)
+    assert _run_5x4(url, token) == "20"
+    admin = HubClient(slurm_stack.url)
+    admin.login(USER, "")
+    assert admin.server_model(USER, "")["ready"] is True
+    assert job in slurm_stack.jobs()
+
+
+def test_controller_away_keeps_the_server(slurm_stack):
+    url, token = _need_server(slurm_stack)
+    job = state["job"]
+    ctl = slurm_stack.container("slurmctld")
+    ctl.stop(timeout=10)
+    try:
+        # Three hub polls (poll_interval 5 s) that cannot reach the scheduler.
+        time.sleep(16)
+        assert _run_5x4(url, token) == "20"
+        assert state["hub"].server_model(USER, "")["ready"] is True
+        logs = slurm_stack.container("hub").logs(tail=400).decode(errors="replace")
+        assert "cannot tell whether" in logs, logs[-3000:]
+    finally:
+        ctl.start()
+    slurm_stack.wait("slurmctld back", lambda: slurm_stack.ctl("scontrol", "ping")[0] == 0, 60)
+    slurm_stack.wait("job running again", lambda: slurm_stack.jobs().get(job, "").startswith("RUNNING"), 60)
+    assert _run_5x4(url, token) == "20"
+    assert state["hub"].server_model(USER, "")["ready"] is True
+
+
+def test_stop_cancels_the_job(slurm_stack):
+    _need_server(slurm_stack)
+    job = state["job"]
+    state["hub"].stop_server(USER, "", time.monotonic() + 90, remove=False)
+    assert job not in slurm_stack.jobs()
+    state.pop("job")
+
+
+def test_job_cancelled_outside_the_hub_is_reported_stopped(slurm_stack):
+    _need_server(slurm_stack)
+    job = state["job"]
+    code, out = slurm_stack.ctl("scancel", job)
+    assert code == 0, out
+    hub = state["hub"]
+    slurm_stack.wait("hub sees the server stopped", lambda: not (hub.server_model(USER, "") or {}).get("ready"), 60)
+    admin, _ = _session(slurm_stack, "admin")
+    routes = admin.api("GET", "proxy").json()
+    prefix = "/user/" + escape_path(USER)
+    assert not [r for r in routes if r.startswith(prefix)], routes
+    state.clear()

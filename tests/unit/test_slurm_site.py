@@ -1,0 +1,255 @@
+"""Compute profiles and the Slurm cluster in the stack: schema, render, images, spawner choices."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ruamel.yaml import YAML
+
+from hubdeploy import images, render
+from hubdeploy.errors import SiteError
+from hubdeploy.loader import load_site_text
+from hubdeploy.secrets import secret_names
+
+SITE = """\
+name: slurmy
+slurm:
+  cluster: {nodes: 3, cpus: 2, memory: 2G, partitions: [compute, debug]}
+profiles:
+  - {name: login, image: base, default: true}
+  - name: compute
+    image: base
+    node: compute
+    cpu: 1
+    slurm:
+      partitions: [compute, debug]
+      time: "60"
+      limits: {max_cpu: 2, max_memory: 1G, max_time: "4:00:00"}
+"""
+REFS = {"base": "hubdeploy/slurmy-base:1", "hub": "hubdeploy/slurmy-hub:2", "proxy": "hubdeploy/slurmy-proxy:3",
+        "slurm": "hubdeploy/slurmy-slurm:4"}
+
+
+def site(text=SITE):
+    return load_site_text(text, "site.yaml")
+
+
+def error(text: str) -> str:
+    with pytest.raises(SiteError) as exc:
+        site(text)
+    return str(exc.value)
+
+
+# -- schema ---------------------------------------------------------------------------
+
+
+def test_valid_site_and_defaults():
+    s = site()
+    assert s.slurm.cluster.nodes == 3 and s.profiles[1].node == "compute"
+    assert s.profiles[0].node == "login" and s.profiles[0].slurm is None
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("name: a\nprofiles: [{name: c, image: base, node: compute}]\n", "declares no 'slurm' section"),
+        ("name: a\nslurm: {cluster: {}}\nprofiles: [{name: c, image: base, slurm: {time: '5'}}]\n",
+         "only applies to a profile with node: compute"),
+        ("name: a\nslurm: {cluster: {}, submit: {}}\nprofiles: [{name: c, image: base}]\n", "exactly one of"),
+        ("name: a\nslurm: {}\nprofiles: [{name: c, image: base}]\n", "exactly one of"),
+        ("name: a\nslurm: {cluster: {partitions: [x]}}\n"
+         + "profiles: [{name: c, image: base, node: compute, slurm: {partition: y}}]\n", "'y' is not in slurm.cluster"),
+        ("name: a\nslurm: {cluster: {image: nope}}\nprofiles: [{name: c, image: base}]\n", "'nope' is not declared"),
+        ("name: a\nslurm: {cluster: {}}\nprofiles: [{name: c, image: base, node: compute,"
+         + " slurm: {runtime: docker}}]\n", "runtime"),
+        ("name: a\nslurm: {cluster: {}}\nprofiles: [{name: c, image: base, node: compute,"
+         + " slurm: {partition: 'a;b'}}]\n", "partition"),
+        ("name: a\nslurm: {cluster: {nodes: 0}}\nprofiles: [{name: c, image: base}]\n", "nodes"),
+        ("name: a\nslurm: {cluster: {nodez: 2}}\nprofiles: [{name: c, image: base}]\n", "unknown key"),
+        ("name: a\nimages: {collaborations: {slurm: {}}}\nprofiles: [{name: c, image: base}]\n", "reserved"),
+    ],
+)
+def test_bad_slurm_sites(text, words):
+    assert words in error(text)
+
+
+def test_native_profile_must_run_the_nodes_image():
+    text = SITE.replace("images:", "") + "images: {collaborations: {astro: {}}}\n"
+    text = text.replace("  - name: compute\n    image: base", "  - name: compute\n    image: astro")
+    assert "run image 'base', not 'astro'" in error(text)
+
+
+# -- render ---------------------------------------------------------------------------
+
+
+def test_compose_has_controller_and_nodes_on_the_users_network():
+    files = render.render(site(), Path("."), REFS)
+    doc = YAML(typ="safe").load(files["compose.yaml"])
+    svcs = doc["services"]
+    assert {"slurmctld", "slurm-c1", "slurm-c2", "slurm-c3"} <= set(svcs)
+    for name, host in [("slurmctld", "slurmctld"), ("slurm-c1", "c1"), ("slurm-c3", "c3")]:
+        svc = svcs[name]
+        assert svc["hostname"] == host and svc["networks"] == {"users": {"aliases": [host]}}
+        assert svc["image"] == REFS["slurm"] and svc["secrets"] == ["munge_key"]
+        assert "ports" not in svc
+    assert svcs["slurmctld"]["command"] == ["slurmctld"] and svcs["slurm-c2"]["command"] == ["slurmd"]
+    assert doc["secrets"]["munge_key"] == {"file": "../secrets/munge_key"}
+    assert b"&id" not in files["compose.yaml"]  # no YAML anchors
+    conf = files["slurm/slurm.conf"].decode()
+    assert "NodeName=c3 CPUs=2 RealMemory=2048" in conf
+    assert "PartitionName=compute Nodes=c1,c2,c3 Default=YES" in conf
+    assert "PartitionName=debug Nodes=c1,c2,c3 Default=NO" in conf
+    assert "munge_key" in secret_names(site())
+
+
+def test_hub_json_slurm_backend_and_profile_section():
+    data = render.hub_data(site(), REFS)
+    cfg = data["spawner"]["backends"]["slurm"]
+    assert cfg["submit_prefix"][:3] == ["python3", "-m", "hubdeploy.hub.dexec"]
+    assert cfg["submit_prefix"][-1] == "--" and cfg["submit_env_option"] == "--env"
+    login, compute = data["spawner"]["profiles"]
+    assert "slurm" not in login
+    s = compute["slurm"]
+    assert s["partition"] == "compute" and s["partitions"] == ["compute", "debug"]
+    assert s["limits"] == {"max_cpu": 2, "max_mem": 2**30, "max_time": "4:00:00", "max_gpus": None}
+    assert s["path_prepend"] == ["/opt/venv/bin"] and s["runtime"] == "native"
+
+
+def test_submit_site_passes_its_prefix_and_has_no_cluster():
+    text = SITE.replace("  cluster: {nodes: 3, cpus: 2, memory: 2G, partitions: [compute, debug]}",
+                        "  submit: {prefix: [ssh, login1], quote: true}")
+    s = site(text)
+    files = render.render(s, Path("."), REFS)
+    assert "slurm/slurm.conf" not in files
+    assert "slurmctld" not in YAML(typ="safe").load(files["compose.yaml"])["services"]
+    cfg = render.hub_data(s, REFS)["spawner"]["backends"]["slurm"]
+    assert cfg["submit_prefix"] == ["ssh", "login1"] and cfg["submit_quote"] is True
+    assert "munge_key" not in secret_names(s)
+
+
+def test_slurm_image_is_planned_from_the_nodes_image(tmp_path):
+    plans = images.plan_images(site(), tmp_path)
+    plan = plans["slurm"]
+    assert plan.parent == "base" and plan.buildargs["BASE"] == plans["base"].ref
+    assert b"slurmd" in plan.files["Dockerfile"] and b"LABEL" in plan.files["Dockerfile"]
+    assert images.plan_images(site(), tmp_path)["slurm"].ref == plan.ref
+
+
+def test_site_without_slurm_renders_as_before():
+    text = "name: plain\nprofiles: [{name: a, image: base}]\n"
+    data = render.hub_data(site(text), REFS)
+    assert "backends" not in data["spawner"]
+    assert "slurm" not in images.plan_images(site(text), Path("."))
+
+
+# -- spawner: the user's choices --------------------------------------------------------
+
+pytest.importorskip("jupyterhub")
+from tornado import web
+
+from hubdeploy.backends.slurm_script import OptionError
+from hubdeploy.hub import spawner as spawner_mod
+from hubdeploy.hub.spawner import HubdeploySpawner, apply_slurm_choices
+
+
+def profiles():
+    return render.hub_data(site(), REFS)["spawner"]["profiles"]
+
+
+def test_choices_within_limits_are_written_in():
+    compute = profiles()[1]
+    out = apply_slurm_choices(compute, {"partition": "debug", "time": "1:30:00", "cpu": "2", "memory": "512M"})
+    assert out["slurm"]["partition"] == "debug" and out["slurm"]["time"] == "90"
+    assert out["cpu"] == 2 and out["mem_limit"] == 512 * 2**20
+    assert compute["slurm"]["partition"] == "compute"  # the site's profile is untouched
+    assert apply_slurm_choices(compute, {"time": "", "profile": "compute"}) is compute
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"partition": "gpu"}, "not offered"),
+        ({"partition": "compute;rm"}, "not offered"),
+        ({"time": "5:00:00"}, "over the profile's limit"),
+        ({"time": "soon"}, "not minutes"),
+        ({"cpu": "3"}, "between 1 and 2"),
+        ({"cpu": "1.5"}, "whole number"),
+        ({"memory": "2G"}, "at most 1024M"),
+        ({"memory": "1 G; x"}, "not a size"),
+    ],
+)
+def test_choices_outside_the_site_are_refused(options, words):
+    with pytest.raises(OptionError) as exc:
+        apply_slurm_choices(profiles()[1], options)
+    assert words in str(exc.value)
+
+
+def test_login_profile_takes_no_choices():
+    with pytest.raises(OptionError, match="login node"):
+        apply_slurm_choices(profiles()[0], {"cpu": "1"})
+
+
+class Fake(spawner_mod.Backend):
+    async def start(self, spec, state):
+        state["job"] = spec.profile["name"]
+        Fake.last = spec
+        return "c1", 4242
+
+    async def stop(self, state):
+        pass
+
+    async def poll(self, state):
+        return spawner_mod.Running()
+
+
+def make(monkeypatch, **kw):
+    from jupyterhub.objects import Hub
+
+    got = []
+    monkeypatch.setattr(spawner_mod, "get_backend", lambda name: got.append(name) or Fake)
+    monkeypatch.setattr(spawner_mod, "_BACKENDS", {})
+    user = SimpleNamespace(name="u", url="/user/u/", escaped_name="u")
+    s = HubdeploySpawner(user=user, hub=Hub(), orm_spawner=SimpleNamespace(name="", server=None),
+                         profiles=profiles(), backend="docker", backend_config={},
+                         backends={"slurm": {"site": "x"}}, **kw)
+    return s, got
+
+
+def test_form_offers_the_allowed_fields(monkeypatch):
+    s, _ = make(monkeypatch)
+    form = asyncio.run(s.get_options_form())
+    assert 'name="compute.partition"' in form and '<option value="debug">' in form
+    assert 'name="compute.time"' in form and 'max="2"' in form and 'name="compute.memory"' in form
+    assert 'name="login.' not in form
+    opts = s.run_options_from_form({"profile": ["compute"], "compute.time": ["30"], "compute.partition": ["debug"]})
+    assert opts == {"profile": "compute", "time": "30", "partition": "debug"}
+    with pytest.raises(web.HTTPError) as exc:
+        s.run_options_from_form({"profile": ["compute"], "compute.time": ["99:00:00"]})
+    assert exc.value.status_code == 400
+
+
+def test_compute_profile_starts_on_the_slurm_backend_and_keeps_it(monkeypatch):
+    s, got = make(monkeypatch, user_options={"profile": "compute", "partition": "debug", "cpu": "2"})
+    assert asyncio.run(s.start()) == ("c1", 4242)
+    assert got == ["slurm"]
+    assert Fake.last.profile["slurm"]["partition"] == "debug" and Fake.last.profile["cpu"] == 2
+    saved = s.get_state()
+    assert saved["hubdeploy"]["backend"] == "slurm"
+    # After a hub restart a fresh spawner polls the same backend from the saved state.
+    t, got2 = make(monkeypatch)
+    t.load_state(copy.deepcopy(saved))
+    assert got2 == ["slurm"] and t._backend_state == {"job": "compute", "profile": "compute"}
+    s2, got3 = make(monkeypatch, user_options={"profile": "login"})
+    asyncio.run(s2.start())
+    assert got3 == ["docker"] and s2.get_state()["hubdeploy"]["backend"] == "docker"
+
+
+def test_refused_choice_is_a_400_before_start(monkeypatch):
+    s, _ = make(monkeypatch)
+    with pytest.raises(web.HTTPError) as exc:
+        asyncio.run(s._run_apply_user_options({"profile": "compute", "partition": "gpu"}))
+    assert exc.value.status_code == 400 and "not offered" in exc.value.log_message
