@@ -215,13 +215,16 @@ def test_demo_site_validates() -> None:
     assert site.build.ca_bundle == "/etc/ssl/certs/ca-certificates.crt"
     assert list(site.images.collaborations) == ["astro"]
     assert site.images.collaborations["astro"].pip == ["numpy"]
-    base, astro = site.profiles
+    base, astro, compute = site.profiles
     assert (base.name, base.image, base.cpu, base.memory, base.home, base.default) == (
         "login-base", "base", 1.0, "2G", True, True,
     )
     assert (astro.name, astro.image, astro.cpu, astro.memory) == ("login-astro", "astro", 2.0, "4G")
     # No host path that may not exist: only named volumes.
     assert all(not v.source.startswith("/") for v in astro.volumes)
+    # Login and compute nodes side by side: the demo runs its own Slurm cluster.
+    assert (compute.node, compute.image) == ("compute", "base")
+    assert site.slurm.cluster.nodes == 2 and compute.slurm.partitions == ["compute", "debug"]
 
 
 def test_demo_text_is_commented() -> None:
