@@ -89,30 +89,38 @@ def floor_once(client, image: str, network: str, prefix: str) -> tuple[float, fl
 def hub_once(admin: HubClient, base_url: str, user: str, profile: str) -> tuple[float, float]:
     token, _ = admin.create_token(user, scopes=None, expires_in=600, note="benchmark")
     t0 = time.monotonic()
-    admin.api("POST", f"users/{escape_path(user)}/server", json={"profile": profile}, ok=(201, 202))
-    admin.wait_ready(user, "", time.monotonic() + 300)
+    # A named server: its progress stream is what the hub's own UI follows.
+    admin.start_server(user, "bench", profile)
+    admin.wait_ready(user, "bench", time.monotonic() + 300)
     ready = time.monotonic() - t0
-    url = admin.server_url(user)
-    total = ready + kernel_round_trip(url, token)
-    admin.api("DELETE", f"users/{escape_path(user)}/server", ok=(202, 204))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and admin.user_model(user).get("servers", {}).get(""):
-        time.sleep(0.2)
+    total = ready + kernel_round_trip(admin.server_url(user, "bench"), token)
+    admin.stop_server(user, "bench", time.monotonic() + 120)
     return ready, total
 
 
-def run_rounds(fn, concurrency: int, repeat: int) -> tuple[list[float], list[float]]:
-    ready, total = [], []
+def run_rounds(fn, concurrency: int, repeat: int) -> tuple[list[float], list[float], list[str]]:
+    """Samples of (ready, first result); a failed spawn is counted, never a sample."""
+    ready, total, failures = [], [], []
+
+    def attempt(i):
+        try:
+            return fn(i)
+        except Exception as exc:  # noqa: BLE001 - a benchmark reports failures, it does not stop
+            return exc
+
     with ThreadPoolExecutor(concurrency) as pool:
         for _ in range(repeat):
-            for r, t in pool.map(lambda i: fn(i), range(concurrency)):
-                ready.append(r)
-                total.append(t)
-    return ready, total
+            for result in pool.map(attempt, range(concurrency)):
+                if isinstance(result, Exception):
+                    failures.append(f"{type(result).__name__}: {str(result)[:200]}")
+                else:
+                    ready.append(result[0])
+                    total.append(result[1])
+    return ready, total, failures
 
 
-def summary(label: str, hub: tuple[list, list], floor: tuple[list, list]) -> dict:
-    out = {"case": label}
+def summary(label: str, hub: tuple, floor: tuple) -> dict:
+    out = {"case": label, "hub_failures": hub[2], "floor_failures": floor[2]}
     for i, what in enumerate(("ready", "first_result")):
         h50, h95 = pct(hub[i], 0.5), pct(hub[i], 0.95)
         f50, f95 = pct(floor[i], 0.5), pct(floor[i], 0.95)
@@ -175,6 +183,8 @@ def main() -> int:
                 f"floor p50 {m['floor_p50']:.2f}s p95 {m['floor_p95']:.2f}s | "
                 f"ratio p50 {m['ratio_p50']:.2f}x p95 {m['ratio_p95']:.2f}x (n={m['n']})"
             )
+        for f in r["hub_failures"] + r["floor_failures"]:
+            print(f"{r['case']:>15} failure: {f}")
     target = results[0]["ready"]["ratio_p50"]
     print(f"target: p50 within 1.3x of the floor at concurrency 1 -> {target:.2f}x "
           f"({'met' if target <= 1.3 else 'not met'})")

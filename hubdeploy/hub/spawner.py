@@ -8,6 +8,8 @@ notebooks again. Where and how the process runs is the backend's business.
 
 from __future__ import annotations
 
+import asyncio
+
 import html
 import json
 import re
@@ -333,7 +335,26 @@ class HubdeploySpawner(Spawner):
             # JupyterHub accepts the adopted server's own token (as for DockerSpawner).
             self.api_token = token
         state["profile"] = profile["name"]
+        await self._wait_listening(host, port)
         return host, port
+
+    async def _wait_listening(self, host: str, port: int) -> None:
+        """Return as soon as the server accepts connections (bounded by http_timeout).
+
+        JupyterHub's own readiness check backs off exponentially (0.2, 0.4, 0.8, 1.6 s...),
+        which alone added about a second to every spawn; a 50 ms connect loop here lets
+        its first check succeed. A server that never listens is left to that check, which
+        reports the failure in JupyterHub's own words.
+        """
+        deadline = asyncio.get_running_loop().time() + self.http_timeout
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1)
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            return
 
     async def stop(self, now=False):
         """Stop the server through the backend (its persistent data stays)."""

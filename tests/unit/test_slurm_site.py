@@ -215,7 +215,7 @@ def make(monkeypatch, **kw):
     user = SimpleNamespace(name="u", url="/user/u/", escaped_name="u")
     s = HubdeploySpawner(user=user, hub=Hub(), orm_spawner=SimpleNamespace(name="", server=None),
                          profiles=profiles(), backend="docker", backend_config={},
-                         backends={"slurm": {"site": "x"}}, **kw)
+                         backends={"slurm": {"site": "x"}}, **{"http_timeout": 0, **kw})
     return s, got
 
 

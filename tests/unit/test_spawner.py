@@ -86,6 +86,8 @@ def make_spawner(monkeypatch):
     monkeypatch.setattr(spawner_mod, "_BACKENDS", {})
 
     def make(profiles=PROFILES, name="", **kw):
+        # The fake backend's host does not listen: don't wait the default 30 s for it.
+        kw.setdefault("http_timeout", 0)
         user = SimpleNamespace(name="has@", url="/user/has@/", escaped_name="has%40")
         return HubdeploySpawner(
             user=user,
@@ -216,3 +218,36 @@ def test_unknown_spawner_config_trait_is_an_error(make_spawner):
     bad = [{**PROFILES[0], "spawner_config": {"no_such_trait": 1}}]
     with pytest.raises(web.HTTPError, match="no_such_trait"):
         run(make_spawner(profiles=bad).start())
+
+
+def test_start_returns_once_the_server_listens(make_spawner):
+    """The spawner waits for the port (not JupyterHub's backoff), and no longer than it must."""
+    import socket
+    import threading
+    import time
+
+    spawner = make_spawner(http_timeout=10)
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    listener = socket.socket()
+
+    def listen_later():
+        time.sleep(0.5)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen()
+
+    threading.Thread(target=listen_later).start()
+    t0 = time.monotonic()
+    run(spawner._wait_listening("127.0.0.1", port))
+    elapsed = time.monotonic() - t0
+    listener.close()
+    assert 0.4 < elapsed < 5, elapsed
+
+    # Nothing ever listens: bounded by http_timeout, and no exception.
+    spawner.http_timeout = 1
+    t0 = time.monotonic()
+    run(spawner._wait_listening("127.0.0.1", port))
+    assert time.monotonic() - t0 < 3
