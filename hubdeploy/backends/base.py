@@ -83,12 +83,6 @@ class Unknown:
 
 PollResult = Running | Stopped | Unknown
 
-# Key under which a backend that adopted an already running server leaves that server's
-# API token for the spawner (see Backend.start). The spawner removes it from the state
-# before the state reaches the database.
-ADOPTED_TOKEN_KEY = "adopted_api_token"
-
-
 class BackendError(Exception):
     """A start or stop that failed for a reason a person can act on.
 
@@ -121,9 +115,9 @@ class Backend(abc.ABC):
         the hub waits for that itself). Raise :class:`BackendError` with a readable message
         when the server cannot start (an image outside the allowlist, a full queue).
 
-        If a server of the same user, server name and profile already runs, a backend may
-        adopt it instead of starting another; it must then put that server's
-        JUPYTERHUB_API_TOKEN under ``state[ADOPTED_TOKEN_KEY]`` so the hub accepts it.
+        A server of the same name that the hub does not track (left by a lost database,
+        a crash) is replaced, never adopted: its token and OAuth client belong to a
+        session the hub no longer knows, so it could not log its user in.
         """
 
     @abc.abstractmethod

@@ -27,7 +27,6 @@ import requests.exceptions
 from docker.types import Mount
 
 from hubdeploy.backends.base import (
-    ADOPTED_TOKEN_KEY,
     Backend,
     BackendError,
     PollResult,
@@ -148,11 +147,7 @@ class DockerBackend(Backend):
         except docker.errors.NotFound:
             old = None
         if old is not None:
-            token = self._adoptable(old, spec)
-            if token:
-                self.log.info("adopting running container %s", name)
-                state.update(container_id=old.id, phase="started", **{ADOPTED_TOKEN_KEY: token})
-                return
+            # Never adopted (see Backend.start): start fresh; the home volume keeps the data.
             self.log.info("removing stale container %s (%s)", name, old.status)
             old.remove(force=True)
 
@@ -190,17 +185,6 @@ class DockerBackend(Backend):
         state.update(container_id=container.id, phase="start")
         container.start()
         state["phase"] = "started"
-
-    def _adoptable(self, container, spec: ServerSpec) -> str | None:
-        """The API token of ``container`` if it is our running server for ``spec``."""
-        cfg = container.attrs.get("Config") or {}
-        labels = cfg.get("Labels") or {}
-        if container.status != "running" or cfg.get("Image") != spec.profile.get("image_ref"):
-            return None
-        if any(labels.get(k) != v for k, v in self.labels(spec).items()):
-            return None
-        env = dict(item.split("=", 1) for item in cfg.get("Env") or () if "=" in item)
-        return env.get("JUPYTERHUB_API_TOKEN") or None
 
     def _ensure_home(self, client: docker.DockerClient, user: str) -> str:
         name = names.home_volume(self.prefix, user)

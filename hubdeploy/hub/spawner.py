@@ -21,7 +21,6 @@ from traitlets import Dict, List, Unicode, default
 
 from hubdeploy.backends import get_backend
 from hubdeploy.backends.base import (
-    ADOPTED_TOKEN_KEY,
     Backend,
     Running,
     ServerSpec,
@@ -330,10 +329,6 @@ class HubdeploySpawner(Spawner):
         state.clear()
         self.log.info("starting %s with profile %s on backend %s", self._log_name, profile["name"], self._backend_name)
         host, port = await self.get_backend().start(spec, state)
-        token = state.pop(ADOPTED_TOKEN_KEY, None)
-        if token:
-            # JupyterHub accepts the adopted server's own token (as for DockerSpawner).
-            self.api_token = token
         state["profile"] = profile["name"]
         await self._wait_listening(host, port)
         return host, port

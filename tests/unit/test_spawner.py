@@ -13,7 +13,6 @@ from jupyterhub.objects import Hub
 from tornado import web
 
 from hubdeploy.backends.base import (
-    ADOPTED_TOKEN_KEY,
     Backend,
     Running,
     Stopped,
@@ -60,14 +59,11 @@ class FakeBackend(Backend):
         self.specs = []
         self.stopped = []
         self.answer = Running()
-        self.adopt = None
 
     async def start(self, spec, state):
         self.specs.append(spec)
         state["job"] = len(self.specs)
         state["phase"] = "started"
-        if self.adopt:
-            state[ADOPTED_TOKEN_KEY] = self.adopt
         return f"host-{len(self.specs)}", spec.port
 
     async def stop(self, state):
@@ -194,14 +190,6 @@ def test_state_round_trip_and_poll(make_spawner):
     s2.clear_state()
     assert "hubdeploy" not in s2.get_state()
     assert run(s2.poll()) == 0
-
-
-def test_adopted_token_reaches_hub_not_database(make_spawner):
-    s = make_spawner()
-    s.get_backend().adopt = "old-token"
-    run(s.start())
-    assert s.api_token == "old-token"
-    assert ADOPTED_TOKEN_KEY not in s.get_state()["hubdeploy"]["state"]
 
 
 def test_progress_yields_backend_events(make_spawner):
