@@ -198,17 +198,19 @@ def down(ctx: click.Context, volumes: bool, as_json: bool) -> None:
 @click.option("--profile", "profiles", multiple=True, help="Profile(s) to test; default: all.")
 @click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML report here.")
 @click.option("--timeout", default=300, show_default=True, help="Seconds allowed per server start.")
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
+              help="CA bundle that verifies the hub's TLS certificate (default: the system's).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @_handle
 def smoke(ctx: click.Context, throwaway: bool, profiles: tuple[str, ...], junit: str | None,
-          timeout: int, as_json: bool) -> None:
+          timeout: int, ca_bundle: str | None, as_json: bool) -> None:
     """Log a test user in, start every profile, run code in every kernel, clean up."""
     from hubdeploy import smoke_cmd
 
     report = smoke_cmd.smoke(
         _site_path(ctx), throwaway=throwaway, profiles=list(profiles), timeout=timeout,
-        console=None if as_json else out,
+        console=None if as_json else out, verify=ca_bundle or True,
     )
     if junit:
         Path(junit).write_text(report.to_junit_xml())

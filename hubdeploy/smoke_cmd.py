@@ -16,7 +16,7 @@ FORM_AUTHENTICATORS = {"dummy", "jupyterhub.auth.DummyAuthenticator"}
 
 
 def smoke(site_file: Path, *, throwaway: bool = False, profiles: list[str] | None = None,
-          timeout: int = 300, console=None):
+          timeout: int = 300, console=None, verify: bool | str = True):
     """Run the smoke test; returns a SmokeReport (never raises for a failed step)."""
     from hubdeploy.errors import SiteError
     from hubdeploy.smoke.run import run_smoke
@@ -40,6 +40,7 @@ def smoke(site_file: Path, *, throwaway: bool = False, profiles: list[str] | Non
             service_token=read_secret(prep.state / "secrets", "service-hubdeploy-smoke_token"),
             timeout=timeout,
             console=console,
+            verify=verify,
         )
     finally:
         if throwaway:
