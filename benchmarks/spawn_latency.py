@@ -156,6 +156,8 @@ def main() -> int:
     users = [f"bench-{i}" for i in range(10)]
     for u in users:
         api.create_user(u)
+        # A server left by an interrupted earlier run would refuse the first start.
+        api.stop_server(u, "bench", time.monotonic() + 120)
 
     results = []
     try:

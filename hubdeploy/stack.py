@@ -117,8 +117,11 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
         check=False,
     )
     if proc.returncode != 0:
+        said = [line for line in (proc.stderr or "").splitlines() if line.strip()][-5:]
         raise OperationError(
-            "the stack did not become healthy:\n" + _unhealthy_report(prep),
+            "the stack did not become healthy:\n"
+            + "".join(f"  compose: {line}\n" for line in said)
+            + _unhealthy_report(prep),
             hint=f"hubdeploy --site {prep.site_file} logs",
         )
     return UpResult(prep.url, built, changed, time.monotonic() - t0)
