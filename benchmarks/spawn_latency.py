@@ -26,6 +26,7 @@ import docker
 import requests
 
 from hubdeploy import stack
+from hubdeploy.hub.names import home_volume
 from hubdeploy.smoke.hubclient import HubClient, escape_path
 from hubdeploy.smoke.kernel import ServerClient
 
@@ -173,6 +174,11 @@ def main() -> int:
             try:
                 api.delete_user(u)
             except Exception:
+                pass
+            # The hub keeps a deleted user's home (people's data); these are ours to remove.
+            try:
+                client.volumes.get(home_volume(prep.project, u)).remove(force=True)
+            except docker.errors.DockerException:
                 pass
         for c in client.containers.list(all=True, filters={"name": f"{prep.project}-bench-floor"}):
             c.remove(force=True)

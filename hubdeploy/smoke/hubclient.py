@@ -112,6 +112,9 @@ class HubClient:
             headers["X-XSRFToken"] = self._xsrf_cookie() or ""
         kw.setdefault("timeout", self.request_timeout)
         try:
+            # Per request: requests lets REQUESTS_CA_BUNDLE in the environment override a
+            # session's verify, which would ignore the site's CA given by the caller.
+            kw.setdefault("verify", self.http.verify)
             resp = self.http.request(method, self.url(path), headers=headers, **kw)
         except requests.RequestException as exc:
             raise HubAPIError(method, path, None, f"{type(exc).__name__}: {exc}") from None

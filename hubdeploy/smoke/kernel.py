@@ -76,6 +76,7 @@ class ServerClient:
     def _request(self, method: str, path: str, ok=(200, 201, 204), **kw) -> requests.Response:
         kw.setdefault("timeout", self.request_timeout)
         try:
+            kw.setdefault("verify", self.verify)  # see HubClient.request: beat REQUESTS_CA_BUNDLE
             resp = self.http.request(method, self.server_url + path, **kw)
         except requests.RequestException as exc:
             raise KernelError(f"{method} {path}: {type(exc).__name__}: {exc}") from None

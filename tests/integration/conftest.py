@@ -24,6 +24,9 @@ def stack(tmp_path_factory):
     """The session's running hubdeploy stack (site ``hdtstack``); call ``ensure_up()``."""
     s = Stack(dir=tmp_path_factory.mktemp("stack"), port=free_port())
     s.write_site()
+    # Start clean: an interrupted earlier session may have left this project's stack and
+    # its database (with servers it believed running) on the engine.
+    run_cli(s.site_file, "down", "--volumes", timeout=300)
     yield s
     run_cli(s.site_file, "down", "--volumes", timeout=300)
     if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
