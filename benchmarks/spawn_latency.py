@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +26,7 @@ import requests
 
 from hubdeploy import stack
 from hubdeploy.hub.names import home_volume
-from hubdeploy.smoke.hubclient import HubClient, escape_path
+from hubdeploy.smoke.hubclient import HubClient
 from hubdeploy.smoke.kernel import ServerClient
 
 ADMIN = "admin"
