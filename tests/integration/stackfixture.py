@@ -166,3 +166,27 @@ def remove_site_images(site_name: str) -> None:
                     client.images.remove(tag, force=True)
                 except Exception:
                     pass
+
+
+def user_session(stack, user: str):
+    """Log ``user`` in through the hub's form; returns (HubClient, an API token of theirs)."""
+    from hubdeploy.smoke.hubclient import HubClient
+
+    hub = HubClient(stack.url)
+    hub.login(user, "")
+    token, _ = hub.create_token(user, scopes=None, expires_in=3600)
+    return hub, token
+
+
+def run_5x4(server_url: str, token: str) -> str:
+    """What a python3 kernel of the server prints for ``print(5 * 4)``, through the proxy."""
+    from hubdeploy.smoke.kernel import ServerClient
+
+    client = ServerClient(server_url, token)
+    kid = client.start_kernel("python3")
+    try:
+        out, error = client.execute(kid, "print(5 * 4)", timeout=60)
+        assert error is None, error
+        return out.strip()
+    finally:
+        client.delete_kernel(kid)

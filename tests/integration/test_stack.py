@@ -14,30 +14,13 @@ import requests
 
 from hubdeploy.hub.names import container_name, home_volume
 from hubdeploy.smoke.hubclient import HubClient, escape_path
-from hubdeploy.smoke.kernel import ServerClient
+
+from stackfixture import run_5x4, user_session  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 USER = "has@"  # an awkward name on purpose: escaping must hold end to end
 state: dict = {}
-
-
-def _user_session(stack, user=USER):
-    hub = HubClient(stack.url)
-    hub.login(user, "")
-    token, _ = hub.create_token(user, scopes=None, expires_in=3600)
-    return hub, token
-
-
-def _run_5x4(server_url: str, token: str) -> str:
-    client = ServerClient(server_url, token)
-    kid = client.start_kernel("python3")
-    try:
-        out, error = client.execute(kid, "print(5 * 4)", timeout=60)
-        assert error is None, error
-        return out.strip()
-    finally:
-        client.delete_kernel(kid)
 
 
 def _wait_api(url: str, token: str, limit: float) -> float:
@@ -81,12 +64,12 @@ def test_smoke_cli_logs_in_spawns_and_runs_code(up_stack, tmp_path):
 
 
 def test_user_spawns_through_form_and_runs_5x4(up_stack):
-    hub, token = _user_session(up_stack)
+    hub, token = user_session(up_stack, USER)
     # The default server, started through the API with a profile, as the form would post.
     hub.api("POST", f"users/{escape_path(USER)}/server", json={"profile": "medium"}, ok=(201, 202))
     hub.wait_ready(USER, "", time.monotonic() + 180)
     url = hub.server_url(USER)
-    assert _run_5x4(url, token) == "20"
+    assert run_5x4(url, token) == "20"
     client = docker.from_env()
     c = client.containers.get(container_name(up_stack.project, USER, ""))
     assert c.labels["hubdeploy.profile"] == "medium"
@@ -114,7 +97,7 @@ def test_up_again_changes_nothing(up_stack):
     result = json.loads(proc.stdout)
     assert result["built"] == [] and result["changed_files"] == []
     assert up_stack.container_ids() == before
-    assert _run_5x4(url, token) == "20"
+    assert run_5x4(url, token) == "20"
 
 
 def test_hub_restart_keeps_notebook(up_stack):
@@ -127,7 +110,7 @@ def test_hub_restart_keeps_notebook(up_stack):
         time.sleep(1)
     assert up_stack.status()["healthy"]
     assert client.containers.get(state["container"]).status == "running"
-    assert _run_5x4(url, token) == "20"
+    assert run_5x4(url, token) == "20"
     # The hub still knows the server is running (it did not clean it up on restart).
     admin = HubClient(up_stack.url)
     admin.login(USER, "")
@@ -142,7 +125,7 @@ def test_proxy_restart_restores_routes_within_seconds(up_stack):
     # a minute is generous for a 5-second check and far from that.
     seconds = _wait_api(url, token, limit=60)
     print(f"routes back {seconds:.1f} s after the proxy restarted")
-    assert _run_5x4(url, token) == "20"
+    assert run_5x4(url, token) == "20"
 
 
 def test_changed_site_recreates_only_what_changed(up_stack):
@@ -154,7 +137,7 @@ def test_changed_site_recreates_only_what_changed(up_stack):
     after = up_stack.container_ids()
     assert after["idle-culler"] != before["idle-culler"]
     assert after["hub"] == before["hub"] and after["proxy"] == before["proxy"]
-    assert _run_5x4(url, token) == "20"
+    assert run_5x4(url, token) == "20"
 
 
 def test_secrets_never_leak(up_stack):

@@ -14,10 +14,9 @@ import time
 
 import docker
 import pytest
-from stackfixture import diagnostics, free_port, remove_site_images, run_cli
+from stackfixture import diagnostics, free_port, remove_site_images, run_5x4, run_cli, user_session
 
 from hubdeploy.smoke.hubclient import HubClient, escape_path
-from hubdeploy.smoke.kernel import ServerClient
 
 pytestmark = pytest.mark.integration
 
@@ -120,24 +119,6 @@ def slurm_stack(tmp_path_factory):
             remove_site_images(SITE)
 
 
-def _session(stack, user=USER):
-    hub = HubClient(stack.url)
-    hub.login(user, "")
-    token, _ = hub.create_token(user, scopes=None, expires_in=3600)
-    return hub, token
-
-
-def _run_5x4(url: str, token: str) -> str:
-    client = ServerClient(url, token)
-    kid = client.start_kernel("python3")
-    try:
-        out, error = client.execute(kid, "print(5 * 4)", timeout=60)
-        assert error is None, error
-        return out.strip()
-    finally:
-        client.delete_kernel(kid)
-
-
 def _spawn(stack, hub) -> str:
     t0 = time.monotonic()
     hub.api("POST", f"users/{escape_path(USER)}/server",
@@ -153,7 +134,7 @@ def _spawn(stack, hub) -> str:
 
 def _need_server(stack):
     if "job" not in state or state["job"] not in stack.jobs():
-        hub, token = _session(stack)
+        hub, token = user_session(stack, USER)
         state.update(hub=hub, token=token, job=_spawn(stack, hub), url=hub.server_url(USER))
     return state["url"], state["token"]
 
@@ -172,7 +153,7 @@ def test_cluster_is_up_with_a_private_munge_key(slurm_stack):
 
 
 def test_choice_outside_the_limits_is_refused(slurm_stack):
-    hub, _ = _session(slurm_stack, "refused")
+    hub, _ = user_session(slurm_stack, "refused")
     for options, words in (
         ({"profile": "compute", "time": "9:00:00"}, "over the profile's limit"),
         ({"profile": "compute", "partition": "gpu"}, "not offered"),
@@ -185,7 +166,7 @@ def test_choice_outside_the_limits_is_refused(slurm_stack):
 
 def test_compute_profile_spawns_on_a_node_and_runs_5x4(slurm_stack):
     url, token = _need_server(slurm_stack)
-    assert _run_5x4(url, token) == "20"
+    assert run_5x4(url, token) == "20"
 
 
 def test_hub_restart_keeps_the_job(slurm_stack):
@@ -195,7 +176,7 @@ def test_hub_restart_keeps_the_job(slurm_stack):
     time.sleep(2)
     slurm_stack.wait("hub healthy", lambda: slurm_stack.container("hub").attrs["State"].get("Health", {}).get(
         "Status") == "healthy", 120)
-    assert _run_5x4(url, token) == "20"
+    assert run_5x4(url, token) == "20"
     admin = HubClient(slurm_stack.url)
     admin.login(USER, "")
     assert admin.server_model(USER, "")["ready"] is True
@@ -210,7 +191,7 @@ def test_controller_away_keeps_the_server(slurm_stack):
     try:
         # Three hub polls (poll_interval 5 s) that cannot reach the scheduler.
         time.sleep(16)
-        assert _run_5x4(url, token) == "20"
+        assert run_5x4(url, token) == "20"
         assert state["hub"].server_model(USER, "")["ready"] is True
         logs = slurm_stack.container("hub").logs(tail=400).decode(errors="replace")
         assert "cannot tell whether" in logs, logs[-3000:]
@@ -218,7 +199,7 @@ def test_controller_away_keeps_the_server(slurm_stack):
         ctl.start()
     slurm_stack.wait("slurmctld back", lambda: slurm_stack.ctl("scontrol", "ping")[0] == 0, 60)
     slurm_stack.wait("job running again", lambda: slurm_stack.jobs().get(job, "").startswith("RUNNING"), 60)
-    assert _run_5x4(url, token) == "20"
+    assert run_5x4(url, token) == "20"
     assert state["hub"].server_model(USER, "")["ready"] is True
 
 
@@ -237,7 +218,7 @@ def test_job_cancelled_outside_the_hub_is_reported_stopped(slurm_stack):
     assert code == 0, out
     hub = state["hub"]
     slurm_stack.wait("hub sees the server stopped", lambda: not (hub.server_model(USER, "") or {}).get("ready"), 60)
-    admin, _ = _session(slurm_stack, "admin")
+    admin, _ = user_session(slurm_stack, "admin")
     routes = admin.api("GET", "proxy").json()
     prefix = "/user/" + escape_path(USER)
     assert not [r for r in routes if r.startswith(prefix)], routes
