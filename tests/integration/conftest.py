@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
-from stackfixture import SITE_NAME, Stack, free_port, remove_site_images, run_cli
+from stackfixture import SITE_NAME, Stack, free_port, run_cli, tear_down_site
 
 
 @pytest.fixture(scope="session")
@@ -28,9 +27,7 @@ def stack(tmp_path_factory):
     # its database (with servers it believed running) on the engine.
     run_cli(s.site_file, "down", "--volumes", timeout=300)
     yield s
-    run_cli(s.site_file, "down", "--volumes", timeout=300)
-    if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
-        remove_site_images(SITE_NAME)
+    tear_down_site(s.site_file, SITE_NAME)
 
 
 @pytest.fixture

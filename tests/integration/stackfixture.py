@@ -155,6 +155,14 @@ def diagnostics(project: str) -> str:
     return "\n".join(out)
 
 
+def tear_down_site(site_file: Path, site_name: str) -> None:
+    """What every test site's finaliser does: down with the volumes, then (unless
+    HUBDEPLOY_TEST_KEEP_IMAGES) remove the images built for it."""
+    run_cli(site_file, "down", "--volumes", timeout=300)
+    if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
+        remove_site_images(site_name)
+
+
 def remove_site_images(site_name: str) -> None:
     import docker
 

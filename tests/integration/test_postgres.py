@@ -4,12 +4,11 @@ it, the password only in the secret file."""
 from __future__ import annotations
 
 import json
-import os
 
 import docker
 import pytest
 
-from stackfixture import diagnostics, free_port, remove_site_images, run_cli
+from stackfixture import diagnostics, free_port, run_cli, tear_down_site
 
 pytestmark = pytest.mark.integration
 
@@ -29,9 +28,7 @@ def pg_site(tmp_path_factory):
     site = d / "site.yaml"
     site.write_text(SITE.format(port=free_port()))
     yield site
-    run_cli(site, "down", "--volumes", timeout=300)
-    if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
-        remove_site_images("hdtpg")
+    tear_down_site(site, "hdtpg")
 
 
 def test_hub_state_lives_in_postgres(pg_site):

@@ -9,12 +9,11 @@ The tests share one server and run in order (each also works alone: ``_need_serv
 
 from __future__ import annotations
 
-import os
 import time
 
 import docker
 import pytest
-from stackfixture import diagnostics, free_port, remove_site_images, run_5x4, run_cli, user_session
+from stackfixture import diagnostics, free_port, run_5x4, run_cli, tear_down_site, user_session
 
 from hubdeploy.smoke.hubclient import HubClient, escape_path
 
@@ -114,9 +113,7 @@ def slurm_stack(tmp_path_factory):
         s.wait("compute nodes idle", idle, 120)
         yield s
     finally:
-        run_cli(s.site_file, "down", "--volumes", timeout=300)
-        if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
-            remove_site_images(SITE)
+        tear_down_site(s.site_file, SITE)
 
 
 def _spawn(stack, hub) -> str:

@@ -13,7 +13,7 @@ import subprocess
 import docker
 import pytest
 
-from stackfixture import free_port, remove_site_images, run_cli
+from stackfixture import free_port, run_cli, tear_down_site
 
 pytestmark = pytest.mark.integration
 
@@ -41,9 +41,7 @@ def tls_site(tmp_path):
     site = tmp_path / "site.yaml"
     site.write_text(SITE.format(port=free_port()))
     yield site
-    run_cli(site, "down", "--volumes", timeout=300)
-    if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
-        remove_site_images("hdttls")
+    tear_down_site(site, "hdttls")
 
 
 def test_throwaway_smoke_over_tls_leaves_nothing(tls_site):
