@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -255,11 +256,66 @@ def slurm_conf(site: Site) -> bytes:
         "MpiDefault=none",
         "EnforcePartLimits=ALL",
     ]
+    if c.accounts:
+        # Without slurmdbd Slurm knows no accounts (AllowAccounts would leave such jobs
+        # pending forever): job_submit.lua (slurm_job_submit_lua) is the account check.
+        lines.append("JobSubmitPlugins=lua")
     lines += [f"NodeName={n} CPUs={c.cpus} RealMemory={mem_mb} State=UNKNOWN" for n in nodes]
     for i, part in enumerate(c.partitions):
         lines.append(f"PartitionName={part} Nodes={','.join(nodes)} Default={'YES' if i == 0 else 'NO'} "
                      "MaxTime=INFINITE State=UP")
     return ("\n".join(lines) + "\n").encode()
+
+
+def _lua_string(value: str) -> str:
+    # Account names are SlurmNames ([A-Za-z0-9_.+-]): nothing in them needs escaping, and
+    # this refuses to write anything that would.
+    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}", value), value
+    return f'"{value}"'
+
+
+def slurm_job_submit_lua(site: Site) -> bytes | None:
+    """The controller's job_submit.lua when ``slurm.cluster.accounts`` is set, else None.
+
+    It plays the accounting database's part: a job naming another account is refused with
+    Slurm's own ESLURM_INVALID_ACCOUNT, so sbatch fails at once with "Invalid account or
+    account/partition combination specified" (what a site with slurmdbd answers), and a
+    job naming none gets the first account, as a user's default account would.
+    """
+    assert site.slurm is not None and site.slurm.cluster is not None
+    accounts = site.slurm.cluster.accounts
+    if not accounts:
+        return None
+    admitted = ", ".join(f"[{_lua_string(a)}] = true" for a in accounts)
+    text = f"""\
+-- Rendered by hubdeploy from the site description (slurm.cluster.accounts); edit the
+-- site file, not this.
+local admitted = {{{admitted}}}
+local default_account = {_lua_string(accounts[0])}
+
+local function refuse(account)
+  slurm.log_user("account %s is not one of this cluster's accounts", account)
+  return slurm.ESLURM_INVALID_ACCOUNT
+end
+
+function slurm_job_submit(job_desc, part_list, submit_uid)
+  if job_desc.account == nil or job_desc.account == "" then
+    job_desc.account = default_account
+  elseif not admitted[job_desc.account] then
+    return refuse(job_desc.account)
+  end
+  return slurm.SUCCESS
+end
+
+-- scontrol update Account=... must not get round the check either.
+function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
+  if job_desc.account ~= nil and job_desc.account ~= "" and not admitted[job_desc.account] then
+    return refuse(job_desc.account)
+  end
+  return slurm.SUCCESS
+end
+"""
+    return text.encode()
 
 
 def _slurm_services(site: Site, refs: dict[str, str], hashes: dict[str, str]) -> dict[str, Any]:
@@ -286,6 +342,9 @@ def _slurm_services(site: Site, refs: dict[str, str], hashes: dict[str, str]) ->
             "healthcheck": _healthcheck(["CMD", "scontrol", "ping"]),
         }
     }
+    if site.slurm.cluster.accounts:
+        # Only the controller runs job_submit plugins; the entrypoint installs the script.
+        services["slurmctld"]["volumes"].append("./slurm/job_submit.lua:/etc/hubdeploy-slurm/job_submit.lua:ro")
     for node in slurm_node_names(site):
         services[f"slurm-{node}"] = {
             **copy.deepcopy(common),
@@ -474,7 +533,12 @@ def render(site: Site, site_dir: Path, refs: dict[str, str]) -> dict[str, bytes]
     slurm_files: dict[str, bytes] = {}
     if site.slurm is not None and site.slurm.cluster is not None:
         slurm_files["slurm/slurm.conf"] = slurm_conf(site)
-        hashes["slurm"] = _sha(slurm_files["slurm/slurm.conf"])
+        lua = slurm_job_submit_lua(site)
+        if lua is not None:
+            slurm_files["slurm/job_submit.lua"] = lua
+        # The controller reads the script only when it starts: a changed account list
+        # must recreate it. Without accounts the hash is what it always was.
+        hashes["slurm"] = _sha(*(slurm_files[k] for k in sorted(slurm_files)))
     files = {
         **slurm_files,
         "compose.yaml": _dump_yaml(compose_data(site, refs, hashes, tls)),

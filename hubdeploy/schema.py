@@ -448,12 +448,24 @@ class SlurmClusterSpec(Closed):
         description="Partitions over all nodes; the first is the default.",
     )
     image: Name = Field("base", description="Image the nodes run (plus Slurm and munge): 'base' or a collaboration.")
+    accounts: list[SlurmName] | None = Field(
+        None, min_length=1,
+        description="Accounts the cluster admits; sbatch refuses any other with Slurm's own 'Invalid account' "
+        "error. The first is the account of jobs that name none. Default: no account checking.",
+    )
 
     @field_validator("partitions")
     @classmethod
     def _unique_parts(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError("partitions lists a partition twice")
+        return v
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique_accounts(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("accounts lists an account twice")
         return v
 
 
@@ -554,6 +566,12 @@ class Site(Closed):
                 if name not in cluster.partitions:
                     problems.append((("profiles", i, "slurm", key), f"partition {name!r} is not in "
                                      f"slurm.cluster.partitions ({', '.join(cluster.partitions)})"))
+        if cluster.accounts and p.slurm.account and p.slurm.account not in cluster.accounts:
+            # The cluster's job_submit plugin would refuse every job of this profile: say so
+            # now, where the operator can fix it, not at each user's spawn.
+            problems.append((("profiles", i, "slurm", "account"), f"account {p.slurm.account!r} is not in "
+                             f"slurm.cluster.accounts ({', '.join(cluster.accounts)}): Slurm would refuse "
+                             f"every job of profile {p.name!r}"))
         if p.slurm.runtime == "native" and p.image != cluster.image:
             problems.append((("profiles", i, "image"), f"profile {p.name!r} runs natively on the stack's "
                              f"compute nodes, which run image {cluster.image!r}, not {p.image!r}"))

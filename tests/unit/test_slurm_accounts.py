@@ -1,0 +1,120 @@
+"""slurm.cluster.accounts (the stack cluster's account check) and how a backend's refusal
+reaches the hub's caller. The real cluster and hub: tests/integration/test_stack_slurm_queue.py."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from ruamel.yaml import YAML
+
+from hubdeploy import render
+from hubdeploy.errors import SiteError
+from hubdeploy.loader import load_site_text
+
+SITE = """\
+name: acct
+slurm:
+  cluster: {nodes: 2, cpus: 1, memory: 1G, accounts: [physics, astro]}
+profiles:
+  - name: compute
+    image: base
+    node: compute
+    slurm: {account: physics}
+  - name: noaccount
+    image: base
+    node: compute
+"""
+REFS = {"base": "hubdeploy/acct-base:1", "hub": "hubdeploy/acct-hub:2", "proxy": "hubdeploy/acct-proxy:3",
+        "slurm": "hubdeploy/acct-slurm:4"}
+
+
+def site(text=SITE):
+    return load_site_text(text, "site.yaml")
+
+
+def error(text: str) -> str:
+    with pytest.raises(SiteError) as exc:
+        site(text)
+    return str(exc.value)
+
+
+# -- schema ---------------------------------------------------------------------------
+
+
+def test_profile_account_must_be_admitted_by_the_cluster():
+    msg = error(SITE.replace("{account: physics}", "{account: chem}"))
+    # file:line:col of the profile's account, and what the cluster admits.
+    assert msg.startswith("site.yaml:8:13: profiles[0].slurm.account: account 'chem' is not in "
+                          "slurm.cluster.accounts (physics, astro)"), msg
+    assert "would refuse every job of profile 'compute'" in msg
+
+
+def test_accounts_are_optional_and_any_account_goes_without_them():
+    s = site(SITE.replace(", accounts: [physics, astro]", "").replace("{account: physics}", "{account: chem}"))
+    assert s.slurm.cluster.accounts is None
+
+
+@pytest.mark.parametrize(
+    "accounts, words",
+    [
+        ("[]", "at least 1"),
+        ("[physics, physics]", "lists an account twice"),
+        ("['a;b']", "accounts[0]: expected a string matching"),
+        ("physics", "expected a list"),
+    ],
+)
+def test_bad_account_lists(accounts, words):
+    assert words in error(SITE.replace("[physics, astro]", accounts).replace("{account: physics}", "{}"))
+
+
+def test_a_submit_site_is_not_checked():
+    # A site's own Slurm: hubdeploy cannot know its accounts; sbatch will say.
+    text = SITE.replace("  cluster: {nodes: 2, cpus: 1, memory: 1G, accounts: [physics, astro]}",
+                        "  submit: {prefix: [ssh, login1]}").replace("{account: physics}", "{account: chem}")
+    assert site(text).profiles[0].slurm.account == "chem"
+
+
+# -- render ---------------------------------------------------------------------------
+
+
+def test_accounts_render_a_job_submit_script_for_the_controller():
+    files = render.render(site(), Path("."), REFS)
+    conf = files["slurm/slurm.conf"].decode()
+    assert conf.count("JobSubmitPlugins=lua\n") == 1
+    lua = files["slurm/job_submit.lua"].decode()
+    assert 'local admitted = {["physics"] = true, ["astro"] = true}' in lua
+    assert 'local default_account = "physics"' in lua
+    assert lua.count("return slurm.ESLURM_INVALID_ACCOUNT") == 1  # in refuse(), used by submit and modify
+    assert "function slurm_job_submit(" in lua and "function slurm_job_modify(" in lua
+    svcs = YAML(typ="safe").load(files["compose.yaml"])["services"]
+    mount = "./slurm/job_submit.lua:/etc/hubdeploy-slurm/job_submit.lua:ro"
+    assert mount in svcs["slurmctld"]["volumes"]
+    assert mount not in svcs["slurm-c1"]["volumes"]  # job_submit plugins run in slurmctld only
+
+
+def test_without_accounts_nothing_changes():
+    plain = site(SITE.replace(", accounts: [physics, astro]", ""))
+    files = render.render(plain, Path("."), REFS)
+    assert "slurm/job_submit.lua" not in files
+    assert "JobSubmitPlugins" not in files["slurm/slurm.conf"].decode()
+    svcs = YAML(typ="safe").load(files["compose.yaml"])["services"]
+    assert not any("job_submit" in v for v in svcs["slurmctld"]["volumes"])
+    # The services' config hash is the one a site without accounts always had.
+    assert svcs["slurmctld"]["labels"]["hubdeploy.config-hash"] == render._sha(files["slurm/slurm.conf"])
+
+
+def test_a_changed_account_list_recreates_the_cluster():
+    def label(s):
+        doc = YAML(typ="safe").load(render.render(s, Path("."), REFS)["compose.yaml"])
+        return doc["services"]["slurmctld"]["labels"]["hubdeploy.config-hash"]
+
+    assert label(site()) != label(site(SITE.replace("[physics, astro]", "[physics, astro, chem]")))
+    assert label(site()) == label(site())
+
+
+def test_lua_strings_are_only_slurm_names():
+    with pytest.raises(AssertionError):
+        render._lua_string('x"; os.execute("id") --')
