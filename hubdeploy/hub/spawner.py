@@ -22,11 +22,17 @@ from traitlets import Dict, List, Unicode, default
 from hubdeploy.backends import get_backend
 from hubdeploy.backends.base import (
     Backend,
+    BackendError,
     Running,
     ServerSpec,
     Stopped,
 )
 from hubdeploy.backends.slurm_script import OptionError, parse_time
+
+try:  # JupyterHub >= 6.0
+    from jupyterhub.spawner import SpawnException
+except ImportError:  # pragma: no cover - older hubs: a plain HTTPError carries the message too
+    SpawnException = None
 
 # What a user may choose for a compute profile, within the site's lists and limits.
 SLURM_CHOICES = ("partition", "time", "cpu", "memory")
@@ -87,6 +93,26 @@ def apply_slurm_choices(profile: dict[str, Any], options: dict[str, Any]) -> dic
         out["mem_limit"] = size
     out["slurm"] = slurm
     return out
+
+def start_failed(exc: BackendError) -> web.HTTPError:
+    """The HTTP error a backend's failed start becomes, so its words reach the user.
+
+    JupyterHub answers any other exception from ``start()`` with a bare 500 "Internal
+    Server Error" (the reason only in the hub's log, with a traceback) and counts it toward
+    ``consecutive_failure_limit``. An HTTPError's message is the API response's
+    ``message`` and the spawn page's text; ``jupyterhub_message`` is what the progress
+    stream's "Spawn failed: ..." event shows. 503: the site cannot start this server now
+    (a scheduler refusing the job, an engine without the image), not a malformed request.
+    """
+    message = str(exc) or type(exc).__name__
+    if SpawnException is not None:
+        # A SpawnException is a handled refusal: logged in one line, no traceback.
+        err = SpawnException(message, reason="backend", status_code=503)
+    else:  # pragma: no cover
+        err = web.HTTPError(503, "%s", message)
+    err.jupyterhub_message = message
+    return err
+
 
 # One backend per (name, config) for the whole hub: a shared Docker client or scheduler
 # session, not one per user.
@@ -328,7 +354,10 @@ class HubdeploySpawner(Spawner):
         state = self._backend_state
         state.clear()
         self.log.info("starting %s with profile %s on backend %s", self._log_name, profile["name"], self._backend_name)
-        host, port = await self.get_backend().start(spec, state)
+        try:
+            host, port = await self.get_backend().start(spec, state)
+        except BackendError as exc:
+            raise start_failed(exc) from exc
         state["profile"] = profile["name"]
         await self._wait_listening(host, port)
         return host, port

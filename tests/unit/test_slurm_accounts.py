@@ -118,3 +118,51 @@ def test_a_changed_account_list_recreates_the_cluster():
 def test_lua_strings_are_only_slurm_names():
     with pytest.raises(AssertionError):
         render._lua_string('x"; os.execute("id") --')
+
+
+# -- the spawner: a backend's refusal reaches the caller ---------------------------------
+
+pytest.importorskip("jupyterhub")
+from jupyterhub.objects import Hub  # noqa: E402
+from jupyterhub.spawner import SpawnException  # noqa: E402
+from jupyterhub.utils import format_exception  # noqa: E402
+from tornado import web  # noqa: E402
+
+from hubdeploy.backends.base import Backend, BackendError  # noqa: E402
+from hubdeploy.hub import spawner as spawner_mod  # noqa: E402
+
+REFUSAL = ("Slurm refused the job: account retired is not one of this cluster's accounts; Batch job submission "
+           "failed: Invalid account or account/partition combination specified")
+
+
+class Refusing(Backend):
+    async def start(self, spec, state):
+        state.update(job_name="j", phase="failed")
+        raise BackendError(REFUSAL)
+
+    async def stop(self, state):
+        pass
+
+    async def poll(self, state):
+        return spawner_mod.Stopped(0)
+
+
+def test_backend_refusal_is_an_http_error_with_its_words(monkeypatch):
+    monkeypatch.setattr(spawner_mod, "get_backend", lambda name: Refusing)
+    monkeypatch.setattr(spawner_mod, "_BACKENDS", {})
+    profiles = render.hub_data(site(), REFS)["spawner"]["profiles"]
+    s = spawner_mod.HubdeploySpawner(
+        user=SimpleNamespace(name="u", url="/user/u/", escaped_name="u"), hub=Hub(),
+        orm_spawner=SimpleNamespace(name="", server=None), profiles=profiles, backend="docker",
+        backend_config={}, backends={"slurm": {}}, user_options={"profile": "compute"},
+    )
+    with pytest.raises(web.HTTPError) as exc:
+        asyncio.run(s.start())
+    err = exc.value
+    # A SpawnException: JupyterHub logs it in one line (no traceback), does not count it
+    # toward consecutive_failure_limit, and writes its message into the API's JSON answer.
+    assert isinstance(err, SpawnException) and err.status_code == 503
+    assert err.message == REFUSAL and err.get_message() == REFUSAL
+    # The progress stream's "Spawn failed: ..." event.
+    assert format_exception(err)[0] == REFUSAL
+    assert isinstance(err.__cause__, BackendError)
