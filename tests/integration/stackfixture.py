@@ -167,8 +167,11 @@ def remove_site_images(site_name: str) -> None:
     import docker
 
     client = docker.from_env()
-    for image in client.images.list():
-        for tag in image.tags:
+    # The low-level list: images.list() inspects every image of the engine, and one that
+    # another test or engineer removes meanwhile made it raise ImageNotFound, which left
+    # all of this site's images behind.
+    for image in client.api.images(name=f"hubdeploy/{site_name}-*"):
+        for tag in image.get("RepoTags") or []:
             if tag.startswith(f"hubdeploy/{site_name}-"):
                 try:
                     client.images.remove(tag, force=True)
