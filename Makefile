@@ -40,6 +40,7 @@ unit: $(VENV)/.installed
 
 bench: setup
 	$(PY) benchmarks/spawn_latency.py
+	$(PY) benchmarks/compute_spawn_latency.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
