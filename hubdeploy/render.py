@@ -22,6 +22,8 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from hubdeploy import resources
+from hubdeploy.hub.orphans import SCOPES as ORPHANS_SCOPES
+from hubdeploy.hub.orphans import SERVICE as ORPHANS_SERVICE
 from hubdeploy.schema import ProfileSlurm, Site, memory_bytes
 
 HUB_PORT = 8081
@@ -65,6 +67,15 @@ def hub_data(site: Site, refs: dict[str, str]) -> dict[str, Any]:
             "scopes": _smoke_scopes(),
         }
     ]
+    services.append(
+        {
+            # `hubdeploy status` and `hubdeploy orphans`: which servers the hub tracks.
+            "name": ORPHANS_SERVICE,
+            "token_file": f"/run/secrets/service-{ORPHANS_SERVICE}_token",
+            "url": None,
+            "scopes": list(ORPHANS_SCOPES),
+        }
+    )
     if site.services.idle_culler.enabled:
         services.append(
             {
@@ -380,7 +391,7 @@ def compose_data(site: Site, refs: dict[str, str], hashes: dict[str, str], tls: 
         "internal": {"name": f"{prefix}-internal", "internal": True},
         "users": {"name": f"{prefix}-users"},
     }
-    hub_secrets = ["cookie_secret", "proxy_token", "service-hubdeploy-smoke_token"]
+    hub_secrets = ["cookie_secret", "proxy_token", "service-hubdeploy-smoke_token", f"service-{ORPHANS_SERVICE}_token"]
     if site.services.idle_culler.enabled:
         hub_secrets.append("service-idle-culler_token")
     hub_secrets += [f"service-{s.name}_token" for s in site.services.extra]

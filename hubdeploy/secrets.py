@@ -17,7 +17,7 @@ from hubdeploy.errors import OperationError
 
 def secret_names(site) -> list[str]:
     """Every secret a site's stack needs, in a stable order."""
-    names = ["cookie_secret", "proxy_token", "service-hubdeploy-smoke_token"]
+    names = ["cookie_secret", "proxy_token", "service-hubdeploy-smoke_token", "service-hubdeploy-cli_token"]
     if site.services.idle_culler.enabled:
         names.append("service-idle-culler_token")
     names += [f"service-{s.name}_token" for s in site.services.extra]

@@ -1,4 +1,4 @@
-"""Operating a site's stack: up, status, logs, down.
+"""Operating a site's stack: up, status, logs, down, and the servers the hub lost.
 
 Each operation first does all its pure work (load and validate the site, plan images,
 render files) so that bad input fails with exit code 2 before anything is written or
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hubdeploy import engine, images, render
-from hubdeploy.errors import OperationError, SiteError
+from hubdeploy.errors import HubdeployError, OperationError, SiteError
 from hubdeploy.loader import load_site
 from hubdeploy.schema import Site
 from hubdeploy.secrets import ensure_secrets, secret_names
@@ -175,13 +175,50 @@ def status(prep: Prepared) -> dict[str, Any]:
         )
     expected = _expected_services(prep)
     running = {s["service"] for s in svcs if s["state"] == "running" and s["health"] in (None, "", "healthy")}
+    untracked, untracked_error = None, None
+    try:
+        untracked = [r for r in orphans(prep)["servers"] if not r["tracked"]]
+    except HubdeployError as exc:  # status still reports everything else
+        untracked_error = exc.message
     return {
         "site": prep.site.name,
         "url": prep.url,
         "healthy": bool(expected) and expected <= running,
         "services": svcs,
         "servers": sorted(servers, key=lambda s: (s["user"] or "", s["server"])),
+        # Jobs and containers the backends report that no hub server owns
+        # (None with untracked_error when the hub could not be asked).
+        "untracked": untracked,
+        "untracked_error": untracked_error,
     }
+
+
+def orphans(prep: Prepared, *, remove: tuple[str, ...] = (), remove_all: bool = False) -> dict[str, Any]:
+    """The backends' servers, each marked tracked or not by the hub; optionally remove
+    untracked ones. Runs :mod:`hubdeploy.hub.orphans` in the hub's container, where the
+    backends are configured as the hub uses them (see that module for why)."""
+    client = engine.docker_client()
+    hubs = client.containers.list(
+        filters={"label": [f"com.docker.compose.project={prep.project}", "com.docker.compose.service=hub"]}
+    )
+    if not hubs:
+        raise OperationError(f"the hub of site {prep.site.name} is not running", hint="hubdeploy up")
+    argv = ["python3", "-m", "hubdeploy.hub.orphans"]
+    if remove_all:
+        argv.append("--remove-all")
+    elif remove:
+        argv += ["--remove", *remove]  # argv, not a shell: IDs are passed as they are
+    code, (out, err) = hubs[0].exec_run(argv, demux=True)
+    try:
+        report = json.loads((out or b"").decode())
+    except ValueError:
+        tail = (err or out or b"").decode(errors="replace").strip().splitlines()[-5:]
+        raise OperationError("the hub could not list its servers:\n  " + "\n  ".join(tail)) from None
+    if code == 2:
+        raise SiteError(report.get("error", "bad request"), hint="hubdeploy orphans list")
+    if code != 0:
+        raise OperationError(f"cannot tell which servers the hub tracks: {report.get('error', code)}")
+    return report
 
 
 def _expected_services(prep: Prepared) -> set[str]:

@@ -10,6 +10,9 @@ Subclass :class:`Backend` and override:
 - :meth:`Backend.stop`
 - :meth:`Backend.poll`
 - optionally :meth:`Backend.progress` and :meth:`Backend.close`
+- optionally :meth:`Backend.list_servers`, :meth:`Backend.server_id` and
+  :meth:`Backend.remove`, so that ``hubdeploy orphans`` can find servers (containers,
+  jobs) the hub no longer tracks, and remove them when an operator says so
 
 and register the class under the ``hubdeploy.backends`` entry-point group::
 
@@ -82,6 +85,22 @@ class Unknown:
 
 
 PollResult = Running | Stopped | Unknown
+
+
+@dataclass(frozen=True)
+class Found:
+    """One server process a backend sees, tracked by the hub or not (``list_servers``).
+
+    ``id`` is what :meth:`Backend.server_id` returns for the state of the server that
+    owns it (a job id, a container id) and what :meth:`Backend.remove` takes; ``name`` is
+    the job or container name the backend derives from user and server name; ``state``
+    is the backend's word for it (``RUNNING``, ``PENDING``, ``running``, ``exited``).
+    """
+
+    id: str
+    name: str
+    state: str
+    detail: str = ""
 
 class BackendError(Exception):
     """A start or stop that failed for a reason a person can act on.
@@ -161,6 +180,31 @@ class Backend(abc.ABC):
         The default copies it; override to migrate state written by an older version.
         """
         return dict(state)
+
+    # -- finding servers the hub lost (optional) ---------------------------------------
+
+    async def list_servers(self) -> list[Found] | None:
+        """Every server process this backend started for this site that still exists.
+
+        Tracked or not: the caller (:mod:`hubdeploy.hub.orphans`) compares the answer with
+        the states the hub holds. ``None`` means this backend cannot list (the default).
+        Raise :class:`BackendError` when the daemon or scheduler cannot be asked: an
+        incomplete list must never be mistaken for "nothing left behind".
+        """
+        return None
+
+    def server_id(self, state: Mapping[str, Any]) -> str | None:
+        """The :attr:`Found.id` of the process ``state`` describes, if it has one yet."""
+        return None
+
+    def server_name(self, state: Mapping[str, Any]) -> str | None:
+        """The :attr:`Found.name` ``state`` records before its id is known (a start in flight)."""
+        return None
+
+    async def remove(self, server_id: str) -> None:
+        """Remove one process :meth:`list_servers` reported (cancel the job, remove the
+        container). Only ever called for a server the hub does not track."""
+        raise BackendError(f"{type(self).__name__} cannot remove servers")
 
     async def close(self) -> None:
         """Release shared resources (clients, thread pools) when the hub shuts down."""

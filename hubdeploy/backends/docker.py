@@ -29,6 +29,7 @@ from docker.types import Mount
 from hubdeploy.backends.base import (
     Backend,
     BackendError,
+    Found,
     PollResult,
     Running,
     ServerSpec,
@@ -260,6 +261,44 @@ class DockerBackend(Backend):
         if status == "created" and state.get("phase") != "started":
             return Running()  # our own start is between create and start
         return Stopped(int(st.get("ExitCode") or 0))
+
+    # -- containers the hub lost ------------------------------------------------------
+
+    async def list_servers(self) -> list[Found]:
+        """This site's notebook containers, in any state (by their labels)."""
+        try:
+            containers = await self._run(
+                lambda: self.client().containers.list(
+                    all=True, filters={"label": [f"hubdeploy.site={self.site}", "hubdeploy.user"]}
+                )
+            )
+        except _UNREACHABLE as exc:
+            raise BackendError(f"cannot list containers: Docker engine error {type(exc).__name__}: {exc}") from exc
+        return sorted(
+            (
+                Found(
+                    id=c.id,
+                    name=c.name,
+                    state=c.status,
+                    detail=f"user {c.labels.get('hubdeploy.user')}",
+                )
+                for c in containers
+            ),
+            key=lambda f: f.name,
+        )
+
+    def server_id(self, state: Mapping[str, Any]) -> str | None:
+        return state.get("container_id") or None
+
+    def server_name(self, state: Mapping[str, Any]) -> str | None:
+        return state.get("container_name") or None
+
+    async def remove(self, server_id: str) -> None:
+        """Remove one container (its home volume stays)."""
+        try:
+            await self._run(self._stop_sync, {"container_id": server_id})
+        except _UNREACHABLE as exc:
+            raise BackendError(f"cannot remove container {server_id[:12]}: {type(exc).__name__}: {exc}") from exc
 
     # -- progress / close -------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from typing import Any
 from hubdeploy.backends.base import (
     Backend,
     BackendError,
+    Found,
     PollResult,
     Running,
     ServerSpec,
@@ -91,6 +92,7 @@ FINAL_STATES = {
 COMPLETING = "COMPLETING"
 
 SQUEUE_FORMAT = "%i|%T|%r|%S|%B|%k"  # the comment (free text) last: it may contain '|'
+LIST_FORMAT = "%i|%T|%j"  # job id, state, name (free text, last)
 _JOB_ID = re.compile(r"^\d{1,12}$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 _INVALID_JOB = "Invalid job id specified"
@@ -460,6 +462,54 @@ class SlurmBackend(Backend):
         if state and not out:
             self.log.warning("ignoring unusable Slurm backend state with keys %s", sorted(state))
         return out
+
+    # -- jobs the hub lost ------------------------------------------------------------
+
+    async def list_servers(self) -> list[Found]:
+        """This site's notebook jobs that squeue shows (pending, running, completing).
+
+        ``--me``: only jobs of the account the hub submits as, so a user's own job that
+        happens to carry a similar name is never listed, let alone cancelled.
+        """
+        try:
+            code, out, err = await self.run(["squeue", "-h", "--me", "-o", LIST_FORMAT])
+        except CommandError as exc:
+            raise BackendError(f"cannot list Slurm jobs: {exc}") from None
+        if code != 0:
+            raise BackendError(f"squeue exited {code}: {err.strip()[-300:]}")
+        return parse_job_list(out, f"{self.name_prefix}-nb-")
+
+    def server_id(self, state: Mapping[str, Any]) -> str | None:
+        return state.get("job_id") or None
+
+    def server_name(self, state: Mapping[str, Any]) -> str | None:
+        return state.get("job_name") or None
+
+    async def remove(self, server_id: str) -> None:
+        """scancel one job (an id :meth:`list_servers` returned)."""
+        if not _JOB_ID.match(server_id):
+            raise BackendError(f"{server_id!r} is not a Slurm job id")
+        try:
+            code, _, err = await self.run(["scancel", server_id])
+        except CommandError as exc:
+            raise BackendError(f"cannot cancel Slurm job {server_id}: {exc}") from None
+        if code != 0 and _INVALID_JOB not in err:
+            raise BackendError(f"scancel {server_id} failed: {err.strip()[-300:]}")
+
+
+def parse_job_list(stdout: str, name_prefix: str) -> list[Found]:
+    """``squeue -o LIST_FORMAT`` lines -> the jobs whose name starts with ``name_prefix``."""
+    found = []
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|", 2)  # the name last: a foreign job's name may contain '|'
+        if len(parts) != 3 or not _JOB_ID.match(parts[0]):
+            raise BackendError(f"unexpected squeue line {line[:200]!r}")
+        job_id, job_state, name = parts
+        if name.startswith(name_prefix):
+            found.append(Found(id=job_id, name=name, state=job_state))
+    return found
 
 
 def progress_event(state: Mapping[str, Any]) -> dict[str, Any] | None:

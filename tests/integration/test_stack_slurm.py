@@ -9,6 +9,7 @@ The tests share one server and run in order (each also works alone: ``_need_serv
 
 from __future__ import annotations
 
+import json
 import time
 
 import docker
@@ -198,6 +199,61 @@ def test_controller_away_keeps_the_server(slurm_stack):
     slurm_stack.wait("job running again", lambda: slurm_stack.jobs().get(job, "").startswith("RUNNING"), 60)
     assert run_5x4(url, token) == "20"
     assert state["hub"].server_model(USER, "")["ready"] is True
+
+
+def _cli_json(stack, *args, ok=(0,)):
+    proc = stack.cli(*args, "--json")
+    assert proc.returncode in ok, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_untracked_servers_are_listed_and_removed_only_on_request(slurm_stack):
+    """A job and a container named like the hub's but owned by no hub server (a lost
+    database): status lists them, a removal naming a tracked job removes nothing, and
+    only `orphans remove` cancels / removes them; the tracked server keeps running."""
+    url, token = _need_server(slurm_stack)
+    tracked = state["job"]
+    res = slurm_stack.container("slurmctld").exec_run(
+        ["sbatch", "--parsable", f"--job-name={PROJECT}-nb-ghost", "--time=10", "--wrap", "sleep 600"],
+        user="jovyan", workdir="/tmp",
+    )
+    assert res.exit_code == 0, res.output
+    ghost_job = res.output.decode().strip().split(";")[0]
+    image = slurm_stack.container("slurm-c1").image
+    ghost = slurm_stack.client.containers.run(
+        image, ["sleep", "600"], name=f"{PROJECT}-nb-ghost", detach=True,
+        labels={"hubdeploy.site": SITE, "hubdeploy.user": "ghost"},
+    )
+    try:
+        status = _cli_json(slurm_stack, "status")
+        assert status["untracked_error"] is None
+        untracked = {(r["backend"], r["id"]) for r in status["untracked"]}
+        assert untracked == {("slurm", ghost_job), ("docker", ghost.id)}, status["untracked"]
+
+        listed = _cli_json(slurm_stack, "orphans", "list", "--all")
+        owners = {r["id"]: r["owner"] for r in listed["servers"]}
+        assert owners[tracked] == USER and owners[ghost_job] is None, listed
+
+        proc = slurm_stack.cli("orphans", "remove", ghost_job, tracked)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "tracked by the hub" in proc.stderr and "nothing removed" in proc.stderr, (
+            proc.stderr, slurm_stack.jobs(), slurm_stack.cli("orphans", "list", "--all", "--json").stdout)
+        assert ghost_job in slurm_stack.jobs()
+
+        removed = _cli_json(slurm_stack, "orphans", "remove", "--all")["removed"]
+        assert sorted(removed) == sorted([ghost_job, ghost.id])
+        slurm_stack.wait("ghost job gone", lambda: ghost_job not in slurm_stack.jobs(), 30)
+        with pytest.raises(docker.errors.NotFound):
+            ghost.reload()
+        assert slurm_stack.jobs()[tracked].startswith("RUNNING")
+        assert run_5x4(url, token) == "20"
+        assert _cli_json(slurm_stack, "status")["untracked"] == []
+    finally:
+        slurm_stack.ctl("scancel", ghost_job)
+        try:
+            ghost.remove(force=True)
+        except docker.errors.NotFound:
+            pass
 
 
 def test_stop_cancels_the_job(slurm_stack):

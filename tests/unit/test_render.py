@@ -64,8 +64,10 @@ def test_hub_data(site):
     assert data["spawner"]["profiles"][1]["mem_limit"] == int(2.5 * 1024**3)
     assert data["spawner"]["profiles"][1]["image_ref"] == REFS["astro"]
     names = [s["name"] for s in data["services"]]
-    assert names == ["hubdeploy-smoke", "idle-culler", "announce", "docs"]
-    assert data["services"][2]["url"] == "http://announce:9000"
+    assert names == ["hubdeploy-smoke", "hubdeploy-cli", "idle-culler", "announce", "docs"]
+    assert data["services"][3]["url"] == "http://announce:9000"
+    # The CLI's token reads server state and nothing else of consequence.
+    assert data["services"][1]["scopes"] == ["list:users", "read:users:name", "read:servers", "admin:server_state"]
     assert data["config"] == {"JupyterHub": {"shutdown_on_logout": True}}
 
 
