@@ -276,6 +276,27 @@ def test_start_refuses_bad_profile_before_slurm():
     assert b.calls == []
 
 
+def test_start_polls_fast_then_backs_off_and_speeds_up_on_a_state_change(monkeypatch):
+    # A free node starts the job within a second and reports the port soon after: the
+    # first polls are 0.1 s apart, growing x1.5 to poll_interval; a new state starts over.
+    delays = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds):
+        delays.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr("hubdeploy.backends.slurm.asyncio.sleep", sleep)
+    b = FakeBackend(
+        [(0, "7\n", "")] + [line("PENDING")] * 12 + [line("RUNNING"), line("RUNNING", comment="hubdeploy:port=40001")],
+        poll_interval=2,
+    )
+    assert run(b.start(SPEC, {})) == ("c1", 40001)
+    assert delays[:5] == pytest.approx([0.1, 0.15, 0.225, 0.3375, 0.50625])
+    assert max(delays) == 2  # a long wait in the queue polls no more often than before
+    assert delays[-1] == pytest.approx(0.1)  # RUNNING: the port follows within a moment
+
+
 def test_start_is_bounded():
     b = FakeBackend([(0, "7\n", "")] + [line("PENDING")] * 1000, start_timeout=0.1)
     with pytest.raises(BackendError, match="did not start within"):
