@@ -103,6 +103,8 @@ def test_compose_has_controller_and_nodes_on_the_users_network():
     assert "NodeName=c3 CPUs=2 RealMemory=2048" in conf
     assert "PartitionName=compute Nodes=c1,c2,c3 Default=YES" in conf
     assert "PartitionName=debug Nodes=c1,c2,c3 Default=NO" in conf
+    # Notebooks are interactive: a submitted job starts at the controller's next tick.
+    assert "SchedulerParameters=batch_sched_delay=0" in conf.splitlines()
     assert "munge_key" in secret_names(site())
 
 
