@@ -35,6 +35,7 @@ import requests.exceptions
 import hubdeploy
 from hubdeploy import kernels as kern
 from hubdeploy import rootfs
+from hubdeploy.buildsteps import BuildStep, StepLog
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.schema import Site
 
@@ -375,13 +376,16 @@ def build_images(
     names: list[str] | None = None,
     force: bool = False,
     console=None,
+    steps: list[BuildStep] | None = None,
 ) -> list[str]:
     """Build the plans whose tag is missing, parents first; returns the names built.
 
     ``names`` limits the build to those images (plus any missing ancestor). ``force``
     rebuilds the selected images without Docker's layer cache (and bootstraps a fresh
     Debian rootfs), e.g. to pick up security updates. A failure raises OperationError
-    naming the image, the failing step and the last 20 lines of output.
+    naming the image, the failing step and the last 20 lines of output. ``steps``, when
+    given, receives every Dockerfile step built, with its time and whether the layer
+    cache served it.
     """
     selected = list(plans) if names is None else list(names)
     unknown = [n for n in selected if n not in plans]
@@ -404,11 +408,11 @@ def build_images(
             console.print(f"[bold]building[/] {name} -> {plan.ref}")
         write_context(plan, state_dir)
         if name == "debian":
-            _build_debian(plan, client, state_dir, fresh=name in forced, console=console)
+            _build_debian(plan, client, state_dir, fresh=name in forced, console=console, steps=steps)
         else:
             if plan.parent is None:
                 _require_parent(plan, client)
-            _docker_build(client, plan, nocache=name in forced, console=console)
+            _docker_build(client, plan, nocache=name in forced, console=console, steps=steps)
         if console:
             console.print(f"[bold green]built[/] {name} in {time.monotonic() - t0:.0f} s")
         built.append(name)
@@ -455,18 +459,23 @@ def _require_parent(plan: ImagePlan, client) -> None:
         )
 
 
-def _build_debian(plan: ImagePlan, client, state_dir: Path, *, fresh: bool, console) -> None:
+def _build_debian(plan: ImagePlan, client, state_dir: Path, *, fresh: bool, console, steps=None) -> None:
     digest = plan.labels["hubdeploy.spec-hash"]
     if not fresh:
         # Another site on this engine may have imported the same rootfs: relabel it (1 s)
         # instead of bootstrapping again.
-        same = client.images.list(filters={"label": ["hubdeploy.image=debian", f"hubdeploy.spec-hash={digest}"]})
-        tagged = sorted(t for img in same for t in img.tags)
+        # The low-level list: the SDK's images.list() inspects every hit afterwards, and
+        # fails if another build on this engine removes one in between.
+        try:
+            same = client.api.images(filters={"label": ["hubdeploy.image=debian", f"hubdeploy.spec-hash={digest}"]})
+        except ENGINE_ERRORS as exc:
+            raise OperationError(f"cannot list images: {exc}") from None
+        tagged = sorted(t for img in same for t in (img.get("RepoTags") or []) if t != "<none>:<none>")
         if tagged:
             lines = [f"FROM {tagged[0]}", "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}"
                                                              for k, v in plan.labels.items())]
             relabel = ImagePlan("debian", plan.ref, None, {"Dockerfile": ("\n".join(lines) + "\n").encode()}, {})
-            _docker_build(client, relabel, nocache=False, console=console)
+            _docker_build(client, relabel, nocache=False, console=console, steps=steps)
             return
     recipe = json.loads(plan.files["recipe.json"])
     tarball = rootfs.tarball_path(state_dir, recipe["suite"], digest)
@@ -479,12 +488,13 @@ def _build_debian(plan: ImagePlan, client, state_dir: Path, *, fresh: bool, cons
     rootfs.import_tarball(client, tarball, plan.ref, plan.labels)
 
 
-def _docker_build(client, plan: ImagePlan, *, nocache: bool, console) -> None:
+def _docker_build(client, plan: ImagePlan, *, nocache: bool, console, steps: list[BuildStep] | None = None) -> None:
     """Classic-builder build through the SDK, streaming the steps to the console."""
     from rich.markup import escape
 
     tail: deque[str] = deque(maxlen=20)
     step = "sending the build context"
+    log = StepLog(plan.name)
 
     def fail(reason: str) -> OperationError:
         detail = "".join(f"\n  {line}" for line in tail)
@@ -516,6 +526,7 @@ def _docker_build(client, plan: ImagePlan, *, nocache: bool, console) -> None:
                 raise fail(chunk["error"])
             for line in _ANSI.sub("", chunk.get("stream") or "").splitlines():
                 line = line.rstrip()
+                log.feed(line)
                 if not line or _NOISE.match(line):
                     continue
                 tail.append(line)
@@ -525,5 +536,8 @@ def _docker_build(client, plan: ImagePlan, *, nocache: bool, console) -> None:
                         console.print(f"[bold cyan]{plan.name}[/] {escape(' '.join(line.split())[:100])}")
     except ENGINE_ERRORS as exc:  # API error, connection reset, timeout: never a traceback
         raise fail(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        if steps is not None:
+            steps.extend(log.close())
     if not _exists(client, plan.ref):
         raise fail("the engine reported no error but the image is not tagged")
