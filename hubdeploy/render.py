@@ -121,7 +121,7 @@ def hub_data(site: Site, refs: dict[str, str]) -> dict[str, Any]:
                 "volumes": [v.model_dump() for v in p.volumes],
                 "environment": dict(p.environment),
                 "default": p.default,
-                "spawner_config": dict(p.spawner_config),
+                "spawner_config": _spawner_config(site, p),
             }
         )
         if p.node == "compute":
@@ -198,6 +198,22 @@ def _profile_slurm(site: Site, p) -> dict[str, Any]:
             "max_gpus": s.limits.max_gpus,
         },
     }
+
+
+# How long a compute-node spawn may wait in the queue before the hub gives up; JupyterHub's
+# default (60 s) suits containers, not a batch queue (batchspawner uses 300 s too).
+COMPUTE_START_TIMEOUT = 300
+
+
+def _spawner_config(site: Site, p) -> dict[str, Any]:
+    """A profile's spawner_config, with COMPUTE_START_TIMEOUT for compute profiles unless
+    the profile or the site's pass-through config sets start_timeout itself."""
+    out = dict(p.spawner_config)
+    sections = site.hub.config
+    site_sets = any("start_timeout" in (sections.get(k) or {}) for k in ("Spawner", "HubdeploySpawner"))
+    if p.node == "compute" and "start_timeout" not in out and not site_sets:
+        out["start_timeout"] = COMPUTE_START_TIMEOUT
+    return out
 
 
 def _slurm_backend_config(site: Site) -> dict[str, Any]:

@@ -186,6 +186,7 @@ class HubdeploySpawner(Spawner):
         self._backend_name: str | None = None
         # Original values of the traits the last applied profile changed.
         self._profile_saved: dict[str, Any] = {}
+        self._prepared: dict[str, Any] | None = None  # the profile run_pre_spawn_hook applied
 
     # The server listens on all interfaces of its container, always on the same port:
     # every container has its own address, so ports never collide.
@@ -336,11 +337,26 @@ class HubdeploySpawner(Spawner):
             _BACKENDS[key] = get_backend(name)(config, log=self.log)
         return _BACKENDS[key]
 
-    async def start(self):
-        """Apply the chosen profile and start the server through the backend."""
+    def _prepare(self) -> dict[str, Any]:
         profile = self.resolve_profile(self.user_options)
         self._backend_name = self.backend_for(profile)
         self._apply_profile(profile)
+        return profile
+
+    def run_pre_spawn_hook(self):
+        """Apply the chosen profile before JupyterHub starts its clock.
+
+        JupyterHub reads ``start_timeout`` before ``start()`` runs, so a profile's
+        ``spawner_config`` applied in ``start()`` could not lengthen it (a compute profile
+        waits in a batch queue). A bad choice raises 400 here, as it would in ``start()``.
+        """
+        self._prepared = self._prepare()
+        return super().run_pre_spawn_hook()
+
+    async def start(self):
+        """Apply the chosen profile (unless the pre-spawn hook did) and start the server
+        through the backend."""
+        profile, self._prepared = self._prepared or self._prepare(), None
         effective = {**profile, "cpu": self.cpu_limit, "mem_limit": self.mem_limit}
         spec = ServerSpec(
             user=self.user.name,

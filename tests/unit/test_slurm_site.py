@@ -121,6 +121,17 @@ def test_hub_json_slurm_backend_and_profile_section():
     assert s["path_prepend"] == ["/opt/venv/bin"] and s["runtime"] == "native"
 
 
+def test_compute_profiles_wait_for_a_queue_longer_than_jupyterhubs_default():
+    login, compute = render.hub_data(site(), REFS)["spawner"]["profiles"]
+    assert compute["spawner_config"] == {"start_timeout": render.COMPUTE_START_TIMEOUT}
+    assert "start_timeout" not in login["spawner_config"]
+    # The site's own choice wins, globally or per profile.
+    text = SITE.replace("slurm:\n", "hub:\n  config: {Spawner: {start_timeout: 900}}\nslurm:\n", 1)
+    assert render.hub_data(site(text), REFS)["spawner"]["profiles"][1]["spawner_config"] == {}
+    text = SITE.replace("    cpu: 1\n", "    cpu: 1\n    spawner_config: {start_timeout: 30}\n", 1)
+    assert render.hub_data(site(text), REFS)["spawner"]["profiles"][1]["spawner_config"] == {"start_timeout": 30}
+
+
 def test_submit_site_passes_its_prefix_and_has_no_cluster():
     text = SITE.replace("  cluster: {nodes: 3, cpus: 2, memory: 2G, partitions: [compute, debug]}",
                         "  submit: {prefix: [ssh, login1], quote: true}")

@@ -162,6 +162,22 @@ def test_start_applies_profile_and_builds_spec(make_spawner):
     assert s.mem_limit is None
 
 
+def test_profile_is_in_force_before_jupyterhub_reads_start_timeout(make_spawner):
+    """JupyterHub reads start_timeout after the pre-spawn hook and before start() runs."""
+    s = make_spawner(user_options={"profile": "big"}, start_timeout=60)
+    s.run_pre_spawn_hook()
+    assert s.start_timeout == 77
+    run(s.start())  # applies nothing twice: the next profile still restores the site's value
+    assert s.get_backend().specs[-1].env["EXTRA"] == "1"
+    s.user_options = {"profile": "small"}
+    s.run_pre_spawn_hook()
+    assert s.start_timeout == 60
+    with pytest.raises(web.HTTPError) as exc:
+        s.user_options = {"profile": "gone"}
+        s.run_pre_spawn_hook()
+    assert exc.value.status_code == 400
+
+
 def test_unknown_profile_at_start_is_400(make_spawner):
     s = make_spawner(user_options={"profile": "gone"})
     with pytest.raises(web.HTTPError) as exc:
