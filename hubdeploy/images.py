@@ -269,9 +269,12 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
 
     def kernel_ctx(name: str, declared) -> tuple[dict[str, bytes], dict]:
         ctx = {
-            "kernels": [{"spec": kern.spec_name(name, k), "venv": kern.venv_path(name, k)} for k in declared],
+            "kernels": [{"spec": kern.spec_name(name, k), "venv": kern.venv_path(name, k),
+                         "packages": kern.has_packages(k)} for k in declared],
+            "r_runtime": [shlex.quote(p) for p in kern.r_runtime(declared)],
             "r_packages": [shlex.quote(p) for p in kern.r_packages(declared)],
             "spec_root": kern.SPEC_ROOT,
+            "uv": kern.UV,
         }
         return kern.context_files(name, declared), ctx
 
@@ -282,7 +285,8 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
     kfiles, kctx = kernel_ctx("base", base.kernels)
     kernel_meta["base"] = kern.metadata("base", base.kernels)
     add("base", "base/Dockerfile.j2", None if base.from_ else "debian", base.from_ or debian_ref,
-        {**extra, **kfiles}, kernel_meta["base"], apt=apt, pip=bool(base.pip), **kctx)
+        {**extra, **kfiles}, kernel_meta["base"], apt=apt, pip=bool(base.pip),
+        uv_version=kern.UV_VERSION, uv_prefix=kern.UV_PREFIX, **kctx)
     for name in _collaboration_order(site):
         img = site.images.collaborations[name]
         apt, extra = packages(img.apt, img.pip)

@@ -22,7 +22,7 @@ import pytest
 
 from stackfixture import Recorder
 
-from hubdeploy import images, imagetest, kernels
+from hubdeploy import buildsteps, images, imagetest, kernels
 from hubdeploy.schema import Site
 
 pytestmark = pytest.mark.integration
@@ -134,6 +134,19 @@ def test_kernel_environments_are_separate(client, graph):
     assert out[0] == "/opt/kernels/alpha-py1 True False" and out[1] == "/opt/kernels/alpha-py2 False True", out
 
 
+def test_kernels_leave_the_home_empty_and_belong_to_root(client, graph):
+    """The version check (which empties the home) now runs before the kernels' package
+    layers: those run as root and must leave /home/jovyan as the check left it."""
+    ref = graph["plans"]["beta"].ref
+    script = ("ls -A /home/jovyan; stat -c '%U %a %n' /opt/kernels/beta-py /opt/kernels/alpha-py2/bin/python "
+              f"{kernels.SPEC_ROOT}/beta-py {kernels.SPEC_ROOT}/beta-py/kernel.json; "
+              "/opt/kernels/beta-py/bin/python -m pip --version >/dev/null && echo pip")
+    out = client.containers.run(ref, ["sh", "-c", script], remove=True, user="1000").decode().splitlines()
+    assert out == ["root 755 /opt/kernels/beta-py", "root 777 /opt/kernels/alpha-py2/bin/python",
+                   f"root 755 {kernels.SPEC_ROOT}/beta-py", f"root 644 {kernels.SPEC_ROOT}/beta-py/kernel.json",
+                   "pip"], out
+
+
 def test_cli_images_test_reports_every_kernel(graph):
     proc = cli(graph["site_file"], "images", "test", "alpha")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -184,8 +197,21 @@ def test_changing_one_collaborations_packages_rebuilds_only_it(client, graph):
              if n in ("debian", "base", "alpha", "beta")}
     assert [n for n in plans if plans[n].ref != graph["plans"][n].ref] == ["beta"]
     t0 = time.monotonic()
-    assert images.build_images(plans, client=client, state_dir=STATE) == ["beta"]
+    steps: list[buildsteps.BuildStep] = []
+    assert images.build_images(plans, client=client, state_dir=STATE, steps=steps) == ["beta"]
     print(f"beta rebuilt in {time.monotonic() - t0:.1f} s", flush=True)
+    # Only the changed kernel's package layer and what follows it ran: the runtimes (venvs
+    # with ipykernel / bash_kernel) and the version check came from the layer cache.
+    work = [i for i in buildsteps.ran(steps, "beta") if i.split()[0] in ("RUN", "COPY")]
+    assert work == [
+        "COPY kernels/beta-py/requirements.txt /tmp/hubdeploy/kernels/beta-py/",
+        f"RUN {kernels.UV} pip install --no-cache --compile-bytecode --python /opt/kernels/beta-py/bin/python "
+        "-r /tmp/hubdeploy/kernels/beta-py/requirements.txt && rm -rf /tmp/hubdeploy",
+        f"COPY kernelspecs/ {kernels.SPEC_ROOT}/",
+    ], work
+    runtimes = [s for s in steps if s.image == "beta" and " venv " in s.instruction]
+    assert len(runtimes) == 2 and all(s.cached for s in runtimes), runtimes
+    assert all(s.cached for s in steps if s.image == "beta" and "jupyterhub-singleuser" in s.instruction)
     # OCI created/revision: build-time labels, outside the hashed Dockerfile.
     labels = client.images.get(plans["beta"].ref).labels
     assert labels["org.opencontainers.image.created"].endswith("Z")

@@ -72,7 +72,40 @@ def test_kernelspecs_by_language():
     sh = kernels.kernelspec("astro", Kernel(name="sh", language="bash"))
     assert sh["argv"][1:3] == ["-m", "bash_kernel"] and sh["env"] == {"PS1": "$"}
     assert kernels.requirements(Kernel(name="sh", language="bash", packages=["six"])) == b"bash_kernel\nsix\n"
-    assert kernels.requirements(Kernel(name="p", packages=["ipykernel==6.29.5"])) == b"ipykernel\nipykernel==6.29.5\n"
+
+
+def test_runner_and_packages_are_separate_requirements():
+    """The runtime layer installs the runner only (pinned if the site pins it); the
+    packages layer repeats the runner lines so that the resolver keeps the kernel working."""
+    plain = Kernel(name="p", packages=["six", "numpy<2"])
+    assert kernels.runner_requirements(plain) == b"ipykernel\n"
+    assert kernels.requirements(plain) == b"ipykernel\nsix\nnumpy<2\n"
+    assert kernels.has_packages(plain)
+    pinned = Kernel(name="p", packages=["IPyKernel==6.29.5", "six"])
+    assert kernels.runner_requirements(pinned) == b"IPyKernel==6.29.5\n"
+    assert kernels.requirements(pinned) == b"IPyKernel==6.29.5\nsix\n"
+    only_runner = Kernel(name="p", packages=["ipykernel>=6"])
+    assert kernels.runner_requirements(only_runner) == b"ipykernel>=6\n"
+    assert not kernels.has_packages(only_runner)
+    sh = Kernel(name="sh", language="bash", packages=["bash-kernel==0.10.0", "ipykernel"])
+    # bash_kernel and bash-kernel are one project; ipykernel is just a package for bash.
+    assert kernels.runner_requirements(sh) == b"bash-kernel==0.10.0\n"
+    assert kernels.requirements(sh) == b"bash-kernel==0.10.0\nipykernel\n"
+    assert not kernels.has_packages(Kernel(name="r", language="r", packages=["r-cran-jsonlite"]))
+
+
+def test_dist_names_follow_pep503():
+    assert kernels.dist_name("IPyKernel[test]>=6") == "ipykernel"
+    assert kernels.dist_name("bash_kernel") == kernels.dist_name("Bash.Kernel") == "bash-kernel"
+    assert kernels.dist_name("six==1.16.0") == "six"
+
+
+def test_r_runtime_and_packages_are_split():
+    ks = [Kernel(name="r", language="r", packages=["r-cran-jsonlite", "r-cran-irkernel"]),
+          Kernel(name="r2", language="r", packages=["r-cran-jsonlite", "r-cran-xml2"]), Kernel(name="py")]
+    assert kernels.r_runtime(ks) == ["r-base-core", "r-cran-irkernel"]
+    assert kernels.r_packages(ks) == ["r-cran-jsonlite", "r-cran-xml2"]
+    assert kernels.r_runtime([Kernel(name="py")]) == [] and kernels.r_packages([Kernel(name="py")]) == []
 
 
 def test_r_libraries_from_debian_names():
@@ -84,15 +117,24 @@ def test_r_libraries_from_debian_names():
 def test_context_dockerfile_and_cumulative_label(tmp_path):
     p = plans(site(), tmp_path)
     alpha, beta = p["alpha"], p["beta"]
-    assert json.loads(alpha.files["kernels/alpha-py2/kernel.json"])["display_name"] == "Py 2"
+    assert json.loads(alpha.files["kernelspecs/alpha-py2/kernel.json"])["display_name"] == "Py 2"
+    assert alpha.files["kernels/alpha-py2/runner.txt"] == b"ipykernel\n"
     assert alpha.files["kernels/alpha-py2/requirements.txt"] == b"ipykernel\nidna\npackaging\n"
-    assert "kernels/alpha-r/requirements.txt" not in alpha.files
+    assert not [f for f in alpha.files if f.startswith("kernels/alpha-r/")]
     df = alpha.files["Dockerfile"].decode()
-    # R first (slowest), then one COPY + RUN per kernel, before the version check.
-    assert df.index("r-base-core r-cran-irkernel r-cran-jsonlite") < df.index("COPY kernels/alpha-r/") \
-        < df.index("COPY kernels/alpha-py1/") < df.index("COPY kernels/alpha-py2/") < df.index("jupyterhub-singleuser")
-    assert "/usr/bin/python3 -m venv /opt/kernels/alpha-py1" in df
-    assert f"{kernels.SPEC_ROOT}/alpha-py1/kernel.json" in df
+    # Runtimes first (R, then each venv with its runner), then the version check, then the
+    # package lists (R's, then each venv's), then every kernelspec in one COPY.
+    order = ["--no-install-recommends r-base-core r-cran-irkernel ", "COPY kernels/alpha-py1/runner.txt", "COPY kernels/alpha-py2/runner.txt",
+             "jupyterhub-singleuser --version", "--no-install-recommends r-cran-jsonlite ",
+             "COPY kernels/alpha-py1/requirements.txt", "COPY kernels/alpha-py2/requirements.txt",
+             f"COPY kernelspecs/ {kernels.SPEC_ROOT}/", "LABEL "]
+    assert [df.index(s) for s in order] == sorted(df.index(s) for s in order)
+    assert f"{kernels.UV} venv --no-cache --seed --python /usr/bin/python3 /opt/kernels/alpha-py1" in df
+    assert "--python /opt/kernels/alpha-py2/bin/python" in df
+    assert "pip install --no-cache-dir" not in df  # the kernels are uv's; no pip cache either way
+    # No package layer for a kernel that has only its runner.
+    assert "requirements.txt" not in beta.files["Dockerfile"].decode()
+    assert "kernels/beta-sh/runner.txt" in beta.files
     assert "r-base-core" not in beta.files["Dockerfile"].decode()
     own = kernels.from_labels(alpha.labels)
     assert [k["name"] for k in own] == ["alpha-r", "alpha-py1", "alpha-py2"]
