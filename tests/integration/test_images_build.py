@@ -17,7 +17,7 @@ import pytest
 
 from stackfixture import Recorder
 
-from hubdeploy import images
+from hubdeploy import buildsteps, images
 from hubdeploy.schema import Site
 
 pytestmark = pytest.mark.integration
@@ -42,19 +42,22 @@ def _remove_test_images(client) -> None:
             print(f"cleanup: {tag}: {exc}")
 
 
-@pytest.fixture(scope="module")
-def built(client, tmp_path_factory):
-    site_dir = tmp_path_factory.mktemp("site")
-    (site_dir / "ca.pem").write_bytes(HOST_CA.read_bytes())
-    site = Site.model_validate({
+def make_site(c1_pip: tuple[str, ...] = ("six",)) -> Site:
+    return Site.model_validate({
         "name": SITE,
         # Without this bundle pip cannot reach PyPI here (TLS is re-signed locally).
         "build": {"ca_bundle": "ca.pem"},
         "database": {"type": "postgresql"},
-        "images": {"collaborations": {"c1": {"apt": ["jq"], "pip": ["six"]}}},
+        "images": {"collaborations": {"c1": {"apt": ["jq"], "pip": list(c1_pip)}}},
         "profiles": [{"name": "default", "image": "base"}],
     })
-    plans = images.plan_images(site, site_dir)
+
+
+@pytest.fixture(scope="module")
+def built(client, tmp_path_factory):
+    site_dir = tmp_path_factory.mktemp("site")
+    (site_dir / "ca.pem").write_bytes(HOST_CA.read_bytes())
+    plans = images.plan_images(make_site(), site_dir)
     rec = Recorder()
     t0 = time.monotonic()
     try:
@@ -216,6 +219,21 @@ def test_db_initialises_and_accepts_the_password_over_tcp(client, built, tmp_pat
         assert client.api.inspect_image(built["refs"]["db"])["Config"]["StopSignal"] == "SIGINT"
     finally:
         container.remove(force=True)
+
+
+def test_changing_a_collaborations_pip_list_reruns_only_that_install(client, built):
+    """Only c1 is retagged, and of its steps only the pip list's COPY and install, the
+    version check after them, and the labels run: apt comes from the layer cache."""
+    plans = images.plan_images(make_site(c1_pip=("six", "idna")), built["site_dir"])
+    assert [n for n in plans if plans[n].ref != built["refs"][n]] == ["c1"]
+    steps: list[buildsteps.BuildStep] = []
+    assert images.build_images(plans, client=client, state_dir=STATE, steps=steps) == ["c1"]
+    work = [i for i in buildsteps.ran(steps, "c1") if i.split()[0] in ("RUN", "COPY")]
+    assert work[0] == "COPY requirements.txt constraints.txt /tmp/hubdeploy/", work
+    assert [i.split()[0] for i in work] == ["COPY", "RUN", "RUN"] and "pip install" in work[1], work
+    assert "jupyterhub-singleuser --version" in work[2], work
+    assert [s.cached for s in steps if s.image == "c1" and "apt-get install" in s.instruction] == [True]
+    assert run(client, plans["c1"].ref, ["python", "-c", "import idna, six; print('ok')"]) == "ok"
 
 
 def test_unchanged_site_builds_nothing(client, built):
