@@ -363,6 +363,9 @@ class SlurmBackend(Backend):
             state["phase"] = "failed"
             raise
         state.update(host=host, port=port, phase="started")
+        # When the hub learned where the server is: the gap to the job's own port report
+        # (slurmctld's log) is this backend's polling lag.
+        self.log.info("Slurm job %s runs on %s, server port %s", job_id, host, port)
         return host, port
 
     async def _wait_started(self, state: dict[str, Any]) -> tuple[str, int]:
