@@ -20,8 +20,13 @@ How the floor is timed, with the least overhead we found:
   host, which reaches the users network's addresses directly (as spawn_latency.py does for
   its floor), every 50 ms. A throwaway container on the network would add its own start;
   an exec per probe would add ~0.1 s per probe.
-The hub's own costs (its submit path, its polling, the port report, the proxy route)
-are exactly what the difference shows.
+The floor job asks for what the hub's job asks (cores, memory, partition) and passes its
+token as the hub passes its variables, `--export=NAME` (a list of names, which makes
+slurmd load the user's login environment before the job starts, in both paths; slurmd
+then often sleeps 1 s waiting for `su` to exit, so both paths vary by about a second).
+The hub's own costs (its submit path, its polling, the port report, the proxy route) and
+the extra start of the program it runs (jupyterhub-singleuser, measured separately below)
+are what the difference shows.
 
 Between runs the cluster is left idle (no job in squeue), so every start finds a free
 node. Reports p50/p95 of hub and floor, hub - floor (target: within 1.5 s) and the
