@@ -373,9 +373,11 @@ class SlurmBackend(Backend):
 
         Fast at first, backing off (x1.5) to ``poll_interval``, and fast again whenever the
         job's state changes: a free node runs a job within a second of sbatch and the port
-        follows soon after RUNNING, so a fixed 2 s interval added about a second to every
-        spawn (measured: benchmarks/compute_spawn_latency.py), while a job that waits in a
-        queue costs no more squeue calls than before.
+        follows soon after RUNNING. A fixed 2 s interval left the hub up to 2.3 s behind the
+        job's port report; this is 0.05-0.5 s (measured with
+        benchmarks/compute_spawn_latency.py). On the demo cluster jupyterhub-singleuser's
+        own 2-3 s start hides most of that lag; a faster-starting server does not. A job
+        that waits in a queue costs no more squeue calls than before.
         """
         deadline = time.monotonic() + self.start_timeout
         job_id = state["job_id"]
