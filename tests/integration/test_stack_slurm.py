@@ -14,7 +14,8 @@ import time
 
 import docker
 import pytest
-from stackfixture import diagnostics, free_port, run_5x4, run_cli, tear_down_site, user_session
+from slurmstack import SlurmStack, running
+from stackfixture import run_5x4, user_session
 
 from hubdeploy.smoke.hubclient import HubClient, escape_path
 
@@ -54,67 +55,10 @@ profiles:
 state: dict = {}
 
 
-class SlurmStack:
-    def __init__(self, root):
-        self.dir = root
-        self.port = free_port()
-        self.site_file = root / "site.yaml"
-        self.site_file.write_text(SITE_YAML.format(name=SITE, port=self.port))
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.client = docker.from_env(timeout=120)
-
-    def cli(self, *args, **kw):
-        return run_cli(self.site_file, *args, **kw)
-
-    def container(self, service: str):
-        found = self.client.containers.list(
-            all=True, filters={"label": [f"com.docker.compose.project={PROJECT}", f"com.docker.compose.service={service}"]}
-        )
-        assert found, f"no container for service {service}"
-        return found[0]
-
-    def ctl(self, *argv: str) -> tuple[int, str]:
-        res = self.container("slurmctld").exec_run(list(argv))
-        return res.exit_code, res.output.decode(errors="replace")
-
-    def jobs(self) -> dict[str, str]:
-        """job id -> 'STATE PARTITION NODE' of every job squeue shows (pending/running)."""
-        code, out = self.ctl("squeue", "-h", "-o", "%i %T %P %N")
-        assert code == 0, out
-        return {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines() if line.strip()}
-
-    def wait(self, what: str, cond, limit: float, every: float = 1.0):
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            value = cond()
-            if value:
-                return value
-            time.sleep(every)
-        raise AssertionError(f"{what}: not within {limit:.0f} s\n" + diagnostics(PROJECT))
-
-
 @pytest.fixture(scope="module")
 def slurm_stack(tmp_path_factory):
-    try:
-        docker.from_env().ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
-        pytest.skip(f"no Docker engine: {exc}")
-    s = SlurmStack(tmp_path_factory.mktemp("slurmstack"))
-    try:
-        t0 = time.monotonic()
-        proc = s.cli("up", timeout=1800)
-        assert proc.returncode == 0, proc.stdout + proc.stderr + diagnostics(PROJECT)
-        print(f"hdtslurm up in {time.monotonic() - t0:.0f} s")
-
-        def idle():
-            code, out = s.ctl("sinfo", "-h", "-N", "-o", "%N %t")
-            states = dict(line.split() for line in out.splitlines() if line.strip()) if code == 0 else {}
-            return set(states) == {"c1", "c2"} and all(v in ("idle", "mix", "alloc") for v in states.values())
-
-        s.wait("compute nodes idle", idle, 120)
+    with running(SlurmStack(tmp_path_factory.mktemp("slurmstack"), SITE, SITE_YAML), ["c1", "c2"]) as s:
         yield s
-    finally:
-        tear_down_site(s.site_file, SITE)
 
 
 def _spawn(stack, hub) -> str:
@@ -213,6 +157,8 @@ def test_untracked_servers_are_listed_and_removed_only_on_request(slurm_stack):
     only `orphans remove` cancels / removes them; the tracked server keeps running."""
     url, token = _need_server(slurm_stack)
     tracked = state["job"]
+    # status exits 1 until every service is healthy (the controller may be restarting).
+    slurm_stack.wait("stack healthy", lambda: slurm_stack.cli("status").returncode == 0, 120, every=3)
     res = slurm_stack.container("slurmctld").exec_run(
         ["sbatch", "--parsable", f"--job-name={PROJECT}-nb-ghost", "--time=10", "--wrap", "sleep 600"],
         user="jovyan", workdir="/tmp",
@@ -221,7 +167,7 @@ def test_untracked_servers_are_listed_and_removed_only_on_request(slurm_stack):
     ghost_job = res.output.decode().strip().split(";")[0]
     image = slurm_stack.container("slurm-c1").image
     ghost = slurm_stack.client.containers.run(
-        image, ["sleep", "600"], name=f"{PROJECT}-nb-ghost", detach=True,
+        image, ["600"], entrypoint=["sleep"], name=f"{PROJECT}-nb-ghost", detach=True,
         labels={"hubdeploy.site": SITE, "hubdeploy.user": "ghost"},
     )
     try:

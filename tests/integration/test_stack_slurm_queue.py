@@ -19,16 +19,15 @@ import re
 import tarfile
 import time
 
-import docker
 import pytest
-from stackfixture import diagnostics, free_port, run_5x4, run_cli, tear_down_site, user_session
+from slurmstack import SlurmStack, running
+from stackfixture import run_5x4, user_session
 
 from hubdeploy.smoke.hubclient import HubAPIError, escape_path
 
 pytestmark = pytest.mark.integration
 
 SITE = "hdtqueue"
-PROJECT = f"hubdeploy-{SITE}"
 SITE_YAML = """\
 name: {name}
 public: {{host: 127.0.0.1, port: {port}}}
@@ -62,45 +61,7 @@ LUA = "/etc/slurm/job_submit.lua"
 PENDING = re.compile(r"Slurm job (\d+) is pending \((Resources|Priority)\)")
 
 
-class QueueStack:
-    def __init__(self, root):
-        self.dir = root
-        self.port = free_port()
-        self.site_file = root / "site.yaml"
-        self.site_file.write_text(SITE_YAML.format(name=SITE, port=self.port))
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.client = docker.from_env(timeout=120)
-
-    def cli(self, *args, **kw):
-        return run_cli(self.site_file, *args, **kw)
-
-    def container(self, service: str):
-        found = self.client.containers.list(
-            all=True, filters={"label": [f"com.docker.compose.project={PROJECT}", f"com.docker.compose.service={service}"]}
-        )
-        assert found, f"no container for service {service}"
-        return found[0]
-
-    def ctl(self, *argv: str, user: str = "root") -> tuple[int, str]:
-        """Run a command in the controller's container (as the hub's jobs run: jovyan in /tmp)."""
-        res = self.container("slurmctld").exec_run(list(argv), user=user, workdir="/tmp")
-        return res.exit_code, res.output.decode(errors="replace")
-
-    def jobs(self) -> dict[str, str]:
-        """job id -> 'STATE NAME ACCOUNT' of every pending or running job."""
-        code, out = self.ctl("squeue", "-h", "-o", "%i %T %j %a")
-        assert code == 0, out
-        return {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines() if line.strip()}
-
-    def wait(self, what: str, cond, limit: float, every: float = 1.0):
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            value = cond()
-            if value:
-                return value
-            time.sleep(every)
-        raise AssertionError(f"{what}: not within {limit:.0f} s\n" + diagnostics(PROJECT))
-
+class QueueStack(SlurmStack):
     def put_file(self, path: str, data: bytes) -> None:
         """Replace a file in the controller's container (mode 0644, mtime now, so the lua
         plugin, which reloads its script when the mtime changes, reads the new text)."""
@@ -114,27 +75,9 @@ class QueueStack:
 
 @pytest.fixture(scope="module")
 def queue_stack(tmp_path_factory):
-    try:
-        docker.from_env().ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no engine here"
-        pytest.skip(f"no Docker engine: {exc}")
-    s = QueueStack(tmp_path_factory.mktemp("queuestack"))
-    try:
-        # An interrupted earlier run may have left this project (and its job database).
-        s.cli("down", "--volumes", timeout=300)
-        t0 = time.monotonic()
-        proc = s.cli("up", timeout=1800)
-        assert proc.returncode == 0, proc.stdout + proc.stderr + diagnostics(PROJECT)
-        print(f"{SITE} up in {time.monotonic() - t0:.0f} s")
-
-        def idle():
-            code, out = s.ctl("sinfo", "-h", "-N", "-o", "%N %t")
-            return code == 0 and out.split() == ["c1", "idle"]
-
-        s.wait("compute node idle", idle, 120)
+    stack = QueueStack(tmp_path_factory.mktemp("queuestack"), SITE, SITE_YAML, squeue_format="%T %j %a")
+    with running(stack, ["c1"]) as s:
         yield s
-    finally:
-        tear_down_site(s.site_file, SITE)
 
 
 def _progress_until(hub, user: str, pattern: re.Pattern, limit: float) -> tuple[re.Match, list[str]]:
