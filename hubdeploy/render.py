@@ -229,6 +229,8 @@ def _slurm_backend_config(site: Site) -> dict[str, Any]:
                 "--user", NOTEBOOK_USER, "--workdir", SLURM_WORKDIR, "--",
             ],
             "submit_env_option": "--env",
+            # No login environment to build on the node (see SlurmBackend's export_all).
+            "export_all": True,
             "output": f"{SLURM_WORKDIR}/hubdeploy-slurm-%j.log",
             "prefix": "hubdeploy",
             "site": site.name,

@@ -215,6 +215,13 @@ class SlurmBackend(Backend):
       job's working directory, the submit directory).
     - ``node_python``, ``node_scontrol``: programs on the compute nodes
       (``python3``, ``scontrol``).
+    - ``export_all``: ``--export=ALL,NAME,...`` instead of ``--export=NAME,...``
+      (default false). A bare name list makes Slurm build the user's login environment on
+      the node (an implicit ``--get-user-env``: ``su - user`` there, and slurmd sleeps a
+      whole second whenever that is slow), which a site may want for its modules; with
+      ``ALL`` the job gets the submitting environment instead, with no such round trip.
+      The stack's own cluster sets it (its submitting environment is the controller
+      container's, and its user has no login environment to load).
     - ``env_skip``: variables of the spawner's environment not exported to the job
       (default PATH, PYTHONPATH, VIRTUAL_ENV, CONDA_ROOT, CONDA_DEFAULT_ENV).
     - ``command_timeout`` (s, default 30), ``poll_interval`` (s, default 2),
@@ -338,7 +345,7 @@ class SlurmBackend(Backend):
             f"--job-name={name}",
             f"--output={self.config.get('output', 'hubdeploy-slurm-%j.log')}",
             # NAME list only: the values come from sbatch's environment, not argv.
-            "--export=" + ",".join(sorted(env)) if env else "--export=NONE",
+            export_option(sorted(env), bool(self.config.get("export_all"))),
             "/dev/stdin",
             *spec.cmd,
         ]
@@ -515,6 +522,13 @@ class SlurmBackend(Backend):
             raise BackendError(f"cannot cancel Slurm job {server_id}: {exc}") from None
         if code != 0 and _INVALID_JOB not in err:
             raise BackendError(f"scancel {server_id} failed: {err.strip()[-300:]}")
+
+
+def export_option(names: Sequence[str], export_all: bool) -> str:
+    """sbatch's ``--export``: the names whose values the job gets from sbatch's environment."""
+    if export_all:
+        return "--export=" + ",".join(["ALL", *names])
+    return "--export=" + ",".join(names) if names else "--export=NONE"
 
 
 def parse_job_list(stdout: str, name_prefix: str) -> list[Found]:

@@ -189,6 +189,15 @@ def test_poll_survives_a_bug():
     assert isinstance(run(FakeBackend([RuntimeError("boom")]).poll({"job_id": "7"})), Unknown)
 
 
+def test_export_option_names_or_all():
+    from hubdeploy.backends.slurm import export_option
+
+    assert export_option(["A", "B"], False) == "--export=A,B"  # Slurm builds the login env
+    assert export_option([], False) == "--export=NONE"
+    assert export_option(["A", "B"], True) == "--export=ALL,A,B"
+    assert export_option([], True) == "--export=ALL"
+
+
 # -- start -----------------------------------------------------------------------------
 
 

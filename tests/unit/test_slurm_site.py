@@ -113,6 +113,7 @@ def test_hub_json_slurm_backend_and_profile_section():
     cfg = data["spawner"]["backends"]["slurm"]
     assert cfg["submit_prefix"][:3] == ["python3", "-m", "hubdeploy.hub.dexec"]
     assert cfg["submit_prefix"][-1] == "--" and cfg["submit_env_option"] == "--env"
+    assert cfg["export_all"] is True
     login, compute = data["spawner"]["profiles"]
     assert "slurm" not in login
     s = compute["slurm"]
