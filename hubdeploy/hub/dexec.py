@@ -174,29 +174,43 @@ def _run_unix(path: str, args, env: dict[str, str]) -> int:
         sock, rest = engine.exec_start(exec_id)
     except (EngineError, OSError, ValueError) as exc:
         return _fail(f"{type(exc).__name__}: {exc}")
+    failed = _relay(sock, sock, _frames(sock, rest))
+    if failed is not None:
+        return failed
+    try:
+        return _exit_code(lambda: engine.exec_exit_code(exec_id))
+    except (EngineError, OSError, ValueError) as exc:
+        return _fail(f"{type(exc).__name__}: {exc}")
+
+
+def _relay(raw, closing, frames) -> int | None:
+    """Send our stdin to the command, then EOF, and copy its output frames to ours.
+    None when done; the exit status for a lost connection."""
     try:
         data = _stdin_bytes()
         if data:
-            sock.sendall(data)
+            raw.sendall(data)
         # EOF on the command's stdin (sbatch reads the script until then).
-        sock.shutdown(socket.SHUT_WR)
-        for stream, chunk in _frames(sock, rest):
+        raw.shutdown(socket.SHUT_WR)
+        for stream, chunk in frames:
             out = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
             out.write(chunk)
             out.flush()
     except OSError as exc:
         return _fail(f"connection to the engine lost: {exc}")
     finally:
-        sock.close()
-    # The exit code is set a moment after the stream ends: ask at once, then every 20 ms.
-    try:
-        for _ in range(250):
-            code = engine.exec_exit_code(exec_id)
-            if code is not None:
-                return code
-            time.sleep(0.02)
-    except (EngineError, OSError, ValueError) as exc:
-        return _fail(f"{type(exc).__name__}: {exc}")
+        closing.close()
+    return None
+
+
+def _exit_code(ask) -> int:
+    """The exit status is set a moment after the stream ends: ask at once, then every
+    20 ms (``ask()`` answers None while the command still runs), for 5 s at most."""
+    for _ in range(250):
+        code = ask()
+        if code is not None:
+            return code
+        time.sleep(0.02)
     return _fail("the command's exit status never arrived")
 
 
@@ -223,26 +237,18 @@ def _run_docker_py(args, env: dict[str, str]) -> int:
         sock = api.exec_start(exec_id, socket=True)
     except (docker.errors.DockerException, OSError) as exc:
         return _fail(f"{type(exc).__name__}: {exc}")
-    raw = getattr(sock, "_sock", sock)
-    try:
-        data = _stdin_bytes()
-        if data:
-            raw.sendall(data)
-        raw.shutdown(socket.SHUT_WR)
-        for stream, chunk in frames_iter(sock, False):
-            out = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
-            out.write(chunk)
-            out.flush()
-    except OSError as exc:
-        return _fail(f"connection to the engine lost: {exc}")
-    finally:
-        sock.close()
-    for _ in range(250):
+    failed = _relay(getattr(sock, "_sock", sock), sock, frames_iter(sock, False))
+    if failed is not None:
+        return failed
+
+    def ask() -> int | None:
         info = api.exec_inspect(exec_id)
-        if not info.get("Running") and info.get("ExitCode") is not None:
-            return int(info["ExitCode"])
-        time.sleep(0.02)
-    return _fail("the command's exit status never arrived")
+        return None if info.get("Running") or info.get("ExitCode") is None else int(info["ExitCode"])
+
+    try:
+        return _exit_code(ask)
+    except (docker.errors.DockerException, OSError) as exc:
+        return _fail(f"{type(exc).__name__}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
