@@ -265,9 +265,13 @@ def down(prep: Prepared, *, volumes: bool = False, console=None) -> dict[str, An
     for c in notebook_containers(client, prep.site):
         c.remove(force=True)
         removed.append(c.name)
-    if prep.compose_file.exists():
-        args = ["down", "--remove-orphans", "--timeout", "20"] + (["--volumes"] if volumes else [])
-        engine.compose(prep.project, prep.compose_file, args, capture=True)
+    if not prep.compose_file.exists():
+        # The rendered files are gone (a new checkout, a deleted state directory) but the
+        # project's containers may run: render the same files again (no secrets needed)
+        # so compose finds and removes them, instead of silently leaving them.
+        render.write_files(prep.rendered, prep.files)
+    args = ["down", "--remove-orphans", "--timeout", "20"] + (["--volumes"] if volumes else [])
+    engine.compose(prep.project, prep.compose_file, args, capture=True)
     removed_volumes = []
     if volumes:
         for v in client.volumes.list(filters={"label": f"hubdeploy.site={prep.site.name}"}):

@@ -192,6 +192,29 @@ def test_no_engine_is_a_clear_error(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+def test_down_without_rendered_files_still_removes_the_stack(up_stack, tmp_path):
+    """A new checkout or a deleted state directory: `down` still finds the project's
+    containers (by rendering the same files again) instead of leaving them running."""
+    from stackfixture import run_cli
+
+    from hubdeploy import engine
+
+    client = docker.from_env()
+    image = client.containers.list(filters={"name": f"{up_stack.project}-proxy"})[0].image.tags[0]
+    project = "hubdeploy-hdtdown"
+    other = tmp_path / "elsewhere.yaml"  # the stack as another checkout started it
+    other.write_text(f"services:\n  hub:\n    image: {image}\n    entrypoint: [sleep]\n    command: ['600']\n")
+    engine.compose(project, other, ["up", "-d"], capture=True)
+    try:
+        site = tmp_path / "site.yaml"
+        site.write_text("name: hdtdown\nprofiles: [{name: a, image: base}]\n")
+        proc = run_cli(site, "down", timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}) == []
+    finally:
+        engine.compose(project, other, ["down", "--timeout", "1"], capture=True, check=False)
+
+
 def test_down_leaves_no_container(up_stack):
     _need_server(up_stack)
     client = docker.from_env()
