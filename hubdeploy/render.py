@@ -24,7 +24,7 @@ from ruamel.yaml import YAML
 from hubdeploy import resources
 from hubdeploy.hub.orphans import SCOPES as ORPHANS_SCOPES
 from hubdeploy.hub.orphans import SERVICE as ORPHANS_SERVICE
-from hubdeploy.schema import ProfileSlurm, Site, memory_bytes
+from hubdeploy.schema import SLURM_NAME_PATTERN, ProfileSlurm, Site, memory_bytes
 
 HUB_PORT = 8081
 PROXY_API_PORT = 8001
@@ -304,7 +304,7 @@ def slurm_conf(site: Site) -> bytes:
 def _lua_string(value: str) -> str:
     # Account names are SlurmNames ([A-Za-z0-9_.+-]): nothing in them needs escaping, and
     # this refuses to write anything that would.
-    assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}", value), value
+    assert re.fullmatch(SLURM_NAME_PATTERN, value), value
     return f'"{value}"'
 
 

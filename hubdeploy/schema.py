@@ -363,7 +363,8 @@ class Volume(Closed):
 
 
 # Slurm partition, account and QOS names; the same pattern slurm_script checks again.
-SlurmName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$")]
+SLURM_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$"
+SlurmName = Annotated[str, StringConstraints(pattern=SLURM_NAME_PATTERN)]
 # Slurm durations: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]] (slurm_script.parse_time).
 SlurmTime = Annotated[str, StringConstraints(pattern=r"^(?:\d+-)?\d+(?::\d+){0,2}$")]
 AbsPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./+-]{0,1023}$")]

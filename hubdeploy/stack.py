@@ -177,7 +177,7 @@ def status(prep: Prepared) -> dict[str, Any]:
     running = {s["service"] for s in svcs if s["state"] == "running" and s["health"] in (None, "", "healthy")}
     untracked, untracked_error = None, None
     try:
-        untracked = [r for r in orphans(prep)["servers"] if not r["tracked"]]
+        untracked = [r for r in orphans(prep, client=client)["servers"] if not r["tracked"]]
     except HubdeployError as exc:  # status still reports everything else
         untracked_error = exc.message
     return {
@@ -193,11 +193,11 @@ def status(prep: Prepared) -> dict[str, Any]:
     }
 
 
-def orphans(prep: Prepared, *, remove: tuple[str, ...] = (), remove_all: bool = False) -> dict[str, Any]:
+def orphans(prep: Prepared, *, remove: tuple[str, ...] = (), remove_all: bool = False, client=None) -> dict[str, Any]:
     """The backends' servers, each marked tracked or not by the hub; optionally remove
     untracked ones. Runs :mod:`hubdeploy.hub.orphans` in the hub's container, where the
     backends are configured as the hub uses them (see that module for why)."""
-    client = engine.docker_client()
+    client = client or engine.docker_client()
     hubs = client.containers.list(
         filters={"label": [f"com.docker.compose.project={prep.project}", "com.docker.compose.service=hub"]}
     )

@@ -6,7 +6,9 @@ site selects it by name, as JupyterHub selects spawners by their entry-point nam
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
+from typing import Any
 
 from hubdeploy.backends.base import Backend
 from hubdeploy.errors import SiteError
@@ -38,4 +40,10 @@ def get_backend(name: str) -> type[Backend]:
     return cls
 
 
-__all__ = ["GROUP", "Backend", "UnknownBackend", "get_backend", "installed_backends"]
+def backend_config(base: Mapping[str, Any], profiles: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """A backend's config as the hub builds it: hub.json's config for that backend plus
+    ``allowed_images``, the image references of the site's profiles."""
+    return {**base, "allowed_images": sorted({p["image_ref"] for p in profiles if p.get("image_ref")})}
+
+
+__all__ = ["GROUP", "Backend", "UnknownBackend", "backend_config", "get_backend", "installed_backends"]

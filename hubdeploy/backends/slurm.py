@@ -344,7 +344,7 @@ class SlurmBackend(Backend):
             "--parsable",
             f"--job-name={name}",
             f"--output={self.config.get('output', 'hubdeploy-slurm-%j.log')}",
-            # NAME list only: the values come from sbatch's environment, not argv.
+            # Names only: the values come from sbatch's environment, never from argv.
             export_option(sorted(env), bool(self.config.get("export_all"))),
             "/dev/stdin",
             *spec.cmd,
@@ -504,7 +504,7 @@ class SlurmBackend(Backend):
             raise BackendError(f"cannot list Slurm jobs: {exc}") from None
         if code != 0:
             raise BackendError(f"squeue exited {code}: {err.strip()[-300:]}")
-        return parse_job_list(out, f"{self.name_prefix}-nb-")
+        return parse_job_list(out, names.server_prefix(self.name_prefix))
 
     def server_id(self, state: Mapping[str, Any]) -> str | None:
         return state.get("job_id") or None

@@ -66,14 +66,19 @@ def _check_prefix(prefix: str) -> None:
         raise ValueError(f"name prefix {prefix!r} must match {_PREFIX_RE.pattern}")
 
 
+def server_prefix(prefix: str) -> str:
+    """``{prefix}-nb-``: how every server's container or job name starts."""
+    _check_prefix(prefix)
+    return f"{prefix}-nb-"
+
+
 def container_name(prefix: str, user: str, server: str = "") -> str:
     """``{prefix}-nb-{esc(user)}``, plus ``--{esc(server)}`` for a named server.
 
     At most :data:`MAX_NAME` characters: longer names keep their head and end in ``_`` and
     a sha256 prefix of the full name.
     """
-    _check_prefix(prefix)
-    name = f"{prefix}-nb-{escape(user)}"
+    name = server_prefix(prefix) + escape(user)
     if server:
         name += f"--{escape(server)}"
     return _cap(name)

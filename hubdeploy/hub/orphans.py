@@ -123,12 +123,12 @@ def _hub_json() -> dict[str, Any]:
 
 
 def _backends(hub: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    from hubdeploy.backends import get_backend
+    from hubdeploy.backends import backend_config, get_backend
 
     sp = hub["spawner"]
-    images = sorted({p["image_ref"] for p in sp.get("profiles", []) if p.get("image_ref")})
+    profiles = sp.get("profiles", [])
     configs = {sp["backend"]: sp.get("backend_config") or {}, **(sp.get("backends") or {})}
-    return {name: get_backend(name)({**cfg, "allowed_images": images}) for name, cfg in configs.items()}, sp["backend"]
+    return {name: get_backend(name)(backend_config(cfg, profiles)) for name, cfg in configs.items()}, sp["backend"]
 
 
 def _active_users(hub: Mapping[str, Any]) -> list[dict[str, Any]]:

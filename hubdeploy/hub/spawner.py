@@ -9,7 +9,6 @@ notebooks again. Where and how the process runs is the backend's business.
 from __future__ import annotations
 
 import asyncio
-
 import html
 import json
 import re
@@ -19,7 +18,7 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Dict, List, Unicode, default
 
-from hubdeploy.backends import get_backend
+from hubdeploy.backends import backend_config, get_backend
 from hubdeploy.backends.base import (
     Backend,
     BackendError,
@@ -330,8 +329,7 @@ class HubdeploySpawner(Spawner):
             base = self.backends[name]
         else:
             raise web.HTTPError(500, f"backend {name!r} is not configured (hub.json spawner.backends)")
-        images = sorted({p["image_ref"] for p in self.profiles if p.get("image_ref")})
-        config = {**base, "allowed_images": images}
+        config = backend_config(base, self.profiles)
         key = (name, json.dumps(config, sort_keys=True, default=str))
         if key not in _BACKENDS:
             _BACKENDS[key] = get_backend(name)(config, log=self.log)

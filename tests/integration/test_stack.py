@@ -185,7 +185,7 @@ def test_no_engine_is_a_clear_error(tmp_path):
 
     site = tmp_path / "site.yaml"
     site.write_text("name: hdtnoengine\nprofiles: [{name: a, image: base}]\n")
-    for cmd in (["up"], ["status"], ["down"]):
+    for cmd in (["up"], ["status"], ["down"], ["orphans", "list"]):
         proc = run_cli(site, *cmd, env={"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}, timeout=60)
         assert proc.returncode == 1, (cmd, proc.stderr)
         assert "cannot reach the Docker engine" in proc.stderr
