@@ -32,7 +32,15 @@ from .errors import SiteError
 from .schema import Site
 
 # Paths in the site that name files, relative to the site file's directory.
-FILE_KEYS: tuple[tuple[str, ...], ...] = (("tls", "cert"), ("tls", "key"), ("build", "ca_bundle"))
+FILE_KEYS: tuple[tuple[str, ...], ...] = (
+    ("tls", "cert"),
+    ("tls", "key"),
+    ("build", "ca_bundle"),
+    ("slurm", "submit", "ssh", "known_hosts"),
+    ("slurm", "submit", "ssh", "identity_file"),
+)
+# Files ssh refuses to use when others may read them.
+PRIVATE_FILE_KEYS = {("slurm", "submit", "ssh", "identity_file")}
 
 # A site file is a page or two; the caps stop an alias bomb or a mistaken
 # multi-gigabyte path from eating memory before validation can say no.
@@ -373,12 +381,17 @@ def _check_files(root: CommentedMap, data: Any, site_dir: Path) -> list[tuple[Po
         if not isinstance(value, str):
             continue  # absent, or a type error pydantic already reports
         path = resolve_site_path(site_dir, value)
-        problem = _unreadable(path)
+        problem = _unreadable(path) or (_shared(path) if loc in PRIVATE_FILE_KEYS else None)
         if problem:
             rel = "" if Path(value).is_absolute() else " (relative paths start at the site file's directory)"
             shown = str(path) if str(path).isprintable() else msgs.quote(str(path))
             out.append(_line(root, loc, f"{problem}: {shown}{rel}"))
     return out
+
+
+def _shared(path: Path) -> str | None:
+    mode = path.stat().st_mode & 0o777
+    return f"private key is readable by others (mode {mode:o}; chmod 600)" if mode & 0o077 else None
 
 
 def _unreadable(path: Path) -> str | None:

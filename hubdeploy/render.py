@@ -24,7 +24,8 @@ from ruamel.yaml import YAML
 from hubdeploy import resources
 from hubdeploy.hub.orphans import SCOPES as ORPHANS_SCOPES
 from hubdeploy.hub.orphans import SERVICE as ORPHANS_SERVICE
-from hubdeploy.schema import SLURM_NAME_PATTERN, ProfileSlurm, Site, memory_bytes
+from hubdeploy.schema import SLURM_NAME_PATTERN, ProfileSlurm, Site, SlurmSSH, memory_bytes
+from hubdeploy.secrets import SSH_KEY, ssh_key_generated
 
 HUB_PORT = 8081
 PROXY_API_PORT = 8001
@@ -238,6 +239,8 @@ def _slurm_backend_config(site: Site) -> dict[str, Any]:
     sub = site.slurm.submit
     assert sub is not None
     out: dict[str, Any] = {"prefix": "hubdeploy", "site": site.name}
+    if sub.ssh is not None:
+        out.update(submit_prefix=ssh_argv(sub.ssh), submit_quote=True, submit_env_stdin=True)
     if sub.prefix:
         out["submit_prefix"] = list(sub.prefix)
     if sub.env_option:
@@ -247,6 +250,38 @@ def _slurm_backend_config(site: Site) -> dict[str, Any]:
     if sub.output:
         out["output"] = sub.output
     return out
+
+
+SSH_KNOWN_HOSTS = "/etc/hubdeploy/ssh_known_hosts"
+SSH_IDENTITY = f"/run/secrets/{SSH_KEY}"
+
+
+def ssh_argv(ssh: SlurmSSH) -> list[str]:
+    """The hub's ssh command up to the host: the remote command follows, quoted.
+
+    No user config (``-F /dev/null``) and no prompts (``BatchMode``): a key that is not
+    accepted fails at once with ssh's own message. Only the keys in the site's
+    known_hosts are trusted. Connections are multiplexed (``ControlMaster``) so that the
+    squeue polls of a starting server do not each pay for a handshake.
+    """
+    argv = [
+        "ssh", "-F", "/dev/null", "-T",
+        "-i", SSH_IDENTITY, "-o", "IdentitiesOnly=yes",
+        "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", f"UserKnownHostsFile={SSH_KNOWN_HOSTS}",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        "-o", "ConnectTimeout=10",
+        "-o", "ServerAliveInterval=10",
+        "-o", "ServerAliveCountMax=3",
+        "-o", "ControlMaster=auto",
+        "-o", "ControlPath=/tmp/hubdeploy-ssh-%C",
+        "-o", "ControlPersist=300",
+        "-p", str(ssh.port),
+    ]
+    if ssh.user:
+        argv += ["-l", ssh.user]
+    return [*argv, "--", ssh.host]
 
 
 def slurm_conf(site: Site) -> bytes:
@@ -405,9 +440,16 @@ def _healthcheck(test: list[str]) -> dict[str, Any]:
     return {"test": test, "interval": "5s", "timeout": "5s", "retries": 5, "start_period": "60s"}
 
 
-def compose_data(site: Site, refs: dict[str, str], hashes: dict[str, str], tls: dict[str, str] | None) -> dict:
+def compose_data(
+    site: Site,
+    refs: dict[str, str],
+    hashes: dict[str, str],
+    tls: dict[str, str] | None,
+    ssh_identity: str | None = None,
+) -> dict:
     """The compose document. ``hashes`` are the config hashes of mounted files per service;
-    ``tls`` maps 'cert'/'key' to absolute host paths when TLS is on."""
+    ``tls`` maps 'cert'/'key' to absolute host paths when TLS is on; ``ssh_identity`` is
+    the absolute host path of the site's own SSH key, when it has one."""
     prefix = project_name(site)
     secret_list = lambda names: sorted(names)  # noqa: E731 - compose wants a list
     nets = {
@@ -418,6 +460,16 @@ def compose_data(site: Site, refs: dict[str, str], hashes: dict[str, str], tls: 
     if site.services.idle_culler.enabled:
         hub_secrets.append("service-idle-culler_token")
     hub_secrets += [f"service-{s.name}_token" for s in site.services.extra]
+    hub_volumes = [
+        "./hub/jupyterhub_config.py:/etc/jupyterhub/jupyterhub_config.py:ro",
+        "./hub/hub.json:/etc/hubdeploy/hub.json:ro",
+        "hub-data:/srv/jupyterhub/data",
+        # The docker backend starts login-node notebooks on this engine.
+        "/var/run/docker.sock:/var/run/docker.sock",
+    ]
+    if _submit_ssh(site) is not None:
+        hub_secrets.append(SSH_KEY)
+        hub_volumes.append(f"./hub/ssh_known_hosts:{SSH_KNOWN_HOSTS}:ro")
     volumes: dict[str, Any] = {"hub-data": {"name": f"{prefix}-hub-data"}}
     scheme = "https" if tls else "http"
 
@@ -446,13 +498,7 @@ def compose_data(site: Site, refs: dict[str, str], hashes: dict[str, str], tls: 
             "command": ["jupyterhub", "-f", "/etc/jupyterhub/jupyterhub_config.py"],
             "networks": {"internal": {"aliases": ["hub"]}, "users": {"aliases": ["hub"]}},
             "secrets": secret_list(hub_secrets + (["db_password"] if site.database.type == "postgresql" else [])),
-            "volumes": [
-                "./hub/jupyterhub_config.py:/etc/jupyterhub/jupyterhub_config.py:ro",
-                "./hub/hub.json:/etc/hubdeploy/hub.json:ro",
-                "hub-data:/srv/jupyterhub/data",
-                # The docker backend starts login-node notebooks on this engine.
-                "/var/run/docker.sock:/var/run/docker.sock",
-            ],
+            "volumes": hub_volumes,
             "labels": {"hubdeploy.site": site.name, "hubdeploy.config-hash": hashes["hub"]},
             "healthcheck": _healthcheck(["CMD", "python3", "-c", HUB_HEALTH.format(port=HUB_PORT)]),
             "depends_on": {"proxy": {"condition": "service_healthy"}},
@@ -531,8 +577,16 @@ def compose_data(site: Site, refs: dict[str, str], hashes: dict[str, str], tls: 
         "services": services,
         "networks": nets,
         "volumes": volumes,
-        "secrets": {name: {"file": f"../secrets/{name}"} for name in all_secrets},
+        "secrets": {
+            name: {"file": ssh_identity if name == SSH_KEY and ssh_identity else f"../secrets/{name}"}
+            for name in all_secrets
+        },
     }
+
+
+def _submit_ssh(site: Site) -> SlurmSSH | None:
+    sub = site.slurm.submit if site.slurm is not None else None
+    return sub.ssh if sub is not None else None
 
 
 def _dump_yaml(data: Any) -> bytes:
@@ -560,8 +614,16 @@ def render(site: Site, site_dir: Path, refs: dict[str, str]) -> dict[str, bytes]
         # Hash the certificate, not the key: a renewed cert must recreate the proxy, and the
         # key's bytes never need to enter anything we print.
         tls_bytes = [Path(tls["cert"]).read_bytes(), tls["key"].encode()]
+    hub_files = {"hub/jupyterhub_config.py": hub_config, "hub/hub.json": hub_json}
+    ssh = _submit_ssh(site)
+    ssh_identity = None
+    if ssh is not None:
+        hub_files["hub/ssh_known_hosts"] = (site_dir / ssh.known_hosts).read_bytes()
+        if not ssh_key_generated(site):
+            ssh_identity = str((site_dir / ssh.identity_file).resolve())
     hashes = {
-        "hub": _sha(hub_config, hub_json),
+        # A changed key file recreates the hub only through its path: its bytes stay out.
+        "hub": _sha(*hub_files.values(), *([ssh_identity.encode()] if ssh_identity else [])),
         "proxy": _sha(entry, *tls_bytes),
     }
     slurm_files: dict[str, bytes] = {}
@@ -575,9 +637,8 @@ def render(site: Site, site_dir: Path, refs: dict[str, str]) -> dict[str, bytes]
         hashes["slurm"] = _sha(*(slurm_files[k] for k in sorted(slurm_files)))
     files = {
         **slurm_files,
-        "compose.yaml": _dump_yaml(compose_data(site, refs, hashes, tls)),
-        "hub/jupyterhub_config.py": hub_config,
-        "hub/hub.json": hub_json,
+        "compose.yaml": _dump_yaml(compose_data(site, refs, hashes, tls, ssh_identity)),
+        **hub_files,
         "proxy/entrypoint.sh": entry,
     }
     return files

@@ -470,9 +470,36 @@ class SlurmClusterSpec(Closed):
         return v
 
 
+# A host name or address as ssh takes it (no user@, no options: never starts with '-').
+SSHHost = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:\[\]][A-Za-z0-9_.:\[\]-]{0,252}$")]
+# A POSIX login name (useradd's rule); ssh -l takes it as one word.
+LoginName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_.-]{0,31}$")]
+
+
+class SlurmSSH(Closed):
+    """The hub submits over SSH to a site's login (submit) host as one account.
+
+    The host's key must be in ``known_hosts`` (nothing is trusted on first use). The
+    hub's key is generated once into ``.hubdeploy/secrets/slurm_ssh_key`` (its ``.pub``
+    goes into the account's ``~/.ssh/authorized_keys`` on the host) unless
+    ``identity_file`` names the site's own. The submit account's shell must be POSIX
+    (sh, bash, zsh): the command is quoted for it. The job's variables (the server's API
+    token among them) reach sbatch on the host through ssh's stdin, never through argv.
+    """
+
+    host: SSHHost = Field(description="The submit host, as the hub resolves it.")
+    user: LoginName | None = Field(None, description="Account on the submit host; default: ssh's (root in the hub).")
+    port: int = Field(22, ge=1, le=65535)
+    known_hosts: str = Field(description="File with the submit host's public key(s), known_hosts format.")
+    identity_file: str | None = Field(
+        None, description="The site's own private key (mode 0600); default: a key hubdeploy generates."
+    )
+
+
 class SlurmSubmit(Closed):
     """An existing site's Slurm: how the hub runs sbatch/squeue/scancel there."""
 
+    ssh: SlurmSSH | None = Field(None, description="Submit over SSH to a login host (instead of prefix).")
     prefix: list[str] = Field(
         default_factory=list,
         description="argv before every Slurm command, e.g. [ssh, login1]; empty: the hub image has the client.",
@@ -482,6 +509,12 @@ class SlurmSubmit(Closed):
     )
     quote: bool = Field(False, description="Shell-quote the command after the prefix (ssh).")
     output: str | None = Field(None, description="sbatch --output of notebook jobs.")
+
+    @model_validator(mode="after")
+    def _ssh_alone(self) -> "SlurmSubmit":
+        if self.ssh is not None and (self.prefix or self.env_option or self.quote):
+            raise ValueError("'ssh' builds its own command: leave prefix, env_option and quote unset")
+        return self
 
 
 class SiteSlurm(Closed):

@@ -26,11 +26,47 @@ def secret_names(site) -> list[str]:
     if site.slurm is not None and site.slurm.cluster is not None:
         # Shared by slurmctld and every slurmd (munge authenticates them to each other).
         names.append("munge_key")
+    if ssh_key_generated(site):
+        names.append(SSH_KEY)
     return names
 
 
+SSH_KEY = "slurm_ssh_key"
+
+
+def ssh_key_generated(site) -> bool:
+    """Whether the hub submits over SSH with a key hubdeploy generates (not the site's own)."""
+    sub = site.slurm.submit if site.slurm is not None else None
+    return sub is not None and sub.ssh is not None and sub.ssh.identity_file is None
+
+
+def _ssh_key() -> tuple[bytes, bytes]:
+    """A new ed25519 key: (private key in OpenSSH format, public key line)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return private, public + b" hubdeploy-hub\n"
+
+
+def _new_value(name: str, path: Path) -> bytes:
+    """A secret's first value; an SSH key also leaves its public half beside it (``.pub``)."""
+    if name == SSH_KEY:
+        private, public = _ssh_key()
+        pub = path.with_name(name + ".pub")
+        pub.write_bytes(public)
+        os.chmod(pub, 0o644)
+        return private
+    return _random.token_hex(32).encode()
+
+
 def ensure_secrets(secrets_dir: Path, names: list[str]) -> dict[str, Path]:
-    """Create the missing secrets (32 random bytes, hex) and return name -> path.
+    """Create the missing secrets (32 random bytes, hex; an SSH key pair for
+    ``slurm_ssh_key``) and return name -> path.
 
     Existing files are reused as they are, so cookies and tokens survive every ``up``.
     A file is created with O_EXCL and mode 0600 from the start: there is no moment at
@@ -47,8 +83,8 @@ def ensure_secrets(secrets_dir: Path, names: list[str]) -> dict[str, Path]:
             except FileExistsError:  # raced with another `up`: theirs wins
                 pass
             else:
-                with os.fdopen(fd, "w") as f:
-                    f.write(_random.token_hex(32))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(_new_value(name, path))
                     f.flush()
                     os.fsync(f.fileno())
         mode = path.stat().st_mode & 0o777

@@ -18,7 +18,7 @@ from hubdeploy import engine, images, render
 from hubdeploy.errors import HubdeployError, OperationError, SiteError
 from hubdeploy.loader import load_site
 from hubdeploy.schema import Site
-from hubdeploy.secrets import ensure_secrets, secret_names
+from hubdeploy.secrets import SSH_KEY, ensure_secrets, secret_names, ssh_key_generated
 
 
 @dataclass
@@ -105,7 +105,15 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
             f"port {prep.site.public.port} on {prep.site.public.host} is already in use",
             hint="stop what uses it, or change public.port in the site file",
         )
+    new_key = ssh_key_generated(prep.site) and not (prep.state / "secrets" / SSH_KEY).exists()
     changed = write(prep)
+    if new_key and console:
+        ssh = prep.site.slurm.submit.ssh
+        console.print(
+            f"new SSH key for Slurm submission: add {prep.state / 'secrets' / SSH_KEY}.pub to "
+            f"~{ssh.user or 'root'}/.ssh/authorized_keys on {ssh.host}",
+            markup=False, highlight=False,
+        )
     built = images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
     if console:
         console.print(f"[bold]starting[/] {prep.project}")

@@ -16,7 +16,10 @@ What goes where (see :mod:`hubdeploy.backends.slurm_script`):
   submitting process's environment, never in argv or in the stored script. With a
   ``submit_prefix`` the variables must cross it: ``submit_env_option`` (``"-e"`` for
   ``docker exec``) adds ``-e NAME`` per variable before the prefix's last word, which
-  passes the value from our environment; ``ssh`` needs ``SendEnv``/``AcceptEnv``.
+  passes the value from our environment. ``ssh`` passes no environment (short of
+  ``AcceptEnv`` on the far side), so ``submit_env_stdin`` sends the values as the first
+  lines of stdin instead, read by a fixed ``sh`` program there (:data:`READ_ENV`) that
+  exports them and execs sbatch, whose stdin is then the script.
 
 The node picks its own port and reports it with ``scontrol update Comment=`` (the
 script's first lines); :meth:`SlurmBackend.start` returns Slurm's BatchHost and that
@@ -199,6 +202,28 @@ def validate_state(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Runs on the far side of the prefix (``sh -c READ_ENV sh sbatch ...``): exports the
+# NAME=value lines up to the first empty one, then execs its arguments, which read the
+# rest of stdin. `read` takes one byte at a time from a pipe, so nothing past the empty
+# line is consumed. Fixed text; the values are never parsed as shell.
+READ_ENV = 'while IFS= read -r kv && [ -n "$kv" ]; do export "$kv"; done; exec "$@"'
+
+
+def env_lines(env: Mapping[str, str]) -> bytes:
+    """``NAME=value`` lines and an empty line, as :data:`READ_ENV` reads them."""
+    lines = []
+    for name in sorted(env):
+        value = env[name]
+        if not _ENV_NAME.match(name):
+            raise CommandError(["sbatch"], None, f"variable name {name!r} cannot be passed on")
+        if "\n" in value or "\0" in value:
+            raise CommandError(["sbatch"], None, f"variable {name} has a line break or NUL; it cannot be passed on")
+        lines.append(f"{name}={value}\n")
+    return "".join(lines).encode() + b"\n"
+
+
 class SlurmBackend(Backend):
     """Notebook servers as Slurm jobs (``sbatch``/``squeue``/``scancel``).
 
@@ -210,6 +235,8 @@ class SlurmBackend(Backend):
       (``"-e"`` for ``docker exec``); inserted before the prefix's last word.
     - ``submit_quote``: shell-quote the command after the prefix (``ssh`` runs it through
       the remote shell); default false.
+    - ``submit_env_stdin``: pass the job's variables as ``NAME=value`` lines ahead of the
+      script on stdin (for ``ssh``); default false.
     - ``prefix``: name prefix of job names (default ``hubdeploy``; ``site`` is added when set).
     - ``output``: sbatch ``--output`` (default ``hubdeploy-slurm-%j.log``, relative to the
       job's working directory, the submit directory).
@@ -241,6 +268,7 @@ class SlurmBackend(Backend):
             raise ValueError("slurm backend: submit_prefix must be a list of strings (an argv, no shell)")
         self.submit_prefix: list[str] = prefix
         self.env_option: str | None = self.config.get("submit_env_option")
+        self.env_stdin = bool(self.config.get("submit_env_stdin"))
         if self.env_option and not prefix:
             raise ValueError("slurm backend: submit_env_option needs a submit_prefix")
         self.name_prefix = "-".join(p for p in (self.config.get("prefix") or "hubdeploy", self.config.get("site")) if p)
@@ -255,12 +283,14 @@ class SlurmBackend(Backend):
 
     def _argv(self, argv: Sequence[str], env_names: Sequence[str] = ()) -> list[str]:
         words = list(argv)
+        if env_names and self.env_stdin:
+            words = ["sh", "-c", READ_ENV, "sh", *words]
         if self.config.get("submit_quote"):
             words = [shlex.join(words)]
         if not self.submit_prefix:
             return words
         head, last = self.submit_prefix[:-1], self.submit_prefix[-1:]
-        passes = [w for n in env_names for w in (self.env_option, n)] if self.env_option else []
+        passes = [w for n in env_names for w in (self.env_option, n)] if self.env_option and not self.env_stdin else []
         return [*head, *passes, *last, *words]
 
     async def run(
@@ -277,6 +307,9 @@ class SlurmBackend(Backend):
         in argv.
         """
         full = self._argv(argv, sorted(env or ()))
+        if env and self.env_stdin:
+            stdin = env_lines(env) + (stdin or b"")
+            env = None  # they travel on stdin; ssh itself needs none of them
         try:
             proc = await asyncio.create_subprocess_exec(
                 *full,

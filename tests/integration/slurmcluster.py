@@ -35,6 +35,7 @@ NETWORK = f"{PREFIX}-slurmnet"
 CONTROLLER = f"{PREFIX}-slurmctld"
 NODES = {f"{PREFIX}-c1": 2, f"{PREFIX}-c2": 1}  # NodeName -> CPUs
 ACCOUNT = "hubdeploy"
+LOGIN = f"{PREFIX}-login"  # only when a test starts it (start_login)
 RECIPE = Path(__file__).resolve().parents[2] / "images" / "slurm"
 LABEL = {"hubdeploy.test": "slurm"}
 
@@ -95,6 +96,35 @@ def recipe_hash() -> str:
     for path in sorted(p for p in RECIPE.rglob("*") if p.is_file()):
         h.update(str(path.relative_to(RECIPE)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:12]
+
+
+# The login host: the cluster's image plus sshd. The notebook user jovyan logs in with a
+# key only (no password: '*' is "no password", '!' would lock the account for sshd).
+LOGIN_DOCKERFILE = """\
+ARG BASE
+FROM $BASE
+USER root
+RUN apt-get update && apt-get install -y --no-install-recommends openssh-server \\
+ && rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_*_key* \\
+ && usermod -p '*' jovyan \\
+ && printf 'UsePAM no\\nPasswordAuthentication no\\nKbdInteractiveAuthentication no\\n' \\
+    > /etc/ssh/sshd_config.d/hubdeploy-test.conf
+COPY login.sh /usr/local/bin/hubdeploy-test-login
+ENTRYPOINT ["/usr/local/bin/hubdeploy-test-login"]
+CMD []
+"""
+LOGIN_ENTRY = """\
+#!/bin/sh
+set -eu
+conf=/etc/hubdeploy-slurm
+install -o munge -g munge -m 0400 "$conf/munge.key" /etc/munge/munge.key
+install -o root -g root -m 0644 "$conf/slurm.conf" /etc/slurm/slurm.conf
+install -d -o munge -g munge -m 0755 /run/munge
+runuser -u munge -- /usr/sbin/munged
+install -d -m 0755 /run/sshd
+ssh-keygen -A
+exec /usr/sbin/sshd -D -e
+"""
 
 
 def _tar(files: dict[str, tuple[bytes, int]]) -> bytes:
@@ -161,7 +191,7 @@ class SlurmCluster:
 
     def remove(self) -> None:
         """Remove the cluster's containers and network (whatever exists of them)."""
-        for name in [CONTROLLER, *NODES]:
+        for name in [CONTROLLER, *NODES, LOGIN]:
             try:
                 self.client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
@@ -181,7 +211,7 @@ class SlurmCluster:
             "hubdeploy-slurm/job_submit.lua": (JOB_SUBMIT_LUA.encode(), 0o644),
             "hubdeploy-slurm/munge.key": (secrets.token_bytes(1024), 0o400),
         }
-        archive = _tar(files)
+        archive = self.archive = _tar(files)
         for name, role in [(CONTROLLER, "slurmctld"), *((n, "slurmd") for n in NODES)]:
             c = self.client.containers.create(
                 self.image,
@@ -198,6 +228,52 @@ class SlurmCluster:
         for name in NODES:
             self.containers[name].start()
         self.wait_idle(timeout)
+
+    # -- a login (submit) host: munge, the Slurm client and sshd ------------------------
+
+    def ensure_login_image(self) -> str:
+        tag = f"{PREFIX}/slurm-login:" + hashlib.sha256((self.image + LOGIN_DOCKERFILE + LOGIN_ENTRY).encode()).hexdigest()[:12]
+        try:
+            self.client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        context = _tar({"Dockerfile": (LOGIN_DOCKERFILE.encode(), 0o644), "login.sh": (LOGIN_ENTRY.encode(), 0o755)})
+        self.client.images.build(
+            fileobj=io.BytesIO(context), custom_context=True, tag=tag, buildargs={"BASE": self.image},
+            rm=True, labels=LABEL, timeout=900,
+        )
+        return tag
+
+    def start_login(self, timeout: float = 60) -> str:
+        """Start ``hubdeploy-test-login`` (sshd as a site's submit host); its ed25519 host key."""
+        image = self.ensure_login_image()
+        c = self.client.containers.create(
+            image, name=LOGIN, hostname=LOGIN, network=NETWORK, labels=LABEL, detach=True
+        )
+        c.put_archive("/etc", self.archive)
+        self.containers[LOGIN] = c
+        c.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code, out = self.exec(LOGIN, ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
+            if code == 0 and self.exec(LOGIN, ["scontrol", "ping"])[0] == 0:
+                return out.strip()
+            time.sleep(0.5)
+        self.dump_logs()
+        raise TimeoutError(f"login host not ready after {timeout}s")
+
+    def authorize(self, public_key: str, user: str = "jovyan") -> None:
+        """Put ``public_key`` in ``user``'s authorized_keys on the login host."""
+        code, out = self.exec(LOGIN, ["install", "-d", "-m", "0700", "-o", user, f"/home/{user}/.ssh"])
+        assert code == 0, out
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("authorized_keys")
+            data = public_key.encode()
+            info.size, info.mode, info.uname, info.gname, info.uid, info.gid = len(data), 0o600, user, "users", 1000, 100
+            tar.addfile(info, io.BytesIO(data))
+        self.client.containers.get(LOGIN).put_archive(f"/home/{user}/.ssh", buf.getvalue())
 
     def exec(self, container: str, argv: list[str], user: str = "root") -> tuple[int, str]:
         res = self.client.containers.get(container).exec_run(argv, user=user, demux=False)
@@ -228,7 +304,7 @@ class SlurmCluster:
 
     def dump_logs(self, file=sys.stderr) -> None:
         """Print every container's log tail and the controller's view of nodes and jobs."""
-        for name in [CONTROLLER, *NODES]:
+        for name in [CONTROLLER, *NODES, *([LOGIN] if LOGIN in self.containers else [])]:
             try:
                 c = self.client.containers.get(name)
             except docker.errors.NotFound:

@@ -341,6 +341,11 @@ FULL: dict[str, Any] = {
 }
 # slurm.cluster and slurm.submit exclude each other: the submit level has its own document.
 FULL_SUBMIT: dict[str, Any] = {**FULL, "slurm": {"submit": {"prefix": ["ssh", "login1"]}}}
+# ... and submit.ssh excludes submit.prefix.
+FULL_SSH: dict[str, Any] = {
+    **FULL,
+    "slurm": {"submit": {"ssh": {"host": "login1", "user": "svc", "port": 2222, "known_hosts": "kh"}}},
+}
 LEVELS: list[tuple[Any, ...]] = [
     (),
     ("public",),
@@ -365,10 +370,13 @@ LEVELS: list[tuple[Any, ...]] = [
     ("slurm",),
     ("slurm", "cluster"),
     ("slurm", "submit"),
+    ("slurm", "submit", "ssh"),
 ]
 
 
 def _full_for(level: tuple[Any, ...]) -> dict[str, Any]:
+    if level[:3] == ("slurm", "submit", "ssh"):
+        return FULL_SSH
     return FULL_SUBMIT if level[:2] == ("slurm", "submit") else FULL
 
 
@@ -381,6 +389,7 @@ def _at(data: Any, level: tuple[Any, ...]) -> Any:
 def test_full_site_is_valid_and_levels_cover_every_model() -> None:
     load_site_text(_dump(FULL), "site.yaml")
     load_site_text(_dump(FULL_SUBMIT), "site.yaml")
+    load_site_text(_dump(FULL_SSH), "site.yaml")
     models = {loader_messages.model_at(level) for level in LEVELS}
     assert None not in models
     assert {m.__name__ for m in models} == {"Site", *schema.json_schema()["$defs"]}

@@ -383,6 +383,30 @@ def test_prefix_and_env_passing():
         SlurmBackend({"submit_prefix": "ssh login"})
 
 
+def test_variables_cross_a_shell_prefix_on_stdin_not_argv():
+    # ["sh", "-c"] + one quoted word is what ssh does on the far side ($SHELL -c WORDS).
+    hostile = {
+        "JUPYTERHUB_API_TOKEN": "s3cr3t-token",
+        "A": "x y 'q' \"d\" $(echo pwned) `id`; exit 3",
+        "EMPTY": "",
+    }
+    b = SlurmBackend({"submit_prefix": ["sh", "-c"], "submit_quote": True, "submit_env_stdin": True})
+    program = 'printf "%s|" "$JUPYTERHUB_API_TOKEN" "$A" "$EMPTY" "$1"; cat'
+    argv = ["sh", "-c", program, "x", "arg 'with' $(quotes)"]
+    assert all("s3cr3t" not in w for w in b._argv(argv, sorted(hostile)))
+    code, out, err = run(b.run(argv, stdin=b"#!/bin/bash\nscript\n", env=hostile))
+    assert (code, err) == (0, "")
+    assert out == "s3cr3t-token|" + hostile["A"] + "||arg 'with' $(quotes)|#!/bin/bash\nscript\n"
+    # Without variables the command is run as it is (squeue, scancel).
+    assert b._argv(["squeue", "-h"]) == ["sh", "-c", "squeue -h"]
+
+
+def test_a_variable_with_a_line_break_is_refused_not_split():
+    b = SlurmBackend({"submit_prefix": ["sh", "-c"], "submit_quote": True, "submit_env_stdin": True})
+    with pytest.raises(CommandError, match="line break"):
+        run(b.run(["true"], env={"A": "one\nB=two"}))
+
+
 def test_real_subprocess_runner_timeout_and_missing_program():
     b = SlurmBackend({"command_timeout": 0.5})
     assert run(b.run(["sh", "-c", "echo out; echo err >&2; exit 3"])) == (

@@ -267,3 +267,99 @@ def test_refused_choice_is_a_400_before_start(monkeypatch):
     with pytest.raises(web.HTTPError) as exc:
         asyncio.run(s._run_apply_user_options({"profile": "compute", "partition": "gpu"}))
     assert exc.value.status_code == 400 and "not offered" in exc.value.log_message
+
+
+# -- submit over ssh ----------------------------------------------------------------------
+
+SSH_SITE = SITE.replace(
+    "  cluster: {nodes: 3, cpus: 2, memory: 2G, partitions: [compute, debug]}",
+    "  submit:\n    ssh: {host: login1.example.org, user: svc, port: 2222, known_hosts: kh}",
+)
+
+
+def ssh_site(tmp_path, text=SSH_SITE):
+    (tmp_path / "kh").write_text("[login1.example.org]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample\n")
+    (tmp_path / "site.yaml").write_text(text)
+    from hubdeploy.loader import load_site
+
+    return load_site(tmp_path / "site.yaml")
+
+
+def test_ssh_submit_renders_a_strict_ssh_and_passes_variables_on_stdin(tmp_path):
+    s = ssh_site(tmp_path)
+    cfg = render.hub_data(s, REFS)["spawner"]["backends"]["slurm"]
+    argv = cfg["submit_prefix"]
+    assert argv[0] == "ssh" and argv[-2:] == ["--", "login1.example.org"]
+    pairs = dict(zip(argv, argv[1:]))
+    assert pairs["-p"] == "2222" and pairs["-l"] == "svc" and pairs["-i"] == "/run/secrets/slurm_ssh_key"
+    options = {argv[i + 1] for i, w in enumerate(argv) if w == "-o"}
+    assert {"BatchMode=yes", "StrictHostKeyChecking=yes", "UserKnownHostsFile=/etc/hubdeploy/ssh_known_hosts"} <= options
+    assert cfg["submit_quote"] is True and cfg["submit_env_stdin"] is True and "submit_env_option" not in cfg
+
+    files = render.render(s, tmp_path, REFS)
+    assert files["hub/ssh_known_hosts"] == (tmp_path / "kh").read_bytes()
+    compose = YAML(typ="safe").load(files["compose.yaml"])
+    hub = compose["services"]["hub"]
+    assert "slurm_ssh_key" in hub["secrets"]
+    assert "./hub/ssh_known_hosts:/etc/hubdeploy/ssh_known_hosts:ro" in hub["volumes"]
+    assert compose["secrets"]["slurm_ssh_key"] == {"file": "../secrets/slurm_ssh_key"}
+    assert "slurm_ssh_key" in secret_names(s) and "munge_key" not in secret_names(s)
+
+    # A new host key recreates the hub (its config hash covers the file).
+    before = hub["labels"]["hubdeploy.config-hash"]
+    (tmp_path / "kh").write_text("login1.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOther\n")
+    after = YAML(typ="safe").load(render.render(s, tmp_path, REFS)["compose.yaml"])["services"]["hub"]
+    assert after["labels"]["hubdeploy.config-hash"] != before
+
+
+def test_ssh_submit_with_the_sites_own_key(tmp_path):
+    key = tmp_path / "id_hub"
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nnot a real key\n-----END OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    s = ssh_site(tmp_path, SSH_SITE.replace("known_hosts: kh}", "known_hosts: kh, identity_file: id_hub}"))
+    assert "slurm_ssh_key" not in secret_names(s)  # nothing to generate
+    files = render.render(s, tmp_path, REFS)
+    compose = YAML(typ="safe").load(files["compose.yaml"])
+    assert compose["secrets"]["slurm_ssh_key"] == {"file": str(key.resolve())}
+    assert b"not a real key" not in b"".join(files.values())
+
+
+def test_ssh_key_readable_by_others_is_refused_with_its_line(tmp_path):
+    key = tmp_path / "id_hub"
+    key.write_text("key\n")
+    key.chmod(0o644)
+    with pytest.raises(SiteError) as exc:
+        ssh_site(tmp_path, SSH_SITE.replace("known_hosts: kh}", "known_hosts: kh, identity_file: id_hub}"))
+    assert "slurm.submit.ssh.identity_file: " in str(exc.value)
+    assert "private key is readable by others (mode 644; chmod 600)" in str(exc.value)
+    assert exc.value.exit_code == 2
+
+
+def test_missing_known_hosts_is_a_site_error(tmp_path):
+    (tmp_path / "site.yaml").write_text(SSH_SITE)
+    from hubdeploy.loader import load_site
+
+    with pytest.raises(SiteError) as exc:
+        load_site(tmp_path / "site.yaml")
+    assert "site.yaml:4:60: slurm.submit.ssh.known_hosts: file not found: " in str(exc.value)
+    assert exc.value.exit_code == 2
+
+
+def test_generated_ssh_key_is_owner_only_reused_and_valid(tmp_path):
+    import shutil
+    import stat
+    import subprocess
+
+    from hubdeploy.secrets import ensure_secrets
+
+    paths = ensure_secrets(tmp_path / "secrets", ["slurm_ssh_key"])
+    key, pub = paths["slurm_ssh_key"], tmp_path / "secrets" / "slurm_ssh_key.pub"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_bytes().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert pub.read_text().startswith("ssh-ed25519 ")
+    first = key.read_bytes()
+    ensure_secrets(tmp_path / "secrets", ["slurm_ssh_key"])
+    assert key.read_bytes() == first  # generated once
+    if shutil.which("ssh-keygen"):  # OpenSSH itself derives the same public key
+        derived = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, check=True)
+        assert derived.stdout.split()[:2] == pub.read_text().split()[:2]
