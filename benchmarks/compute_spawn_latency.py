@@ -51,7 +51,7 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from spawn_latency import ADMIN, kernel_round_trip, pct, wait_http
+from spawn_latency import ADMIN, IMPORT_PROBE, SERVER_APP, SINGLEUSER, kernel_round_trip, pct, wait_http
 
 from hubdeploy import stack
 from hubdeploy.backends.slurm_script import JobOptions, job_options
@@ -92,11 +92,6 @@ sys.exit("job %s not running after 120 s" % job)
 
 
 # Why the hub's server starts slower than the floor's on the same node: the hub runs
-# jupyterhub-singleuser (jupyter server plus JupyterHub's extension, which imports much of
-# JupyterHub), the floor plain jupyter server. Measured between runs, so the report can
-# say how much of the difference is that program's own start and not hubdeploy's.
-IMPORT_PROBE = "import sys, time; t = time.perf_counter(); __import__(sys.argv[1]); print(time.perf_counter() - t)"
-SINGLEUSER, SERVER_APP = "jupyterhub.singleuser", "jupyter_server.serverapp"
 
 
 def floor_script(o: JobOptions) -> str:

@@ -31,6 +31,23 @@ from hubdeploy.smoke.kernel import ServerClient
 
 ADMIN = "admin"
 
+# jupyterhub-singleuser (jupyter server plus JupyterHub's extension, which imports much of
+# JupyterHub), the floor plain jupyter server. Measured beside the runs, so the report can
+# say how much of the difference is that program's own start and not hubdeploy's path.
+IMPORT_PROBE = "import sys, time; t = time.perf_counter(); __import__(sys.argv[1]); print(time.perf_counter() - t)"
+SINGLEUSER, SERVER_APP = "jupyterhub.singleuser", "jupyter_server.serverapp"
+
+
+def extra_import(import_seconds, repeat: int = 5) -> float:
+    """p50 of (import SINGLEUSER - import SERVER_APP), each pair timed back to back."""
+    return pct([import_seconds(SINGLEUSER) - import_seconds(SERVER_APP) for _ in range(repeat)], 0.5)
+
+
+def image_import_seconds(client, image: str, module: str) -> float:
+    """How long the image's notebook Python takes to import ``module`` (timed inside)."""
+    out = client.containers.run(image, ["python3", "-c", IMPORT_PROBE, module], remove=True, user="1000")
+    return float(out.decode().split()[-1])
+
 
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
@@ -168,6 +185,7 @@ def main() -> int:
             floor = run_rounds(lambda i: floor_once(client, image, network, prep.project), conc, repeat)
             hub = run_rounds(lambda i: hub_once(api, prep.url, users[i], profile.name), conc, repeat)
             results.append(summary(f"concurrency {conc}", hub, floor))
+        extra = extra_import(lambda m: image_import_seconds(client, image, m))
     finally:
         for u in users:
             try:
@@ -192,6 +210,11 @@ def main() -> int:
             )
         for f in r["hub_failures"] + r["floor_failures"]:
             print(f"{r['case']:>15} failure: {f}")
+    ready = results[0]["ready"]
+    print(f"jupyterhub-singleuser's extra import over jupyter server (same image): p50 {extra:.2f}s "
+          f"of the {ready['hub_p50'] - ready['floor_p50']:+.2f}s between hub and floor at p50")
+    results.append({"case": "singleuser_extra_import", "p50": round(extra, 3),
+                    "note": f"import {SINGLEUSER} minus import {SERVER_APP} in the profile's image"})
     target = results[0]["ready"]["ratio_p50"]
     print(f"target: p50 within 1.3x of the floor at concurrency 1 -> {target:.2f}x "
           f"({'met' if target <= 1.3 else 'not met'})")
