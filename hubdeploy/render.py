@@ -22,6 +22,7 @@ from typing import Any
 from ruamel.yaml import YAML
 
 from hubdeploy import resources
+from hubdeploy.hub.dexec import UNREACHABLE as DEXEC_UNREACHABLE
 from hubdeploy.hub.orphans import SCOPES as ORPHANS_SCOPES
 from hubdeploy.hub.orphans import SERVICE as ORPHANS_SERVICE
 from hubdeploy.schema import SLURM_NAME_PATTERN, ProfileSlurm, Site, SlurmSSH, memory_bytes
@@ -230,6 +231,7 @@ def _slurm_backend_config(site: Site) -> dict[str, Any]:
                 "--user", NOTEBOOK_USER, "--workdir", SLURM_WORKDIR, "--",
             ],
             "submit_env_option": "--env",
+            "submit_unreachable_code": DEXEC_UNREACHABLE,
             # No login environment to build on the node (see SlurmBackend's export_all).
             "export_all": True,
             "output": f"{SLURM_WORKDIR}/hubdeploy-slurm-%j.log",
@@ -240,7 +242,8 @@ def _slurm_backend_config(site: Site) -> dict[str, Any]:
     assert sub is not None
     out: dict[str, Any] = {"prefix": "hubdeploy", "site": site.name}
     if sub.ssh is not None:
-        out.update(submit_prefix=ssh_argv(sub.ssh), submit_quote=True, submit_env_stdin=True)
+        out.update(submit_prefix=ssh_argv(sub.ssh), submit_quote=True, submit_env_stdin=True,
+                   submit_unreachable_code=255)
     if sub.prefix:
         out["submit_prefix"] = list(sub.prefix)
     if sub.env_option:
@@ -278,10 +281,10 @@ def ssh_argv(ssh: SlurmSSH) -> list[str]:
         "-o", "ControlPath=/tmp/hubdeploy-ssh-%C",
         "-o", "ControlPersist=300",
         "-p", str(ssh.port),
+        "-l", ssh.user,
+        "--", ssh.host,
     ]
-    if ssh.user:
-        argv += ["-l", ssh.user]
-    return [*argv, "--", ssh.host]
+    return argv
 
 
 def slurm_conf(site: Site) -> bytes:
@@ -467,7 +470,7 @@ def compose_data(
         # The docker backend starts login-node notebooks on this engine.
         "/var/run/docker.sock:/var/run/docker.sock",
     ]
-    if _submit_ssh(site) is not None:
+    if site.submit_ssh is not None:
         hub_secrets.append(SSH_KEY)
         hub_volumes.append(f"./hub/ssh_known_hosts:{SSH_KNOWN_HOSTS}:ro")
     volumes: dict[str, Any] = {"hub-data": {"name": f"{prefix}-hub-data"}}
@@ -584,11 +587,6 @@ def compose_data(
     }
 
 
-def _submit_ssh(site: Site) -> SlurmSSH | None:
-    sub = site.slurm.submit if site.slurm is not None else None
-    return sub.ssh if sub is not None else None
-
-
 def _dump_yaml(data: Any) -> bytes:
     import io
 
@@ -615,7 +613,7 @@ def render(site: Site, site_dir: Path, refs: dict[str, str]) -> dict[str, bytes]
         # key's bytes never need to enter anything we print.
         tls_bytes = [Path(tls["cert"]).read_bytes(), tls["key"].encode()]
     hub_files = {"hub/jupyterhub_config.py": hub_config, "hub/hub.json": hub_json}
-    ssh = _submit_ssh(site)
+    ssh = site.submit_ssh
     ssh_identity = None
     if ssh is not None:
         hub_files["hub/ssh_known_hosts"] = (site_dir / ssh.known_hosts).read_bytes()

@@ -488,7 +488,7 @@ class SlurmSSH(Closed):
     """
 
     host: SSHHost = Field(description="The submit host, as the hub resolves it.")
-    user: LoginName | None = Field(None, description="Account on the submit host; default: ssh's (root in the hub).")
+    user: LoginName = Field(description="The account on the submit host whose jobs the notebooks are.")
     port: int = Field(22, ge=1, le=65535)
     known_hosts: str = Field(description="File with the submit host's public key(s), known_hosts format.")
     identity_file: str | None = Field(
@@ -544,6 +544,12 @@ class Site(Closed):
     images: Images = Field(default_factory=Images)
     slurm: SiteSlurm | None = Field(None, description="Slurm for compute profiles.")
     profiles: list[Profile] = Field(min_length=1)
+
+    @property
+    def submit_ssh(self) -> SlurmSSH | None:
+        """The ssh settings when compute jobs go to the site's own Slurm over ssh."""
+        sub = self.slurm.submit if self.slurm is not None else None
+        return sub.ssh if sub is not None else None
 
     @model_validator(mode="after")
     def _profiles(self) -> "Site":

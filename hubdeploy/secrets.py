@@ -36,8 +36,7 @@ SSH_KEY = "slurm_ssh_key"
 
 def ssh_key_generated(site) -> bool:
     """Whether the hub submits over SSH with a key hubdeploy generates (not the site's own)."""
-    sub = site.slurm.submit if site.slurm is not None else None
-    return sub is not None and sub.ssh is not None and sub.ssh.identity_file is None
+    return site.submit_ssh is not None and site.submit_ssh.identity_file is None
 
 
 def _ssh_key() -> tuple[bytes, bytes]:

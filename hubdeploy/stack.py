@@ -108,10 +108,10 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
     new_key = ssh_key_generated(prep.site) and not (prep.state / "secrets" / SSH_KEY).exists()
     changed = write(prep)
     if new_key and console:
-        ssh = prep.site.slurm.submit.ssh
+        ssh = prep.site.submit_ssh
         console.print(
             f"new SSH key for Slurm submission: add {prep.state / 'secrets' / SSH_KEY}.pub to "
-            f"~{ssh.user or 'root'}/.ssh/authorized_keys on {ssh.host}",
+            f"~{ssh.user}/.ssh/authorized_keys on {ssh.host}",
             markup=False, highlight=False,
         )
     built = images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)

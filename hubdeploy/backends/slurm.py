@@ -54,6 +54,7 @@ from hubdeploy.backends.base import (
     Unknown,
 )
 from hubdeploy.backends.slurm_script import (
+    ENV_NAME,
     OptionError,
     job_options,
     parse_port_comment,
@@ -202,8 +203,6 @@ def validate_state(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
 # Runs on the far side of the prefix (``sh -c READ_ENV sh sbatch ...``): exports the
 # NAME=value lines up to the first empty one, then execs its arguments, which read the
 # rest of stdin. `read` takes one byte at a time from a pipe, so nothing past the empty
@@ -216,7 +215,7 @@ def env_lines(env: Mapping[str, str]) -> bytes:
     lines = []
     for name in sorted(env):
         value = env[name]
-        if not _ENV_NAME.match(name):
+        if not ENV_NAME.match(name):
             raise CommandError(["sbatch"], None, f"variable name {name!r} cannot be passed on")
         if "\n" in value or "\0" in value:
             raise CommandError(["sbatch"], None, f"variable {name} has a line break or NUL; it cannot be passed on")
@@ -237,6 +236,9 @@ class SlurmBackend(Backend):
       the remote shell); default false.
     - ``submit_env_stdin``: pass the job's variables as ``NAME=value`` lines ahead of the
       script on stdin (for ``ssh``); default false.
+    - ``submit_unreachable_code``: the exit status with which the prefix itself says it
+      could not get through (ssh 255, dexec 125): a failed submit then reads "cannot
+      reach Slurm", not "Slurm refused the job" (poll reads every failure as unknown).
     - ``prefix``: name prefix of job names (default ``hubdeploy``; ``site`` is added when set).
     - ``output``: sbatch ``--output`` (default ``hubdeploy-slurm-%j.log``, relative to the
       job's working directory, the submit directory).
@@ -269,6 +271,7 @@ class SlurmBackend(Backend):
         self.submit_prefix: list[str] = prefix
         self.env_option: str | None = self.config.get("submit_env_option")
         self.env_stdin = bool(self.config.get("submit_env_stdin"))
+        self.unreachable_code = self.config.get("submit_unreachable_code")
         if self.env_option and not prefix:
             raise ValueError("slurm backend: submit_env_option needs a submit_prefix")
         self.name_prefix = "-".join(p for p in (self.config.get("prefix") or "hubdeploy", self.config.get("site")) if p)
@@ -390,6 +393,8 @@ class SlurmBackend(Backend):
             raise BackendError(f"cannot submit to Slurm: {exc}") from None
         if code != 0:
             state["phase"] = "failed"
+            if code == self.unreachable_code:
+                raise BackendError(f"cannot reach Slurm to submit (exit {code}): {err.strip()[-300:]}")
             raise BackendError(f"Slurm refused the job: {sbatch_message(err)}")
         job_id = out.strip().splitlines()[-1].split(";")[0] if out.strip() else ""
         if not _JOB_ID.match(job_id):

@@ -45,7 +45,7 @@ _CONSTRAINT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.&|,-]{0,255}$")
 _GRES = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_:.,-]{0,255}$")
 _PATH = re.compile(r"^/[A-Za-z0-9_./+-]{0,1023}$")
 _IMAGE = re.compile(r"^[A-Za-z0-9_/][A-Za-z0-9_./:@+-]{0,511}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _PROGRAM = re.compile(r"^[A-Za-z0-9_./+-]{1,1024}$")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
@@ -185,7 +185,7 @@ def job_options(profile: Mapping[str, Any], export: Sequence[str] = (), **node: 
         if not isinstance(p, str) or not _PATH.match(p):
             raise OptionError(f"slurm.path_prepend entry {p!r} is not an absolute path")
     for n in export:
-        if not _ENV_NAME.match(n):
+        if not ENV_NAME.match(n):
             raise OptionError(f"environment variable name {n!r} cannot be exported")
     for key, program in node.items():
         if not _PROGRAM.match(program):

@@ -277,6 +277,18 @@ def test_start_failures_are_backend_errors(outcomes, message):
     assert state["phase"] == "failed"
 
 
+def test_a_submit_path_that_cannot_get_through_is_not_slurms_refusal():
+    # ssh's own failure (255): the login host refused the key, or cannot be reached.
+    b = FakeBackend([(255, "", "jovyan@login1: Permission denied (publickey).\n")], submit_unreachable_code=255)
+    with pytest.raises(BackendError) as err:
+        run(b.start(SPEC, {}))
+    assert str(err.value) == "cannot reach Slurm to submit (exit 255): jovyan@login1: Permission denied (publickey)."
+    # Without the setting (or with another code) sbatch's failure reads as Slurm's answer.
+    b = FakeBackend([(1, "", "sbatch: error: Invalid account\n")], submit_unreachable_code=255)
+    with pytest.raises(BackendError, match="Slurm refused the job: Invalid account"):
+        run(b.start(SPEC, {}))
+
+
 def test_start_refuses_bad_profile_before_slurm():
     b = FakeBackend([])
     spec = ServerSpec(user="u", server_name="", profile={**PROFILE, "slurm": {"partition": "a b"}})

@@ -113,6 +113,7 @@ def test_hub_json_slurm_backend_and_profile_section():
     cfg = data["spawner"]["backends"]["slurm"]
     assert cfg["submit_prefix"][:3] == ["python3", "-m", "hubdeploy.hub.dexec"]
     assert cfg["submit_prefix"][-1] == "--" and cfg["submit_env_option"] == "--env"
+    assert cfg["submit_unreachable_code"] == 125  # dexec: the controller's container is not there
     assert cfg["export_all"] is True
     login, compute = data["spawner"]["profiles"]
     assert "slurm" not in login
@@ -295,6 +296,7 @@ def test_ssh_submit_renders_a_strict_ssh_and_passes_variables_on_stdin(tmp_path)
     options = {argv[i + 1] for i, w in enumerate(argv) if w == "-o"}
     assert {"BatchMode=yes", "StrictHostKeyChecking=yes", "UserKnownHostsFile=/etc/hubdeploy/ssh_known_hosts"} <= options
     assert cfg["submit_quote"] is True and cfg["submit_env_stdin"] is True and "submit_env_option" not in cfg
+    assert cfg["submit_unreachable_code"] == 255
 
     files = render.render(s, tmp_path, REFS)
     assert files["hub/ssh_known_hosts"] == (tmp_path / "kh").read_bytes()
@@ -363,3 +365,10 @@ def test_generated_ssh_key_is_owner_only_reused_and_valid(tmp_path):
     if shutil.which("ssh-keygen"):  # OpenSSH itself derives the same public key
         derived = subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True, text=True, check=True)
         assert derived.stdout.split()[:2] == pub.read_text().split()[:2]
+
+
+def test_ssh_needs_the_submit_account(tmp_path):
+    with pytest.raises(SiteError) as exc:
+        ssh_site(tmp_path, SSH_SITE.replace("user: svc, ", ""))
+    assert "slurm.submit.ssh.user: required key is missing" in str(exc.value)
+    assert exc.value.exit_code == 2
