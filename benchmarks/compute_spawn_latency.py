@@ -55,8 +55,8 @@ from spawn_latency import ADMIN, IMPORT_PROBE, SERVER_APP, SINGLEUSER, kernel_ro
 
 from hubdeploy import stack
 from hubdeploy.backends.slurm_script import JobOptions, job_options
-from hubdeploy.hub.names import home_volume
-from hubdeploy.render import NOTEBOOK_USER, SLURM_WORKDIR
+from hubdeploy.contract.names import home_volume
+from hubdeploy.contract.layout import NOTEBOOK_USER, SLURM_WORKDIR
 from hubdeploy.smoke.hubclient import HubAPIError, HubClient
 
 TARGET_S = 1.5

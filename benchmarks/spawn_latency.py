@@ -25,7 +25,7 @@ import docker
 import requests
 
 from hubdeploy import stack
-from hubdeploy.hub.names import home_volume
+from hubdeploy.contract.names import home_volume
 from hubdeploy.smoke.hubclient import HubClient
 from hubdeploy.smoke.kernel import ServerClient
 

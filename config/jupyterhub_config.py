@@ -1,7 +1,7 @@
 # JupyterHub configuration for hubdeploy. Static: the same file for every site.
 #
-# Everything site-specific comes from hub.json, which `hubdeploy render` writes
-# (docs/design.md, "hub.json"); secrets come from files under /run/secrets, never from
+# Everything site-specific comes from hub.json, which `hubdeploy render` writes; its shape
+# is hubdeploy.contract.hubjson, shared with the renderer. Secrets come from files under /run/secrets, never from
 # hub.json, compose.yaml or the environment. The site's pass-through `config` is applied
 # last, so a site can override any value set here.
 #
@@ -10,15 +10,14 @@
 # entry-point name resolves to, without importing it here; a site that needs the
 # class-specific section can still use the pass-through (e.g. `GitHubOAuthenticator`).
 
-import json
-import os
 from pathlib import Path
+
+from hubdeploy.contract import hubjson
 
 # get_config is provided by traitlets when it loads this file.
 c = get_config()  # noqa: F821
 
-HUB_JSON = os.environ.get("HUBDEPLOY_HUB_JSON", "/etc/hubdeploy/hub.json")
-hub = json.loads(Path(HUB_JSON).read_text(encoding="utf-8"))
+hub = hubjson.load()
 
 
 def read_secret(path):

@@ -29,7 +29,7 @@ def docker_client():
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise OperationError(
             f"cannot reach the Docker engine at {host}: {type(exc).__name__}",
-            hint="start it (on Debian: `make engine`, or `dockerd &`), or set DOCKER_HOST",
+            hint="start it (on Debian: `scripts/host-setup.sh`, or `dockerd &`), or set DOCKER_HOST",
         ) from None
     return client
 

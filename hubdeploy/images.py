@@ -134,7 +134,9 @@ def _read_ca(site: Site, site_dir: Path) -> bytes | None:
 # What of hubdeploy runs inside the hub: the spawner, the backends, the proxy class and the
 # secret wrapper. Only these files enter the hub image (and its tag), so a change to the
 # CLI, the renderer or the docs does not rebuild and restart every site's hub.
-HUB_SOURCES = ("hubdeploy/__init__.py", "hubdeploy/errors.py", "hubdeploy/hub", "hubdeploy/backends")
+HUB_SOURCES = ("hubdeploy/__init__.py", "hubdeploy/errors.py", "hubdeploy/contract", "hubdeploy/hub",
+               "hubdeploy/backends")
+HUB_PACKAGES = ("hubdeploy", "hubdeploy.contract", "hubdeploy.hub", "hubdeploy.backends")
 HUB_ENTRY_POINT_GROUPS = ("hubdeploy.backends", "jupyterhub.spawners")
 
 
@@ -150,7 +152,7 @@ def _hubdeploy_source() -> dict[str, bytes]:
     lines = [
         "[build-system]", 'requires = ["setuptools>=68"]', 'build-backend = "setuptools.build_meta"', "",
         "[project]", 'name = "hubdeploy"', f'version = "{project["version"]}"', "",
-        "[tool.setuptools]", 'packages = ["hubdeploy", "hubdeploy.hub", "hubdeploy.backends"]', "",
+        "[tool.setuptools]", f"packages = {json.dumps(list(HUB_PACKAGES))}", "",
     ]
     for group in HUB_ENTRY_POINT_GROUPS:
         lines.append(f'[project.entry-points."{group}"]')
@@ -295,7 +297,7 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
         add(name, "collaboration/Dockerfile.j2", img.parent, plans[img.parent].ref, {**extra, **kfiles},
             kernel_meta[name], apt=apt, pip=bool(img.pip), **kctx)
 
-    hub_reqs = ["setuptools>=68", "wheel", f"jupyterhub=={version}", "dockerspawner", "jupyterhub-idle-culler",
+    hub_reqs = ["setuptools>=68", "wheel", f"jupyterhub=={version}", "jupyterhub-idle-culler",
                 *site.hub.authenticator.packages]
     if site.database.type == "postgresql":
         hub_reqs.append("psycopg2-binary")

@@ -25,28 +25,20 @@ from pydantic import (
     model_validator,
 )
 
-# An environment variable name, as a POSIX shell accepts it.
-EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+from hubdeploy.contract.services import RESERVED_NAMES
+from hubdeploy.contract.values import ENV_NAME_PATTERN, MEMORY_PATTERN, SLURM_NAME_PATTERN, SLURM_TIME_PATTERN
+
+EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
 # Names end up in container, volume, network and image names: keep them to the
 # characters every one of those accepts, and short enough to leave room for suffixes.
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z](?:[a-z0-9-]{0,29}[a-z0-9])?$")]
-# Memory sizes as Docker and Slurm both understand them: 512M, 2G, 1.5G.
-MEMORY_RE = re.compile(r"^(\d+(\.\d+)?)([KMGT])$")
-Memory = Annotated[str, StringConstraints(pattern=MEMORY_RE.pattern)]
+Memory = Annotated[str, StringConstraints(pattern=MEMORY_PATTERN)]
 # A trait-section name such as "JupyterHub" or "Spawner".
 TraitSection = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 # pip requirement or Debian package: no options, no URLs with spaces, no shell.
 Package = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+\-\[\],<>=!~*]*$")]
 # A username allowed for admin_users; anything printable except whitespace and '/'.
 Username = Annotated[str, StringConstraints(pattern=r"^[^\s/]{1,255}$")]
-
-
-def memory_bytes(value: str) -> int:
-    """``"2G"`` -> 2147483648. The schema already guarantees the format."""
-    m = MEMORY_RE.match(value)
-    assert m, value
-    scale = {"K": 1, "M": 2, "G": 3, "T": 4}[m.group(3)]
-    return int(float(m.group(1)) * 1024**scale)
 
 
 class SiteValueError(ValueError):
@@ -169,8 +161,9 @@ class Services(Closed):
         problems: list[tuple[tuple[str | int, ...], str]] = []
         first: dict[str, int] = {}
         for j, s in enumerate(v):
-            if s.name in {"idle-culler", "hubdeploy-smoke"}:
-                problems.append(((j, "name"), f"service name {s.name!r} is reserved"))
+            if s.name in RESERVED_NAMES:
+                problems.append(((j, "name"), f"service name {s.name!r} is reserved for hubdeploy's own "
+                                 f"service (reserved: {', '.join(sorted(RESERVED_NAMES))})"))
             elif s.name in first:
                 problems.append(((j, "name"), f"duplicate service name {s.name!r} (first: extra[{first[s.name]}])"))
             else:
@@ -362,11 +355,8 @@ class Volume(Closed):
         return v
 
 
-# Slurm partition, account and QOS names; the same pattern slurm_script checks again.
-SLURM_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,63}$"
 SlurmName = Annotated[str, StringConstraints(pattern=SLURM_NAME_PATTERN)]
-# Slurm durations: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]] (slurm_script.parse_time).
-SlurmTime = Annotated[str, StringConstraints(pattern=r"^(?:\d+-)?\d+(?::\d+){0,2}$")]
+SlurmTime = Annotated[str, StringConstraints(pattern=SLURM_TIME_PATTERN)]
 AbsPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./+-]{0,1023}$")]
 
 
@@ -626,7 +616,7 @@ def json_schema() -> dict[str, Any]:
 def _close_pattern_maps(node: Any) -> Any:
     # pydantic describes dict[Name, X] as patternProperties alone, which in JSON Schema
     # lets any key that misses the pattern through; the model rejects those keys, so
-    # say so, or an editor would accept what `hubdeploy check` refuses.
+    # say so, or an editor would accept what `hubdeploy validate` refuses.
     if isinstance(node, dict):
         if "patternProperties" in node and "additionalProperties" not in node:
             node["additionalProperties"] = False

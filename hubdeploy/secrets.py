@@ -12,26 +12,24 @@ import os
 import secrets as _random
 from pathlib import Path
 
+from hubdeploy.contract.layout import COOKIE_SECRET, DB_PASSWORD, MUNGE_KEY, PROXY_TOKEN, SSH_KEY, service_token
+from hubdeploy.contract.services import builtin_services
 from hubdeploy.errors import OperationError
 
 
 def secret_names(site) -> list[str]:
     """Every secret a site's stack needs, in a stable order."""
-    names = ["cookie_secret", "proxy_token", "service-hubdeploy-smoke_token", "service-hubdeploy-cli_token"]
-    if site.services.idle_culler.enabled:
-        names.append("service-idle-culler_token")
-    names += [f"service-{s.name}_token" for s in site.services.extra]
+    names = [COOKIE_SECRET, PROXY_TOKEN]
+    names += [s.secret for s in builtin_services(site.services.idle_culler.enabled)]
+    names += [service_token(s.name) for s in site.services.extra]
     if site.database.type == "postgresql":
-        names.append("db_password")
+        names.append(DB_PASSWORD)
     if site.slurm is not None and site.slurm.cluster is not None:
         # Shared by slurmctld and every slurmd (munge authenticates them to each other).
-        names.append("munge_key")
+        names.append(MUNGE_KEY)
     if ssh_key_generated(site):
         names.append(SSH_KEY)
     return names
-
-
-SSH_KEY = "slurm_ssh_key"
 
 
 def ssh_key_generated(site) -> bool:

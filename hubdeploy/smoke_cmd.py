@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hubdeploy import stack
+from hubdeploy.contract.services import SMOKE
 from hubdeploy.secrets import read_secret
 
 FORM_AUTHENTICATORS = {"dummy", "jupyterhub.auth.DummyAuthenticator"}
@@ -37,7 +38,7 @@ def smoke(site_file: Path, *, throwaway: bool = False, profiles: list[str] | Non
             prep.url,
             profiles=profiles or known,
             password=password,
-            service_token=read_secret(prep.state / "secrets", "service-hubdeploy-smoke_token"),
+            service_token=read_secret(prep.state / "secrets", SMOKE.secret),
             timeout=timeout,
             console=console,
             verify=verify,

@@ -15,10 +15,20 @@ from pathlib import Path
 from typing import Any
 
 from hubdeploy import engine, images, render
+from hubdeploy.contract.layout import (
+    HUB_SERVICE,
+    LABEL_PROFILE,
+    LABEL_SERVER,
+    LABEL_SITE,
+    LABEL_USER,
+    PROXY_SERVICE,
+    SSH_KEY,
+    project_name,
+)
 from hubdeploy.errors import HubdeployError, OperationError, SiteError
 from hubdeploy.loader import load_site
 from hubdeploy.schema import Site
-from hubdeploy.secrets import SSH_KEY, ensure_secrets, secret_names, ssh_key_generated
+from hubdeploy.secrets import ensure_secrets, secret_names, ssh_key_generated
 
 
 @dataclass
@@ -44,7 +54,7 @@ class Prepared:
 
     @property
     def project(self) -> str:
-        return render.project_name(self.site)
+        return project_name(self.site.name)
 
     @property
     def url(self) -> str:
@@ -82,7 +92,7 @@ def _port_free(host: str, port: int) -> bool:
 
 def _our_proxy_running(client, prep: Prepared) -> bool:
     found = client.containers.list(
-        filters={"label": [f"com.docker.compose.project={prep.project}", "com.docker.compose.service=proxy"]}
+        filters={"label": [f"com.docker.compose.project={prep.project}", f"com.docker.compose.service={PROXY_SERVICE}"]}
     )
     return bool(found)
 
@@ -161,7 +171,7 @@ def services(prep: Prepared) -> list[dict[str, Any]]:
 def notebook_containers(client, site: Site) -> list:
     """Containers the backends started for this site (login-node notebooks)."""
     return client.containers.list(
-        all=True, filters={"label": [f"hubdeploy.site={site.name}", "hubdeploy.user"]}
+        all=True, filters={"label": [f"{LABEL_SITE}={site.name}", LABEL_USER]}
     )
 
 
@@ -174,9 +184,9 @@ def status(prep: Prepared) -> dict[str, Any]:
         labels = c.labels
         servers.append(
             {
-                "user": labels.get("hubdeploy.user"),
-                "server": labels.get("hubdeploy.server", ""),
-                "profile": labels.get("hubdeploy.profile"),
+                "user": labels.get(LABEL_USER),
+                "server": labels.get(LABEL_SERVER, ""),
+                "profile": labels.get(LABEL_PROFILE),
                 "container": c.name,
                 "state": c.status,
             }
@@ -207,7 +217,7 @@ def orphans(prep: Prepared, *, remove: tuple[str, ...] = (), remove_all: bool = 
     backends are configured as the hub uses them (see that module for why)."""
     client = client or engine.docker_client()
     hubs = client.containers.list(
-        filters={"label": [f"com.docker.compose.project={prep.project}", "com.docker.compose.service=hub"]}
+        filters={"label": [f"com.docker.compose.project={prep.project}", f"com.docker.compose.service={HUB_SERVICE}"]}
     )
     if not hubs:
         raise OperationError(f"the hub of site {prep.site.name} is not running", hint="hubdeploy up")
@@ -282,7 +292,7 @@ def down(prep: Prepared, *, volumes: bool = False, console=None) -> dict[str, An
     engine.compose(prep.project, prep.compose_file, args, capture=True)
     removed_volumes = []
     if volumes:
-        for v in client.volumes.list(filters={"label": f"hubdeploy.site={prep.site.name}"}):
+        for v in client.volumes.list(filters={"label": f"{LABEL_SITE}={prep.site.name}"}):
             v.remove(force=True)
             removed_volumes.append(v.name)
     return {"site": prep.site.name, "removed_servers": removed, "removed_volumes": removed_volumes}

@@ -30,9 +30,13 @@ from __future__ import annotations
 
 import abc
 import logging
+import types
+import typing
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypeVar
+
+from hubdeploy.contract.layout import NOTEBOOK_PORT
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class ServerSpec:
     profile: Mapping[str, Any]
     env: Mapping[str, str] = field(default_factory=dict)
     cmd: list[str] = field(default_factory=lambda: ["jupyterhub-singleuser"])
-    port: int = 8888
+    port: int = NOTEBOOK_PORT
 
     def __repr__(self) -> str:  # keep the API token out of logs and tracebacks
         return (
@@ -109,15 +113,84 @@ class BackendError(Exception):
     """
 
 
+# kw_only: a subclass adds required fields after the base class's defaults.
+@dataclass(frozen=True, kw_only=True)
+class BackendConfig:
+    """The keys every backend's config has; a backend subclasses it and adds its own
+    fields (with defaults, or without for required keys). Closed: :func:`parse_config`
+    refuses a key no field declares, so a misspelt key is an error, not a silent default."""
+
+    # The image references of the site's profiles (added by the spawner): a backend
+    # starts only these.
+    allowed_images: tuple[str, ...] = ()
+
+
+C = TypeVar("C", bound=BackendConfig)
+
+
+def parse_config(cls: type[C], data: Mapping[str, Any], backend: str) -> C:
+    """``data`` as a ``cls``; ValueError naming the key for an unknown, missing or
+    mistyped one. Lists become tuples (the config is frozen)."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{backend} backend config: unknown key(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(sorted(known))}")
+    missing = sorted(n for n, f in known.items()
+                     if n not in data and f.default is MISSING and f.default_factory is MISSING)
+    if missing:
+        raise ValueError(f"{backend} backend config lacks {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _typed(backend, k, hints[k], v) for k, v in data.items()})
+
+
+def _typed(backend: str, key: str, hint: Any, value: Any) -> Any:
+    def bad() -> ValueError:
+        return ValueError(f"{backend} backend config: {key} must be {_describe(hint)}, not {value!r}")
+
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _typed(backend, key, inner, value)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, args[0]) for v in value):
+            raise bad()
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise bad()
+    if not isinstance(value, hint):
+        raise bad()
+    return value
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {typing.get_args(hint)[0].__name__}"
+    args = typing.get_args(hint)
+    if args:
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, str(hint))
+
+
 class Backend(abc.ABC):
     """Base class of notebook backends.
 
-    ``config`` is hub.json's ``spawner.backend_config`` (free-form per backend) plus
-    ``allowed_images``, the image references of the site's profiles, added by the spawner.
+    ``config`` is hub.json's ``spawner.backend_config`` plus ``allowed_images``, the image
+    references of the site's profiles, added by the spawner; it is parsed into the
+    backend's :attr:`Config` (a closed :class:`BackendConfig`), so ``self.config`` has
+    typed attributes and an unknown key fails when the backend is made.
     """
 
+    Config: type[BackendConfig] = BackendConfig
+    #: The backend's entry-point name, for messages.
+    name = "notebook"
+
     def __init__(self, config: Mapping[str, Any], log: logging.Logger | None = None):
-        self.config = dict(config)
+        self.config = parse_config(self.Config, config, self.name)
         self.log = log or logging.getLogger(f"hubdeploy.backends.{type(self).__name__}")
 
     @abc.abstractmethod

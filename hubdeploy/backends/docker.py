@@ -3,7 +3,7 @@
 Every docker SDK call runs in a small thread pool: the SDK is synchronous, and a slow or
 hung engine must never block the hub's event loop (the hub serves every user from it).
 
-Containers are named by :mod:`hubdeploy.hub.names`, join the site's users network and
+Containers are named by :mod:`hubdeploy.contract.names`, join the site's users network and
 carry the labels ``hubdeploy.site/user/server/profile``. The proxy reaches them by name
 (or by a short network alias when the name is too long for DNS). Each user has one named
 home volume at ``/home/jovyan``: Docker copies the image's (empty, uid 1000 owned)
@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -28,6 +29,7 @@ from docker.types import Mount
 
 from hubdeploy.backends.base import (
     Backend,
+    BackendConfig,
     BackendError,
     Found,
     PollResult,
@@ -36,7 +38,8 @@ from hubdeploy.backends.base import (
     Stopped,
     Unknown,
 )
-from hubdeploy.hub import names
+from hubdeploy.contract import names
+from hubdeploy.contract.layout import LABEL_PROFILE, LABEL_SERVER, LABEL_SITE, LABEL_USER
 
 HOME_TARGET = "/home/jovyan"
 # Container states that mean "the process exists": paused and restarting servers come back.
@@ -53,38 +56,46 @@ _PHASES = {
 }
 
 
-class DockerBackend(Backend):
-    """Containers on the local Docker engine.
+@dataclass(frozen=True, kw_only=True)
+class DockerConfig(BackendConfig):
+    """hub.json ``spawner.backend_config`` of the docker backend."""
 
-    ``config`` keys (hub.json ``spawner.backend_config``): ``network``, ``prefix`` and
-    ``site`` (required), ``allowed_images`` (added by the spawner: only these image
-    references may start), optional ``docker_url`` (default: ``DOCKER_HOST`` or the
-    local socket), ``timeout`` (seconds per engine call, default 30), ``stop_timeout``
-    (seconds between SIGTERM and SIGKILL, default 10), ``max_workers`` (default 8),
-    ``init`` (run Docker's tini as PID 1, default true).
-    """
+    network: str  # the users network the proxy reaches servers on
+    prefix: str  # of container and volume names (hubdeploy-<site>)
+    site: str  # the value of the site label
+    docker_url: str | None = None  # default: DOCKER_HOST or the local socket
+    timeout: int = 30  # seconds per engine call
+    stop_timeout: int = 10  # seconds between SIGTERM and SIGKILL
+    max_workers: int = 8  # engine calls in flight at once
+    init: bool = True  # Docker's tini as PID 1
+
+
+class DockerBackend(Backend):
+    """Containers on the local Docker engine (config: :class:`DockerConfig`)."""
+
+    Config = DockerConfig
+    name = "docker"
+    config: DockerConfig
 
     def __init__(self, config: Mapping[str, Any], log=None):
         super().__init__(config, log)
-        missing = [k for k in ("network", "prefix", "site") if not self.config.get(k)]
-        if missing:
-            raise ValueError(f"docker backend config lacks {', '.join(missing)}")
-        self.network: str = self.config["network"]
-        self.prefix: str = self.config["prefix"]
-        self.site: str = self.config["site"]
-        self.allowed_images = frozenset(self.config.get("allowed_images") or ())
+        empty = [k for k in ("network", "prefix", "site") if not getattr(self.config, k)]
+        if empty:
+            raise ValueError(f"docker backend config lacks {', '.join(empty)}")
+        self.network = self.config.network
+        self.prefix = self.config.prefix
+        self.site = self.config.site
+        self.allowed_images = frozenset(self.config.allowed_images)
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(
-            max_workers=int(self.config.get("max_workers", 8)), thread_name_prefix="hubdeploy-docker"
-        )
+        self._executor = ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="hubdeploy-docker")
 
     # -- plumbing ---------------------------------------------------------------------
 
     def _make_client(self) -> docker.DockerClient:
         """A new SDK client. Connects to the engine (API version negotiation)."""
-        timeout = int(self.config.get("timeout", 30))
-        url = self.config.get("docker_url")
+        timeout = self.config.timeout
+        url = self.config.docker_url
         if url:
             return docker.DockerClient(base_url=url, timeout=timeout)
         return docker.from_env(timeout=timeout)
@@ -105,10 +116,10 @@ class DockerBackend(Backend):
     def labels(self, spec: ServerSpec) -> dict[str, str]:
         """The labels that mark a container as this site's server for ``spec``."""
         return {
-            "hubdeploy.site": self.site,
-            "hubdeploy.user": spec.user,
-            "hubdeploy.server": spec.server_name,
-            "hubdeploy.profile": str(spec.profile.get("name", "")),
+            LABEL_SITE: self.site,
+            LABEL_USER: spec.user,
+            LABEL_SERVER: spec.server_name,
+            LABEL_PROFILE: str(spec.profile.get("name", "")),
         }
 
     # -- start ------------------------------------------------------------------------
@@ -168,7 +179,7 @@ class DockerBackend(Backend):
         aliases = [host] if host != name else None
         # Docker's init (tini) as PID 1: reaps kernels' orphaned children and turns
         # SIGTERM into a prompt exit for servers that never installed a handler.
-        kwargs["init"] = bool(self.config.get("init", True))
+        kwargs["init"] = self.config.init
         state["phase"] = "create"
         container = client.containers.create(
             image,
@@ -192,7 +203,7 @@ class DockerBackend(Backend):
         try:
             client.volumes.get(name)
         except docker.errors.NotFound:
-            client.volumes.create(name, labels={"hubdeploy.site": self.site, "hubdeploy.user": user})
+            client.volumes.create(name, labels={LABEL_SITE: self.site, LABEL_USER: user})
         return name
 
     # -- stop / poll ------------------------------------------------------------------
@@ -213,7 +224,7 @@ class DockerBackend(Backend):
         if container is None:
             return
         try:
-            container.stop(timeout=int(self.config.get("stop_timeout", 10)))
+            container.stop(timeout=self.config.stop_timeout)
             container.remove(force=True)
         except docker.errors.NotFound:
             pass  # gone meanwhile: that is what we wanted
@@ -234,7 +245,7 @@ class DockerBackend(Backend):
             container = client.containers.get(state["container_name"])
         except docker.errors.NotFound:
             return None
-        if (container.labels or {}).get("hubdeploy.site") != self.site:
+        if (container.labels or {}).get(LABEL_SITE) != self.site:
             return None
         return container
 
@@ -269,7 +280,7 @@ class DockerBackend(Backend):
         try:
             containers = await self._run(
                 lambda: self.client().containers.list(
-                    all=True, filters={"label": [f"hubdeploy.site={self.site}", "hubdeploy.user"]}
+                    all=True, filters={"label": [f"{LABEL_SITE}={self.site}", LABEL_USER]}
                 )
             )
         except _UNREACHABLE as exc:
@@ -280,7 +291,7 @@ class DockerBackend(Backend):
                     id=c.id,
                     name=c.name,
                     state=c.status,
-                    detail=f"user {c.labels.get('hubdeploy.user')}",
+                    detail=f"user {c.labels.get(LABEL_USER)}",
                 )
                 for c in containers
             ),

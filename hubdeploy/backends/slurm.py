@@ -45,6 +45,7 @@ from typing import Any
 
 from hubdeploy.backends.base import (
     Backend,
+    BackendConfig,
     BackendError,
     Found,
     PollResult,
@@ -60,7 +61,7 @@ from hubdeploy.backends.slurm_script import (
     parse_port_comment,
     render,
 )
-from hubdeploy.hub import names
+from hubdeploy.contract import names
 
 # Job states in which the server process exists or will exist (squeue %T).
 ALIVE_STATES = frozenset(
@@ -223,64 +224,77 @@ def env_lines(env: Mapping[str, str]) -> bytes:
     return "".join(lines).encode() + b"\n"
 
 
+@dataclass(frozen=True, kw_only=True)
+class SlurmConfig(BackendConfig):
+    """hub.json's config of the slurm backend; every key is optional."""
+
+    # argv put before every Slurm command (default: none, the hub's own environment has
+    # the Slurm client and munge): dexec for the stack's cluster, ssh for a site's.
+    submit_prefix: tuple[str, ...] = ()
+    # Option that passes one variable through the prefix ("-e" for docker exec);
+    # inserted before the prefix's last word.
+    submit_env_option: str | None = None
+    # Shell-quote the command after the prefix (ssh runs it through the remote shell).
+    submit_quote: bool = False
+    # Pass the job's variables as NAME=value lines ahead of the script on stdin (ssh).
+    submit_env_stdin: bool = False
+    # The exit status with which the prefix itself says it could not get through (ssh
+    # 255, dexec 125): a failed submit then reads "cannot reach Slurm", not "Slurm
+    # refused the job" (poll reads every failure as unknown).
+    submit_unreachable_code: int | None = None
+    # Job names start with "<prefix>-<site>-nb-".
+    prefix: str = "hubdeploy"
+    site: str | None = None
+    # sbatch --output, relative to the job's working directory (the submit directory).
+    output: str = "hubdeploy-slurm-%j.log"
+    # Programs on the compute nodes.
+    node_python: str = "python3"
+    node_scontrol: str = "scontrol"
+    # --export=ALL,NAME,... instead of --export=NAME,...: a bare name list makes Slurm
+    # build the user's login environment on the node (an implicit --get-user-env: su -
+    # user there, and slurmd sleeps a whole second whenever that is slow), which a site
+    # may want for its modules; with ALL the job gets the submitting environment instead.
+    # The stack's own cluster sets it (its submitting environment is the controller
+    # container's, and its user has no login environment to load).
+    export_all: bool = False
+    # Variables of the spawner's environment not exported to the job.
+    env_skip: tuple[str, ...] = DEFAULT_ENV_SKIP
+    command_timeout: float = 30  # seconds per Slurm command
+    poll_interval: float = 2  # seconds between squeue polls of a running server
+    start_poll_min: float = 0.1  # the first poll interval of a start; backs off to poll_interval
+    # The backend's own bound on a start; the hub's start_timeout usually ends it first.
+    start_timeout: float = 3600
+    stop_timeout: float = 60  # how long stop waits for a cancelled job to go
+
+
 class SlurmBackend(Backend):
-    """Notebook servers as Slurm jobs (``sbatch``/``squeue``/``scancel``).
-
-    ``config`` keys (hub.json ``spawner.backend_config``), all optional:
-
-    - ``submit_prefix``: argv put before every Slurm command (default: none, the hub's
-      own environment has the Slurm client and munge).
-    - ``submit_env_option``: option that passes one variable through the prefix
-      (``"-e"`` for ``docker exec``); inserted before the prefix's last word.
-    - ``submit_quote``: shell-quote the command after the prefix (``ssh`` runs it through
-      the remote shell); default false.
-    - ``submit_env_stdin``: pass the job's variables as ``NAME=value`` lines ahead of the
-      script on stdin (for ``ssh``); default false.
-    - ``submit_unreachable_code``: the exit status with which the prefix itself says it
-      could not get through (ssh 255, dexec 125): a failed submit then reads "cannot
-      reach Slurm", not "Slurm refused the job" (poll reads every failure as unknown).
-    - ``prefix``: name prefix of job names (default ``hubdeploy``; ``site`` is added when set).
-    - ``output``: sbatch ``--output`` (default ``hubdeploy-slurm-%j.log``, relative to the
-      job's working directory, the submit directory).
-    - ``node_python``, ``node_scontrol``: programs on the compute nodes
-      (``python3``, ``scontrol``).
-    - ``export_all``: ``--export=ALL,NAME,...`` instead of ``--export=NAME,...``
-      (default false). A bare name list makes Slurm build the user's login environment on
-      the node (an implicit ``--get-user-env``: ``su - user`` there, and slurmd sleeps a
-      whole second whenever that is slow), which a site may want for its modules; with
-      ``ALL`` the job gets the submitting environment instead, with no such round trip.
-      The stack's own cluster sets it (its submitting environment is the controller
-      container's, and its user has no login environment to load).
-    - ``env_skip``: variables of the spawner's environment not exported to the job
-      (default PATH, PYTHONPATH, VIRTUAL_ENV, CONDA_ROOT, CONDA_DEFAULT_ENV).
-    - ``command_timeout`` (s, default 30), ``poll_interval`` (s, default 2),
-      ``start_poll_min`` (s, default 0.1: the first poll interval of a start, which
-      backs off to ``poll_interval``),
-      ``start_timeout`` (s, default 3600, the backend's own bound; the hub's
-      ``start_timeout`` usually ends a start first), ``stop_timeout`` (s, default 60).
+    """Notebook servers as Slurm jobs (``sbatch``/``squeue``/``scancel``; config:
+    :class:`SlurmConfig`).
 
     Profile fields: ``cpu``, ``mem_limit``, ``volumes`` and the ``slurm`` section read by
     :func:`hubdeploy.backends.slurm_script.job_options`.
     """
 
+    Config = SlurmConfig
+    name = "slurm"
+    config: SlurmConfig
+
     def __init__(self, config: Mapping[str, Any], log=None):
         super().__init__(config, log)
-        prefix = self.config.get("submit_prefix") or []
-        if not (isinstance(prefix, list) and all(isinstance(w, str) for w in prefix)):
-            raise ValueError("slurm backend: submit_prefix must be a list of strings (an argv, no shell)")
-        self.submit_prefix: list[str] = prefix
-        self.env_option: str | None = self.config.get("submit_env_option")
-        self.env_stdin = bool(self.config.get("submit_env_stdin"))
-        self.unreachable_code = self.config.get("submit_unreachable_code")
-        if self.env_option and not prefix:
+        c = self.config
+        self.submit_prefix: list[str] = list(c.submit_prefix)
+        self.env_option = c.submit_env_option
+        self.env_stdin = c.submit_env_stdin
+        self.unreachable_code = c.submit_unreachable_code
+        if self.env_option and not self.submit_prefix:
             raise ValueError("slurm backend: submit_env_option needs a submit_prefix")
-        self.name_prefix = "-".join(p for p in (self.config.get("prefix") or "hubdeploy", self.config.get("site")) if p)
-        self.command_timeout = float(self.config.get("command_timeout", 30))
-        self.poll_interval = float(self.config.get("poll_interval", 2))
-        self.start_poll_min = min(float(self.config.get("start_poll_min", 0.1)), self.poll_interval)
-        self.start_timeout = float(self.config.get("start_timeout", 3600))
-        self.stop_timeout = float(self.config.get("stop_timeout", 60))
-        self.env_skip = frozenset(self.config.get("env_skip", DEFAULT_ENV_SKIP))
+        self.name_prefix = "-".join(p for p in (c.prefix or "hubdeploy", c.site) if p)
+        self.command_timeout = c.command_timeout
+        self.poll_interval = c.poll_interval
+        self.start_poll_min = min(c.start_poll_min, self.poll_interval)
+        self.start_timeout = c.start_timeout
+        self.stop_timeout = c.stop_timeout
+        self.env_skip = frozenset(c.env_skip)
 
     # -- running commands -------------------------------------------------------------
 
@@ -288,7 +302,7 @@ class SlurmBackend(Backend):
         words = list(argv)
         if env_names and self.env_stdin:
             words = ["sh", "-c", READ_ENV, "sh", *words]
-        if self.config.get("submit_quote"):
+        if self.config.submit_quote:
             words = [shlex.join(words)]
         if not self.submit_prefix:
             return words
@@ -364,10 +378,7 @@ class SlurmBackend(Backend):
     async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
         """Submit the job and wait until it runs and reports its port; ``(BatchHost, port)``."""
         env = self.export_env(spec)
-        node = {
-            "python": self.config.get("node_python", "python3"),
-            "scontrol": self.config.get("node_scontrol", "scontrol"),
-        }
+        node = {"python": self.config.node_python, "scontrol": self.config.node_scontrol}
         try:
             options = job_options(spec.profile, export=sorted(env), **node)
         except OptionError as exc:
@@ -379,9 +390,9 @@ class SlurmBackend(Backend):
             "sbatch",
             "--parsable",
             f"--job-name={name}",
-            f"--output={self.config.get('output', 'hubdeploy-slurm-%j.log')}",
+            f"--output={self.config.output}",
             # Names only: the values come from sbatch's environment, never from argv.
-            export_option(sorted(env), bool(self.config.get("export_all"))),
+            export_option(sorted(env), self.config.export_all),
             "/dev/stdin",
             *spec.cmd,
         ]

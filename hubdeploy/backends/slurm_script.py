@@ -37,23 +37,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hubdeploy.contract.values import ENV_NAME, SLURM_NAME_PATTERN, OptionError, check_limits, parse_time
+
+__all__ = ["ENV_NAME", "JobOptions", "OptionError", "job_options", "parse_port_comment", "parse_time", "render"]
+
 RUNTIMES = ("native", "apptainer", "podman-hpc", "shifter")
 
-# Slurm names (partition, account, qos, reservation): letters, digits and _ . + -
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}$")
+_NAME = re.compile(SLURM_NAME_PATTERN)
 _CONSTRAINT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.&|,-]{0,255}$")
 _GRES = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_:.,-]{0,255}$")
 _PATH = re.compile(r"^/[A-Za-z0-9_./+-]{0,1023}$")
 _IMAGE = re.compile(r"^[A-Za-z0-9_/][A-Za-z0-9_./:@+-]{0,511}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _PROGRAM = re.compile(r"^[A-Za-z0-9_./+-]{1,1024}$")
-_TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 PORT_COMMENT_PREFIX = "hubdeploy:port="
-
-
-class OptionError(ValueError):
-    """A profile value that is malformed or over the profile's limits (shown to the user)."""
 
 
 @dataclass(frozen=True)
@@ -86,31 +83,6 @@ class JobOptions:
     scontrol: str = "scontrol"
 
 
-def parse_time(value: Any) -> int:
-    """Slurm time -> minutes: ``90``, ``"90"``, ``"1:30:00"``, ``"2-00:00:00"``, ``"MM:SS"``."""
-    if isinstance(value, bool):
-        raise OptionError(f"time limit {value!r} is not a duration")
-    if isinstance(value, int):
-        if value <= 0:
-            raise OptionError(f"time limit {value} must be positive (minutes)")
-        return value
-    m = _TIME.match(str(value).strip())
-    if not m:
-        raise OptionError(f"time limit {value!r} is not minutes, HH:MM:SS or D-HH:MM:SS")
-    days, a, b, c = m.groups()
-    if days is not None:  # D-HH[:MM[:SS]]
-        seconds = int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
-    elif c is not None:  # HH:MM:SS
-        seconds = int(a) * 3600 + int(b) * 60 + int(c)
-    elif b is not None:  # MM:SS
-        seconds = int(a) * 60 + int(b)
-    else:  # minutes
-        seconds = int(a) * 60
-    if seconds <= 0:
-        raise OptionError(f"time limit {value!r} must be positive")
-    return math.ceil(seconds / 60)
-
-
 def _name(section: Mapping[str, Any], key: str, pattern: re.Pattern = _NAME) -> str | None:
     value = section.get(key)
     if value is None or value == "":
@@ -138,50 +110,68 @@ def job_options(profile: Mapping[str, Any], export: Sequence[str] = (), **node: 
     s = profile.get("slurm") or {}
     if not isinstance(s, Mapping):
         raise OptionError("profile's slurm section must be a mapping")
-    limits = s.get("limits") or {}
-    name = profile.get("name", "?")
+    resources = _resources(profile, s)
+    check_limits(str(profile.get("name", "?")), s.get("limits") or {}, **resources)
+    runtime, image, binds = _runtime(profile, s)
+    _check_words(s, export, node)
+    mem = resources["mem_bytes"]
+    return JobOptions(
+        cpus=resources["cpus"],
+        mem_mib=None if mem is None else max(1, math.ceil(mem / 2**20)),
+        time_minutes=resources["time_minutes"],
+        partition=_name(s, "partition"),
+        account=_name(s, "account"),
+        qos=_name(s, "qos"),
+        reservation=_name(s, "reservation"),
+        constraint=_name(s, "constraint", _CONSTRAINT),
+        gres=_name(s, "gres", _GRES),
+        gpus=resources["gpus"],
+        runtime=runtime,
+        image=image,
+        binds=binds,
+        path_prepend=tuple(s.get("path_prepend") or ()),
+        export=tuple(export),
+        **node,
+    )
 
+
+def _resources(profile: Mapping[str, Any], s: Mapping[str, Any]) -> dict[str, Any]:
+    """Cores, memory (bytes), time (minutes) and GPUs the job asks for, well-formed."""
     cpu = profile.get("cpu")
     if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu < 0):
         raise OptionError(f"cpu {cpu!r} must be a non-negative number of cores")
-    # Slurm allocates whole cores: 0.5 CPU becomes 1.
-    cpus = max(1, math.ceil((cpu or 0) - 1e-9))
     mem = profile.get("mem_limit")
-    mem_mib = None if mem in (None, 0) else max(1, math.ceil(_count(mem, "mem_limit") / 2**20))
-    time_minutes = None if s.get("time") in (None, "") else parse_time(s["time"])
-    gpus = _count(s.get("gpus", 0), "slurm.gpus")
+    return {
+        # Slurm allocates whole cores: 0.5 CPU becomes 1.
+        "cpus": max(1, math.ceil((cpu or 0) - 1e-9)),
+        "mem_bytes": None if mem in (None, 0) else _count(mem, "mem_limit"),
+        "time_minutes": None if s.get("time") in (None, "") else parse_time(s["time"]),
+        "gpus": _count(s.get("gpus", 0), "slurm.gpus"),
+    }
 
-    if limits.get("max_cpu") is not None and cpus > float(limits["max_cpu"]):
-        raise OptionError(f"profile {name!r} asks for {cpus} cores; its limit is {limits['max_cpu']}")
-    if limits.get("max_mem") is not None and mem is not None and int(mem) > int(limits["max_mem"]):
-        raise OptionError(
-            f"profile {name!r} asks for {mem_mib} MiB of memory; its limit is {int(limits['max_mem']) // 2**20} MiB"
-        )
-    if (
-        limits.get("max_time") is not None
-        and time_minutes is not None
-        and time_minutes > parse_time(limits["max_time"])
-    ):
-        raise OptionError(f"profile {name!r} asks for {time_minutes} minutes; its limit is {limits['max_time']}")
-    if limits.get("max_gpus") is not None and gpus > int(limits["max_gpus"]):
-        raise OptionError(f"profile {name!r} asks for {gpus} GPUs; its limit is {limits['max_gpus']}")
 
+def _runtime(profile: Mapping[str, Any], s: Mapping[str, Any]) -> tuple[str, str | None, tuple[Bind, ...]]:
+    """The runtime, and for a container runtime its image and bind mounts."""
     runtime = s.get("runtime", "native")
     if runtime not in RUNTIMES:
         raise OptionError(f"slurm.runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
-    image = None
-    binds: list[Bind] = []
-    if runtime != "native":
-        image = s.get("image") or profile.get("image_ref")
-        if not isinstance(image, str) or not _IMAGE.match(image):
-            raise OptionError(f"runtime {runtime} needs an image (slurm.image or image_ref), got {image!r}")
-        for vol in profile.get("volumes") or ():
-            src, dst = vol.get("source", ""), vol.get("target", "")
-            if not (_PATH.match(src) and _PATH.match(dst)):
-                raise OptionError(f"volume {src!r} -> {dst!r}: a batch job binds absolute host paths only")
-            binds.append(Bind(src, dst, bool(vol.get("read_only", True))))
-    path_prepend = tuple(s.get("path_prepend") or ())
-    for p in path_prepend:
+    if runtime == "native":
+        return runtime, None, ()
+    image = s.get("image") or profile.get("image_ref")
+    if not isinstance(image, str) or not _IMAGE.match(image):
+        raise OptionError(f"runtime {runtime} needs an image (slurm.image or image_ref), got {image!r}")
+    binds = []
+    for vol in profile.get("volumes") or ():
+        src, dst = vol.get("source", ""), vol.get("target", "")
+        if not (_PATH.match(src) and _PATH.match(dst)):
+            raise OptionError(f"volume {src!r} -> {dst!r}: a batch job binds absolute host paths only")
+        binds.append(Bind(src, dst, bool(vol.get("read_only", True))))
+    return runtime, image, tuple(binds)
+
+
+def _check_words(s: Mapping[str, Any], export: Sequence[str], node: Mapping[str, str]) -> None:
+    """PATH entries, exported names and node programs: each a plain word or path."""
+    for p in s.get("path_prepend") or ():
         if not isinstance(p, str) or not _PATH.match(p):
             raise OptionError(f"slurm.path_prepend entry {p!r} is not an absolute path")
     for n in export:
@@ -190,25 +180,6 @@ def job_options(profile: Mapping[str, Any], export: Sequence[str] = (), **node: 
     for key, program in node.items():
         if not _PROGRAM.match(program):
             raise OptionError(f"{key} {program!r} is not a program name or path")
-
-    return JobOptions(
-        cpus=cpus,
-        mem_mib=mem_mib,
-        time_minutes=time_minutes,
-        partition=_name(s, "partition"),
-        account=_name(s, "account"),
-        qos=_name(s, "qos"),
-        reservation=_name(s, "reservation"),
-        constraint=_name(s, "constraint", _CONSTRAINT),
-        gres=_name(s, "gres", _GRES),
-        gpus=gpus,
-        runtime=runtime,
-        image=image,
-        binds=tuple(binds),
-        path_prepend=path_prepend,
-        export=tuple(export),
-        **node,
-    )
 
 
 # -- rendering --------------------------------------------------------------------------

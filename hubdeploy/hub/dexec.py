@@ -29,7 +29,8 @@ import sys
 import time
 from urllib.parse import quote
 
-UNREACHABLE = 125
+from hubdeploy.contract.layout import DEXEC_UNREACHABLE as UNREACHABLE
+
 DEFAULT_SOCKET = "/var/run/docker.sock"
 # Engine API requests (list, create, inspect); the command's own stream has no timeout:
 # the Slurm backend bounds the whole command and kills this process.

@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-SERVICE = "hubdeploy-cli"
-# What the service's token may do: list users and their servers, and read spawner state.
-SCOPES = ["list:users", "read:users:name", "read:servers", "admin:server_state"]
+from hubdeploy.contract import hubjson
+from hubdeploy.contract.services import CLI
+
 PAGE = 200
 
 
@@ -117,11 +117,6 @@ def pick(rows: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:
 # -- the hub side -------------------------------------------------------------------
 
 
-def _hub_json() -> dict[str, Any]:
-    path = Path(os.environ.get("HUBDEPLOY_HUB_JSON", "/etc/hubdeploy/hub.json"))
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _backends(hub: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     from hubdeploy.backends import backend_config, get_backend
 
@@ -134,9 +129,9 @@ def _backends(hub: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
 def _active_users(hub: Mapping[str, Any]) -> list[dict[str, Any]]:
     import requests
 
-    service = next((s for s in hub.get("services", []) if s["name"] == SERVICE), None)
+    service = next((s for s in hub.get("services", []) if s["name"] == CLI.name), None)
     if service is None:
-        raise Failed(f"hub.json has no {SERVICE} service; run `hubdeploy up` with this version")
+        raise Failed(f"hub.json has no {CLI.name} service; run `hubdeploy up` with this version")
     token = Path(service["token_file"]).read_text(encoding="utf-8").strip()
     api = os.environ.get("HUBDEPLOY_HUB_API", f"http://127.0.0.1:{hub['hub']['port']}/hub/api")
     users, offset = [], 0
@@ -177,7 +172,7 @@ async def _list(backends: Mapping[str, Any]) -> dict[str, list]:
 async def run(remove: list[str], remove_all: bool) -> dict[str, Any]:
     from hubdeploy.backends.base import BackendError
 
-    hub = _hub_json()
+    hub = hubjson.load()
     backends, default = _backends(hub)
     try:
         # Ask the backends first, then the hub: a server started in between is then

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import html
 import json
-import re
 from typing import Any
 
 from jupyterhub.spawner import Spawner
@@ -26,7 +25,8 @@ from hubdeploy.backends.base import (
     ServerSpec,
     Stopped,
 )
-from hubdeploy.backends.slurm_script import OptionError, parse_time
+from hubdeploy.contract.layout import NOTEBOOK_PORT
+from hubdeploy.contract.values import OptionError, check_limits, memory_bytes, parse_time
 
 try:  # JupyterHub >= 6.0
     from jupyterhub.spawner import SpawnException
@@ -35,31 +35,30 @@ except ImportError:  # pragma: no cover - older hubs: a plain HTTPError carries 
 
 # What a user may choose for a compute profile, within the site's lists and limits.
 SLURM_CHOICES = ("partition", "time", "cpu", "memory")
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])$")
-
-
-def _memory_bytes(value: str) -> int:
-    m = _MEMORY.match(value)
-    if not m:
-        raise OptionError(f"memory {value!r} is not a size such as 2G or 512M")
-    return int(float(m.group(1)) * 1024 ** {"K": 1, "M": 2, "G": 3, "T": 4}[m.group(2)])
 
 
 def apply_slurm_choices(profile: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """The profile with the user's choices (partition, time, cpu, memory) written in.
 
-    Every choice is checked against what the site allows: a partition from the profile's
-    list, a time, core count or memory only where the profile sets the matching limit, and
-    within it. Raises OptionError (shown to the user) otherwise; nothing unchecked reaches
-    the job script. Empty values mean "the profile's default" (an untouched form field).
+    A partition must be one of the profile's; a time, core count or memory may be chosen
+    only where the profile sets the matching limit, and must be within it
+    (:func:`~hubdeploy.contract.values.check_limits`, the check the Slurm backend makes
+    too). Raises OptionError (shown to the user) otherwise; nothing unchecked reaches the
+    job script. Empty values mean "the profile's default" (an untouched form field).
     """
     chosen = {k: options.get(k) for k in SLURM_CHOICES if options.get(k) not in (None, "")}
     if not chosen:
         return profile
+    name = profile["name"]
     if profile.get("node") != "compute":
-        raise OptionError(f"profile {profile['name']!r} runs on a login node: {', '.join(chosen)} cannot be chosen")
+        raise OptionError(f"profile {name!r} runs on a login node: {', '.join(chosen)} cannot be chosen")
     slurm = dict(profile.get("slurm") or {})
     limits = slurm.get("limits") or {}
+    fixed = {"time": "max_time", "cpu": "max_cpu", "memory": "max_mem"}
+    for key, limit in fixed.items():
+        if key in chosen and not limits.get(limit):
+            raise OptionError(f"profile {name!r} has a fixed {'memory size' if key == 'memory' else key} "
+                              f"({key} cannot be chosen)")
     out = dict(profile)
     if "partition" in chosen:
         allowed = slurm.get("partitions") or ([slurm["partition"]] if slurm.get("partition") else [])
@@ -67,31 +66,24 @@ def apply_slurm_choices(profile: dict[str, Any], options: dict[str, Any]) -> dic
             raise OptionError(f"partition {chosen['partition']!r} is not offered; choose one of {', '.join(allowed)}")
         slurm["partition"] = chosen["partition"]
     if "time" in chosen:
-        if not limits.get("max_time"):
-            raise OptionError(f"profile {profile['name']!r} has a fixed time limit")
-        minutes = parse_time(chosen["time"])
-        if minutes > parse_time(limits["max_time"]):
-            raise OptionError(f"time limit {chosen['time']!r} is over the profile's limit {limits['max_time']}")
-        slurm["time"] = str(minutes)
+        slurm["time"] = str(parse_time(chosen["time"]))
     if "cpu" in chosen:
-        if not limits.get("max_cpu"):
-            raise OptionError(f"profile {profile['name']!r} has a fixed number of cores")
         try:
-            cores = int(str(chosen["cpu"]).strip())
+            out["cpu"] = int(str(chosen["cpu"]).strip())
         except ValueError:
             raise OptionError(f"cores {chosen['cpu']!r} is not a whole number") from None
-        if not 1 <= cores <= int(limits["max_cpu"]):
-            raise OptionError(f"cores must be between 1 and {limits['max_cpu']}")
-        out["cpu"] = cores
+        if out["cpu"] < 1:
+            raise OptionError(f"cores {chosen['cpu']!r} must be at least 1")
     if "memory" in chosen:
-        if not limits.get("max_mem"):
-            raise OptionError(f"profile {profile['name']!r} has a fixed memory size")
-        size = _memory_bytes(str(chosen["memory"]).strip())
-        if not 0 < size <= int(limits["max_mem"]):
-            raise OptionError(f"memory must be at most {int(limits['max_mem']) // 2**20}M")
-        out["mem_limit"] = size
+        out["mem_limit"] = memory_bytes(str(chosen["memory"]))
+        if out["mem_limit"] <= 0:
+            raise OptionError(f"memory {chosen['memory']!r} must be more than nothing")
+    check_limits(name, limits, cpus=out.get("cpu") if "cpu" in chosen else None,
+                 mem_bytes=out["mem_limit"] if "memory" in chosen else None,
+                 time_minutes=int(slurm["time"]) if "time" in chosen else None)
     out["slurm"] = slurm
     return out
+
 
 def start_failed(exc: BackendError) -> web.HTTPError:
     """The HTTP error a backend's failed start becomes, so its words reach the user.
@@ -195,7 +187,7 @@ class HubdeploySpawner(Spawner):
 
     @default("port")
     def _default_port(self):
-        return 8888
+        return NOTEBOOK_PORT
 
     @default("options_form")
     def _default_options_form(self):

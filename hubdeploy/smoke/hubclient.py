@@ -20,25 +20,10 @@ from urllib.parse import quote
 
 import requests
 
-# The one account the smoke service may act on. A fixed name is what lets its scopes be
-# filtered to that user: a leaked smoke token cannot touch any real user or server.
-# It must differ from the service's name ("hubdeploy-smoke"): the hub compares names when
-# it refuses "Cannot delete yourself!", whether the requester is a user or a service.
-SMOKE_USER = "hubdeploy-smoke-user"
+from hubdeploy.contract.services import SMOKE, SMOKE_USER
 
-# The hub service that runs `hubdeploy smoke` on sites without a login form gets exactly:
-# - admin:users!user=...: POST /hub/api/users/{name} (creating a user) needs admin:users,
-#   and on JupyterHub 6 it contains delete:users for the final DELETE. Filtered by user
-#   name, so it works before the user exists and only for that name.
-# - tokens!user=...: issue (and revoke) a token for that user; everything else, starting,
-#   watching and stopping servers and running kernels, is done as the user with it.
-# Not needed: servers / access:servers (the user's own token has them), any unfiltered
-# scope, admin:servers. An unfiltered `tokens` would let the service become any user,
-# admins included.
-SMOKE_SERVICE_SCOPES = [
-    f"admin:users!user={SMOKE_USER}",
-    f"tokens!user={SMOKE_USER}",
-]
+# What the smoke service's token may do (hubdeploy.contract.services says why).
+SMOKE_SERVICE_SCOPES = list(SMOKE.scopes)
 
 
 def user_token_scopes(username: str) -> list[str]:

@@ -29,7 +29,7 @@ from hubdeploy.backends.base import (
     Unknown,
 )
 from hubdeploy.backends.docker import DockerBackend
-from hubdeploy.hub import names
+from hubdeploy.contract import names
 
 pytestmark = pytest.mark.integration
 

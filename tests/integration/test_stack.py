@@ -12,7 +12,7 @@ import docker
 import pytest
 import requests
 
-from hubdeploy.hub.names import container_name, home_volume
+from hubdeploy.contract.names import container_name, home_volume
 from hubdeploy.smoke.hubclient import HubClient, escape_path
 
 from stackfixture import run_5x4, user_session  # noqa: E402

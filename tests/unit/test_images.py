@@ -226,13 +226,17 @@ def test_hub_context_installs_dependencies_before_source(site_dir):
     site = make_site(hub={"authenticator": {"class": "ldapauthenticator", "packages": ["jupyterhub-ldapauthenticator"]}})
     hub = images.plan_images(site, site_dir)["hub"]
     reqs = hub.files["requirements.txt"].decode().splitlines()
-    for req in ("jupyterhub==6.1.1", "dockerspawner", "jupyterhub-idle-culler", "jupyterhub-ldapauthenticator",
+    for req in ("jupyterhub==6.1.1", "jupyterhub-idle-culler", "jupyterhub-ldapauthenticator",
                 "psycopg2-binary", "docker>=7.0"):
         assert req in reqs
     assert "hubdeploy-src/pyproject.toml" in hub.files
     # Only the hub-side code: a CLI or renderer change must not rebuild every hub.
     assert "hubdeploy-src/hubdeploy/hub/spawner.py" in hub.files
     assert "hubdeploy-src/hubdeploy/backends/docker.py" in hub.files
+    # The contract the hub side reads hub.json with, and its package declared.
+    assert "hubdeploy-src/hubdeploy/contract/hubjson.py" in hub.files
+    assert b'"hubdeploy.contract"' in hub.files["hubdeploy-src/pyproject.toml"]
+    assert "dockerspawner" not in reqs  # never imported by the hub
     assert "hubdeploy-src/hubdeploy/images.py" not in hub.files
     assert "hubdeploy-src/README.md" not in hub.files
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in hub.files)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hubdeploy.hub import names
+from hubdeploy.contract import names
 
 PREFIX = "hubdeploy-test-names"
 

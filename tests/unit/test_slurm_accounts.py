@@ -11,6 +11,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from hubdeploy import render
+from hubdeploy.render.files import sha
+from hubdeploy.render.slurm import lua_string
 from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site_text
 
@@ -62,7 +64,7 @@ def test_accounts_are_optional_and_any_account_goes_without_them():
     [
         ("[]", "at least 1"),
         ("[physics, physics]", "lists an account twice"),
-        ("['a;b']", "accounts[0]: expected a string matching"),
+        ("['a;b']", "accounts[0]: expected a Slurm name"),
         ("physics", "expected a list"),
     ],
 )
@@ -103,7 +105,7 @@ def test_without_accounts_nothing_changes():
     svcs = YAML(typ="safe").load(files["compose.yaml"])["services"]
     assert not any("job_submit" in v for v in svcs["slurmctld"]["volumes"])
     # The services' config hash is the one a site without accounts always had.
-    assert svcs["slurmctld"]["labels"]["hubdeploy.config-hash"] == render._sha(files["slurm/slurm.conf"])
+    assert svcs["slurmctld"]["labels"]["hubdeploy.config-hash"] == sha(files["slurm/slurm.conf"])
 
 
 def test_a_changed_account_list_recreates_the_cluster():
@@ -117,7 +119,7 @@ def test_a_changed_account_list_recreates_the_cluster():
 
 def test_lua_strings_are_only_slurm_names():
     with pytest.raises(AssertionError):
-        render._lua_string('x"; os.execute("id") --')
+        lua_string('x"; os.execute("id") --')
 
 
 # -- the spawner: a backend's refusal reaches the caller ---------------------------------

@@ -125,7 +125,7 @@ def test_hub_json_slurm_backend_and_profile_section():
 
 def test_compute_profiles_wait_for_a_queue_longer_than_jupyterhubs_default():
     login, compute = render.hub_data(site(), REFS)["spawner"]["profiles"]
-    assert compute["spawner_config"] == {"start_timeout": render.COMPUTE_START_TIMEOUT}
+    assert compute["spawner_config"] == {"start_timeout": COMPUTE_START_TIMEOUT}
     assert "start_timeout" not in login["spawner_config"]
     # The site's own choice wins, globally or per profile.
     text = SITE.replace("slurm:\n", "hub:\n  config: {Spawner: {start_timeout: 900}}\nslurm:\n", 1)
@@ -166,7 +166,9 @@ def test_site_without_slurm_renders_as_before():
 pytest.importorskip("jupyterhub")
 from tornado import web
 
-from hubdeploy.backends.slurm_script import OptionError
+from hubdeploy.backends.slurm import SlurmConfig
+from hubdeploy.contract.values import OptionError
+from hubdeploy.render.hubdata import COMPUTE_START_TIMEOUT
 from hubdeploy.hub import spawner as spawner_mod
 from hubdeploy.hub.spawner import HubdeploySpawner, apply_slurm_choices
 
@@ -189,11 +191,12 @@ def test_choices_within_limits_are_written_in():
     [
         ({"partition": "gpu"}, "not offered"),
         ({"partition": "compute;rm"}, "not offered"),
-        ({"time": "5:00:00"}, "over the profile's limit"),
+        ({"time": "5:00:00"}, "asks for 300 minutes; its limit is 4:00:00"),
         ({"time": "soon"}, "not minutes"),
-        ({"cpu": "3"}, "between 1 and 2"),
+        ({"cpu": "3"}, "asks for 3 cores; its limit is 2"),
+        ({"cpu": "0"}, "at least 1"),
         ({"cpu": "1.5"}, "whole number"),
-        ({"memory": "2G"}, "at most 1024M"),
+        ({"memory": "2G"}, "asks for 2048 MiB of memory; its limit is 1024 MiB"),
         ({"memory": "1 G; x"}, "not a size"),
     ],
 )
@@ -209,6 +212,7 @@ def test_login_profile_takes_no_choices():
 
 
 class Fake(spawner_mod.Backend):
+    Config = SlurmConfig  # it stands in for the slurm backend, with the slurm backend's config
     async def start(self, spec, state):
         state["job"] = spec.profile["name"]
         Fake.last = spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +14,7 @@ from jupyterhub.objects import Hub
 from tornado import web
 
 from hubdeploy.backends.base import (
+    BackendConfig,
     Backend,
     Running,
     Stopped,
@@ -51,8 +53,15 @@ PROFILES = [
 ]
 
 
+@dataclass(frozen=True, kw_only=True)
+class FakeConfig(BackendConfig):
+    site: str
+
+
 class FakeBackend(Backend):
     """Records calls; answers poll with whatever the test puts in ``answer``."""
+
+    Config = FakeConfig
 
     def __init__(self, config, log=None):
         super().__init__(config, log)
@@ -151,7 +160,7 @@ def test_start_applies_profile_and_builds_spec(make_spawner):
     assert spec.env["JUPYTERHUB_SERVICE_URL"].startswith("http://0.0.0.0:8888/")
     assert spec.profile["cpu"] == 1.0 and spec.profile["mem_limit"] == 2 * 1024**3
     assert "tok" not in repr(spec)
-    assert backend.config["allowed_images"] == sorted(p["image_ref"] for p in PROFILES)
+    assert backend.config.allowed_images == tuple(sorted(p["image_ref"] for p in PROFILES))
 
     # Switching profiles must not keep the previous profile's settings.
     s.user_options = {"profile": "big"}

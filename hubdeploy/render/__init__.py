@@ -1,0 +1,111 @@
+"""Site -> the files of the stack, one module per output.
+
+- :mod:`~hubdeploy.render.compose`: ``compose.yaml``;
+- :mod:`~hubdeploy.render.hubdata`: ``hub/hub.json`` (:mod:`hubdeploy.contract.hubjson`);
+- :mod:`~hubdeploy.render.slurm`: ``slurm/slurm.conf`` and ``slurm/job_submit.lua``;
+- :mod:`~hubdeploy.render.ssh`: the hub's ssh command (part of hub.json);
+- :mod:`~hubdeploy.render.files`: YAML bytes, hashes, atomic writes.
+
+:func:`read_inputs` does all the reading (hubdeploy's static files, the site's TLS
+certificate and known_hosts); :func:`render_files` is a pure function of the site, the
+image refs and those inputs, so the same site renders byte-identical output (golden tests)
+and ``up`` on an unchanged site changes nothing. Changes reach containers through two
+hashes: image refs carry the hash of their build context, and each service carries a
+config-hash label over the files mounted into it, so compose recreates exactly the
+services whose inputs changed (compose itself does not look inside bind-mounted files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubdeploy import resources
+from hubdeploy.contract import hubjson
+from hubdeploy.render import slurm
+from hubdeploy.render.compose import Mounts, compose_data
+from hubdeploy.render.files import dump_yaml, sha, write_files
+from hubdeploy.render.hubdata import hub_data
+from hubdeploy.schema import Site
+from hubdeploy.secrets import ssh_key_generated
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything rendering reads from disk, read once by :func:`read_inputs`."""
+
+    hub_config: bytes  # config/jupyterhub_config.py, the same for every site
+    proxy_entrypoint: bytes  # compose/proxy-entrypoint.sh
+    tls_paths: dict[str, str] | None = None  # 'cert'/'key' -> absolute host paths
+    tls_cert: bytes = b""
+    known_hosts: bytes | None = None  # slurm.submit.ssh.known_hosts
+    ssh_identity: str | None = None  # the site's own SSH key's absolute path
+
+
+def state_dir(site_file: Path) -> Path:
+    """The state directory beside a site file: secrets, rendered files, build contexts."""
+    return site_file.resolve().parent / ".hubdeploy"
+
+
+def read_inputs(site: Site, site_dir: Path) -> Inputs:
+    """Read what :func:`render_files` needs from hubdeploy's files and the site's."""
+    tls_paths, tls_cert = None, b""
+    if site.tls is not None:
+        tls_paths = {k: str((site_dir / getattr(site.tls, k)).resolve()) for k in ("cert", "key")}
+        tls_cert = Path(tls_paths["cert"]).read_bytes()
+    known_hosts, identity = None, None
+    ssh = site.submit_ssh
+    if ssh is not None:
+        known_hosts = (site_dir / ssh.known_hosts).read_bytes()
+        if not ssh_key_generated(site):
+            identity = str((site_dir / ssh.identity_file).resolve())
+    return Inputs(
+        hub_config=resources.read_bytes("config/jupyterhub_config.py"),
+        # Static: ports are fixed inside the containers; nothing from the site goes into it.
+        proxy_entrypoint=resources.read_bytes("compose/proxy-entrypoint.sh"),
+        tls_paths=tls_paths,
+        tls_cert=tls_cert,
+        known_hosts=known_hosts,
+        ssh_identity=identity,
+    )
+
+
+def render_files(site: Site, refs: dict[str, str], inputs: Inputs) -> dict[str, bytes]:
+    """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic."""
+    hub_files = {"hub/jupyterhub_config.py": inputs.hub_config, "hub/hub.json": hubjson.dumps(hub_data(site, refs))}
+    if inputs.known_hosts is not None:
+        hub_files["hub/ssh_known_hosts"] = inputs.known_hosts
+    slurm_files = slurm.files(site) if site.slurm is not None and site.slurm.cluster is not None else {}
+    mounts = Mounts(_config_hashes(hub_files, slurm_files, inputs), inputs.tls_paths, inputs.ssh_identity)
+    return {
+        **slurm_files,
+        "compose.yaml": dump_yaml(compose_data(site, refs, mounts)),
+        **hub_files,
+        "proxy/entrypoint.sh": inputs.proxy_entrypoint,
+    }
+
+
+def _config_hashes(hub_files: dict[str, bytes], slurm_files: dict[str, bytes], inputs: Inputs) -> dict[str, str]:
+    identity = [inputs.ssh_identity.encode()] if inputs.ssh_identity else []
+    tls = [inputs.tls_cert, inputs.tls_paths["key"].encode()] if inputs.tls_paths else []
+    hashes = {
+        # A changed key file recreates the hub only through its path: its bytes stay out.
+        "hub": sha(*hub_files.values(), *identity),
+        # The certificate's bytes, the key's path: a renewed cert must recreate the proxy,
+        # and the key's bytes never need to enter anything we print.
+        "proxy": sha(inputs.proxy_entrypoint, *tls),
+    }
+    if slurm_files:
+        # The controller reads job_submit.lua only when it starts: a changed account list
+        # must recreate it.
+        hashes["slurm"] = sha(*(slurm_files[k] for k in sorted(slurm_files)))
+    return hashes
+
+
+def render(site: Site, site_dir: Path, refs: dict[str, str]) -> dict[str, bytes]:
+    """:func:`read_inputs` then :func:`render_files`: the files a site renders today."""
+    return render_files(site, refs, read_inputs(site, site_dir))
+
+
+__all__ = ["Inputs", "compose_data", "hub_data", "read_inputs", "render", "render_files", "state_dir",
+           "write_files"]

@@ -1,0 +1,285 @@
+"""compose.yaml: one function per service, then networks, volumes and secrets.
+
+Every service carries the site label and, where files are mounted into it, a config hash
+(:data:`~hubdeploy.contract.layout.LABEL_CONFIG_HASH`), so compose recreates exactly the
+services whose inputs changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from hubdeploy.contract.layout import (
+    COOKIE_SECRET,
+    DB_PASSWORD,
+    DB_SERVICE,
+    HUB_CONFIG_PATH,
+    HUB_DATA_DIR,
+    HUB_JSON_PATH,
+    HUB_PORT,
+    HUB_SERVICE,
+    LABEL_CONFIG_HASH,
+    LABEL_SITE,
+    MUNGE_KEY,
+    PROXY_API_ALIAS,
+    PROXY_ENTRYPOINT_PATH,
+    PROXY_PORT,
+    PROXY_SERVICE,
+    PROXY_TOKEN,
+    SLURMCTLD_SERVICE,
+    SSH_KEY,
+    SSH_KNOWN_HOSTS_PATH,
+    project_name,
+    secret_path,
+    service_token,
+)
+from hubdeploy.contract.services import IDLE_CULLER, builtin_services
+from hubdeploy.render import slurm
+from hubdeploy.schema import ExtraService, Site
+
+# Health checks run inside the images, which have node (proxy) and python (hub).
+PROXY_HEALTH = (
+    "require('{scheme}').get({{host: '127.0.0.1', port: {port}, path: '/_chp_healthz', rejectUnauthorized: false}},"
+    " r => process.exit(r.statusCode == 200 ? 0 : 1)).on('error', () => process.exit(1))"
+)
+HUB_HEALTH = (
+    "import urllib.request,sys;"
+    "sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{port}/hub/health', timeout=4).status == 200 else 1)"
+)
+HUB_API = f"http://{HUB_SERVICE}:{HUB_PORT}/hub/api"
+
+
+@dataclass(frozen=True)
+class Mounts:
+    """What the compose file needs from outside the site model: hashes and host paths."""
+
+    hashes: dict[str, str]  # config hash per service: hub, proxy, slurm
+    tls: dict[str, str] | None = None  # 'cert'/'key' -> absolute host paths when TLS is on
+    ssh_identity: str | None = None  # absolute host path of the site's own SSH key
+
+
+def compose_data(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, Any]:
+    """The compose document."""
+    services: dict[str, Any] = {
+        PROXY_SERVICE: proxy_service(site, refs, mounts),
+        HUB_SERVICE: hub_service(site, refs, mounts),
+    }
+    volumes: dict[str, Any] = {"hub-data": {"name": f"{project_name(site.name)}-hub-data"}}
+    if site.database.type == "postgresql":
+        services[DB_SERVICE] = db_service(site, refs)
+        services[HUB_SERVICE]["depends_on"][DB_SERVICE] = {"condition": "service_healthy"}
+        volumes["db-data"] = {"name": f"{project_name(site.name)}-db-data"}
+    if site.services.idle_culler.enabled:
+        services[IDLE_CULLER.name] = culler_service(site, refs)
+    for svc in site.services.extra:
+        if svc.command is not None:
+            services[svc.name] = extra_service(site, refs, svc)
+    if site.slurm is not None and site.slurm.cluster is not None:
+        services.update(slurm_services(site, refs, mounts.hashes["slurm"]))
+        volumes["slurmctld-state"] = {"name": f"{project_name(site.name)}-slurmctld-state"}
+    return {
+        "name": project_name(site.name),
+        "services": services,
+        "networks": networks(site),
+        "volumes": volumes,
+        "secrets": secrets(services, mounts.ssh_identity),
+    }
+
+
+def networks(site: Site) -> dict[str, Any]:
+    """``internal`` (no route out: hub, proxy API, services, database) and ``users``
+    (proxy, hub, notebooks)."""
+    prefix = project_name(site.name)
+    return {
+        "internal": {"name": f"{prefix}-internal", "internal": True},
+        "users": {"name": f"{prefix}-users"},
+    }
+
+
+def secrets(services: dict[str, Any], ssh_identity: str | None) -> dict[str, Any]:
+    """Every secret a service lists, backed by its file in the state directory (or the
+    site's own SSH key where it has one)."""
+    names = sorted({s for svc in services.values() for s in svc.get("secrets", [])})
+    return {
+        name: {"file": ssh_identity if name == SSH_KEY and ssh_identity else f"../secrets/{name}"}
+        for name in names
+    }
+
+
+def _healthcheck(test: list[str]) -> dict[str, Any]:
+    return {"test": test, "interval": "5s", "timeout": "5s", "retries": 5, "start_period": "60s"}
+
+
+def _labels(site: Site, config_hash: str | None = None) -> dict[str, str]:
+    labels = {LABEL_SITE: site.name}
+    if config_hash is not None:
+        labels[LABEL_CONFIG_HASH] = config_hash
+    return labels
+
+
+def proxy_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, Any]:
+    scheme = "https" if mounts.tls else "http"
+    volumes = [f"./proxy/entrypoint.sh:{PROXY_ENTRYPOINT_PATH}:ro"]
+    if mounts.tls:
+        volumes += [f"{mounts.tls['cert']}:/etc/hubdeploy/tls/cert.pem:ro",
+                    f"{mounts.tls['key']}:/etc/hubdeploy/tls/key.pem:ro"]
+    return {
+        "image": refs["proxy"],
+        "pull_policy": "never",
+        "entrypoint": ["/bin/sh", PROXY_ENTRYPOINT_PATH],
+        "command": [],
+        "ports": [f"{site.public.host}:{site.public.port}:{PROXY_PORT}"],
+        "networks": {"internal": {"aliases": [PROXY_API_ALIAS]}, "users": {}},
+        "secrets": [PROXY_TOKEN],
+        "volumes": volumes,
+        "labels": _labels(site, mounts.hashes["proxy"]),
+        "healthcheck": _healthcheck(["CMD", "node", "-e", PROXY_HEALTH.format(scheme=scheme, port=PROXY_PORT)]),
+        "restart": "unless-stopped",
+    }
+
+
+def hub_secrets(site: Site) -> list[str]:
+    """The secrets the hub reads: its own, every service's token, the database's and ssh's."""
+    names = [COOKIE_SECRET, PROXY_TOKEN]
+    names += [s.secret for s in builtin_services(site.services.idle_culler.enabled)]
+    names += [service_token(s.name) for s in site.services.extra]
+    if site.database.type == "postgresql":
+        names.append(DB_PASSWORD)
+    if site.submit_ssh is not None:
+        names.append(SSH_KEY)
+    return sorted(names)
+
+
+def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, Any]:
+    volumes = [
+        f"./hub/jupyterhub_config.py:{HUB_CONFIG_PATH}:ro",
+        f"./hub/hub.json:{HUB_JSON_PATH}:ro",
+        f"hub-data:{HUB_DATA_DIR}",
+        # The docker backend starts login-node notebooks on this engine.
+        "/var/run/docker.sock:/var/run/docker.sock",
+    ]
+    if site.submit_ssh is not None:
+        volumes.append(f"./hub/ssh_known_hosts:{SSH_KNOWN_HOSTS_PATH}:ro")
+    return {
+        "image": refs["hub"],
+        "pull_policy": "never",
+        "command": ["jupyterhub", "-f", HUB_CONFIG_PATH],
+        "networks": {"internal": {"aliases": [HUB_SERVICE]}, "users": {"aliases": [HUB_SERVICE]}},
+        "secrets": hub_secrets(site),
+        "volumes": volumes,
+        "labels": _labels(site, mounts.hashes["hub"]),
+        "healthcheck": _healthcheck(["CMD", "python3", "-c", HUB_HEALTH.format(port=HUB_PORT)]),
+        "depends_on": {PROXY_SERVICE: {"condition": "service_healthy"}},
+        "restart": "unless-stopped",
+    }
+
+
+def db_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
+    return {
+        "image": refs["db"],
+        "pull_policy": "never",
+        "networks": {"internal": {}},
+        "secrets": [DB_PASSWORD],
+        "volumes": ["db-data:/var/lib/postgresql/data"],
+        "labels": _labels(site),
+        "healthcheck": _healthcheck(["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "jupyterhub"]),
+        "restart": "unless-stopped",
+    }
+
+
+def _with_token_env(token: str, argv: list[str]) -> list[str]:
+    # hubdeploy.hub.run reads the token file in the container and execs argv as nobody:
+    # the token never enters argv, compose.yaml or `docker inspect`.
+    return ["python3", "-m", "hubdeploy.hub.run", "--env", f"JUPYTERHUB_API_TOKEN={secret_path(token)}",
+            "--user", "nobody", "--", *argv]
+
+
+def culler_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
+    c = site.services.idle_culler
+    return {
+        "image": refs["hub"],
+        "pull_policy": "never",
+        "command": _with_token_env(IDLE_CULLER.secret, [
+            "python3", "-m", "jupyterhub_idle_culler",
+            f"--url={HUB_API}", f"--timeout={c.timeout}", f"--cull-every={c.every}",
+        ]),
+        "networks": {"internal": {}},
+        "secrets": [IDLE_CULLER.secret],
+        "labels": _labels(site),
+        "depends_on": {HUB_SERVICE: {"condition": "service_healthy"}},
+        "restart": "unless-stopped",
+    }
+
+
+def extra_service(site: Site, refs: dict[str, str], svc: ExtraService) -> dict[str, Any]:
+    """A site service that runs as a container (one with ``command``)."""
+    assert svc.command is not None
+    token = service_token(svc.name)
+    env = {
+        "JUPYTERHUB_API_URL": HUB_API,
+        "JUPYTERHUB_SERVICE_NAME": svc.name,
+        "JUPYTERHUB_SERVICE_PREFIX": f"/services/{svc.name}/",
+        **svc.environment,
+    }
+    if svc.image is None:
+        # Our hub image has the secret-to-environment wrapper.
+        command = _with_token_env(token, list(svc.command))
+    else:
+        # A foreign image gets the token as a file path, never as a value.
+        command = list(svc.command)
+        env["JUPYTERHUB_API_TOKEN_FILE"] = secret_path(token)
+    if svc.port is not None:
+        env["JUPYTERHUB_SERVICE_URL"] = f"http://0.0.0.0:{svc.port}"
+    return {
+        "image": svc.image or refs["hub"],
+        "pull_policy": "never" if svc.image is None else "missing",
+        "command": command,
+        "environment": dict(sorted(env.items())),
+        "networks": {"internal": {}},
+        "secrets": [token],
+        "labels": _labels(site),
+        "depends_on": {HUB_SERVICE: {"condition": "service_healthy"}},
+        "restart": "unless-stopped",
+    }
+
+
+def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[str, Any]:
+    """slurmctld and one slurmd container per node, on the users network (the proxy
+    reaches notebooks on the nodes by NodeName)."""
+    assert site.slurm is not None and site.slurm.cluster is not None
+    common = {
+        "image": refs["slurm"],
+        "pull_policy": "never",
+        "secrets": [MUNGE_KEY],
+        # The entrypoint installs the key as /etc/munge/munge.key, owner munge, 0400.
+        "environment": {"HUBDEPLOY_MUNGE_KEY": secret_path(MUNGE_KEY)},
+        "labels": _labels(site, config_hash),
+        "restart": "unless-stopped",
+    }
+    conf = "./slurm/slurm.conf:/etc/hubdeploy-slurm/slurm.conf:ro"
+    # Each service its own copy: shared dicts would come out as YAML anchors.
+    services: dict[str, Any] = {
+        SLURMCTLD_SERVICE: {
+            **copy.deepcopy(common),
+            "command": ["slurmctld"],
+            "hostname": SLURMCTLD_SERVICE,
+            "networks": {"users": {"aliases": [SLURMCTLD_SERVICE]}},
+            "volumes": [conf, "slurmctld-state:/var/spool/slurmctld"],
+            "healthcheck": _healthcheck(["CMD", "scontrol", "ping"]),
+        }
+    }
+    if site.slurm.cluster.accounts:
+        # Only the controller runs job_submit plugins; the entrypoint installs the script.
+        services[SLURMCTLD_SERVICE]["volumes"].append(
+            "./slurm/job_submit.lua:/etc/hubdeploy-slurm/job_submit.lua:ro")
+    for node in slurm.node_names(site):
+        services[f"slurm-{node}"] = {
+            **copy.deepcopy(common),
+            "command": ["slurmd"],
+            "hostname": node,
+            "networks": {"users": {"aliases": [node]}},
+            "volumes": [conf],
+        }
+    return services

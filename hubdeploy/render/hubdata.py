@@ -1,0 +1,204 @@
+"""hub.json: the site as the hub's static config reads it (:mod:`hubdeploy.contract.hubjson`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hubdeploy.contract import hubjson
+from hubdeploy.contract.layout import (
+    COOKIE_SECRET,
+    DB_PASSWORD,
+    DB_SERVICE,
+    DEXEC_UNREACHABLE,
+    HUB_DATA_DIR,
+    HUB_PORT,
+    HUB_SERVICE,
+    NOTEBOOK_USER,
+    PROXY_API_ALIAS,
+    PROXY_API_PORT,
+    PROXY_TOKEN,
+    SLURM_WORKDIR,
+    SLURMCTLD_SERVICE,
+    project_name,
+    secret_path,
+    service_token,
+)
+from hubdeploy.contract.services import builtin_services
+from hubdeploy.contract.values import memory_bytes
+from hubdeploy.render.ssh import ssh_argv
+from hubdeploy.schema import ExtraService, Profile, ProfileSlurm, Site
+
+# How long a compute-node spawn may wait in the queue before the hub gives up; JupyterHub's
+# default (60 s) suits containers, not a batch queue (batchspawner uses 300 s too).
+COMPUTE_START_TIMEOUT = 300
+
+
+def hub_data(site: Site, refs: dict[str, str]) -> hubjson.HubJson:
+    """The data the static jupyterhub_config.py reads (docs/design.md, "hub.json")."""
+    return {
+        "site": site.name,
+        "hub": {"ip": "0.0.0.0", "port": HUB_PORT, "connect_url": f"http://{HUB_SERVICE}:{HUB_PORT}"},
+        "cookie_secret_file": secret_path(COOKIE_SECRET),
+        "proxy": {
+            "api_url": f"http://{PROXY_API_ALIAS}:{PROXY_API_PORT}",
+            "token_file": secret_path(PROXY_TOKEN),
+            "route_check_interval": site.proxy.route_check_interval,
+        },
+        "database": database(site),
+        "authenticator": {
+            "class": site.hub.authenticator.class_,
+            "config": dict(site.hub.authenticator.config),
+        },
+        "admin_users": list(site.hub.admin_users),
+        "services": services(site),
+        "spawner": spawner(site, refs),
+        "config": {k: dict(v) for k, v in site.hub.config.items()},
+    }
+
+
+def services(site: Site) -> list[hubjson.ServiceEntry]:
+    """The built-in services, then the site's own."""
+    out: list[hubjson.ServiceEntry] = [
+        {"name": s.name, "token_file": s.token_file, "url": None, "scopes": list(s.scopes)}
+        for s in builtin_services(site.services.idle_culler.enabled)
+    ]
+    return out + [_extra_service(svc) for svc in site.services.extra]
+
+
+def _extra_service(svc: ExtraService) -> hubjson.ServiceEntry:
+    url = svc.url
+    if svc.command is not None and svc.port is not None:
+        url = f"http://{svc.name}:{svc.port}"
+    return {
+        "name": svc.name,
+        "token_file": secret_path(service_token(svc.name)),
+        "url": url,
+        "scopes": list(svc.scopes),
+    }
+
+
+def database(site: Site) -> hubjson.DatabaseSection:
+    if site.database.type == "postgresql":
+        return {
+            # The driver is named: SQLAlchemy 2.1 defaults to psycopg 3, the image has psycopg2.
+            "url": f"postgresql+psycopg2://jupyterhub@{DB_SERVICE}:5432/jupyterhub",
+            "password_file": secret_path(DB_PASSWORD),
+        }
+    return {"url": f"sqlite:///{HUB_DATA_DIR}/jupyterhub.sqlite"}
+
+
+def spawner(site: Site, refs: dict[str, str]) -> hubjson.SpawnerSection:
+    """The spawner's profiles and backends: docker for login nodes, slurm for compute."""
+    prefix = project_name(site.name)
+    out: hubjson.SpawnerSection = {
+        "backend": "docker",
+        "backend_config": {"network": f"{prefix}-users", "prefix": prefix, "site": site.name},
+        "profiles": [profile(site, p, refs[p.image]) for p in site.profiles],
+    }
+    if site.slurm is not None:
+        # Compute profiles use this backend (HubdeploySpawner.backends, by profile node).
+        out["backends"] = {"slurm": slurm_backend_config(site)}
+    return out
+
+
+def profile(site: Site, p: Profile, image_ref: str) -> hubjson.Profile:
+    out: hubjson.Profile = {
+        "name": p.name,
+        "display_name": p.display_name or p.name,
+        "description": p.description,
+        "image": p.image,
+        "image_ref": image_ref,
+        "node": p.node,
+        "cpu": p.cpu,
+        "mem_limit": memory_bytes(p.memory) if p.memory else None,
+        "home": p.home,
+        "volumes": [v.model_dump() for v in p.volumes],  # type: ignore[misc]
+        "environment": dict(p.environment),
+        "default": p.default,
+        "spawner_config": spawner_config(site, p),
+    }
+    if p.node == "compute":
+        out["slurm"] = profile_slurm(site, p)
+    return out
+
+
+def profile_slurm(site: Site, p: Profile) -> hubjson.ProfileSlurm:
+    """A compute profile's ``slurm`` section as slurm_script.job_options reads it."""
+    s = p.slurm or ProfileSlurm()
+    partitions = list(s.partitions)
+    cluster = site.slurm.cluster if site.slurm else None
+    path_prepend = list(s.path_prepend)
+    if cluster is not None and s.runtime == "native" and not path_prepend:
+        # hubdeploy's images keep jupyterhub-singleuser in /opt/venv; a batch job's PATH
+        # is Slurm's default, not the image's.
+        path_prepend = ["/opt/venv/bin"]
+    return {
+        "partition": s.partition or (partitions[0] if partitions else None),
+        "partitions": partitions,
+        "account": s.account,
+        "qos": s.qos,
+        "time": s.time,
+        "gpus": s.gpus,
+        "runtime": s.runtime,
+        "image": s.image,
+        "path_prepend": path_prepend,
+        "limits": {
+            "max_cpu": s.limits.max_cpu,
+            "max_mem": memory_bytes(s.limits.max_memory) if s.limits.max_memory else None,
+            "max_time": s.limits.max_time,
+            "max_gpus": s.limits.max_gpus,
+        },
+    }
+
+
+def spawner_config(site: Site, p: Profile) -> dict[str, Any]:
+    """A profile's spawner_config, with COMPUTE_START_TIMEOUT for compute profiles unless
+    the profile or the site's pass-through config sets start_timeout itself."""
+    out = dict(p.spawner_config)
+    sections = site.hub.config
+    site_sets = any("start_timeout" in (sections.get(k) or {}) for k in ("Spawner", "HubdeploySpawner"))
+    if p.node == "compute" and "start_timeout" not in out and not site_sets:
+        out["start_timeout"] = COMPUTE_START_TIMEOUT
+    return out
+
+
+def slurm_backend_config(site: Site) -> dict[str, Any]:
+    """The Slurm backend's config: the stack's own cluster, or the site's submit path."""
+    assert site.slurm is not None
+    if site.slurm.cluster is not None:
+        return _cluster_backend_config(site)
+    sub = site.slurm.submit
+    assert sub is not None
+    out: dict[str, Any] = {"prefix": "hubdeploy", "site": site.name}
+    if sub.ssh is not None:
+        out.update(submit_prefix=ssh_argv(sub.ssh), submit_quote=True, submit_env_stdin=True,
+                   submit_unreachable_code=255)
+    if sub.prefix:
+        out["submit_prefix"] = list(sub.prefix)
+    if sub.env_option:
+        out["submit_env_option"] = sub.env_option
+    if sub.quote:
+        out["submit_quote"] = True
+    if sub.output:
+        out["output"] = sub.output
+    return out
+
+
+def _cluster_backend_config(site: Site) -> dict[str, Any]:
+    # The hub runs the Slurm commands in the controller's container through the Docker
+    # API it already has (hubdeploy.hub.dexec): no Slurm client, munged or user accounts
+    # in the hub image, and the commands always match the cluster's version.
+    return {
+        "submit_prefix": [
+            "python3", "-m", "hubdeploy.hub.dexec",
+            "--project", project_name(site.name), "--service", SLURMCTLD_SERVICE,
+            "--user", NOTEBOOK_USER, "--workdir", SLURM_WORKDIR, "--",
+        ],
+        "submit_env_option": "--env",
+        "submit_unreachable_code": DEXEC_UNREACHABLE,
+        # No login environment to build on the node (see SlurmBackend's export_all).
+        "export_all": True,
+        "output": f"{SLURM_WORKDIR}/hubdeploy-slurm-%j.log",
+        "prefix": "hubdeploy",
+        "site": site.name,
+    }

@@ -1,0 +1,133 @@
+"""The stack's own Slurm cluster: slurm.conf and the account check (job_submit.lua)."""
+
+from __future__ import annotations
+
+import re
+
+from hubdeploy.contract.values import SLURM_NAME_PATTERN, memory_bytes
+from hubdeploy.schema import Site
+
+SLURM_NODE_PREFIX = "c"
+
+
+def node_names(site: Site) -> list[str]:
+    """The stack cluster's NodeNames, which are also the containers' hostnames and aliases."""
+    assert site.slurm is not None and site.slurm.cluster is not None
+    return [f"{SLURM_NODE_PREFIX}{i}" for i in range(1, site.slurm.cluster.nodes + 1)]
+
+
+def files(site: Site) -> dict[str, bytes]:
+    """``slurm/slurm.conf``, and ``slurm/job_submit.lua`` when the cluster checks accounts."""
+    out = {"slurm/slurm.conf": slurm_conf(site)}
+    lua = job_submit_lua(site)
+    if lua is not None:
+        out["slurm/job_submit.lua"] = lua
+    return out
+
+
+# Containers without privileges: no cgroups (22.05 has no CgroupPlugin=disabled).
+_FIXED = [
+    "SlurmctldHost=slurmctld",
+    "SlurmUser=slurm",
+    "AuthType=auth/munge",
+    "StateSaveLocation=/var/spool/slurmctld",
+    "SlurmdSpoolDir=/var/spool/slurmd",
+    "SlurmctldPidFile=/run/slurmctld.pid",
+    "SlurmdPidFile=/run/slurmd.pid",
+    "ProctrackType=proctrack/linuxproc",
+    "TaskPlugin=task/none",
+    "JobAcctGatherType=jobacct_gather/none",
+    "AccountingStorageType=accounting_storage/none",
+    "SelectType=select/cons_tres",
+    "SelectTypeParameters=CR_Core_Memory",
+    # The nodes share the host's cores: schedule what the site declares.
+    "SlurmdParameters=config_overrides",
+    "ReturnToService=2",
+    "MinJobAge=60",
+    "SlurmctldTimeout=30",
+    # Long: a controller that is away for a while must not mark live nodes down.
+    "SlurmdTimeout=600",
+    "InactiveLimit=0",
+    "KillWait=5",
+    "SchedulerType=sched/backfill",
+    # sbatch never starts a job itself: the controller's background loop does, at most
+    # once a second and, by default, not within batch_sched_delay=3 s of its previous
+    # scheduling pass (any job's start or end). A notebook is interactive: schedule at
+    # the next tick (measured up to 2.2 s of sbatch -> RUNNING before, under 1 s now).
+    "SchedulerParameters=batch_sched_delay=0",
+    "MpiDefault=none",
+    "EnforcePartLimits=ALL",
+]
+
+
+def slurm_conf(site: Site) -> bytes:
+    """slurm.conf of the stack's cluster: no privileges, no cgroups, no accounting."""
+    assert site.slurm is not None and site.slurm.cluster is not None
+    c = site.slurm.cluster
+    nodes = node_names(site)
+    mem_mb = memory_bytes(c.memory) // 2**20
+    lines = [
+        "# Rendered by hubdeploy from the site description; edit the site file, not this.",
+        f"ClusterName={site.name}",
+        *_FIXED,
+    ]
+    if c.accounts:
+        # Without slurmdbd Slurm knows no accounts (AllowAccounts would leave such jobs
+        # pending forever): job_submit.lua (job_submit_lua) is the account check.
+        lines.append("JobSubmitPlugins=lua")
+    lines += [f"NodeName={n} CPUs={c.cpus} RealMemory={mem_mb} State=UNKNOWN" for n in nodes]
+    for i, part in enumerate(c.partitions):
+        lines.append(f"PartitionName={part} Nodes={','.join(nodes)} Default={'YES' if i == 0 else 'NO'} "
+                     "MaxTime=INFINITE State=UP")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def lua_string(value: str) -> str:
+    # Account names are SlurmNames ([A-Za-z0-9_.+-]): nothing in them needs escaping, and
+    # this refuses to write anything that would.
+    assert re.fullmatch(SLURM_NAME_PATTERN, value), value
+    return f'"{value}"'
+
+
+def job_submit_lua(site: Site) -> bytes | None:
+    """The controller's job_submit.lua when ``slurm.cluster.accounts`` is set, else None.
+
+    It plays the accounting database's part: a job naming another account is refused with
+    Slurm's own ESLURM_INVALID_ACCOUNT, so sbatch fails at once with "Invalid account or
+    account/partition combination specified" (what a site with slurmdbd answers), and a
+    job naming none gets the first account, as a user's default account would.
+    """
+    assert site.slurm is not None and site.slurm.cluster is not None
+    accounts = site.slurm.cluster.accounts
+    if not accounts:
+        return None
+    admitted = ", ".join(f"[{lua_string(a)}] = true" for a in accounts)
+    text = f"""\
+-- Rendered by hubdeploy from the site description (slurm.cluster.accounts); edit the
+-- site file, not this.
+local admitted = {{{admitted}}}
+local default_account = {lua_string(accounts[0])}
+
+local function refuse(account)
+  slurm.log_user("account %s is not one of this cluster's accounts", account)
+  return slurm.ESLURM_INVALID_ACCOUNT
+end
+
+function slurm_job_submit(job_desc, part_list, submit_uid)
+  if job_desc.account == nil or job_desc.account == "" then
+    job_desc.account = default_account
+  elseif not admitted[job_desc.account] then
+    return refuse(job_desc.account)
+  end
+  return slurm.SUCCESS
+end
+
+-- scontrol update Account=... must not get round the check either.
+function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
+  if job_desc.account ~= nil and job_desc.account ~= "" and not admitted[job_desc.account] then
+    return refuse(job_desc.account)
+  end
+  return slurm.SUCCESS
+end
+"""
+    return text.encode()
