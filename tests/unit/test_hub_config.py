@@ -7,41 +7,52 @@ import json
 import pytest
 from traitlets.config.loader import PyFileConfigLoader
 
-from hubdeploy import resources
+from hubdeploy import render, resources
+from hubdeploy.contract.layout import SECRETS_DIR
+from hubdeploy.loader import load_site_text
+from hubdeploy.secrets import secret_names
 
 CONFIG = resources.path("config/jupyterhub_config.py")
 
+# What `hubdeploy render` turns into the hub.json below: the producer's real output, so
+# this file tests the config against what the renderer writes, never a hand-made copy.
+SITE = """\
+name: hdtconf
+database: {type: postgresql}
+services:
+  extra:
+    - {name: web, command: [python3, -m, web], port: 9000}
+hub:
+  admin_users: [admin]
+  config: {JupyterHub: {shutdown_on_logout: true}, Spawner: {start_timeout: 99}}
+proxy: {route_check_interval: 7}
+profiles:
+  - {name: base, image: base, default: true}
+"""
+REFS = {"base": "hubdeploy/hdtconf-base:0123456789ab", "hub": "hubdeploy/hdtconf-hub:1",
+        "proxy": "hubdeploy/hdtconf-proxy:2", "db": "hubdeploy/hdtconf-db:3"}
 
-def hub_json(tmp_path, **changes):
-    secrets = {}
-    for name in ("cookie_secret", "proxy_token", "db_password", "service-idle-culler_token", "service-web_token"):
-        path = tmp_path / name
-        path.write_text(f"value-of-{name}\n")
-        secrets[name] = str(path)
-    data = {
-        "site": "hdtconf",
-        "hub": {"ip": "0.0.0.0", "port": 8081, "connect_url": "http://hub:8081"},
-        "cookie_secret_file": secrets["cookie_secret"],
-        "proxy": {"api_url": "http://proxy-api:8001", "token_file": secrets["proxy_token"], "route_check_interval": 7},
-        "database": {"url": "postgresql://jupyterhub@db:5432/jupyterhub", "password_file": secrets["db_password"]},
-        "authenticator": {"class": "dummy", "config": {}},
-        "admin_users": ["admin"],
-        "services": [
-            {
-                "name": "idle-culler",
-                "token_file": secrets["service-idle-culler_token"],
-                "url": None,
-                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-            },
-            {"name": "web", "token_file": secrets["service-web_token"], "url": "http://web:9000", "scopes": []},
-        ],
-        "spawner": {
-            "backend": "docker",
-            "backend_config": {"network": "hubdeploy-hdtconf-users", "prefix": "hubdeploy-hdtconf", "site": "hdtconf"},
-            "profiles": [{"name": "base", "image_ref": "hubdeploy/hdtconf-base:0123456789ab", "default": True}],
-        },
-        "config": {"JupyterHub": {"shutdown_on_logout": True}, "Spawner": {"start_timeout": 99}},
-    }
+
+def relocate(value, secrets_dir):
+    """hub.json with /run/secrets/NAME paths pointing into ``secrets_dir``."""
+    if isinstance(value, dict):
+        return {k: relocate(v, secrets_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relocate(v, secrets_dir) for v in value]
+    if isinstance(value, str) and value.startswith(SECRETS_DIR + "/"):
+        return str(secrets_dir / value[len(SECRETS_DIR) + 1:])
+    return value
+
+
+def hub_json(tmp_path, text=SITE, **changes):
+    """hub.json as render.hub_data writes it for ``text``, with every secret the CLI side
+    generates for that site (secret_names) written into tmp_path."""
+    site = load_site_text(text, "site.yaml")
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir(exist_ok=True)
+    for name in secret_names(site):
+        (secrets_dir / name).write_text(f"value-of-{name}\n")
+    data = relocate(render.hub_data(site, REFS), secrets_dir)
     for key, value in changes.items():
         data[key] = value
     path = tmp_path / "hub.json"
@@ -57,6 +68,7 @@ def load(monkeypatch, path):
 def test_static_config(tmp_path, monkeypatch):
     path, data = hub_json(tmp_path)
     c = load(monkeypatch, path)
+    assert data["hub"]["ip"] == "0.0.0.0"
     assert c.JupyterHub.hub_bind_url == "http://0.0.0.0:8081"
     assert c.JupyterHub.hub_connect_url == "http://hub:8081"
     assert c.JupyterHub.cookie_secret_file == data["cookie_secret_file"]
@@ -84,7 +96,7 @@ def test_database_password_only_in_memory_url(tmp_path, monkeypatch):
     c = load(monkeypatch, path)
     # alembic stamps a new schema with the URL alone, so the password must be in it; it
     # comes from the secret file at start, never from hub.json.
-    assert c.JupyterHub.db_url == "postgresql://jupyterhub:value-of-db_password@db:5432/jupyterhub"
+    assert c.JupyterHub.db_url == "postgresql+psycopg2://jupyterhub:value-of-db_password@db:5432/jupyterhub"
 
 
 def test_sqlite_has_no_password(tmp_path, monkeypatch):
@@ -98,16 +110,20 @@ def test_services_get_exactly_their_scopes(tmp_path, monkeypatch):
     path, _ = hub_json(tmp_path)
     c = load(monkeypatch, path)
     assert c.JupyterHub.services == [
+        {"name": "hubdeploy-smoke", "api_token": "value-of-service-hubdeploy-smoke_token"},
+        {"name": "hubdeploy-cli", "api_token": "value-of-service-hubdeploy-cli_token"},
         {"name": "idle-culler", "api_token": "value-of-service-idle-culler_token"},
         {"name": "web", "api_token": "value-of-service-web_token", "url": "http://web:9000"},
     ]
-    assert c.JupyterHub.load_roles == [
-        {
-            "name": "service-idle-culler",
-            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-            "services": ["idle-culler"],
-        }
-    ]
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["service-idle-culler"] == {
+        "name": "service-idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    }
+    assert roles["service-hubdeploy-smoke"]["scopes"] == [
+        "admin:users!user=hubdeploy-smoke-user", "tokens!user=hubdeploy-smoke-user"]
+    assert "service-web" not in roles  # no scopes asked, none given
 
 
 def test_authenticator_config_and_restricted_dummy(tmp_path, monkeypatch):
