@@ -153,7 +153,10 @@ def _typed(backend: str, key: str, hint: Any, value: Any) -> Any:
         if value is None and type(None) in args:
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return _typed(backend, key, inner, value)
+        try:
+            return _typed(backend, key, inner, value)
+        except ValueError:
+            raise bad() from None
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, args[0]) for v in value):
             raise bad()

@@ -6,7 +6,8 @@
 - ``run``: ``run_smoke``, which ties them together and never raises for a failed step.
 """
 
-from hubdeploy.smoke.hubclient import SMOKE_SERVICE_SCOPES, SMOKE_USER
+from hubdeploy.contract.services import SMOKE_USER
+from hubdeploy.smoke.hubclient import SMOKE_SERVICE_SCOPES
 from hubdeploy.smoke.kernel import CHECKS, KernelCheck
 from hubdeploy.smoke.report import SmokeReport, Step
 from hubdeploy.smoke.run import run_smoke

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 import requests
 
-from hubdeploy.contract.services import SMOKE, SMOKE_USER
+from hubdeploy.contract.services import SMOKE
 
 # What the smoke service's token may do (hubdeploy.contract.services says why).
 SMOKE_SERVICE_SCOPES = list(SMOKE.scopes)

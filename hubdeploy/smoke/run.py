@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 import time
 
+from hubdeploy.contract.services import SMOKE_USER
 from hubdeploy.smoke.hubclient import (
-    SMOKE_USER,
     HubAPIError,
     HubClient,
     SpawnFailed,

@@ -178,15 +178,12 @@ def test_hub_code_change_rebuilds_only_the_last_layers(client, built):
     hub = built["plans"]["hub"]
     files = {**hub.files, "hubdeploy-src/hubdeploy/_test_probe.txt": b"changed\n"}
     changed = replace(hub, ref=f"{PREFIX}hub:probe{int(time.time())}", files=files)
-    t0 = time.monotonic()
     plans = {**built["plans"], "hub": changed}
     assert images.build_images(plans, client=client, state_dir=STATE / "probe", names=["hub"]) == ["hub"]
-    seconds = time.monotonic() - t0
     old = client.images.get(hub.ref).attrs["RootFS"]["Layers"]
     new = client.images.get(changed.ref).attrs["RootFS"]["Layers"]
     # COPY source, pip install source, mkdir: everything before them is reused.
     assert new[: len(old) - 3] == old[: len(old) - 3]
-    assert seconds < 60, seconds
 
 
 def test_proxy_image(client, built):
@@ -244,9 +241,9 @@ def test_changing_a_collaborations_pip_list_reruns_only_that_install(client, bui
 
 
 def test_unchanged_site_builds_nothing(client, built):
-    t0 = time.monotonic()
-    assert images.build_images(built["plans"], client=client, state_dir=STATE) == []
-    assert time.monotonic() - t0 < 10
+    steps: list[buildsteps.BuildStep] = []
+    assert images.build_images(built["plans"], client=client, state_dir=STATE, steps=steps) == []
+    assert steps == []  # not one build step ran, cached or not
 
 
 def test_second_site_reuses_the_rootfs_without_bootstrapping(client, built, tmp_path):
@@ -254,10 +251,8 @@ def test_second_site_reuses_the_rootfs_without_bootstrapping(client, built, tmp_
     plans = images.plan_images(site, tmp_path)
     if not images.missing_images({"debian": plans["debian"]}, client):
         client.images.remove(plans["debian"].ref, force=True)  # kept by an earlier run
-    t0 = time.monotonic()
     # An empty state dir: no cached tarball; the other site's debian image is relabelled.
     assert images.build_images(plans, client=client, state_dir=tmp_path / "state", names=["debian"]) == ["debian"]
-    assert time.monotonic() - t0 < 20
     assert client.images.get(plans["debian"].ref).labels["hubdeploy.site"] == f"{SITE}-b"
     assert not (tmp_path / "state" / "rootfs").exists()
 
@@ -282,15 +277,21 @@ def test_proxy_credentials_stay_out_of_the_image(client, built):
     assert "hdt-proxy-pw" not in history and "hdt-proxy-pw" not in attrs
 
 
-def test_cached_rootfs_tarball_imports(client, built):
-    tarballs = sorted((STATE / "rootfs").glob("debian-*.tar"))
-    if not tarballs:
-        pytest.skip("no cached rootfs (the debian image was relabelled from another site)")
+def test_cached_rootfs_tarball_imports(client, built, tmp_path):
+    """A rootfs tarball imports as a working image. The cached tarball exists only when
+    this run bootstrapped (another site's debian image is relabelled instead), so the
+    tarball is the built debian image's own filesystem, exported."""
     from hubdeploy import rootfs
 
+    tarball = tmp_path / "debian-rootfs.tar"
+    box = client.containers.create(built["plans"]["debian"].ref, command=["true"], name=f"{PREFIX}export")
+    try:
+        with tarball.open("wb") as f:
+            for chunk in box.export():
+                f.write(chunk)
+    finally:
+        box.remove(force=True)
     ref = f"{PREFIX}import:probe"
-    t0 = time.monotonic()
-    rootfs.import_tarball(client, tarballs[-1], ref, {"hubdeploy.image": "debian"})
-    assert time.monotonic() - t0 < 60
+    rootfs.import_tarball(client, tarball, ref, {"hubdeploy.image": "debian"})
     assert run(client, ref, ["sh", "-c", "cat /etc/debian_version; test -x /usr/sbin/policy-rc.d && echo ok"]) \
         .splitlines()[-1] == "ok"
