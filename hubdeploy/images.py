@@ -206,70 +206,93 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
     hubdeploy's own source (the hub image installs it): the same site gives byte-identical
     contexts and the same tags. Raises SiteError on bad input.
     """
-    ca = _read_ca(site, site_dir)
-    proxies = _proxy_buildargs(site)
-    env = _jinja()
-    version = site.hub.jupyterhub_version
-    source_url = (_pyproject().get("project", {}).get("urls") or {}).get("Source")
-    plans: dict[str, ImagePlan] = {}
+    planner = _Planner(site, _read_ca(site, site_dir))
+    planner.debian()
+    planner.notebook_images()
+    planner.hub()
+    planner.add("proxy", "proxy/Dockerfile.j2", "debian", planner.plans["debian"].ref, {})
+    if site.slurm is not None and site.slurm.cluster is not None:
+        planner.slurm(site.slurm.cluster.image)
+    if site.database.type == "postgresql":
+        planner.add("db", "db/Dockerfile.j2", "debian", planner.plans["debian"].ref,
+                    {"entrypoint.sh": (_images_dir() / "db" / "entrypoint.sh").read_bytes()})
+    return planner.plans
 
-    def labels(name: str, digest: str, parent_ref: str | None) -> dict[str, str]:
+
+class _Planner:
+    """Builds the plans of one site, one image at a time (parents first)."""
+
+    def __init__(self, site: Site, ca: bytes | None):
+        self.site = site
+        self.ca = ca
+        self.proxies = _proxy_buildargs(site)
+        self.env = _jinja()
+        self.version = site.hub.jupyterhub_version
+        self.source_url = (_pyproject().get("project", {}).get("urls") or {}).get("Source")
+        self.plans: dict[str, ImagePlan] = {}
+        # Cumulative: a child's label lists its ancestors' kernels too (it inherits them).
+        self.kernel_meta: dict[str, list[dict]] = {}
+
+    def labels(self, name: str, digest: str, parent_ref: str | None) -> dict[str, str]:
         out = {
-            "org.opencontainers.image.title": f"hubdeploy {site.name} {name}",
+            "org.opencontainers.image.title": f"hubdeploy {self.site.name} {name}",
             "org.opencontainers.image.version": hubdeploy.__version__,
-            "hubdeploy.site": site.name,
+            "hubdeploy.site": self.site.name,
             "hubdeploy.image": name,
             "hubdeploy.spec-hash": digest,
             "hubdeploy.parent": parent_ref or "",
         }
-        if source_url:
-            out["org.opencontainers.image.source"] = source_url
+        if self.source_url:
+            out["org.opencontainers.image.source"] = self.source_url
         return dict(sorted(out.items()))
 
-    def add(name: str, template: str, parent: str | None, parent_ref: str, extra: dict[str, bytes],
+    def ref(self, name: str, digest: str) -> str:
+        return f"hubdeploy/{self.site.name}-{name}:{digest[:12]}"
+
+    def add(self, name: str, template: str, parent: str | None, parent_ref: str, extra: dict[str, bytes],
             kernel_meta: list[dict] | None = None, **ctx) -> None:
+        """Plan one image from a Dockerfile template."""
         files = dict(extra)
-        if ca is not None:
-            files[CA_FILE] = ca
-        tpl = env.get_template(template)
-        ctx.update(ca=ca is not None, parent_ref=parent_ref, jupyterhub_version=version)
+        if self.ca is not None:
+            files[CA_FILE] = self.ca
+        tpl = self.env.get_template(template)
+        ctx.update(ca=self.ca is not None, parent_ref=parent_ref, jupyterhub_version=self.version)
         # The tag cannot hash a Dockerfile that contains the tag: hash the body, then
         # append the labels (which only restate what the hash already covers).
         body = tpl.render(labels=None, **ctx).encode()
         digest = spec_hash({**files, "Dockerfile": body}, {}, parent_ref)
-        lab = labels(name, digest, parent_ref)
+        lab = self.labels(name, digest, parent_ref)
         if kernel_meta is not None:
             # Restates what the hash covers (kernel.json files, the parent's tag).
             lab = dict(sorted({**lab, kern.LABEL: kern.label_value(kernel_meta)}.items()))
         files["Dockerfile"] = tpl.render(labels=lab, **ctx).encode()
-        ref = f"hubdeploy/{site.name}-{name}:{digest[:12]}"
-        plans[name] = ImagePlan(name, ref, parent, dict(sorted(files.items())), dict(proxies), lab)
+        self.plans[name] = ImagePlan(name, self.ref(name, digest), parent, dict(sorted(files.items())),
+                                     dict(self.proxies), lab)
 
-    # debian: a rootfs recipe, not a Dockerfile; the overlay files go into the rootfs.
-    deb = site.build.debian
-    overlay_dir = _images_dir() / "debian" / "rootfs"
-    files = {
-        f"rootfs/{p.relative_to(overlay_dir).as_posix()}": p.read_bytes()
-        for p in sorted(overlay_dir.rglob("*"))
-        if p.is_file()
-    }
-    recipe = {"suite": deb.suite, "mirror": deb.mirror, "variant": "minbase"}
-    files["recipe.json"] = (json.dumps(recipe, sort_keys=True, indent=1) + "\n").encode()
-    digest = spec_hash(files, {}, None)
-    plans["debian"] = ImagePlan(
-        "debian", f"hubdeploy/{site.name}-debian:{digest[:12]}", None, dict(sorted(files.items())),
-        dict(proxies), labels("debian", digest, None),
-    )
-    debian_ref = plans["debian"].ref
+    def debian(self) -> None:
+        """A rootfs recipe, not a Dockerfile; the overlay files go into the rootfs."""
+        deb = self.site.build.debian
+        overlay_dir = _images_dir() / "debian" / "rootfs"
+        files = {
+            f"rootfs/{p.relative_to(overlay_dir).as_posix()}": p.read_bytes()
+            for p in sorted(overlay_dir.rglob("*"))
+            if p.is_file()
+        }
+        recipe = {"suite": deb.suite, "mirror": deb.mirror, "variant": "minbase"}
+        files["recipe.json"] = (json.dumps(recipe, sort_keys=True, indent=1) + "\n").encode()
+        digest = spec_hash(files, {}, None)
+        self.plans["debian"] = ImagePlan("debian", self.ref("debian", digest), None, dict(sorted(files.items())),
+                                         dict(self.proxies), self.labels("debian", digest, None))
 
-    def packages(apt: list[str], pip: list[str]) -> tuple[list[str], dict[str, bytes]]:
+    def _packages(self, apt: list[str], pip: list[str]) -> tuple[list[str], dict[str, bytes]]:
         extra = {}
         if pip:
             extra["requirements.txt"] = _requirements(pip)
-            extra["constraints.txt"] = f"jupyterhub=={version}\n".encode()
+            extra["constraints.txt"] = f"jupyterhub=={self.version}\n".encode()
         return [shlex.quote(p) for p in apt], extra
 
-    def kernel_ctx(name: str, declared) -> tuple[dict[str, bytes], dict]:
+    @staticmethod
+    def _kernel_ctx(name: str, declared) -> tuple[dict[str, bytes], dict]:
         ctx = {
             "kernels": [{"spec": kern.spec_name(name, k), "venv": kern.venv_path(name, k),
                          "packages": kern.has_packages(k)} for k in declared],
@@ -280,50 +303,46 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
         }
         return kern.context_files(name, declared), ctx
 
-    # Cumulative: a child's label lists its ancestors' kernels too (it inherits them).
-    kernel_meta: dict[str, list[dict]] = {}
-    base = site.images.base
-    apt, extra = packages(base.apt, base.pip)
-    kfiles, kctx = kernel_ctx("base", base.kernels)
-    kernel_meta["base"] = kern.metadata("base", base.kernels)
-    add("base", "base/Dockerfile.j2", None if base.from_ else "debian", base.from_ or debian_ref,
-        {**extra, **kfiles}, kernel_meta["base"], apt=apt, pip=bool(base.pip),
-        uv_version=kern.UV_VERSION, uv_prefix=kern.UV_PREFIX, **kctx)
-    for name in _collaboration_order(site):
-        img = site.images.collaborations[name]
-        apt, extra = packages(img.apt, img.pip)
-        kfiles, kctx = kernel_ctx(name, img.kernels)
-        kernel_meta[name] = kernel_meta[img.parent] + kern.metadata(name, img.kernels)
-        add(name, "collaboration/Dockerfile.j2", img.parent, plans[img.parent].ref, {**extra, **kfiles},
-            kernel_meta[name], apt=apt, pip=bool(img.pip), **kctx)
+    def notebook_images(self) -> None:
+        """The base image, then each collaboration after its parent."""
+        base = self.site.images.base
+        apt, extra = self._packages(base.apt, base.pip)
+        kfiles, kctx = self._kernel_ctx("base", base.kernels)
+        self.kernel_meta["base"] = kern.metadata("base", base.kernels)
+        self.add("base", "base/Dockerfile.j2", None if base.from_ else "debian",
+                 base.from_ or self.plans["debian"].ref, {**extra, **kfiles}, self.kernel_meta["base"],
+                 apt=apt, pip=bool(base.pip), uv_version=kern.UV_VERSION, uv_prefix=kern.UV_PREFIX, **kctx)
+        for name in _collaboration_order(self.site):
+            img = self.site.images.collaborations[name]
+            apt, extra = self._packages(img.apt, img.pip)
+            kfiles, kctx = self._kernel_ctx(name, img.kernels)
+            self.kernel_meta[name] = self.kernel_meta[img.parent] + kern.metadata(name, img.kernels)
+            self.add(name, "collaboration/Dockerfile.j2", img.parent, self.plans[img.parent].ref,
+                     {**extra, **kfiles}, self.kernel_meta[name], apt=apt, pip=bool(img.pip), **kctx)
 
-    hub_reqs = ["setuptools>=68", "wheel", f"jupyterhub=={version}", "jupyterhub-idle-culler",
-                *site.hub.authenticator.packages]
-    if site.database.type == "postgresql":
-        hub_reqs.append("psycopg2-binary")
-    # The hub-side code needs only the docker SDK beyond JupyterHub itself.
-    hub_reqs.append("docker>=7.0")
-    add("hub", "hub/Dockerfile.j2", "debian", debian_ref,
-        {"requirements.txt": _requirements(hub_reqs), **_hubdeploy_source()})
-    add("proxy", "proxy/Dockerfile.j2", "debian", debian_ref, {})
-    if site.slurm is not None and site.slurm.cluster is not None:
-        # The compute nodes: the image the profiles run, plus Slurm and munge. The recipe
-        # is the one the Slurm tests build (FROM a build arg), so it stays a plain Dockerfile.
-        node_image = site.slurm.cluster.image
-        parent_ref = plans[node_image].ref
+    def hub(self) -> None:
+        reqs = ["setuptools>=68", "wheel", f"jupyterhub=={self.version}", "jupyterhub-idle-culler",
+                *self.site.hub.authenticator.packages]
+        if self.site.database.type == "postgresql":
+            reqs.append("psycopg2-binary")
+        # The hub-side code needs only the docker SDK beyond JupyterHub itself.
+        reqs.append("docker>=7.0")
+        self.add("hub", "hub/Dockerfile.j2", "debian", self.plans["debian"].ref,
+                 {"requirements.txt": _requirements(reqs), **_hubdeploy_source()})
+
+    def slurm(self, node_image: str) -> None:
+        """The compute nodes: the image the profiles run, plus Slurm and munge. The recipe
+        is the one the Slurm tests build (FROM a build arg), so it stays a plain Dockerfile."""
+        parent_ref = self.plans[node_image].ref
         recipe = _images_dir() / "slurm"
         files = {name: (recipe / name).read_bytes() for name in ("Dockerfile", "entrypoint.sh")}
         args = {"BASE": parent_ref}
         digest = spec_hash(files, args, parent_ref)
-        lab = labels("slurm", digest, parent_ref)
+        lab = self.labels("slurm", digest, parent_ref)
         files["Dockerfile"] += ("LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in lab.items())
                                 + "\n").encode()
-        plans["slurm"] = ImagePlan("slurm", f"hubdeploy/{site.name}-slurm:{digest[:12]}", node_image,
-                                   dict(sorted(files.items())), {**proxies, **args}, lab)
-    if site.database.type == "postgresql":
-        add("db", "db/Dockerfile.j2", "debian", debian_ref,
-            {"entrypoint.sh": (_images_dir() / "db" / "entrypoint.sh").read_bytes()})
-    return plans
+        self.plans["slurm"] = ImagePlan("slurm", self.ref("slurm", digest), node_image,
+                                        dict(sorted(files.items())), {**self.proxies, **args}, lab)
 
 
 def image_refs(plans: dict[str, ImagePlan]) -> dict[str, str]:

@@ -74,30 +74,11 @@ def check_image(client, image: str, ref: str, *, name_prefix: str, timeout: int 
     """
     result = ImageTestResult(image, ref)
     t0 = time.monotonic()
+    expected = kern.from_labels(_labels(client, image, ref))
+    name = f"{name_prefix}-imagetest-{image}-{secrets.token_hex(4)}"
+    made: list = []
     try:
-        labels = client.api.inspect_image(ref)["Config"].get("Labels") or {}
-    except docker.errors.ImageNotFound:
-        raise OperationError(f"image {image} ({ref}) is not built", hint="run `hubdeploy images build` first") from None
-    except ENGINE_ERRORS as exc:
-        raise OperationError(f"cannot inspect image {ref}: {exc}") from None
-    expected = kern.from_labels(labels)
-    suffix = secrets.token_hex(4)
-    name = f"{name_prefix}-imagetest-{image}-{suffix}"
-    container = volume = None
-    try:
-        volume = client.volumes.create(name=name, labels={"hubdeploy.imagetest": "1"})
-        container = client.containers.create(
-            ref,
-            ["/opt/venv/bin/python", f"{CHECK_DIR}/check.py", f"{CHECK_DIR}/expect.json"],
-            name=name,
-            user="1000:100",
-            working_dir="/home/jovyan",
-            environment={"HOME": "/home/jovyan"},
-            volumes={name: {"bind": "/home/jovyan", "mode": "rw"}},
-            # Kernels talk over loopback only; an image must not need the network to start one.
-            network_mode="none",
-            labels={"hubdeploy.imagetest": "1"},
-        )
+        container = _create(client, ref, name, made)
         # put_archive, not a bind mount: it works with a remote engine too.
         container.put_archive("/tmp", _archive(expected))
         container.start()
@@ -106,26 +87,58 @@ def check_image(client, image: str, ref: str, *, name_prefix: str, timeout: int 
         except ENGINE_ERRORS:
             result.error = f"the kernel checks did not finish in {timeout} s"
             return result
-        logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
-        line = next((ln for ln in reversed(logs.splitlines()) if ln.startswith("HUBDEPLOY-RESULT ")), None)
-        if line is None:
-            tail = "\n  ".join(logs.splitlines()[-15:])
-            result.error = f"the check exited {status.get('StatusCode')} without a result; last output:\n  {tail}"
-            return result
-        data = json.loads(line.split(" ", 1)[1])
-        result.error = data.get("error")
-        result.kernels = data.get("kernels", [])
-        if not result.kernels and result.error is None:
-            result.error = "the image lists no kernelspec"
+        _read_result(result, status, container.logs(stdout=True, stderr=True).decode(errors="replace"))
         return result
     except ENGINE_ERRORS as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result
     finally:
         result.seconds = time.monotonic() - t0
-        for obj in (container, volume):
-            if obj is not None:
-                try:
-                    obj.remove(force=True)
-                except ENGINE_ERRORS:
-                    pass
+        for obj in reversed(made):
+            try:
+                obj.remove(force=True)
+            except ENGINE_ERRORS:
+                pass
+
+
+def _labels(client, image: str, ref: str) -> dict[str, str]:
+    try:
+        return client.api.inspect_image(ref)["Config"].get("Labels") or {}
+    except docker.errors.ImageNotFound:
+        raise OperationError(f"image {image} ({ref}) is not built", hint="run `hubdeploy images build` first") from None
+    except ENGINE_ERRORS as exc:
+        raise OperationError(f"cannot inspect image {ref}: {exc}") from None
+
+
+def _create(client, ref: str, name: str, made: list):
+    """A fresh home volume and the container that runs the check as the notebook user;
+    each is appended to ``made`` as soon as it exists, so the caller removes it."""
+    made.append(client.volumes.create(name=name, labels={"hubdeploy.imagetest": "1"}))
+    container = client.containers.create(
+        ref,
+        ["/opt/venv/bin/python", f"{CHECK_DIR}/check.py", f"{CHECK_DIR}/expect.json"],
+        name=name,
+        user="1000:100",
+        working_dir="/home/jovyan",
+        environment={"HOME": "/home/jovyan"},
+        volumes={name: {"bind": "/home/jovyan", "mode": "rw"}},
+        # Kernels talk over loopback only; an image must not need the network to start one.
+        network_mode="none",
+        labels={"hubdeploy.imagetest": "1"},
+    )
+    made.append(container)
+    return container
+
+
+def _read_result(result: ImageTestResult, status: dict, logs: str) -> None:
+    """The check's ``HUBDEPLOY-RESULT`` line into ``result`` (or why there is none)."""
+    line = next((ln for ln in reversed(logs.splitlines()) if ln.startswith("HUBDEPLOY-RESULT ")), None)
+    if line is None:
+        tail = "\n  ".join(logs.splitlines()[-15:])
+        result.error = f"the check exited {status.get('StatusCode')} without a result; last output:\n  {tail}"
+        return
+    data = json.loads(line.split(" ", 1)[1])
+    result.error = data.get("error")
+    result.kernels = data.get("kernels", [])
+    if not result.kernels and result.error is None:
+        result.error = "the image lists no kernelspec"
