@@ -72,9 +72,8 @@ def _source_root() -> Path:
 
 
 def _images_dir() -> Path:
-    # An installed wheel carries the recipes as package data; a checkout has images/.
-    packaged = Path(hubdeploy.__file__).resolve().parent / "data" / "images"
-    return packaged if packaged.is_dir() else _source_root() / "images"
+    # The recipes live in the source tree's images/ (hubdeploy runs from a checkout).
+    return _source_root() / "images"
 
 
 def _jinja() -> jinja2.Environment:

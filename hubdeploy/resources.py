@@ -1,7 +1,10 @@
-"""hubdeploy's own static files (the hub's static config, image recipes).
+"""hubdeploy's own static files (the hub's static config, the proxy's entrypoint).
 
-In a source checkout or editable install they are read from the repository's top-level
-``config/`` and ``images/``; a wheel carries the same files under ``hubdeploy/data/``.
+hubdeploy runs from a source checkout (``pip install -e .``, what ``make`` does): these
+files are read from the repository's top-level ``config/`` and ``compose/``, as the image
+recipes are from ``images/`` and the hub image's copy of hubdeploy from the source tree.
+``hubdeploy/data/`` holds only the demo site ``hubdeploy init`` writes; a file looked up
+there too is found wherever the package is.
 """
 
 from __future__ import annotations
