@@ -92,6 +92,8 @@ c.HubdeploySpawner.backend = hub["spawner"].get("backend", "docker")
 c.HubdeploySpawner.backend_config = hub["spawner"].get("backend_config", {})
 # Compute profiles' backend (slurm), chosen per profile by its node type.
 c.HubdeploySpawner.backends = hub["spawner"].get("backends", {})
+# Each user's server runs as their own POSIX account from this source.
+c.HubdeploySpawner.identity = hub.get("identity", {"source": "shared"})
 
 # -- the site's pass-through, last so that it wins ------------------------------------
 for section, traits in hub.get("config", {}).items():

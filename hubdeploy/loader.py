@@ -38,9 +38,13 @@ FILE_KEYS: tuple[tuple[str, ...], ...] = (
     ("build", "ca_bundle"),
     ("slurm", "submit", "ssh", "known_hosts"),
     ("slurm", "submit", "ssh", "identity_file"),
+    ("identity", "file", "passwd"),
+    ("identity", "file", "group"),
+    ("identity", "ldap", "ca_file"),
+    ("identity", "ldap", "bind_password_file"),
 )
-# Files ssh refuses to use when others may read them.
-PRIVATE_FILE_KEYS = {("slurm", "submit", "ssh", "identity_file")}
+# Secrets: ssh refuses a key others may read, and a password must not be either.
+PRIVATE_FILE_KEYS = {("slurm", "submit", "ssh", "identity_file"), ("identity", "ldap", "bind_password_file")}
 
 # A site file is a page or two; the caps stop an alias bomb or a mistaken
 # multi-gigabyte path from eating memory before validation can say no.

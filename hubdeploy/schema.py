@@ -25,8 +25,15 @@ from pydantic import (
     model_validator,
 )
 
+from hubdeploy.contract.identity import MIN_UID
 from hubdeploy.contract.services import RESERVED_NAMES
-from hubdeploy.contract.values import ENV_NAME_PATTERN, MEMORY_PATTERN, SLURM_NAME_PATTERN, SLURM_TIME_PATTERN
+from hubdeploy.contract.values import (
+    ENV_NAME_PATTERN,
+    MEMORY_PATTERN,
+    SLURM_NAME_PATTERN,
+    SLURM_TIME_PATTERN,
+    parse_time,
+)
 
 EnvName = Annotated[str, StringConstraints(pattern=ENV_NAME_PATTERN)]
 # Names end up in container, volume, network and image names: keep them to the
@@ -439,6 +446,9 @@ class SlurmClusterSpec(Closed):
         description="Partitions over all nodes; the first is the default.",
     )
     image: Name = Field("base", description="Image the nodes run (plus Slurm and munge): 'base' or a collaboration.")
+    max_time: SlurmTime = Field(
+        "8:00:00", description="Longest job a user may run (every partition's MaxTime), from the spawn form or "
+        "from sbatch in a notebook; profiles' time and max_time must fit in it.")
     accounts: list[SlurmName] | None = Field(
         None, min_length=1,
         description="Accounts the cluster admits; sbatch refuses any other with Slurm's own 'Invalid account' "
@@ -520,6 +530,77 @@ class SiteSlurm(Closed):
         return self
 
 
+class IdentityAuto(Closed):
+    uid_min: int = Field(20000, ge=MIN_UID, le=2**31 - 2, description="First uid (and private gid) handed out.")
+    uid_max: int = Field(59999, ge=MIN_UID, le=2**31 - 2, description="Last uid handed out.")
+
+    @model_validator(mode="after")
+    def _range(self) -> "IdentityAuto":
+        if self.uid_max < self.uid_min:
+            raise ValueError(f"uid_max {self.uid_max} is below uid_min {self.uid_min}")
+        return self
+
+
+class IdentityFile(Closed):
+    """passwd(5) and group(5) files the site maintains; edits apply without a restart."""
+
+    passwd: str = Field(description="passwd file: name:x:uid:gid:gecos:home:shell per line.")
+    group: str | None = Field(None, description="group file; supplementary groups by member name.")
+
+
+class IdentityLdap(Closed):
+    """RFC 2307 posixAccount / posixGroup entries of a directory (TLS verified)."""
+
+    url: str = Field(pattern=r"^ldaps?://[A-Za-z0-9.:\[\]-]+(?::\d+)?/?$", description="ldaps://host[:port] or ldap://...")
+    start_tls: bool = Field(False, description="StartTLS on an ldap:// URL.")
+    ca_file: str | None = Field(None, description="CA bundle that verifies the directory; default: the system's.")
+    bind_dn: str = Field(description="The DN the hub binds as.")
+    bind_password_file: str = Field(description="File holding the bind DN's password (mode 0600).")
+    user_base: str
+    user_filter: str = "(&(objectClass=posixAccount)(uid={name}))"
+    group_base: str | None = None
+    group_filter: str = "(&(objectClass=posixGroup)(memberUid={name}))"
+    timeout: int = Field(10, ge=1, le=120)
+    cache_seconds: int = Field(60, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _tls(self) -> "IdentityLdap":
+        if not self.url.startswith("ldaps://") and not self.start_tls:
+            raise ValueError("an ldap:// URL needs start_tls: true (the bind password must not cross in clear)")
+        return self
+
+
+class Identity(Closed):
+    """Where each hub user's POSIX account comes from (uid, gid, groups, home)."""
+
+    source: Literal["auto", "file", "ldap", "shared"] = Field(
+        "auto", description="auto: allocated at first spawn; file: passwd/group files; ldap: a directory; "
+        "shared: every user is the image's jovyan (no isolation between users).")
+    auto: IdentityAuto = Field(default_factory=IdentityAuto)
+    file: IdentityFile | None = None
+    ldap: IdentityLdap | None = None
+    home: str = Field("/home/{name}", pattern=r"^(/[A-Za-z0-9_.-]+)+/\{name\}$",
+                      description="Users' homes: a directory, then /{name} (the account name).")
+    homes_host: str | None = Field(
+        None, pattern=r"^(/[A-Za-z0-9_.-]+)+$",
+        description="A host directory (a shared file system) holding the homes; default: a volume of the stack.")
+    allow_shared_compute_account: bool = Field(
+        False, description="Let compute profiles run every user's jobs as one account (no isolation).")
+
+    @model_validator(mode="after")
+    def _source(self) -> "Identity":
+        for name in ("file", "ldap"):
+            if (self.source == name) != (getattr(self, name) is not None):
+                raise ValueError(f"identity source {self.source!r} " + (
+                    f"needs its '{name}' section" if self.source == name else f"takes no '{name}' section"))
+        return self
+
+    @property
+    def homes_dir(self) -> str:
+        """The directory that holds every home (the mount point on nodes and login containers)."""
+        return self.home.rsplit("/", 1)[0]
+
+
 class Site(Closed):
     """A facility's JupyterHub, described in one file."""
 
@@ -533,7 +614,27 @@ class Site(Closed):
     build: Build = Field(default_factory=Build)
     images: Images = Field(default_factory=Images)
     slurm: SiteSlurm | None = Field(None, description="Slurm for compute profiles.")
+    identity: Identity = Field(default_factory=Identity, description="Users' POSIX accounts.")
     profiles: list[Profile] = Field(min_length=1)
+
+    def warnings(self) -> list[str]:
+        """What is valid but unsafe, for ``validate`` and ``up`` to say."""
+        out = []
+        if self.identity.source == "shared":
+            out.append("identity.source: shared runs every user's server as the one account jovyan: "
+                       "users can read and change each other's files and servers")
+        if self.shared_compute_account and any(p.node == "compute" for p in self.profiles):
+            out.append("identity.allow_shared_compute_account: every user's compute jobs run as one account")
+        return out
+
+    @property
+    def shared_compute_account(self) -> bool:
+        """Whether compute jobs would all run as one account: identity shared, or a site's
+        submit path that does not submit as each user."""
+        if self.identity.source == "shared":
+            return True
+        sub = self.slurm.submit if self.slurm is not None else None
+        return sub is not None and not any("{name}" in w or "{uid}" in w for w in sub.prefix)
 
     @property
     def submit_ssh(self) -> SlurmSSH | None:
@@ -586,6 +687,11 @@ class Site(Closed):
         if self.slurm is None:
             return [(("profiles", i, "node"), f"profile {p.name!r} runs on compute nodes, but the site "
                      "declares no 'slurm' section (cluster or submit)")]
+        if self.shared_compute_account and not self.identity.allow_shared_compute_account:
+            why = ("identity.source is shared" if self.identity.source == "shared" else
+                   "slurm.submit submits every job as one account")
+            return [(("profiles", i, "node"), f"profile {p.name!r} would run every user's jobs as one account "
+                     f"({why}); set identity.allow_shared_compute_account: true to accept that")]
         cluster = self.slurm.cluster
         if cluster is None or p.slurm is None:
             return []
@@ -602,6 +708,11 @@ class Site(Closed):
             problems.append((("profiles", i, "slurm", "account"), f"account {p.slurm.account!r} is not in "
                              f"slurm.cluster.accounts ({', '.join(cluster.accounts)}): Slurm would refuse "
                              f"every job of profile {p.name!r}"))
+        for key, value in (("time", p.slurm.time), ("max_time", p.slurm.limits.max_time)):
+            if value and parse_time(value) > parse_time(cluster.max_time):
+                where = ("profiles", i, "slurm") + (("limits",) if key == "max_time" else ()) + (key,)
+                problems.append((where, f"{key} {value} is longer than slurm.cluster.max_time ({cluster.max_time}), "
+                                 "every partition's limit"))
         if p.slurm.runtime == "native" and p.image != cluster.image:
             problems.append((("profiles", i, "image"), f"profile {p.name!r} runs natively on the stack's "
                              f"compute nodes, which run image {cluster.image!r}, not {p.image!r}"))

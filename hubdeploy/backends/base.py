@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, TypeVar
 
+from hubdeploy.contract.identity import Identity
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 
 
@@ -57,6 +58,8 @@ class ServerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     cmd: list[str] = field(default_factory=lambda: ["jupyterhub-singleuser"])
     port: int = NOTEBOOK_PORT
+    # The account the server runs as (hubdeploy.hub.identity); None: the image's user.
+    identity: Identity | None = None
 
     def __repr__(self) -> str:  # keep the API token out of logs and tracebacks
         return (

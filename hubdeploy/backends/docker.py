@@ -38,6 +38,7 @@ from hubdeploy.backends.base import (
     Stopped,
     Unknown,
 )
+from hubdeploy.backends import accounts
 from hubdeploy.contract import names
 from hubdeploy.contract.layout import LABEL_PROFILE, LABEL_SERVER, LABEL_SITE, LABEL_USER
 
@@ -68,6 +69,11 @@ class DockerConfig(BackendConfig):
     stop_timeout: int = 10  # seconds between SIGTERM and SIGKILL
     max_workers: int = 8  # engine calls in flight at once
     init: bool = True  # Docker's tini as PID 1
+    # Where users' homes are when servers run as their own accounts: a volume name or a
+    # host directory, mounted at homes_target (each home in it is its user's, 0700).
+    # Unset: the one-account layout, a home volume per user at /home/jovyan.
+    homes: str | None = None
+    homes_target: str = "/home"
 
 
 class DockerBackend(Backend):
@@ -89,6 +95,8 @@ class DockerBackend(Backend):
         self._client: docker.DockerClient | None = None
         self._client_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="hubdeploy-docker")
+        # An image's /etc/passwd and /etc/group, read once per image (they never change).
+        self._etc_cache: dict[str, tuple[str, str]] = {}
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -163,15 +171,8 @@ class DockerBackend(Backend):
             self.log.info("removing stale container %s (%s)", name, old.status)
             old.remove(force=True)
 
-        mounts = []
-        if spec.profile.get("home", True):
-            state["phase"] = "volume"
-            mounts.append(Mount(HOME_TARGET, self._ensure_home(client, spec.user), type="volume"))
-        for vol in spec.profile.get("volumes") or ():
-            kind = "bind" if vol["source"].startswith("/") else "volume"
-            mounts.append(Mount(vol["target"], vol["source"], type=kind, read_only=vol.get("read_only", True)))
-
-        kwargs: dict[str, Any] = {}
+        mounts = self._mounts(client, spec, state)
+        kwargs: dict[str, Any] = self._as_user(spec)
         if spec.profile.get("cpu"):
             kwargs["nano_cpus"] = int(float(spec.profile["cpu"]) * 1e9)
         if spec.profile.get("mem_limit"):
@@ -185,7 +186,7 @@ class DockerBackend(Backend):
             image,
             command=list(spec.cmd),
             name=name,
-            environment=dict(spec.env),
+            environment={**spec.env, **self._user_env(spec)},
             labels=self.labels(spec),
             mounts=mounts,
             network=self.network,
@@ -195,8 +196,61 @@ class DockerBackend(Backend):
         )
         # Recorded before start: a failed start is followed by stop(state), which removes it.
         state.update(container_id=container.id, phase="start")
+        if spec.identity is not None:
+            self._add_account(client, container, image, spec.identity)
         container.start()
         state["phase"] = "started"
+
+    def _mounts(self, client: docker.DockerClient, spec: ServerSpec, state: dict[str, Any]) -> list[Mount]:
+        mounts = []
+        if spec.profile.get("home", True):
+            state["phase"] = "volume"
+            if self.config.homes is not None and spec.identity is not None:
+                kind = "bind" if self.config.homes.startswith("/") else "volume"
+                mounts.append(Mount(self.config.homes_target, self.config.homes, type=kind))
+            else:
+                mounts.append(Mount(HOME_TARGET, self._ensure_home(client, spec.user), type="volume"))
+        for vol in spec.profile.get("volumes") or ():
+            kind = "bind" if vol["source"].startswith("/") else "volume"
+            mounts.append(Mount(vol["target"], vol["source"], type=kind, read_only=vol.get("read_only", True)))
+        return mounts
+
+    def _as_user(self, spec: ServerSpec) -> dict[str, Any]:
+        """Who the server runs as, and its limits."""
+        kwargs: dict[str, Any] = {}
+        ident = spec.identity
+        if ident is not None:
+            kwargs["user"] = f"{ident.uid}:{ident.gid}"
+            if ident.groups:
+                kwargs["group_add"] = [str(g.gid) for g in ident.groups]
+            kwargs["working_dir"] = self._home(spec) or "/tmp"
+        return kwargs
+
+    def _home(self, spec: ServerSpec) -> str | None:
+        """Where the server's home is: the user's own in the homes mount, the one-account
+        layout's home volume, or none (a profile without a home)."""
+        if not spec.profile.get("home", True):
+            return None
+        if self.config.homes is not None and spec.identity is not None:
+            return spec.identity.home
+        return HOME_TARGET
+
+    def _user_env(self, spec: ServerSpec) -> dict[str, str]:
+        ident = spec.identity
+        if ident is None:
+            return {}
+        return {"USER": ident.name, "LOGNAME": ident.name, "HOME": self._home(spec) or "/tmp"}
+
+    def _add_account(self, client: docker.DockerClient, container, image: str, ident) -> None:
+        """The user's passwd and group lines in the created container (see accounts)."""
+        texts = self._etc_cache.get(image)
+        if texts is None:
+            texts = tuple(accounts.read_archive_file(container.get_archive(path)[0], path.rsplit("/", 1)[1])
+                          for path in ("/etc/passwd", "/etc/group"))
+            self._etc_cache[image] = texts
+        merged = accounts.with_account(texts[0], texts[1], ident)
+        if merged is not None:
+            container.put_archive("/", accounts.etc_archive(*merged))
 
     def _ensure_home(self, client: docker.DockerClient, user: str) -> str:
         name = names.home_volume(self.prefix, user)

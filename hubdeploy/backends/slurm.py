@@ -62,6 +62,10 @@ from hubdeploy.backends.slurm_script import (
     render,
 )
 from hubdeploy.contract import names
+from hubdeploy.contract.identity import Identity
+
+# Who watches and cancels jobs when the prefix submits as each user: the controller's root.
+ADMIN = {"uid": "0", "gid": "0", "name": "root"}
 
 # Job states in which the server process exists or will exist (squeue %T).
 ALIVE_STATES = frozenset(
@@ -101,6 +105,7 @@ LIST_FORMAT = "%i|%T|%j"  # job id, state, name (free text, last)
 _JOB_ID = re.compile(r"^\d{1,12}$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 _INVALID_JOB = "Invalid job id specified"
+_PATH = re.compile(r"^/[A-Za-z0-9_./-]{1,1000}$")
 # Variables of the hub's own environment that make no sense on a compute node.
 DEFAULT_ENV_SKIP = (
     "PATH",
@@ -229,7 +234,10 @@ class SlurmConfig(BackendConfig):
     """hub.json's config of the slurm backend; every key is optional."""
 
     # argv put before every Slurm command (default: none, the hub's own environment has
-    # the Slurm client and munge): dexec for the stack's cluster, ssh for a site's.
+    # the Slurm client and munge): dexec for the stack's cluster, ssh for a site's. The
+    # words {uid}, {gid} and {name} in it become the server's account for its sbatch
+    # (the job then is that user's, by munge's word), and root's (0, 0, root) for the
+    # commands that watch and cancel jobs.
     submit_prefix: tuple[str, ...] = ()
     # Option that passes one variable through the prefix ("-e" for docker exec);
     # inserted before the prefix's last word.
@@ -247,6 +255,9 @@ class SlurmConfig(BackendConfig):
     site: str | None = None
     # sbatch --output, relative to the job's working directory (the submit directory).
     output: str = "hubdeploy-slurm-%j.log"
+    # The job runs in its user's home, and writes its output to ~/.hubdeploy/logs (which
+    # the hub creates): only its user can read it. Needs homes that exist on the nodes.
+    output_in_home: bool = False
     # Programs on the compute nodes.
     node_python: str = "python3"
     node_scontrol: str = "scontrol"
@@ -298,7 +309,21 @@ class SlurmBackend(Backend):
 
     # -- running commands -------------------------------------------------------------
 
-    def _argv(self, argv: Sequence[str], env_names: Sequence[str] = ()) -> list[str]:
+    @property
+    def per_user(self) -> bool:
+        """Whether jobs are submitted as each server's own account (placeholders in the prefix)."""
+        return any(p in w for w in self.submit_prefix for p in ("{uid}", "{gid}", "{name}"))
+
+    def _prefix(self, ident: Identity | None) -> list[str]:
+        who = {"uid": str(ident.uid), "gid": str(ident.gid), "name": ident.name} if ident else ADMIN
+        out = []
+        for word in self.submit_prefix:
+            for key, value in who.items():
+                word = word.replace("{" + key + "}", value)
+            out.append(word)
+        return out
+
+    def _argv(self, argv: Sequence[str], env_names: Sequence[str] = (), ident: Identity | None = None) -> list[str]:
         words = list(argv)
         if env_names and self.env_stdin:
             words = ["sh", "-c", READ_ENV, "sh", *words]
@@ -306,7 +331,8 @@ class SlurmBackend(Backend):
             words = [shlex.join(words)]
         if not self.submit_prefix:
             return words
-        head, last = self.submit_prefix[:-1], self.submit_prefix[-1:]
+        prefix = self._prefix(ident)
+        head, last = prefix[:-1], prefix[-1:]
         passes = [w for n in env_names for w in (self.env_option, n)] if self.env_option and not self.env_stdin else []
         return [*head, *passes, *last, *words]
 
@@ -316,6 +342,7 @@ class SlurmBackend(Backend):
         *,
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
+        ident: Identity | None = None,
     ) -> tuple[int, str, str]:
         """Run one Slurm command; ``(returncode, stdout, stderr)``. CommandError if it hangs.
 
@@ -323,7 +350,7 @@ class SlurmBackend(Backend):
         ``submit_env_option``, passes them through the prefix) without putting a value
         in argv.
         """
-        full = self._argv(argv, sorted(env or ()))
+        full = self._argv(argv, sorted(env or ()), ident)
         if env and self.env_stdin:
             stdin = env_lines(env) + (stdin or b"")
             env = None  # they travel on stdin; ssh itself needs none of them
@@ -372,8 +399,13 @@ class SlurmBackend(Backend):
         return names.container_name(self.name_prefix, spec.user, spec.server_name)
 
     def export_env(self, spec: ServerSpec) -> dict[str, str]:
-        """The spawner's variables that the job gets (minus ``env_skip``)."""
-        return {k: v for k, v in spec.env.items() if k not in self.env_skip}
+        """The spawner's variables that the job gets (minus ``env_skip``), and its
+        account's HOME, USER and LOGNAME (the submitting process may not have them)."""
+        env = {k: v for k, v in spec.env.items() if k not in self.env_skip}
+        if spec.identity is not None and self.per_user:
+            ident = spec.identity
+            env.update(HOME=ident.home, USER=ident.name, LOGNAME=ident.name)
+        return env
 
     async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
         """Submit the job and wait until it runs and reports its port; ``(BatchHost, port)``."""
@@ -390,14 +422,14 @@ class SlurmBackend(Backend):
             "sbatch",
             "--parsable",
             f"--job-name={name}",
-            f"--output={self.config.output}",
+            *self._where(spec),
             # Names only: the values come from sbatch's environment, never from argv.
             export_option(sorted(env), self.config.export_all),
             "/dev/stdin",
             *spec.cmd,
         ]
         try:
-            code, out, err = await self.run(argv, stdin=script.encode(), env=env)
+            code, out, err = await self.run(argv, stdin=script.encode(), env=env, ident=spec.identity)
         except CommandError as exc:
             state["phase"] = "failed"
             # The job may exist (sbatch hung after submitting): stop() cancels by name.
@@ -423,6 +455,15 @@ class SlurmBackend(Backend):
         # (slurmctld's log) is this backend's polling lag.
         self.log.info("Slurm job %s runs on %s, server port %s", job_id, host, port)
         return host, port
+
+    def _where(self, spec: ServerSpec) -> list[str]:
+        """The job's working directory and output: its user's home where the nodes have it."""
+        ident = spec.identity
+        if self.config.output_in_home and ident is not None:
+            if not _PATH.match(ident.home):
+                raise BackendError(f"home {ident.home!r} of {ident.name} is not a plain absolute path")
+            return [f"--chdir={ident.home}", f"--output={ident.home}/.hubdeploy/logs/slurm-%j.log"]
+        return [f"--output={self.config.output}"]
 
     async def _wait_started(self, state: dict[str, Any]) -> tuple[str, int]:
         """Poll squeue until the job runs and its comment has the port.
@@ -548,7 +589,9 @@ class SlurmBackend(Backend):
         happens to carry a similar name is never listed, let alone cancelled.
         """
         try:
-            code, out, err = await self.run(["squeue", "-h", "--me", "-o", LIST_FORMAT])
+            # Per-user jobs belong to many accounts: root lists them all, by name.
+            mine = ["-a"] if self.per_user else ["--me"]
+            code, out, err = await self.run(["squeue", "-h", *mine, "-o", LIST_FORMAT])
         except CommandError as exc:
             raise BackendError(f"cannot list Slurm jobs: {exc}") from None
         if code != 0:

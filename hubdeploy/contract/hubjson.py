@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from hubdeploy.contract.identity import IdentityConfig
 from hubdeploy.contract.layout import HUB_JSON_ENV, HUB_JSON_PATH
 
 
@@ -110,6 +111,7 @@ class HubJson(TypedDict):
     admin_users: list[str]
     services: list[ServiceEntry]
     spawner: SpawnerSection
+    identity: IdentityConfig
     # The site's pass-through JupyterHub traits, applied last so that they win.
     config: dict[str, dict[str, Any]]
 

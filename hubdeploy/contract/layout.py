@@ -29,6 +29,15 @@ HUB_JSON_PATH = "/etc/hubdeploy/hub.json"
 # Lets tests and tools point the hub-side readers at another copy of hub.json.
 HUB_JSON_ENV = "HUBDEPLOY_HUB_JSON"
 HUB_DATA_DIR = "/srv/jupyterhub/data"
+# identity: the auto source's allocations (on the hub's data volume, kept by `down`).
+IDENTITY_STATE = f"{HUB_DATA_DIR}/hubdeploy-identities.json"
+# The homes volume (or host directory), where the hub creates each user's home.
+HUB_HOMES_DIR = "/srv/hubdeploy/homes"
+# Accounts the hub has resolved, for the stack's Slurm cluster (libnss-extrausers there).
+HUB_NSS_DIR = "/srv/hubdeploy/nss"
+NODE_NSS_DIR = "/var/lib/extrausers"
+# A file identity source's files (their directories, so an edit by rename is seen).
+IDENTITY_FILES_DIR = "/etc/hubdeploy/identity"
 SSH_KNOWN_HOSTS_PATH = "/etc/hubdeploy/ssh_known_hosts"
 PROXY_ENTRYPOINT_PATH = "/etc/hubdeploy/proxy-entrypoint.sh"
 
@@ -39,6 +48,7 @@ PROXY_TOKEN = "proxy_token"
 DB_PASSWORD = "db_password"
 MUNGE_KEY = "munge_key"
 SSH_KEY = "slurm_ssh_key"
+LDAP_BIND_PASSWORD = "ldap_bind_password"
 
 
 def service_token(service: str) -> str:

@@ -25,8 +25,10 @@ from hubdeploy.backends.base import (
     ServerSpec,
     Stopped,
 )
+from hubdeploy.contract.identity import Identity, IdentityError
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 from hubdeploy.contract.values import OptionError, check_limits, memory_bytes, parse_time
+from hubdeploy.hub.identity import DEFAULT_TEMPLATE, IdentitySource, ensure_home, get_source, write_nss
 
 try:  # JupyterHub >= 6.0
     from jupyterhub.spawner import SpawnException
@@ -85,6 +87,29 @@ def apply_slurm_choices(profile: dict[str, Any], options: dict[str, Any]) -> dic
     return out
 
 
+def refused(message: str, status: int) -> web.HTTPError:
+    """An HTTPError whose message reaches the user (API, spawn page, progress stream)."""
+    if SpawnException is not None:
+        # A SpawnException is a handled refusal: logged in one line, no traceback.
+        err = SpawnException(message, reason="backend", status_code=status)
+    else:  # pragma: no cover
+        err = web.HTTPError(status, "%s", message)
+    err.jupyterhub_message = message
+    return err
+
+
+# One identity source per configuration for the whole hub (the auto source's lock and
+# the file source's cache are shared by every user's spawner).
+_SOURCES: dict[str, IdentitySource] = {}
+
+
+def identity_source(config: dict[str, Any]) -> IdentitySource:
+    key = json.dumps(config, sort_keys=True, default=str)
+    if key not in _SOURCES:
+        _SOURCES[key] = get_source(config)
+    return _SOURCES[key]
+
+
 def start_failed(exc: BackendError) -> web.HTTPError:
     """The HTTP error a backend's failed start becomes, so its words reach the user.
 
@@ -95,14 +120,7 @@ def start_failed(exc: BackendError) -> web.HTTPError:
     stream's "Spawn failed: ..." event shows. 503: the site cannot start this server now
     (a scheduler refusing the job, an engine without the image), not a malformed request.
     """
-    message = str(exc) or type(exc).__name__
-    if SpawnException is not None:
-        # A SpawnException is a handled refusal: logged in one line, no traceback.
-        err = SpawnException(message, reason="backend", status_code=503)
-    else:  # pragma: no cover
-        err = web.HTTPError(503, "%s", message)
-    err.jupyterhub_message = message
-    return err
+    return refused(str(exc) or type(exc).__name__, 503)
 
 
 # One backend per (name, config) for the whole hub: a shared Docker client or scheduler
@@ -168,6 +186,10 @@ class HubdeploySpawner(Spawner):
     node_backends = Dict(
         {"compute": "slurm"},
         help="Profile node type -> backend name; other node types use `backend`.",
+    ).tag(config=True)
+    identity = Dict(
+        {"source": "shared"},
+        help="Where users' POSIX accounts come from (hub.json identity; hubdeploy.contract.identity).",
     ).tag(config=True)
 
     def __init__(self, **kwargs):
@@ -348,6 +370,7 @@ class HubdeploySpawner(Spawner):
         through the backend."""
         profile, self._prepared = self._prepared or self._prepare(), None
         effective = {**profile, "cpu": self.cpu_limit, "mem_limit": self.mem_limit}
+        account = await self.resolve_identity()
         spec = ServerSpec(
             user=self.user.name,
             server_name=self.name or "",
@@ -355,6 +378,7 @@ class HubdeploySpawner(Spawner):
             env={k: str(v) for k, v in self.get_env().items()},
             cmd=[*self.cmd, *self.get_args()],
             port=self.port,
+            identity=account,
         )
         # The same dict object that progress() reads while the backend fills it.
         state = self._backend_state
@@ -367,6 +391,24 @@ class HubdeploySpawner(Spawner):
         state["profile"] = profile["name"]
         await self._wait_listening(host, port)
         return host, port
+
+    async def resolve_identity(self) -> Identity:
+        """This user's account, with a home and (for the stack's cluster) published to
+        the nodes; a SpawnException naming the source when there is none. Never another
+        account instead."""
+        source = identity_source(self.identity)
+        try:
+            account = await source.lookup(self.user.name)
+        except IdentityError as exc:
+            raise refused(str(exc), 403) from None
+        homes, nss = self.identity.get("homes_dir"), self.identity.get("nss_dir")
+        if homes:
+            await asyncio.to_thread(ensure_home, homes, account, self.identity.get("home_template") or DEFAULT_TEMPLATE)
+        if nss:
+            await asyncio.to_thread(write_nss, nss, [account])
+        self.log.info("%s runs as %s (uid %d) from identity source %s", self._log_name, account.name,
+                      account.uid, source.describe())
+        return account
 
     async def _wait_listening(self, host: str, port: int) -> None:
         """Return as soon as the server accepts connections (bounded by http_timeout).

@@ -40,6 +40,8 @@ class Inputs:
     tls_cert: bytes = b""
     known_hosts: bytes | None = None  # slurm.submit.ssh.known_hosts
     ssh_identity: str | None = None  # the site's own SSH key's absolute path
+    # identity's files as absolute host paths (see compose.Mounts.identity_files).
+    identity_files: dict[str, str] | None = None
 
 
 def state_dir(site_file: Path) -> Path:
@@ -60,6 +62,7 @@ def read_inputs(site: Site, site_dir: Path) -> Inputs:
         if not ssh_key_generated(site):
             identity = str((site_dir / ssh.identity_file).resolve())
     return Inputs(
+        identity_files=_identity_files(site, site_dir),
         hub_config=resources.read_bytes("config/jupyterhub_config.py"),
         # Static: ports are fixed inside the containers; nothing from the site goes into it.
         proxy_entrypoint=resources.read_bytes("compose/proxy-entrypoint.sh"),
@@ -70,13 +73,30 @@ def read_inputs(site: Site, site_dir: Path) -> Inputs:
     )
 
 
+def _identity_files(site: Site, site_dir: Path) -> dict[str, str] | None:
+    """Host paths the hub mounts for its identity source: a file source's directories
+    (an edit by rename is seen there), the LDAP CA bundle and bind password file."""
+    ident = site.identity
+    out: dict[str, str] = {}
+    if ident.file is not None:
+        out["passwd_dir"] = str((site_dir / ident.file.passwd).resolve().parent)
+        if ident.file.group:
+            out["group_dir"] = str((site_dir / ident.file.group).resolve().parent)
+    if ident.ldap is not None:
+        out["ldap_password"] = str((site_dir / ident.ldap.bind_password_file).resolve())
+        if ident.ldap.ca_file:
+            out["ldap_ca"] = str((site_dir / ident.ldap.ca_file).resolve())
+    return out or None
+
+
 def render_files(site: Site, refs: dict[str, str], inputs: Inputs) -> dict[str, bytes]:
     """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic."""
     hub_files = {"hub/jupyterhub_config.py": inputs.hub_config, "hub/hub.json": hubjson.dumps(hub_data(site, refs))}
     if inputs.known_hosts is not None:
         hub_files["hub/ssh_known_hosts"] = inputs.known_hosts
     slurm_files = slurm.files(site) if site.slurm is not None and site.slurm.cluster is not None else {}
-    mounts = Mounts(_config_hashes(hub_files, slurm_files, inputs), inputs.tls_paths, inputs.ssh_identity)
+    mounts = Mounts(_config_hashes(hub_files, slurm_files, inputs), inputs.tls_paths, inputs.ssh_identity,
+                    inputs.identity_files)
     return {
         **slurm_files,
         "compose.yaml": dump_yaml(compose_data(site, refs, mounts)),
@@ -87,6 +107,8 @@ def render_files(site: Site, refs: dict[str, str], inputs: Inputs) -> dict[str, 
 
 def _config_hashes(hub_files: dict[str, bytes], slurm_files: dict[str, bytes], inputs: Inputs) -> dict[str, str]:
     identity = [inputs.ssh_identity.encode()] if inputs.ssh_identity else []
+    # Paths only: a file source's edits reach the hub without recreating it.
+    identity += [f"{k}={v}".encode() for k, v in sorted((inputs.identity_files or {}).items())]
     tls = [inputs.tls_cert, inputs.tls_paths["key"].encode()] if inputs.tls_paths else []
     hashes = {
         # A changed key file recreates the hub only through its path: its bytes stay out.

@@ -19,8 +19,13 @@ from hubdeploy.contract.layout import (
     HUB_DATA_DIR,
     HUB_JSON_PATH,
     HUB_PORT,
+    HUB_HOMES_DIR,
+    HUB_NSS_DIR,
     HUB_SERVICE,
+    IDENTITY_FILES_DIR,
     LABEL_CONFIG_HASH,
+    LDAP_BIND_PASSWORD,
+    NODE_NSS_DIR,
     LABEL_SITE,
     MUNGE_KEY,
     PROXY_API_ALIAS,
@@ -37,6 +42,7 @@ from hubdeploy.contract.layout import (
 )
 from hubdeploy.contract.services import IDLE_CULLER, builtin_services
 from hubdeploy.render import slurm
+from hubdeploy.render.hubdata import homes_source
 from hubdeploy.schema import ExtraService, Site
 
 # Health checks run inside the images, which have node (proxy) and python (hub).
@@ -58,6 +64,9 @@ class Mounts:
     hashes: dict[str, str]  # config hash per service: hub, proxy, slurm
     tls: dict[str, str] | None = None  # 'cert'/'key' -> absolute host paths when TLS is on
     ssh_identity: str | None = None  # absolute host path of the site's own SSH key
+    # identity: the directories of a file source's passwd and group files, the LDAP CA
+    # bundle and bind password file, as absolute host paths.
+    identity_files: dict[str, str] | None = None
 
 
 def compose_data(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, Any]:
@@ -79,13 +88,35 @@ def compose_data(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, 
     if site.slurm is not None and site.slurm.cluster is not None:
         services.update(slurm_services(site, refs, mounts.hashes["slurm"]))
         volumes["slurmctld-state"] = {"name": f"{project_name(site.name)}-slurmctld-state"}
+    volumes.update(identity_volumes(site))
     return {
         "name": project_name(site.name),
         "services": services,
         "networks": networks(site),
         "volumes": volumes,
-        "secrets": secrets(services, mounts.ssh_identity),
+        "secrets": secrets(services, mounts),
     }
+
+
+def identity_volumes(site: Site) -> dict[str, Any]:
+    """The homes volume (unless the site's homes are a host directory) and, for the
+    stack's cluster, the accounts the hub publishes to it."""
+    out: dict[str, Any] = {}
+    if site.identity.source == "shared":
+        return out
+    if site.identity.homes_host is None:
+        out["homes"] = {"name": homes_source(site)}
+    if _has_cluster(site):
+        out["nss"] = {"name": f"{project_name(site.name)}-nss"}
+    return out
+
+
+def _has_cluster(site: Site) -> bool:
+    return site.slurm is not None and site.slurm.cluster is not None
+
+
+def _homes_mount(site: Site, target: str) -> str:
+    return f"{site.identity.homes_host or 'homes'}:{target}"
 
 
 def networks(site: Site) -> dict[str, Any]:
@@ -98,14 +129,14 @@ def networks(site: Site) -> dict[str, Any]:
     }
 
 
-def secrets(services: dict[str, Any], ssh_identity: str | None) -> dict[str, Any]:
+def secrets(services: dict[str, Any], mounts: Mounts) -> dict[str, Any]:
     """Every secret a service lists, backed by its file in the state directory (or the
-    site's own SSH key where it has one)."""
+    site's own file: its SSH key, its LDAP bind password)."""
     names = sorted({s for svc in services.values() for s in svc.get("secrets", [])})
-    return {
-        name: {"file": ssh_identity if name == SSH_KEY and ssh_identity else f"../secrets/{name}"}
-        for name in names
-    }
+    own = {LDAP_BIND_PASSWORD: (mounts.identity_files or {}).get("ldap_password")}
+    if mounts.ssh_identity:
+        own[SSH_KEY] = mounts.ssh_identity
+    return {name: {"file": own.get(name) or f"../secrets/{name}"} for name in names}
 
 
 def _healthcheck(test: list[str]) -> dict[str, Any]:
@@ -149,6 +180,8 @@ def hub_secrets(site: Site) -> list[str]:
         names.append(DB_PASSWORD)
     if site.submit_ssh is not None:
         names.append(SSH_KEY)
+    if site.identity.source == "ldap":
+        names.append(LDAP_BIND_PASSWORD)
     return sorted(names)
 
 
@@ -162,6 +195,7 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
     ]
     if site.submit_ssh is not None:
         volumes.append(f"./hub/ssh_known_hosts:{SSH_KNOWN_HOSTS_PATH}:ro")
+    volumes += _hub_identity_volumes(site, mounts)
     return {
         "image": refs["hub"],
         "pull_policy": "never",
@@ -174,6 +208,23 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
         "depends_on": {PROXY_SERVICE: {"condition": "service_healthy"}},
         "restart": "unless-stopped",
     }
+
+
+def _hub_identity_volumes(site: Site, mounts: Mounts) -> list[str]:
+    """The hub creates homes and publishes the cluster's accounts; it reads a file
+    source's files, or the LDAP CA bundle."""
+    if site.identity.source == "shared":
+        return []
+    out = [_homes_mount(site, HUB_HOMES_DIR)]
+    if _has_cluster(site):
+        out.append(f"nss:{HUB_NSS_DIR}")
+    files = mounts.identity_files or {}
+    for key, target in (("passwd_dir", "passwd.d"), ("group_dir", "group.d")):
+        if files.get(key):
+            out.append(f"{files[key]}:{IDENTITY_FILES_DIR}/{target}:ro")
+    if files.get("ldap_ca"):
+        out.append(f"{files['ldap_ca']}:{IDENTITY_FILES_DIR}/ldap-ca.pem:ro")
+    return out
 
 
 def db_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
@@ -259,6 +310,10 @@ def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[s
         "restart": "unless-stopped",
     }
     conf = "./slurm/slurm.conf:/etc/hubdeploy-slurm/slurm.conf:ro"
+    # The accounts the hub has resolved (libnss-extrausers): controller and nodes know
+    # every job's owner; the nodes run jobs in their users' homes.
+    accounts = [f"nss:{NODE_NSS_DIR}:ro"] if site.identity.source != "shared" else []
+    homes = [_homes_mount(site, site.identity.homes_dir)] if site.identity.source != "shared" else []
     # Each service its own copy: shared dicts would come out as YAML anchors.
     services: dict[str, Any] = {
         SLURMCTLD_SERVICE: {
@@ -266,7 +321,7 @@ def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[s
             "command": ["slurmctld"],
             "hostname": SLURMCTLD_SERVICE,
             "networks": {"users": {"aliases": [SLURMCTLD_SERVICE]}},
-            "volumes": [conf, "slurmctld-state:/var/spool/slurmctld"],
+            "volumes": [conf, "slurmctld-state:/var/spool/slurmctld", *accounts],
             "healthcheck": _healthcheck(["CMD", "scontrol", "ping"]),
         }
     }
@@ -280,6 +335,6 @@ def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[s
             "command": ["slurmd"],
             "hostname": node,
             "networks": {"users": {"aliases": [node]}},
-            "volumes": [conf],
+            "volumes": [conf, *accounts, *homes],
         }
     return services

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Any
 
 from hubdeploy.contract import hubjson
+from hubdeploy.contract.identity import IdentityConfig
 from hubdeploy.contract.layout import (
     COOKIE_SECRET,
+    HUB_HOMES_DIR,
+    HUB_NSS_DIR,
+    IDENTITY_FILES_DIR,
+    IDENTITY_STATE,
+    LDAP_BIND_PASSWORD,
     DB_PASSWORD,
     DB_SERVICE,
     DEXEC_UNREACHABLE,
@@ -52,6 +59,7 @@ def hub_data(site: Site, refs: dict[str, str]) -> hubjson.HubJson:
         "admin_users": list(site.hub.admin_users),
         "services": services(site),
         "spawner": spawner(site, refs),
+        "identity": identity(site),
         "config": {k: dict(v) for k, v in site.hub.config.items()},
     }
 
@@ -90,9 +98,12 @@ def database(site: Site) -> hubjson.DatabaseSection:
 def spawner(site: Site, refs: dict[str, str]) -> hubjson.SpawnerSection:
     """The spawner's profiles and backends: docker for login nodes, slurm for compute."""
     prefix = project_name(site.name)
+    docker: dict[str, Any] = {"network": f"{prefix}-users", "prefix": prefix, "site": site.name}
+    if homes_source(site) is not None:
+        docker.update(homes=homes_source(site), homes_target=site.identity.homes_dir)
     out: hubjson.SpawnerSection = {
         "backend": "docker",
-        "backend_config": {"network": f"{prefix}-users", "prefix": prefix, "site": site.name},
+        "backend_config": docker,
         "profiles": [profile(site, p, refs[p.image]) for p in site.profiles],
     }
     if site.slurm is not None:
@@ -187,13 +198,17 @@ def slurm_backend_config(site: Site) -> dict[str, Any]:
 def _cluster_backend_config(site: Site) -> dict[str, Any]:
     # The hub runs the Slurm commands in the controller's container through the Docker
     # API it already has (hubdeploy.hub.dexec): no Slurm client, munged or user accounts
-    # in the hub image, and the commands always match the cluster's version.
+    # in the hub image, and the commands always match the cluster's version. sbatch runs
+    # as the server's own uid there (the controller knows the account from the hub's nss
+    # files), so munge vouches for that user and the job is theirs.
+    per_user = site.identity.source != "shared"
     return {
         "submit_prefix": [
             "python3", "-m", "hubdeploy.hub.dexec",
             "--project", project_name(site.name), "--service", SLURMCTLD_SERVICE,
-            "--user", NOTEBOOK_USER, "--workdir", SLURM_WORKDIR, "--",
+            "--user", "{uid}:{gid}" if per_user else NOTEBOOK_USER, "--workdir", SLURM_WORKDIR, "--",
         ],
+        "output_in_home": per_user,
         "submit_env_option": "--env",
         "submit_unreachable_code": DEXEC_UNREACHABLE,
         # No login environment to build on the node (see SlurmBackend's export_all).
@@ -202,3 +217,36 @@ def _cluster_backend_config(site: Site) -> dict[str, Any]:
         "prefix": "hubdeploy",
         "site": site.name,
     }
+
+
+def identity(site: Site) -> IdentityConfig:
+    """hub.json's ``identity``: the source, where homes and the cluster's accounts go."""
+    ident = site.identity
+    out: IdentityConfig = {"source": ident.source, "home_template": ident.home}
+    if ident.source == "shared":
+        return out
+    out["homes_dir"] = HUB_HOMES_DIR
+    out["nss_dir"] = HUB_NSS_DIR if site.slurm is not None and site.slurm.cluster is not None else None
+    if ident.source == "auto":
+        out.update(uid_min=ident.auto.uid_min, uid_max=ident.auto.uid_max, state_file=IDENTITY_STATE)
+    elif ident.source == "file":
+        assert ident.file is not None
+        out["passwd_file"] = f"{IDENTITY_FILES_DIR}/passwd.d/{PurePosixPath(ident.file.passwd).name}"
+        out["group_file"] = (f"{IDENTITY_FILES_DIR}/group.d/{PurePosixPath(ident.file.group).name}"
+                             if ident.file.group else None)
+    elif ident.source == "ldap":
+        assert ident.ldap is not None
+        ldap = ident.ldap.model_dump()
+        ldap["bind_password_file"] = secret_path(LDAP_BIND_PASSWORD)
+        if ident.ldap.ca_file:
+            ldap["ca_file"] = f"{IDENTITY_FILES_DIR}/ldap-ca.pem"
+        out["ldap"] = ldap
+    return out
+
+
+def homes_source(site: Site) -> str | None:
+    """What holds users' homes: the site's host directory or the stack's homes volume;
+    None with the shared account (a home volume per user at /home/jovyan)."""
+    if site.identity.source == "shared":
+        return None
+    return site.identity.homes_host or f"{project_name(site.name)}-homes"

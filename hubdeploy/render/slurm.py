@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from hubdeploy.contract.values import SLURM_NAME_PATTERN, memory_bytes
+from hubdeploy.contract.values import SLURM_NAME_PATTERN, memory_bytes, parse_time
 from hubdeploy.schema import Site
 
 SLURM_NODE_PREFIX = "c"
@@ -57,6 +57,9 @@ _FIXED = [
     "SchedulerParameters=batch_sched_delay=0",
     "MpiDefault=none",
     "EnforcePartLimits=ALL",
+    # Users see only their own jobs (squeue, scontrol show job); acting on another's job
+    # (scancel, scontrol update, srun --jobid) is refused by Slurm in any case.
+    "PrivateData=jobs",
 ]
 
 
@@ -77,8 +80,9 @@ def slurm_conf(site: Site) -> bytes:
         lines.append("JobSubmitPlugins=lua")
     lines += [f"NodeName={n} CPUs={c.cpus} RealMemory={mem_mb} State=UNKNOWN" for n in nodes]
     for i, part in enumerate(c.partitions):
+        # The site's longest job, for the spawn form and for sbatch run in a notebook alike.
         lines.append(f"PartitionName={part} Nodes={','.join(nodes)} Default={'YES' if i == 0 else 'NO'} "
-                     "MaxTime=INFINITE State=UP")
+                     f"MaxTime={parse_time(c.max_time)} State=UP")
     return ("\n".join(lines) + "\n").encode()
 
 

@@ -44,6 +44,8 @@ build:
 slurm:
   submit:
     ssh: {{host: {LOGIN}, user: jovyan, known_hosts: known_hosts}}
+# Every user's job is jovyan's on the login host (no per-user certificates yet).
+identity: {{allow_shared_compute_account: true}}
 profiles:
   - name: login
     image: base

@@ -53,6 +53,7 @@ name: hdtcontract
 slurm:
   submit:
     ssh: {host: login1.example.org, user: jupyter, known_hosts: known_hosts}
+identity: {allow_shared_compute_account: true}
 profiles:
   - {name: login, image: base, default: true}
   - {name: compute, image: base, node: compute, slurm: {partition: batch, time: "30"}}

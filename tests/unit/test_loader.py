@@ -333,6 +333,7 @@ FULL: dict[str, Any] = {
     "images": {"base": {"pip": []}, "collaborations": {"astro": {"parent": "base",
                                                                    "kernels": [{"name": "py", "packages": ["six"]}]}}},
     "slurm": {"cluster": {"nodes": 2, "partitions": ["compute", "debug"]}},
+    "identity": {"source": "auto", "auto": {"uid_min": 30000, "uid_max": 39999}, "home": "/home/{name}"},
     "profiles": [
         {"name": "login", "image": "astro", "volumes": [{"source": "/data", "target": "/data"}]},
         {"name": "compute", "image": "base", "node": "compute",
@@ -340,11 +341,19 @@ FULL: dict[str, Any] = {
     ],
 }
 # slurm.cluster and slurm.submit exclude each other: the submit level has its own document.
-FULL_SUBMIT: dict[str, Any] = {**FULL, "slurm": {"submit": {"prefix": ["ssh", "login1"]}}}
+# (Each also carries another identity source: file and ldap exclude auto's section.)
+FULL_SUBMIT: dict[str, Any] = {
+    **FULL, "slurm": {"submit": {"prefix": ["ssh", "login1"]}},
+    "identity": {"source": "file", "file": {"passwd": "passwd", "group": "group"},
+                 "allow_shared_compute_account": True},
+}
 # ... and submit.ssh excludes submit.prefix.
 FULL_SSH: dict[str, Any] = {
     **FULL,
     "slurm": {"submit": {"ssh": {"host": "login1", "user": "svc", "port": 2222, "known_hosts": "kh"}}},
+    "identity": {"source": "ldap", "allow_shared_compute_account": True,
+                 "ldap": {"url": "ldaps://ldap.example.org", "bind_dn": "cn=hub,dc=example,dc=org",
+                          "bind_password_file": "pw", "user_base": "ou=people,dc=example,dc=org"}},
 }
 LEVELS: list[tuple[Any, ...]] = [
     (),
@@ -371,12 +380,18 @@ LEVELS: list[tuple[Any, ...]] = [
     ("slurm", "cluster"),
     ("slurm", "submit"),
     ("slurm", "submit", "ssh"),
+    ("identity",),
+    ("identity", "auto"),
+    ("identity", "file"),
+    ("identity", "ldap"),
 ]
 
 
 def _full_for(level: tuple[Any, ...]) -> dict[str, Any]:
-    if level[:3] == ("slurm", "submit", "ssh"):
+    if level[:3] == ("slurm", "submit", "ssh") or level[:2] == ("identity", "ldap"):
         return FULL_SSH
+    if level[:2] == ("identity", "file"):
+        return FULL_SUBMIT
     return FULL_SUBMIT if level[:2] == ("slurm", "submit") else FULL
 
 

@@ -75,7 +75,7 @@ def test_bad_account_lists(accounts, words):
 def test_a_submit_site_is_not_checked():
     # A site's own Slurm: hubdeploy cannot know its accounts; sbatch will say.
     text = SITE.replace("  cluster: {nodes: 2, cpus: 1, memory: 1G, accounts: [physics, astro]}",
-                        "  submit: {prefix: [ssh, login1]}").replace("{account: physics}", "{account: chem}")
+                        "  submit: {prefix: [ssh, login1]}\nidentity: {allow_shared_compute_account: true}").replace("{account: physics}", "{account: chem}")
     assert site(text).profiles[0].slurm.account == "chem"
 
 

@@ -136,7 +136,7 @@ def test_compute_profiles_wait_for_a_queue_longer_than_jupyterhubs_default():
 
 def test_submit_site_passes_its_prefix_and_has_no_cluster():
     text = SITE.replace("  cluster: {nodes: 3, cpus: 2, memory: 2G, partitions: [compute, debug]}",
-                        "  submit: {prefix: [ssh, login1], quote: true}")
+                        "  submit: {prefix: [ssh, login1], quote: true}\nidentity: {allow_shared_compute_account: true}")
     s = site(text)
     files = render.render(s, Path("."), REFS)
     assert "slurm/slurm.conf" not in files
@@ -278,7 +278,7 @@ def test_refused_choice_is_a_400_before_start(monkeypatch):
 
 SSH_SITE = SITE.replace(
     "  cluster: {nodes: 3, cpus: 2, memory: 2G, partitions: [compute, debug]}",
-    "  submit:\n    ssh: {host: login1.example.org, user: svc, port: 2222, known_hosts: kh}",
+    "  submit:\n    ssh: {host: login1.example.org, user: svc, port: 2222, known_hosts: kh}\nidentity: {allow_shared_compute_account: true}",
 )
 
 
