@@ -21,7 +21,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from hubdeploy import resources
+from hubdeploy import resources, selfsigned
 from hubdeploy.hub.dexec import UNREACHABLE as DEXEC_UNREACHABLE
 from hubdeploy.hub.orphans import SCOPES as ORPHANS_SCOPES
 from hubdeploy.hub.orphans import SERVICE as ORPHANS_SERVICE
@@ -599,19 +599,35 @@ def _dump_yaml(data: Any) -> bytes:
     return buf.getvalue().encode()
 
 
+def tls_files(site: Site, site_dir: Path) -> tuple[dict[str, str] | None, list[bytes]]:
+    """The proxy's certificate and key as absolute host paths ('cert'/'key'; None without
+    TLS), and what of them the proxy's config hash covers.
+
+    The hash covers the certificate, not the key: a renewed cert must recreate the proxy,
+    and the key's bytes never need to enter anything we print. A self-signed pair lives
+    with the secrets and does not exist before the first ``up`` makes it; it is hashed as
+    empty then, and ``stack.write`` renders again once it exists, so the written files
+    always hash the certificate the proxy mounts.
+    """
+    if site.tls is None:
+        return None, []
+    if site.tls.self_signed:
+        # The secrets of the state directory beside the site file (see state_dir).
+        cert, key = selfsigned.paths((site_dir / ".hubdeploy" / "secrets").resolve())
+        cert_bytes = cert.read_bytes() if cert.is_file() else b""
+    else:
+        cert, key = (site_dir / site.tls.cert).resolve(), (site_dir / site.tls.key).resolve()
+        cert_bytes = cert.read_bytes()
+    return {"cert": str(cert), "key": str(key)}, [cert_bytes, str(key).encode()]
+
+
 def render(site: Site, site_dir: Path, refs: dict[str, str]) -> dict[str, bytes]:
     """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic."""
     hub_config = resources.read_bytes("config/jupyterhub_config.py")
     hub_json = (json.dumps(hub_data(site, refs), indent=2, sort_keys=True) + "\n").encode()
     # Static: ports are fixed inside the containers; nothing from the site goes into it.
     entry = resources.read_bytes("compose/proxy-entrypoint.sh")
-    tls = None
-    tls_bytes: list[bytes] = []
-    if site.tls is not None:
-        tls = {k: str((site_dir / getattr(site.tls, k)).resolve()) for k in ("cert", "key")}
-        # Hash the certificate, not the key: a renewed cert must recreate the proxy, and the
-        # key's bytes never need to enter anything we print.
-        tls_bytes = [Path(tls["cert"]).read_bytes(), tls["key"].encode()]
+    tls, tls_bytes = tls_files(site, site_dir)
     hub_files = {"hub/jupyterhub_config.py": hub_config, "hub/hub.json": hub_json}
     ssh = site.submit_ssh
     ssh_identity = None
