@@ -130,7 +130,7 @@ def up(ctx: click.Context, wait_timeout: int, as_json: bool) -> None:
             out.print(
                 f"self-signed TLS certificate: {result.tls_certificate} (pass it to "
                 "`hubdeploy smoke --ca-bundle`, or import it into a browser)",
-                markup=False, highlight=False,
+                markup=False, highlight=False, soft_wrap=True,  # a path to copy: never broken
             )
 
 

@@ -136,7 +136,7 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
         console.print(
             f"warning: the self-signed certificate {cert} does not name public.host "
             f"{prep.site.public.host}; delete it and its key ({selfsigned.KEY}) to get a new one",
-            markup=False, highlight=False,
+            markup=False, highlight=False, soft_wrap=True,
         )
     built = images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
     if console:
