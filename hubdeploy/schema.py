@@ -89,9 +89,8 @@ class TLS(Closed):
     def _one_form(self) -> "TLS":
         given = [k for k in ("cert", "key") if getattr(self, k) is not None]
         if self.self_signed and given:
-            raise SiteValueError(
-                [(("self_signed",), f"self_signed: true generates its own certificate: leave {' and '.join(given)} unset")]
-            )
+            text = f"self_signed: true generates its own certificate: leave {' and '.join(given)} unset"
+            raise SiteValueError([(("self_signed",), text)])
         if not self.self_signed and len(given) < 2:
             missing = " and ".join(k for k in ("cert", "key") if k not in given)
             raise SiteValueError(

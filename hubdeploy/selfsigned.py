@@ -16,7 +16,7 @@ from pathlib import Path
 
 CERT = "tls_cert.pem"
 KEY = "tls_key.pem"
-DAYS = 825  # the longest validity browsers still accept for a server certificate
+DAYS = 825  # Apple's platforms refuse a server certificate valid for longer
 # A wildcard bind address is reached as localhost (see stack.Prepared.url).
 WILDCARD = ("0.0.0.0", "::")
 
@@ -40,7 +40,7 @@ def alt_names(host: str) -> list:
         return [x509.DNSName(host)]
 
 
-def new_pair(host: str, site_name: str, now: datetime.datetime | None = None) -> tuple[bytes, bytes]:
+def new_pair(host: str, site_name: str) -> tuple[bytes, bytes]:
     """A new ECDSA P-256 key and its self-signed certificate for ``host``: (cert PEM, key PEM)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -49,7 +49,7 @@ def new_pair(host: str, site_name: str, now: datetime.datetime | None = None) ->
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"hubdeploy {site_name} self-signed")])
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.timezone.utc)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()

@@ -188,7 +188,8 @@ def test_render_is_stable_and_follows_a_new_certificate(tmp_path):
     cert.unlink()
     renewed = stack.prepare(site)
     assert stack.write(renewed) == ["compose.yaml"]
-    assert _proxy(renewed.files)["labels"]["hubdeploy.config-hash"] != _proxy(first.files)["labels"]["hubdeploy.config-hash"]
+    label = "hubdeploy.config-hash"
+    assert _proxy(renewed.files)["labels"][label] != _proxy(first.files)["labels"][label]
     assert stack.prepare(site).files == renewed.files
 
 
