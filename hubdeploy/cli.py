@@ -121,11 +121,17 @@ def up(ctx: click.Context, wait_timeout: int, as_json: bool) -> None:
     if as_json:
         _print_json(
             {"url": result.url, "built": result.built, "changed_files": result.changed_files,
-             "seconds": round(result.seconds, 2)}
+             "seconds": round(result.seconds, 2), "tls_certificate": result.tls_certificate}
         )
     else:
         built = f"built {', '.join(result.built)}; " if result.built else ""
         out.print(f"{built}up in {result.seconds:.1f} s: [bold]{result.url}[/]")
+        if result.tls_certificate:
+            out.print(
+                f"self-signed TLS certificate: {result.tls_certificate} (pass it to "
+                "`hubdeploy smoke --ca-bundle`, or import it into a browser)",
+                markup=False, highlight=False, soft_wrap=True,  # a path to copy: never broken
+            )
 
 
 @cli.command()
@@ -270,7 +276,8 @@ def down(ctx: click.Context, volumes: bool, as_json: bool) -> None:
 @click.option("--junit", type=click.Path(dir_okay=False), help="Write a JUnit XML report here.")
 @click.option("--timeout", default=300, show_default=True, help="Seconds allowed per server start.")
 @click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False),
-              help="CA bundle that verifies the hub's TLS certificate (default: the system's).")
+              help="CA bundle that verifies the hub's TLS certificate (default: the system's; "
+              "for tls: {self_signed: true}, the generated certificate).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @_handle

@@ -73,10 +73,29 @@ class Public(Closed):
 
 
 class TLS(Closed):
-    """TLS terminated by configurable-http-proxy. Paths are relative to the site file."""
+    """TLS terminated by configurable-http-proxy: the site's certificate and key (paths
+    relative to the site file), or ``self_signed: true`` for a trial, where hubdeploy
+    generates a certificate once and keeps it with the secrets."""
 
-    cert: str = Field(description="PEM certificate chain file.")
-    key: str = Field(description="PEM private key file.")
+    cert: str | None = Field(None, description="PEM certificate chain file.")
+    key: str | None = Field(None, description="PEM private key file.")
+    self_signed: bool = Field(
+        False,
+        description="Generate a self-signed certificate for public.host (instead of cert and key).",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "TLS":
+        given = [k for k in ("cert", "key") if getattr(self, k) is not None]
+        if self.self_signed and given:
+            text = f"self_signed: true generates its own certificate: leave {' and '.join(given)} unset"
+            raise SiteValueError([(("self_signed",), text)])
+        if not self.self_signed and len(given) < 2:
+            missing = " and ".join(k for k in ("cert", "key") if k not in given)
+            raise SiteValueError(
+                [((), f"give both 'cert' and 'key' (missing: {missing}), or self_signed: true")]
+            )
+        return self
 
 
 class Authenticator(Closed):

@@ -29,6 +29,9 @@ def smoke(site_file: Path, *, throwaway: bool = False, profiles: list[str] | Non
         raise SiteError(f"unknown profile(s): {', '.join(unknown)}; profiles: {', '.join(known)}")
     if throwaway:
         stack.up(prep, console=console)
+    if verify is True and prep.self_signed_cert is not None:
+        # hubdeploy made this certificate itself: trust exactly it, not the system's CAs.
+        verify = str(prep.self_signed_cert)
     try:
         auth = prep.site.hub.authenticator
         # With a form, log in through it as a person would; the service token is then only

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, images, render
+from hubdeploy import engine, images, render, selfsigned
 from hubdeploy.contract.layout import (
     HUB_SERVICE,
     LABEL_PROFILE,
@@ -63,19 +63,35 @@ class Prepared:
         host = "localhost" if host in ("0.0.0.0", "::") else host
         return f"{scheme}://{host}:{self.site.public.port}/"
 
+    @property
+    def self_signed_cert(self) -> Path | None:
+        """Where ``tls: {self_signed: true}`` keeps its certificate (None for other sites)."""
+        if self.site.tls is None or not self.site.tls.self_signed:
+            return None
+        return selfsigned.paths(self.state / "secrets")[0]
+
+
+def _render(site: Site, site_file: Path, plans: dict[str, Any]) -> dict[str, bytes]:
+    return render.render(site, site_file.resolve().parent, images.image_refs(plans))
+
 
 def prepare(site_file: Path) -> Prepared:
     """Load, validate, plan and render in memory. Raises SiteError on bad input."""
     site = load_site(site_file)
-    site_dir = site_file.resolve().parent
-    plans = images.plan_images(site, site_dir)
-    files = render.render(site, site_dir, images.image_refs(plans))
-    return Prepared(site_file, site, plans, files)
+    plans = images.plan_images(site, site_file.resolve().parent)
+    return Prepared(site_file, site, plans, _render(site, site_file, plans))
 
 
 def write(prep: Prepared) -> list[str]:
-    """Create missing secrets and write the rendered files; returns the files changed."""
+    """Create missing secrets (and a self-signed certificate) and write the rendered
+    files; returns the files changed."""
     ensure_secrets(prep.state / "secrets", secret_names(prep.site))
+    if prep.self_signed_cert is not None:
+        _, created = selfsigned.ensure_certificate(prep.state / "secrets", prep.site.public.host, prep.site.name)
+        if created:
+            # prepare rendered before the certificate existed; the proxy's config hash must
+            # cover the one it will mount, so a new certificate recreates the proxy.
+            prep.files = _render(prep.site, prep.site_file, prep.plans)
     return render.write_files(prep.rendered, prep.files)
 
 
@@ -103,6 +119,7 @@ class UpResult:
     built: list[str] = field(default_factory=list)
     changed_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    tls_certificate: str | None = None  # the self-signed one, for smoke --ca-bundle or a browser
 
 
 def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
@@ -124,6 +141,13 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
             f"~{ssh.user}/.ssh/authorized_keys on {ssh.host}",
             markup=False, highlight=False,
         )
+    cert = prep.self_signed_cert
+    if cert is not None and console and not selfsigned.covers(cert, prep.site.public.host):
+        console.print(
+            f"warning: the self-signed certificate {cert} does not name public.host "
+            f"{prep.site.public.host}; delete it and its key ({selfsigned.KEY}) to get a new one",
+            markup=False, highlight=False, soft_wrap=True,
+        )
     built = images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
     if console:
         console.print(f"[bold]starting[/] {prep.project}")
@@ -142,7 +166,8 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
             + _unhealthy_report(prep),
             hint=f"hubdeploy --site {prep.site_file} logs",
         )
-    return UpResult(prep.url, built, changed, time.monotonic() - t0)
+    return UpResult(prep.url, built, changed, time.monotonic() - t0,
+                    str(prep.self_signed_cert) if prep.self_signed_cert else None)
 
 
 def services(prep: Prepared) -> list[dict[str, Any]]:

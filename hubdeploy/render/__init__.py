@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubdeploy import resources
+from hubdeploy import resources, selfsigned
 from hubdeploy.contract import hubjson
 from hubdeploy.render import slurm
 from hubdeploy.render.compose import Mounts, compose_data
@@ -51,10 +51,7 @@ def state_dir(site_file: Path) -> Path:
 
 def read_inputs(site: Site, site_dir: Path) -> Inputs:
     """Read what :func:`render_files` needs from hubdeploy's files and the site's."""
-    tls_paths, tls_cert = None, b""
-    if site.tls is not None:
-        tls_paths = {k: str((site_dir / getattr(site.tls, k)).resolve()) for k in ("cert", "key")}
-        tls_cert = Path(tls_paths["cert"]).read_bytes()
+    tls_paths, tls_cert = tls_files(site, site_dir)
     known_hosts, identity = None, None
     ssh = site.submit_ssh
     if ssh is not None:
@@ -87,6 +84,25 @@ def _identity_files(site: Site, site_dir: Path) -> dict[str, str] | None:
         if ident.ldap.ca_file:
             out["ldap_ca"] = str((site_dir / ident.ldap.ca_file).resolve())
     return out or None
+
+
+def tls_files(site: Site, site_dir: Path) -> tuple[dict[str, str] | None, bytes]:
+    """The proxy's certificate and key as absolute host paths ('cert'/'key'; None without
+    TLS), and the certificate's bytes for the proxy's config hash.
+
+    A self-signed pair lives with the secrets and does not exist before the first ``up``
+    makes it; it is hashed as empty then, and ``stack.write`` renders again once it
+    exists, so the written files always hash the certificate the proxy mounts.
+    """
+    if site.tls is None:
+        return None, b""
+    if site.tls.self_signed:
+        cert, key = selfsigned.paths(state_dir(site_dir / "site.yaml") / "secrets")
+        cert_bytes = cert.read_bytes() if cert.is_file() else b""
+    else:
+        cert, key = (site_dir / site.tls.cert).resolve(), (site_dir / site.tls.key).resolve()
+        cert_bytes = cert.read_bytes()
+    return {"cert": str(cert), "key": str(key)}, cert_bytes
 
 
 def render_files(site: Site, refs: dict[str, str], inputs: Inputs) -> dict[str, bytes]:
