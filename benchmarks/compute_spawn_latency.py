@@ -51,11 +51,11 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchhomes import remove_home
 from spawn_latency import ADMIN, IMPORT_PROBE, SERVER_APP, SINGLEUSER, kernel_round_trip, pct, wait_http
 
 from hubdeploy import stack
 from hubdeploy.backends.slurm_script import JobOptions, job_options
-from hubdeploy.contract.names import home_volume
 from hubdeploy.contract.layout import NOTEBOOK_USER, SLURM_WORKDIR
 from hubdeploy.smoke.hubclient import HubAPIError, HubClient
 
@@ -278,11 +278,7 @@ def main() -> int:
                 fn()
             except (RuntimeError, HubAPIError, docker.errors.DockerException) as exc:
                 failures.append(f"cleanup, {what}: {exc}")
-        try:
-            # The hub keeps a deleted user's home (people's data); this one is ours.
-            client.volumes.get(home_volume(prep.project, user)).remove(force=True)
-        except docker.errors.DockerException:
-            pass  # none: compute profiles have no home volume today
+        remove_home(client, prep, user)
 
     result = {
         "case": "compute node, concurrency 1",

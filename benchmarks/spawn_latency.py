@@ -24,8 +24,9 @@ from pathlib import Path
 import docker
 import requests
 
+from benchhomes import remove_home
+
 from hubdeploy import stack
-from hubdeploy.contract.names import home_volume
 from hubdeploy.smoke.hubclient import HubClient
 from hubdeploy.smoke.kernel import ServerClient
 
@@ -192,11 +193,7 @@ def main() -> int:
                 api.delete_user(u)
             except Exception:
                 pass
-            # The hub keeps a deleted user's home (people's data); these are ours to remove.
-            try:
-                client.volumes.get(home_volume(prep.project, u)).remove(force=True)
-            except docker.errors.DockerException:
-                pass
+            remove_home(client, prep, u)
         for c in client.containers.list(all=True, filters={"name": f"{prep.project}-bench-floor"}):
             c.remove(force=True)
 

@@ -438,7 +438,7 @@ class Profile(Closed):
     )
     cpu: float | None = Field(None, gt=0, le=1024, description="CPU limit in cores.")
     memory: Memory | None = Field(None, description="Memory limit, e.g. 2G.")
-    home: bool = Field(True, description="Mount a per-user home volume at /home/jovyan.")
+    home: bool = Field(True, description="Mount the user's home (identity.home; /home/jovyan with the shared account).")
     volumes: list[Volume] = Field(default_factory=list)
     environment: dict[EnvName, str] = Field(default_factory=dict)
     default: bool = False
