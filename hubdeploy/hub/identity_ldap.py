@@ -15,6 +15,7 @@ directory; refusals are not, so an account added by the site is seen at the next
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import re
 import ssl
@@ -278,12 +279,28 @@ def _close(conn: ldap3.Connection) -> None:
         pass
 
 
+def _unnest(text: str) -> str:
+    # ldap3 reports the reasons of each address it tried as the repr of a tuple of strings.
+    for _ in range(4):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return text
+        if isinstance(value, (tuple, list)):
+            text = "; ".join(map(str, value))
+        elif isinstance(value, str):
+            text = value
+        else:
+            return text
+    return text
+
+
 def _reason(exc: BaseException, password: str | None) -> str:
     """A short reason for ``exc``, with the password (should a library echo it) masked."""
     if isinstance(exc, LDAPCertificateError):
         text = "the server's certificate does not name this host"
     else:
-        text = str(exc) or type(exc).__name__
+        text = _unnest(str(exc)) or type(exc).__name__
     if password:
         text = text.replace(password, "***")
     return text[:300]

@@ -245,8 +245,7 @@ def test_anonymous_reads_nothing(slapd):
 def test_a_ca_that_does_not_verify_the_server_is_refused(slapd, url_key):
     with pytest.raises(IdentityError) as err:
         _lookup(_source(slapd, url_key, ca_file=slapd["other_ca"]), "carol")
-    assert "cannot reach the directory" in str(err.value)
-    assert "CERTIFICATE_VERIFY_FAILED" in str(err.value) or "certificate verify failed" in str(err.value)
+    assert "cannot reach the directory" in str(err.value) and "certificate verify failed" in str(err.value)
 
 
 @pytest.mark.parametrize("url_key", ["ldaps_other_ip", "ldap_other_ip"])
@@ -268,7 +267,7 @@ def test_a_silent_server_is_bounded_by_the_timeout(slapd):
         s.listen(8)
         src = _source(slapd, url=f"ldaps://127.0.0.1:{s.getsockname()[1]}", timeout=1)
         t0 = time.monotonic()
-        with pytest.raises(IdentityError, match="did not answer within 1 s|cannot reach"):
+        with pytest.raises(IdentityError, match="did not answer within 1 s"):
             _lookup(src, "carol")
         assert time.monotonic() - t0 < 5
 
