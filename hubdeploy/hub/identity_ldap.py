@@ -263,7 +263,7 @@ class LdapSource(IdentitySource):
             conn.search(base, flt, ldap3.SUBTREE, attributes=attrs, size_limit=size_limit,
                         time_limit=max(1, int(self.cfg.timeout)))
         except (LDAPException, OSError) as exc:
-            raise IdentityError(f"identity source {self.describe()} lost the directory: {exc}") from None
+            raise IdentityError(f"identity source {self.describe()} lost the directory: {_reason(exc, None)}") from None
         desc = (conn.result or {}).get("description", "")
         # sizeLimitExceeded on the account search means several entries: the caller refuses.
         if desc not in ("success", "sizeLimitExceeded"):

@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 
@@ -87,6 +88,8 @@ pidfile {d}/slapd.pid
 TLSCACertificateFile {d}/ca.pem
 TLSCertificateFile {d}/server.pem
 TLSCertificateKeyFile {d}/server.key
+# As a real directory: nothing but StartTLS itself over a connection without TLS.
+security tls=1
 database mdb
 maxsize 33554432
 suffix "{suffix}"
@@ -236,7 +239,8 @@ def test_anonymous_reads_nothing(slapd):
         _lookup(src, "carol")
     # slapd hides even the existence of the base from a client that may not read it.
     assert "noSuchObject" in str(err.value) and "30001" not in str(err.value)
-    with ldap3.Connection(ldap3.Server(slapd["ldap"], get_info=ldap3.NONE), auto_bind=True) as conn:
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=slapd["ca"])
+    with ldap3.Connection(ldap3.Server(slapd["ldaps"], tls=tls, get_info=ldap3.NONE), auto_bind=True) as conn:
         conn.search(SUFFIX, "(objectClass=*)", attributes=["*"])
         assert conn.response == [] or all(e.get("type") != "searchResEntry" for e in conn.response)
 
@@ -273,7 +277,7 @@ def test_a_silent_server_is_bounded_by_the_timeout(slapd):
 
 
 def _set_uid_number(slapd, name, number):
-    tls = ldap3.Tls(validate=__import__("ssl").CERT_REQUIRED, ca_certs_file=slapd["ca"])
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=slapd["ca"])
     server = ldap3.Server(slapd["ldaps"], tls=tls, get_info=ldap3.NONE)
     with ldap3.Connection(server, ADMIN_DN, slapd["admin_pw"], auto_bind=True) as conn:
         assert conn.modify(f"uid={name},{PEOPLE}", {"uidNumber": [(ldap3.MODIFY_REPLACE, [str(number)])]})

@@ -199,3 +199,8 @@ def test_lookups_run_off_the_event_loop_and_are_bounded(monkeypatch):
 def test_describe_names_the_server_and_base():
     assert get_source({"source": "ldap", "ldap": BASE}).describe() == SOURCE
     assert identity_ldap.LdapSource.name == "ldap"
+
+
+def test_a_library_message_echoing_the_password_is_masked():
+    exc = OSError("bind as cn=hub with password s3cr3t-pw failed")
+    assert identity_ldap._reason(exc, "s3cr3t-pw") == "bind as cn=hub with password *** failed"
