@@ -21,7 +21,7 @@ import re
 import ssl
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,21 +38,10 @@ DEFAULT_GROUP_FILTER = "(&(objectClass=posixGroup)(memberUid={name}))"
 USER_ATTRS = ["uid", "uidNumber", "gidNumber", "homeDirectory", "loginShell"]
 GROUP_ATTRS = ["cn", "gidNumber"]
 _DIGITS = re.compile(r"[0-9]+")
+_PLACEHOLDER = re.compile(r"\{(name|dn)\}")
 
-# key -> (accepted types, default); a default of ... marks a required key.
-_KEYS: dict[str, tuple[tuple[type, ...], Any]] = {
-    "url": ((str,), ...),
-    "start_tls": ((bool,), False),
-    "ca_file": ((str,), None),
-    "bind_dn": ((str,), None),
-    "bind_password_file": ((str,), None),
-    "user_base": ((str,), ...),
-    "user_filter": ((str,), DEFAULT_USER_FILTER),
-    "group_base": ((str,), ...),
-    "group_filter": ((str,), DEFAULT_GROUP_FILTER),
-    "timeout": ((int, float), 10),
-    "cache_seconds": ((int, float), 60),
-}
+# The keys that are not strings, and the types they accept.
+_TYPES: dict[str, tuple[type, ...]] = {"start_tls": (bool,), "timeout": (int, float), "cache_seconds": (int, float)}
 
 
 @dataclass(frozen=True)
@@ -77,21 +66,18 @@ def parse_config(raw: Any) -> LdapConfig:
     if "bind_password" in raw:
         raise ValueError("identity.ldap.bind_password is refused: put the password in a file "
                          "and name it in bind_password_file")
-    unknown = sorted(set(raw) - set(_KEYS))
+    known = {f.name: f for f in fields(LdapConfig)}
+    unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ValueError(f"identity.ldap: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(_KEYS)}")
-    values: dict[str, Any] = {}
-    for key, (types, default) in _KEYS.items():
-        if key not in raw:
-            if default is ...:
-                raise ValueError(f"identity.ldap.{key} is required")
-            continue
-        value = raw[key]
+        raise ValueError(f"identity.ldap: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
+    for key, f in known.items():
+        types = _TYPES.get(key, (str,))
+        if key not in raw and f.default is MISSING:
+            raise ValueError(f"identity.ldap.{key} is required")
         # bool is an int: a timeout of `true` is a mistake, not one second.
-        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+        if key in raw and (not isinstance(raw[key], types) or (bool not in types and isinstance(raw[key], bool))):
             raise ValueError(f"identity.ldap.{key} must be {' or '.join(t.__name__ for t in types)}")
-        values[key] = value
-    cfg = LdapConfig(**values)
+    cfg = LdapConfig(**raw)
     _check_url(cfg)
     if (cfg.bind_dn is None) != (cfg.bind_password_file is None):
         raise ValueError("identity.ldap: bind_dn and bind_password_file go together (neither: anonymous bind)")
@@ -122,10 +108,10 @@ def _check_url(cfg: LdapConfig) -> None:
 
 
 def fill(template: str, **values: str) -> str:
-    """``template`` with each ``{key}`` replaced by its value escaped per RFC 4515."""
-    for key, value in values.items():
-        template = template.replace("{" + key + "}", escape_filter_chars(value))
-    return template
+    """``template`` with each ``{key}`` replaced by its value escaped per RFC 4515.
+
+    One pass: a ``{dn}`` inside a substituted username is text, not a placeholder."""
+    return _PLACEHOLDER.sub(lambda m: escape_filter_chars(values[m[1]]) if m[1] in values else m[0], template)
 
 
 def _values(attrs: Mapping[str, Any], key: str) -> list[str]:
@@ -187,6 +173,9 @@ class LdapSource(IdentitySource):
     def describe(self) -> str:
         return f"ldap ({self.cfg.url}, {self.cfg.user_base})"
 
+    def _error(self, what: str) -> IdentityError:
+        return IdentityError(f"identity source {self.describe()} {what}")
+
     async def lookup(self, user: str) -> Identity:
         hit = self._cache.get(user)
         if hit is not None and hit[0] > time.monotonic():
@@ -194,7 +183,7 @@ class LdapSource(IdentitySource):
         try:
             ident = await asyncio.wait_for(asyncio.to_thread(self._lookup, user), self.cfg.timeout)
         except asyncio.TimeoutError:
-            raise IdentityError(f"identity source {self.describe()} did not answer within {self.cfg.timeout} s") from None
+            raise self._error(f"did not answer within {self.cfg.timeout} s") from None
         if self.cfg.cache_seconds > 0:
             self._cache[user] = (time.monotonic() + self.cfg.cache_seconds, ident)
         return ident
@@ -204,7 +193,8 @@ class LdapSource(IdentitySource):
     def _lookup(self, user: str) -> Identity:
         conn = self._connect()
         try:
-            found = self._search(conn, self.cfg.user_base, fill(self.cfg.user_filter, name=user), USER_ATTRS, 2)
+            flt = fill(self.cfg.user_filter, name=user)
+            found = self._search(conn, self.cfg.user_base, flt, USER_ATTRS, 2)
             if not found:
                 raise IdentityError(f"user {user!r} has no posixAccount in identity source {self.describe()}; "
                                     "ask the site's administrators to add one")
@@ -234,13 +224,11 @@ class LdapSource(IdentitySource):
             bound = conn.bind()
         except (LDAPException, OSError) as exc:
             _close(conn)
-            raise IdentityError(f"identity source {self.describe()} cannot reach the directory: "
-                                f"{_reason(exc, password)}") from None
+            raise self._error(f"cannot reach the directory: {_reason(exc, password)}") from None
         if not bound:
             desc = conn.result.get("description", "refused") if conn.result else "refused"
             _close(conn)
-            raise IdentityError(f"identity source {self.describe()} cannot bind to the directory as "
-                                f"{self.cfg.bind_dn or 'anonymous'!r}: {desc}")
+            raise self._error(f"cannot bind to the directory as {self.cfg.bind_dn or 'anonymous'!r}: {desc}")
         return conn
 
     def _password(self) -> str | None:
@@ -249,12 +237,11 @@ class LdapSource(IdentitySource):
         try:
             password = Path(self.cfg.bind_password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise IdentityError(f"identity source {self.describe()} cannot read its bind_password_file "
-                                f"{self.cfg.bind_password_file}: {exc.strerror}") from None
+            raise self._error(f"cannot read its bind_password_file {self.cfg.bind_password_file}: "
+                              f"{exc.strerror}") from None
         if not password:
             # An empty password makes a simple bind an unauthenticated (anonymous) one.
-            raise IdentityError(f"identity source {self.describe()}: bind_password_file "
-                                f"{self.cfg.bind_password_file} is empty")
+            raise self._error(f"has an empty bind_password_file {self.cfg.bind_password_file}")
         return password
 
     def _search(self, conn: ldap3.Connection, base: str, flt: str, attrs: list[str],
@@ -263,11 +250,11 @@ class LdapSource(IdentitySource):
             conn.search(base, flt, ldap3.SUBTREE, attributes=attrs, size_limit=size_limit,
                         time_limit=max(1, int(self.cfg.timeout)))
         except (LDAPException, OSError) as exc:
-            raise IdentityError(f"identity source {self.describe()} lost the directory: {_reason(exc, None)}") from None
+            raise self._error(f"lost the directory: {_reason(exc, None)}") from None
         desc = (conn.result or {}).get("description", "")
         # sizeLimitExceeded on the account search means several entries: the caller refuses.
         if desc not in ("success", "sizeLimitExceeded"):
-            raise IdentityError(f"identity source {self.describe()}: search of {base!r} failed ({desc})")
+            raise self._error(f"could not search {base!r} ({desc})")
         return [(e["dn"], dict(e["attributes"])) for e in conn.response or () if e.get("type") == "searchResEntry"]
 
 
@@ -281,17 +268,12 @@ def _close(conn: ldap3.Connection) -> None:
 
 def _unnest(text: str) -> str:
     # ldap3 reports the reasons of each address it tried as the repr of a tuple of strings.
-    for _ in range(4):
+    while text.startswith(("(", "[")):
         try:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError, MemoryError, RecursionError):
-            return text
-        if isinstance(value, (tuple, list)):
-            text = "; ".join(map(str, value))
-        elif isinstance(value, str):
-            text = value
-        else:
-            return text
+            break
+        text = "; ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
     return text
 
 

@@ -229,6 +229,10 @@ def test_wrong_password_cannot_bind_and_no_password_is_shown(slapd, tmp_path):
     assert "cannot bind" in msg and "invalidCredentials" in msg and "no posixAccount" not in msg
     assert wrong not in msg and slapd["hub_pw"] not in msg
     assert wrong not in repr(err.value.args) and err.value.__cause__ is None
+    # An empty password would make the simple bind an anonymous one: refused before any bind.
+    (tmp_path / "pw").write_text("\n")
+    with pytest.raises(IdentityError, match="empty bind_password_file"):
+        _lookup(_source(slapd, bind_password_file=str(tmp_path / "pw")), "carol")
 
 
 def test_anonymous_reads_nothing(slapd):

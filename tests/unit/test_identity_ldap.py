@@ -92,6 +92,8 @@ def test_the_username_is_escaped_in_filters(user):
 
 def test_dn_is_escaped_too():
     assert fill("(member={dn})", dn="uid=a*,ou=p") == "(member=uid=a\\2a,ou=p)"
+    # A placeholder inside a substituted value is left as text.
+    assert fill("(|(uid={name})(member={dn}))", name="{dn}", dn="uid=x") == "(|(uid={dn})(member=uid=x))"
 
 
 ATTRS = {"uid": ["carol"], "uidNumber": [30001], "gidNumber": ["30001"], "homeDirectory": ["/home/c"],
