@@ -48,7 +48,7 @@ _TYPES: dict[str, tuple[type, ...]] = {"start_tls": (bool,), "timeout": (int, fl
 class LdapConfig:
     url: str
     user_base: str
-    group_base: str
+    group_base: str | None = None  # None: no posixGroup search (no supplementary groups)
     start_tls: bool = False
     ca_file: str | None = None
     bind_dn: str | None = None
@@ -74,8 +74,10 @@ def parse_config(raw: Any) -> LdapConfig:
         types = _TYPES.get(key, (str,))
         if key not in raw and f.default is MISSING:
             raise ValueError(f"identity.ldap.{key} is required")
+        if key not in raw or (raw[key] is None and f.default is None):
+            continue
         # bool is an int: a timeout of `true` is a mistake, not one second.
-        if key in raw and (not isinstance(raw[key], types) or (bool not in types and isinstance(raw[key], bool))):
+        if not isinstance(raw[key], types) or (bool not in types and isinstance(raw[key], bool)):
             raise ValueError(f"identity.ldap.{key} must be {' or '.join(t.__name__ for t in types)}")
     cfg = LdapConfig(**raw)
     _check_url(cfg)
@@ -103,8 +105,6 @@ def _check_url(cfg: LdapConfig) -> None:
     if parts.scheme == "ldap" and not cfg.start_tls:
         raise ValueError("identity.ldap: an ldap:// URL needs start_tls: true (the bind and the accounts "
                          "must not cross the network in clear)")
-    if parts.scheme == "ldaps" and cfg.start_tls:
-        raise ValueError("identity.ldap: start_tls is for ldap:// URLs; ldaps:// is TLS already")
 
 
 def fill(template: str, **values: str) -> str:
@@ -206,7 +206,8 @@ class LdapSource(IdentitySource):
             gid = _first(attrs, "gidNumber")
             if _DIGITS.fullmatch(gid):
                 flt = f"(|{flt}(&(objectClass=posixGroup)(gidNumber={gid})))"
-            groups = [a for _, a in self._search(conn, self.cfg.group_base, flt, GROUP_ATTRS, 0)]
+            groups = [a for _, a in self._search(conn, self.cfg.group_base, flt, GROUP_ATTRS, 0)
+                      ] if self.cfg.group_base else []
         finally:
             _close(conn)
         return identity_from_entries(user, attrs, groups, self.describe(), self.home)
@@ -219,7 +220,7 @@ class LdapSource(IdentitySource):
                                 receive_timeout=self.cfg.timeout, raise_exceptions=False)
         try:
             conn.open()
-            if self.cfg.start_tls and not conn.start_tls():
+            if self.cfg.start_tls and not server.ssl and not conn.start_tls():
                 raise LDAPException(conn.last_error or "StartTLS refused")
             bound = conn.bind()
         except (LDAPException, OSError) as exc:

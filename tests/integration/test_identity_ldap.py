@@ -207,6 +207,16 @@ def test_defaults_when_directory_has_no_shell_or_primary_group(slapd):
     assert ident.groups == (Group("optics", 40002),)
 
 
+def test_without_group_base_no_group_is_searched(slapd):
+    ident = _lookup(_source(slapd, group_base=None), "carol")
+    assert (ident.uid, ident.gid, ident.groups, ident.group_name) == (30001, 30001, (), "")
+
+
+def test_start_tls_on_ldaps_is_tls_once(slapd):
+    # The site schema accepts start_tls with an ldaps:// URL: the connection is TLS already.
+    assert _lookup(_source(slapd, start_tls=True), "carol").uid == 30001
+
+
 def test_unknown_user_is_refused_naming_the_source(slapd):
     with pytest.raises(IdentityError) as err:
         _lookup(_source(slapd), "mallory")
