@@ -324,8 +324,9 @@ class _Planner:
                 *self.site.hub.authenticator.packages]
         if self.site.database.type == "postgresql":
             reqs.append("psycopg2-binary")
-        # The hub-side code needs only the docker SDK beyond JupyterHub itself.
-        reqs.append("docker>=7.0")
+        # The hub-side code needs the docker SDK beyond JupyterHub itself, and ldap3 for the
+        # ldap identity source (small, pure Python: installed whatever the site's source).
+        reqs += ["docker>=7.0", "ldap3"]
         self.add("hub", "hub/Dockerfile.j2", "debian", self.plans["debian"].ref,
                  {"requirements.txt": _requirements(reqs), **_hubdeploy_source()})
 

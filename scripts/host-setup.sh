@@ -14,6 +14,9 @@ if ! docker info >/dev/null 2>&1; then
 fi
 if [ "${1:-}" = "--test" ]; then
   need chromium chromium
+  # The ldap identity source's tests start a real OpenLDAP server.
+  need slapd slapd
+  need ldapsearch ldap-utils
 fi
 
 if [ "${#want[@]}" -gt 0 ]; then

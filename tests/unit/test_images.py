@@ -227,7 +227,7 @@ def test_hub_context_installs_dependencies_before_source(site_dir):
     hub = images.plan_images(site, site_dir)["hub"]
     reqs = hub.files["requirements.txt"].decode().splitlines()
     for req in ("jupyterhub==6.1.1", "jupyterhub-idle-culler", "jupyterhub-ldapauthenticator",
-                "psycopg2-binary", "docker>=7.0"):
+                "psycopg2-binary", "docker>=7.0", "ldap3"):
         assert req in reqs
     assert "hubdeploy-src/pyproject.toml" in hub.files
     # Only the hub-side code: a CLI or renderer change must not rebuild every hub.
