@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
-import tempfile
 from pathlib import Path
+
+from hubdeploy.contract.atomic import write_atomic
 
 CERT = "tls_cert.pem"
 KEY = "tls_key.pem"
@@ -74,21 +74,6 @@ def new_pair(host: str, site_name: str) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
-    # mkstemp creates the file 0600, so the key is never readable by others, not even briefly.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def ensure_certificate(secrets_dir: Path, host: str, site_name: str) -> tuple[Path, bool]:
     """The certificate's path, and whether it was made now.
 
@@ -104,8 +89,8 @@ def ensure_certificate(secrets_dir: Path, host: str, site_name: str) -> tuple[Pa
     if created:
         cert.unlink(missing_ok=True)
         cert_pem, key_pem = new_pair(host, site_name)
-        _write(key, key_pem, 0o600)
-        _write(cert, cert_pem, 0o644)
+        write_atomic(key, key_pem, 0o600)
+        write_atomic(cert, cert_pem, 0o644)
     mode = key.stat().st_mode & 0o777
     if mode & 0o077:
         raise OperationError(f"TLS key {key} is readable by others (mode {mode:o})", hint=f"chmod 600 {key}")

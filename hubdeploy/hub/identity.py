@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from hubdeploy.contract.atomic import write_atomic
 from hubdeploy.contract.identity import Group, Identity, IdentityConfig, IdentityError, account_name, check
 
 SHARED_UID = 1000
@@ -102,7 +102,7 @@ class AutoSource(IdentitySource):
                                         f"(range {self.uid_min}-{self.uid_max} used up)")
                 data["users"][user] = uid
                 data["next_uid"] = uid + 1
-                _write_atomic(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), 0o600)
+                write_atomic(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), 0o600)
         name = account_name(user, uid)
         return check(Identity(user=user, name=name, uid=uid, gid=uid, home=self.home(name)), self.describe())
 
@@ -224,9 +224,9 @@ def write_nss(nss_dir: str | Path, identities: Iterable[Identity]) -> None:
         groups.setdefault(pg.name, (pg.gid, set()))
         for g in ident.groups:
             groups.setdefault(g.name, (g.gid, set()))[1].add(ident.name)
-    _write_atomic(nss / "passwd", "".join(f"{u}\n" for _, u in sorted(users.items())).encode(), 0o644)
+    write_atomic(nss / "passwd", "".join(f"{u}\n" for _, u in sorted(users.items())).encode(), 0o644)
     text = "".join(f"{n}:x:{gid}:{','.join(sorted(m))}\n" for n, (gid, m) in sorted(groups.items()))
-    _write_atomic(nss / "group", text.encode(), 0o644)
+    write_atomic(nss / "group", text.encode(), 0o644)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -252,18 +252,3 @@ def ensure_home(homes_dir: str | Path, ident: Identity, home_template: str = DEF
     if (st.st_uid, st.st_gid) != (ident.uid, ident.gid):
         os.chown(home, ident.uid, ident.gid)
     os.chmod(home, 0o700)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

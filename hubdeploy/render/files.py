@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+
+from hubdeploy.contract.atomic import write_atomic
 
 HEADER = "# Rendered by hubdeploy from the site description; edit the site file, not this.\n"
 
@@ -44,24 +44,9 @@ def write_files(root: Path, files: dict[str, bytes]) -> list[str]:
         path = root / rel
         if path.is_file() and path.read_bytes() == data:
             continue
-        _write_atomic(path, data, 0o755 if rel.endswith(".sh") else 0o644)
+        write_atomic(path, data, 0o755 if rel.endswith(".sh") else 0o644)
         written.append(rel)
     for path in sorted(root.rglob("*")):
         if path.is_file() and str(path.relative_to(root)) not in files:
             path.unlink()
     return written
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
