@@ -151,6 +151,9 @@ def hub_data(site: Site, refs: dict[str, str]) -> dict[str, Any]:
             "config": dict(site.hub.authenticator.config),
         },
         "admin_users": list(site.hub.admin_users),
+        "named_server_limit_per_user": site.hub.named_server_limit_per_user,
+        # Hub cookies are Secure only when the proxy terminates TLS.
+        "tls": site.tls is not None,
         "services": services,
         "spawner": spawner,
         "config": {k: dict(v) for k, v in site.hub.config.items()},

@@ -27,6 +27,7 @@ from hubdeploy.backends.base import (
     Stopped,
 )
 from hubdeploy.backends.slurm_script import OptionError, parse_time
+from hubdeploy.hub.web import OptionsError, check_option_value, check_user_options
 
 try:  # JupyterHub >= 6.0
     from jupyterhub.spawner import SpawnException
@@ -35,6 +36,8 @@ except ImportError:  # pragma: no cover - older hubs: a plain HTTPError carries 
 
 # What a user may choose for a compute profile, within the site's lists and limits.
 SLURM_CHOICES = ("partition", "time", "cpu", "memory")
+# Every option the spawner reads -> whether a whole number is accepted besides a string.
+OPTION_FIELDS = {"profile": False, "partition": False, "time": True, "cpu": True, "memory": False}
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([KMGT])$")
 
 
@@ -93,6 +96,17 @@ def apply_slurm_choices(profile: dict[str, Any], options: dict[str, Any]) -> dic
     out["slurm"] = slurm
     return out
 
+def refused(message: str) -> web.HTTPError:
+    """The 400 of a spawn request the site does not allow (a bad profile or choice).
+
+    A SpawnException is JupyterHub's handled refusal: the REST API answers with its
+    message and the hub logs one line, no traceback.
+    """
+    if SpawnException is not None:
+        return SpawnException(message, reason="user_options", status_code=400)
+    return web.HTTPError(400, "%s", message)  # pragma: no cover
+
+
 def start_failed(exc: BackendError) -> web.HTTPError:
     """The HTTP error a backend's failed start becomes, so its words reach the user.
 
@@ -119,9 +133,10 @@ _BACKENDS: dict[tuple[str, str], Backend] = {}
 
 
 def _check_user_options(spawner: HubdeploySpawner, user_options: dict) -> None:
-    # JupyterHub >= 5.3 calls this before start(): an unknown profile is refused with
-    # 400 before anything is created (start() checks again for older hubs).
-    spawner.resolve_profile(user_options)
+    # JupyterHub >= 5.3 calls this hook before the pre-spawn hook, but logs a traceback
+    # for any exception it raises, a refusal included. run_pre_spawn_hook checks the
+    # options right after it, before anything is created, and refuses in one log line.
+    return None
 
 
 def _slurm_fields(p: dict[str, Any]) -> str:
@@ -231,7 +246,7 @@ class HubdeploySpawner(Spawner):
             if p.get("name") == name:
                 return p
         available = ", ".join(str(p.get("name")) for p in self.profiles)
-        raise web.HTTPError(400, f"Unknown profile {name!r}. Available profiles: {available}")
+        raise refused(f"Unknown profile {name!r}. Available profiles: {available}")
 
     @staticmethod
     def profile_form(spawner: HubdeploySpawner) -> str:
@@ -272,6 +287,10 @@ class HubdeploySpawner(Spawner):
         the profile is unknown or a choice is not allowed."""
         values = form_data.get("profile") or []
         name = values[0] if values else self.default_profile()["name"]
+        try:
+            check_option_value("profile", name)
+        except OptionsError as exc:
+            raise refused(str(exc)) from None
         profile = self.select_profile({"profile": name})
         options = {"profile": profile["name"]}
         for key in SLURM_CHOICES:
@@ -283,12 +302,19 @@ class HubdeploySpawner(Spawner):
         return options
 
     def resolve_profile(self, user_options: dict | None) -> dict[str, Any]:
-        """The chosen profile with the user's checked choices written in; 400 when not allowed."""
+        """The chosen profile with the user's checked choices written in; 400 when not allowed.
+
+        The options' types and sizes are checked first: the REST API passes any JSON.
+        """
+        try:
+            check_user_options(user_options, OPTION_FIELDS)
+        except OptionsError as exc:
+            raise refused(str(exc)) from None
         profile = self.select_profile(user_options)
         try:
             return apply_slurm_choices(profile, user_options or {})
         except OptionError as exc:
-            raise web.HTTPError(400, str(exc)) from None
+            raise refused(str(exc)) from None
 
     def _apply_profile(self, profile: dict[str, Any]) -> None:
         # A spawner object lives across its server's restarts: undo what the previous
