@@ -171,11 +171,12 @@ def test_hub_pages_work_in_a_browser_under_the_csp(up_stack, tmp_path):
             page.check("input[name=profile][value=small]")
             page.click("#spawn_form input[type=submit], #spawn_form button[type=submit]")
             page.wait_for_url(f"**/user/{user}/**", timeout=180_000)
-            # The progress stream the spawn-pending page reads, opened from a hub page.
+            # The progress stream the spawn-pending page reads, opened from a hub page as
+            # that page opens it (with the page's xsrf token).
             page.goto(up_stack.url + "hub/home")
             event = page.evaluate(
                 """url => new Promise((resolve, reject) => {
-                    const source = new EventSource(url);
+                    const source = new EventSource(url + "?_xsrf=" + window.jhdata.xsrf_token);
                     source.onmessage = e => { source.close(); resolve(e.data); };
                     source.onerror = () => { source.close(); reject(new Error("EventSource failed")); };
                 })""",
