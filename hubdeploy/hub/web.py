@@ -197,7 +197,9 @@ def _is_refusal(exc: BaseException) -> bool:
 
 def escape_control(text: str) -> str:
     """``text`` with each control character written as a Python escape (\\n, \\x1b)."""
-    return "".join(ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch for ch in text)
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) == "Cc" else ch for ch in text
+    )
 
 
 LOGGING_CONFIG = {

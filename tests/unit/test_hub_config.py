@@ -153,7 +153,8 @@ def test_passthrough_authenticator_is_wrapped_too(tmp_path, monkeypatch):
     c = load(monkeypatch, path)
     assert c.JupyterHub.authenticator_class.__mro__[1].__qualname__ == "PAMAuthenticator"
     assert not c.JupyterHub.authenticator_class().validate_username("a\x1bb")
-    assert "report-uri /jh/hub/security/csp-report" in c.JupyterHub.tornado_settings["headers"]["Content-Security-Policy"]
+    csp = c.JupyterHub.tornado_settings["headers"]["Content-Security-Policy"]
+    assert "report-uri /jh/hub/security/csp-report" in csp
     assert c.JupyterHub.named_server_limit_per_user == 0
 
 
