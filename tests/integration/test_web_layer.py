@@ -18,16 +18,23 @@ from stackfixture import user_session  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-HUB_CONTAINER = "hubdeploy-hdtstack-hub-1"
-
-
 def _set_cookies(resp: requests.Response) -> list[str]:
     return resp.raw.headers.getlist("Set-Cookie")
 
 
-def _hub_logs_since(since: float) -> str:
-    c = docker.from_env().containers.get(HUB_CONTAINER)
-    return c.logs(since=int(since) - 1, stdout=True, stderr=True).decode(errors="replace")
+def _log_mark(base_url: str) -> str:
+    """Write a unique line into the hub's access log; _hub_logs_after cuts there, so a
+    test reads only its own log lines (docker's `since` has whole seconds)."""
+    mark = f"mark-{uuid.uuid4().hex}"
+    requests.get(f"{base_url}hub/api/?{mark}", timeout=30)
+    return mark
+
+
+def _hub_logs_after(stack, mark: str) -> str:
+    c = docker.from_env().containers.get(stack.container_ids()["hub"])
+    logs = c.logs(stdout=True, stderr=True, tail=5000).decode(errors="replace")
+    assert mark in logs, "the hub's access log does not have the mark"
+    return logs.split(mark, 1)[1]
 
 
 def _csp(resp: requests.Response) -> dict[str, str]:
@@ -84,7 +91,7 @@ def test_username_with_newline_refused_on_every_path(up_stack):
     api = HubClient(up_stack.url, token=token)
     marker = f"FORGED-{uuid.uuid4().hex[:8]}"
     name = f"evil\n[W 2026-01-01 00:00:00.000 JupyterHub] {marker}"
-    t0 = time.time()
+    mark = _log_mark(up_stack.url)
     with pytest.raises(HubAPIError) as exc:
         api.api("POST", f"users/{escape_path(name)}")
     assert exc.value.status == 400
@@ -97,7 +104,7 @@ def test_username_with_newline_refused_on_every_path(up_stack):
     with pytest.raises(HubAPIError, match="login rejected"):
         HubClient(up_stack.url).login(name, "")
     # JupyterHub echoes the name in its own log lines; none of them starts a forged line.
-    logs = _hub_logs_since(t0)
+    logs = _hub_logs_after(up_stack, mark)
     assert marker in logs
     forged = [line for line in logs.splitlines() if line.startswith("[W 2026-01-01")]
     assert not forged, forged
@@ -107,7 +114,7 @@ def test_oversized_spawn_option_is_a_400_naming_the_field_without_traceback(up_s
     user = "weboptions"
     hub, token = user_session(up_stack, user)
     api = HubClient(up_stack.url, token=token)
-    t0 = time.time()
+    mark = _log_mark(up_stack.url)
     with pytest.raises(HubAPIError) as exc:
         api.api("POST", f"users/{user}/server", json={"profile": "x" * 100000})
     assert exc.value.status == 400
@@ -120,7 +127,7 @@ def test_oversized_spawn_option_is_a_400_naming_the_field_without_traceback(up_s
     form = hub.request("POST", f"hub/spawn/{user}", data={"profile": "p" * 300}, ok=(400,))
     assert "limit is 256" in form.text
     assert hub.server_model(user, "") is None  # nothing was started
-    logs = _hub_logs_since(t0)
+    logs = _hub_logs_after(up_stack, mark)
     assert "limit is 256" in logs  # the refusals are logged...
     assert "Traceback" not in logs, logs[-3000:]  # ...in one line each
     assert "x" * 1000 not in logs  # and the value itself is not echoed
