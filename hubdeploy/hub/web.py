@@ -23,6 +23,10 @@ class OptionsError(ValueError):
     """A spawn option that is malformed or too large; the message names the field."""
 
 
+class UsernameRefused(ValueError):
+    """A username hubdeploy refuses (control characters): a refusal, logged without traceback."""
+
+
 # -- cookies and headers --------------------------------------------------------------
 
 
@@ -93,11 +97,19 @@ def _refusing(base: type) -> type:
             return False
         return super(cls, self).validate_username(username)
 
+    def add_user(self, user):
+        # POST /hub/api/users/<name> creates the user before add_user validates it, and
+        # logs what add_user raises with a traceback unless the log filter knows it.
+        if control_characters(user.name):
+            raise UsernameRefused(f"Invalid username {user.name!r}: it contains control characters")
+        return super(cls, self).add_user(user)
+
     cls = type(
         base.__name__,
         (base,),
         {
             "validate_username": validate_username,
+            "add_user": add_user,
             "__module__": base.__module__,
             "__qualname__": base.__qualname__,
             "__doc__": base.__doc__,
@@ -169,9 +181,10 @@ class LogRecordFilter(logging.Filter):
 
     Control characters in a message (a username or option with a newline, echoed by
     JupyterHub's own log calls) are escaped, so nobody can forge a log line. A record
-    carrying a SpawnException loses its traceback: JupyterHub defines that exception as a
-    handled policy refusal (bad spawn options), yet its form handler logs every failure
-    with exc_info. The exception's message stays in the line.
+    carrying a refusal loses its traceback: a SpawnException, which JupyterHub defines as
+    a handled policy refusal (bad spawn options) yet its form handler logs with exc_info,
+    and UsernameRefused, which its user-creation handler logs so. The exception's message
+    stays in the line.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -188,6 +201,8 @@ class LogRecordFilter(logging.Filter):
 
 
 def _is_refusal(exc: BaseException) -> bool:
+    if isinstance(exc, UsernameRefused):
+        return True
     try:
         from jupyterhub.spawner import SpawnException
     except ImportError:  # pragma: no cover - JupyterHub < 6

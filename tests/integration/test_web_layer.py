@@ -108,6 +108,7 @@ def test_username_with_newline_refused_on_every_path(up_stack):
     assert marker in logs
     forged = [line for line in logs.splitlines() if line.startswith("[W 2026-01-01")]
     assert not forged, forged
+    assert "Traceback" not in logs, logs[-3000:]  # a refusal, not a crash
 
 
 def test_oversized_spawn_option_is_a_400_naming_the_field_without_traceback(up_stack):

@@ -78,9 +78,11 @@ def test_add_user_refuses_a_newline():
 
     from jupyterhub.auth import DummyAuthenticator
 
-    auth = web.refusing_control_characters(DummyAuthenticator)()
-    with pytest.raises(ValueError, match="Invalid username"):
+    auth = web.refusing_control_characters(DummyAuthenticator)(allowed_users={"ann"})
+    with pytest.raises(web.UsernameRefused, match=r"Invalid username 'a\\nb'"):
         auth.add_user(SimpleNamespace(name="a\nb"))
+    auth.add_user(SimpleNamespace(name="ab"))  # the class's own add_user still runs
+    assert auth.allowed_users == {"ann", "ab"}
 
 
 def test_resolve_authenticator_by_entry_point_path_or_class():
@@ -135,6 +137,9 @@ def test_log_filter_drops_the_traceback_of_a_refusal_only():
     web.LogRecordFilter().filter(refusal)
     text = logging.Formatter().format(refusal)
     assert "Traceback" not in text and "user option 'profile' is too long" in text
+    refused_name = _record("Failed to create user: %s", "a\nb", exc=web.UsernameRefused("Invalid username"))
+    web.LogRecordFilter().filter(refused_name)
+    assert "Traceback" not in logging.Formatter().format(refused_name)
     crash = _record("Unhandled error", exc=RuntimeError("boom"))
     web.LogRecordFilter().filter(crash)
     assert "Traceback" in logging.Formatter().format(crash)
