@@ -95,7 +95,33 @@ c.HubdeploySpawner.backends = hub["spawner"].get("backends", {})
 # Each user's server runs as their own POSIX account from this source.
 c.HubdeploySpawner.identity = hub.get("identity", {"source": "shared"})
 
+# -- web layer (hubdeploy.hub.web) ----------------------------------------------------
+from hubdeploy.hub import web  # noqa: E402
+
+c.JupyterHub.named_server_limit_per_user = hub.get("named_server_limit_per_user", 3)
+_base_url = hub.get("config", {}).get("JupyterHub", {}).get("base_url", "/")
+c.JupyterHub.tornado_settings = {
+    # Session, login and xsrf cookies alike: JupyterHub derives the xsrf cookie's from these.
+    "cookie_options": web.cookie_options(bool(hub.get("tls"))),
+    "headers": {
+        "Content-Security-Policy": web.content_security_policy(
+            _base_url.rstrip("/") + "/hub/security/csp-report"
+        ),
+    },
+}
+# One log record, one line (a name with a newline cannot forge a line); no traceback for
+# a refused spawn. Merged into the default console handler's logging config.
+c.JupyterHub.logging_config = web.LOGGING_CONFIG
+
 # -- the site's pass-through, last so that it wins ------------------------------------
 for section, traits in hub.get("config", {}).items():
     for key, value in traits.items():
         c[section][key] = value
+
+# Whatever authenticator the site ended up with (pass-through included) refuses usernames
+# with control characters, on every path that names a user: login and REST API alike.
+try:
+    _authenticator = web.resolve_authenticator(c.JupyterHub.authenticator_class)
+except ImportError as exc:
+    raise SystemExit(f"hubdeploy: authenticator {c.JupyterHub.authenticator_class!r} is not installed: {exc}")
+c.JupyterHub.authenticator_class = web.refusing_control_characters(_authenticator)

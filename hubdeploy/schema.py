@@ -125,6 +125,11 @@ class Hub(Closed):
     )
     authenticator: Authenticator = Field(default_factory=Authenticator)
     admin_users: list[Username] = Field(default_factory=list)
+    named_server_limit_per_user: int = Field(
+        3,
+        ge=0,
+        description="Named servers a user may have besides the default one (0: no limit).",
+    )
     config: dict[TraitSection, dict[str, Any]] = Field(
         default_factory=dict,
         description="Pass-through JupyterHub traits, e.g. {JupyterHub: {shutdown_on_logout: true}}.",

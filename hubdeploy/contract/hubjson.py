@@ -109,6 +109,8 @@ class HubJson(TypedDict):
     database: DatabaseSection
     authenticator: AuthenticatorSection
     admin_users: list[str]
+    named_server_limit_per_user: int
+    tls: bool  # the proxy terminates TLS: hub cookies are Secure
     services: list[ServiceEntry]
     spawner: SpawnerSection
     identity: IdentityConfig

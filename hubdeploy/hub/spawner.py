@@ -29,6 +29,7 @@ from hubdeploy.contract.identity import Identity, IdentityError
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 from hubdeploy.contract.values import OptionError, check_limits, memory_bytes, parse_time
 from hubdeploy.hub.identity import DEFAULT_TEMPLATE, IdentitySource, ensure_home, get_source, write_nss
+from hubdeploy.hub.web import OptionsError, check_option_value, check_user_options
 
 try:  # JupyterHub >= 6.0
     from jupyterhub.spawner import SpawnException
@@ -37,6 +38,8 @@ except ImportError:  # pragma: no cover - older hubs: a plain HTTPError carries 
 
 # What a user may choose for a compute profile, within the site's lists and limits.
 SLURM_CHOICES = ("partition", "time", "cpu", "memory")
+# Every option the spawner reads -> whether a whole number is accepted besides a string.
+OPTION_FIELDS = {"profile": False, "partition": False, "time": True, "cpu": True, "memory": False}
 
 
 def apply_slurm_choices(profile: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
@@ -87,11 +90,16 @@ def apply_slurm_choices(profile: dict[str, Any], options: dict[str, Any]) -> dic
     return out
 
 
-def refused(message: str, status: int) -> web.HTTPError:
-    """An HTTPError whose message reaches the user (API, spawn page, progress stream)."""
+def refused(message: str, status: int = 400, reason: str = "user_options") -> web.HTTPError:
+    """An HTTPError whose message reaches the user (API, spawn page, progress stream).
+
+    400 for a spawn request the site does not allow (a bad profile or choice), 403 for a
+    user without an account, 503 for a backend that cannot start the server now. A
+    SpawnException is JupyterHub's handled refusal: the REST API answers with its message
+    and the hub logs one line, no traceback.
+    """
     if SpawnException is not None:
-        # A SpawnException is a handled refusal: logged in one line, no traceback.
-        err = SpawnException(message, reason="backend", status_code=status)
+        err = SpawnException(message, reason=reason, status_code=status)
     else:  # pragma: no cover
         err = web.HTTPError(status, "%s", message)
     err.jupyterhub_message = message
@@ -120,7 +128,7 @@ def start_failed(exc: BackendError) -> web.HTTPError:
     stream's "Spawn failed: ..." event shows. 503: the site cannot start this server now
     (a scheduler refusing the job, an engine without the image), not a malformed request.
     """
-    return refused(str(exc) or type(exc).__name__, 503)
+    return refused(str(exc) or type(exc).__name__, 503, "backend")
 
 
 # One backend per (name, config) for the whole hub: a shared Docker client or scheduler
@@ -129,9 +137,10 @@ _BACKENDS: dict[tuple[str, str], Backend] = {}
 
 
 def _check_user_options(spawner: HubdeploySpawner, user_options: dict) -> None:
-    # JupyterHub >= 5.3 calls this before start(): an unknown profile is refused with
-    # 400 before anything is created (start() checks again for older hubs).
-    spawner.resolve_profile(user_options)
+    # JupyterHub >= 5.3 calls this hook before the pre-spawn hook, but logs a traceback
+    # for any exception it raises, a refusal included. run_pre_spawn_hook checks the
+    # options right after it, before anything is created, and refuses in one log line.
+    return None
 
 
 def _slurm_fields(p: dict[str, Any]) -> str:
@@ -245,7 +254,7 @@ class HubdeploySpawner(Spawner):
             if p.get("name") == name:
                 return p
         available = ", ".join(str(p.get("name")) for p in self.profiles)
-        raise web.HTTPError(400, f"Unknown profile {name!r}. Available profiles: {available}")
+        raise refused(f"Unknown profile {name!r}. Available profiles: {available}")
 
     @staticmethod
     def profile_form(spawner: HubdeploySpawner) -> str:
@@ -286,6 +295,10 @@ class HubdeploySpawner(Spawner):
         the profile is unknown or a choice is not allowed."""
         values = form_data.get("profile") or []
         name = values[0] if values else self.default_profile()["name"]
+        try:
+            check_option_value("profile", name)
+        except OptionsError as exc:
+            raise refused(str(exc)) from None
         profile = self.select_profile({"profile": name})
         options = {"profile": profile["name"]}
         for key in SLURM_CHOICES:
@@ -297,12 +310,19 @@ class HubdeploySpawner(Spawner):
         return options
 
     def resolve_profile(self, user_options: dict | None) -> dict[str, Any]:
-        """The chosen profile with the user's checked choices written in; 400 when not allowed."""
+        """The chosen profile with the user's checked choices written in; 400 when not allowed.
+
+        The options' types and sizes are checked first: the REST API passes any JSON.
+        """
+        try:
+            check_user_options(user_options, OPTION_FIELDS)
+        except OptionsError as exc:
+            raise refused(str(exc)) from None
         profile = self.select_profile(user_options)
         try:
             return apply_slurm_choices(profile, user_options or {})
         except OptionError as exc:
-            raise web.HTTPError(400, str(exc)) from None
+            raise refused(str(exc)) from None
 
     def _apply_profile(self, profile: dict[str, Any]) -> None:
         # A spawner object lives across its server's restarts: undo what the previous
@@ -400,7 +420,7 @@ class HubdeploySpawner(Spawner):
         try:
             account = await source.lookup(self.user.name)
         except IdentityError as exc:
-            raise refused(str(exc), 403) from None
+            raise refused(str(exc), 403, "identity") from None
         homes, nss = self.identity.get("homes_dir"), self.identity.get("nss_dir")
         if homes:
             await asyncio.to_thread(ensure_home, homes, account, self.identity.get("home_template") or DEFAULT_TEMPLATE)

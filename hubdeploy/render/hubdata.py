@@ -57,6 +57,9 @@ def hub_data(site: Site, refs: dict[str, str]) -> hubjson.HubJson:
             "config": dict(site.hub.authenticator.config),
         },
         "admin_users": list(site.hub.admin_users),
+        "named_server_limit_per_user": site.hub.named_server_limit_per_user,
+        # Hub cookies are Secure only when the proxy terminates TLS.
+        "tls": site.tls is not None,
         "services": services(site),
         "spawner": spawner(site, refs),
         "identity": identity(site),

@@ -84,8 +84,15 @@ def test_static_config(tmp_path, monkeypatch):
     assert c.HubdeploySpawner.backend == "docker"
     assert c.HubdeploySpawner.backend_config["network"] == "hubdeploy-hdtconf-users"
     assert c.Authenticator.admin_users == {"admin"}
-    assert c.JupyterHub.authenticator_class == "dummy"
+    # The entry point's class, wrapped so that it refuses control characters in names.
+    assert c.JupyterHub.authenticator_class.__mro__[1].__qualname__ == "DummyAuthenticator"
+    assert not c.JupyterHub.authenticator_class().validate_username("a\nb")
     assert c.Authenticator.allow_all is True
+    assert c.JupyterHub.named_server_limit_per_user == 3
+    assert c.JupyterHub.tornado_settings["cookie_options"] == {"samesite": "Lax"}
+    csp = c.JupyterHub.tornado_settings["headers"]["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in csp and "report-uri /hub/security/csp-report" in csp
+    assert c.JupyterHub.logging_config["handlers"]["console"]["filters"] == ["hubdeploy_web"]
     # pass-through
     assert c.JupyterHub.shutdown_on_logout is True
     assert c.Spawner.start_timeout == 99
@@ -135,12 +142,36 @@ def test_authenticator_config_and_restricted_dummy(tmp_path, monkeypatch):
 
 def test_other_authenticator_not_open(tmp_path, monkeypatch):
     path, _ = hub_json(
-        tmp_path, authenticator={"class": "github", "config": {"client_id": "abc", "allowed_organizations": ["x"]}}
+        tmp_path, authenticator={"class": "pam", "config": {"client_id": "abc", "allowed_organizations": ["x"]}}
     )
     c = load(monkeypatch, path)
-    assert c.JupyterHub.authenticator_class == "github"
+    assert c.JupyterHub.authenticator_class.__mro__[1].__qualname__ == "PAMAuthenticator"
     assert c.Authenticator.client_id == "abc"
     assert "allow_all" not in c.Authenticator
+
+
+def test_authenticator_not_installed_stops_the_hub(tmp_path, monkeypatch):
+    path, _ = hub_json(tmp_path, authenticator={"class": "no-such-authenticator", "config": {}})
+    with pytest.raises(SystemExit, match="'no-such-authenticator' is not installed"):
+        load(monkeypatch, path)
+
+
+def test_tls_site_cookies_are_secure_and_limit_comes_from_hub_json(tmp_path, monkeypatch):
+    path, _ = hub_json(tmp_path, tls=True, named_server_limit_per_user=5)
+    c = load(monkeypatch, path)
+    assert c.JupyterHub.tornado_settings["cookie_options"] == {"samesite": "Lax", "secure": True}
+    assert c.JupyterHub.named_server_limit_per_user == 5
+
+
+def test_passthrough_authenticator_is_wrapped_too(tmp_path, monkeypatch):
+    path, _ = hub_json(tmp_path, config={"JupyterHub": {"authenticator_class": "jupyterhub.auth.PAMAuthenticator",
+                                                       "base_url": "/jh/", "named_server_limit_per_user": 0}})
+    c = load(monkeypatch, path)
+    assert c.JupyterHub.authenticator_class.__mro__[1].__qualname__ == "PAMAuthenticator"
+    assert not c.JupyterHub.authenticator_class().validate_username("a\x1bb")
+    csp = c.JupyterHub.tornado_settings["headers"]["Content-Security-Policy"]
+    assert "report-uri /jh/hub/security/csp-report" in csp
+    assert c.JupyterHub.named_server_limit_per_user == 0
 
 
 def test_passthrough_wins(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from hubdeploy.backends.base import ServerSpec
 from hubdeploy.backends.slurm import SlurmBackend
 from hubdeploy.contract.identity import Group, Identity, IdentityError, account_name
 from hubdeploy.errors import SiteError
-from hubdeploy.hub.identity import AutoSource, FileSource, SharedSource, ensure_home, get_source, write_nss
+from hubdeploy.hub.identity import AutoSource, SharedSource, ensure_home, get_source, write_nss
 from hubdeploy.loader import load_site_text
 
 

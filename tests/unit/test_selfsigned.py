@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import http.server
-import ipaddress
 import ssl
 import threading
 from pathlib import Path

@@ -269,8 +269,9 @@ def test_compute_profile_starts_on_the_slurm_backend_and_keeps_it(monkeypatch):
 
 def test_refused_choice_is_a_400_before_start(monkeypatch):
     s, _ = make(monkeypatch)
+    s.user_options = {"profile": "compute", "partition": "gpu"}
     with pytest.raises(web.HTTPError) as exc:
-        asyncio.run(s._run_apply_user_options({"profile": "compute", "partition": "gpu"}))
+        s.run_pre_spawn_hook()
     assert exc.value.status_code == 400 and "not offered" in exc.value.log_message
 
 

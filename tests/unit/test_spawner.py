@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import pytest
 pytest.importorskip("jupyterhub")
 
 from jupyterhub.objects import Hub
+from jupyterhub.spawner import SpawnException
 from tornado import web
 
 from hubdeploy.backends.base import (
@@ -138,12 +140,48 @@ def test_options_from_form(make_spawner):
     assert exc.value.status_code == 400 and "small, big" in exc.value.log_message
 
 
-def test_api_user_options_validated_before_start(make_spawner):
-    s = make_spawner()
-    run(s._run_apply_user_options({"profile": "small"}))
-    with pytest.raises(web.HTTPError) as exc:
-        run(s._run_apply_user_options({"profile": "gpu"}))
+def test_api_user_options_refused_before_start_without_traceback(make_spawner, caplog):
+    """JupyterHub runs apply_user_options, then the pre-spawn hook, then start(). The hook
+    refuses; apply_user_options must not raise: JupyterHub logs a traceback for that."""
+    s = make_spawner(user_options={"profile": "gpu"})
+    with caplog.at_level(logging.DEBUG):
+        run(s._run_apply_user_options(s.user_options))
+    assert not [r for r in caplog.records if r.exc_info]
+    with pytest.raises(SpawnException) as exc:
+        s.run_pre_spawn_hook()
+    assert exc.value.status_code == 400 and "small, big" in exc.value.message
+    assert s.get_backend().specs == []
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        ({"profile": "x" * 100000}, ["'profile'", "100000 characters", "limit is 256"]),
+        ({"profile": ["small"]}, ["'profile'", "must be a string", "list"]),
+        ({"profile": "small", "cpu": {"n": 1}}, ["'cpu'", "whole number"]),
+        ({"profile": "small", "time": True}, ["'time'", "bool"]),
+        ({"profile": "small", "memory": "2G\n"}, ["'memory'", "control characters"]),
+        ({"profile": "small", "note": "y" * 5000}, ["as JSON", "limit is 4096"]),
+        ({f"k{i}": "" for i in range(17)}, ["17 fields", "limit is 16"]),
+        (["small"], ["must be an object", "list"]),
+    ],
+)
+def test_malformed_or_oversized_options_are_a_400_naming_the_field(make_spawner, options, words):
+    s = make_spawner(user_options={"profile": "small"})
+    s.user_options = options if isinstance(options, dict) else {}
+    with pytest.raises(SpawnException) as exc:
+        s.resolve_profile(options)
     assert exc.value.status_code == 400
+    for word in words:
+        assert word in exc.value.message
+    # The refusal never echoes the oversized value.
+    assert len(exc.value.message) < 200
+
+
+def test_oversized_form_value_is_a_400_naming_the_field(make_spawner):
+    s = make_spawner()
+    with pytest.raises(SpawnException, match="'profile' is 300 characters long; the limit is 256"):
+        s.run_options_from_form({"profile": ["p" * 300]})
 
 
 def test_start_applies_profile_and_builds_spec(make_spawner):
