@@ -27,8 +27,8 @@ from hubdeploy.backends.base import (
 from hubdeploy.contract.identity import Identity, IdentityError
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 from hubdeploy.contract.values import OptionError
-from hubdeploy.hub.profiles import OPTION_FIELDS, SLURM_CHOICES, apply_slurm_choices, form_html
 from hubdeploy.hub.identity import DEFAULT_TEMPLATE, IdentitySource, ensure_home, get_source, write_nss
+from hubdeploy.hub.profiles import OPTION_FIELDS, SLURM_CHOICES, apply_slurm_choices, form_html
 from hubdeploy.hub.web import OptionsError, check_option_value, check_user_options
 
 try:  # JupyterHub >= 6.0
