@@ -87,9 +87,13 @@ class AutoSource(IdentitySource):
     def _load(self) -> dict[str, Any]:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
+            return {"next_uid": int(data.get("next_uid", self.uid_min)), "users": dict(data.get("users") or {})}
         except FileNotFoundError:
             return {"next_uid": self.uid_min, "users": {}}
-        return {"next_uid": int(data.get("next_uid", self.uid_min)), "users": dict(data.get("users") or {})}
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            # Never start over: that would hand out uids that already own files.
+            raise IdentityError(f"identity source 'auto' cannot read its allocations ({self.path}): "
+                                f"{type(exc).__name__}; restore the file from a backup") from None
 
     async def lookup(self, user: str) -> Identity:
         async with self._lock:

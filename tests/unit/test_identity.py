@@ -262,3 +262,11 @@ def test_a_user_without_an_account_is_refused_naming_the_source(tmp_path):
     assert exc.value.status_code == 403
     assert "'mallory' has no account in identity source file (passwd)" in exc.value.jupyterhub_message
     assert not (tmp_path / "homes").exists()  # nothing was made for them
+
+
+def test_a_damaged_allocation_file_refuses_rather_than_starting_over(tmp_path):
+    state = tmp_path / "ids.json"
+    state.write_text("{not json")
+    with pytest.raises(IdentityError, match="cannot read its allocations"):
+        run(AutoSource({"source": "auto", "state_file": str(state)}).lookup("carol"))
+    assert state.read_text() == "{not json"
