@@ -110,6 +110,8 @@ NODE_FORMAT = "%N|%T"  # node name, long state with its flag suffix (sinfo -N)
 _JOB_ID = re.compile(r"^\d{1,12}$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 _INVALID_JOB = "Invalid job id specified"
+# scancel of a job that is already ending (a cancelled job waiting on a lost node): done.
+_ENDING = "already completing or completed"
 _PATH = re.compile(r"^/[A-Za-z0-9_./-]{1,1000}$")
 # Variables of the hub's own environment that make no sense on a compute node.
 DEFAULT_ENV_SKIP = (
@@ -617,7 +619,7 @@ class SlurmBackend(Backend):
             code, _, err = await self.run(argv)
         except CommandError as exc:
             raise BackendError(f"cannot cancel Slurm job {job_id or name}: {exc}") from None
-        if code != 0 and _INVALID_JOB not in err:
+        if code != 0 and _INVALID_JOB not in err and _ENDING not in err:
             raise BackendError(f"scancel {job_id or name} failed: {err.strip()[-300:]}")
         if not job_id or code != 0:  # by name, or already gone
             return
@@ -742,7 +744,7 @@ class SlurmBackend(Backend):
             code, _, err = await self.run(["scancel", server_id])
         except CommandError as exc:
             raise BackendError(f"cannot cancel Slurm job {server_id}: {exc}") from None
-        if code != 0 and _INVALID_JOB not in err:
+        if code != 0 and _INVALID_JOB not in err and _ENDING not in err:
             raise BackendError(f"scancel {server_id} failed: {err.strip()[-300:]}")
 
 
