@@ -30,6 +30,8 @@ poll never says "stopped" when it cannot ask: only squeue's "Invalid job id", an
 answer or a final job state mean stopped; a timeout, an unreachable controller, munge
 errors and every other failure are :class:`~hubdeploy.backends.base.Unknown`.
 (batchspawner's long-standing bug was to read a failed squeue as "job gone".)
+The one "stopped" besides these is Slurm's own word on the job's node (:func:`judge`):
+DOWN, or not responding for ``node_lost_grace`` seconds while squeue still says RUNNING.
 """
 
 from __future__ import annotations
