@@ -154,20 +154,26 @@ def status(ctx: click.Context, as_json: bool) -> None:
             table.add_row(s["service"], s["state"], s["health"] or "-")
         out.print(table)
         if data["servers"]:
-            servers = Table(title="user servers")
-            for col in ("user", "server", "profile", "container", "state"):
-                servers.add_column(col)
-            for s in data["servers"]:
-                servers.add_row(s["user"], s["server"] or "-", s["profile"] or "-", s["container"], s["state"])
-            out.print(servers)
+            _print_servers(data["servers"], "user servers")
         else:
             out.print("no user servers")
-        if data["untracked_error"]:
-            out.print(f"[yellow]untracked servers: not checked ({data['untracked_error']})[/]")
+        if data["servers_error"]:
+            out.print(f"[yellow]only containers listed; the backends were not asked ({data['servers_error']})[/]")
         elif data["untracked"]:
-            _print_orphans(data["untracked"], "servers the hub no longer tracks")
-            out.print("remove them with `hubdeploy orphans remove --all` (or by ID)")
+            out.print(f"{len(data['untracked'])} server(s) the hub no longer tracks: remove them with "
+                      "`hubdeploy orphans remove --all` (or by ID)")
     sys.exit(0 if data["healthy"] else 1)
+
+
+def _print_servers(rows: list[dict], title: str) -> None:
+    table = Table(title=title)
+    for col in ("backend", "id", "owner", "state", "node", "reason", "detail"):
+        table.add_column(col)
+    for r in rows:
+        owner = r["owner"] or ("-" if r["tracked"] is None else "[bold]untracked[/]")
+        detail = f"[bold red]{r['detail']}[/]" if "not responding" in r["detail"] or " is down" in r["detail"] else r["detail"]
+        table.add_row(r["backend"], r["id"][:12], owner, r["state"], r["node"] or "-", r["reason"] or "-", detail or "-")
+    out.print(table)
 
 
 def _print_orphans(rows: list[dict], title: str) -> None:
@@ -263,11 +269,19 @@ def down(ctx: click.Context, volumes: bool, as_json: bool) -> None:
     if as_json:
         _print_json(result)
     else:
+        for r in result["stopped_servers"]:
+            out.print(f"stopped {r['backend']} server {r['id'][:12]} ({r['owner'] or r['name']})",
+                      markup=False, highlight=False)
+        for f in result["not_stopped"]:
+            what = f"{f['backend'] or 'server'} {f['id'][:12]} ({f['name']})" if f["id"] else (f["backend"] or "servers")
+            err.print(f"[bold red]not stopped:[/] {what}: {f['error']}", highlight=False, soft_wrap=True)
         out.print(
-            f"down: {prep.project} ({len(result['removed_servers'])} user servers removed"
+            f"down: {prep.project} ({len(result['stopped_servers'])} user servers stopped, "
+            f"{len(result['removed_servers'])} containers removed"
             + (f", {len(result['removed_volumes'])} volumes removed" if volumes else ", data kept")
             + ")"
         )
+    sys.exit(1 if result["not_stopped"] else 0)
 
 
 @cli.command()

@@ -200,39 +200,48 @@ def notebook_containers(client, site: Site) -> list:
     )
 
 
+def _container_row(c) -> dict[str, Any]:
+    """A notebook container found by its labels, in the hub's row shape (owner unknown)."""
+    labels = c.labels
+    user, server = labels.get(LABEL_USER), labels.get(LABEL_SERVER, "")
+    return {
+        "backend": "docker", "id": c.id, "name": c.name, "state": c.status, "node": "", "reason": "",
+        "detail": f"user {user}" + (f", server {server}" if server else "")
+        + (f", profile {labels[LABEL_PROFILE]}" if labels.get(LABEL_PROFILE) else ""),
+        "tracked": None, "owner": None,
+    }
+
+
 def status(prep: Prepared) -> dict[str, Any]:
-    """The stack's services and running user servers, as data (``status --json``)."""
+    """The stack's services and every server of every backend, as data (``status --json``).
+
+    The servers are the hub's backends' own lists (``hubdeploy.hub.orphans``): a Slurm
+    job with its id, node, state and pending reason, a container with its state, each
+    with the hub user that owns it (``tracked``) or none. When the hub cannot be asked,
+    only the containers the engine shows by label are listed, with ``servers_error``.
+    """
     client = engine.docker_client()
     svcs = services(prep)
-    servers = []
-    for c in notebook_containers(client, prep.site):
-        labels = c.labels
-        servers.append(
-            {
-                "user": labels.get(LABEL_USER),
-                "server": labels.get(LABEL_SERVER, ""),
-                "profile": labels.get(LABEL_PROFILE),
-                "container": c.name,
-                "state": c.status,
-            }
-        )
     expected = _expected_services(prep)
     running = {s["service"] for s in svcs if s["state"] == "running" and s["health"] in (None, "", "healthy")}
-    untracked, untracked_error = None, None
+    servers, error = None, None
     try:
-        untracked = [r for r in orphans(prep, client=client)["servers"] if not r["tracked"]]
+        servers = orphans(prep, client=client)["servers"]
     except HubdeployError as exc:  # status still reports everything else
-        untracked_error = exc.message
+        error = exc.message
+    if servers is None:
+        servers = [_container_row(c) for c in notebook_containers(client, prep.site)]
     return {
         "site": prep.site.name,
         "url": prep.url,
         "healthy": bool(expected) and expected <= running,
         "services": svcs,
-        "servers": sorted(servers, key=lambda s: (s["user"] or "", s["server"])),
+        "servers": sorted(servers, key=lambda s: (s["backend"], s["owner"] or "", s["name"], s["id"])),
+        "servers_error": error,
         # Jobs and containers the backends report that no hub server owns
         # (None with untracked_error when the hub could not be asked).
-        "untracked": untracked,
-        "untracked_error": untracked_error,
+        "untracked": None if error else [r for r in servers if not r["tracked"]],
+        "untracked_error": error,
     }
 
 
@@ -301,9 +310,42 @@ def logs(prep: Prepared, service: str | None, follow: bool, tail: str = "200") -
         return 0
 
 
+def stop_servers(prep: Prepared, client) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Stop every server of every backend through the hub's container (``--stop-all``):
+    ``(stopped rows, failures)``, each failure naming what was not stopped and why."""
+    hubs = client.containers.list(
+        filters={"label": [f"com.docker.compose.project={prep.project}", f"com.docker.compose.service={HUB_SERVICE}"]}
+    )
+    if not hubs:
+        return [], _unlisted_without_hub(prep)
+    code, (out, err) = hubs[0].exec_run(["python3", "-m", "hubdeploy.hub.orphans", "--stop-all"], demux=True)
+    try:
+        report = json.loads((out or b"").decode())
+        return report["stopped"], report["failed"]
+    except (ValueError, KeyError, TypeError):
+        tail = (err or out or b"").decode(errors="replace").strip().splitlines()[-3:]
+        return [], [{"backend": None, "id": None, "name": None,
+                     "error": f"the hub could not stop its servers (exit {code}): " + " | ".join(tail)}]
+
+
+def _unlisted_without_hub(prep: Prepared) -> list[dict[str, Any]]:
+    """What cannot be stopped when the hub is not running: jobs on a site's own Slurm
+    (the stack's own cluster goes down with the stack, containers are found by label)."""
+    slurm = prep.site.slurm
+    if slurm is None or slurm.submit is None:
+        return []
+    where = prep.site.submit_ssh.host if prep.site.submit_ssh else "the site's Slurm"
+    return [{"backend": "slurm", "id": None, "name": None,
+             "error": f"the hub is not running, so its jobs at {where} were not listed or cancelled; "
+                      f"look for jobs named {project_name(prep.site.name)}-nb-* there"}]
+
+
 def down(prep: Prepared, *, volumes: bool = False, console=None) -> dict[str, Any]:
-    """Stop and remove the stack and its notebook containers; keep data unless ``volumes``."""
+    """Stop every server of every backend, then remove the stack and any notebook
+    container left; keep data unless ``volumes``. ``not_stopped`` names every server
+    (or backend) that could not be stopped."""
     client = engine.docker_client()
+    stopped, not_stopped = stop_servers(prep, client)
     removed = []
     for c in notebook_containers(client, prep.site):
         c.remove(force=True)
@@ -320,4 +362,5 @@ def down(prep: Prepared, *, volumes: bool = False, console=None) -> dict[str, An
         for v in client.volumes.list(filters={"label": f"{LABEL_SITE}={prep.site.name}"}):
             v.remove(force=True)
             removed_volumes.append(v.name)
-    return {"site": prep.site.name, "removed_servers": removed, "removed_volumes": removed_volumes}
+    return {"site": prep.site.name, "stopped_servers": stopped, "not_stopped": not_stopped,
+            "removed_servers": removed, "removed_volumes": removed_volumes}

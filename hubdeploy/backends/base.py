@@ -75,9 +75,14 @@ class Running:
 
 @dataclass(frozen=True)
 class Stopped:
-    """The server process is gone; ``status`` is its exit status (0 if not known)."""
+    """The server process is gone; ``status`` is its exit status (0 if not known).
+
+    ``reason`` says why when the backend knows more than an exit status (``node c1 is not
+    responding``); the spawner logs it.
+    """
 
     status: int = 0
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,13 +106,18 @@ class Found:
     ``id`` is what :meth:`Backend.server_id` returns for the state of the server that
     owns it (a job id, a container id) and what :meth:`Backend.remove` takes; ``name`` is
     the job or container name the backend derives from user and server name; ``state``
-    is the backend's word for it (``RUNNING``, ``PENDING``, ``running``, ``exited``).
+    is the backend's word for it (``RUNNING``, ``PENDING``, ``running``, ``exited``);
+    ``node`` where it runs (a Slurm node; empty while pending or for a container),
+    ``reason`` the scheduler's reason for its state (a pending job's ``Resources``) and
+    ``detail`` anything else an operator should read (``node c1 is not responding``).
     """
 
     id: str
     name: str
     state: str
     detail: str = ""
+    node: str = ""
+    reason: str = ""
 
 class BackendError(Exception):
     """A start or stop that failed for a reason a person can act on.

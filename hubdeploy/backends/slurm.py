@@ -30,11 +30,14 @@ poll never says "stopped" when it cannot ask: only squeue's "Invalid job id", an
 answer or a final job state mean stopped; a timeout, an unreachable controller, munge
 errors and every other failure are :class:`~hubdeploy.backends.base.Unknown`.
 (batchspawner's long-standing bug was to read a failed squeue as "job gone".)
+The one "stopped" besides these is Slurm's own word on the job's node (:func:`judge`):
+DOWN, or not responding for ``node_lost_grace`` seconds while squeue still says RUNNING.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import shlex
@@ -100,11 +103,17 @@ FINAL_STATES = {
 # The job script ended; Slurm still cleans up. The server is gone, the allocation not yet.
 COMPLETING = "COMPLETING"
 
+# Alive states in which the job holds a node: its server lives or dies with that node.
+ON_NODE_STATES = frozenset({"CONFIGURING", "RUNNING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESIZING"})
+
 SQUEUE_FORMAT = "%i|%T|%r|%S|%B|%k"  # the comment (free text) last: it may contain '|'
-LIST_FORMAT = "%i|%T|%j"  # job id, state, name (free text, last)
+LIST_FORMAT = "%i|%T|%N|%r|%j"  # job id, state, nodes, reason, name (free text, last)
+NODE_FORMAT = "%N|%T"  # node name, long state with its flag suffix (sinfo -N)
 _JOB_ID = re.compile(r"^\d{1,12}$")
 _HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 _INVALID_JOB = "Invalid job id specified"
+# scancel of a job that is already ending (a cancelled job waiting on a lost node): done.
+_ENDING = "already completing or completed"
 _PATH = re.compile(r"^/[A-Za-z0-9_./-]{1,1000}$")
 # Variables of the hub's own environment that make no sense on a compute node.
 DEFAULT_ENV_SKIP = (
@@ -168,6 +177,60 @@ def classify(info: JobInfo | None) -> PollResult:
     return Unknown(f"job {info.job_id} is in state {info.state!r}, which hubdeploy does not know")
 
 
+def parse_node_states(stdout: str) -> dict[str, str]:
+    """``sinfo -h -N -o NODE_FORMAT`` -> node name: state (``allocated*``, ``down*``).
+
+    A node in several partitions is printed once per partition, with the same state.
+    """
+    states = {}
+    for line in stdout.splitlines():
+        if not line.strip():
+            continue
+        name, sep, state = line.strip().partition("|")
+        if not sep or not _HOST.match(name) or not state:
+            raise ValueError(f"unexpected sinfo line {line[:200]!r}")
+        states[name] = state
+    return states
+
+
+def node_trouble(state: str) -> str | None:
+    """What is wrong with a node in sinfo's words, for a server on it; None if nothing.
+
+    Only Slurm's own verdicts count: ``*`` (the controller's pings get no answer) and
+    DOWN (Slurm ends the node's jobs itself). DRAIN and FAIL are an administrator's
+    "no new jobs here": the jobs on such a node keep running.
+    """
+    if "*" in state:
+        return "is not responding"
+    if state.rstrip("~#!%$@^-+").lower() == "down":
+        return "is down"
+    return None
+
+
+def judge(
+    info: JobInfo, trouble: str | None, lost_since: float | None, now: float, grace: float
+) -> tuple[PollResult, float | None]:
+    """The poll answer for a job squeue reports, given its node's trouble (None: none, or
+    not known); also when the node was first seen in trouble. Pure (unit-tested).
+
+    A job on a node that Slurm reports DOWN is over. One on a node that does not respond
+    is reported stopped once that has lasted ``grace`` seconds, while Slurm itself still
+    says RUNNING (until its SlurmdTimeout): a notebook whose node is gone is useless to
+    its user, and a start elsewhere is refused while the hub believes it runs. The grace
+    keeps a single missed ping of a busy node from ending a live server.
+    """
+    on_node = info.state in ON_NODE_STATES and bool(info.batch_host)
+    if not on_node or trouble is None:
+        return classify(info), None
+    why = f"node {info.batch_host} {trouble}"
+    if trouble == "is down":
+        return Stopped(1, why), lost_since or now
+    since = lost_since if lost_since is not None else now
+    if now - since >= grace:
+        return Stopped(1, f"{why} (for {now - since:.0f} s; Slurm still lists job {info.job_id} as {info.state})"), since
+    return Running(), since
+
+
 def sbatch_message(stderr: str) -> str:
     """Slurm's own words from sbatch's stderr, without the ``sbatch: error:`` noise."""
     lines = []
@@ -206,6 +269,9 @@ def validate_state(state: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("phase", "job_state", "reason", "start_time", "profile"):
         if isinstance(state.get(key), str):
             out[key] = state[key]
+    since = state.get("node_lost_since")
+    if isinstance(since, (int, float)) and not isinstance(since, bool):
+        out["node_lost_since"] = float(since)
     return out
 
 
@@ -276,6 +342,12 @@ class SlurmConfig(BackendConfig):
     # The backend's own bound on a start; the hub's start_timeout usually ends it first.
     start_timeout: float = 3600
     stop_timeout: float = 60  # how long stop waits for a cancelled job to go
+    # How long Slurm must report a running server's node as not responding before poll
+    # says the server stopped (a node that Slurm reports DOWN ends it at once).
+    node_lost_grace: float = 20
+    # How long one sinfo answer serves every server's poll: one call per poll round,
+    # not one per server.
+    node_cache_seconds: float = 2
 
 
 class SlurmBackend(Backend):
@@ -306,6 +378,7 @@ class SlurmBackend(Backend):
         self.start_timeout = c.start_timeout
         self.stop_timeout = c.stop_timeout
         self.env_skip = frozenset(c.env_skip)
+        self._nodes: tuple[float, dict[str, str]] | None = None
 
     # -- running commands -------------------------------------------------------------
 
@@ -391,6 +464,29 @@ class SlurmBackend(Backend):
         except ValueError as exc:
             return Unknown(str(exc))
         return Stopped(0) if info is None else info
+
+    async def node_states(self) -> dict[str, str] | None:
+        """Every node's sinfo state (cached for ``node_cache_seconds``); None when sinfo
+        cannot be asked, which tells nothing about any node."""
+        now = time.monotonic()
+        if self._nodes is not None and now - self._nodes[0] < self.config.node_cache_seconds:
+            return self._nodes[1]
+        try:
+            code, out, err = await self.run(["sinfo", "-h", "-N", "-o", NODE_FORMAT])
+            if code != 0:
+                raise CommandError(["sinfo"], code, err)
+            states = parse_node_states(out)
+        except (CommandError, ValueError) as exc:
+            self.log.warning("cannot read Slurm's node states: %s", exc)
+            return None
+        self._nodes = (now, states)
+        return states
+
+    async def node_trouble(self, node: str) -> str | None:
+        """:func:`node_trouble` of one node; None also when its state cannot be read."""
+        states = await self.node_states() if node else None
+        state = (states or {}).get(node)
+        return node_trouble(state) if state else None
 
     # -- start ------------------------------------------------------------------------
 
@@ -525,7 +621,7 @@ class SlurmBackend(Backend):
             code, _, err = await self.run(argv)
         except CommandError as exc:
             raise BackendError(f"cannot cancel Slurm job {job_id or name}: {exc}") from None
-        if code != 0 and _INVALID_JOB not in err:
+        if code != 0 and _INVALID_JOB not in err and _ENDING not in err:
             raise BackendError(f"scancel {job_id or name} failed: {err.strip()[-300:]}")
         if not job_id or code != 0:  # by name, or already gone
             return
@@ -534,6 +630,8 @@ class SlurmBackend(Backend):
         while time.monotonic() < deadline:
             last = await self.query(job_id)
             if isinstance(last, Stopped) or (isinstance(last, JobInfo) and last.state in FINAL_STATES):
+                return
+            if isinstance(last, JobInfo) and await self._on_lost_node(last):
                 return
             await asyncio.sleep(min(self.poll_interval, 1.0))
         # Slurm accepted the cancel; it finishes the job on its own.
@@ -544,17 +642,51 @@ class SlurmBackend(Backend):
             last,
         )
 
+    async def _on_lost_node(self, info: JobInfo) -> bool:
+        """After scancel: whether the job waits on a node Slurm reports in trouble. Slurm
+        finishes it when the node answers or is marked down; nobody need wait for that."""
+        trouble = await self.node_trouble(info.batch_host) if info.batch_host else None
+        if trouble is None:
+            return False
+        self.log.warning(
+            "Slurm job %s cancelled; node %s %s, so Slurm finishes the job when it gets to it (now %s)",
+            info.job_id, info.batch_host, trouble, info.state,
+        )
+        return True
+
     async def poll(self, state: dict[str, Any]) -> PollResult:
-        """Running / Stopped(status) / Unknown from squeue; never raises."""
+        """Running / Stopped(status) / Unknown from squeue and the job's node; never raises."""
         job_id = state.get("job_id")
         if not job_id:
             return Stopped(0)
         try:
             result = await self.query(job_id)
+            if not isinstance(result, JobInfo):
+                return result
+            return await self._judge(result, state)
         except Exception as exc:  # poll must answer; a bug here must not drop servers
             self.log.exception("unexpected error polling Slurm job %s", job_id)
             return Unknown(f"unexpected {type(exc).__name__}: {exc}")
-        return classify(result) if isinstance(result, JobInfo) else result
+
+    async def _judge(self, info: JobInfo, state: dict[str, Any]) -> PollResult:
+        """:func:`judge` with the node's state, remembering in ``state`` since when the
+        node has been in trouble (logged when first seen and when it ends the server)."""
+        on_node = info.state in ON_NODE_STATES and info.batch_host
+        trouble = await self.node_trouble(info.batch_host) if on_node else None
+        before = state.get("node_lost_since")
+        result, since = judge(info, trouble, before, time.time(), self.config.node_lost_grace)
+        if since is None:
+            state.pop("node_lost_since", None)
+        else:
+            state["node_lost_since"] = since
+            if before is None and isinstance(result, Running):
+                self.log.warning(
+                    "Slurm job %s: node %s %s; the server is reported stopped if that lasts %g s",
+                    info.job_id, info.batch_host, trouble, self.config.node_lost_grace,
+                )
+        if isinstance(result, Stopped) and result.reason:
+            self.log.warning("Slurm job %s: %s", info.job_id, result.reason)
+        return result
 
     # -- progress / state -------------------------------------------------------------
 
@@ -596,7 +728,9 @@ class SlurmBackend(Backend):
             raise BackendError(f"cannot list Slurm jobs: {exc}") from None
         if code != 0:
             raise BackendError(f"squeue exited {code}: {err.strip()[-300:]}")
-        return parse_job_list(out, names.server_prefix(self.name_prefix))
+        found = parse_job_list(out, names.server_prefix(self.name_prefix))
+        states = await self.node_states() if any(f.node for f in found) else None
+        return [with_node_trouble(f, states) for f in found]
 
     def server_id(self, state: Mapping[str, Any]) -> str | None:
         return state.get("job_id") or None
@@ -612,7 +746,7 @@ class SlurmBackend(Backend):
             code, _, err = await self.run(["scancel", server_id])
         except CommandError as exc:
             raise BackendError(f"cannot cancel Slurm job {server_id}: {exc}") from None
-        if code != 0 and _INVALID_JOB not in err:
+        if code != 0 and _INVALID_JOB not in err and _ENDING not in err:
             raise BackendError(f"scancel {server_id} failed: {err.strip()[-300:]}")
 
 
@@ -624,18 +758,29 @@ def export_option(names: Sequence[str], export_all: bool) -> str:
 
 
 def parse_job_list(stdout: str, name_prefix: str) -> list[Found]:
-    """``squeue -o LIST_FORMAT`` lines -> the jobs whose name starts with ``name_prefix``."""
+    """``squeue -o LIST_FORMAT`` lines -> the jobs whose name starts with ``name_prefix``,
+    with their node and reason (``None`` reads as no reason)."""
     found = []
     for line in stdout.splitlines():
         if not line.strip():
             continue
-        parts = line.split("|", 2)  # the name last: a foreign job's name may contain '|'
-        if len(parts) != 3 or not _JOB_ID.match(parts[0]):
+        parts = line.split("|", 4)  # the name last: a foreign job's name may contain '|'
+        if len(parts) != 5 or not _JOB_ID.match(parts[0]):
             raise BackendError(f"unexpected squeue line {line[:200]!r}")
-        job_id, job_state, name = parts
+        job_id, job_state, node, reason, name = parts
         if name.startswith(name_prefix):
-            found.append(Found(id=job_id, name=name, state=job_state))
+            reason = "" if reason == "None" else reason
+            found.append(Found(id=job_id, name=name, state=job_state, node=node, reason=reason))
     return found
+
+
+def with_node_trouble(found: Found, states: Mapping[str, str] | None) -> Found:
+    """``found`` with its node's trouble as its detail (``node c1 is not responding``)."""
+    state = (states or {}).get(found.node)
+    trouble = node_trouble(state) if state else None
+    if trouble is None:
+        return found
+    return dataclasses.replace(found, detail=f"node {found.node} {trouble}")
 
 
 def progress_event(state: Mapping[str, Any]) -> dict[str, Any] | None:

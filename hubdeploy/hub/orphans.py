@@ -6,6 +6,7 @@ there)::
     python3 -m hubdeploy.hub.orphans                   # JSON report on stdout
     python3 -m hubdeploy.hub.orphans --remove ID ...   # remove these untracked servers
     python3 -m hubdeploy.hub.orphans --remove-all      # remove every untracked server
+    python3 -m hubdeploy.hub.orphans --stop-all        # stop every server (``hubdeploy down``)
 
 Why in the hub's container: it has the hub's backends configured exactly as the hub uses
 them (for Slurm, the same submit prefix and submit account: ``squeue --me`` there sees
@@ -21,8 +22,14 @@ backend lists is untracked: left by a lost database, a crash between submit and 
 or an edit of the hub's state. Nothing is ever removed without ``--remove``, and a
 removal re-lists first and refuses (exit 2) anything tracked or unknown, removing nothing.
 
+``--stop-all`` is ``hubdeploy down``'s: every server of every backend, tracked or not,
+is stopped (a Slurm job cancelled without waiting, a container removed). It goes on past
+a failure and reports each server it could not stop, and each backend it could not list,
+under ``failed`` (exit 1), so that down can name them; owners come from the hub when it
+answers, and a hub that does not answer stops nothing less.
+
 Exit status: 0, 1 when the hub or a backend cannot be asked (never guess "untracked"),
-2 for a bad ``--remove`` request.
+or a server could not be stopped; 2 for a bad ``--remove`` request.
 """
 
 from __future__ import annotations
@@ -195,15 +202,56 @@ async def run(remove: list[str], remove_all: bool) -> dict[str, Any]:
             await b.close()
 
 
+async def stop_all() -> dict[str, Any]:
+    """Stop every server every backend lists; ``failed`` names what could not be stopped."""
+    from hubdeploy.backends.base import BackendError
+
+    hub = hubjson.load()
+    backends, default = _backends(hub)
+    found: dict[str, list] = {}
+    failed: list[dict[str, Any]] = []
+    try:
+        for name, backend in backends.items():
+            try:
+                items = await backend.list_servers()
+            except BackendError as exc:
+                failed.append({"backend": name, "id": None, "name": None, "error": f"cannot list: {exc}"})
+                continue
+            if items is not None:
+                found[name] = items
+        try:
+            tracked = tracked_servers(_active_users(hub), backends, default)
+        except Failed:
+            tracked = []  # owners unknown; every server is stopped all the same
+        rows = classify(found, tracked)
+        stopped = []
+        for row in rows:
+            try:
+                await backends[row["backend"]].remove(row["id"])
+            except BackendError as exc:
+                failed.append({"backend": row["backend"], "id": row["id"], "name": row["name"], "error": str(exc)})
+            else:
+                stopped.append(row)
+        return {"backends": sorted(found), "servers": rows, "stopped": stopped, "failed": failed}
+    finally:
+        for b in backends.values():
+            await b.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m hubdeploy.hub.orphans")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--remove", nargs="+", default=[], metavar="ID")
     group.add_argument("--remove-all", action="store_true")
+    group.add_argument("--stop-all", action="store_true")
     args = parser.parse_args(argv)
     from hubdeploy.backends.base import BackendError
 
     try:
+        if args.stop_all:
+            report = asyncio.run(stop_all())
+            print(json.dumps(report))
+            return 1 if report["failed"] else 0
         report = asyncio.run(run(args.remove, args.remove_all))
     except BadRequest as exc:
         print(json.dumps({"error": str(exc), "status": 2}))

@@ -351,6 +351,8 @@ class HubdeploySpawner(Spawner):
         if isinstance(result, Running):
             return None
         if isinstance(result, Stopped):
+            if result.reason:
+                self.log.warning("%s stopped: %s", self._log_name, result.reason)
             return result.status
         # Unknown: keep the server on the books; dropping it would lose a live server
         # (and its route) over a transient daemon or scheduler hiccup.

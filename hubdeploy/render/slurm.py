@@ -45,8 +45,14 @@ _FIXED = [
     "ReturnToService=2",
     "MinJobAge=60",
     "SlurmctldTimeout=30",
-    # Long: a controller that is away for a while must not mark live nodes down.
-    "SlurmdTimeout=600",
+    # Notebooks are interactive: a node that stops answering shows as not responding
+    # (`*`) within about SlurmdTimeout/3 (the controller's ping interval), which the
+    # Slurm backend turns into a stopped server, and Slurm marks it DOWN and ends its jobs
+    # after SlurmdTimeout. The cost of a short value: a node that misses every ping for a
+    # minute (a host saturated for that long) loses its jobs. A controller that is away
+    # does not count against the nodes: after its restart it pings them afresh, and
+    # ReturnToService=2 brings back a node marked down once it registers.
+    "SlurmdTimeout=60",
     "InactiveLimit=0",
     "KillWait=5",
     "SchedulerType=sched/backfill",

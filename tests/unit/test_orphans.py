@@ -95,18 +95,80 @@ def test_pick_refuses_tracked_unknown_and_ambiguous(wanted, says):
 
 def test_parse_job_list_keeps_this_sites_notebook_jobs():
     out = (
-        "17|RUNNING|hubdeploy-s-nb-ann\n"
-        "18|PENDING|hubdeploy-s-nb-bob--gpu\n"
-        "19|RUNNING|my|analysis\n"  # a job of the same account that is not a notebook
-        "20|RUNNING|hubdeploy-other-nb-ann\n"  # another site's
+        "17|RUNNING|c1|None|hubdeploy-s-nb-ann\n"
+        "18|PENDING||Resources|hubdeploy-s-nb-bob--gpu\n"
+        "19|RUNNING|c2|None|my|analysis\n"  # a job of the same account that is not a notebook
+        "20|RUNNING|c2|None|hubdeploy-other-nb-ann\n"  # another site's
         "\n"
     )
     assert parse_job_list(out, "hubdeploy-s-nb-") == [
-        Found("17", "hubdeploy-s-nb-ann", "RUNNING"),
-        Found("18", "hubdeploy-s-nb-bob--gpu", "PENDING"),
+        Found("17", "hubdeploy-s-nb-ann", "RUNNING", node="c1"),
+        Found("18", "hubdeploy-s-nb-bob--gpu", "PENDING", reason="Resources"),
     ]
 
 
 def test_parse_job_list_refuses_what_it_cannot_read():
     with pytest.raises(BackendError, match="unexpected squeue line"):
         parse_job_list("slurm_load_jobs error: Unable to contact slurm controller\n", "hubdeploy-s-nb-")
+
+
+class _Listing:
+    """A backend that lists ``found`` (or raises), and removes all but ``stuck``."""
+
+    def __init__(self, found, stuck=(), broken=False):
+        self.found, self.stuck, self.broken, self.removed = found, set(stuck), broken, []
+
+    async def list_servers(self):
+        if self.broken:
+            raise BackendError("squeue exited 1: Unable to contact slurm controller")
+        return self.found
+
+    def server_id(self, state):
+        return state.get("job_id") or state.get("container_id")
+
+    def server_name(self, state):
+        return None
+
+    async def remove(self, server_id):
+        if server_id in self.stuck:
+            raise BackendError(f"scancel {server_id} failed: nope")
+        self.removed.append(server_id)
+
+    async def close(self):
+        pass
+
+
+def _stop_all(monkeypatch, backends, users=None):
+    import asyncio
+
+    from hubdeploy.hub import orphans
+
+    def hub_users(hub):
+        if users is None:
+            raise orphans.Failed("cannot reach the hub's API: ConnectionError")
+        return users
+
+    monkeypatch.setattr(orphans.hubjson, "load", lambda: {})
+    monkeypatch.setattr(orphans, "_backends", lambda hub: (backends, "docker"))
+    monkeypatch.setattr(orphans, "_active_users", hub_users)
+    return asyncio.run(orphans.stop_all())
+
+
+def test_stop_all_stops_tracked_and_untracked_and_names_each_failure(monkeypatch):
+    slurm = _Listing([Found("17", "hubdeploy-s-nb-ann", "RUNNING", node="c1"), Found("18", "x", "PENDING")],
+                     stuck={"18"})
+    docker = _Listing([Found("c0ffee", "hubdeploy-s-nb-bob", "running")])
+    report = _stop_all(monkeypatch, {"slurm": slurm, "docker": docker},
+                       [user("ann", **{"": server("slurm", job_id="17")})])
+    assert slurm.removed == ["17"] and docker.removed == ["c0ffee"]
+    assert {(r["id"], r["owner"]) for r in report["stopped"]} == {("17", "ann"), ("c0ffee", None)}
+    assert report["failed"] == [{"backend": "slurm", "id": "18", "name": "x", "error": "scancel 18 failed: nope"}]
+
+
+def test_stop_all_without_the_hub_still_stops_and_a_backend_it_cannot_list_is_named(monkeypatch):
+    slurm = _Listing([], broken=True)
+    docker = _Listing([Found("c0ffee", "hubdeploy-s-nb-bob", "running")])
+    report = _stop_all(monkeypatch, {"slurm": slurm, "docker": docker}, users=None)
+    assert docker.removed == ["c0ffee"]
+    assert [(f["backend"], f["id"]) for f in report["failed"]] == [("slurm", None)]
+    assert "cannot list" in report["failed"][0]["error"]

@@ -37,14 +37,20 @@ def run(coro):
 
 
 class FakeBackend(SlurmBackend):
-    """Answers each command with the next outcome: (code, stdout, stderr) or an exception."""
+    """Answers each command with the next outcome: (code, stdout, stderr) or an exception;
+    sinfo (the node states) answers ``sinfo`` instead, every time."""
 
-    def __init__(self, outcomes, **config):
-        super().__init__({"poll_interval": 0.01, "stop_timeout": 1, **config})
+    def __init__(self, outcomes, sinfo=(0, "c1|allocated\nc2|idle\n", ""), **config):
+        super().__init__({"poll_interval": 0.01, "stop_timeout": 1, "node_cache_seconds": 0, **config})
         self.outcomes = list(outcomes)
+        self.sinfo = sinfo
         self.calls: list[tuple[list[str], bytes | None, dict]] = []
 
     async def run(self, argv, *, stdin=None, env=None, ident=None):
+        if argv[0] == "sinfo":
+            if isinstance(self.sinfo, BaseException):
+                raise self.sinfo
+            return self.sinfo
         self.calls.append((list(argv), stdin, dict(env or {})))
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, BaseException):
