@@ -6,7 +6,8 @@ import pytest
 
 from hubdeploy.backends.base import BackendError, Found
 from hubdeploy.backends.docker import DockerBackend
-from hubdeploy.backends.slurm import SlurmBackend, parse_job_list
+from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.slurm_parse import parse_job_list
 from hubdeploy.hub.orphans import BadRequest, Tracked, classify, pick, tracked_servers
 
 BACKENDS = {

@@ -7,7 +7,7 @@ import pytest
 from test_slurm_parsing import FakeBackend, line, run
 
 from hubdeploy.backends.base import Found, Running, Stopped, Unknown
-from hubdeploy.backends.slurm import (
+from hubdeploy.backends.slurm_parse import (
     JobInfo,
     judge,
     node_trouble,

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 
 from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown
-from hubdeploy.backends.slurm import (
+from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.slurm_parse import (
     CommandError,
     JobInfo,
-    SlurmBackend,
     classify,
     parse_squeue,
     progress_event,
@@ -196,7 +196,7 @@ def test_poll_survives_a_bug():
 
 
 def test_export_option_names_or_all():
-    from hubdeploy.backends.slurm import export_option
+    from hubdeploy.backends.slurm_parse import export_option
 
     assert export_option(["A", "B"], False) == "--export=A,B"  # Slurm builds the login env
     assert export_option([], False) == "--export=NONE"
