@@ -44,6 +44,12 @@ def _site_path(ctx: click.Context) -> Path:
     return Path(ctx.obj["site"])
 
 
+def _warn(site) -> None:
+    """What the site allows but should know is unsafe (schema.Site.warnings)."""
+    for text in site.warnings():
+        err.print(f"[bold yellow]warning:[/] {text}", highlight=False, markup=True, soft_wrap=True)
+
+
 def _print_json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
@@ -84,6 +90,7 @@ def validate(ctx: click.Context) -> None:
     from hubdeploy.loader import load_site
 
     site = load_site(_site_path(ctx))
+    _warn(site)
     out.print(f"{_site_path(ctx)}: ok (site {site.name}, {len(site.profiles)} profiles)")
 
 
@@ -117,6 +124,7 @@ def up(ctx: click.Context, wait_timeout: int, as_json: bool) -> None:
     from hubdeploy import stack
 
     prep = stack.prepare(_site_path(ctx))
+    _warn(prep.site)
     result = stack.up(prep, console=None if as_json else err, wait_timeout=wait_timeout)
     if as_json:
         _print_json(

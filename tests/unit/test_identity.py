@@ -270,3 +270,15 @@ def test_a_damaged_allocation_file_refuses_rather_than_starting_over(tmp_path):
     with pytest.raises(IdentityError, match="cannot read its allocations"):
         run(AutoSource({"source": "auto", "state_file": str(state)}).lookup("carol"))
     assert state.read_text() == "{not json"
+
+
+def test_validate_warns_about_the_shared_account(tmp_path):
+    import subprocess
+    import sys
+
+    site = tmp_path / "site.yaml"
+    site.write_text("name: x\nidentity: {source: shared}\nprofiles: [{name: p, image: base}]\n")
+    proc = subprocess.run([sys.executable, "-m", "hubdeploy", "--site", str(site), "validate"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: identity.source: shared runs every user's server as the one account jovyan" in proc.stderr
