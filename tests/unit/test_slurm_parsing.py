@@ -44,7 +44,7 @@ class FakeBackend(SlurmBackend):
         self.outcomes = list(outcomes)
         self.calls: list[tuple[list[str], bytes | None, dict]] = []
 
-    async def run(self, argv, *, stdin=None, env=None, ident=None):
+    async def run(self, argv, *, stdin=None, env=None, ident=None, account=None):
         self.calls.append((list(argv), stdin, dict(env or {})))
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, BaseException):
