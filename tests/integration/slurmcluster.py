@@ -245,13 +245,18 @@ class SlurmCluster:
         )
         return tag
 
-    def start_login(self, timeout: float = 60) -> str:
-        """Start ``hubdeploy-test-login`` (sshd as a site's submit host); its ed25519 host key."""
+    def start_login(self, timeout: float = 60, sshd_config: str = "") -> str:
+        """Start ``hubdeploy-test-login`` (sshd as a site's submit host); its ed25519 host key.
+
+        ``sshd_config``: more sshd settings, in place before sshd starts.
+        """
         image = self.ensure_login_image()
         c = self.client.containers.create(
             image, name=LOGIN, hostname=LOGIN, network=NETWORK, labels=LABEL, detach=True
         )
         c.put_archive("/etc", self.archive)
+        if sshd_config:
+            c.put_archive("/etc/ssh/sshd_config.d", _tar({"hubdeploy-test-extra.conf": (sshd_config.encode(), 0o644)}))
         self.containers[LOGIN] = c
         c.start()
         deadline = time.monotonic() + timeout
@@ -274,6 +279,21 @@ class SlurmCluster:
             info.size, info.mode, info.uname, info.gname, info.uid, info.gid = len(data), 0o600, user, "users", 1000, 100
             tar.addfile(info, io.BytesIO(data))
         self.client.containers.get(LOGIN).put_archive(f"/home/{user}/.ssh", buf.getvalue())
+
+    def put_file(self, container: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write one file (owner root) into a container."""
+        directory, name = path.rsplit("/", 1)
+        self.client.containers.get(container).put_archive(directory, _tar({name: (data, mode)}))
+
+    def add_account(self, name: str, uid: int, gid: int) -> None:
+        """The same POSIX account (and its private group) on the login host, the
+        controller and every node, as a site's directory would have it; login by key or
+        certificate only ('*': no password, but not locked for sshd)."""
+        for container in [LOGIN, CONTROLLER, *NODES]:
+            for argv in (["groupadd", "-g", str(gid), name],
+                         ["useradd", "-m", "-u", str(uid), "-g", str(gid), "-s", "/bin/bash", "-p", "*", name]):
+                code, out = self.exec(container, argv)
+                assert code == 0, (container, argv, out)
 
     def exec(self, container: str, argv: list[str], user: str = "root") -> tuple[int, str]:
         res = self.client.containers.get(container).exec_run(argv, user=user, demux=False)
