@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import secrets
 import sys
 import tarfile
@@ -30,7 +31,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
-PREFIX = "hubdeploy-test"
+# The containers' and network's names; another value lets two runs share one engine.
+PREFIX = os.environ.get("HUBDEPLOY_TEST_SLURM_NAMES", "hubdeploy-test")
+IMAGES = "hubdeploy-test"  # the images do not depend on the names: every run shares them
 NETWORK = f"{PREFIX}-slurmnet"
 CONTROLLER = f"{PREFIX}-slurmctld"
 NODES = {f"{PREFIX}-c1": 2, f"{PREFIX}-c2": 1}  # NodeName -> CPUs
@@ -143,7 +146,7 @@ class SlurmCluster:
     def __init__(self, client: docker.DockerClient | None = None, base: str | None = None):
         self.client = client or docker.from_env(timeout=300)
         self.base = base
-        self.image = f"{PREFIX}/slurm:{recipe_hash()}"
+        self.image = f"{IMAGES}/slurm:{recipe_hash()}"
         self.containers: dict[str, docker.models.containers.Container] = {}
 
     # -- image ------------------------------------------------------------------------
@@ -232,7 +235,7 @@ class SlurmCluster:
     # -- a login (submit) host: munge, the Slurm client and sshd ------------------------
 
     def ensure_login_image(self) -> str:
-        tag = f"{PREFIX}/slurm-login:" + hashlib.sha256((self.image + LOGIN_DOCKERFILE + LOGIN_ENTRY).encode()).hexdigest()[:12]
+        tag = f"{IMAGES}/slurm-login:" + hashlib.sha256((self.image + LOGIN_DOCKERFILE + LOGIN_ENTRY).encode()).hexdigest()[:12]
         try:
             self.client.images.get(tag)
             return tag

@@ -23,6 +23,7 @@ with ssh's message.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 import docker
@@ -35,7 +36,7 @@ from hubdeploy.smoke.hubclient import escape_path
 
 pytestmark = pytest.mark.integration
 
-SITE = "hdtssh"
+SITE = os.environ.get("HUBDEPLOY_TEST_SSH_SITE", "hdtssh")  # another name: two runs on one engine
 PROJECT = f"hubdeploy-{SITE}"
 USERS_NET = f"{PROJECT}-users"
 USER = "hideki"  # the hub username is the passwd name (identity source file)
