@@ -5,7 +5,9 @@ and munge on its login nodes, while slurmrestd with JWT is optional, often not d
 and versioned per release (``/slurm/v0.0.38/`` in 22.05). The commands run as argv lists
 (``asyncio.create_subprocess_exec``, never a shell), behind an optional ``submit_prefix``
 argv: ``["docker", "exec", "-i", "-u", "jovyan", "slurmctld"]`` in the tests,
-``["ssh", "submit-host"]`` or ``["sudo", "-u", "svc"]`` at a site.
+``["ssh", "submit-host"]`` or ``["sudo", "-u", "{name}"]`` at a site. With ``ssh_ca_key``
+a server's own commands go through ``ssh_user_prefix`` instead, logged in as its account
+with a certificate that is valid for minutes (:mod:`hubdeploy.backends.sshcert`).
 
 What goes where (see :mod:`hubdeploy.backends.slurm_script`):
 
@@ -54,7 +56,6 @@ from hubdeploy.backends.base import (
     Stopped,
     Unknown,
 )
-from hubdeploy.backends.sshcert import CertificateAuthority, CertificateError
 from hubdeploy.backends.slurm_script import (
     ENV_NAME,
     OptionError,
@@ -62,6 +63,7 @@ from hubdeploy.backends.slurm_script import (
     parse_port_comment,
     render,
 )
+from hubdeploy.backends.sshcert import CertificateAuthority, CertificateError
 from hubdeploy.contract import names
 from hubdeploy.contract.identity import POSIX_NAME_PATTERN, Identity
 
