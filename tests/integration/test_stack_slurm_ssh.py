@@ -228,17 +228,18 @@ principal, login_as = sys.argv[1:]
 slurm = json.load(open("/etc/hubdeploy/hub.json"))["spawner"]["backends"]["slurm"]
 cred = CertificateAuthority(slurm["ssh_ca_key"], "/tmp/hubdeploy-test-probe", 5).credentials(principal)
 fill = {"{key}": cred.key, "{cert}": cred.cert, "{dir}": cred.directory, "{name}": login_as}
+def filled(word):
+    for k, v in fill.items():
+        word = word.replace(k, v)
+    return word
 out, words = [], iter(slurm["ssh_user_prefix"])
 for w in words:
     if w == "-o":
         v = next(words)
-        if v.startswith("Control"):
-            continue
-        out += ["-o", v]
+        if not v.startswith("Control"):
+            out += ["-o", filled(v)]
     else:
-        for k, v in fill.items():
-            w = w.replace(k, v)
-        out.append(w)
+        out.append(filled(w))
 p = subprocess.run(out + ["id -un"], capture_output=True, text=True)
 print(p.returncode, p.stdout.strip(), p.stderr.strip())
 """
