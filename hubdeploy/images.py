@@ -324,9 +324,10 @@ class _Planner:
                 *self.site.hub.authenticator.packages]
         if self.site.database.type == "postgresql":
             reqs.append("psycopg2-binary")
-        # The hub-side code needs the docker SDK beyond JupyterHub itself, and ldap3 for the
-        # ldap identity source (small, pure Python: installed whatever the site's source).
-        reqs += ["docker>=7.0", "ldap3"]
+        # The hub-side code needs the docker SDK beyond JupyterHub itself, ldap3 for the
+        # ldap identity source (small, pure Python: installed whatever the site's source),
+        # and cryptography (SSHCertificateBuilder) for per-user SSH certificates.
+        reqs += ["docker>=7.0", "ldap3", "cryptography>=41"]
         self.add("hub", "hub/Dockerfile.j2", "debian", self.plans["debian"].ref,
                  {"requirements.txt": _requirements(reqs), **_hubdeploy_source()})
 

@@ -518,6 +518,11 @@ class SlurmSSH(Closed):
     identity_file: str | None = Field(
         None, description="The site's own private key (mode 0600); default: a key hubdeploy generates."
     )
+    certificates: bool = Field(
+        False, description="Submit each server's job as its user, with a short-lived SSH certificate from "
+        "the hub's CA (the host's sshd trusts .hubdeploy/secrets/slurm_ssh_ca.pub with TrustedUserCAKeys); "
+        "'user' then runs only the commands that are nobody's (the orphan listing and its cancels).")
+    certificate_minutes: int = Field(5, ge=1, le=60, description="How long each user certificate is valid.")
 
 
 class SlurmSubmit(Closed):
@@ -658,7 +663,11 @@ class Site(Closed):
         if self.identity.source == "shared":
             return True
         sub = self.slurm.submit if self.slurm is not None else None
-        return sub is not None and not any("{name}" in w or "{uid}" in w for w in sub.prefix)
+        if sub is None:
+            return False
+        if sub.ssh is not None:
+            return not sub.ssh.certificates
+        return not any("{name}" in w or "{uid}" in w for w in sub.prefix)
 
     @property
     def submit_ssh(self) -> SlurmSSH | None:
@@ -702,6 +711,12 @@ class Site(Closed):
             problems.append(
                 (("slurm", "cluster", "image"), f"image {self.slurm.cluster.image!r} is not declared; "
                  f"declared: {', '.join(known)}")
+            )
+        ssh = self.submit_ssh
+        if ssh is not None and ssh.certificates and self.identity.source == "shared":
+            problems.append(
+                (("slurm", "submit", "ssh", "certificates"), "certificates name each user's own account, "
+                 "but identity.source shared has none: choose auto, file or ldap")
             )
         if problems:
             raise SiteValueError(problems)

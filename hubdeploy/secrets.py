@@ -12,7 +12,7 @@ import os
 import secrets as _random
 from pathlib import Path
 
-from hubdeploy.contract.layout import COOKIE_SECRET, DB_PASSWORD, MUNGE_KEY, PROXY_TOKEN, SSH_KEY, service_token
+from hubdeploy.contract.layout import COOKIE_SECRET, DB_PASSWORD, MUNGE_KEY, PROXY_TOKEN, SSH_CA_KEY, SSH_KEY, service_token
 from hubdeploy.contract.services import builtin_services
 from hubdeploy.errors import OperationError
 
@@ -29,6 +29,8 @@ def secret_names(site) -> list[str]:
         names.append(MUNGE_KEY)
     if ssh_key_generated(site):
         names.append(SSH_KEY)
+    if ssh_certificates(site):
+        names.append(SSH_CA_KEY)
     return names
 
 
@@ -37,7 +39,12 @@ def ssh_key_generated(site) -> bool:
     return site.submit_ssh is not None and site.submit_ssh.identity_file is None
 
 
-def _ssh_key() -> tuple[bytes, bytes]:
+def ssh_certificates(site) -> bool:
+    """Whether the hub signs per-user SSH certificates for the site's login host."""
+    return site.submit_ssh is not None and site.submit_ssh.certificates
+
+
+def _ssh_key(comment: str = "hubdeploy-hub") -> tuple[bytes, bytes]:
     """A new ed25519 key: (private key in OpenSSH format, public key line)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -47,13 +54,13 @@ def _ssh_key() -> tuple[bytes, bytes]:
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    return private, public + b" hubdeploy-hub\n"
+    return private, public + f" {comment}\n".encode()
 
 
 def _new_value(name: str, path: Path) -> bytes:
     """A secret's first value; an SSH key also leaves its public half beside it (``.pub``)."""
-    if name == SSH_KEY:
-        private, public = _ssh_key()
+    if name in (SSH_KEY, SSH_CA_KEY):
+        private, public = _ssh_key("hubdeploy-hub" if name == SSH_KEY else "hubdeploy-ca")
         pub = path.with_name(name + ".pub")
         pub.write_bytes(public)
         os.chmod(pub, 0o644)
@@ -63,7 +70,7 @@ def _new_value(name: str, path: Path) -> bytes:
 
 def ensure_secrets(secrets_dir: Path, names: list[str]) -> dict[str, Path]:
     """Create the missing secrets (32 random bytes, hex; an SSH key pair for
-    ``slurm_ssh_key``) and return name -> path.
+    ``slurm_ssh_key`` and ``slurm_ssh_ca``) and return name -> path.
 
     Existing files are reused as they are, so cookies and tokens survive every ``up``.
     A file is created with O_EXCL and mode 0600 from the start: there is no moment at

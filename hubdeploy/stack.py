@@ -22,13 +22,14 @@ from hubdeploy.contract.layout import (
     LABEL_SITE,
     LABEL_USER,
     PROXY_SERVICE,
+    SSH_CA_KEY,
     SSH_KEY,
     project_name,
 )
 from hubdeploy.errors import HubdeployError, OperationError, SiteError
 from hubdeploy.loader import load_site
 from hubdeploy.schema import Site
-from hubdeploy.secrets import ensure_secrets, secret_names, ssh_key_generated
+from hubdeploy.secrets import ensure_secrets, secret_names, ssh_certificates, ssh_key_generated
 
 
 @dataclass
@@ -133,6 +134,7 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
             hint="stop what uses it, or change public.port in the site file",
         )
     new_key = ssh_key_generated(prep.site) and not (prep.state / "secrets" / SSH_KEY).exists()
+    new_ca = ssh_certificates(prep.site) and not (prep.state / "secrets" / SSH_CA_KEY).exists()
     changed = write(prep)
     if new_key and console:
         ssh = prep.site.submit_ssh
@@ -140,6 +142,14 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
             f"new SSH key for Slurm submission: add {prep.state / 'secrets' / SSH_KEY}.pub to "
             f"~{ssh.user}/.ssh/authorized_keys on {ssh.host}",
             markup=False, highlight=False,
+        )
+    if ssh_certificates(prep.site) and console:
+        # Said on every up: without the host's trust no user's job can be submitted.
+        ssh = prep.site.submit_ssh
+        console.print(
+            f"{'new ' if new_ca else ''}SSH certificate authority for per-user Slurm submission: "
+            f"{prep.state / 'secrets' / SSH_CA_KEY}.pub must be in sshd's TrustedUserCAKeys on {ssh.host}",
+            markup=False, highlight=False, soft_wrap=True,
         )
     cert = prep.self_signed_cert
     if cert is not None and console and not selfsigned.covers(cert, prep.site.public.host):

@@ -5,7 +5,9 @@ and munge on its login nodes, while slurmrestd with JWT is optional, often not d
 and versioned per release (``/slurm/v0.0.38/`` in 22.05). The commands run as argv lists
 (``asyncio.create_subprocess_exec``, never a shell), behind an optional ``submit_prefix``
 argv: ``["docker", "exec", "-i", "-u", "jovyan", "slurmctld"]`` in the tests,
-``["ssh", "submit-host"]`` or ``["sudo", "-u", "svc"]`` at a site.
+``["ssh", "submit-host"]`` or ``["sudo", "-u", "{name}"]`` at a site. With ``ssh_ca_key``
+a server's own commands go through ``ssh_user_prefix`` instead, logged in as its account
+with a certificate that is valid for minutes (:mod:`hubdeploy.backends.sshcert`).
 
 What goes where (see :mod:`hubdeploy.backends.slurm_script`):
 
@@ -84,11 +86,13 @@ from hubdeploy.backends.slurm_parse import (
     with_node_trouble,
 )
 from hubdeploy.backends.slurm_script import OptionError, job_options, render
+from hubdeploy.backends.sshcert import CertificateAuthority, CertificateError
 from hubdeploy.contract import names
 from hubdeploy.contract.identity import Identity
 
 # Who watches and cancels jobs when the prefix submits as each user: the controller's root.
 ADMIN = {"uid": "0", "gid": "0", "name": "root"}
+_PLACEHOLDERS = ("{uid}", "{gid}", "{name}")
 
 # Job states in which the server process exists or will exist (squeue %T).
 
@@ -106,6 +110,16 @@ class SlurmConfig(BackendConfig):
     # Option that passes one variable through the prefix ("-e" for docker exec);
     # inserted before the prefix's last word.
     submit_env_option: str | None = None
+    # Per-user SSH certificates (slurm.submit.ssh.certificates): with the CA's private key
+    # here, each server's sbatch, squeue and scancel run as its own account through
+    # ssh_user_prefix, whose words {name}, {dir}, {key} and {cert} become the account, its
+    # private directory and its short-lived key and certificate (hubdeploy.backends.sshcert).
+    # submit_prefix stays the one account's, for the commands that are nobody's (the
+    # orphan listing and the cancel of an untracked job).
+    ssh_ca_key: str | None = None
+    ssh_user_prefix: tuple[str, ...] = ()
+    ssh_cert_minutes: float = 5
+    ssh_cert_dir: str = "/tmp/hubdeploy-ssh"
     # Shell-quote the command after the prefix (ssh runs it through the remote shell).
     submit_quote: bool = False
     # Pass the job's variables as NAME=value lines ahead of the script on stdin (ssh).
@@ -169,6 +183,12 @@ class SlurmBackend(Backend):
         self.unreachable_code = c.submit_unreachable_code
         if self.env_option and not self.submit_prefix:
             raise ValueError("slurm backend: submit_env_option needs a submit_prefix")
+        self.ca: CertificateAuthority | None = None
+        if c.ssh_ca_key:
+            if not c.ssh_user_prefix:
+                raise ValueError("slurm backend: ssh_ca_key needs an ssh_user_prefix")
+            self.ca = CertificateAuthority(c.ssh_ca_key, c.ssh_cert_dir, c.ssh_cert_minutes,
+                                           key_id=f"hubdeploy-{c.site}" if c.site else "hubdeploy")
         self.name_prefix = "-".join(p for p in (c.prefix or "hubdeploy", c.site) if p)
         self.command_timeout = c.command_timeout
         self.poll_interval = c.poll_interval
@@ -181,28 +201,41 @@ class SlurmBackend(Backend):
     # -- running commands -------------------------------------------------------------
 
     @property
+    def fills_account(self) -> bool:
+        """Whether the prefix names the server's account (placeholders in it)."""
+        return any(p in w for w in self.submit_prefix for p in _PLACEHOLDERS)
+
+    @property
     def per_user(self) -> bool:
-        """Whether jobs are submitted as each server's own account (placeholders in the prefix)."""
-        return any(p in w for w in self.submit_prefix for p in ("{uid}", "{gid}", "{name}"))
+        """Whether jobs are submitted as each server's own account (placeholders or certificates)."""
+        return self.fills_account or self.ca is not None
 
-    def _prefix(self, ident: Identity | None) -> list[str]:
+    def _prefix(self, ident: Identity | None, account: str | None = None) -> list[str]:
+        if self.ca is not None and account is not None:
+            return self._user_prefix(account)
         who = {"uid": str(ident.uid), "gid": str(ident.gid), "name": ident.name} if ident else ADMIN
-        out = []
-        for word in self.submit_prefix:
-            for key, value in who.items():
-                word = word.replace("{" + key + "}", value)
-            out.append(word)
-        return out
+        return _fill(self.submit_prefix, who)
 
-    def _argv(self, argv: Sequence[str], env_names: Sequence[str] = (), ident: Identity | None = None) -> list[str]:
+    def _user_prefix(self, account: str) -> list[str]:
+        """ssh as ``account`` with its certificate (made, or reused while valid)."""
+        assert self.ca is not None
+        try:
+            cred = self.ca.credentials(account)
+        except (CertificateError, OSError) as exc:
+            raise CommandError(["ssh"], None, f"no SSH certificate for {account}: {exc}") from None
+        return _fill(self.config.ssh_user_prefix,
+                     {"name": account, "dir": cred.directory, "key": cred.key, "cert": cred.cert})
+
+    def _argv(self, argv: Sequence[str], env_names: Sequence[str] = (), ident: Identity | None = None,
+              account: str | None = None) -> list[str]:
         words = list(argv)
         if env_names and self.env_stdin:
             words = ["sh", "-c", READ_ENV, "sh", *words]
         if self.config.submit_quote:
             words = [shlex.join(words)]
-        if not self.submit_prefix:
+        if not self.submit_prefix and account is None:
             return words
-        prefix = self._prefix(ident)
+        prefix = self._prefix(ident, account)
         head, last = prefix[:-1], prefix[-1:]
         passes = [w for n in env_names for w in (self.env_option, n)] if self.env_option and not self.env_stdin else []
         return [*head, *passes, *last, *words]
@@ -214,14 +247,16 @@ class SlurmBackend(Backend):
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
         ident: Identity | None = None,
+        account: str | None = None,
     ) -> tuple[int, str, str]:
         """Run one Slurm command; ``(returncode, stdout, stderr)``. CommandError if it hangs.
 
         ``env`` adds variables to the command's environment (and, with
         ``submit_env_option``, passes them through the prefix) without putting a value
-        in argv.
+        in argv. ``ident`` fills the prefix's placeholders; ``account`` (with
+        certificates) runs the command as that account over ssh.
         """
-        full = self._argv(argv, sorted(env or ()), ident)
+        full = self._argv(argv, sorted(env or ()), ident, account)
         if env and self.env_stdin:
             stdin = env_lines(env) + (stdin or b"")
             env = None  # they travel on stdin; ssh itself needs none of them
@@ -247,10 +282,18 @@ class SlurmBackend(Backend):
             err.decode(errors="replace"),
         )
 
-    async def query(self, job_id: str) -> PollResult | JobInfo:
+    def owner(self, state: Mapping[str, Any]) -> str | None:
+        """The account that runs a server's squeue and scancel: with certificates its
+        job's owner, since a site's Slurm lets only the owner (or an operator) cancel a
+        job, and ``PrivateData=jobs`` shows a job to its owner only. None (the one
+        submit account) otherwise, and for a job submitted before certificates."""
+        return state.get("account") if self.ca is not None else None
+
+    async def query(self, job_id: str, account: str | None = None) -> PollResult | JobInfo:
         """squeue for one job: its :class:`JobInfo`, or Stopped / Unknown."""
         try:
-            code, out, err = await self.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", SQUEUE_FORMAT])
+            code, out, err = await self.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", SQUEUE_FORMAT],
+                                            account=account)
         except CommandError as exc:
             return Unknown(str(exc))
         if code != 0:
@@ -296,13 +339,19 @@ class SlurmBackend(Backend):
         """The spawner's variables that the job gets (minus ``env_skip``), and its
         account's HOME, USER and LOGNAME (the submitting process may not have them)."""
         env = {k: v for k, v in spec.env.items() if k not in self.env_skip}
-        if spec.identity is not None and self.per_user:
+        # sshd sets them for a login as the account; a prefix such as dexec does not.
+        if spec.identity is not None and self.fills_account:
             ident = spec.identity
             env.update(HOME=ident.home, USER=ident.name, LOGNAME=ident.name)
         return env
 
     async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
         """Submit the job and wait until it runs and reports its port; ``(BatchHost, port)``."""
+        account = None
+        if self.ca is not None:
+            if spec.identity is None:
+                raise BackendError("per-user SSH certificates need the server's account; there is none")
+            account = spec.identity.name
         env = self.export_env(spec)
         node = {"python": self.config.node_python, "scontrol": self.config.node_scontrol}
         try:
@@ -311,7 +360,7 @@ class SlurmBackend(Backend):
             raise BackendError(f"profile {spec.profile.get('name')!r}: {exc}") from None
         script = render(options)
         name = self.job_name(spec)
-        state.update(job_name=name, phase="submitting")
+        state.update(job_name=name, phase="submitting", **({"account": account} if account else {}))
         argv = [
             "sbatch",
             "--parsable",
@@ -323,7 +372,8 @@ class SlurmBackend(Backend):
             *spec.cmd,
         ]
         try:
-            code, out, err = await self.run(argv, stdin=script.encode(), env=env, ident=spec.identity)
+            code, out, err = await self.run(argv, stdin=script.encode(), env=env, ident=spec.identity,
+                                            account=account)
         except CommandError as exc:
             state["phase"] = "failed"
             # The job may exist (sbatch hung after submitting): stop() cancels by name.
@@ -371,10 +421,10 @@ class SlurmBackend(Backend):
         that waits in a queue costs no more squeue calls than before.
         """
         deadline = time.monotonic() + self.start_timeout
-        job_id = state["job_id"]
+        job_id, account = state["job_id"], self.owner(state)
         delay, seen = self.start_poll_min, None
         while time.monotonic() < deadline:
-            result = await self.query(job_id)
+            result = await self.query(job_id, account)
             if isinstance(result, JobInfo):
                 if result.state != seen:
                     delay, seen = self.start_poll_min, result.state
@@ -415,8 +465,9 @@ class SlurmBackend(Backend):
             argv = ["scancel", f"--name={name}"]  # a submit that failed midway
         else:
             return
+        account = self.owner(state)
         try:
-            code, _, err = await self.run(argv)
+            code, _, err = await self.run(argv, account=account)
         except CommandError as exc:
             raise BackendError(f"cannot cancel Slurm job {job_id or name}: {exc}") from None
         if code != 0 and INVALID_JOB not in err and ENDING not in err:
@@ -426,7 +477,7 @@ class SlurmBackend(Backend):
         deadline = time.monotonic() + self.stop_timeout
         last: Any = None
         while time.monotonic() < deadline:
-            last = await self.query(job_id)
+            last = await self.query(job_id, account)
             if isinstance(last, Stopped) or (isinstance(last, JobInfo) and last.state in FINAL_STATES):
                 return
             if isinstance(last, JobInfo) and await self._on_lost_node(last):
@@ -458,7 +509,7 @@ class SlurmBackend(Backend):
         if not job_id:
             return Stopped(0)
         try:
-            result = await self.query(job_id)
+            result = await self.query(job_id, self.owner(state))
             if not isinstance(result, JobInfo):
                 return result
             return await self._judge(result, state)
@@ -546,3 +597,13 @@ class SlurmBackend(Backend):
             raise BackendError(f"cannot cancel Slurm job {server_id}: {exc}") from None
         if code != 0 and INVALID_JOB not in err and ENDING not in err:
             raise BackendError(f"scancel {server_id} failed: {err.strip()[-300:]}")
+
+
+def _fill(words: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    """``words`` with each ``{key}`` replaced by its value."""
+    out = []
+    for word in words:
+        for key, value in values.items():
+            word = word.replace("{" + key + "}", value)
+        out.append(word)
+    return out

@@ -14,6 +14,7 @@ from typing import Any
 
 from hubdeploy.backends.base import BackendError, Found, PollResult, Running, Stopped, Unknown
 from hubdeploy.backends.slurm_script import ENV_NAME, parse_port_comment
+from hubdeploy.contract.identity import POSIX_NAME_PATTERN
 
 ALIVE_STATES = frozenset(
     {
@@ -53,6 +54,7 @@ ON_NODE_STATES = frozenset({"CONFIGURING", "RUNNING", "SUSPENDED", "SIGNALING", 
 SQUEUE_FORMAT = "%i|%T|%r|%S|%B|%k"  # the comment (free text) last: it may contain '|'
 LIST_FORMAT = "%i|%T|%N|%r|%j"  # job id, state, nodes, reason, name (free text, last)
 NODE_FORMAT = "%N|%T"  # node name, long state with its flag suffix (sinfo -N)
+ACCOUNT = re.compile(POSIX_NAME_PATTERN)
 JOB_ID = re.compile(r"^\d{1,12}$")
 HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 INVALID_JOB = "Invalid job id specified"
@@ -210,6 +212,9 @@ def validate_state(state: Mapping[str, Any]) -> dict[str, Any]:
     host, port = state.get("host"), state.get("port")
     if isinstance(host, str) and HOST.match(host) and isinstance(port, int) and 0 < port < 65536:
         out.update(host=host, port=port)
+    account = state.get("account")
+    if isinstance(account, str) and ACCOUNT.match(account):
+        out["account"] = account
     for key in ("phase", "job_state", "reason", "start_time", "profile"):
         if isinstance(state.get(key), str):
             out[key] = state[key]

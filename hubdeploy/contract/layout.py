@@ -48,6 +48,9 @@ PROXY_TOKEN = "proxy_token"
 DB_PASSWORD = "db_password"
 MUNGE_KEY = "munge_key"
 SSH_KEY = "slurm_ssh_key"
+# The hub's SSH certificate authority: it signs each user's short-lived key for a site's
+# login host (slurm.submit.ssh.certificates), whose sshd trusts the public half.
+SSH_CA_KEY = "slurm_ssh_ca"
 LDAP_BIND_PASSWORD = "ldap_bind_password"
 
 

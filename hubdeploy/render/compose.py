@@ -34,6 +34,7 @@ from hubdeploy.contract.layout import (
     PROXY_SERVICE,
     PROXY_TOKEN,
     SLURMCTLD_SERVICE,
+    SSH_CA_KEY,
     SSH_KEY,
     SSH_KNOWN_HOSTS_PATH,
     project_name,
@@ -180,6 +181,8 @@ def hub_secrets(site: Site) -> list[str]:
         names.append(DB_PASSWORD)
     if site.submit_ssh is not None:
         names.append(SSH_KEY)
+        if site.submit_ssh.certificates:
+            names.append(SSH_CA_KEY)
     if site.identity.source == "ldap":
         names.append(LDAP_BIND_PASSWORD)
     return sorted(names)

@@ -26,13 +26,14 @@ from hubdeploy.contract.layout import (
     PROXY_TOKEN,
     SLURM_WORKDIR,
     SLURMCTLD_SERVICE,
+    SSH_CA_KEY,
     project_name,
     secret_path,
     service_token,
 )
 from hubdeploy.contract.services import builtin_services
 from hubdeploy.contract.values import memory_bytes
-from hubdeploy.render.ssh import ssh_argv
+from hubdeploy.render.ssh import ssh_argv, ssh_user_argv
 from hubdeploy.schema import ExtraService, Profile, ProfileSlurm, Site
 
 # How long a compute-node spawn may wait in the queue before the hub gives up; JupyterHub's
@@ -187,6 +188,9 @@ def slurm_backend_config(site: Site) -> dict[str, Any]:
     if sub.ssh is not None:
         out.update(submit_prefix=ssh_argv(sub.ssh), submit_quote=True, submit_env_stdin=True,
                    submit_unreachable_code=255)
+        if sub.ssh.certificates:
+            out.update(ssh_ca_key=secret_path(SSH_CA_KEY), ssh_user_prefix=ssh_user_argv(sub.ssh),
+                       ssh_cert_minutes=sub.ssh.certificate_minutes)
     if sub.prefix:
         out["submit_prefix"] = list(sub.prefix)
     if sub.env_option:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import secrets
 import sys
 import tarfile
@@ -30,7 +31,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
-PREFIX = "hubdeploy-test"
+# The containers' and network's names; another value lets two runs share one engine.
+PREFIX = os.environ.get("HUBDEPLOY_TEST_SLURM_NAMES", "hubdeploy-test")
+IMAGES = "hubdeploy-test"  # the images do not depend on the names: every run shares them
 NETWORK = f"{PREFIX}-slurmnet"
 CONTROLLER = f"{PREFIX}-slurmctld"
 NODES = {f"{PREFIX}-c1": 2, f"{PREFIX}-c2": 1}  # NodeName -> CPUs
@@ -143,7 +146,7 @@ class SlurmCluster:
     def __init__(self, client: docker.DockerClient | None = None, base: str | None = None):
         self.client = client or docker.from_env(timeout=300)
         self.base = base
-        self.image = f"{PREFIX}/slurm:{recipe_hash()}"
+        self.image = f"{IMAGES}/slurm:{recipe_hash()}"
         self.containers: dict[str, docker.models.containers.Container] = {}
 
     # -- image ------------------------------------------------------------------------
@@ -232,7 +235,7 @@ class SlurmCluster:
     # -- a login (submit) host: munge, the Slurm client and sshd ------------------------
 
     def ensure_login_image(self) -> str:
-        tag = f"{PREFIX}/slurm-login:" + hashlib.sha256((self.image + LOGIN_DOCKERFILE + LOGIN_ENTRY).encode()).hexdigest()[:12]
+        tag = f"{IMAGES}/slurm-login:" + hashlib.sha256((self.image + LOGIN_DOCKERFILE + LOGIN_ENTRY).encode()).hexdigest()[:12]
         try:
             self.client.images.get(tag)
             return tag
@@ -245,13 +248,18 @@ class SlurmCluster:
         )
         return tag
 
-    def start_login(self, timeout: float = 60) -> str:
-        """Start ``hubdeploy-test-login`` (sshd as a site's submit host); its ed25519 host key."""
+    def start_login(self, timeout: float = 60, sshd_config: str = "") -> str:
+        """Start ``hubdeploy-test-login`` (sshd as a site's submit host); its ed25519 host key.
+
+        ``sshd_config``: more sshd settings, in place before sshd starts.
+        """
         image = self.ensure_login_image()
         c = self.client.containers.create(
             image, name=LOGIN, hostname=LOGIN, network=NETWORK, labels=LABEL, detach=True
         )
         c.put_archive("/etc", self.archive)
+        if sshd_config:
+            c.put_archive("/etc/ssh/sshd_config.d", _tar({"hubdeploy-test-extra.conf": (sshd_config.encode(), 0o644)}))
         self.containers[LOGIN] = c
         c.start()
         deadline = time.monotonic() + timeout
@@ -274,6 +282,21 @@ class SlurmCluster:
             info.size, info.mode, info.uname, info.gname, info.uid, info.gid = len(data), 0o600, user, "users", 1000, 100
             tar.addfile(info, io.BytesIO(data))
         self.client.containers.get(LOGIN).put_archive(f"/home/{user}/.ssh", buf.getvalue())
+
+    def put_file(self, container: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write one file (owner root) into a container."""
+        directory, name = path.rsplit("/", 1)
+        self.client.containers.get(container).put_archive(directory, _tar({name: (data, mode)}))
+
+    def add_account(self, name: str, uid: int, gid: int) -> None:
+        """The same POSIX account (and its private group) on the login host, the
+        controller and every node, as a site's directory would have it; login by key or
+        certificate only ('*': no password, but not locked for sshd)."""
+        for container in [LOGIN, CONTROLLER, *NODES]:
+            for argv in (["groupadd", "-g", str(gid), name],
+                         ["useradd", "-m", "-u", str(uid), "-g", str(gid), "-s", "/bin/bash", "-p", "*", name]):
+                code, out = self.exec(container, argv)
+                assert code == 0, (container, argv, out)
 
     def exec(self, container: str, argv: list[str], user: str = "root") -> tuple[int, str]:
         res = self.client.containers.get(container).exec_run(argv, user=user, demux=False)

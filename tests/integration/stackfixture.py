@@ -18,7 +18,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-SITE_NAME = "hdtstack"
+# Another value (HUBDEPLOY_TEST_STACK_SITE) lets two sessions share one engine.
+SITE_NAME = os.environ.get("HUBDEPLOY_TEST_STACK_SITE", "hdtstack")
 
 
 class Recorder:

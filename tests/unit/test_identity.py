@@ -217,8 +217,8 @@ class Recording(SlurmBackend):
         super().__init__(config)
         self.outcomes, self.argvs = list(outcomes), []
 
-    async def run(self, argv, *, stdin=None, env=None, ident=None):
-        self.argvs.append((self._argv(argv, sorted(env or ()), ident), dict(env or {})))
+    async def run(self, argv, *, stdin=None, env=None, ident=None, account=None):
+        self.argvs.append((self._argv(argv, sorted(env or ()), ident, account), dict(env or {})))
         return self.outcomes.pop(0)
 
 
