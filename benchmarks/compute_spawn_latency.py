@@ -21,9 +21,9 @@ How the floor is timed, with the least overhead we found:
   its floor), every 50 ms. A throwaway container on the network would add its own start;
   an exec per probe would add ~0.1 s per probe.
 The floor job asks for what the hub's job asks (cores, memory, partition) and passes its
-token as the stack's hub passes its variables, `--export=ALL,NAME` (with a bare name
-list Slurm would build the user's login environment on the node first, and slurmd often
-sleeps 1 s waiting for that `su`; the stack's cluster sets the backend's export_all).
+token as the stack's hub passes its variables, `--export=ALL` (with a name list, even
+`ALL,NAME`, Slurm builds the user's login environment on the node first, an `su` that
+takes about a second; the stack's cluster sets the backend's export_all).
 The hub's own costs (its submit path, its polling, the port report, the proxy route) and
 the extra start of the program it runs (jupyterhub-singleuser, measured separately below)
 are what the difference shows.
@@ -71,7 +71,7 @@ import subprocess, sys, time
 script = sys.stdin.read()
 t0 = time.time()
 r = subprocess.run(["sbatch", "--parsable", "--job-name=" + sys.argv[1], "--output=/dev/null",
-                    "--export=ALL,JUPYTER_TOKEN", "/dev/stdin"], input=script, capture_output=True, text=True)
+                    "--export=ALL", "/dev/stdin"], input=script, capture_output=True, text=True)
 if r.returncode != 0:
     sys.exit("sbatch failed: " + r.stderr)
 job = r.stdout.strip().split(";")[0]

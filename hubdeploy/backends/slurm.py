@@ -139,12 +139,11 @@ class SlurmConfig(BackendConfig):
     # Programs on the compute nodes.
     node_python: str = "python3"
     node_scontrol: str = "scontrol"
-    # --export=ALL,NAME,... instead of --export=NAME,...: a bare name list makes Slurm
-    # build the user's login environment on the node (an implicit --get-user-env: su -
-    # user there, and slurmd sleeps a whole second whenever that is slow), which a site
-    # may want for its modules; with ALL the job gets the submitting environment instead.
-    # The stack's own cluster sets it (its submitting environment is the controller
-    # container's, and its user has no login environment to load).
+    # --export=ALL instead of --export=NAME,...: a name list (also ALL,NAME,...) makes
+    # Slurm build the user's login environment on the node (an implicit --get-user-env:
+    # su - user there, about a second), which a site may want for its modules; with ALL
+    # the job gets the submitting environment, our variables included. The stack's own
+    # cluster sets it (its submitting environment is the controller container's).
     export_all: bool = False
     # Variables of the spawner's environment not exported to the job.
     env_skip: tuple[str, ...] = DEFAULT_ENV_SKIP

@@ -245,9 +245,15 @@ def env_lines(env: Mapping[str, str]) -> bytes:
 
 
 def export_option(names: Sequence[str], export_all: bool) -> str:
-    """sbatch's ``--export``: the names whose values the job gets from sbatch's environment."""
+    """sbatch's ``--export``: the names whose values the job gets from sbatch's environment.
+
+    ``ALL`` alone, never ``ALL,NAMES``: sbatch treats any value but the bare word ALL
+    like a name list and has slurmd build the user's login environment first (``su -``
+    on the node: about a second, and a failure for an account without a shadow entry).
+    With ALL the names need no listing: their values are in sbatch's environment.
+    """
     if export_all:
-        return "--export=" + ",".join(["ALL", *names])
+        return "--export=ALL"
     return "--export=" + ",".join(names) if names else "--export=NONE"
 
 
