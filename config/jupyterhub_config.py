@@ -94,6 +94,11 @@ c.HubdeploySpawner.backend_config = hub["spawner"].get("backend_config", {})
 c.HubdeploySpawner.backends = hub["spawner"].get("backends", {})
 # Each user's server runs as their own POSIX account from this source.
 c.HubdeploySpawner.identity = hub.get("identity", {"source": "shared"})
+# Starts beyond the site's limit wait in order inside the spawner (hubdeploy.hub.spawnqueue).
+# JupyterHub's own concurrent_spawn_limit (default 100) would refuse them with 429 instead,
+# so it is off: the queue's timeout bounds how long a start may wait.
+c.HubdeploySpawner.concurrent_spawn_limit = hub["spawner"].get("concurrent_spawn_limit", 8)
+c.JupyterHub.concurrent_spawn_limit = 0
 
 # -- web layer (hubdeploy.hub.web) ----------------------------------------------------
 from hubdeploy.hub import web  # noqa: E402

@@ -99,6 +99,8 @@ class SpawnerSection(TypedDict, total=False):
     profiles: list[Profile]  # always present
     # Further backends by name (compute profiles' "slurm"), with their configs.
     backends: dict[str, dict[str, Any]]
+    # Starts run at once by the hub; more wait in order (hubdeploy.hub.spawnqueue).
+    concurrent_spawn_limit: int  # always present
 
 
 class HubJson(TypedDict):

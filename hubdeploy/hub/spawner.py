@@ -14,7 +14,7 @@ from typing import Any
 
 from jupyterhub.spawner import Spawner
 from tornado import web
-from traitlets import Dict, List, Unicode, default
+from traitlets import Dict, Integer, List, Unicode, default
 
 from hubdeploy.backends import backend_config, get_backend
 from hubdeploy.backends.base import (
@@ -29,12 +29,19 @@ from hubdeploy.contract.layout import NOTEBOOK_PORT
 from hubdeploy.contract.values import OptionError
 from hubdeploy.hub.identity import DEFAULT_TEMPLATE, IdentitySource, ensure_home, get_source, write_nss
 from hubdeploy.hub.profiles import OPTION_FIELDS, SLURM_CHOICES, apply_slurm_choices, form_html
+from hubdeploy.hub.spawnqueue import QueueTimeout, StartClock, StartTimeout, Ticket, run_within, shared_queue
 from hubdeploy.hub.web import OptionsError, check_option_value, check_user_options
 
 try:  # JupyterHub >= 6.0
     from jupyterhub.spawner import SpawnException
 except ImportError:  # pragma: no cover - older hubs: a plain HTTPError carries the message too
     SpawnException = None
+
+# Seconds between checks of a waiting start's place in line (a bound: changes wake it sooner).
+QUEUE_POLL = 5.0
+# Margin of JupyterHub's own start timeout over the spawner's (see _widen_start_timeout).
+OUTER_MARGIN = 60
+
 
 def refused(message: str, status: int = 400, reason: str = "user_options") -> web.HTTPError:
     """An HTTPError whose message reaches the user (API, spawn page, progress stream).
@@ -77,6 +84,25 @@ def start_failed(exc: BackendError) -> web.HTTPError:
     return refused(str(exc) or type(exc).__name__, 503, "backend")
 
 
+def waiting_message(ahead: int, limit: int) -> str:
+    """What a user whose start waits for its turn reads in the progress stream."""
+    return (f"waiting: {ahead} starts ahead (this hub starts {limit} servers at a time; "
+            f"waiting does not count against the start timeout)")
+
+
+def _state_changes(state: dict[str, Any]):
+    """A progress check for a backend's start: True when it recorded something new in
+    ``state`` (a phase, an id) since the last check."""
+    seen = [dict(state)]
+
+    async def changed() -> bool:
+        now = dict(state)
+        moved, seen[0] = now != seen[0], now
+        return moved
+
+    return changed
+
+
 # One backend per (name, config) for the whole hub: a shared Docker client or scheduler
 # session, not one per user.
 _BACKENDS: dict[tuple[str, str], Backend] = {}
@@ -112,6 +138,21 @@ class HubdeploySpawner(Spawner):
         {"source": "shared"},
         help="Where users' POSIX accounts come from (hub.json identity; hubdeploy.contract.identity).",
     ).tag(config=True)
+    concurrent_spawn_limit = Integer(
+        8,
+        help="Starts that run at once in this hub (hub.json spawner.concurrent_spawn_limit); "
+        "more wait in order, and their waiting does not count against start_timeout.",
+    ).tag(config=True)
+    queue_timeout = Integer(
+        1800,
+        help="Seconds a start may wait for its turn before it is refused as 'the hub is busy'.",
+    ).tag(config=True)
+    start_timeout_max = Integer(
+        600,
+        help="Ceiling of a start that keeps progressing: start_timeout is extended, a budget "
+        "at a time, while the server's process runs, but never past this many seconds "
+        "from its turn (nor below start_timeout).",
+    ).tag(config=True)
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -121,6 +162,9 @@ class HubdeploySpawner(Spawner):
         # Original values of the traits the last applied profile changed.
         self._profile_saved: dict[str, Any] = {}
         self._prepared: dict[str, Any] | None = None  # the profile run_pre_spawn_hook applied
+        # The start's own budget while JupyterHub's start_timeout holds the outer bound.
+        self._start_budget: int | None = None
+        self._ticket: Ticket | None = None  # this start's place in the spawn queue
 
     # The server listens on all interfaces of its container, always on the same port:
     # every container has its own address, so ports never collide.
@@ -270,13 +314,64 @@ class HubdeploySpawner(Spawner):
         JupyterHub reads ``start_timeout`` before ``start()`` runs, so a profile's
         ``spawner_config`` applied in ``start()`` could not lengthen it (a compute profile
         waits in a batch queue). A bad choice raises 400 here, as it would in ``start()``.
+
+        It is also the last moment before JupyterHub reads ``start_timeout``: see
+        :meth:`_widen_start_timeout`.
         """
+        self._restore_start_timeout()
+        self._ticket = None
         self._prepared = self._prepare()
+        self._widen_start_timeout()
         return super().run_pre_spawn_hook()
 
+    def _widen_start_timeout(self) -> None:
+        """Make JupyterHub's timeout the outer bound and keep the site's as the start's budget.
+
+        JupyterHub 6.1.1 (``User.spawn``) reads ``start_timeout`` once, right after this
+        hook, and wraps ``start()`` in ``asyncio.wait_for(start(), start_timeout)``, which
+        cancels it when the time is up. Whatever happens inside ``start()`` (a wait in the
+        queue, a slow but progressing start) cannot extend that. So JupyterHub gets the
+        largest time a start may legitimately take (the queue's bound plus the start's
+        ceiling plus a margin, a backstop that never fires first), and ``start()`` applies
+        the site's ``start_timeout`` itself, counted from the moment its turn comes and
+        extended while the server progresses (:class:`StartClock`). The site's value is
+        put back when ``start()`` ends, so every other reader sees it unchanged.
+        """
+        self._start_budget = self.start_timeout
+        self.start_timeout = self.queue_timeout + max(self.start_timeout_max, self._start_budget) + OUTER_MARGIN
+
+    def _restore_start_timeout(self) -> None:
+        if self._start_budget is not None:
+            self.start_timeout, self._start_budget = self._start_budget, None
+
     async def start(self):
+        """Wait for a slot in the hub's spawn queue, then start the server through the
+        backend within the site's start_timeout, counted from that moment (see
+        :meth:`_widen_start_timeout`)."""
+        budget = self._start_budget if self._start_budget is not None else self.start_timeout
+        ticket = self._ticket = shared_queue(self.concurrent_spawn_limit).enter(self._log_name)
+        try:
+            if not ticket.admitted:
+                self.log.info("%s waits for its turn: %d starts ahead", self._log_name, ticket.ahead)
+            try:
+                await ticket.wait(self.queue_timeout)
+            except QueueTimeout as exc:
+                raise refused(f"The hub is busy starting other servers: {exc}. Please try again later.",
+                              503, "busy") from None
+            clock = StartClock(budget, self.start_timeout_max)
+            try:
+                return await self._start_admitted(clock)
+            except StartTimeout as exc:
+                raise refused(f"Server did not start: {exc} (start_timeout {budget} s counts from its "
+                              f"turn in the queue and is extended while the start progresses, up to "
+                              f"{clock.ceiling:g} s)", 504, "timeout") from None
+        finally:
+            ticket.release()
+            self._restore_start_timeout()
+
+    async def _start_admitted(self, clock: StartClock):
         """Apply the chosen profile (unless the pre-spawn hook did) and start the server
-        through the backend."""
+        through the backend; return when it listens."""
         profile, self._prepared = self._prepared or self._prepare(), None
         effective = {**profile, "cpu": self.cpu_limit, "mem_limit": self.mem_limit}
         account = await self.resolve_identity()
@@ -294,12 +389,33 @@ class HubdeploySpawner(Spawner):
         state.clear()
         self.log.info("starting %s with profile %s on backend %s", self._log_name, profile["name"], self._backend_name)
         try:
-            host, port = await self.get_backend().start(spec, state)
+            host, port = await run_within(clock, self.get_backend().start(spec, state),
+                                          _state_changes(state), "the backend's start")
         except BackendError as exc:
             raise start_failed(exc) from exc
         state["profile"] = profile["name"]
-        await self._wait_listening(host, port)
+        await self._await_listening(host, port)
         return host, port
+
+    async def _await_listening(self, host: str, port: int) -> None:
+        """Wait until the server listens: ``http_timeout``, extended a timeout at a time
+        while its process runs (it is importing on a busy machine), up to
+        ``start_timeout_max``. A server that still does not listen is left to JupyterHub's
+        own check, which reports it in JupyterHub's words."""
+        clock = StartClock(self.http_timeout, self.start_timeout_max)
+        while not await self._wait_listening(host, port, clock.remaining()):
+            if not (await self._process_runs() and clock.extend()):
+                return
+            self.log.info("%s runs but does not listen yet after %.0f s: waiting longer",
+                          self._log_name, clock.elapsed())
+
+    async def _process_runs(self) -> bool:
+        """True while the backend says the server's process runs (still importing, most
+        likely); an exit fails the start at once with its status."""
+        result = await self.get_backend().poll(self._backend_state)
+        if isinstance(result, Stopped):
+            raise refused(f"The server's process exited with status {result.status} before it listened", 503, "backend")
+        return isinstance(result, Running)
 
     async def resolve_identity(self) -> Identity:
         """This user's account, with a home and (for the stack's cluster) published to
@@ -319,15 +435,18 @@ class HubdeploySpawner(Spawner):
                       account.uid, source.describe())
         return account
 
-    async def _wait_listening(self, host: str, port: int) -> None:
-        """Return as soon as the server accepts connections (bounded by http_timeout).
+    async def _wait_listening(self, host: str, port: int, timeout: float | None = None) -> bool:
+        """True as soon as the server accepts connections; False after ``timeout`` s
+        (default ``http_timeout``).
 
         JupyterHub's own readiness check backs off exponentially (0.2, 0.4, 0.8, 1.6 s...),
         which alone added about a second to every spawn; a 50 ms connect loop here lets
-        its first check succeed. A server that never listens is left to that check, which
-        reports the failure in JupyterHub's own words.
+        its first check succeed. Waiting here, inside ``start()``, also puts the slow part
+        (the server importing) under a progress-aware clock (:meth:`_await_listening`), so
+        JupyterHub's ``http_timeout`` then only covers an HTTP answer from a server that
+        already listens.
         """
-        deadline = asyncio.get_running_loop().time() + self.http_timeout
+        deadline = asyncio.get_running_loop().time() + (self.http_timeout if timeout is None else timeout)
         while asyncio.get_running_loop().time() < deadline:
             try:
                 _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1)
@@ -335,7 +454,8 @@ class HubdeploySpawner(Spawner):
                 await asyncio.sleep(0.05)
                 continue
             writer.close()
-            return
+            return True
+        return False
 
     async def stop(self, now=False):
         """Stop the server through the backend (its persistent data stays)."""
@@ -360,9 +480,32 @@ class HubdeploySpawner(Spawner):
         return None
 
     async def progress(self):
-        """The backend's progress events for the start in flight."""
+        """'waiting: N starts ahead' while the start waits for its turn, then the
+        backend's progress events for the start in flight."""
+        async for event in self._queue_progress():
+            yield event
         async for event in self.get_backend().progress(self._backend_state):
             yield event
+
+    async def _queue_progress(self):
+        """One event per change of this start's place in line, until its turn comes.
+
+        Bounded by the queue's own timeout; the hub also stops reading once the start ends.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.queue_timeout + QUEUE_POLL
+        # The progress stream can open before start() has taken its place.
+        while self._ticket is None and self._start_pending and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        ticket, shown = self._ticket, None
+        while ticket is not None and not ticket.admitted and loop.time() < deadline:
+            ahead = ticket.ahead
+            if ahead == 0:  # left the line without a slot: the start is over
+                return
+            if ahead != shown:
+                shown = ahead
+                yield {"progress": 0, "message": waiting_message(ahead, ticket.queue.limit)}
+            await ticket.queue.changed(QUEUE_POLL)
 
     # -- state ------------------------------------------------------------------------
 

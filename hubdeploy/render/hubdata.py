@@ -109,6 +109,7 @@ def spawner(site: Site, refs: dict[str, str]) -> hubjson.SpawnerSection:
         "backend": "docker",
         "backend_config": docker,
         "profiles": [profile(site, p, refs[p.image]) for p in site.profiles],
+        "concurrent_spawn_limit": site.hub.concurrent_spawn_limit,
     }
     if site.slurm is not None:
         # Compute profiles use this backend (HubdeploySpawner.backends, by profile node).

@@ -210,15 +210,18 @@ def test_start_applies_profile_and_builds_spec(make_spawner):
 
 
 def test_profile_is_in_force_before_jupyterhub_reads_start_timeout(make_spawner):
-    """JupyterHub reads start_timeout after the pre-spawn hook and before start() runs."""
+    """JupyterHub reads start_timeout after the pre-spawn hook and before start() runs: it
+    then holds the outer bound, and the profile's value is the start's own budget."""
     s = make_spawner(user_options={"profile": "big"}, start_timeout=60)
     s.run_pre_spawn_hook()
-    assert s.start_timeout == 77
+    assert s._start_budget == 77
+    assert s.start_timeout == s.queue_timeout + s.start_timeout_max + spawner_mod.OUTER_MARGIN
     run(s.start())  # applies nothing twice: the next profile still restores the site's value
     assert s.get_backend().specs[-1].env["EXTRA"] == "1"
+    assert s.start_timeout == 77  # put back once start() is over
     s.user_options = {"profile": "small"}
     s.run_pre_spawn_hook()
-    assert s.start_timeout == 60
+    assert s._start_budget == 60
     with pytest.raises(web.HTTPError) as exc:
         s.user_options = {"profile": "gone"}
         s.run_pre_spawn_hook()
