@@ -4,17 +4,20 @@ Every docker SDK call runs in a small thread pool: the SDK is synchronous, and a
 hung engine must never block the hub's event loop (the hub serves every user from it).
 
 Containers are named by :mod:`hubdeploy.contract.names`, join the site's users network and
-carry the labels ``hubdeploy.site/user/server/profile``. The proxy reaches them by name
-(or by a short network alias when the name is too long for DNS). Each user has one named
-home volume at ``/home/jovyan``: Docker copies the image's (empty, uid 1000 owned)
-``/home/jovyan`` ownership into a fresh volume, so the notebook user owns its home
-without a root helper.
+carry the labels ``hubdeploy.site/user/server/profile``. The hub and the proxy reach
+each by a network alias of its own instance (``names.dns_name``: the container name's head
+and a random tag), so a server restarted within seconds is never looked for at the
+address a cached name lookup still holds. Servers run as their users' accounts
+(``ServerSpec.identity``) with the homes mounted at ``homes_target``; in the one-account
+layout each user has a home volume at ``/home/jovyan`` instead, which Docker fills with
+the image's (empty, uid 1000 owned) ``/home/jovyan``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -138,7 +141,7 @@ class DockerBackend(Backend):
         if not image or image not in self.allowed_images:
             raise BackendError(f"image {image!r} is not one of this site's profile images")
         name = names.container_name(self.prefix, spec.user, spec.server_name)
-        host = names.dns_name(name)
+        host = names.dns_name(name, secrets.token_hex(6))
         state.update(container_name=name, phase="image")
         try:
             await self._run(self._start_sync, spec, state, name, host)
@@ -177,7 +180,7 @@ class DockerBackend(Backend):
             kwargs["nano_cpus"] = int(float(spec.profile["cpu"]) * 1e9)
         if spec.profile.get("mem_limit"):
             kwargs["mem_limit"] = int(spec.profile["mem_limit"])
-        aliases = [host] if host != name else None
+        aliases = [host]
         # Docker's init (tini) as PID 1: reaps kernels' orphaned children and turns
         # SIGTERM into a prompt exit for servers that never installed a handler.
         kwargs["init"] = self.config.init

@@ -90,12 +90,21 @@ def home_volume(prefix: str, user: str) -> str:
     return _cap(f"{prefix}-home-{escape(user)}")
 
 
-def dns_name(container: str) -> str:
-    """A name other containers on the network can resolve for ``container``.
+def dns_name(container: str, instance: str) -> str:
+    """The network alias the hub and the proxy reach one container *instance* by.
 
-    The container name itself when it fits in one DNS label; otherwise a short alias
-    derived from it, which the backend must add as a network alias.
+    Unique to the instance (``instance``: a few random hex digits per start), not just to
+    the server: a server restarted within seconds gets a new address under its old name,
+    and the hub's HTTP client caches name lookups (aiohttp: 10 s), so a reused name sent
+    the hub's readiness check to the old, gone address. The container name's head keeps
+    it readable in logs and, for a name short enough to fit whole, unique; a cut head
+    leaves the random tag (48 bits) to tell instances apart. The whole fits a DNS label.
     """
-    if len(container) <= MAX_DNS_LABEL:
-        return container
-    return "nb-" + hashlib.sha256(container.encode()).hexdigest()[:_HASH_CHARS]
+    _check_instance(instance)
+    head = container[: MAX_DNS_LABEL - len(instance) - 1].rstrip("-_")
+    return f"{head}-{instance}"
+
+
+def _check_instance(instance: str) -> None:
+    if not re.fullmatch(r"[0-9a-f]{4,16}", instance):
+        raise ValueError(f"instance tag {instance!r} must be 4 to 16 lowercase hex digits")

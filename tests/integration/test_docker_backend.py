@@ -166,7 +166,7 @@ def test_lifecycle_with_awkward_names(client, env):
             host, port = run(backend.start(spec, state))
             name = names.container_name(env["prefix"], user, server)
             assert state["container_name"] == name and port == 8888
-            assert host == names.dns_name(name) and len(host) <= 63
+            assert host.startswith(name[:40]) and host != name and len(host) <= 63
             assert run(backend.poll(state)) == Running()
             started.append((user, server, host, state))
 

@@ -48,13 +48,16 @@ def test_long_names_are_capped_and_stay_distinct():
     assert len(names.home_volume(PREFIX, "秀" * 100)) == names.MAX_NAME
 
 
-def test_dns_name_fits_a_label():
+def test_dns_name_is_per_instance_and_fits_a_label():
     short = names.container_name(PREFIX, "has@")
-    assert names.dns_name(short) == short
+    assert names.dns_name(short, "0a1b2c3d4e5f") == f"{short}-0a1b2c3d4e5f"
+    # A restarted server is a new instance: a new name, never an old cached address.
+    assert names.dns_name(short, "0a1b2c3d4e5f") != names.dns_name(short, "ffffffffffff")
     long = names.container_name(PREFIX, "秀樹" * 10)
-    alias = names.dns_name(long)
-    assert alias != long and len(alias) <= names.MAX_DNS_LABEL
-    assert names.dns_name(names.container_name(PREFIX, "秀樹" * 11)) != alias
+    alias = names.dns_name(long, "0a1b2c3d4e5f")
+    assert len(alias) <= names.MAX_DNS_LABEL and alias.startswith(long[:40])
+    with pytest.raises(ValueError):
+        names.dns_name(short, "not hex!")
 
 
 @pytest.mark.parametrize("prefix", ["", "Hub", "hub_x", "-hub", "hub.x"])
