@@ -41,6 +41,7 @@ unit: $(VENV)/.installed
 bench: setup
 	$(PY) benchmarks/spawn_latency.py
 	$(PY) benchmarks/compute_spawn_latency.py
+	$(PY) benchmarks/spawn_storm.py --site $(SITE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
