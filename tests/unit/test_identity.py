@@ -282,3 +282,15 @@ def test_validate_warns_about_the_shared_account(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "warning: identity.source: shared runs every user's server as the one account jovyan" in proc.stderr
+
+
+def test_homes_on_a_host_file_system_are_bind_mounted_everywhere():
+    site = load_site_text(SITE + "identity: {homes_host: /global/homes, home: \"/global/homes/{name}\"}\n", "site.yaml")
+    data = render.hub_data(site, REFS)
+    assert data["spawner"]["backend_config"]["homes"] == "/global/homes"
+    assert data["spawner"]["backend_config"]["homes_target"] == "/global/homes"
+    assert data["identity"]["home_template"] == "/global/homes/{name}"
+    compose = YAML(typ="safe").load(render.render(site, Path("."), REFS)["compose.yaml"])
+    assert "homes" not in compose["volumes"]  # no stack volume: the site's file system
+    assert "/global/homes:/srv/hubdeploy/homes" in compose["services"]["hub"]["volumes"]
+    assert "/global/homes:/global/homes" in compose["services"]["slurm-c1"]["volumes"]
