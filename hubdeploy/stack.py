@@ -333,9 +333,14 @@ def stop_servers(prep: Prepared, client) -> tuple[list[dict[str, Any]], list[dic
         report = json.loads((out or b"").decode())
         return report["stopped"], report["failed"]
     except (ValueError, KeyError, TypeError):
+        # A hub that cannot answer is no worse than none: containers go by their labels
+        # and the stack's own cluster with the stack; only a site's own Slurm is left.
+        unlisted = _unlisted_without_hub(prep)
+        if not unlisted:
+            return [], []
         tail = (err or out or b"").decode(errors="replace").strip().splitlines()[-3:]
-        return [], [{"backend": None, "id": None, "name": None,
-                     "error": f"the hub could not stop its servers (exit {code}): " + " | ".join(tail)}]
+        return [], [{**unlisted[0], "error": f"the hub could not stop its servers (exit {code}: "
+                     + " | ".join(tail) + "); " + unlisted[0]["error"]}]
 
 
 def _unlisted_without_hub(prep: Prepared) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import docker
 import pytest
 import requests
 
-from hubdeploy.contract.names import container_name, home_volume
+from hubdeploy.contract.names import container_name
 from hubdeploy.smoke.hubclient import HubClient, escape_path
 
 from stackfixture import run_5x4, user_session  # noqa: E402
@@ -76,10 +76,14 @@ def test_user_spawns_through_form_and_runs_5x4(up_stack):
     env = dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
     assert env["HDT_PROFILE"] == "medium"
     assert c.attrs["HostConfig"]["Memory"] == 2 * 1024**3
-    assert client.volumes.get(home_volume(up_stack.project, USER))
-    # The home volume belongs to the notebook user, so the user can write there.
-    rc, out = c.exec_run(["sh", "-c", "touch ~/probe && stat -c %u ~"], user="1000")
-    assert rc == 0 and out.decode().strip() == "1000"
+    # The server runs as the user's own account (identity auto): has@ is not a POSIX
+    # name, so the account is u<uid>, and its home in the homes volume is its own.
+    uid, gid = (int(x) for x in c.attrs["Config"]["User"].split(":"))
+    assert uid >= 20000 and env["USER"] == f"u{uid}" and env["HOME"] == f"/home/u{uid}"
+    mounts = {m["Destination"]: m for m in c.attrs["Mounts"]}
+    assert mounts["/home"]["Name"] == f"{up_stack.project}-homes"
+    rc, out = c.exec_run(["sh", "-c", "touch ~/probe && stat -c '%u %a' ~ && id -un"], user=f"{uid}:{gid}")
+    assert rc == 0 and out.decode().split() == [str(uid), "700", f"u{uid}"], out
     state.update(token=token, url=url, container=c.id)
 
 
@@ -221,9 +225,10 @@ def test_down_leaves_no_container(up_stack):
     proc = up_stack.cli("down", "--json")
     assert proc.returncode == 0, proc.stderr
     assert client.containers.list(all=True, filters={"name": up_stack.project}) == []
-    # Data is kept: the hub database and the user's home survive a plain down.
+    # Data is kept: the hub database (and the accounts allocated) and the homes survive
+    # a plain down.
     assert client.volumes.get(f"{up_stack.project}-hub-data")
-    assert client.volumes.get(home_volume(up_stack.project, USER))
+    assert client.volumes.get(f"{up_stack.project}-homes")
     proc = up_stack.cli("down", "--volumes", "--json")
     assert proc.returncode == 0, proc.stderr
     # The shared data volume is the site's data, not the stack's: it stays.
