@@ -167,7 +167,10 @@ def test_collaboration_adds_packages_and_keeps_the_version(client, built):
 def test_hub_image(client, built):
     ref = built["refs"]["hub"]
     assert run(client, ref, ["jupyterhub", "--version"]).splitlines()[-1] == VERSION
-    run(client, ref, ["python3", "-c", "import hubdeploy, dockerspawner, jupyterhub_idle_culler, psycopg2"])
+    # The hub side of hubdeploy with its contract, the culler, the postgres driver, and
+    # the identity sources' and ssh certificates' libraries.
+    run(client, ref, ["python3", "-c", "import hubdeploy.contract.hubjson, hubdeploy.hub.spawner, "
+                      "hubdeploy.hub.identity_ldap, hubdeploy.backends.sshcert, jupyterhub_idle_culler, psycopg2"])
     config = client.images.get(ref).attrs["Config"]
     assert config["Cmd"] == ["jupyterhub", "-f", "/etc/jupyterhub/jupyterhub_config.py"]
     assert config["WorkingDir"] == "/srv/jupyterhub"
@@ -284,7 +287,7 @@ def test_cached_rootfs_tarball_imports(client, built, tmp_path):
     from hubdeploy import rootfs
 
     tarball = tmp_path / "debian-rootfs.tar"
-    box = client.containers.create(built["plans"]["debian"].ref, command=["true"], name=f"{PREFIX}export")
+    box = client.containers.create(built["plans"]["debian"].ref, command=["true"], name=f"hubdeploy-{SITE}-export")
     try:
         with tarball.open("wb") as f:
             for chunk in box.export():
