@@ -228,9 +228,20 @@ def write_nss(nss_dir: str | Path, identities: Iterable[Identity]) -> None:
         groups.setdefault(pg.name, (pg.gid, set()))
         for g in ident.groups:
             groups.setdefault(g.name, (g.gid, set()))[1].add(ident.name)
-    write_atomic(nss / "passwd", "".join(f"{u}\n" for _, u in sorted(users.items())).encode(), 0o644)
+    _write_if_changed(nss / "passwd", "".join(f"{u}\n" for _, u in sorted(users.items())).encode())
     text = "".join(f"{n}:x:{gid}:{','.join(sorted(m))}\n" for n, (gid, m) in sorted(groups.items()))
-    write_atomic(nss / "group", text.encode(), 0o644)
+    _write_if_changed(nss / "group", text.encode())
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    # Every spawn publishes its account; a returning user's is already there, and an
+    # fsync'd rewrite of both files would be paid on each of their starts for nothing.
+    try:
+        if path.read_bytes() == data:
+            return
+    except FileNotFoundError:
+        pass
+    write_atomic(path, data, 0o644)
 
 
 def _read_lines(path: Path) -> list[str]:

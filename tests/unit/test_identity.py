@@ -294,3 +294,11 @@ def test_homes_on_a_host_file_system_are_bind_mounted_everywhere():
     assert "homes" not in compose["volumes"]  # no stack volume: the site's file system
     assert "/global/homes:/srv/hubdeploy/homes" in compose["services"]["hub"]["volumes"]
     assert "/global/homes:/global/homes" in compose["services"]["slurm-c1"]["volumes"]
+
+
+def test_publishing_a_known_account_again_rewrites_nothing(tmp_path):
+    carol = Identity("carol", "carol", 31001, 31001, "/home/carol")
+    write_nss(tmp_path, [carol])
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    write_nss(tmp_path, [carol])
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == before
