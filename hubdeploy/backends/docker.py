@@ -100,6 +100,11 @@ class DockerBackend(Backend):
         self._executor = ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="hubdeploy-docker")
         # An image's /etc/passwd and /etc/group, read once per image (they never change).
         self._etc_cache: dict[str, tuple[str, str]] = {}
+        # Engine API requests made, in all (engine_calls) and by each worker thread (a
+        # start runs in one thread from end to end, so its own count is a difference).
+        self.engine_calls = 0
+        self._count_lock = threading.Lock()
+        self._thread_calls = threading.local()
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -107,9 +112,20 @@ class DockerBackend(Backend):
         """A new SDK client. Connects to the engine (API version negotiation)."""
         timeout = self.config.timeout
         url = self.config.docker_url
-        if url:
-            return docker.DockerClient(base_url=url, timeout=timeout)
-        return docker.from_env(timeout=timeout)
+        client = docker.DockerClient(base_url=url, timeout=timeout) if url else docker.from_env(timeout=timeout)
+        client.api.hooks["response"].append(self._count_call)
+        return client
+
+    def _count_call(self, response, *args, **kwargs):
+        """requests' response hook: one more engine API call (for the start's log line)."""
+        with self._count_lock:
+            self.engine_calls += 1
+        self._thread_calls.n = getattr(self._thread_calls, "n", 0) + 1
+        return response
+
+    def _calls_here(self) -> int:
+        """Engine API calls this worker thread has made so far."""
+        return getattr(self._thread_calls, "n", 0)
 
     def client(self) -> docker.DockerClient:
         """The shared client, created on first use; call from a worker thread only."""
@@ -158,51 +174,66 @@ class DockerBackend(Backend):
         return host, spec.port
 
     def _start_sync(self, spec: ServerSpec, state: dict[str, Any], name: str, host: str) -> None:
+        # Three engine calls in the usual case (create, put_archive, start): no image or
+        # name look-up beforehand, since create answers both (404 no such image, 409 name in
+        # use), and no inspect after it (the low-level API returns the id, all start needs).
+        calls = self._calls_here()
         client = self.client()
+        api = client.api
         image = spec.profile["image_ref"]
+        mounts = self._mounts(client, spec, state)
+        state["phase"] = "create"
+        create = functools.partial(api.create_container, image, **self._create_args(api, spec, mounts, name, host))
         try:
-            client.images.get(image)
+            try:
+                created = create()
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise
+                # Never adopted (see Backend.start): start fresh; the home keeps the data.
+                self.log.info("removing stale container %s", name)
+                api.remove_container(name, force=True)
+                created = create()
         except docker.errors.ImageNotFound:
             # No registry to pull from: images only come from `hubdeploy up`.
             raise BackendError(f"image {image} is not on this Docker engine; run `hubdeploy up`") from None
-        try:
-            old = client.containers.get(name)
-        except docker.errors.NotFound:
-            old = None
-        if old is not None:
-            # Never adopted (see Backend.start): start fresh; the home volume keeps the data.
-            self.log.info("removing stale container %s (%s)", name, old.status)
-            old.remove(force=True)
-
-        mounts = self._mounts(client, spec, state)
-        kwargs: dict[str, Any] = self._as_user(spec)
-        if spec.profile.get("cpu"):
-            kwargs["nano_cpus"] = int(float(spec.profile["cpu"]) * 1e9)
-        if spec.profile.get("mem_limit"):
-            kwargs["mem_limit"] = int(spec.profile["mem_limit"])
-        aliases = [host]
-        # Docker's init (tini) as PID 1: reaps kernels' orphaned children and turns
-        # SIGTERM into a prompt exit for servers that never installed a handler.
-        kwargs["init"] = self.config.init
-        state["phase"] = "create"
-        container = client.containers.create(
-            image,
-            command=list(spec.cmd),
-            name=name,
-            environment={**spec.env, **self._user_env(spec)},
-            labels=self.labels(spec),
-            mounts=mounts,
-            network=self.network,
-            networking_config={self.network: client.api.create_endpoint_config(aliases=aliases)},
-            detach=True,
-            **kwargs,
-        )
+        container_id = created["Id"]
         # Recorded before start: a failed start is followed by stop(state), which removes it.
-        state.update(container_id=container.id, phase="start")
+        state.update(container_id=container_id, phase="start")
         if spec.identity is not None:
-            self._add_account(client, container, image, spec.identity)
-        container.start()
+            self._add_account(api, container_id, image, spec.identity)
+        api.start(container_id)
         state["phase"] = "started"
+        self.log.info("started %s in %d engine API calls", name, self._calls_here() - calls)
+
+    def _create_args(self, api, spec: ServerSpec, mounts: list[Mount], name: str, host: str) -> dict[str, Any]:
+        """Keyword arguments of the low-level ``create_container`` for ``spec``."""
+        host_kwargs: dict[str, Any] = {
+            "mounts": mounts,
+            "network_mode": self.network,
+            # Docker's init (tini) as PID 1: reaps kernels' orphaned children and turns
+            # SIGTERM into a prompt exit for servers that never installed a handler.
+            "init": self.config.init,
+        }
+        if spec.profile.get("cpu"):
+            host_kwargs["nano_cpus"] = int(float(spec.profile["cpu"]) * 1e9)
+        if spec.profile.get("mem_limit"):
+            host_kwargs["mem_limit"] = int(spec.profile["mem_limit"])
+        ident = spec.identity
+        if ident is not None and ident.groups:
+            host_kwargs["group_add"] = [str(g.gid) for g in ident.groups]
+        return {
+            "command": list(spec.cmd),
+            "name": name,
+            "environment": {**spec.env, **self._user_env(spec)},
+            "labels": self.labels(spec),
+            "detach": True,
+            "host_config": api.create_host_config(**host_kwargs),
+            "networking_config": api.create_networking_config(
+                {self.network: api.create_endpoint_config(aliases=[host])}
+            ),
+            **self._as_user(spec),
+        }
 
     def _mounts(self, client: docker.DockerClient, spec: ServerSpec, state: dict[str, Any]) -> list[Mount]:
         mounts = []
@@ -219,15 +250,12 @@ class DockerBackend(Backend):
         return mounts
 
     def _as_user(self, spec: ServerSpec) -> dict[str, Any]:
-        """Who the server runs as, and its limits."""
-        kwargs: dict[str, Any] = {}
+        """Who the server runs as and where it starts (its supplementary groups are host
+        config: see _create_args)."""
         ident = spec.identity
-        if ident is not None:
-            kwargs["user"] = f"{ident.uid}:{ident.gid}"
-            if ident.groups:
-                kwargs["group_add"] = [str(g.gid) for g in ident.groups]
-            kwargs["working_dir"] = self._home(spec) or "/tmp"
-        return kwargs
+        if ident is None:
+            return {}
+        return {"user": f"{ident.uid}:{ident.gid}", "working_dir": self._home(spec) or "/tmp"}
 
     def _home(self, spec: ServerSpec) -> str | None:
         """Where the server's home is: the user's own in the homes mount, the one-account
@@ -244,23 +272,21 @@ class DockerBackend(Backend):
             return {}
         return {"USER": ident.name, "LOGNAME": ident.name, "HOME": self._home(spec) or "/tmp"}
 
-    def _add_account(self, client: docker.DockerClient, container, image: str, ident) -> None:
+    def _add_account(self, api, container_id: str, image: str, ident) -> None:
         """The user's passwd and group lines in the created container (see accounts)."""
         texts = self._etc_cache.get(image)
         if texts is None:
-            texts = tuple(accounts.read_archive_file(container.get_archive(path)[0], path.rsplit("/", 1)[1])
+            texts = tuple(accounts.read_archive_file(api.get_archive(container_id, path)[0], path.rsplit("/", 1)[1])
                           for path in ("/etc/passwd", "/etc/group"))
             self._etc_cache[image] = texts
         merged = accounts.with_account(texts[0], texts[1], ident)
         if merged is not None:
-            container.put_archive("/", accounts.etc_archive(*merged))
+            api.put_archive(container_id, "/", accounts.etc_archive(*merged))
 
     def _ensure_home(self, client: docker.DockerClient, user: str) -> str:
+        # Creating a volume that exists returns it unchanged: one call, no look-up first.
         name = names.home_volume(self.prefix, user)
-        try:
-            client.volumes.get(name)
-        except docker.errors.NotFound:
-            client.volumes.create(name, labels={LABEL_SITE: self.site, LABEL_USER: user})
+        client.api.create_volume(name, labels={LABEL_SITE: self.site, LABEL_USER: user})
         return name
 
     # -- stop / poll ------------------------------------------------------------------
@@ -277,12 +303,17 @@ class DockerBackend(Backend):
             ) from exc
 
     def _stop_sync(self, state: dict[str, Any]) -> None:
-        container = self._find(state)
-        if container is None:
-            return
+        # By id straight away (no inspect first); a name alone is looked up and checked.
+        target = state.get("container_id")
+        if not target:
+            container = self._find(state)
+            if container is None:
+                return
+            target = container.id
+        api = self.client().api
         try:
-            container.stop(timeout=self.config.stop_timeout)
-            container.remove(force=True)
+            api.stop(target, timeout=self.config.stop_timeout)
+            api.remove_container(target, force=True)
         except docker.errors.NotFound:
             pass  # gone meanwhile: that is what we wanted
         except docker.errors.APIError as exc:

@@ -9,6 +9,7 @@ named ``hubdeploy-test-<random>...`` and removed by the module's finalizer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import shutil
@@ -30,6 +31,7 @@ from hubdeploy.backends.base import (
 )
 from hubdeploy.backends.docker import DockerBackend
 from hubdeploy.contract import names
+from hubdeploy.contract.identity import Identity
 
 pytestmark = pytest.mark.integration
 
@@ -311,3 +313,37 @@ def test_unreachable_engine_is_unknown_never_stopped(client, env, tmp_path):
         assert run(backend.poll(state)) == Running()  # it was running all along
     finally:
         run(backend.stop(state))
+
+
+def test_a_start_costs_three_engine_calls(client, env):
+    """create, put_archive (the account) and start: no look-up of the image, the name or
+    the container before or after, and the image's /etc files read only once. Counted
+    at the SDK's HTTP session, so every request to the engine counts."""
+    backend = make_backend(env)
+    states = []
+    try:
+        counts = []
+        for user in ("calls-a", "calls-b"):
+            ident = Identity(user=user, name=user, uid=23456 + len(counts), gid=23456 + len(counts),
+                             home=f"/home/{user}")
+            spec = dataclasses.replace(make_spec(env, user, home=False, volumes=[]), identity=ident)
+            state: dict = {}
+            states.append(state)
+            before = backend.engine_calls
+            run(backend.start(spec, state))
+            counts.append(backend.engine_calls - before)
+            # The account is in the container: the server runs as it, by name.
+            code, out = client.containers.get(state["container_id"]).exec_run(["id", "-un"])
+            assert (code, out.strip()) == (0, user.encode())
+        # The first start also read the image's /etc/passwd and /etc/group; every later
+        # one only the three.
+        assert counts[1] == 3, counts
+        assert counts[0] > 3, counts
+        before = backend.engine_calls
+        run(backend.stop(states[1]))
+        assert backend.engine_calls - before == 2  # stop and remove, by id
+        assert_removed(client, states[1]["container_id"])
+    finally:
+        for state in states:
+            run(backend.stop(state))
+        run(backend.close())

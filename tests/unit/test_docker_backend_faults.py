@@ -26,8 +26,22 @@ class FakeContainers:
         return self.outcome
 
 
+class FakeAPI:
+    """The low-level API: stop and remove by id answer with the outcome's error, if any."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    def stop(self, container_id, timeout=None):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+
+    remove_container = stop
+
+
 class FaultyBackend(DockerBackend):
-    """The engine answers every container lookup with ``outcome`` (a container or an error)."""
+    """The engine answers every container lookup (and stop) with ``outcome`` (a container
+    or an error)."""
 
     def __init__(self, outcome, client_error=None):
         super().__init__(CONFIG)
@@ -39,7 +53,7 @@ class FaultyBackend(DockerBackend):
         self.clients_made += 1
         if self.client_error is not None:
             raise self.client_error
-        return SimpleNamespace(containers=FakeContainers(self.outcome))
+        return SimpleNamespace(containers=FakeContainers(self.outcome), api=FakeAPI(self.outcome))
 
 
 def _response(code):
