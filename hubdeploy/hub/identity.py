@@ -96,19 +96,27 @@ class AutoSource(IdentitySource):
                                 f"{type(exc).__name__}; restore the file from a backup") from None
 
     async def lookup(self, user: str) -> Identity:
+        # The file's read and its fsync'd write run in a thread: on a busy disk a write
+        # takes tens of milliseconds, and in a storm of first starts each of them would
+        # stop every other request the hub is serving (the lock keeps them in order).
         async with self._lock:
-            data = self._load()
-            uid = data["users"].get(user)
-            if uid is None:
-                uid = max(data["next_uid"], self.uid_min)
-                if uid > self.uid_max:
-                    raise IdentityError(f"identity source 'auto' has no uid left for {user!r} "
-                                        f"(range {self.uid_min}-{self.uid_max} used up)")
-                data["users"][user] = uid
-                data["next_uid"] = uid + 1
-                write_atomic(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), 0o600)
+            uid = await asyncio.to_thread(self._allocate, user)
         name = account_name(user, uid)
         return check(Identity(user=user, name=name, uid=uid, gid=uid, home=self.home(name)), self.describe())
+
+    def _allocate(self, user: str) -> int:
+        """The user's uid, allocated (and written down) at their first start."""
+        data = self._load()
+        uid = data["users"].get(user)
+        if uid is None:
+            uid = max(data["next_uid"], self.uid_min)
+            if uid > self.uid_max:
+                raise IdentityError(f"identity source 'auto' has no uid left for {user!r} "
+                                    f"(range {self.uid_min}-{self.uid_max} used up)")
+            data["users"][user] = uid
+            data["next_uid"] = uid + 1
+            write_atomic(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), 0o600)
+        return uid
 
     def describe(self) -> str:
         return f"auto (uids {self.uid_min}-{self.uid_max})"
