@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 from jupyterhub.spawner import Spawner
@@ -41,6 +42,8 @@ except ImportError:  # pragma: no cover - older hubs: a plain HTTPError carries 
 QUEUE_POLL = 5.0
 # Margin of JupyterHub's own start timeout over the spawner's (see _widen_start_timeout).
 OUTER_MARGIN = 60
+# Bounds of the interval between connection attempts to a starting server (seconds).
+LISTEN_POLL_MIN, LISTEN_POLL_MAX = 0.05, 0.5
 
 
 def refused(message: str, status: int = 400, reason: str = "user_options") -> web.HTTPError:
@@ -88,6 +91,21 @@ def waiting_message(ahead: int, limit: int) -> str:
     """What a user whose start waits for its turn reads in the progress stream."""
     return (f"waiting: {ahead} starts ahead (this hub starts {limit} servers at a time; "
             f"waiting does not count against the start timeout)")
+
+
+def listen_poll_interval(elapsed: float) -> float:
+    """Seconds between connection attempts to a starting server, ``elapsed`` s into the
+    wait: 50 ms for the first second, then a twentieth of the time so far (a server
+    that took 10 s is found at most 5% later), never more than 0.5 s."""
+    return min(LISTEN_POLL_MAX, max(LISTEN_POLL_MIN, elapsed / 20))
+
+
+async def _resolve(host: str, port: int) -> str:
+    """The first address of ``host``."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"no address for {host}")
+    return infos[0][4][0]
 
 
 def _state_changes(state: dict[str, Any]):
@@ -440,18 +458,28 @@ class HubdeploySpawner(Spawner):
         (default ``http_timeout``).
 
         JupyterHub's own readiness check backs off exponentially (0.2, 0.4, 0.8, 1.6 s...),
-        which alone added about a second to every spawn; a 50 ms connect loop here lets
-        its first check succeed. Waiting here, inside ``start()``, also puts the slow part
+        which alone added about a second to every spawn; a connect loop here lets its
+        first check succeed. Waiting here, inside ``start()``, also puts the slow part
         (the server importing) under a progress-aware clock (:meth:`_await_listening`), so
         JupyterHub's ``http_timeout`` then only covers an HTTP answer from a server that
         already listens.
+
+        The name is resolved once (a lookup is a thread of the hub's default pool and a
+        query to the engine's DNS), then the address is tried every
+        :func:`listen_poll_interval` seconds: 50 ms at first, longer as the start takes
+        longer, so a storm of slow starts does not keep the hub busy with connects.
         """
-        deadline = asyncio.get_running_loop().time() + (self.http_timeout if timeout is None else timeout)
-        while asyncio.get_running_loop().time() < deadline:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + (self.http_timeout if timeout is None else timeout)
+        address = None
+        while loop.time() < deadline:
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1)
+                if address is None:
+                    address = await _resolve(host, port)
+                _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout=1)
             except (OSError, asyncio.TimeoutError):
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(listen_poll_interval(loop.time() - started))
                 continue
             writer.close()
             return True

@@ -305,3 +305,27 @@ def test_start_returns_once_the_server_listens(make_spawner):
     t0 = time.monotonic()
     run(spawner._wait_listening("127.0.0.1", port))
     assert time.monotonic() - t0 < 3
+
+
+def test_listen_poll_interval_grows_with_the_wait_within_bounds():
+    from hubdeploy.hub.spawner import LISTEN_POLL_MAX, LISTEN_POLL_MIN, listen_poll_interval
+
+    assert listen_poll_interval(0) == LISTEN_POLL_MIN == listen_poll_interval(1)
+    assert listen_poll_interval(4) == pytest.approx(0.2)  # a twentieth of the wait so far
+    assert listen_poll_interval(60) == LISTEN_POLL_MAX
+    waits = [listen_poll_interval(t / 10) for t in range(0, 300)]
+    assert waits == sorted(waits)
+
+
+def test_wait_listening_resolves_a_name(make_spawner):
+    """A server's DNS name (as backends return) is looked up, then its address connected to."""
+    import socket
+
+    family, _, _, _, address = socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)[0]
+    listener = socket.socket(family)
+    listener.bind((address[0], 0))
+    listener.listen()
+    try:
+        assert run(make_spawner(http_timeout=5)._wait_listening("localhost", listener.getsockname()[1])) is True
+    finally:
+        listener.close()
