@@ -56,6 +56,12 @@ if hub["database"].get("password_file"):
     _pw = quote(read_secret(hub["database"]["password_file"]), safe="")
     c.JupyterHub.db_url = urlunsplit(_u._replace(netloc=f"{_u.username}:{_pw}@{_u.hostname}:{_u.port}"))
 
+if c.JupyterHub.db_url.startswith("sqlite:"):
+    # Commits without an fsync each: JupyterHub commits on its event loop (hubdeploy.hub.db).
+    from hubdeploy.hub.db import fast_sqlite_commits
+
+    fast_sqlite_commits()
+
 # -- authentication -------------------------------------------------------------------
 auth = hub["authenticator"]
 c.JupyterHub.authenticator_class = auth["class"]
