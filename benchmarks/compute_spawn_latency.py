@@ -51,8 +51,8 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ADMIN, IMPORT_PROBE, SERVER_APP, SINGLEUSER, kernel_round_trip, pct, wait_http
 from benchhomes import remove_home
-from spawn_latency import ADMIN, IMPORT_PROBE, SERVER_APP, SINGLEUSER, kernel_round_trip, pct, wait_http
 
 from hubdeploy import stack
 from hubdeploy.backends.slurm_script import JobOptions, job_options

@@ -13,95 +13,32 @@ site whose authenticator is the dummy one (``make up`` brings up the example sit
 
 from __future__ import annotations
 
-import argparse
 import json
-import secrets
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import docker
-import requests
+from _common import (
+    SERVER_APP,
+    SINGLEUSER,
+    extra_import,
+    floor_start,
+    image_import_seconds,
+    kernel_round_trip,
+    open_site,
+    pct,
+    remove_floor_containers,
+    remove_users,
+    site_args,
+)
 
-from benchhomes import remove_home
-
-from hubdeploy import stack
 from hubdeploy.smoke.hubclient import HubClient
-from hubdeploy.smoke.kernel import ServerClient
-
-ADMIN = "admin"
-
-# jupyterhub-singleuser (jupyter server plus JupyterHub's extension, which imports much of
-# JupyterHub), the floor plain jupyter server. Measured beside the runs, so the report can
-# say how much of the difference is that program's own start and not hubdeploy's path.
-IMPORT_PROBE = "import sys, time; t = time.perf_counter(); __import__(sys.argv[1]); print(time.perf_counter() - t)"
-SINGLEUSER, SERVER_APP = "jupyterhub.singleuser", "jupyter_server.serverapp"
 
 
-def extra_import(import_seconds, repeat: int = 5) -> float:
-    """p50 of (import SINGLEUSER - import SERVER_APP), each pair timed back to back."""
-    return pct([import_seconds(SINGLEUSER) - import_seconds(SERVER_APP) for _ in range(repeat)], 0.5)
-
-
-def image_import_seconds(client, image: str, module: str) -> float:
-    """How long the image's notebook Python takes to import ``module`` (timed inside)."""
-    out = client.containers.run(image, ["python3", "-c", IMPORT_PROBE, module], remove=True, user="1000")
-    return float(out.decode().split()[-1])
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    if not values:
-        return float("nan")
-    k = (len(values) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (k - lo)
-
-
-def kernel_round_trip(server_url: str, token: str) -> float:
-    t0 = time.monotonic()
-    client = ServerClient(server_url, token)
-    kid = client.start_kernel("python3")
-    out, err = client.execute(kid, "print(5 * 4)", timeout=60)
-    elapsed = time.monotonic() - t0
-    client.delete_kernel(kid)
-    if err or out.strip() != "20":
-        raise RuntimeError(f"kernel check failed: {out!r} {err!r}")
-    return elapsed
-
-
-def wait_http(url: str, headers: dict, limit: float = 120) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, headers=headers, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(url)
-
-
-def floor_once(client, image: str, network: str, prefix: str) -> tuple[float, float]:
-    token = secrets.token_hex(16)
-    name = f"{prefix}-bench-floor-{secrets.token_hex(4)}"
-    t0 = time.monotonic()
-    c = client.containers.run(
-        image,
-        ["jupyter", "server", "--ip=0.0.0.0", "--port=8888", "--no-browser"],
-        name=name, network=network, detach=True, remove=False,
-        environment={"JUPYTER_TOKEN": token},
-    )
-    try:
-        c.reload()
-        ip = c.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
-        base = f"http://{ip}:8888/"
-        wait_http(base + "api/status", {"Authorization": f"token {token}"})
-        ready = time.monotonic() - t0
-        return ready, ready + kernel_round_trip(base, token)
-    finally:
-        c.remove(force=True)
+def floor_once(bench) -> tuple[float, float]:
+    r = floor_start(bench, "bench")
+    return r["ready"], r["first_result"]
 
 
 def hub_once(admin: HubClient, base_url: str, user: str, profile: str) -> tuple[float, float]:
@@ -151,26 +88,13 @@ def summary(label: str, hub: tuple, floor: tuple) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--site", default="config/example/site.yaml")
+    ap = site_args(__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=8, help="spawns at concurrency 1")
     ap.add_argument("--rounds10", type=int, default=2, help="rounds of 10 concurrent spawns")
-    ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
 
-    prep = stack.prepare(Path(args.site))
-    if prep.site.hub.authenticator.class_ != "dummy":
-        print("the benchmark logs users in through the dummy authenticator's form", file=sys.stderr)
-        return 2
-    profile = next((p for p in prep.site.profiles if p.default), prep.site.profiles[0])
-    image = prep.plans[profile.image].ref
-    network = f"{prep.project}-users"
-    client = docker.from_env()
-
-    admin = HubClient(prep.url)
-    admin.login(ADMIN, str(prep.site.hub.authenticator.config.get("password", "")))
-    admin_token, _ = admin.create_token(ADMIN, scopes=None, expires_in=3600, note="benchmark")
-    api = HubClient(prep.url, token=admin_token)
+    bench = open_site(args.site, token_seconds=3600)
+    api, profile = bench.api, bench.profile
     users = [f"bench-{i}" for i in range(10)]
     for u in users:
         api.create_user(u)
@@ -180,22 +104,16 @@ def main() -> int:
     results = []
     try:
         # Warm both paths once so the first sample is not an outlier from cold caches.
-        floor_once(client, image, network, prep.project)
-        hub_once(api, prep.url, users[0], profile.name)
+        floor_once(bench)
+        hub_once(api, bench.prep.url, users[0], profile.name)
         for conc, repeat in ((1, args.repeat), (10, args.rounds10)):
-            floor = run_rounds(lambda i: floor_once(client, image, network, prep.project), conc, repeat)
-            hub = run_rounds(lambda i: hub_once(api, prep.url, users[i], profile.name), conc, repeat)
+            floor = run_rounds(lambda i: floor_once(bench), conc, repeat)
+            hub = run_rounds(lambda i: hub_once(api, bench.prep.url, users[i], profile.name), conc, repeat)
             results.append(summary(f"concurrency {conc}", hub, floor))
-        extra = extra_import(lambda m: image_import_seconds(client, image, m))
+        extra = extra_import(lambda m: image_import_seconds(bench.client, bench.image, m))
     finally:
-        for u in users:
-            try:
-                api.delete_user(u)
-            except Exception:
-                pass
-            remove_home(client, prep, u)
-        for c in client.containers.list(all=True, filters={"name": f"{prep.project}-bench-floor"}):
-            c.remove(force=True)
+        remove_users(bench, users)
+        remove_floor_containers(bench, "bench")
 
     for r in results:
         for what in ("ready", "first_result"):

@@ -10,56 +10,65 @@ container. At each level the floor and the hub run one after the other (interlea
 floor first), so both see the same machine. While the hub storm runs, a sampler times
 GET /hub/api/user every 0.25 s: the hub's responsiveness under the storm.
 
+What each start costs, per level: the hub container's CPU seconds over the storm (cgroup
+cpuacct) divided by N; the engine API calls of each start (the docker backend logs them
+with every start); and each notebook container's CPU seconds by its first kernel result,
+jupyterhub-singleuser's against plain jupyter server's (the floor's).
+
+With the largest level's servers still running: `docker restart` of the proxy (seconds
+until every server answers through it again) and of the hub (seconds until the hub
+reports every server ready and every one answers through the proxy), both timed from
+the moment `docker restart` returns.
+
 Reports failures, p50, p95, max and the hub/floor ratios per level, and writes JSON to
 benchmarks/results/spawn_storm.json. Loads only the stack's own containers on loopback;
 every loop is bounded in count and time; removes its users, their homes and its
 containers. Needs a running site whose authenticator is the dummy one.
 
-    python benchmarks/spawn_storm.py --site SITE.yaml [--levels 10,50,100]
+    python benchmarks/spawn_storm.py --site SITE.yaml [--levels 10,50,100] [--no-restarts]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import secrets
+import os
+import re
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
-import docker
 import requests
+from _common import (
+    RESULTS,
+    SERVER_APP,
+    SINGLEUSER,
+    Bench,
+    cpu_seconds,
+    extra_import,
+    floor_start,
+    hub_container,
+    image_import_seconds,
+    kernel_round_trip,
+    open_site,
+    proxy_container,
+    ratio,
+    remove_floor_containers,
+    remove_users,
+    site_args,
+    stats,
+)
 
-from benchhomes import remove_home
-from spawn_latency import ADMIN, kernel_round_trip, pct, wait_http
-
-from hubdeploy import stack
+from hubdeploy.contract import names
 from hubdeploy.smoke.hubclient import HubClient
 
 SERVER = "storm"
-RESULTS = Path(__file__).parent / "results" / "spawn_storm.json"
 SAMPLE_EVERY = 0.25
-
-
-def floor_start(client, image: str, network: str, prefix: str, limit: float) -> tuple[float, float]:
-    """(seconds to /api/status, seconds to the first kernel result) of one plain server."""
-    token = secrets.token_hex(16)
-    t0 = time.monotonic()
-    c = client.containers.run(
-        image, ["jupyter", "server", "--ip=0.0.0.0", "--port=8888", "--no-browser"],
-        name=f"{prefix}-storm-floor-{secrets.token_hex(4)}", network=network, detach=True,
-        environment={"JUPYTER_TOKEN": token},
-    )
-    try:
-        c.reload()
-        base = f"http://{c.attrs['NetworkSettings']['Networks'][network]['IPAddress']}:8888/"
-        wait_http(base + "api/status", {"Authorization": f"token {token}"}, limit=limit)
-        ready = time.monotonic() - t0
-        return ready, ready + kernel_round_trip(base, token)
-    finally:
-        c.remove(force=True)
+IDLE_SAMPLE = 5.0  # seconds of the hub's idle CPU measured before each storm
+# The docker backend's line for each start (hubdeploy/backends/docker.py).
+ENGINE_CALLS = re.compile(r"started \S+ in (\d+) engine API calls")
 
 
 class StormUser:
@@ -69,21 +78,33 @@ class StormUser:
         self.name = name
         session = HubClient(url)
         session.login(name, "")
-        self.token, _ = session.create_token(name, scopes=None, expires_in=3600, note="spawn storm")
+        self.token, _ = session.create_token(name, scopes=None, expires_in=7200, note="spawn storm")
         session.close()
         self.api = HubClient(url, token=self.token, request_timeout=120)
 
-    def start(self, profile: str, limit: float) -> tuple[float, float]:
-        """(seconds to ready, seconds to the first kernel result) from the spawn request."""
+    def start(self, bench: Bench, limit: float) -> dict:
+        """Seconds from the spawn request to ready and to the first kernel result, and the
+        server container's CPU seconds by then."""
         t0 = time.monotonic()
-        self.api.api("POST", f"users/{self.name}/servers/{SERVER}", json={"profile": profile}, ok=(201, 202))
+        self.api.api("POST", f"users/{self.name}/servers/{SERVER}", json={"profile": bench.profile.name},
+                     ok=(201, 202))
         self.api.wait_ready(self.name, SERVER, t0 + limit)
         ready = time.monotonic() - t0
-        return ready, ready + kernel_round_trip(self.api.server_url(self.name, SERVER), self.token)
+        first = ready + kernel_round_trip(self.api.server_url(self.name, SERVER), self.token)
+        container = bench.client.containers.get(names.container_name(bench.project, self.name, SERVER))
+        return {"ready": ready, "first_result": first, "cpu_s": cpu_seconds(container.id)}
+
+    def answers(self) -> bool:
+        """True when the server answers /api/status through the proxy."""
+        try:
+            return requests.get(self.api.server_url(self.name, SERVER) + "api/status", timeout=5,
+                                headers={"Authorization": f"token {self.token}"}).status_code == 200
+        except requests.RequestException:
+            return False
 
 
-def storm(fn, n: int, limit: float) -> tuple[list[float], list[float], list[str], float]:
-    """Run ``fn(i)`` for i < n at once; (ready, first result, failures, wall seconds)."""
+def storm(fn, n: int, limit: float) -> tuple[list[dict], list[str], float]:
+    """Run ``fn(i)`` for i < n at once; (results, failures, wall seconds)."""
     barrier = threading.Barrier(n)
 
     def one(i):
@@ -97,10 +118,9 @@ def storm(fn, n: int, limit: float) -> tuple[list[float], list[float], list[str]
     with ThreadPoolExecutor(n) as pool:
         results = list(pool.map(one, range(n), timeout=limit + 120))
     wall = time.monotonic() - t0
-    ready = [r[0] for r in results if not isinstance(r, Exception)]
-    total = [r[1] for r in results if not isinstance(r, Exception)]
+    ok = [r for r in results if not isinstance(r, Exception)]
     failures = [f"{type(r).__name__}: {str(r)[:300]}" for r in results if isinstance(r, Exception)]
-    return ready, total, failures, wall
+    return ok, failures, wall
 
 
 class Sampler(threading.Thread):
@@ -130,24 +150,97 @@ class Sampler(threading.Thread):
                 self.done.wait(SAMPLE_EVERY)
 
 
-def stats(values: list[float]) -> dict:
-    return {"p50": round(pct(values, 0.5), 3), "p95": round(pct(values, 0.95), 3),
-            "max": round(max(values), 3) if values else float("nan"), "n": len(values)}
+class HubMeter:
+    """The hub container's CPU seconds and its start log lines over one storm."""
+
+    def __init__(self, bench: Bench):
+        self.hub = hub_container(bench)
+        self.since = datetime.now(timezone.utc)
+        self.cpu0 = cpu_seconds(self.hub.id)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.hub.id) - self.cpu0
+
+    def idle_rate(self, seconds: float = IDLE_SAMPLE) -> float:
+        """The hub's CPU seconds per second with nothing starting (its periodic work: route
+        checks, metrics), so that a longer storm is not charged for it per start."""
+        cpu0, t0 = cpu_seconds(self.hub.id), time.monotonic()
+        time.sleep(seconds)
+        return (cpu_seconds(self.hub.id) - cpu0) / (time.monotonic() - t0)
+
+    def engine_calls(self) -> list[int]:
+        """Engine API calls of each start since the meter was made (from the hub's log)."""
+        text = self.hub.logs(since=self.since, stdout=True, stderr=True).decode(errors="replace")
+        return [int(m.group(1)) for m in ENGINE_CALLS.finditer(text)]
 
 
-def ratio(a: float, b: float) -> float:
-    return round(a / b, 2) if b else float("nan")
+def run_level(bench: Bench, users: list[StormUser], n: int, limit: float) -> dict:
+    floor = storm(lambda i: floor_start(bench, "storm", limit), n, limit)
+    sampler = Sampler(bench.prep.url, bench.admin_token, limit + 300)
+    idle = HubMeter(bench).idle_rate()
+    meter = HubMeter(bench)
+    sampler.start()
+    try:
+        hub = storm(lambda i: users[i].start(bench, limit), n, limit)
+    finally:
+        sampler.done.set()
+        sampler.join(timeout=60)
+    hub_cpu = meter.cpu()
+    return level_summary(n, hub, floor, sampler, (hub_cpu, idle), meter.engine_calls())
 
 
-def level_summary(n: int, hub, floor, api_latency: Sampler) -> dict:
-    out = {"level": n, "hub_failures": hub[2], "floor_failures": floor[2],
-           "hub_wall_s": round(hub[3], 2), "floor_wall_s": round(floor[3], 2),
-           "hub_api_user_latency": {**stats(api_latency.latencies), "errors": api_latency.errors}}
-    for i, what in enumerate(("ready", "first_result")):
-        h, f = stats(hub[i]), stats(floor[i])
-        out[what] = {"hub": h, "floor": f,
-                     "ratio": {q: ratio(h[q], f[q]) for q in ("p50", "p95", "max")}}
+def level_summary(n: int, hub, floor, sampler: Sampler, hub_cpu: tuple[float, float], calls: list[int]) -> dict:
+    """One level's numbers; ``hub_cpu`` is (CPU seconds over the storm, idle CPU rate)."""
+    cpu, idle = hub_cpu
+    out = {"level": n, "hub_failures": hub[1], "floor_failures": floor[1],
+           "hub_wall_s": round(hub[2], 2), "floor_wall_s": round(floor[2], 2),
+           "hub_api_user_latency": {**stats(sampler.latencies), "errors": sampler.errors},
+           "per_start": {
+               "hub_cpu_s": round(cpu / n, 3),
+               "hub_cpu_above_idle_s": round((cpu - idle * hub[2]) / n, 3),
+               "engine_api_calls": {"p50": stats(calls)["p50"], "max": max(calls, default=None), "n": len(calls)},
+               "server_cpu_s": {"hub": stats([r["cpu_s"] for r in hub[0]])["p50"],
+                                "floor": stats([r["cpu_s"] for r in floor[0]])["p50"]},
+           }}
+    for what in ("ready", "first_result"):
+        h, f = stats([r[what] for r in hub[0]]), stats([r[what] for r in floor[0]])
+        out[what] = {"hub": h, "floor": f, "ratio": {q: ratio(h[q], f[q]) for q in ("p50", "p95", "max")}}
     return out
+
+
+def until_all(users: list[StormUser], check, limit: float) -> dict:
+    """Seconds until ``check(user)`` holds for every user (each rechecked every 0.1 s until
+    it does); users still failing after ``limit`` s are named."""
+    t0 = time.monotonic()
+    pending = list(users)
+    with ThreadPoolExecutor(16) as pool:
+        while pending and time.monotonic() - t0 < limit:
+            pending = [u for u, ok in zip(pending, pool.map(check, pending)) if not ok]
+            if pending:
+                time.sleep(0.1)
+    return {"seconds": round(time.monotonic() - t0, 2), "servers": len(users),
+            "not_back": [u.name for u in pending]}
+
+
+def proxy_restart(bench: Bench, users: list[StormUser], limit: float) -> dict:
+    """`docker restart` of the proxy, then seconds until every server answers through it."""
+    proxy_container(bench).restart(timeout=10)
+    return until_all(users, StormUser.answers, limit)
+
+
+def hub_restart(bench: Bench, users: list[StormUser], limit: float) -> dict:
+    """`docker restart` of the hub, then seconds until it reports every server ready and
+    every one answers through the proxy."""
+    hub_container(bench).restart(timeout=30)
+
+    def back(u: StormUser) -> bool:
+        try:
+            model = bench.api.server_model(u.name, SERVER)
+        except Exception:  # noqa: BLE001 - the hub is still starting
+            return False
+        return bool(model and model.get("ready")) and u.answers()
+
+    return until_all(users, back, limit)
 
 
 def stop_all(users: list[StormUser], limit: float) -> None:
@@ -162,69 +255,57 @@ def stop_all(users: list[StormUser], limit: float) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--site", default="config/example/site.yaml")
+    ap = site_args(__doc__.splitlines()[0])
+    ap.set_defaults(json_out=str(RESULTS / "spawn_storm.json"))
     ap.add_argument("--levels", default="10,50,100", help="concurrency levels, comma-separated")
     ap.add_argument("--limit", type=float, default=900, help="seconds one start may take before it counts as failed")
-    ap.add_argument("--json", dest="json_out", default=str(RESULTS))
+    ap.add_argument("--no-restarts", dest="restarts", action="store_false",
+                    help="skip the hub and proxy restarts with the largest level's servers running")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",") if x.strip()]
     if not levels or min(levels) < 1 or max(levels) > 500:
         print("--levels: whole numbers from 1 to 500", file=sys.stderr)
         return 2
 
-    prep = stack.prepare(Path(args.site))
-    if prep.site.hub.authenticator.class_ != "dummy":
-        print("the benchmark logs users in through the dummy authenticator's form", file=sys.stderr)
-        return 2
-    profile = next((p for p in prep.site.profiles if p.default), prep.site.profiles[0])
-    image = prep.plans[profile.image].ref
-    network = f"{prep.project}-users"
-    client = docker.from_env(timeout=300)
-
-    admin = HubClient(prep.url)
-    admin.login(ADMIN, str(prep.site.hub.authenticator.config.get("password", "")))
-    admin_token, _ = admin.create_token(ADMIN, scopes=None, expires_in=7200, note="spawn storm")
-    api = HubClient(prep.url, token=admin_token)
-    names = [f"storm-{i}" for i in range(max(levels))]
-    results = []
+    bench = open_site(args.site)
+    names_ = [f"storm-{i}" for i in range(max(levels))]
+    results, restarts = [], {}
     try:
-        for name in names:
-            api.create_user(name)
-            api.stop_server(name, SERVER, time.monotonic() + 120)  # left by an interrupted run
+        for name in names_:
+            bench.api.create_user(name)
+            bench.api.stop_server(name, SERVER, time.monotonic() + 120)  # left by an interrupted run
         with ThreadPoolExecutor(4) as pool:
-            users = list(pool.map(lambda n: StormUser(prep.url, n), names, timeout=600))
+            users = list(pool.map(lambda n: StormUser(bench.prep.url, n), names_, timeout=600))
         # Warm both paths once so the first storm does not pay for cold caches.
-        floor_start(client, image, network, prep.project, args.limit)
-        users[0].start(profile.name, args.limit)
+        floor_start(bench, "storm", args.limit)
+        users[0].start(bench, args.limit)
         stop_all(users[:1], 120)
         for n in levels:
-            floor = storm(lambda i: floor_start(client, image, network, prep.project, args.limit), n, args.limit)
-            sampler = Sampler(prep.url, admin_token, args.limit + 300)
-            sampler.start()
-            try:
-                hub = storm(lambda i: users[i].start(profile.name, args.limit), n, args.limit)
-            finally:
-                sampler.done.set()
-                sampler.join(timeout=60)
-            stop_all(users[:n], 300)
-            results.append(level_summary(n, hub, floor, sampler))
+            results.append(run_level(bench, users, n, args.limit))
             report(results[-1])
+            if args.restarts and n == max(levels):
+                running = users[:n]
+                restarts = {"servers": n, "proxy": proxy_restart(bench, running, 300),
+                            "hub": hub_restart(bench, running, 300)}
+                print(f"  with {n} servers running: every route back {restarts['proxy']['seconds']:.2f}s after a "
+                      f"proxy restart, every server ready {restarts['hub']['seconds']:.2f}s after a hub restart "
+                      f"(not back: {restarts['proxy']['not_back'] + restarts['hub']['not_back'] or 'none'})")
+            stop_all(users[:n], 300)
+        extra = extra_import(lambda m: image_import_seconds(bench.client, bench.image, m))
     finally:
-        for name in names:
-            try:
-                api.delete_user(name)
-            except Exception:  # noqa: BLE001 - best effort, and the next run retries
-                pass
-            remove_home(client, prep, name)
-        for c in client.containers.list(all=True, filters={"name": f"{prep.project}-storm-floor"}):
-            c.remove(force=True)
+        remove_users(bench, names_)
+        remove_floor_containers(bench, "storm")
 
     out = Path(args.json_out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"site": prep.site.name, "profile": profile.name,
-                               "concurrent_spawn_limit": prep.site.hub.concurrent_spawn_limit,
-                               "levels": results}, indent=2))
+    out.write_text(json.dumps({
+        "site": bench.prep.site.name, "profile": bench.profile.name,
+        "concurrent_spawn_limit": bench.prep.site.hub.concurrent_spawn_limit,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "singleuser_extra_import_s": {"p50": round(extra, 3),
+                                      "note": f"import {SINGLEUSER} minus import {SERVER_APP} in the image"},
+        "levels": results, "restarts": restarts}, indent=2))
+    print(f"jupyterhub-singleuser's extra import over jupyter server (same image): p50 {extra:.2f}s")
     print(f"wrote {out}")
     return 0
 
@@ -240,6 +321,10 @@ def report(r: dict) -> None:
     lat = r["hub_api_user_latency"]
     print(f"  GET /hub/api/user during the storm: p50 {lat['p50'] * 1000:.0f} ms, "
           f"p95 {lat['p95'] * 1000:.0f} ms, max {lat['max'] * 1000:.0f} ms (n={lat['n']}, errors {lat['errors']})")
+    c = r["per_start"]
+    print(f"  per start: hub CPU {c['hub_cpu_s']:.3f}s ({c['hub_cpu_above_idle_s']:.3f}s above idle), engine API calls p50 {c['engine_api_calls']['p50']} "
+          f"(max {c['engine_api_calls']['max']}, from {c['engine_api_calls']['n']} log lines), server CPU by "
+          f"its first result {c['server_cpu_s']['hub']:.2f}s (plain jupyter server {c['server_cpu_s']['floor']:.2f}s)")
     for f in r["hub_failures"] + r["floor_failures"]:
         print(f"  failure: {f}")
 
