@@ -56,6 +56,13 @@ HUB_HEALTH = (
     "sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{port}/hub/health', timeout=4).status == 200 else 1)"
 )
 HUB_API = f"http://{HUB_SERVICE}:{HUB_PORT}/hub/api"
+# CPU weight of the hub and the proxy against a container's default of 1024. In a spawn
+# storm every starting server (each at 1024) imports at full tilt, and with equal weights
+# the hub got 1/N of the CPU: its event loop stalled for up to 10 s and every request
+# waited. Weight only counts when the CPU is contended, so an idle hub takes nothing;
+# 8192 lets the hub and proxy take what they need beside eight starting servers (the
+# default concurrent_spawn_limit).
+CONTROL_PLANE_CPU_SHARES = 8192
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,7 @@ def proxy_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str,
         "volumes": volumes,
         "labels": _labels(site, mounts.hashes["proxy"]),
         "healthcheck": _healthcheck(["CMD", "node", "-e", PROXY_HEALTH.format(scheme=scheme, port=PROXY_PORT)]),
+        "cpu_shares": CONTROL_PLANE_CPU_SHARES,
         "restart": "unless-stopped",
     }
 
@@ -209,6 +217,7 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
         "labels": _labels(site, mounts.hashes["hub"]),
         "healthcheck": _healthcheck(["CMD", "python3", "-c", HUB_HEALTH.format(port=HUB_PORT)]),
         "depends_on": {PROXY_SERVICE: {"condition": "service_healthy"}},
+        "cpu_shares": CONTROL_PLANE_CPU_SHARES,
         "restart": "unless-stopped",
     }
 
