@@ -283,6 +283,7 @@ def main() -> int:
         for n in levels:
             results.append(run_level(bench, users, n, args.limit))
             report(results[-1])
+            write(Path(args.json_out), bench, results, restarts)
             if args.restarts and n == max(levels):
                 running = users[:n]
                 restarts = {"servers": n, "proxy": proxy_restart(bench, running, 300),
@@ -290,24 +291,28 @@ def main() -> int:
                 print(f"  with {n} servers running: every route back {restarts['proxy']['seconds']:.2f}s after a "
                       f"proxy restart, every server ready {restarts['hub']['seconds']:.2f}s after a hub restart "
                       f"(not back: {restarts['proxy']['not_back'] + restarts['hub']['not_back'] or 'none'})")
+                write(Path(args.json_out), bench, results, restarts)
             stop_all(users[:n], 300)
         extra = extra_import(lambda m: image_import_seconds(bench.client, bench.image, m))
     finally:
         remove_users(bench, names_)
         remove_floor_containers(bench, "storm")
 
-    out = Path(args.json_out)
+    write(Path(args.json_out), bench, results, restarts,
+          {"p50": round(extra, 3), "note": f"import {SINGLEUSER} minus import {SERVER_APP} in the image"})
+    print(f"jupyterhub-singleuser's extra import over jupyter server (same image): p50 {extra:.2f}s")
+    print(f"wrote {args.json_out}")
+    return 0
+
+
+def write(out: Path, bench: Bench, results: list[dict], restarts: dict, extra: dict | None = None) -> None:
+    """The results so far (after every level, so an interrupted run keeps what it measured)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "site": bench.prep.site.name, "profile": bench.profile.name,
         "concurrent_spawn_limit": bench.prep.site.hub.concurrent_spawn_limit,
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "singleuser_extra_import_s": {"p50": round(extra, 3),
-                                      "note": f"import {SINGLEUSER} minus import {SERVER_APP} in the image"},
-        "levels": results, "restarts": restarts}, indent=2))
-    print(f"jupyterhub-singleuser's extra import over jupyter server (same image): p50 {extra:.2f}s")
-    print(f"wrote {out}")
-    return 0
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "singleuser_extra_import_s": extra, "levels": results, "restarts": restarts}, indent=2))
 
 
 def report(r: dict) -> None:

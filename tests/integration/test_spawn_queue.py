@@ -15,6 +15,7 @@ deleted afterwards; the module's finaliser takes the stack down.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
@@ -26,7 +27,7 @@ from hubdeploy.smoke.hubclient import HubClient, escape_path
 
 pytestmark = pytest.mark.integration
 
-SITE = "hdtqueue2"
+SITE = os.environ.get("HUBDEPLOY_TEST_QUEUE_SITE", "hdtqueue2")
 SITE_YAML = """\
 name: {name}
 public: {{host: 127.0.0.1, port: {port}}}
@@ -56,7 +57,7 @@ WAITING = re.compile(r"^waiting: (\d+) starts ahead")
 def hub(tmp_path_factory):
     site_dir = tmp_path_factory.mktemp("spawnqueue")
     site_file = site_dir / "site.yaml"
-    port = free_port()
+    port = int(os.environ.get("HUBDEPLOY_TEST_QUEUE_PORT") or 0) or free_port()
     site_file.write_text(SITE_YAML.format(name=SITE, port=port, delay=DELAY))
     run_cli(site_file, "down", "--volumes", timeout=300)  # an interrupted earlier run's leftovers
     try:
