@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import sqlite3
 import tarfile
 import tempfile
@@ -100,6 +101,21 @@ def _fill_volume(client, prep, files: dict[str, Member], console) -> None:
             pass
 
 
+def _write_state(site_file: Path, backup: Backup, stack):
+    """The site file, the secrets, a new site id and the rendered files."""
+    write_atomic(site_file, backup.site_text, 0o644)
+    secrets = render.state_dir(site_file) / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(secrets, 0o700)
+    for child in secrets.iterdir():
+        child.unlink()
+    for name, m in sorted(backup.under("secrets").items()):
+        write_atomic(secrets / name, m.data, 0o644 if name.endswith(".pub") else 0o600)
+    prep = stack.prepare(site_file)
+    stack.write(prep)
+    return prep
+
+
 def restore(site_file: Path, archive: Path, *, force: bool = False, console=None) -> dict[str, Any]:
     """Restore ``archive`` into ``site_file`` (and its state directory) and the hub's
     data volume; the site directory gets a new site id (it owns the stack from now)."""
@@ -116,27 +132,31 @@ def restore(site_file: Path, archive: Path, *, force: bool = False, console=None
     volume_exists = bool(client.volumes.list(filters={"name": f"^{volume_name(site.name)}$"}))
     found = conflicts(site_file, backup, volume_exists=volume_exists, running=running)
     if running:  # never under a live stack, even with --force
-        raise OperationError(found[0], hint=f"hubdeploy --site PATH down (from its directory), then restore")
+        raise OperationError(found[0], hint="hubdeploy --site PATH down (from its directory), then restore")
     if found and not force:
         raise OperationError("restore would overwrite: " + "; ".join(found),
                              hint="pass --force to replace them with the archive's")
-    if volume_exists:
-        client.volumes.get(volume_name(site.name)).remove(force=True)
-    write_atomic(site_file, backup.site_text, 0o644)
-    secrets = render.state_dir(site_file) / "secrets"
-    secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(secrets, 0o700)
-    for child in secrets.iterdir():
-        child.unlink()
-    for name, m in sorted(backup.under("secrets").items()):
-        write_atomic(secrets / name, m.data, 0o644 if name.endswith(".pub") else 0o600)
-    prep = stack.prepare(site_file)
-    stack.write(prep)
     volume = dict(backup.under("hub-data"))
     if DATABASE in backup.members:
         db = backup.members[DATABASE]
         volume[DB_FILE] = Member(stopped_database(db.data), db.mode, db.uid, db.gid)
-    _fill_volume(client, prep, volume, console)
+    if volume_exists:
+        client.volumes.get(volume_name(site.name)).remove(force=True)
+    fresh = [p for p in (site_file, render.state_dir(site_file)) if not p.exists()]
+    try:
+        prep = _write_state(site_file, backup, stack)
+        _fill_volume(client, prep, volume, console)
+    except BaseException:
+        # Nothing half-done: what this restore created goes (a forced one's replaced
+        # files are gone either way: the archive still has them).
+        for p in fresh:
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+        for v in client.volumes.list(filters={"name": f"^{volume_name(site.name)}$"}):
+            v.remove(force=True)
+        raise
     return {"site": site.name, "site_file": str(site_file), "archive": str(archive),
             "created": backup.manifest.get("created"), "secrets": sorted(backup.under("secrets")),
             "volume_files": sorted(volume)}
