@@ -24,6 +24,7 @@ from stackfixture import diagnostics, remove_site_images, run_cli, user_session
 
 from hubdeploy.contract.layout import LABEL_OWNER_DIR
 from hubdeploy.smoke.hubclient import HubClient
+from hubdeploy.userlogs import job_output
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +124,10 @@ def test_logs_user_of_a_compute_node_server_is_its_job_output(ops):
     assert STARTUP in proc.stdout, proc.stdout
     # The file is its user's alone: the directory 0700, and another uid cannot read it.
     node = ops.container("slurm-c1")
-    path = f"/srv/hubdeploy/homes/{USER}/.hubdeploy/logs/slurm-{job}.log"
+    code, shown = ops.ctl("scontrol", "show", "job", "-o", job)
+    assert code == 0, shown
+    path = job_output(shown)["path"]
+    assert path.endswith(f"/{USER}/.hubdeploy/logs/slurm-{job}.log"), path
     out = node.exec_run(["stat", "-c", "%U %a", os.path.dirname(path), path]).output.decode().split("\n")
     assert out[0] == f"{USER} 700", out
     assert out[1].startswith(f"{USER} "), out
