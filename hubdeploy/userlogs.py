@@ -125,6 +125,8 @@ def user_logs(prep, user: str, server: str, *, follow: bool, tail: str, write: C
     try:
         if row["backend"] == "slurm":
             return _slurm_log(client, prep, row, tail, follow, write)
+        if row["backend"] != "docker":
+            raise OperationError(f"logs --user does not know the {row['backend']} backend's logs")
         return _docker_log(client, row, int(tail) if tail.isdigit() else "all", follow, write)
     except KeyboardInterrupt:
         return 0

@@ -192,6 +192,7 @@ def test_backup_is_one_private_archive_without_secrets_in_its_output(ops):
     proc = ops.cli("backup", "-o", str(archive), "--json")
     print(f"backup in {time.monotonic() - t0:.1f} s")
     report = _json(proc)
+    print(f"archive: {report['bytes']} bytes, {len(report['members'])} files")
     assert archive.stat().st_mode & 0o777 == 0o600
     assert {"database/jupyterhub.sqlite", "secrets/cookie_secret", "site/site.yaml",
             "hub-data/hubdeploy-identities.json"} <= set(report["members"]), report

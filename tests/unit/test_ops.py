@@ -3,7 +3,6 @@ errors through the real CLI (exit 2, a message, nothing written)."""
 
 from __future__ import annotations
 
-import io
 import json
 import sqlite3
 import tarfile
@@ -237,7 +236,7 @@ def test_backup_never_overwrites(tmp_path):
 
 def test_restore_of_a_bad_archive_writes_nothing(tmp_path):
     bad = tmp_path / "bad.tar.gz"
-    bad.write_bytes(io.BytesIO(b"x" * 100).getvalue())
+    bad.write_bytes(b"x" * 100)
     target = tmp_path / "new" / "site.yaml"
     res = CliRunner().invoke(cli, ["restore", str(bad), "--site", str(target)])
     assert res.exit_code == 2 and str(bad) in res.output and "Traceback" not in res.output, res.output
