@@ -3,7 +3,7 @@
 Two checkouts of one site (or two sites that share a ``name``) render the same compose
 project: an ``up`` from the second would silently recreate the first's containers with
 its own secrets, and a ``down`` from it would stop them. So each state directory keeps a
-random site id (``.hubdeploy/site-id``), every service of the stack carries it as a label
+random site id (``.hubdeploy/site-id``), the stack's hub carries it as a label
 (:data:`~hubdeploy.contract.layout.LABEL_OWNER`, with the directory beside it), and
 ``up``/``down`` compare the two before doing anything else. ``--take-over`` is the
 operator saying the other directory is gone or wrong.

@@ -70,7 +70,7 @@ LABEL_USER = "hubdeploy.user"
 LABEL_SERVER = "hubdeploy.server"
 LABEL_PROFILE = "hubdeploy.profile"
 # Which site directory's state created the stack (hubdeploy.ownership): a random site id
-# kept in the state directory, and that directory, on every service of the stack.
+# kept in the state directory, and that directory, on the stack's hub.
 LABEL_OWNER = "hubdeploy.owner"
 LABEL_OWNER_DIR = "hubdeploy.owner-dir"
 # A hash of the files mounted into a service: compose recreates a service when its

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hubdeploy import resources, selfsigned
 from hubdeploy.contract import hubjson
+from hubdeploy.contract.layout import HUB_SERVICE
 from hubdeploy.render import slurm
 from hubdeploy.render.compose import Mounts, compose_data
 from hubdeploy.render.files import dump_yaml, sha, write_files
@@ -110,7 +111,8 @@ def render_files(site: Site, refs: dict[str, str], inputs: Inputs,
     """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic.
 
     ``owner``: the labels naming the site directory that owns the stack
-    (:mod:`hubdeploy.ownership`), put on every service."""
+    (:mod:`hubdeploy.ownership`), put on the hub: every stack has one, and a label
+    change recreates only it (a hub restart keeps compute jobs; a node's would not)."""
     hub_files = {"hub/jupyterhub_config.py": inputs.hub_config, "hub/hub.json": hubjson.dumps(hub_data(site, refs))}
     if inputs.known_hosts is not None:
         hub_files["hub/ssh_known_hosts"] = inputs.known_hosts
@@ -118,8 +120,7 @@ def render_files(site: Site, refs: dict[str, str], inputs: Inputs,
     mounts = Mounts(_config_hashes(hub_files, slurm_files, inputs), inputs.tls_paths, inputs.ssh_identity,
                     inputs.identity_files)
     data = compose_data(site, refs, mounts)
-    for service in data["services"].values():
-        service.setdefault("labels", {}).update(owner or {})
+    data["services"][HUB_SERVICE]["labels"].update(owner or {})
     return {
         **slurm_files,
         "compose.yaml": dump_yaml(data),

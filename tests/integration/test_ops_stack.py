@@ -240,14 +240,14 @@ def test_restore_after_down_volumes_brings_the_same_hub_back(ops):
 
 def test_take_over(ops):
     """The restored stack is the third directory's: the first is refused until it takes
-    the stack over (all services recreated with its labels; its secrets are the same)."""
+    the stack over (services recreated with its files and labels; its secrets are the same)."""
     proc = ops.cli("up")
     assert proc.returncode == 1 and str(state["three"].parent) in " ".join(proc.stderr.split()), proc.stderr
     proc = ops.cli("up", "--take-over")
     assert proc.returncode == 0, proc.stdout + proc.stderr + diagnostics(PROJECT)
     client = docker.from_env()
     owners = {c.labels.get(LABEL_OWNER_DIR) for c in client.containers.list(
-        filters={"label": [f"com.docker.compose.project={PROJECT}", "com.docker.compose.service"]})}
+        filters={"label": [f"com.docker.compose.project={PROJECT}", "com.docker.compose.service=hub"]})}
     assert owners == {str(ops.site_file.parent)}, owners
     me = requests.get(f"{ops.url}hub/api/user", headers={"Authorization": f"token {state['token']}"}, timeout=PATIENCE)
     assert me.status_code == 200, me.text

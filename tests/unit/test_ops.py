@@ -62,12 +62,13 @@ def test_refusal_names_the_other_directory():
     assert "/sites/one" in why and "/sites/two" in why and "hubdeploy-s" in why
 
 
-def test_every_service_carries_the_owner_and_goldens_do_not():
+def test_the_hub_alone_carries_the_owner_and_goldens_do_not():
     site = load_site(GOLDEN / "site.yaml")
     owner = ownership.Owner("0123", "/sites/one")
     doc = YAML(typ="safe").load(render.render(site, GOLDEN, REFS, owner=owner.labels())["compose.yaml"])
-    assert all(s["labels"][LABEL_OWNER] == "0123" and s["labels"][LABEL_OWNER_DIR] == "/sites/one"
-               for s in doc["services"].values())
+    labelled = {n: (s["labels"][LABEL_OWNER], s["labels"][LABEL_OWNER_DIR])
+                for n, s in doc["services"].items() if LABEL_OWNER in s["labels"]}
+    assert labelled == {"hub": ("0123", "/sites/one")}
     plain = YAML(typ="safe").load(render.render(site, GOLDEN, REFS)["compose.yaml"])
     assert not any(LABEL_OWNER in s["labels"] for s in plain["services"].values())
 
