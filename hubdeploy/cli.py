@@ -114,18 +114,23 @@ def render_cmd(ctx: click.Context) -> None:
     out.print(f"rendered {prep.rendered} ({len(changed)} files changed)")
 
 
+_TAKE_OVER = ("Act on the stack even though another site directory (with a site file of the "
+              "same name) created it; from now on this directory owns it.")
+
+
 @cli.command()
 @click.option("--wait-timeout", default=300, show_default=True, help="Seconds to wait for health.")
+@click.option("--take-over", is_flag=True, help=_TAKE_OVER)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 @_handle
-def up(ctx: click.Context, wait_timeout: int, as_json: bool) -> None:
+def up(ctx: click.Context, wait_timeout: int, take_over: bool, as_json: bool) -> None:
     """Render, build missing images, start the stack and wait until it is healthy."""
     from hubdeploy import stack
 
     prep = stack.prepare(_site_path(ctx))
     _warn(prep.site)
-    result = stack.up(prep, console=None if as_json else err, wait_timeout=wait_timeout)
+    result = stack.up(prep, console=None if as_json else err, wait_timeout=wait_timeout, take_over=take_over)
     if as_json:
         _print_json(
             {"url": result.url, "built": result.built, "changed_files": result.changed_files,
@@ -251,29 +256,49 @@ def orphans_remove(ctx: click.Context, ids: tuple[str, ...], remove_all: bool, a
 
 @cli.command()
 @click.argument("service", required=False)
+@click.option("--user", help="Show this user's notebook server's own log instead (any backend).")
+@click.option("--server", default="", help="With --user: the named server (default: the default server).")
 @click.option("-f", "--follow", is_flag=True, help="Follow the log output.")
-@click.option("--tail", default="200", show_default=True, help="Lines from the end of each log.")
+@click.option("--tail", default="200", show_default=True, help="Lines from the end of each log (or 'all').")
 @click.pass_context
 @_handle
-def logs(ctx: click.Context, service: str | None, follow: bool, tail: str) -> None:
-    """Show the logs of the stack, or of one SERVICE."""
+def logs(ctx: click.Context, service: str | None, user: str | None, server: str, follow: bool, tail: str) -> None:
+    """Show the logs of the stack, of one SERVICE, or of a user's server (--user)."""
     from hubdeploy import stack
 
+    if user is None:
+        if server:
+            raise SiteError("--server needs --user")
+        prep = stack.prepare(_site_path(ctx))
+        sys.exit(stack.logs(prep, service, follow, tail))
+    from hubdeploy import userlogs
+
+    if service is not None:
+        raise SiteError("give a SERVICE or --user, not both")
+    if not user.strip():
+        raise SiteError("--user needs a user name")
+    userlogs.check_tail(tail)
     prep = stack.prepare(_site_path(ctx))
-    sys.exit(stack.logs(prep, service, follow, tail))
+
+    def write(data: bytes) -> None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+    sys.exit(userlogs.user_logs(prep, user, server, follow=follow, tail=tail, write=write))
 
 
 @cli.command()
 @click.option("--volumes", is_flag=True, help="Also remove the hub database and user home volumes.")
+@click.option("--take-over", is_flag=True, help=_TAKE_OVER)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 @_handle
-def down(ctx: click.Context, volumes: bool, as_json: bool) -> None:
+def down(ctx: click.Context, volumes: bool, take_over: bool, as_json: bool) -> None:
     """Stop and remove the stack and user servers (data is kept unless --volumes)."""
     from hubdeploy import stack
 
     prep = stack.prepare(_site_path(ctx))
-    result = stack.down(prep, volumes=volumes)
+    result = stack.down(prep, volumes=volumes, take_over=take_over)
     if as_json:
         _print_json(result)
     else:
@@ -290,6 +315,54 @@ def down(ctx: click.Context, volumes: bool, as_json: bool) -> None:
             + ")"
         )
     sys.exit(1 if result["not_stopped"] else 0)
+
+
+@cli.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="The archive to write (default: SITE-backup-TIME.tar.gz here); never overwritten.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_handle
+def backup(ctx: click.Context, output: str | None, as_json: bool) -> None:
+    """Archive the hub's database, secrets, site file and data volume (mode 0600).
+
+    The stack must be running: the database is snapshot live by the hub's sqlite.
+    """
+    from hubdeploy import backup as backup_mod
+    from hubdeploy import stack
+
+    result = backup_mod.backup(stack.prepare(_site_path(ctx)), Path(output) if output else None)
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(f"backup of site {result['site']}: {result['archive']} ({result['bytes']} bytes, "
+                  f"{len(result['members'])} files, format version {result['version']}); it holds every "
+                  "secret of the stack: keep it like one", markup=False, highlight=False, soft_wrap=True)
+
+
+@cli.command()
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@click.option("--site", "site_opt", type=click.Path(dir_okay=False),
+              help="Where to write the site file (default: hubdeploy's --site).")
+@click.option("--force", is_flag=True, help="Replace an existing site file, secrets and hub data volume.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_handle
+def restore(ctx: click.Context, archive: str, site_opt: str | None, force: bool, as_json: bool) -> None:
+    """Put a backup ARCHIVE back: site file, secrets, the hub's data; then `up`.
+
+    Refuses to overwrite existing state unless --force, and never runs under a live stack.
+    """
+    from hubdeploy import restore as restore_mod
+
+    site_file = Path(site_opt) if site_opt else _site_path(ctx)
+    result = restore_mod.restore(site_file, Path(archive), force=force, console=None if as_json else err)
+    if as_json:
+        _print_json(result)
+    else:
+        out.print(f"restored site {result['site']} (backup of {result['created']}) into {result['site_file']}; "
+                  f"servers are stopped. next: hubdeploy --site {result['site_file']} up",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @cli.command()

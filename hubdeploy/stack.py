@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, images, render, selfsigned
+from hubdeploy import engine, images, ownership, render, selfsigned
 from hubdeploy.contract.layout import (
     HUB_SERVICE,
     LABEL_PROFILE,
@@ -40,6 +40,7 @@ class Prepared:
     site: Site
     plans: dict[str, Any]
     files: dict[str, bytes]
+    owner: ownership.Owner
 
     @property
     def state(self) -> Path:
@@ -72,27 +73,35 @@ class Prepared:
         return selfsigned.paths(self.state / "secrets")[0]
 
 
-def _render(site: Site, site_file: Path, plans: dict[str, Any]) -> dict[str, bytes]:
-    return render.render(site, site_file.resolve().parent, images.image_refs(plans))
+def _render(site: Site, site_file: Path, plans: dict[str, Any], owner: ownership.Owner) -> dict[str, bytes]:
+    return render.render(site, site_file.resolve().parent, images.image_refs(plans), owner=owner.labels())
 
 
 def prepare(site_file: Path) -> Prepared:
     """Load, validate, plan and render in memory. Raises SiteError on bad input."""
     site = load_site(site_file)
     plans = images.plan_images(site, site_file.resolve().parent)
-    return Prepared(site_file, site, plans, _render(site, site_file, plans))
+    owner = ownership.load(render.state_dir(site_file))
+    return Prepared(site_file, site, plans, _render(site, site_file, plans, owner), owner)
+
+
+def check_owner(prep: Prepared, client, *, take_over: bool = False) -> None:
+    """Refuse to act on a stack another site directory created (exit 1) unless
+    ``take_over``; reads the engine only."""
+    ownership.check(client, prep.project, prep.owner, take_over=take_over)
 
 
 def write(prep: Prepared) -> list[str]:
     """Create missing secrets (and a self-signed certificate) and write the rendered
     files; returns the files changed."""
+    ownership.save(prep.state, prep.owner)
     ensure_secrets(prep.state / "secrets", secret_names(prep.site))
     if prep.self_signed_cert is not None:
         _, created = selfsigned.ensure_certificate(prep.state / "secrets", prep.site.public.host, prep.site.name)
         if created:
             # prepare rendered before the certificate existed; the proxy's config hash must
             # cover the one it will mount, so a new certificate recreates the proxy.
-            prep.files = _render(prep.site, prep.site_file, prep.plans)
+            prep.files = _render(prep.site, prep.site_file, prep.plans, prep.owner)
     return render.write_files(prep.rendered, prep.files)
 
 
@@ -123,11 +132,12 @@ class UpResult:
     tls_certificate: str | None = None  # the self-signed one, for smoke --ca-bundle or a browser
 
 
-def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
+def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool = False) -> UpResult:
     """Render, build what is missing, start, wait until healthy."""
     t0 = time.monotonic()
     client = engine.docker_client()
     engine.compose_command()
+    check_owner(prep, client, take_over=take_over)
     if not _port_free(prep.site.public.host, prep.site.public.port) and not _our_proxy_running(client, prep):
         raise OperationError(
             f"port {prep.site.public.port} on {prep.site.public.host} is already in use",
@@ -355,11 +365,12 @@ def _unlisted_without_hub(prep: Prepared) -> list[dict[str, Any]]:
                       f"look for jobs named {project_name(prep.site.name)}-nb-* there"}]
 
 
-def down(prep: Prepared, *, volumes: bool = False, console=None) -> dict[str, Any]:
+def down(prep: Prepared, *, volumes: bool = False, console=None, take_over: bool = False) -> dict[str, Any]:
     """Stop every server of every backend, then remove the stack and any notebook
     container left; keep data unless ``volumes``. ``not_stopped`` names every server
     (or backend) that could not be stopped."""
     client = engine.docker_client()
+    check_owner(prep, client, take_over=take_over)
     stopped, not_stopped = stop_servers(prep, client)
     removed = []
     for c in notebook_containers(client, prep.site):

@@ -69,6 +69,10 @@ LABEL_SITE = "hubdeploy.site"
 LABEL_USER = "hubdeploy.user"
 LABEL_SERVER = "hubdeploy.server"
 LABEL_PROFILE = "hubdeploy.profile"
+# Which site directory's state created the stack (hubdeploy.ownership): a random site id
+# kept in the state directory, and that directory, on the stack's hub.
+LABEL_OWNER = "hubdeploy.owner"
+LABEL_OWNER_DIR = "hubdeploy.owner-dir"
 # A hash of the files mounted into a service: compose recreates a service when its
 # config changes, which it cannot see inside bind-mounted files.
 LABEL_CONFIG_HASH = "hubdeploy.config-hash"

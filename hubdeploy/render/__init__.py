@@ -22,6 +22,7 @@ from pathlib import Path
 
 from hubdeploy import resources, selfsigned
 from hubdeploy.contract import hubjson
+from hubdeploy.contract.layout import HUB_SERVICE
 from hubdeploy.render import slurm
 from hubdeploy.render.compose import Mounts, compose_data
 from hubdeploy.render.files import dump_yaml, sha, write_files
@@ -105,17 +106,24 @@ def tls_files(site: Site, site_dir: Path) -> tuple[dict[str, str] | None, bytes]
     return {"cert": str(cert), "key": str(key)}, cert_bytes
 
 
-def render_files(site: Site, refs: dict[str, str], inputs: Inputs) -> dict[str, bytes]:
-    """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic."""
+def render_files(site: Site, refs: dict[str, str], inputs: Inputs,
+                 owner: dict[str, str] | None = None) -> dict[str, bytes]:
+    """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic.
+
+    ``owner``: the labels naming the site directory that owns the stack
+    (:mod:`hubdeploy.ownership`), put on the hub: every stack has one, and a label
+    change recreates only it (a hub restart keeps compute jobs; a node's would not)."""
     hub_files = {"hub/jupyterhub_config.py": inputs.hub_config, "hub/hub.json": hubjson.dumps(hub_data(site, refs))}
     if inputs.known_hosts is not None:
         hub_files["hub/ssh_known_hosts"] = inputs.known_hosts
     slurm_files = slurm.files(site) if site.slurm is not None and site.slurm.cluster is not None else {}
     mounts = Mounts(_config_hashes(hub_files, slurm_files, inputs), inputs.tls_paths, inputs.ssh_identity,
                     inputs.identity_files)
+    data = compose_data(site, refs, mounts)
+    data["services"][HUB_SERVICE]["labels"].update(owner or {})
     return {
         **slurm_files,
-        "compose.yaml": dump_yaml(compose_data(site, refs, mounts)),
+        "compose.yaml": dump_yaml(data),
         **hub_files,
         "proxy/entrypoint.sh": inputs.proxy_entrypoint,
     }
@@ -140,9 +148,9 @@ def _config_hashes(hub_files: dict[str, bytes], slurm_files: dict[str, bytes], i
     return hashes
 
 
-def render(site: Site, site_dir: Path, refs: dict[str, str]) -> dict[str, bytes]:
+def render(site: Site, site_dir: Path, refs: dict[str, str], owner: dict[str, str] | None = None) -> dict[str, bytes]:
     """:func:`read_inputs` then :func:`render_files`: the files a site renders today."""
-    return render_files(site, refs, read_inputs(site, site_dir))
+    return render_files(site, refs, read_inputs(site, site_dir), owner)
 
 
 __all__ = ["Inputs", "compose_data", "hub_data", "read_inputs", "render", "render_files", "state_dir",

@@ -25,7 +25,7 @@ def stack(tmp_path_factory):
     s.write_site()
     # Start clean: an interrupted earlier session may have left this project's stack and
     # its database (with servers it believed running) on the engine.
-    run_cli(s.site_file, "down", "--volumes", timeout=300)
+    run_cli(s.site_file, "down", "--volumes", "--take-over", timeout=300)
     yield s
     tear_down_site(s.site_file, SITE_NAME)
 

@@ -68,7 +68,7 @@ def running(stack: SlurmStack, nodes: list[str]):
         pytest.skip(f"no Docker engine: {exc}")
     try:
         # An interrupted earlier run may have left this project (and its job database).
-        stack.cli("down", "--volumes", timeout=300)
+        stack.cli("down", "--volumes", "--take-over", timeout=300)
         t0 = time.monotonic()
         proc = stack.cli("up", timeout=1800)
         assert proc.returncode == 0, proc.stdout + proc.stderr + diagnostics(stack.project)

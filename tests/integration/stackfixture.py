@@ -158,8 +158,11 @@ def diagnostics(project: str) -> str:
 
 def tear_down_site(site_file: Path, site_name: str) -> None:
     """What every test site's finaliser does: down with the volumes, then (unless
-    HUBDEPLOY_TEST_KEEP_IMAGES) remove the images built for it."""
-    run_cli(site_file, "down", "--volumes", timeout=300)
+    HUBDEPLOY_TEST_KEEP_IMAGES) remove the images built for it.
+
+    --take-over: a test site's stack is the test's, whichever directory last owned it
+    (an interrupted run's temporary directory, a restore's)."""
+    run_cli(site_file, "down", "--volumes", "--take-over", timeout=300)
     if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
         remove_site_images(site_name)
 

@@ -59,7 +59,7 @@ def hub(tmp_path_factory):
     site_file = site_dir / "site.yaml"
     port = int(os.environ.get("HUBDEPLOY_TEST_QUEUE_PORT") or 0) or free_port()
     site_file.write_text(SITE_YAML.format(name=SITE, port=port, delay=DELAY))
-    run_cli(site_file, "down", "--volumes", timeout=300)  # an interrupted earlier run's leftovers
+    run_cli(site_file, "down", "--volumes", "--take-over", timeout=300)  # an interrupted earlier run's leftovers
     try:
         proc = run_cli(site_file, "up")
         if proc.returncode != 0:

@@ -94,7 +94,7 @@ def ssh_site(client, stack, tmp_path_factory):
         port = free_port()
         site_file.write_text(SITE_YAML.replace("{port}", str(port)))
         try:
-            run_cli(site_file, "down", "--volumes", timeout=300)
+            run_cli(site_file, "down", "--volumes", "--take-over", timeout=300)
             t0 = time.monotonic()
             proc = run_cli(site_file, "up", timeout=1800)
             assert proc.returncode == 0, proc.stdout + proc.stderr + diagnostics(PROJECT)

@@ -1,0 +1,132 @@
+"""``hubdeploy logs --user NAME``: a notebook server's own log, from whichever backend runs it.
+
+The hub's backends list every server with its owner (``hubdeploy.hub.orphans``, run in
+the hub's container as ``status`` does). A docker server's log is its container's log.
+A Slurm job's log is its output file on the node that runs it; on the stack's own
+cluster it is read *on that node, as the job's own uid*, so nothing is shown that its
+user could not read (jobs of per-user accounts write into their own
+``~/.hubdeploy/logs``, mode 0700). Jobs on a site's own Slurm log on the site's file
+systems, which hubdeploy does not reach: the error names the job and where to look.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from hubdeploy import engine
+from hubdeploy.contract.layout import SLURMCTLD_SERVICE
+from hubdeploy.errors import OperationError, SiteError
+
+# scontrol show job -o: KEY=VALUE words; the values we read never contain a space.
+_FIELD = re.compile(r"(?:^|\s)(StdOut|UserId|GroupId|BatchHost|JobState)=(\S*)")
+_ID = re.compile(r"^\S+\((\d+)\)$")
+
+
+def check_tail(tail: str) -> str:
+    """``--tail``: a number of lines or ``all`` (SiteError otherwise)."""
+    if tail != "all" and not tail.isdigit():
+        raise SiteError(f"--tail takes a number of lines or 'all', not {tail!r}")
+    return tail
+
+
+def find_server(rows: list[dict[str, Any]], user: str, server: str) -> dict[str, Any]:
+    """The backend row of ``user``'s server ``server`` ("" for the default one); pure.
+
+    SiteError (exit 2) naming the user's running servers when there is no such server.
+    """
+    owner = f"{user}/{server}" if server else user
+    hits = [r for r in rows if r.get("owner") == owner]
+    if hits:
+        return hits[0]
+    theirs = sorted(r["owner"] for r in rows if r.get("owner") and r["owner"].split("/", 1)[0] == user)
+    what = f"server {server!r} of user {user!r}" if server else f"default server of user {user!r}"
+    if theirs:
+        named = ", ".join(f"--server {o.split('/', 1)[1]}" if "/" in o else "the default server" for o in theirs)
+        raise SiteError(f"no running {what}; theirs: {named}")
+    raise SiteError(f"no running {what}: the user is unknown or has no running server",
+                    hint="hubdeploy status lists every running server")
+
+
+def job_output(scontrol_line: str) -> dict[str, str]:
+    """What ``scontrol show job -o`` says of a job's output: path, uid, gid, node; pure."""
+    fields = dict(_FIELD.findall(scontrol_line))
+    uid, gid = _ID.match(fields.get("UserId", "")), _ID.match(fields.get("GroupId", ""))
+    if not fields.get("StdOut") or not uid or not gid:
+        raise OperationError("Slurm did not say where the job's output is: " + scontrol_line.strip()[:200])
+    return {"path": fields["StdOut"], "uid": uid.group(1), "gid": gid.group(1),
+            "node": fields.get("BatchHost", ""), "state": fields.get("JobState", "")}
+
+
+def tail_argv(path: str, tail: str, follow: bool) -> list[str]:
+    """The reader run on the node (argv, never a shell: the path is Slurm's)."""
+    return ["tail", "-n", "+1" if tail == "all" else tail, *(["-F"] if follow else []), "--", path]
+
+
+def _service(client, project: str, service: str):
+    found = client.containers.list(filters={"label": [f"com.docker.compose.project={project}",
+                                                      f"com.docker.compose.service={service}"]})
+    if not found:
+        raise OperationError(f"the {service} container of {project} is not running", hint="hubdeploy status")
+    return found[0]
+
+
+def _docker_log(client, row, tail: str, follow: bool, write: Callable[[bytes], None]) -> int:
+    import docker
+
+    try:
+        container = client.containers.get(row["id"])
+    except docker.errors.NotFound:
+        raise OperationError(f"the server's container {row['name']} is gone") from None
+    if not follow:
+        write(container.logs(tail=tail))
+        return 0
+    for chunk in container.logs(tail=tail, stream=True, follow=True):
+        write(chunk)
+    return 0
+
+
+def _slurm_log(client, prep, row, tail: str, follow: bool, write: Callable[[bytes], None]) -> int:
+    if prep.site.slurm is None or prep.site.slurm.cluster is None:
+        raise OperationError(f"job {row['id']} runs on the site's own Slurm, whose files hubdeploy does not read",
+                             hint=f"its output: `scontrol show job {row['id']}` (StdOut) on the login host")
+    ctl = _service(client, prep.project, SLURMCTLD_SERVICE)
+    res = ctl.exec_run(["scontrol", "show", "job", "-o", row["id"]])
+    if res.exit_code != 0:
+        raise OperationError(f"scontrol cannot show job {row['id']}: {res.output.decode(errors='replace').strip()}")
+    out = job_output(res.output.decode(errors="replace"))
+    if not out["node"]:
+        raise OperationError(f"job {row['id']} has not started on a node yet ({out['state'] or 'pending'})")
+    node = _service(client, prep.project, f"slurm-{out['node']}")
+    # As the job's own uid: the log is shown only if its user could read it.
+    user = f"{out['uid']}:{out['gid']}"
+    if not follow:
+        res = node.exec_run(tail_argv(out["path"], tail, False), user=user, demux=True)
+        stdout, stderr = res.output
+        if res.exit_code != 0:
+            raise OperationError(f"cannot read {out['path']} on {out['node']}: "
+                                 f"{(stderr or b'').decode(errors='replace').strip()}")
+        write(stdout or b"")
+        return 0
+    res = node.exec_run(tail_argv(out["path"], tail, True), user=user, stream=True)
+    for chunk in res.output:
+        write(chunk)
+    return 0
+
+
+def user_logs(prep, user: str, server: str, *, follow: bool, tail: str, write: Callable[[bytes], None]) -> int:
+    """Write the log of ``user``'s server ``server`` ("" the default) to ``write``."""
+    from hubdeploy import stack
+
+    check_tail(tail)
+    client = engine.docker_client()
+    row = find_server(stack.orphans(prep, client=client)["servers"], user, server)
+    try:
+        if row["backend"] == "slurm":
+            return _slurm_log(client, prep, row, tail, follow, write)
+        if row["backend"] != "docker":
+            raise OperationError(f"logs --user does not know the {row['backend']} backend's logs")
+        return _docker_log(client, row, int(tail) if tail.isdigit() else "all", follow, write)
+    except KeyboardInterrupt:
+        return 0
