@@ -167,6 +167,19 @@ class IdleCuller(Closed):
     every: int = Field(300, ge=10, description="Seconds between culler runs.")
 
 
+class Prometheus(Closed):
+    """Prometheus in the stack, scraping the hub's /hub/metrics with a read:metrics token."""
+
+    enabled: bool = False
+    port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Publish Prometheus (its HTTP API) on 127.0.0.1:PORT of this machine; "
+        "unset: reachable only inside the stack.",
+    )
+    scrape_interval: int = Field(15, ge=5, le=3600, description="Seconds between scrapes of the hub.")
+    retention: str = Field("15d", pattern=r"^\d+[hdwy]$", description="How long samples are kept, e.g. 15d.")
+
+
 class ExtraService(Closed):
     """A hub service: an external URL, or a container that runs a command."""
 
@@ -193,6 +206,7 @@ class ExtraService(Closed):
 
 class Services(Closed):
     idle_culler: IdleCuller = Field(default_factory=IdleCuller)
+    prometheus: Prometheus = Field(default_factory=Prometheus)
     extra: list[ExtraService] = Field(default_factory=list)
 
     @field_validator("extra")
