@@ -117,12 +117,26 @@ class Authenticator(Closed):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+# The oldest JupyterHub the hub side (config, spawner, web layer) is tested on.
+MIN_JUPYTERHUB = "5.5.0"
+
+
 class Hub(Closed):
     jupyterhub_version: str = Field(
         "6.1.1",
         pattern=r"^\d+\.\d+\.\d+$",
-        description="JupyterHub version of the hub; notebook images get the same jupyterhub-singleuser.",
+        description="JupyterHub version of the hub; notebook images get the same jupyterhub-singleuser. "
+        f"{MIN_JUPYTERHUB} or later (hubdeploy's hub side is tested on 5.5 and 6.1); changing it "
+        "on a running stack upgrades the hub's database (README: Upgrading JupyterHub).",
     )
+
+    @field_validator("jupyterhub_version")
+    @classmethod
+    def _supported(cls, v: str) -> str:
+        if tuple(int(x) for x in v.split(".")) < tuple(int(x) for x in MIN_JUPYTERHUB.split(".")):
+            raise ValueError(f"JupyterHub {v} is older than {MIN_JUPYTERHUB}, the oldest hubdeploy's hub side runs on")
+        return v
+
     authenticator: Authenticator = Field(default_factory=Authenticator)
     admin_users: list[Username] = Field(default_factory=list)
     named_server_limit_per_user: int = Field(

@@ -149,10 +149,10 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, force: bool = F
             f"port {prep.site.public.port} on {prep.site.public.host} is already in use",
             hint="stop what uses it, or change public.port in the site file",
         )
-    upgraded = None
+    upgraded, built_first = None, []
     if decision.migrate:
         # Before anything is written: a failed upgrade leaves the old hub's files too.
-        backup = upgrade.run(prep, client, decision, console=console)
+        backup, built_first = upgrade.run(prep, client, decision, console=console)
         upgraded = {"from": decision.running, "to": decision.wanted, "backup": str(backup) if backup else None}
     new_key = ssh_key_generated(prep.site) and not (prep.state / "secrets" / SSH_KEY).exists()
     new_ca = ssh_certificates(prep.site) and not (prep.state / "secrets" / SSH_CA_KEY).exists()
@@ -179,7 +179,7 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, force: bool = F
             f"{prep.site.public.host}; delete it and its key ({selfsigned.KEY}) to get a new one",
             markup=False, highlight=False, soft_wrap=True,
         )
-    built = images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
+    built = built_first + images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
     if console:
         console.print(f"[bold]starting[/] {prep.project}")
     proc = engine.compose(

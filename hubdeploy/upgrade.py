@@ -153,10 +153,11 @@ def restore_database(container, backup: Path) -> None:
 def upgrade_db(client, container, new_image: str) -> None:
     """``jupyterhub upgrade-db`` in a one-off container of ``new_image`` that has the
     old hub's mounts and networks (a PostgreSQL database is reached by its service name)."""
-    networks = list((container.attrs.get("NetworkSettings") or {}).get("Networks") or {})
+    networks = sorted((container.attrs.get("NetworkSettings") or {}).get("Networks") or {},
+                      key=lambda n: not n.endswith("-internal"))
     one_off = client.containers.create(
         new_image, ["jupyterhub", "upgrade-db", "-f", HUB_CONFIG_PATH],
-        entrypoint=[], volumes_from=[container.id], network=networks[0] if networks else None,
+        volumes_from=[container.id], network=networks[0] if networks else None,
         labels={"hubdeploy.site": container.labels.get("hubdeploy.site", ""), "hubdeploy.upgrade-db": "1"},
     )
     try:
@@ -184,16 +185,17 @@ def _wait_healthy(container) -> bool:
     return False
 
 
-def run(prep, client, decision: Decision, *, console=None) -> Path | None:
-    """Steps 1-4 of the module docstring; returns the backup's path (None: PostgreSQL).
-    On failure the old hub is serving again and OperationError says which step failed."""
+def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None, list[str]]:
+    """Steps 1-4 of the module docstring; returns the backup's path (None: PostgreSQL) and
+    the images built. On failure the old hub is serving again and OperationError says
+    which step failed."""
     say = (lambda text: console.print(text)) if console else (lambda text: None)
     old = hub_container(client, prep.project)
     say(f"[bold]upgrading[/] JupyterHub {decision.running} -> {decision.wanted}")
     say("[bold cyan]upgrade[/] 1/4 building the new images (the hub keeps serving)")
     if os.environ.get(FAULT_ENV) == "build":
         raise OperationError(f"building the new images: injected failure ({FAULT_ENV}); nothing was changed")
-    images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
+    built = images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
     backup = None
     if prep.site.database.type == "sqlite":
         say("[bold cyan]upgrade[/] 2/4 backing up the hub database")
@@ -215,7 +217,7 @@ def run(prep, client, decision: Decision, *, console=None) -> Path | None:
             hint=f"the database before the upgrade is kept at {backup}" if backup else None,
         ) from None
     say(f"[bold green]upgraded[/] the hub database to JupyterHub {decision.wanted}; recreating the hub")
-    return backup
+    return backup, built
 
 
 def _roll_back(old, backup: Path | None, say) -> None:

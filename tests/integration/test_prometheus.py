@@ -125,7 +125,7 @@ def test_published_on_loopback_only_and_not_on_the_users_network(site):
     # A container on the users' network (where notebooks are) cannot even resolve it.
     client = docker.from_env()
     probe = client.containers.create(_container("proxy").image.id, ["getent", "hosts", "prometheus"],
-                                     entrypoint=[], network=f"hubdeploy-{SITE}-users",
+                                     network=f"hubdeploy-{SITE}-users",
                                      name=f"hubdeploy-{SITE}-probe", labels={"hubdeploy.site": SITE})
     try:
         probe.start()

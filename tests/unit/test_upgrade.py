@@ -53,3 +53,17 @@ def test_downgrade_is_bad_input_naming_both_versions():
 def test_forced_downgrade_migrates():
     d = decide("6.1.1", "5.5.4", force=True)
     assert d.kind == "downgrade" and d.migrate
+
+
+@pytest.mark.parametrize("version, ok", [("5.5.0", True), ("5.5.4", True), ("6.1.1", True), ("5.4.6", False),
+                                         ("4.1.6", False)])
+def test_schema_takes_jupyterhub_from_5_5(version, ok):
+    from hubdeploy.loader import load_site_text
+
+    text = f"name: v\nhub: {{jupyterhub_version: '{version}'}}\nprofiles: [{{name: p, image: base}}]\n"
+    if ok:
+        assert load_site_text(text, "site.yaml").hub.jupyterhub_version == version
+    else:
+        with pytest.raises(SiteError) as info:
+            load_site_text(text, "site.yaml")
+        assert "site.yaml:2:" in info.value.message and "hub.jupyterhub_version" in info.value.message
