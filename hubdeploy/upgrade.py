@@ -153,11 +153,18 @@ def restore_database(container, backup: Path) -> None:
 def upgrade_db(client, container, new_image: str) -> None:
     """``jupyterhub upgrade-db`` in a one-off container of ``new_image`` that has the
     old hub's mounts and networks (a PostgreSQL database is reached by its service name)."""
+    import docker.errors
+
+    name = f"{container.name}-upgrade-db"
+    try:  # left by an interrupted upgrade: it holds nothing but its logs
+        client.containers.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
     networks = sorted((container.attrs.get("NetworkSettings") or {}).get("Networks") or {},
                       key=lambda n: not n.endswith("-internal"))
     one_off = client.containers.create(
         new_image, ["jupyterhub", "upgrade-db", "-f", HUB_CONFIG_PATH],
-        volumes_from=[container.id], network=networks[0] if networks else None,
+        name=name, volumes_from=[container.id], network=networks[0] if networks else None,
         labels={"hubdeploy.site": container.labels.get("hubdeploy.site", ""), "hubdeploy.upgrade-db": "1"},
     )
     try:

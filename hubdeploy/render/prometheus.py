@@ -65,8 +65,9 @@ def service(site: Site, refs: dict[str, str], config_hash: str, labels: dict[str
         ],
         "tmpfs": [PROMETHEUS_TOKEN_PATH.rsplit("/", 1)[0]],
         "labels": {**labels},
+        # Prometheus's own client asks its query API (this promtool has no "check healthy").
         "healthcheck": {
-            "test": ["CMD", "promtool", "check", "healthy", "--url", f"http://127.0.0.1:{PROMETHEUS_PORT}"],
+            "test": ["CMD", "promtool", "query", "instant", f"http://127.0.0.1:{PROMETHEUS_PORT}", "vector(1)"],
             "interval": "5s", "timeout": "5s", "retries": 5, "start_period": "60s",
         },
         "depends_on": {HUB_SERVICE: {"condition": "service_healthy"}},
