@@ -91,7 +91,12 @@ def hub_container(client, project: str):
 def running_version(container) -> str | None:
     """The JupyterHub version of a hub container: its image's label, else (an image built
     before the label existed) what ``jupyterhub --version`` prints in it; None if unknown."""
-    labels = (container.image.labels or {}) if container.image is not None else {}
+    import docker.errors
+
+    try:
+        labels = container.image.labels or {}
+    except docker.errors.ImageNotFound:  # removed under a container that still exists
+        labels = {}
     if labels.get(LABEL_JUPYTERHUB_VERSION):
         return labels[LABEL_JUPYTERHUB_VERSION]
     if container.status != "running":
@@ -196,8 +201,14 @@ def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None,
     """Steps 1-4 of the module docstring; returns the backup's path (None: PostgreSQL) and
     the images built. On failure the old hub is serving again and OperationError says
     which step failed."""
+    from rich.markup import escape
+
     say = (lambda text: console.print(text)) if console else (lambda text: None)
     old = hub_container(client, prep.project)
+    if old.status != "running":
+        # The backup and the rollback both need the old hub serving.
+        raise OperationError(f"the hub runs JupyterHub {decision.running} but is not running: nothing was changed",
+                             hint=f"start it on {decision.running} first (`up` with that version), then upgrade")
     say(f"[bold]upgrading[/] JupyterHub {decision.running} -> {decision.wanted}")
     say("[bold cyan]upgrade[/] 1/4 building the new images (the hub keeps serving)")
     if os.environ.get(FAULT_ENV) == "build":
@@ -207,7 +218,7 @@ def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None,
     if prep.site.database.type == "sqlite":
         say("[bold cyan]upgrade[/] 2/4 backing up the hub database")
         backup = backup_database(old, prep.state, decision.running or "unknown")
-        say(f"[bold cyan]upgrade[/] backup: {backup}")
+        say(f"[bold cyan]upgrade[/] backup: {escape(str(backup))}")
     else:
         say("[bold cyan]upgrade[/] 2/4 PostgreSQL: upgrade-db runs in one transaction (no file copy)")
     say("[bold cyan]upgrade[/] 3/4 stopping the old hub (running servers stay reachable)")
