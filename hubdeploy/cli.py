@@ -122,21 +122,31 @@ _TAKE_OVER = ("Act on the stack even though another site directory (with a site 
 @click.option("--wait-timeout", default=300, show_default=True, help="Seconds to wait for health.")
 @click.option("--take-over", is_flag=True, help=_TAKE_OVER)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--force", is_flag=True, help="Allow hub.jupyterhub_version older than the running hub's.")
 @click.pass_context
 @_handle
-def up(ctx: click.Context, wait_timeout: int, take_over: bool, as_json: bool) -> None:
-    """Render, build missing images, start the stack and wait until it is healthy."""
+def up(ctx: click.Context, wait_timeout: int, take_over: bool, as_json: bool, force: bool) -> None:
+    """Render, build missing images, start the stack and wait until it is healthy.
+
+    A changed hub.jupyterhub_version upgrades the hub: new images, a database backup,
+    `jupyterhub upgrade-db`, then the new hub; a failed step leaves the old hub serving."""
     from hubdeploy import stack
 
     prep = stack.prepare(_site_path(ctx))
     _warn(prep.site)
-    result = stack.up(prep, console=None if as_json else err, wait_timeout=wait_timeout, take_over=take_over)
+    result = stack.up(prep, console=None if as_json else err, wait_timeout=wait_timeout, take_over=take_over,
+                      force=force)
     if as_json:
         _print_json(
             {"url": result.url, "built": result.built, "changed_files": result.changed_files,
-             "seconds": round(result.seconds, 2), "tls_certificate": result.tls_certificate}
+             "seconds": round(result.seconds, 2), "tls_certificate": result.tls_certificate,
+             "upgraded": result.upgraded}
         )
     else:
+        if result.upgraded:
+            out.print(f"upgraded JupyterHub {result.upgraded['from']} -> {result.upgraded['to']}"
+                      + (f" (database backup: {result.upgraded['backup']})" if result.upgraded["backup"] else ""),
+                      markup=False, highlight=False, soft_wrap=True)
         built = f"built {', '.join(result.built)}; " if result.built else ""
         out.print(f"{built}up in {result.seconds:.1f} s: [bold]{result.url}[/]")
         if result.tls_certificate:

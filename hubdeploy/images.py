@@ -4,7 +4,7 @@ Build graph (docs/design.md, "Names")::
 
     debian (debootstrap rootfs, docker import)
       +-- base (or base FROM images.base.from) -- collaborations, each FROM its parent
-      +-- hub      +-- proxy      +-- db (postgresql only)
+      +-- hub      +-- proxy      +-- db (postgresql only)      +-- prometheus (if enabled)
 
 A plan is a build context (relative path -> bytes, Dockerfile included) rendered from
 the Jinja2 templates in ``images/``. Its tag is the hash of that context, of the
@@ -40,6 +40,8 @@ from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.schema import Site
 
 CA_FILE = "hubdeploy-ca.crt"
+# The hub image's JupyterHub version, read by `up` to detect an upgrade (hubdeploy.upgrade).
+LABEL_JUPYTERHUB_VERSION = "hubdeploy.jupyterhub-version"
 # Names the stack's own images take; a collaboration cannot reuse them.
 # Docker's predefined proxy args: usable in RUN without an ARG line, never in history.
 PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy")
@@ -212,6 +214,8 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
     planner.add("proxy", "proxy/Dockerfile.j2", "debian", planner.plans["debian"].ref, {})
     if site.slurm is not None and site.slurm.cluster is not None:
         planner.slurm(site.slurm.cluster.image)
+    if site.services.prometheus.enabled:
+        planner.add("prometheus", "prometheus/Dockerfile.j2", "debian", planner.plans["debian"].ref, {})
     if site.database.type == "postgresql":
         planner.add("db", "db/Dockerfile.j2", "debian", planner.plans["debian"].ref,
                     {"entrypoint.sh": (_images_dir() / "db" / "entrypoint.sh").read_bytes()})
@@ -243,6 +247,8 @@ class _Planner:
         }
         if self.source_url:
             out["org.opencontainers.image.source"] = self.source_url
+        if name == "hub":
+            out[LABEL_JUPYTERHUB_VERSION] = self.version
         return dict(sorted(out.items()))
 
     def ref(self, name: str, digest: str) -> str:

@@ -415,3 +415,16 @@ def _unreadable(path: Path) -> str | None:
     except OSError as e:
         return f"not readable ({e.strerror or e})"
     return None
+
+
+def where(path: Path, keys: tuple[str, ...]) -> str:
+    """``FILE:LINE:COL`` of a key path in a valid site file, for a problem found after
+    loading (e.g. a version older than the running hub's); ``FILE`` if it is not written."""
+    node: Any = _parse(path.read_text(encoding="utf-8"), str(path))
+    pos: Pos | None = None
+    for k in keys:
+        if not isinstance(node, dict) or k not in node:
+            return str(path)
+        pos = _key_pos(node, k, (1, 1))
+        node = node[k]
+    return f"{path}:{pos[0]}:{pos[1]}" if pos else str(path)

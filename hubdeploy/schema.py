@@ -117,12 +117,26 @@ class Authenticator(Closed):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+# The oldest JupyterHub the hub side (config, spawner, web layer) is tested on.
+MIN_JUPYTERHUB = "5.5.0"
+
+
 class Hub(Closed):
     jupyterhub_version: str = Field(
         "6.1.1",
         pattern=r"^\d+\.\d+\.\d+$",
-        description="JupyterHub version of the hub; notebook images get the same jupyterhub-singleuser.",
+        description="JupyterHub version of the hub; notebook images get the same jupyterhub-singleuser. "
+        f"{MIN_JUPYTERHUB} or later (hubdeploy's hub side is tested on 5.5 and 6.1); changing it "
+        "on a running stack upgrades the hub's database (README: Upgrading JupyterHub).",
     )
+
+    @field_validator("jupyterhub_version")
+    @classmethod
+    def _supported(cls, v: str) -> str:
+        if tuple(int(x) for x in v.split(".")) < tuple(int(x) for x in MIN_JUPYTERHUB.split(".")):
+            raise ValueError(f"JupyterHub {v} is older than {MIN_JUPYTERHUB}, the oldest hubdeploy's hub side runs on")
+        return v
+
     authenticator: Authenticator = Field(default_factory=Authenticator)
     admin_users: list[Username] = Field(default_factory=list)
     named_server_limit_per_user: int = Field(
@@ -167,6 +181,19 @@ class IdleCuller(Closed):
     every: int = Field(300, ge=10, description="Seconds between culler runs.")
 
 
+class Prometheus(Closed):
+    """Prometheus in the stack, scraping the hub's /hub/metrics with a read:metrics token."""
+
+    enabled: bool = False
+    port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Publish Prometheus (its HTTP API) on 127.0.0.1:PORT of this machine; "
+        "unset: reachable only inside the stack.",
+    )
+    scrape_interval: int = Field(15, ge=5, le=3600, description="Seconds between scrapes of the hub.")
+    retention: str = Field("15d", pattern=r"^\d+[hdwy]$", description="How long samples are kept, e.g. 15d.")
+
+
 class ExtraService(Closed):
     """A hub service: an external URL, or a container that runs a command."""
 
@@ -193,6 +220,7 @@ class ExtraService(Closed):
 
 class Services(Closed):
     idle_culler: IdleCuller = Field(default_factory=IdleCuller)
+    prometheus: Prometheus = Field(default_factory=Prometheus)
     extra: list[ExtraService] = Field(default_factory=list)
 
     @field_validator("extra")

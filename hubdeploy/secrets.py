@@ -20,7 +20,7 @@ from hubdeploy.errors import OperationError
 def secret_names(site) -> list[str]:
     """Every secret a site's stack needs, in a stable order."""
     names = [COOKIE_SECRET, PROXY_TOKEN]
-    names += [s.secret for s in builtin_services(site.services.idle_culler.enabled)]
+    names += [s.secret for s in builtin_services(site.services.idle_culler.enabled, site.services.prometheus.enabled)]
     names += [service_token(s.name) for s in site.services.extra]
     if site.database.type == "postgresql":
         names.append(DB_PASSWORD)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, images, ownership, render, selfsigned
+from hubdeploy import engine, images, ownership, render, selfsigned, upgrade
 from hubdeploy.contract.layout import (
     HUB_SERVICE,
     LABEL_PROFILE,
@@ -27,7 +27,7 @@ from hubdeploy.contract.layout import (
     project_name,
 )
 from hubdeploy.errors import HubdeployError, OperationError, SiteError
-from hubdeploy.loader import load_site
+from hubdeploy.loader import load_site, where
 from hubdeploy.schema import Site
 from hubdeploy.secrets import ensure_secrets, secret_names, ssh_certificates, ssh_key_generated
 
@@ -130,19 +130,41 @@ class UpResult:
     changed_files: list[str] = field(default_factory=list)
     seconds: float = 0.0
     tls_certificate: str | None = None  # the self-signed one, for smoke --ca-bundle or a browser
+    # An upgrade (or forced downgrade) of JupyterHub: from, to, and the database backup.
+    upgraded: dict[str, str | None] | None = None
 
 
-def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool = False) -> UpResult:
-    """Render, build what is missing, start, wait until healthy."""
+def version_decision(prep: Prepared, client, *, force: bool = False) -> upgrade.Decision:
+    """How the site's ``hub.jupyterhub_version`` compares with the hub on the engine;
+    SiteError (exit 2) for a downgrade without ``force``."""
+    hub = upgrade.hub_container(client, prep.project)
+    running = upgrade.running_version(hub) if hub is not None else None
+    try:
+        return upgrade.decide(running, prep.site.hub.jupyterhub_version, force=force)
+    except SiteError as exc:
+        raise SiteError(f"{where(prep.site_file, ('hub', 'jupyterhub_version'))}: {exc.message}",
+                        hint=exc.hint) from None
+
+
+def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool = False,
+       force: bool = False) -> UpResult:
+    """Render, build what is missing, upgrade the hub's database if its JupyterHub version
+    changes (:mod:`hubdeploy.upgrade`), start, wait until healthy."""
     t0 = time.monotonic()
     client = engine.docker_client()
     engine.compose_command()
     check_owner(prep, client, take_over=take_over)
+    decision = version_decision(prep, client, force=force)
     if not _port_free(prep.site.public.host, prep.site.public.port) and not _our_proxy_running(client, prep):
         raise OperationError(
             f"port {prep.site.public.port} on {prep.site.public.host} is already in use",
             hint="stop what uses it, or change public.port in the site file",
         )
+    upgraded, built_first = None, []
+    if decision.migrate:
+        # Before anything is written: a failed upgrade leaves the old hub's files too.
+        backup, built_first = upgrade.run(prep, client, decision, console=console)
+        upgraded = {"from": decision.running, "to": decision.wanted, "backup": str(backup) if backup else None}
     new_key = ssh_key_generated(prep.site) and not (prep.state / "secrets" / SSH_KEY).exists()
     new_ca = ssh_certificates(prep.site) and not (prep.state / "secrets" / SSH_CA_KEY).exists()
     changed = write(prep)
@@ -168,7 +190,7 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
             f"{prep.site.public.host}; delete it and its key ({selfsigned.KEY}) to get a new one",
             markup=False, highlight=False, soft_wrap=True,
         )
-    built = images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
+    built = built_first + images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
     if console:
         console.print(f"[bold]starting[/] {prep.project}")
     proc = engine.compose(
@@ -187,7 +209,7 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
             hint=f"hubdeploy --site {prep.site_file} logs",
         )
     return UpResult(prep.url, built, changed, time.monotonic() - t0,
-                    str(prep.self_signed_cert) if prep.self_signed_cert else None)
+                    str(prep.self_signed_cert) if prep.self_signed_cert else None, upgraded)
 
 
 def services(prep: Prepared) -> list[dict[str, Any]]:

@@ -19,7 +19,8 @@ class BuiltinService:
 
     name: str
     scopes: tuple[str, ...]
-    # Whether the site's ``services.idle_culler.enabled`` decides if the stack has it.
+    # Whether a site switch (``services.idle_culler.enabled``, ``services.prometheus.enabled``)
+    # decides if the stack has it.
     optional: bool = False
 
     @property
@@ -55,10 +56,14 @@ IDLE_CULLER = BuiltinService(
     "idle-culler", ("list:users", "read:users:activity", "read:servers", "delete:servers"), optional=True
 )
 
-BUILTIN = (SMOKE, CLI, IDLE_CULLER)
+# Prometheus scraping the hub's /hub/metrics: that and nothing else.
+PROMETHEUS = BuiltinService("prometheus", ("read:metrics",), optional=True)
+
+BUILTIN = (SMOKE, CLI, IDLE_CULLER, PROMETHEUS)
 RESERVED_NAMES = frozenset(s.name for s in BUILTIN)
 
 
-def builtin_services(idle_culler: bool) -> list[BuiltinService]:
+def builtin_services(idle_culler: bool, prometheus: bool = False) -> list[BuiltinService]:
     """The built-in services of a stack, in hub.json's order."""
-    return [s for s in BUILTIN if not s.optional or idle_culler]
+    on = {IDLE_CULLER.name: idle_culler, PROMETHEUS.name: prometheus}
+    return [s for s in BUILTIN if not s.optional or on[s.name]]

@@ -23,7 +23,7 @@ from pathlib import Path
 from hubdeploy import resources, selfsigned
 from hubdeploy.contract import hubjson
 from hubdeploy.contract.layout import HUB_SERVICE
-from hubdeploy.render import slurm
+from hubdeploy.render import prometheus, slurm
 from hubdeploy.render.compose import Mounts, compose_data
 from hubdeploy.render.files import dump_yaml, sha, write_files
 from hubdeploy.render.hubdata import hub_data
@@ -37,6 +37,7 @@ class Inputs:
 
     hub_config: bytes  # config/jupyterhub_config.py, the same for every site
     proxy_entrypoint: bytes  # compose/proxy-entrypoint.sh
+    prometheus_entrypoint: bytes = b""  # compose/prometheus-entrypoint.sh
     tls_paths: dict[str, str] | None = None  # 'cert'/'key' -> absolute host paths
     tls_cert: bytes = b""
     known_hosts: bytes | None = None  # slurm.submit.ssh.known_hosts
@@ -64,6 +65,7 @@ def read_inputs(site: Site, site_dir: Path) -> Inputs:
         hub_config=resources.read_bytes("config/jupyterhub_config.py"),
         # Static: ports are fixed inside the containers; nothing from the site goes into it.
         proxy_entrypoint=resources.read_bytes("compose/proxy-entrypoint.sh"),
+        prometheus_entrypoint=resources.read_bytes("compose/prometheus-entrypoint.sh"),
         tls_paths=tls_paths,
         tls_cert=tls_cert,
         known_hosts=known_hosts,
@@ -117,12 +119,19 @@ def render_files(site: Site, refs: dict[str, str], inputs: Inputs,
     if inputs.known_hosts is not None:
         hub_files["hub/ssh_known_hosts"] = inputs.known_hosts
     slurm_files = slurm.files(site) if site.slurm is not None and site.slurm.cluster is not None else {}
-    mounts = Mounts(_config_hashes(hub_files, slurm_files, inputs), inputs.tls_paths, inputs.ssh_identity,
-                    inputs.identity_files)
+    prom_files = {}
+    if prometheus.enabled(site):
+        prom_files = {prometheus.CONFIG_FILE: dump_yaml(prometheus.scrape_config(site)),
+                      prometheus.ENTRYPOINT_FILE: inputs.prometheus_entrypoint}
+    hashes = _config_hashes(hub_files, slurm_files, inputs)
+    if prom_files:
+        hashes["prometheus"] = sha(*(prom_files[k] for k in sorted(prom_files)))
+    mounts = Mounts(hashes, inputs.tls_paths, inputs.ssh_identity, inputs.identity_files)
     data = compose_data(site, refs, mounts)
     data["services"][HUB_SERVICE]["labels"].update(owner or {})
     return {
         **slurm_files,
+        **prom_files,
         "compose.yaml": dump_yaml(data),
         **hub_files,
         "proxy/entrypoint.sh": inputs.proxy_entrypoint,

@@ -33,6 +33,7 @@ from hubdeploy.contract.layout import (
     PROXY_PORT,
     PROXY_SERVICE,
     PROXY_TOKEN,
+    PROMETHEUS_SERVICE,
     SLURMCTLD_SERVICE,
     SSH_CA_KEY,
     SSH_KEY,
@@ -42,7 +43,7 @@ from hubdeploy.contract.layout import (
     service_token,
 )
 from hubdeploy.contract.services import IDLE_CULLER, builtin_services
-from hubdeploy.render import slurm
+from hubdeploy.render import prometheus, slurm
 from hubdeploy.render.hubdata import homes_source
 from hubdeploy.schema import ExtraService, Site
 
@@ -90,6 +91,10 @@ def compose_data(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, 
         volumes["db-data"] = {"name": f"{project_name(site.name)}-db-data"}
     if site.services.idle_culler.enabled:
         services[IDLE_CULLER.name] = culler_service(site, refs)
+    if prometheus.enabled(site):
+        services[PROMETHEUS_SERVICE] = prometheus.service(
+            site, refs, mounts.hashes["prometheus"], _labels(site, mounts.hashes["prometheus"]))
+        volumes.update(prometheus.volumes(site))
     for svc in site.services.extra:
         if svc.command is not None:
             services[svc.name] = extra_service(site, refs, svc)
@@ -134,6 +139,7 @@ def networks(site: Site) -> dict[str, Any]:
     return {
         "internal": {"name": f"{prefix}-internal", "internal": True},
         "users": {"name": f"{prefix}-users"},
+        **prometheus.networks(site),
     }
 
 
@@ -183,7 +189,7 @@ def proxy_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str,
 def hub_secrets(site: Site) -> list[str]:
     """The secrets the hub reads: its own, every service's token, the database's and ssh's."""
     names = [COOKIE_SECRET, PROXY_TOKEN]
-    names += [s.secret for s in builtin_services(site.services.idle_culler.enabled)]
+    names += [s.secret for s in builtin_services(site.services.idle_culler.enabled, site.services.prometheus.enabled)]
     names += [service_token(s.name) for s in site.services.extra]
     if site.database.type == "postgresql":
         names.append(DB_PASSWORD)

@@ -72,7 +72,7 @@ def services(site: Site) -> list[hubjson.ServiceEntry]:
     """The built-in services, then the site's own."""
     out: list[hubjson.ServiceEntry] = [
         {"name": s.name, "token_file": s.token_file, "url": None, "scopes": list(s.scopes)}
-        for s in builtin_services(site.services.idle_culler.enabled)
+        for s in builtin_services(site.services.idle_culler.enabled, site.services.prometheus.enabled)
     ]
     return out + [_extra_service(svc) for svc in site.services.extra]
 

@@ -122,12 +122,12 @@ def test_one_collaboration_change_retags_it_and_its_children(site_dir):
 
 def test_jupyterhub_version_reaches_hub_and_notebooks(site_dir):
     before = images.image_refs(plan(site_dir))
-    plans = plan(site_dir, hub={"jupyterhub_version": "5.2.1"})
+    plans = plan(site_dir, hub={"jupyterhub_version": "5.5.4"})
     after = images.image_refs(plans)
     assert {n for n in before if before[n] != after[n]} == {"base", "astro", "radio", "bio", "hub"}
-    assert b'"jupyterhub==5.2.1"' in plans["base"].files["Dockerfile"]
-    assert b"jupyterhub==5.2.1\n" in plans["hub"].files["requirements.txt"]
-    assert b"jupyterhub==5.2.1\n" in plans["astro"].files["constraints.txt"]
+    assert b'"jupyterhub==5.5.4"' in plans["base"].files["Dockerfile"]
+    assert b"jupyterhub==5.5.4\n" in plans["hub"].files["requirements.txt"]
+    assert b"jupyterhub==5.5.4\n" in plans["astro"].files["constraints.txt"]
 
 
 def test_debian_suite_changes_everything_but_from_base(site_dir):

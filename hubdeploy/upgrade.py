@@ -1,0 +1,248 @@
+"""Changing ``hub.jupyterhub_version`` of a running stack: decide, then upgrade safely.
+
+The decision is pure (:func:`decide`). The upgrade itself (:func:`run`) is a sequence of
+steps, each of which either leaves the old hub serving on its old image and database or
+hands over to ``up``'s ordinary recreate:
+
+1. build the new images (the old hub keeps serving meanwhile);
+2. back up the hub database (sqlite's online backup inside the running hub) to
+   ``<state>/backups/``, mode 0600;
+3. stop the old hub (the proxy keeps routing users to their running servers), so that no
+   hub writes while the schema changes;
+4. ``jupyterhub upgrade-db`` in a one-off container of the NEW hub image, with the old
+   hub's mounts (its config, hub.json, secrets and data volume);
+5. ``up`` then writes the new files and recreates the hub.
+
+A failure in 1 changes nothing; a failure in 3 or 4 copies the backup back (sqlite) and
+starts the old hub container again. PostgreSQL runs alembic's migration in one
+transaction, so a failed upgrade-db leaves its schema as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubdeploy import images
+from hubdeploy.contract.layout import HUB_CONFIG_PATH, HUB_DATA_DIR, HUB_SERVICE
+from hubdeploy.errors import OperationError, SiteError
+from hubdeploy.images import LABEL_JUPYTERHUB_VERSION
+
+SQLITE_FILE = f"{HUB_DATA_DIR}/jupyterhub.sqlite"
+# Tests inject a failure at one step: "build" or "upgrade-db" (after the schema changed).
+FAULT_ENV = "HUBDEPLOY_TEST_UPGRADE_FAULT"
+_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
+# Bounded waits: the old hub's health after a rollback, the one-off upgrade-db container.
+HEALTH_WAIT = 180
+UPGRADE_DB_WAIT = 600
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """``"5.5.4"`` -> (5, 5, 4); a pre-release suffix is ignored. ValueError otherwise."""
+    m = _VERSION.match(text.strip())
+    if not m:
+        raise ValueError(f"not a JupyterHub version: {text!r}")
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``up`` does about the hub's version: ``none`` (no hub yet, or unknown),
+    ``same``, ``upgrade`` or ``downgrade`` (only with force)."""
+
+    kind: str
+    running: str | None
+    wanted: str
+
+    @property
+    def migrate(self) -> bool:
+        return self.kind in ("upgrade", "downgrade")
+
+
+def decide(running: str | None, wanted: str, *, force: bool) -> Decision:
+    """Compare the running hub's version with the site's. A downgrade without ``force``
+    is bad input (SiteError, exit 2): JupyterHub's schema migrations only go forward."""
+    if running is None:
+        return Decision("none", None, wanted)
+    old, new = parse_version(running), parse_version(wanted)
+    if old == new:
+        return Decision("same", running, wanted)
+    if new > old:
+        return Decision("upgrade", running, wanted)
+    if not force:
+        raise SiteError(
+            f"hub.jupyterhub_version: {wanted} is older than the running hub's {running}; "
+            "JupyterHub cannot downgrade its database schema",
+            hint="keep the version, or pass --force after restoring a database of that version",
+        )
+    return Decision("downgrade", running, wanted)
+
+
+def hub_container(client, project: str):
+    """The stack's hub container, running or stopped, or None."""
+    found = client.containers.list(all=True, filters={"label": [
+        f"com.docker.compose.project={project}", f"com.docker.compose.service={HUB_SERVICE}"]})
+    return found[0] if found else None
+
+
+def running_version(container) -> str | None:
+    """The JupyterHub version of a hub container: its image's label, else (an image built
+    before the label existed) what ``jupyterhub --version`` prints in it; None if unknown."""
+    import docker.errors
+
+    try:
+        labels = container.image.labels or {}
+    except docker.errors.ImageNotFound:  # removed under a container that still exists
+        labels = {}
+    if labels.get(LABEL_JUPYTERHUB_VERSION):
+        return labels[LABEL_JUPYTERHUB_VERSION]
+    if container.status != "running":
+        return None
+    code, out = container.exec_run(["jupyterhub", "--version"])
+    text = out.decode(errors="replace").strip().splitlines()
+    if code != 0 or not text:
+        return None
+    try:
+        parse_version(text[-1])
+    except ValueError:
+        return None
+    return text[-1].strip()
+
+
+# sqlite's online backup API copies a consistent snapshot while the hub keeps writing.
+_BACKUP_PY = """
+import sqlite3, sys
+src = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
+dst = sqlite3.connect(sys.argv[2])
+src.backup(dst)
+dst.close(); src.close()
+sys.stdout.buffer.write(open(sys.argv[2], "rb").read())
+"""
+
+
+def backup_database(container, state: Path, version: str) -> Path:
+    """Copy the hub's sqlite database, online, into ``<state>/backups/`` (0600)."""
+    tmp = f"{HUB_DATA_DIR}/.hubdeploy-upgrade-backup.sqlite"
+    code, (out, err) = container.exec_run(["python3", "-c", _BACKUP_PY, SQLITE_FILE, tmp], demux=True)
+    container.exec_run(["rm", "-f", tmp])
+    if code != 0 or not out:
+        tail = (err or b"").decode(errors="replace").strip().splitlines()[-3:]
+        raise OperationError("cannot back up the hub database: " + " | ".join(tail))
+    dest_dir = state / "backups"
+    dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    dest = dest_dir / f"jupyterhub-{version}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sqlite"
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(out)
+    return dest
+
+
+def restore_database(container, backup: Path) -> None:
+    """Put the backup back as the hub's database (the hub is stopped)."""
+    import io
+    import tarfile
+
+    data = backup.read_bytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(Path(SQLITE_FILE).name)
+        info.size, info.mode = len(data), 0o600
+        tar.addfile(info, io.BytesIO(data))
+    if not container.put_archive(HUB_DATA_DIR, buf.getvalue()):
+        raise OperationError(f"could not restore the hub database from {backup}")
+
+
+def upgrade_db(client, container, new_image: str) -> None:
+    """``jupyterhub upgrade-db`` in a one-off container of ``new_image`` that has the
+    old hub's mounts and networks (a PostgreSQL database is reached by its service name)."""
+    import docker.errors
+
+    name = f"{container.name}-upgrade-db"
+    try:  # left by an interrupted upgrade: it holds nothing but its logs
+        client.containers.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    networks = sorted((container.attrs.get("NetworkSettings") or {}).get("Networks") or {},
+                      key=lambda n: not n.endswith("-internal"))
+    one_off = client.containers.create(
+        new_image, ["jupyterhub", "upgrade-db", "-f", HUB_CONFIG_PATH],
+        name=name, volumes_from=[container.id], network=networks[0] if networks else None,
+        labels={"hubdeploy.site": container.labels.get("hubdeploy.site", ""), "hubdeploy.upgrade-db": "1"},
+    )
+    try:
+        one_off.start()
+        result = one_off.wait(timeout=UPGRADE_DB_WAIT)
+        logs = one_off.logs().decode(errors="replace").strip().splitlines()
+    finally:
+        one_off.remove(force=True)
+    if result.get("StatusCode") != 0:
+        raise OperationError("jupyterhub upgrade-db failed:\n  " + "\n  ".join(logs[-10:]))
+    if os.environ.get(FAULT_ENV) == "upgrade-db":
+        raise OperationError(f"jupyterhub upgrade-db: injected failure ({FAULT_ENV})")
+
+
+def _wait_healthy(container) -> bool:
+    deadline = time.monotonic() + HEALTH_WAIT
+    while time.monotonic() < deadline:
+        container.reload()
+        health = (container.attrs.get("State") or {}).get("Health") or {}
+        if container.status == "running" and health.get("Status") in (None, "healthy"):
+            return True
+        if container.status in ("exited", "dead"):
+            return False
+        time.sleep(1)
+    return False
+
+
+def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None, list[str]]:
+    """Steps 1-4 of the module docstring; returns the backup's path (None: PostgreSQL) and
+    the images built. On failure the old hub is serving again and OperationError says
+    which step failed."""
+    from rich.markup import escape
+
+    say = (lambda text: console.print(text)) if console else (lambda text: None)
+    old = hub_container(client, prep.project)
+    if old.status != "running":
+        # The backup and the rollback both need the old hub serving.
+        raise OperationError(f"the hub runs JupyterHub {decision.running} but is not running: nothing was changed",
+                             hint=f"start it on {decision.running} first (`up` with that version), then upgrade")
+    say(f"[bold]upgrading[/] JupyterHub {decision.running} -> {decision.wanted}")
+    say("[bold cyan]upgrade[/] 1/4 building the new images (the hub keeps serving)")
+    if os.environ.get(FAULT_ENV) == "build":
+        raise OperationError(f"building the new images: injected failure ({FAULT_ENV}); nothing was changed")
+    built = images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
+    backup = None
+    if prep.site.database.type == "sqlite":
+        say("[bold cyan]upgrade[/] 2/4 backing up the hub database")
+        backup = backup_database(old, prep.state, decision.running or "unknown")
+        say(f"[bold cyan]upgrade[/] backup: {escape(str(backup))}")
+    else:
+        say("[bold cyan]upgrade[/] 2/4 PostgreSQL: upgrade-db runs in one transaction (no file copy)")
+    say("[bold cyan]upgrade[/] 3/4 stopping the old hub (running servers stay reachable)")
+    try:
+        old.stop(timeout=30)
+        say("[bold cyan]upgrade[/] 4/4 jupyterhub upgrade-db with the new hub image")
+        upgrade_db(client, old, prep.plans["hub"].ref)
+    except Exception as exc:
+        _roll_back(old, backup, say)
+        what = exc.message if isinstance(exc, OperationError) else f"{type(exc).__name__}: {exc}"
+        raise OperationError(
+            f"the upgrade to JupyterHub {decision.wanted} failed; the hub runs {decision.running} "
+            f"again on its old image and database.\n  {what}",
+            hint=f"the database before the upgrade is kept at {backup}" if backup else None,
+        ) from None
+    say(f"[bold green]upgraded[/] the hub database to JupyterHub {decision.wanted}; recreating the hub")
+    return backup, built
+
+
+def _roll_back(old, backup: Path | None, say) -> None:
+    say("[bold red]upgrade failed[/]: restoring the database and starting the old hub")
+    if backup is not None:
+        restore_database(old, backup)
+    old.start()
+    if not _wait_healthy(old):
+        raise OperationError("the old hub did not become healthy again after the failed upgrade",
+                             hint=f"the database before the upgrade is at {backup}" if backup else None)

@@ -1,0 +1,69 @@
+"""The pure part of upgrades: reading versions and deciding what `up` does."""
+
+from __future__ import annotations
+
+import pytest
+
+from hubdeploy.errors import SiteError
+from hubdeploy.upgrade import decide, parse_version
+
+
+@pytest.mark.parametrize("text, expected", [("5.5.4", (5, 5, 4)), ("6.1.1\n", (6, 1, 1)),
+                                            ("6.0.0b1", (6, 0, 0)), ("10.0.12", (10, 0, 12))])
+def test_parse_version(text, expected):
+    assert parse_version(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "6", "6.1", "v6.1.1", "jupyterhub"])
+def test_parse_version_refuses_what_is_not_one(text):
+    with pytest.raises(ValueError):
+        parse_version(text)
+
+
+def test_no_running_hub_is_no_upgrade():
+    d = decide(None, "6.1.1", force=False)
+    assert d.kind == "none" and not d.migrate
+
+
+def test_same_version_changes_nothing():
+    assert decide("6.1.1", "6.1.1", force=False).kind == "same"
+
+
+@pytest.mark.parametrize("old, new", [("5.5.4", "6.1.1"), ("6.1.0", "6.1.1"), ("5.5.4", "5.10.0")])
+def test_newer_version_is_an_upgrade(old, new):
+    d = decide(old, new, force=False)
+    assert d.kind == "upgrade" and d.migrate and (d.running, d.wanted) == (old, new)
+
+
+def test_version_order_is_numeric_not_textual():
+    # "5.10.0" > "5.9.0" numerically; as text it would sort first and be refused.
+    assert decide("5.9.0", "5.10.0", force=False).kind == "upgrade"
+    with pytest.raises(SiteError):
+        decide("5.10.0", "5.9.0", force=False)
+
+
+def test_downgrade_is_bad_input_naming_both_versions():
+    with pytest.raises(SiteError) as info:
+        decide("6.1.1", "5.5.4", force=False)
+    assert info.value.exit_code == 2
+    assert "hub.jupyterhub_version" in info.value.message and "6.1.1" in info.value.message
+    assert "5.5.4" in info.value.message
+
+
+def test_forced_downgrade_migrates():
+    d = decide("6.1.1", "5.5.4", force=True)
+    assert d.kind == "downgrade" and d.migrate
+
+
+@pytest.mark.parametrize("version, ok", [("5.5.0", True), ("5.5.4", True), ("6.1.1", True), ("5.4.6", False),
+                                         ("4.1.6", False)])
+def test_schema_takes_jupyterhub_from_5_5(version, ok):
+    from hubdeploy.loader import load_site_text
+
+    text = f"name: v\nhub: {{jupyterhub_version: '{version}'}}\nprofiles: [{{name: p, image: base}}]\n"
+    if ok:
+        assert load_site_text(text, "site.yaml").hub.jupyterhub_version == version
+    else:
+        with pytest.raises(SiteError) as info:
+            load_site_text(text, "site.yaml")
+        assert "site.yaml:2:" in info.value.message and "hub.jupyterhub_version" in info.value.message
