@@ -246,3 +246,26 @@ def test_bodies_that_are_not_json_objects_are_bad_requests():
     d = decide(Request("POST", "/containers/create", "name=hubdeploy-alpha-x", b"{nope"), POLICY, lookup)
     refused(d, "bad-request")
     refused(ask("GET", "/containers/json", query="filters=%7Bbad"), "bad-request")
+
+
+# -- dexec finds the proxy from DOCKER_HOST ------------------------------------------------
+
+
+@pytest.mark.parametrize("host,tls,expected", [
+    (None, None, "/var/run/docker.sock"),
+    ("unix:///run/other.sock", None, "/run/other.sock"),
+    ("tcp://engine-proxy:2375", None, ("engine-proxy", 2375)),
+    ("tcp://127.0.0.1:8620/", None, ("127.0.0.1", 8620)),
+    ("tcp://engine-proxy", None, ("engine-proxy", 2375)),
+    ("tcp://engine-proxy:2376", "1", None),  # TLS: docker-py's path
+    ("ssh://login", None, None),
+])
+def test_dexec_engine_address(monkeypatch, host, tls, expected):
+    from hubdeploy.hub import dexec
+
+    for name, value in (("DOCKER_HOST", host), ("DOCKER_TLS_VERIFY", tls)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert dexec.engine_address() == expected
