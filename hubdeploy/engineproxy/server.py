@@ -155,7 +155,12 @@ class EngineProxy:
                     await writer.drain()
                     return
         if not isinstance(decision, Allow):
-            log.warning("refused %s %s rule=%s: %s", req.method, path, decision.rule, decision.reason)
+            if decision.status == 404:
+                # An answer, not a refusal: the backend asks for a container by name
+                # before each start to find a stale one.
+                log.debug("not found %s %s", req.method, path)
+            else:
+                log.warning("refused %s %s rule=%s: %s", req.method, path, decision.rule, decision.reason)
             writer.write(_response(decision.status, f"hubdeploy engine proxy refused ({decision.rule}): {decision.reason}"))
             await writer.drain()
             return

@@ -283,8 +283,14 @@ def test_status_orphans_and_down_still_work(ident_stack):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     services = {svc["service"]: svc for svc in json.loads(proc.stdout)["services"]}
     assert services["engine-proxy"]["state"] == "running", services
-    proc = ident_stack.cli("orphans", "list", "--json")
+    proc = ident_stack.cli("orphans", "list", "--all", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The hub lists both backends' servers (through the proxy and dexec), all its own.
+    listed = json.loads(proc.stdout)
+    assert {"docker", "slurm"} <= set(listed["backends"]), listed
+    by_backend = {b: [r for r in listed["servers"] if r["backend"] == b] for b in ("docker", "slurm")}
+    assert len(by_backend["docker"]) == len(by_backend["slurm"]) == len(USERS), listed
+    assert all(r["tracked"] for r in listed["servers"]), listed
     # down asks the hub to stop every server: through the proxy, the login containers go.
     proc = ident_stack.cli("down", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
