@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind-path", action="append", default=[], metavar="PATH",
                         help="a host path the site declared (bind mounts of it and below are allowed)")
     parser.add_argument("--volume", action="append", default=[], metavar="NAME",
-                        help="a volume the site declared whose name lacks the site's prefix")
+                        help="a volume the site declared (profile volumes: the engine makes them without labels)")
     parser.add_argument("--log-allowed", action="store_true", help="log allowed requests too")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")

@@ -20,7 +20,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from hubdeploy.contract.layout import ENGINE_PROXY_SERVICE, LABEL_SITE, project_name
 
@@ -61,7 +61,7 @@ class SitePolicy:
     # Host paths the site declared (identity.homes_host, profile volumes): bind mounts
     # of these or of paths below them are the only ones allowed.
     bind_paths: tuple[str, ...] = ()
-    # Volume names the site declared that lack the site's prefix (profile volumes).
+    # Volume names the site declared (profile volumes), whatever their labels.
     volumes: tuple[str, ...] = ()
 
     @property
@@ -116,7 +116,10 @@ def decide(req: Request, policy: SitePolicy, lookup: Lookup) -> Decision:
 
 
 def _route(method: str, path: str, query: str, body: bytes, policy: SitePolicy, lookup: Lookup):
-    parts = [p for p in path.split("/") if p]
+    parts = [unquote(p) for p in path.split("/") if p]
+    if "%2f" in path.lower() or any(p in (".", "..") for p in parts):
+        # The engine would clean or decode these into another path than the one checked.
+        raise Refused("bad-request", "dot segments and escaped slashes in the path are refused")
     q = f"?{query}" if query else ""
     if (method in ("GET", "HEAD") and parts in (["_ping"], ["version"])):
         return "engine-info", path + q, False
@@ -127,12 +130,12 @@ def _route(method: str, path: str, query: str, body: bytes, policy: SitePolicy, 
     if parts[:1] == ["images"] and method == "GET" and len(parts) >= 3 and parts[-1] == "json":
         return "image-inspect", path + q, False
     if parts[:1] == ["volumes"]:
-        return _volumes(method, parts[1:], q, body, policy)
+        return _volumes(method, parts[1:], q, body, policy, lookup)
     if parts[:1] == ["networks"] and method == "GET" and len(parts) == 2:
         net = lookup("network", parts[1])
         if net is None:
             raise Refused("not-found", f"network {parts[1]} not found")
-        if not net.get("Name", "").startswith(policy.prefix):
+        if not _owned(net, policy):
             raise Refused("foreign-network", f"network {net.get('Name')} is not this site's")
         return "network-inspect", f"/networks/{quote(net['Id'])}{q}", False
     raise Refused("not-allowed", f"{method} {path} is not on the engine proxy's allow-list")
@@ -145,7 +148,7 @@ def _containers(method, rest, query, body, policy, lookup):
     if rest == ["json"] and method == "GET":
         return "list-site-containers", "/containers/json?" + _with_site_filter(query, policy.site), False
     if rest == ["create"] and method == "POST":
-        _check_create(_json_body(body), parse_qs(query).get("name", [""])[0], policy)
+        _check_create(_json_body(body), parse_qs(query).get("name", [""])[0], policy, lookup)
         return "create", "/containers/create" + (f"?{query}" if query else ""), False
     if not rest:
         raise Refused("not-allowed", f"{method} /containers is not on the allow-list")
@@ -220,7 +223,7 @@ def _json_body(body: bytes) -> dict:
     return data
 
 
-def _check_create(spec: dict, name: str, policy: SitePolicy) -> None:
+def _check_create(spec: dict, name: str, policy: SitePolicy, lookup: Lookup) -> None:
     """Refuse a container that could reach beyond the site: privileges, host namespaces,
     devices, unconfined profiles, foreign mounts and networks, missing site marks."""
     if not name.startswith(policy.prefix):
@@ -235,8 +238,8 @@ def _check_create(spec: dict, name: str, policy: SitePolicy) -> None:
                    if c.upper().removeprefix("CAP_") not in DEFAULT_CAPS)
     if extra:
         raise Refused("cap-add", f"HostConfig.CapAdd {extra} is beyond Docker's default set")
-    _check_mounts(spec, host, policy)
-    _check_namespaces(host, policy)
+    _check_mounts(spec, host, policy, lookup)
+    _check_namespaces(host, policy, lookup)
     for key in _BAD_HOST_KEYS:
         if host.get(key):
             raise Refused(key.lower(), f"HostConfig.{key} is refused")
@@ -253,7 +256,7 @@ def _check_create(spec: dict, name: str, policy: SitePolicy) -> None:
         raise Refused("security-opt", f"HostConfig.SecurityOpt {bad_opts} is refused")
 
 
-def _check_namespaces(host: dict, policy: SitePolicy) -> None:
+def _check_namespaces(host: dict, policy: SitePolicy, lookup: Lookup) -> None:
     for key in ("PidMode", "UTSMode", "UsernsMode", "CgroupnsMode"):
         value = host.get(key) or ""
         if value not in ("", "private"):
@@ -262,14 +265,14 @@ def _check_namespaces(host: dict, policy: SitePolicy) -> None:
     if ipc not in _SAFE_IPC:
         raise Refused("host-namespace", f"HostConfig.IpcMode={ipc!r} is refused")
     mode = host.get("NetworkMode") or ""
-    if mode != "none" and not mode.startswith(policy.prefix):
-        raise Refused("network", f"HostConfig.NetworkMode={mode!r} is not one of this site's networks")
+    if mode != "none":
+        _check_network(mode, policy, lookup)
 
 
-def _check_mounts(spec: dict, host: dict, policy: SitePolicy) -> None:
+def _check_mounts(spec: dict, host: dict, policy: SitePolicy, lookup: Lookup) -> None:
     for bind in host.get("Binds") or ():
         source = bind.split(":", 1)[0]
-        _check_source(source, "bind" if source.startswith("/") else "volume", policy)
+        _check_source(source, "bind" if source.startswith("/") else "volume", policy, lookup)
     for mount in host.get("Mounts") or ():
         kind = mount.get("Type") or "volume"
         if kind == "tmpfs":
@@ -279,31 +282,53 @@ def _check_mounts(spec: dict, host: dict, policy: SitePolicy) -> None:
         if kind == "volume" and (mount.get("VolumeOptions") or {}).get("DriverConfig"):
             # A local volume with driver options is a bind mount of any host path.
             raise Refused("volume", "a mount's VolumeOptions.DriverConfig is refused")
-        _check_source(mount.get("Source") or "", kind, policy)
+        _check_source(mount.get("Source") or "", kind, policy, lookup)
     # Anonymous volumes (Config.Volumes) hold nothing of the host's: allowed.
     endpoints = (spec.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
-    foreign = sorted(n for n in endpoints if not n.startswith(policy.prefix))
-    if foreign:
-        raise Refused("network", f"networks {foreign} are not this site's")
+    for net in sorted(endpoints):
+        _check_network(net, policy, lookup)
 
 
-def _check_source(source: str, kind: str, policy: SitePolicy) -> None:
+def _owned(info: dict, policy: SitePolicy) -> bool:
+    """A volume or network is the site's by its labels: compose's project (the stack's
+    own) or the site label (what the backends create). A name prefix alone is not
+    enough: site ``a``'s prefix ``hubdeploy-a-`` is also the head of site ``a-b``'s names."""
+    labels = info.get("Labels") or {}
+    return (labels.get(LABEL_SITE) == policy.site
+            or labels.get("com.docker.compose.project") == project_name(policy.site))
+
+
+def _check_network(name: str, policy: SitePolicy, lookup: Lookup) -> None:
+    if not name.startswith(policy.prefix):
+        raise Refused("network", f"network {name!r} is not one of this site's networks")
+    info = lookup("network", name)
+    if info is not None and not _owned(info, policy):
+        raise Refused("network", f"network {name!r} is not labelled as this site's")
+
+
+def _check_source(source: str, kind: str, policy: SitePolicy, lookup: Lookup) -> None:
     if kind == "bind":
         norm = "/" + "/".join(p for p in source.split("/") if p and p != ".")
         if ".." in norm.split("/") or not any(
                 norm == p.rstrip("/") or norm.startswith(p.rstrip("/") + "/") for p in policy.bind_paths):
             raise Refused("bind", f"bind mount of host path {source} is outside the site's declared paths")
         return
-    if not (source.startswith(policy.prefix) or source in policy.volumes):
+    if source in policy.volumes:
+        return  # declared by the site (profile volumes; the engine makes them unlabelled)
+    if not source.startswith(policy.prefix):
         raise Refused("volume", f"volume {source!r} is not this site's")
+    info = lookup("volume", source)
+    # An absent one is made new and empty by the create; an existing one must be ours.
+    if info is not None and not _owned(info, policy):
+        raise Refused("volume", f"volume {source!r} is not labelled as this site's")
 
 
 # -- volumes ------------------------------------------------------------------------------
 
 
-def _volumes(method, rest, q, body, policy):
+def _volumes(method, rest, q, body, policy, lookup):
     if method == "GET" and len(rest) == 1:
-        _check_source(rest[0], "volume", policy)
+        _check_source(rest[0], "volume", policy, lookup)
         return "volume-inspect", f"/volumes/{quote(rest[0])}{q}", False
     if method == "POST" and rest == ["create"]:
         spec = _json_body(body)

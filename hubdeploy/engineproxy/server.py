@@ -101,8 +101,9 @@ class EngineProxy:
         return status, body
 
     async def lookup(self, kind: str, ref: str) -> dict | None:
-        """The engine's inspect document of a container, exec or network; None if absent."""
-        path = {"container": "/containers/{}/json", "exec": "/exec/{}/json", "network": "/networks/{}"}[kind]
+        """The engine's inspect document of a container, exec, network or volume; None if absent."""
+        path = {"container": "/containers/{}/json", "exec": "/exec/{}/json", "network": "/networks/{}",
+                "volume": "/volumes/{}"}[kind]
         status, body = await asyncio.wait_for(self._engine_get(path.format(quote(ref, safe=""))), LOOKUP_TIMEOUT)
         if status == 404:
             return None
@@ -146,7 +147,7 @@ class EngineProxy:
                 decision = decide(req, self.policy, lookup)
                 break
             except _NeedLookup:
-                if len(facts) > 4:  # exec -> container is the longest chain
+                if len(facts) > 32:  # a create names a few volumes and networks
                     raise OSError("lookup chain too long") from None
                 try:
                     facts[missing[0]] = await self.lookup(*missing[0])

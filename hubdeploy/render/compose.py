@@ -260,9 +260,7 @@ def _declared_host_paths(site: Site) -> list[str]:
 
 
 def _declared_volumes(site: Site) -> list[str]:
-    prefix = project_name(site.name) + "-"
-    return sorted({v.source for p in site.profiles for v in p.volumes
-                   if not v.source.startswith("/") and not v.source.startswith(prefix)})
+    return sorted({v.source for p in site.profiles for v in p.volumes if not v.source.startswith("/")})
 
 
 def _hub_identity_volumes(site: Site, mounts: Mounts) -> list[str]:

@@ -118,6 +118,21 @@ def test_creating_a_container_that_bind_mounts_the_root_is_refused(env):
     _nothing_named(env["engine"], name)
 
 
+def test_a_volume_of_a_site_whose_name_extends_this_ones_is_refused(env):
+    """Site ``<site>-x`` has names that start with this site's prefix; its labels tell."""
+    engine = env["engine"]
+    theirs = engine.volumes.create(f"{PREFIX}x-homes-{env['tag']}",
+                                   labels={"com.docker.compose.project": f"hubdeploy-{SITE}-x"})
+    try:
+        name = f"{PREFIX}steal-{env['tag']}"
+        _refused(lambda: env["proxy"].containers.create(
+            BASE_IMAGE, ["id"], name=name, labels=LABELS, network=env["network"],
+            mounts=[docker.types.Mount("/h", theirs.name, type="volume")]), "volume")
+        _nothing_named(engine, name)
+    finally:
+        theirs.remove(force=True)
+
+
 def test_another_sites_container_cannot_be_inspected_stopped_or_execed(env):
     foreign, proxy = env["foreign"], env["proxy"]
     _refused(lambda: proxy.containers.get(foreign.name), "foreign-container")
