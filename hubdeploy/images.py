@@ -135,9 +135,10 @@ def _read_ca(site: Site, site_dir: Path) -> bytes | None:
 # What of hubdeploy runs inside the hub: the spawner, the backends, the proxy class and the
 # secret wrapper. Only these files enter the hub image (and its tag), so a change to the
 # CLI, the renderer or the docs does not rebuild and restart every site's hub.
+# The engine proxy runs from the hub image too: one image to build, and it has python.
 HUB_SOURCES = ("hubdeploy/__init__.py", "hubdeploy/errors.py", "hubdeploy/contract", "hubdeploy/hub",
-               "hubdeploy/backends")
-HUB_PACKAGES = ("hubdeploy", "hubdeploy.contract", "hubdeploy.hub", "hubdeploy.backends")
+               "hubdeploy/backends", "hubdeploy/engineproxy")
+HUB_PACKAGES = ("hubdeploy", "hubdeploy.contract", "hubdeploy.hub", "hubdeploy.backends", "hubdeploy.engineproxy")
 HUB_ENTRY_POINT_GROUPS = ("hubdeploy.backends", "jupyterhub.spawners")
 
 

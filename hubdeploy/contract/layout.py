@@ -24,6 +24,11 @@ PROXY_API_ALIAS = "proxy-api"
 DB_SERVICE = "db"
 PROMETHEUS_SERVICE = "prometheus"
 SLURMCTLD_SERVICE = "slurmctld"
+# The one stack component that holds the Docker socket: the hub reaches the engine only
+# through it (hubdeploy.engineproxy), on the internal network.
+ENGINE_PROXY_SERVICE = "engine-proxy"
+ENGINE_PROXY_PORT = 2375
+ENGINE_PROXY_URL = f"tcp://{ENGINE_PROXY_SERVICE}:{ENGINE_PROXY_PORT}"
 
 # -- files inside the hub's container -------------------------------------------------
 HUB_CONFIG_PATH = "/etc/jupyterhub/jupyterhub_config.py"

@@ -6,7 +6,7 @@ The Slurm backend's ``submit_prefix`` for the cluster hubdeploy runs in the stac
         --workdir /tmp [--env NAME]... -- sbatch ...
 
 Why this and not the Slurm client in the hub image: the hub already talks to the Docker
-API (login-node servers); the controller's container has the Slurm commands of exactly the
+API (login-node servers; in the stack through the engine proxy, DOCKER_HOST tcp://); the controller's container has the Slurm commands of exactly the
 cluster's version, munged with the cluster's key, and the notebook user's account. The hub
 image then needs no munge key, no munged to supervise and no user accounts, and a
 restarted controller is found again by its compose labels (not by a container id).
@@ -46,40 +46,53 @@ def _fail(message: str) -> int:
     return UNREACHABLE
 
 
-def _unix_socket_path() -> str | None:
-    """The engine's unix socket from DOCKER_HOST (default /var/run/docker.sock); None for
-    any other kind of engine address (tcp, TLS, ssh), which docker-py handles."""
+def engine_address() -> str | tuple[str, int] | None:
+    """Where the engine is, from DOCKER_HOST (default /var/run/docker.sock): a unix
+    socket's path, or (host, port) for plain tcp (the stack's engine proxy). None for any
+    other kind of address (TLS, ssh), which docker-py handles."""
     host = os.environ.get("DOCKER_HOST") or f"unix://{DEFAULT_SOCKET}"
-    return host[len("unix://"):] if host.startswith("unix://") else None
+    if host.startswith("unix://"):
+        return host[len("unix://"):]
+    if host.startswith("tcp://") and not os.environ.get("DOCKER_TLS_VERIFY"):
+        netloc = host[len("tcp://"):].split("/", 1)[0]
+        name, _, port = netloc.rpartition(":")
+        return (name, int(port)) if name and port.isdigit() else (netloc, 2375)
+    return None
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None):
+def _connect(address: str | tuple[str, int], timeout: float | None) -> socket.socket:
+    if isinstance(address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(address)
+        return sock
+    return socket.create_connection(address, timeout=timeout)
+
+
+class _EngineConnection(http.client.HTTPConnection):
+    def __init__(self, address: str | tuple[str, int], timeout: float | None):
         super().__init__("docker", timeout=timeout)
-        self._path = path
+        self._address = address
 
     def connect(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+        self.sock = _connect(self._address, self.timeout)
 
 
 class Engine:
-    """The four Engine API calls an exec needs, over the unix socket, with the standard
-    library only.
+    """The four Engine API calls an exec needs, over the unix socket or plain tcp, with
+    the standard library only.
 
     Why not docker-py here: this runs once per Slurm command (sbatch, every squeue poll,
     scancel), and importing docker-py (requests, urllib3) took 0.2 s of a 0.3 s command on
     an idle machine and over 0.5 s under load. docker-py stays the path for engines that are
-    not a unix socket.
+    neither.
     """
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, address: str | tuple[str, int]):
+        self.address = address
 
     def _request(self, method: str, url: str, body: dict | None = None) -> tuple[int, bytes]:
-        conn = _UnixConnection(self.path, API_TIMEOUT)
+        conn = _EngineConnection(self.address, API_TIMEOUT)
         try:
             payload = None if body is None else json.dumps(body).encode()
             headers = {"Content-Type": "application/json"} if payload is not None else {}
@@ -113,9 +126,7 @@ class Engine:
     def exec_start(self, exec_id: str) -> tuple[socket.socket, bytes]:
         """Start the exec; the raw (hijacked) connection and the bytes already read past
         the response head (the first frames may arrive with it)."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(API_TIMEOUT)
-        sock.connect(self.path)
+        sock = _connect(self.address, API_TIMEOUT)
         body = json.dumps({"Detach": False, "Tty": False}).encode()
         sock.sendall(
             (f"POST /exec/{quote(exec_id)}/start HTTP/1.1\r\nHost: docker\r\n"
@@ -165,8 +176,8 @@ def _stdin_bytes() -> bytes:
     return b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
 
 
-def _run_unix(path: str, args, env: dict[str, str]) -> int:
-    engine = Engine(path)
+def _run_stdlib(address: str | tuple[str, int], args, env: dict[str, str]) -> int:
+    engine = Engine(address)
     try:
         container = engine.find(args.project, args.service)
         if container is None:
@@ -216,8 +227,8 @@ def _exit_code(ask) -> int:
 
 
 def _run_docker_py(args, env: dict[str, str]) -> int:
-    """The same through docker-py, for engines that are not a unix socket (DOCKER_HOST
-    tcp:// with TLS, ssh://)."""
+    """The same through docker-py, for engines that are neither a unix socket nor plain
+    tcp (DOCKER_HOST tcp:// with TLS, ssh://)."""
     import docker
     import docker.errors
     from docker.utils.socket import frames_iter
@@ -262,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="+")
     args = parser.parse_args(argv)
     env = {n: os.environ[n] for n in args.env if n in os.environ}
-    path = _unix_socket_path()
-    return _run_unix(path, args, env) if path else _run_docker_py(args, env)
+    address = engine_address()
+    return _run_stdlib(address, args, env) if address else _run_docker_py(args, env)
 
 
 if __name__ == "__main__":

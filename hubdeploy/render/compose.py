@@ -15,6 +15,9 @@ from hubdeploy.contract.layout import (
     COOKIE_SECRET,
     DB_PASSWORD,
     DB_SERVICE,
+    ENGINE_PROXY_PORT,
+    ENGINE_PROXY_SERVICE,
+    ENGINE_PROXY_URL,
     HUB_CONFIG_PATH,
     HUB_DATA_DIR,
     HUB_JSON_PATH,
@@ -56,6 +59,11 @@ HUB_HEALTH = (
     "import urllib.request,sys;"
     "sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{port}/hub/health', timeout=4).status == 200 else 1)"
 )
+ENGINE_PROXY_HEALTH = (
+    "import urllib.request,sys;"
+    f"sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:{ENGINE_PROXY_PORT}/_ping', timeout=4).status == 200"
+    " else 1)"
+)
 HUB_API = f"http://{HUB_SERVICE}:{HUB_PORT}/hub/api"
 # CPU weight of the hub and the proxy against a container's default of 1024. In a spawn
 # storm every starting server (each at 1024) imports at full tilt, and with equal weights
@@ -83,6 +91,7 @@ def compose_data(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, 
     services: dict[str, Any] = {
         PROXY_SERVICE: proxy_service(site, refs, mounts),
         HUB_SERVICE: hub_service(site, refs, mounts),
+        ENGINE_PROXY_SERVICE: engine_proxy_service(site, refs),
     }
     volumes: dict[str, Any] = {"hub-data": {"name": f"{project_name(site.name)}-hub-data"}}
     if site.database.type == "postgresql":
@@ -207,8 +216,6 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
         f"./hub/jupyterhub_config.py:{HUB_CONFIG_PATH}:ro",
         f"./hub/hub.json:{HUB_JSON_PATH}:ro",
         f"hub-data:{HUB_DATA_DIR}",
-        # The docker backend starts login-node notebooks on this engine.
-        "/var/run/docker.sock:/var/run/docker.sock",
     ]
     if site.submit_ssh is not None:
         volumes.append(f"./hub/ssh_known_hosts:{SSH_KNOWN_HOSTS_PATH}:ro")
@@ -217,15 +224,58 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
         "image": refs["hub"],
         "pull_policy": "never",
         "command": ["jupyterhub", "-f", HUB_CONFIG_PATH],
+        # The hub holds no Docker socket: the docker backend and dexec reach the engine
+        # through the engine proxy, which refuses whatever is not this site's.
+        "environment": {"DOCKER_HOST": ENGINE_PROXY_URL},
         "networks": {"internal": {"aliases": [HUB_SERVICE]}, "users": {"aliases": [HUB_SERVICE]}},
         "secrets": hub_secrets(site),
         "volumes": volumes,
         "labels": _labels(site, mounts.hashes["hub"]),
         "healthcheck": _healthcheck(["CMD", "python3", "-c", HUB_HEALTH.format(port=HUB_PORT)]),
-        "depends_on": {PROXY_SERVICE: {"condition": "service_healthy"}},
+        "depends_on": {PROXY_SERVICE: {"condition": "service_healthy"},
+                       ENGINE_PROXY_SERVICE: {"condition": "service_healthy"}},
         "cpu_shares": CONTROL_PLANE_CPU_SHARES,
         "restart": "unless-stopped",
     }
+
+
+def engine_proxy_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
+    """The only service with the Docker socket (hubdeploy.engineproxy), reachable only on
+    the internal network. Its policy comes from these arguments: the site, and the host
+    paths and volumes the site declared for notebooks."""
+    command = ["python3", "-m", "hubdeploy.engineproxy", "--site", site.name,
+               "--listen", f"0.0.0.0:{ENGINE_PROXY_PORT}"]
+    for path in _declared_host_paths(site):
+        command += ["--bind-path", path]
+    for name in _declared_volumes(site):
+        command += ["--volume", name]
+    return {
+        "image": refs["hub"],
+        "pull_policy": "never",
+        "command": command,
+        # Root for the socket (owner root, 0660), but with no capability at all: it needs
+        # none to open a socket it owns, and a read-only root with no way to regain any.
+        "user": "0:0",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "read_only": True,
+        "networks": {"internal": {"aliases": [ENGINE_PROXY_SERVICE]}},
+        "volumes": ["/var/run/docker.sock:/var/run/docker.sock"],
+        "labels": _labels(site),
+        "healthcheck": _healthcheck(["CMD", "python3", "-c", ENGINE_PROXY_HEALTH]),
+        "restart": "unless-stopped",
+    }
+
+
+def _declared_host_paths(site: Site) -> list[str]:
+    paths = {v.source for p in site.profiles for v in p.volumes if v.source.startswith("/")}
+    if site.identity.source != "shared" and site.identity.homes_host:
+        paths.add(site.identity.homes_host)
+    return sorted(paths)
+
+
+def _declared_volumes(site: Site) -> list[str]:
+    return sorted({v.source for p in site.profiles for v in p.volumes if not v.source.startswith("/")})
 
 
 def _hub_identity_volumes(site: Site, mounts: Mounts) -> list[str]:

@@ -34,9 +34,17 @@ class Recorder:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port: any, or the first free one of HUBDEPLOY_TEST_PORTS (``LOW-HIGH``),
+    for sessions that were given a range of their own on a shared machine."""
+    low, _, high = os.environ.get("HUBDEPLOY_TEST_PORTS", "0-0").partition("-")
+    for port in range(int(low), int(high or low) + 1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return s.getsockname()[1]
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in HUBDEPLOY_TEST_PORTS={os.environ['HUBDEPLOY_TEST_PORTS']}")
 
 
 def run_cli(site_file: Path | None, *args: str, timeout: float = 1800, env: dict | None = None,

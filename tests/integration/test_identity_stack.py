@@ -12,8 +12,12 @@ what her login server wrote.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import time
 
+import docker
+import docker.errors
 import pytest
 from slurmstack import SlurmStack, running
 from stackfixture import user_session
@@ -22,7 +26,8 @@ from hubdeploy.smoke.kernel import ServerClient
 
 pytestmark = pytest.mark.integration
 
-SITE = "hdtident"
+# Another value (HUBDEPLOY_TEST_IDENT_SITE) lets two sessions share one engine.
+SITE = os.environ.get("HUBDEPLOY_TEST_IDENT_SITE", "hdtident")
 SITE_YAML = """\
 name: {name}
 public: {{host: 127.0.0.1, port: {port}}}
@@ -186,3 +191,109 @@ def test_her_files_are_hers_survive_a_restart_and_follow_her_to_compute_nodes(id
     assert run_py(carol["login"], carol["token"], FILES.format(write=False))[:2] == ["carol's notes", uid]
     # The uid is the same after the restart (allocated once, kept by the hub).
     assert run_py(carol["login"], carol["token"], WHO)[0] == uid
+
+
+# -- the hub reaches the engine only through the engine proxy -----------------------------
+
+FROM_HUB = """\
+import json, os, sys
+import docker, docker.errors
+site, image, foreign, holder = sys.argv[1:5]
+prefix = f"hubdeploy-{site}-"
+client = docker.from_env(timeout=60)
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except docker.errors.APIError as exc:
+        return [exc.status_code, str(exc.explanation)]
+def create(name, **kw):
+    return lambda: client.containers.create(image, ["id"], name=prefix + name, labels={"hubdeploy.site": site},
+                                            network=prefix + "users", **kw)
+print(json.dumps({
+    "socket": [p for p in ("/var/run/docker.sock", "/run/docker.sock") if os.path.exists(p)],
+    "docker_host": os.environ.get("DOCKER_HOST"),
+    "privileged": attempt(create("evil-priv", privileged=True)),
+    "bind_root": attempt(create("evil-root", volumes={"/": {"bind": "/host"}})),
+    "foreign_inspect": attempt(lambda: client.api.inspect_container(foreign)),
+    "foreign_stop": attempt(lambda: client.api.stop(foreign, timeout=1)),
+    "foreign_exec": attempt(lambda: client.api.exec_create(foreign, ["id"])),
+    "holder_exec": attempt(lambda: client.api.exec_create(holder, ["id"])),
+    "own_servers": sorted(c.name for c in client.containers.list(filters={"label": "hubdeploy.user"})),
+}))
+"""
+INSIDE_PROXY = """\
+import json, os
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+try:
+    open("/planted", "w")
+    writable = True
+except OSError:
+    writable = False
+print(json.dumps({k: status[k].strip() for k in ("CapEff", "CapBnd", "NoNewPrivs")} | {"root_writable": writable}))
+"""
+
+
+def test_the_hub_holds_no_socket_and_its_engine_refuses_what_is_not_the_sites(ident_stack):
+    """From inside the hub: no Docker socket; through DOCKER_HOST (the engine proxy) a
+    privileged container, a bind of / and another site's container are all refused,
+    while the docker and Slurm backends' own servers run (started through it above)."""
+    s = _servers(ident_stack)
+    engine = docker.from_env(timeout=120)
+    hub = ident_stack.container("hub")
+    holder = ident_stack.container("engine-proxy")
+    # The backends' real work (four spawns, accounts, homes, sbatch, squeue) needed
+    # nothing the proxy refuses.
+    assert "refused" not in holder.logs().decode(errors="replace")
+    foreign = engine.containers.run(hub.image.id, ["sleep", "600"], detach=True,
+                                    name=f"hdte-foreign-{secrets.token_hex(4)}",
+                                    labels={"hubdeploy.site": "hdteother"})
+    try:
+        code, out = hub.exec_run(["python3", "-c", FROM_HUB, SITE, hub.image.id, foreign.id, holder.id])
+        assert code == 0, out
+        got = json.loads(out.decode().strip().splitlines()[-1])
+        foreign.reload()
+        assert foreign.status == "running"
+    finally:
+        foreign.remove(force=True)
+    assert got["socket"] == [] and got["docker_host"] == "tcp://engine-proxy:2375", got
+    rules = {"privileged": "privileged", "bind_root": "bind", "foreign_inspect": "foreign-container",
+             "foreign_stop": "foreign-container", "foreign_exec": "foreign-container", "holder_exec": "engine-holder"}
+    for key, rule in rules.items():
+        assert got[key][0] == 403 and f"({rule})" in got[key][1], (key, got[key])
+    # The hub still lists its own notebook containers, and only those.
+    assert got["own_servers"] and all(n.startswith(f"hubdeploy-{SITE}-nb-") for n in got["own_servers"]), got
+    for name in ("evil-priv", "evil-root"):
+        with pytest.raises(docker.errors.NotFound):
+            engine.containers.get(f"hubdeploy-{SITE}-{name}")
+    # Each refusal is one line of the proxy's log, with its rule.
+    logs = holder.logs().decode(errors="replace")
+    assert sum("refused" in line for line in logs.splitlines()) == len(rules), logs
+    assert s["carol"]["token"] not in logs
+    # The proxy itself: no capability, no way to gain one, a read-only root.
+    code, out = holder.exec_run(["python3", "-c", INSIDE_PROXY])
+    assert code == 0, out
+    assert json.loads(out) == {"CapEff": "0000000000000000", "CapBnd": "0000000000000000", "NoNewPrivs": "1",
+                               "root_writable": False}
+
+
+def test_status_orphans_and_down_still_work(ident_stack):
+    _servers(ident_stack)
+    proc = ident_stack.cli("status", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    services = {svc["service"]: svc for svc in json.loads(proc.stdout)["services"]}
+    assert services["engine-proxy"]["state"] == "running", services
+    proc = ident_stack.cli("orphans", "list", "--all", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The hub lists both backends' servers (through the proxy and dexec), all its own.
+    listed = json.loads(proc.stdout)
+    assert {"docker", "slurm"} <= set(listed["backends"]), listed
+    by_backend = {b: [r for r in listed["servers"] if r["backend"] == b] for b in ("docker", "slurm")}
+    assert len(by_backend["docker"]) == len(by_backend["slurm"]) == len(USERS), listed
+    assert all(r["tracked"] for r in listed["servers"]), listed
+    # down asks the hub to stop every server: through the proxy, the login containers go.
+    proc = ident_stack.cli("down", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    engine = docker.from_env()
+    assert engine.containers.list(all=True, filters={"label": f"hubdeploy.site={SITE}"}) == []
+    servers.clear()

@@ -42,7 +42,7 @@ def test_up_is_healthy(up_stack):
     data = up_stack.status()
     assert data["healthy"], data
     svcs = {s["service"]: s for s in data["services"]}
-    assert set(svcs) == {"hub", "proxy", "idle-culler"}
+    assert set(svcs) == {"hub", "proxy", "engine-proxy", "idle-culler"}
     assert svcs["hub"]["health"] == "healthy" and svcs["proxy"]["health"] == "healthy"
     # Only the proxy is published.
     client = docker.from_env()
@@ -141,6 +141,7 @@ def test_changed_site_recreates_only_what_changed(up_stack):
     after = up_stack.container_ids()
     assert after["idle-culler"] != before["idle-culler"]
     assert after["hub"] == before["hub"] and after["proxy"] == before["proxy"]
+    assert after["engine-proxy"] == before["engine-proxy"]
     assert run_5x4(url, token) == "20"
 
 

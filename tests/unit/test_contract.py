@@ -167,7 +167,7 @@ def test_validate_refuses_a_builtin_service_name_with_exit_2(tmp_path):
 
 PACKAGE = REPO / "hubdeploy"
 # Modules that run inside the hub's container (or are the contract both sides share).
-HUB_SIDE = ("hubdeploy.contract", "hubdeploy.hub", "hubdeploy.backends")
+HUB_SIDE = ("hubdeploy.contract", "hubdeploy.hub", "hubdeploy.backends", "hubdeploy.engineproxy")
 
 
 def _imports(path: Path) -> set[str]:
@@ -224,10 +224,15 @@ def test_no_module_imports_upward():
             assert not bad, f"{module} (hub side) imports {bad}"
         if _within(module, ("hubdeploy.backends",)):
             assert not [t for t in targets if _within(t, ("hubdeploy.hub",))], f"{module} imports hubdeploy.hub"
+        if _within(module, ("hubdeploy.engineproxy",)):
+            # The privileged part stays small: the standard library and the contract only.
+            assert not [t for t in targets if not _within(t, ("hubdeploy.contract", "hubdeploy.engineproxy"))], \
+                f"{module} imports beyond the contract"
         if _within(module, ("hubdeploy.contract",)):
             assert not [t for t in targets if not _within(t, ("hubdeploy.contract",))], module
         if _within(module, ("hubdeploy.render",)):
-            assert not [t for t in targets if _within(t, ("hubdeploy.hub", "hubdeploy.smoke", "hubdeploy.backends"))], \
+            assert not [t for t in targets if _within(t, ("hubdeploy.hub", "hubdeploy.smoke", "hubdeploy.backends",
+                                                          "hubdeploy.engineproxy"))], \
                 f"{module} takes constants from the hub side or the smoke client"
 
 

@@ -45,7 +45,7 @@ def test_deterministic(site):
 def test_topology(site):
     doc = YAML(typ="safe").load(render.render(site, HERE, REFS)["compose.yaml"])
     svcs = doc["services"]
-    assert set(svcs) == {"hub", "proxy", "db", "idle-culler", "announce"}
+    assert set(svcs) == {"hub", "proxy", "engine-proxy", "db", "idle-culler", "announce"}
     # Only the proxy publishes a port, and only on the site's address.
     published = {n: s["ports"] for n, s in svcs.items() if s.get("ports")}
     assert published == {"proxy": ["127.0.0.1:8765:8000"]}
@@ -57,6 +57,23 @@ def test_topology(site):
     assert "healthcheck" in svcs["hub"] and "healthcheck" in svcs["proxy"]
     # Secrets are referenced by file, relative to the rendered dir.
     assert doc["secrets"]["db_password"] == {"file": "../secrets/db_password"}
+
+
+def test_only_the_engine_proxy_holds_the_docker_socket(site):
+    svcs = YAML(typ="safe").load(render.render(site, HERE, REFS)["compose.yaml"])["services"]
+    holders = [n for n, s in svcs.items() if any("docker.sock" in v for v in s.get("volumes", []))]
+    assert holders == ["engine-proxy"]
+    proxy = svcs["engine-proxy"]
+    # Reachable only where the hub is, and holding no capability.
+    assert set(proxy["networks"]) == {"internal"} and "ports" not in proxy
+    assert proxy["cap_drop"] == ["ALL"] and proxy["read_only"] is True
+    assert proxy["security_opt"] == ["no-new-privileges:true"]
+    # Its policy: this site, and the host path the site declared for a profile.
+    cmd = proxy["command"]
+    assert cmd[cmd.index("--site") + 1] == "golden"
+    assert [cmd[i + 1] for i, a in enumerate(cmd) if a == "--bind-path"] == ["/srv/data"]
+    assert svcs["hub"]["environment"]["DOCKER_HOST"] == "tcp://engine-proxy:2375"
+    assert svcs["hub"]["depends_on"]["engine-proxy"] == {"condition": "service_healthy"}
 
 
 def test_hub_data(site):
