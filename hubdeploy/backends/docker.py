@@ -44,6 +44,7 @@ from hubdeploy.backends.base import (
 from hubdeploy.backends import accounts
 from hubdeploy.contract import names
 from hubdeploy.contract.layout import LABEL_PROFILE, LABEL_SERVER, LABEL_SITE, LABEL_USER
+from hubdeploy.contract.values import DEFAULT_PIDS_LIMIT
 
 HOME_TARGET = "/home/jovyan"
 # Container states that mean "the process exists": paused and restarting servers come back.
@@ -180,6 +181,7 @@ class DockerBackend(Backend):
             kwargs["nano_cpus"] = int(float(spec.profile["cpu"]) * 1e9)
         if spec.profile.get("mem_limit"):
             kwargs["mem_limit"] = int(spec.profile["mem_limit"])
+        kwargs.update(self._confinement(spec))
         aliases = [host]
         # Docker's init (tini) as PID 1: reaps kernels' orphaned children and turns
         # SIGTERM into a prompt exit for servers that never installed a handler.
@@ -228,6 +230,16 @@ class DockerBackend(Backend):
                 kwargs["group_add"] = [str(g.gid) for g in ident.groups]
             kwargs["working_dir"] = self._home(spec) or "/tmp"
         return kwargs
+
+    def _confinement(self, spec: ServerSpec) -> dict[str, Any]:
+        """No capabilities, no privilege gain through setuid binaries (su, mount, passwd
+        stay in the image but cannot raise anything), and a bound on processes."""
+        return {
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            # A hub.json written before profiles had the key gets the schema's default.
+            "pids_limit": int(spec.profile.get("pids_limit") or DEFAULT_PIDS_LIMIT),
+        }
 
     def _home(self, spec: ServerSpec) -> str | None:
         """Where the server's home is: the user's own in the homes mount, the one-account
