@@ -77,8 +77,7 @@ def test_profile_pids_limit_has_a_default_and_reaches_hub_json(example):
 
     profiles = json.loads(files["hub/hub.json"])["spawner"]["profiles"]
     assert {p["pids_limit"] for p in profiles} == {512}
-    text = (ROOT / "config" / "example" / "site.yaml").read_text().replace(
-        "    memory: 2G\n    # The user's", "    memory: 2G\n    pids_limit: 8\n    # The user's")
+    text = (ROOT / "config" / "example" / "site.yaml").read_text().replace("pids_limit: 512", "pids_limit: 8")
     with pytest.raises(SiteError) as err:
         load_site_text(text, "site.yaml")
     assert "pids_limit" in str(err.value)
