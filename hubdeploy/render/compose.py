@@ -353,7 +353,10 @@ def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[s
             **copy.deepcopy(common),
             "command": ["slurmd"],
             "hostname": node,
-            "networks": {"slurm": {"aliases": [node]}, "compute": {"aliases": [node]}},
+            # slurm first: the node's own name in its /etc/hosts is then its address there,
+            # which munged puts in every credential; slurmctld looks that address up, and
+            # one on a network it is not on stalls each RPC ~10 s (no DNS out of slurm).
+            "networks": {"slurm": {"aliases": [node], "priority": 10}, "compute": {"aliases": [node]}},
             "volumes": [conf, *accounts, *homes],
         }
         # A node's bounds follow what Slurm schedules on it.

@@ -26,6 +26,10 @@ REASONS = {
     "CHOWN": "give files it creates (homes, spool, key copies) to their owning account",
     "FOWNER": "set the mode of files it hands to another account (homes 0700, the munge key 0400)",
     "KILL": "signal users' job processes, which run under other uids",
+    # Without it slurmstepd reads no job process of another uid: no memory samples, so
+    # OverMemoryKill never fires (verified on this engine). Confined to the container's
+    # own PID namespace.
+    "SYS_PTRACE": "sample the memory of users' job processes (/proc/PID), so a job over its --mem is killed",
 }
 
 
@@ -57,8 +61,9 @@ PROFILES: dict[str, Hardening] = {
     # The entrypoint installs the munge key (owner munge, 0400) and runs munged as munge;
     # slurmctld drops to SlurmUser.
     "slurmctld": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")),
-    # slurmd starts each job as its user (setuid, initgroups) and signals it at its end.
-    "slurmd": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID")),
+    # slurmd starts each job as its user (setuid, initgroups), samples its memory and
+    # signals it at its end.
+    "slurmd": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID", "SYS_PTRACE")),
 }
 
 # Room for slurmd, slurmstepd and munged above the memory Slurm schedules on a node.

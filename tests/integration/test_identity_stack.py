@@ -60,7 +60,8 @@ def ident_stack(tmp_path_factory):
 
 def run_py(url: str, token: str, code: str) -> dict:
     """Run ``code`` in a python3 kernel of the server; it must print one JSON line."""
-    client = ServerClient(url, token)
+    # A generous bound per request: other stacks may share this engine's two cores.
+    client = ServerClient(url, token, request_timeout=120)
     kid = client.start_kernel("python3")
     try:
         out, error = client.execute(kid, code, timeout=120)
@@ -245,7 +246,7 @@ def test_a_login_kernel_reaches_the_hub_but_no_slurm_daemon(ident_stack):
 
 
 # Capability numbers (linux/capability.h) of those hubdeploy adds back.
-CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "KILL": 5, "SETGID": 6, "SETUID": 7}
+CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "KILL": 5, "SETGID": 6, "SETUID": 7, "SYS_PTRACE": 19}
 SERVICE_KINDS = {"proxy": "proxy", "hub": "hub", "slurmctld": "slurmctld", "slurm-c1": "slurmd"}
 
 
@@ -328,7 +329,8 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_others_keep_answering(ident_sta
 
 MEMORY_JOB = """\
 import json, os, subprocess
-script = "import time; b = bytearray({size} * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(20)"
+# Every page written, so it counts as resident; no quotes, for the shell of --wrap.
+script = "import time; b = bytearray({size} * 2**20); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; time.sleep(20)"
 p = subprocess.run(["sbatch", "--wait", "--mem=128M", "-t", "5", "-o", "/tmp/hdth-mem-%j.out",
                     "--wrap", f"python3 -c '{{script}}'"], capture_output=True, text=True, timeout=240)
 job = p.stdout.split()[-1] if p.stdout.split() else ""

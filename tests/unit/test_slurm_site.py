@@ -97,7 +97,7 @@ def test_compose_keeps_slurm_off_the_users_network():
         assert svc["hostname"] == host and "users" not in svc["networks"]
         if name != "slurmctld":
             # The proxy and the hub reach notebooks on a node by its NodeName.
-            assert svc["networks"] == {"slurm": {"aliases": [host]}, "compute": {"aliases": [host]}}
+            assert svc["networks"] == {"slurm": {"aliases": [host], "priority": 10}, "compute": {"aliases": [host]}}
         assert svc["image"] == REFS["slurm"] and svc["secrets"] == ["munge_key"]
         assert "ports" not in svc
     assert svcs["slurmctld"]["command"] == ["slurmctld"] and svcs["slurm-c2"]["command"] == ["slurmd"]
