@@ -328,25 +328,41 @@ def test_a_fork_bomb_stops_at_the_pids_limit_and_others_keep_answering(ident_sta
 
 
 MEMORY_JOB = """\
-import json, os, subprocess
+import json, subprocess
 # Every page written, so it counts as resident; no quotes, for the shell of --wrap.
 script = "import time; b = bytearray({size} * 2**20); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; time.sleep(20)"
-p = subprocess.run(["sbatch", "--wait", "--mem=128M", "-t", "5", "-o", "/tmp/hdth-mem-%j.out",
-                    "--wrap", f"python3 -c '{{script}}'"], capture_output=True, text=True, timeout=240)
-job = p.stdout.split()[-1] if p.stdout.split() else ""
-state = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
-print(json.dumps([p.returncode, p.stdout + p.stderr, [w for w in state.split() if w.startswith("JobState=")]]))
+p = subprocess.run(["sbatch", "--parsable", "--mem=128M", "-t", "5", "-o", "/tmp/hdth-mem-%j.out",
+                    "--wrap", f"python3 -c '{{script}}'"], capture_output=True, text=True, timeout=120)
+print(json.dumps([p.returncode, p.stdout.strip() + p.stderr]))
 """
+_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "OUT_OF_MEMORY", "TIMEOUT", "NODE_FAIL")
+
+
+def _memory_job(stack, server: dict, size_mb: int) -> tuple[str, str]:
+    """Submit, from the user's compute-node kernel, a --mem=128M job that holds
+    ``size_mb``; return its final state and its output."""
+    code, job = run_py(server["cpu"], server["token"], MEMORY_JOB.format(size=size_mb))
+    assert code == 0, job
+
+    def ended():
+        rc, out = stack.ctl("scontrol", "show", "job", job)
+        state = next((w.split("=", 1)[1] for w in out.split() if w.startswith("JobState=")), "")
+        return state if rc == 0 and state in _ENDED else None
+
+    state = stack.wait(f"job {job} ended", ended, 240, every=2)
+    node = stack.container("slurm-c1")
+    output = node.exec_run(["cat", f"/tmp/hdth-mem-{job}.out"]).output.decode(errors="replace")
+    return state, output
 
 
 def test_a_compute_job_over_its_memory_is_killed(ident_stack):
     s = _servers(ident_stack)
     carol = s["carol"]
     # Within --mem=128M: 32M runs to its end.
-    ok = run_py(carol["cpu"], carol["token"], MEMORY_JOB.format(size=32))
-    assert ok[0] == 0, ok
+    state, output = _memory_job(ident_stack, carol, 32)
+    assert state == "COMPLETED", (state, output)
     # Five times over it: Slurm's sampling (JobAcctGatherParams=OverMemoryKill) kills it.
-    over = run_py(carol["cpu"], carol["token"], MEMORY_JOB.format(size=640))
-    assert over[0] != 0, over
+    state, output = _memory_job(ident_stack, carol, 640)
+    assert state != "COMPLETED" and "exceeded memory limit" in output, (state, output)
     # Carol's notebook job, on the same node, is untouched.
     assert run_5x4(carol["cpu"], carol["token"]) == "20"
