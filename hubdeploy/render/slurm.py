@@ -77,7 +77,7 @@ _FIXED = [
 
 
 def slurm_conf(site: Site) -> bytes:
-    """slurm.conf of the stack's cluster: no privileges, no cgroups, no accounting."""
+    """slurm.conf of the stack's cluster: no privileges, no cgroups, no accounting database."""
     assert site.slurm is not None and site.slurm.cluster is not None
     c = site.slurm.cluster
     nodes = node_names(site)
