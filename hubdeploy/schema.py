@@ -28,6 +28,7 @@ from pydantic import (
 from hubdeploy.contract.identity import MIN_UID
 from hubdeploy.contract.services import RESERVED_NAMES
 from hubdeploy.contract.values import (
+    DEFAULT_PIDS_LIMIT,
     ENV_NAME_PATTERN,
     MEMORY_PATTERN,
     SLURM_NAME_PATTERN,
@@ -239,6 +240,35 @@ class Services(Closed):
         if problems:
             raise SiteValueError(problems)
         return v
+
+
+class ServiceLimits(Closed):
+    """Bounds of one service's container (compose ``mem_limit``, a CPU quota, ``pids_limit``)."""
+
+    memory: Memory = Field(description="Memory limit, e.g. 1G (no swap on top).")
+    cpus: float = Field(gt=0, le=1024, description="CPU limit in cores (a CFS quota: may exceed the host's cores).")
+    pids: int = Field(ge=32, le=1_000_000, description="Most processes and threads at once.")
+
+
+def _limits(memory: str, cpus: float, pids: int) -> Any:
+    return Field(default_factory=lambda: ServiceLimits(memory=memory, cpus=cpus, pids=pids))
+
+
+class StackLimits(Closed):
+    """Per-service bounds of the stack's own containers. Compute nodes take theirs from
+    ``slurm.cluster`` (its memory plus room for the daemons, its cpus); notebooks from
+    their profiles."""
+
+    hub: ServiceLimits = _limits("2G", 2, 2048)
+    proxy: ServiceLimits = _limits("512M", 1, 256)
+    engine_proxy: ServiceLimits = _limits("256M", 1, 128)
+    idle_culler: ServiceLimits = _limits("256M", 0.5, 64)
+    database: ServiceLimits = _limits("1G", 1, 256)
+    slurmctld: ServiceLimits = _limits("512M", 1, 512)
+    services: ServiceLimits = Field(
+        default_factory=lambda: ServiceLimits(memory="512M", cpus=1, pids=256),
+        description="Each container service of services.extra.",
+    )
 
 
 class Debian(Closed):
@@ -480,6 +510,10 @@ class Profile(Closed):
     )
     cpu: float | None = Field(None, gt=0, le=1024, description="CPU limit in cores.")
     memory: Memory | None = Field(None, description="Memory limit, e.g. 2G.")
+    pids_limit: int = Field(
+        DEFAULT_PIDS_LIMIT, ge=32, le=1_000_000,
+        description="Most processes and threads in a login-node server's container (a fork bomb stops "
+        "there); a JupyterLab server with a few kernels uses under 100.")
     home: bool = Field(True, description="Mount the user's home (identity.home; /home/jovyan with the shared account).")
     volumes: list[Volume] = Field(default_factory=list)
     environment: dict[EnvName, str] = Field(default_factory=dict)
@@ -681,6 +715,8 @@ class Site(Closed):
     images: Images = Field(default_factory=Images)
     slurm: SiteSlurm | None = Field(None, description="Slurm for compute profiles.")
     identity: Identity = Field(default_factory=Identity, description="Users' POSIX accounts.")
+    limits: StackLimits = Field(default_factory=StackLimits, description="Memory, CPU and process bounds of the "
+                                "stack's services.")
     profiles: list[Profile] = Field(min_length=1)
 
     def warnings(self) -> list[str]:
@@ -691,6 +727,12 @@ class Site(Closed):
                        "users can read and change each other's files and servers")
         if self.shared_compute_account and any(p.node == "compute" for p in self.profiles):
             out.append("identity.allow_shared_compute_account: every user's compute jobs run as one account")
+        for svc in self.services.extra:
+            # hubdeploy builds its own images here; a site's image comes from a registry,
+            # where a tag can be moved to other contents.
+            if svc.image is not None and "@sha256:" not in svc.image:
+                out.append(f"services.extra {svc.name}: image {svc.image} is not pinned by digest "
+                           "(name:tag@sha256:...): the registry may serve other contents under that tag")
         return out
 
     @property

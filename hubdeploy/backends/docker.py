@@ -44,6 +44,7 @@ from hubdeploy.backends.base import (
 from hubdeploy.backends import accounts
 from hubdeploy.contract import names
 from hubdeploy.contract.layout import LABEL_PROFILE, LABEL_SERVER, LABEL_SITE, LABEL_USER
+from hubdeploy.contract.values import DEFAULT_PIDS_LIMIT
 
 HOME_TARGET = "/home/jovyan"
 # Container states that mean "the process exists": paused and restarting servers come back.
@@ -219,6 +220,7 @@ class DockerBackend(Backend):
             host_kwargs["nano_cpus"] = int(float(spec.profile["cpu"]) * 1e9)
         if spec.profile.get("mem_limit"):
             host_kwargs["mem_limit"] = int(spec.profile["mem_limit"])
+        host_kwargs.update(self._confinement(spec))
         ident = spec.identity
         if ident is not None and ident.groups:
             host_kwargs["group_add"] = [str(g.gid) for g in ident.groups]
@@ -256,6 +258,16 @@ class DockerBackend(Backend):
         if ident is None:
             return {}
         return {"user": f"{ident.uid}:{ident.gid}", "working_dir": self._home(spec) or "/tmp"}
+
+    def _confinement(self, spec: ServerSpec) -> dict[str, Any]:
+        """No capabilities, no privilege gain through setuid binaries (su, mount, passwd
+        stay in the image but cannot raise anything), and a bound on processes."""
+        return {
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            # A hub.json written before profiles had the key gets the schema's default.
+            "pids_limit": int(spec.profile.get("pids_limit") or DEFAULT_PIDS_LIMIT),
+        }
 
     def _home(self, spec: ServerSpec) -> str | None:
         """Where the server's home is: the user's own in the homes mount, the one-account

@@ -82,6 +82,7 @@ class _ProfileRequired(TypedDict):
     node: Literal["login", "compute"]
     cpu: float | None
     mem_limit: int | None  # bytes
+    pids_limit: int  # processes and threads of a login-node container
     home: bool
     volumes: list[Volume]
     environment: dict[str, str]

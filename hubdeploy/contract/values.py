@@ -30,6 +30,9 @@ _TIME = re.compile(SLURM_TIME_PATTERN)
 # An environment variable name, as a POSIX shell (and sbatch --export) accepts it.
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 ENV_NAME = re.compile(ENV_NAME_PATTERN)
+# Processes and threads of a login-node server's container unless its profile says
+# otherwise: a JupyterLab server with a few kernels uses under 100.
+DEFAULT_PIDS_LIMIT = 512
 
 
 def memory_bytes(value: str) -> int:

@@ -47,6 +47,7 @@ from hubdeploy.contract.layout import (
 )
 from hubdeploy.contract.services import IDLE_CULLER, builtin_services
 from hubdeploy.render import prometheus, slurm
+from hubdeploy.render.hardening import harden, node_limits
 from hubdeploy.render.hubdata import homes_source
 from hubdeploy.schema import ExtraService, Site
 
@@ -142,14 +143,20 @@ def _homes_mount(site: Site, target: str) -> str:
 
 
 def networks(site: Site) -> dict[str, Any]:
-    """``internal`` (no route out: hub, proxy API, services, database) and ``users``
-    (proxy, hub, notebooks)."""
+    """``internal`` (no route out: hub, proxy API, services, database), ``users`` (proxy,
+    hub, login-node notebooks) and, with the stack's cluster, ``compute`` (proxy, hub,
+    compute nodes) and ``slurm`` (no route out: controller and nodes). Login notebooks
+    share no network with a Slurm daemon: neither slurmctld nor a node resolves there."""
     prefix = project_name(site.name)
-    return {
+    out = {
         "internal": {"name": f"{prefix}-internal", "internal": True},
         "users": {"name": f"{prefix}-users"},
         **prometheus.networks(site),
     }
+    if _has_cluster(site):
+        out["compute"] = {"name": f"{prefix}-compute"}
+        out["slurm"] = {"name": f"{prefix}-slurm", "internal": True}
+    return out
 
 
 def secrets(services: dict[str, Any], mounts: Mounts) -> dict[str, Any]:
@@ -179,20 +186,28 @@ def proxy_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str,
     if mounts.tls:
         volumes += [f"{mounts.tls['cert']}:/etc/hubdeploy/tls/cert.pem:ro",
                     f"{mounts.tls['key']}:/etc/hubdeploy/tls/key.pem:ro"]
-    return {
+    return harden({
         "image": refs["proxy"],
         "pull_policy": "never",
         "entrypoint": ["/bin/sh", PROXY_ENTRYPOINT_PATH],
         "command": [],
         "ports": [f"{site.public.host}:{site.public.port}:{PROXY_PORT}"],
-        "networks": {"internal": {"aliases": [PROXY_API_ALIAS]}, "users": {}},
+        "networks": {"internal": {"aliases": [PROXY_API_ALIAS]}, "users": {}, **_compute_net(site)},
         "secrets": [PROXY_TOKEN],
         "volumes": volumes,
         "labels": _labels(site, mounts.hashes["proxy"]),
         "healthcheck": _healthcheck(["CMD", "node", "-e", PROXY_HEALTH.format(scheme=scheme, port=PROXY_PORT)]),
         "cpu_shares": CONTROL_PLANE_CPU_SHARES,
         "restart": "unless-stopped",
-    }
+    }, "proxy", site.limits.proxy)
+
+
+def _compute_net(site: Site, aliases: list[str] | None = None) -> dict[str, Any]:
+    """The compute network's entry of the proxy and the hub: both reach compute-node
+    notebooks there, and those reach the hub's API."""
+    if not _has_cluster(site):
+        return {}
+    return {"compute": {"aliases": aliases} if aliases else {}}
 
 
 def hub_secrets(site: Site) -> list[str]:
@@ -220,14 +235,15 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
     if site.submit_ssh is not None:
         volumes.append(f"./hub/ssh_known_hosts:{SSH_KNOWN_HOSTS_PATH}:ro")
     volumes += _hub_identity_volumes(site, mounts)
-    return {
+    return harden({
         "image": refs["hub"],
         "pull_policy": "never",
         "command": ["jupyterhub", "-f", HUB_CONFIG_PATH],
         # The hub holds no Docker socket: the docker backend and dexec reach the engine
         # through the engine proxy, which refuses whatever is not this site's.
         "environment": {"DOCKER_HOST": ENGINE_PROXY_URL},
-        "networks": {"internal": {"aliases": [HUB_SERVICE]}, "users": {"aliases": [HUB_SERVICE]}},
+        "networks": {"internal": {"aliases": [HUB_SERVICE]}, "users": {"aliases": [HUB_SERVICE]},
+                     **_compute_net(site, [HUB_SERVICE])},
         "secrets": hub_secrets(site),
         "volumes": volumes,
         "labels": _labels(site, mounts.hashes["hub"]),
@@ -236,7 +252,7 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
                        ENGINE_PROXY_SERVICE: {"condition": "service_healthy"}},
         "cpu_shares": CONTROL_PLANE_CPU_SHARES,
         "restart": "unless-stopped",
-    }
+    }, "hub", site.limits.hub)
 
 
 def engine_proxy_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
@@ -249,22 +265,19 @@ def engine_proxy_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
         command += ["--bind-path", path]
     for name in _declared_volumes(site):
         command += ["--volume", name]
-    return {
+    return harden({
         "image": refs["hub"],
         "pull_policy": "never",
         "command": command,
         # Root for the socket (owner root, 0660), but with no capability at all: it needs
         # none to open a socket it owns, and a read-only root with no way to regain any.
         "user": "0:0",
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges:true"],
-        "read_only": True,
         "networks": {"internal": {"aliases": [ENGINE_PROXY_SERVICE]}},
         "volumes": ["/var/run/docker.sock:/var/run/docker.sock"],
         "labels": _labels(site),
         "healthcheck": _healthcheck(["CMD", "python3", "-c", ENGINE_PROXY_HEALTH]),
         "restart": "unless-stopped",
-    }
+    }, "engine-proxy", site.limits.engine_proxy)
 
 
 def _declared_host_paths(site: Site) -> list[str]:
@@ -296,7 +309,7 @@ def _hub_identity_volumes(site: Site, mounts: Mounts) -> list[str]:
 
 
 def db_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
-    return {
+    return harden({
         "image": refs["db"],
         "pull_policy": "never",
         "networks": {"internal": {}},
@@ -305,7 +318,7 @@ def db_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
         "labels": _labels(site),
         "healthcheck": _healthcheck(["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "jupyterhub"]),
         "restart": "unless-stopped",
-    }
+    }, "db", site.limits.database)
 
 
 def _with_token_env(token: str, argv: list[str]) -> list[str]:
@@ -317,7 +330,7 @@ def _with_token_env(token: str, argv: list[str]) -> list[str]:
 
 def culler_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
     c = site.services.idle_culler
-    return {
+    return harden({
         "image": refs["hub"],
         "pull_policy": "never",
         "command": _with_token_env(IDLE_CULLER.secret, [
@@ -329,7 +342,7 @@ def culler_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
         "labels": _labels(site),
         "depends_on": {HUB_SERVICE: {"condition": "service_healthy"}},
         "restart": "unless-stopped",
-    }
+    }, "culler", site.limits.idle_culler)
 
 
 def extra_service(site: Site, refs: dict[str, str], svc: ExtraService) -> dict[str, Any]:
@@ -351,7 +364,7 @@ def extra_service(site: Site, refs: dict[str, str], svc: ExtraService) -> dict[s
         env["JUPYTERHUB_API_TOKEN_FILE"] = secret_path(token)
     if svc.port is not None:
         env["JUPYTERHUB_SERVICE_URL"] = f"http://0.0.0.0:{svc.port}"
-    return {
+    return harden({
         "image": svc.image or refs["hub"],
         "pull_policy": "never" if svc.image is None else "missing",
         "command": command,
@@ -361,12 +374,12 @@ def extra_service(site: Site, refs: dict[str, str], svc: ExtraService) -> dict[s
         "labels": _labels(site),
         "depends_on": {HUB_SERVICE: {"condition": "service_healthy"}},
         "restart": "unless-stopped",
-    }
+    }, "service" if svc.image is None else "foreign", site.limits.services)
 
 
 def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[str, Any]:
-    """slurmctld and one slurmd container per node, on the users network (the proxy
-    reaches notebooks on the nodes by NodeName)."""
+    """slurmctld on the slurm network; one slurmd container per node on the slurm network
+    and the compute network, where the proxy and the hub reach notebooks by NodeName."""
     assert site.slurm is not None and site.slurm.cluster is not None
     common = {
         "image": refs["slurm"],
@@ -384,25 +397,30 @@ def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[s
     homes = [_homes_mount(site, site.identity.homes_dir)] if site.identity.source != "shared" else []
     # Each service its own copy: shared dicts would come out as YAML anchors.
     services: dict[str, Any] = {
-        SLURMCTLD_SERVICE: {
+        SLURMCTLD_SERVICE: harden({
             **copy.deepcopy(common),
             "command": ["slurmctld"],
             "hostname": SLURMCTLD_SERVICE,
-            "networks": {"users": {"aliases": [SLURMCTLD_SERVICE]}},
+            "networks": {"slurm": {"aliases": [SLURMCTLD_SERVICE]}},
             "volumes": [conf, "slurmctld-state:/var/spool/slurmctld", *accounts],
             "healthcheck": _healthcheck(["CMD", "scontrol", "ping"]),
-        }
+        }, "slurmctld", site.limits.slurmctld)
     }
     if site.slurm.cluster.accounts:
         # Only the controller runs job_submit plugins; the entrypoint installs the script.
         services[SLURMCTLD_SERVICE]["volumes"].append(
             "./slurm/job_submit.lua:/etc/hubdeploy-slurm/job_submit.lua:ro")
     for node in slurm.node_names(site):
-        services[f"slurm-{node}"] = {
+        node_service = {
             **copy.deepcopy(common),
             "command": ["slurmd"],
             "hostname": node,
-            "networks": {"users": {"aliases": [node]}},
+            # slurm first: the node's own name in its /etc/hosts is then its address there,
+            # which munged puts in every credential; slurmctld looks that address up, and
+            # one on a network it is not on stalls each RPC ~10 s (no DNS out of slurm).
+            "networks": {"slurm": {"aliases": [node], "priority": 10}, "compute": {"aliases": [node]}},
             "volumes": [conf, *accounts, *homes],
         }
+        # A node's bounds follow what Slurm schedules on it.
+        services[f"slurm-{node}"] = harden(node_service, "slurmd", node_limits(site))
     return services

@@ -127,6 +127,7 @@ def profile(site: Site, p: Profile, image_ref: str) -> hubjson.Profile:
         "node": p.node,
         "cpu": p.cpu,
         "mem_limit": memory_bytes(p.memory) if p.memory else None,
+        "pids_limit": p.pids_limit,
         "home": p.home,
         "volumes": [v.model_dump() for v in p.volumes],  # type: ignore[misc]
         "environment": dict(p.environment),

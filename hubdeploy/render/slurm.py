@@ -25,7 +25,10 @@ def files(site: Site) -> dict[str, bytes]:
     return out
 
 
-# Containers without privileges: no cgroups (22.05 has no CgroupPlugin=disabled).
+# Containers without privileges: no cgroups (22.05 has no CgroupPlugin=disabled), so
+# task/cgroup cannot confine a job (README: Compute-node limits). What holds without them:
+# each job's memory is sampled from /proc and a job over its --mem is killed, and the node
+# container's own memory and CPU bounds (render/hardening.py) hold every job together.
 _FIXED = [
     "SlurmctldHost=slurmctld",
     "SlurmUser=slurm",
@@ -36,7 +39,11 @@ _FIXED = [
     "SlurmdPidFile=/run/slurmd.pid",
     "ProctrackType=proctrack/linuxproc",
     "TaskPlugin=task/none",
-    "JobAcctGatherType=jobacct_gather/none",
+    "JobAcctGatherType=jobacct_gather/linux",
+    # Sampled every 2 s: a job that allocates past its --mem lives at most that long
+    # over it (the node container's bound stops a faster one).
+    "JobAcctGatherFrequency=task=2",
+    "JobAcctGatherParams=OverMemoryKill",
     "AccountingStorageType=accounting_storage/none",
     "SelectType=select/cons_tres",
     "SelectTypeParameters=CR_Core_Memory",
@@ -70,7 +77,7 @@ _FIXED = [
 
 
 def slurm_conf(site: Site) -> bytes:
-    """slurm.conf of the stack's cluster: no privileges, no cgroups, no accounting."""
+    """slurm.conf of the stack's cluster: no privileges, no cgroups, no accounting database."""
     assert site.slurm is not None and site.slurm.cluster is not None
     c = site.slurm.cluster
     nodes = node_names(site)

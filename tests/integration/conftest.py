@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 
 import pytest
 
@@ -21,7 +22,8 @@ def client():
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """The session's running hubdeploy stack (site ``hdtstack``); call ``ensure_up()``."""
-    s = Stack(dir=tmp_path_factory.mktemp("stack"), port=free_port())
+    s = Stack(dir=tmp_path_factory.mktemp("stack"),
+              port=int(os.environ.get("HUBDEPLOY_TEST_STACK_PORT") or 0) or free_port())
     s.write_site()
     # Start clean: an interrupted earlier session may have left this project's stack and
     # its database (with servers it believed running) on the engine.

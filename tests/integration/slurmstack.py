@@ -15,11 +15,12 @@ from stackfixture import diagnostics, free_port, run_cli, tear_down_site
 
 
 class SlurmStack:
-    def __init__(self, root, site: str, site_yaml: str, *, squeue_format: str = "%T %P %N"):
+    def __init__(self, root, site: str, site_yaml: str, *, squeue_format: str = "%T %P %N",
+                 port: int | None = None):
         self.dir = root
         self.site = site
         self.project = f"hubdeploy-{site}"
-        self.port = free_port()
+        self.port = port or free_port()
         self.site_file = root / "site.yaml"
         self.site_file.write_text(site_yaml.format(name=site, port=self.port))
         self.url = f"http://127.0.0.1:{self.port}/"

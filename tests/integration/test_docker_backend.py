@@ -187,6 +187,10 @@ def test_lifecycle_with_awkward_names(client, env):
         }
         assert c.attrs["HostConfig"]["NanoCpus"] == 500_000_000
         assert c.attrs["HostConfig"]["Memory"] == 256 * 1024**2
+        # No capability, no privilege gain, the profile's default pids limit (the schema's).
+        assert c.attrs["HostConfig"]["CapDrop"] == ["ALL"] and not c.attrs["HostConfig"]["CapAdd"]
+        assert c.attrs["HostConfig"]["SecurityOpt"] == ["no-new-privileges:true"]
+        assert c.attrs["HostConfig"]["PidsLimit"] == 512
         assert list(c.attrs["NetworkSettings"]["Networks"]) == [env["network"]]
         mounts = {m["Destination"]: m for m in c.attrs["Mounts"]}
         assert mounts["/home/jovyan"]["Name"] == names.home_volume(env["prefix"], user)

@@ -7,6 +7,11 @@ his job (srun --overlap, scancel, scontrol update), his processes' environments 
 server's API token), his home, and the image's environment. Then the good paths: her
 files are hers on the homes volume, survive a restart, and her compute server reads
 what her login server wrote.
+
+The same stack proves least privilege (issue #10, compose/README.md): a login-node
+kernel holds no capability, cannot gain one, reaches no Slurm daemon and cannot fork past
+its pids limit while the hub and dave's server keep answering; every service's main
+process holds only its documented capabilities; a compute job over its --mem is killed.
 """
 
 from __future__ import annotations
@@ -20,14 +25,16 @@ import docker
 import docker.errors
 import pytest
 from slurmstack import SlurmStack, running
-from stackfixture import user_session
+from stackfixture import run_5x4, user_session
 
 from hubdeploy.smoke.kernel import ServerClient
 
 pytestmark = pytest.mark.integration
 
-# Another value (HUBDEPLOY_TEST_IDENT_SITE) lets two sessions share one engine.
+# Other values (HUBDEPLOY_TEST_IDENT_SITE, _PORT) let two runs share one engine.
 SITE = os.environ.get("HUBDEPLOY_TEST_IDENT_SITE", "hdtident")
+PORT = int(os.environ.get("HUBDEPLOY_TEST_IDENT_PORT") or 0) or None
+PIDS_LIMIT = 256
 SITE_YAML = """\
 name: {name}
 public: {{host: 127.0.0.1, port: {port}}}
@@ -40,23 +47,24 @@ build:
 slurm:
   cluster: {{nodes: 1, cpus: 4, memory: 3G, max_time: "2:00:00"}}
 profiles:
-  - {{name: login, image: base, default: true, memory: 1G}}
+  - {{name: login, image: base, default: true, memory: 1G, pids_limit: PIDS}}
   - {{name: compute, image: base, node: compute, cpu: 1, memory: 512M, slurm: {{time: "30"}}}}
-"""
+""".replace("PIDS", str(PIDS_LIMIT))
 USERS = ("carol", "dave")
 servers: dict = {}
 
 
 @pytest.fixture(scope="module")
 def ident_stack(tmp_path_factory):
-    stack = SlurmStack(tmp_path_factory.mktemp("identstack"), SITE, SITE_YAML, squeue_format="%T %u %N")
+    stack = SlurmStack(tmp_path_factory.mktemp("identstack"), SITE, SITE_YAML, squeue_format="%T %u %N", port=PORT)
     with running(stack, ["c1"]) as s:
         yield s
 
 
 def run_py(url: str, token: str, code: str) -> dict:
     """Run ``code`` in a python3 kernel of the server; it must print one JSON line."""
-    client = ServerClient(url, token)
+    # A generous bound per request: other stacks may share this engine's two cores.
+    client = ServerClient(url, token, request_timeout=120)
     kid = client.start_kernel("python3")
     try:
         out, error = client.execute(kid, code, timeout=120)
@@ -297,3 +305,171 @@ def test_status_orphans_and_down_still_work(ident_stack):
     engine = docker.from_env()
     assert engine.containers.list(all=True, filters={"label": f"hubdeploy.site={SITE}"}) == []
     servers.clear()
+# -- least privilege ------------------------------------------------------------------
+
+PROC_STATUS = """\
+import json
+fields = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+pids_max = open("/sys/fs/cgroup/pids/pids.max").read().strip()
+print(json.dumps({k: fields[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs")} | {"pids_max": pids_max}))
+"""
+
+
+def test_a_login_kernel_holds_no_capability_and_cannot_gain_one(ident_stack):
+    s = _servers(ident_stack)
+    got = run_py(s["carol"]["login"], s["carol"]["token"], PROC_STATUS)
+    zero = "0" * 16
+    assert (got["CapEff"], got["CapPrm"], got["CapBnd"], got["CapAmb"]) == (zero,) * 4, got
+    assert got["NoNewPrivs"] == "1" and got["pids_max"] == str(PIDS_LIMIT), got
+    # The image still has setuid su; running it raises nothing (no-new-privileges).
+    su = run_py(s["carol"]["login"], s["carol"]["token"], """\
+import json, subprocess
+p = subprocess.run(["su", "-c", "id -u", "root"], input="", capture_output=True, text=True, timeout=30)
+print(json.dumps([p.returncode, p.stdout.strip()]))
+""")
+    assert su[0] != 0 and su[1] != "0", su
+
+
+REACH = """\
+import json, socket
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return "open"
+    except OSError as exc:
+        return type(exc).__name__
+print(json.dumps({f"{h}:{p}": reach(h, p) for h, p in [("hub", 8081), ("slurmctld", 6817), ("c1", 6818)]}))
+"""
+
+
+def test_a_login_kernel_reaches_the_hub_but_no_slurm_daemon(ident_stack):
+    s = _servers(ident_stack)
+    got = run_py(s["carol"]["login"], s["carol"]["token"], REACH)
+    assert got["hub:8081"] == "open", got  # the network works: the same probe can succeed
+    assert got["slurmctld:6817"] != "open" and got["c1:6818"] != "open", got
+    # A compute node, by contrast, is in the cluster (its kernel reaches both).
+    cpu = run_py(s["carol"]["cpu"], s["carol"]["token"], REACH)
+    assert set(cpu.values()) == {"open"}, cpu
+
+
+# Capability numbers (linux/capability.h) of those hubdeploy adds back.
+CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "KILL": 5, "SETGID": 6, "SETUID": 7, "SYS_PTRACE": 19}
+SERVICE_KINDS = {"proxy": "proxy", "hub": "hub", "slurmctld": "slurmctld", "slurm-c1": "slurmd"}
+
+
+def _status(container, pid: str = "1") -> dict[str, str]:
+    res = container.exec_run(["cat", f"/proc/{pid}/status"])
+    assert res.exit_code == 0, res.output
+    return dict(line.split(":\t", 1) for line in res.output.decode().splitlines() if ":\t" in line)
+
+
+def test_every_service_holds_only_its_documented_capabilities(ident_stack):
+    from hubdeploy.render.hardening import PROFILES
+
+    for service, kind in SERVICE_KINDS.items():
+        container = ident_stack.container(service)
+        status = _status(container)
+        bounding = int(status["CapBnd"], 16)
+        assert bounding == sum(1 << CAP_BITS[c] for c in PROFILES[kind].cap_add), (service, status["CapBnd"])
+        assert status["NoNewPrivs"].strip() == "1", service
+        host = container.attrs["HostConfig"]
+        assert host["PidsLimit"] and host["Memory"] and host["CpuQuota"], (service, host)
+        readonly = container.exec_run(["touch", "/etc/hubdeploy-probe"])
+        assert (readonly.exit_code != 0) == PROFILES[kind].read_only, (service, readonly.output)
+    # The proxy's main program runs as nobody, with nothing left.
+    proxy = ident_stack.container("proxy")
+    top = proxy.top(ps_args="-o pid,user,comm")["Processes"]
+    (chp,) = [p for p in top if p[2] == "node"]
+    assert chp[1] == "nobody", top
+
+
+FORK_BOMB = """\
+import errno, json, os, time
+kids, failure, t0 = [], None, time.monotonic()
+while len(kids) < {cap} and time.monotonic() - t0 < 60:
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        failure = errno.errorcode.get(exc.errno, str(exc.errno))
+        break
+    if pid == 0:
+        time.sleep(120)
+        os._exit(0)
+    kids.append(pid)
+time.sleep({hold})  # full: the test checks the hub and another user's server meanwhile
+for pid in kids:
+    os.kill(pid, 9)
+for pid in kids:
+    os.waitpid(pid, 0)
+print(json.dumps({{"forked": len(kids), "failure": failure}}))
+"""
+
+
+def test_a_fork_bomb_stops_at_the_pids_limit_and_others_keep_answering(ident_stack):
+    import threading
+
+    s = _servers(ident_stack)
+    (container,) = ident_stack.client.containers.list(filters={"label": [
+        f"hubdeploy.site={SITE}", "hubdeploy.user=carol", "hubdeploy.server="]})
+
+    def pids() -> int:
+        return int(container.stats(stream=False, one_shot=True)["pids_stats"].get("current", 0))
+
+    result: dict = {}
+    bomb = threading.Thread(target=lambda: result.update(run_py(
+        s["carol"]["login"], s["carol"]["token"], FORK_BOMB.format(cap=4 * PIDS_LIMIT, hold=30))))
+    bomb.start()
+    try:
+        ident_stack.wait("carol's container at its pids limit", lambda: pids() >= PIDS_LIMIT - 2, 60, every=0.5)
+        # While it is full: the hub's API and dave's server answer.
+        assert s["dave"]["hub"].api("GET", "user").json()["name"] == "dave"
+        assert run_5x4(s["dave"]["login"], s["dave"]["token"]) == "20"
+        still_full = pids()
+    finally:
+        bomb.join(timeout=180)
+    assert not bomb.is_alive()
+    assert still_full >= PIDS_LIMIT - 2, still_full  # the checks above ran while it was full
+    assert result["failure"] == "EAGAIN" and result["forked"] < PIDS_LIMIT, result
+    # Carol's own server recovers once her processes are gone.
+    assert run_5x4(s["carol"]["login"], s["carol"]["token"]) == "20"
+
+
+MEMORY_JOB = """\
+import json, subprocess
+# Every page written, so it counts as resident; no quotes, for the shell of --wrap.
+script = "import time; b = bytearray({size} * 2**20); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; time.sleep(20)"
+p = subprocess.run(["sbatch", "--parsable", "--mem=128M", "-t", "5", "-o", "/tmp/hdth-mem-%j.out",
+                    "--wrap", f"python3 -c '{{script}}'"], capture_output=True, text=True, timeout=120)
+print(json.dumps([p.returncode, p.stdout.strip() + p.stderr]))
+"""
+_ENDED = ("COMPLETED", "FAILED", "CANCELLED", "OUT_OF_MEMORY", "TIMEOUT", "NODE_FAIL")
+
+
+def _memory_job(stack, server: dict, size_mb: int) -> tuple[str, str]:
+    """Submit, from the user's compute-node kernel, a --mem=128M job that holds
+    ``size_mb``; return its final state and its output."""
+    code, job = run_py(server["cpu"], server["token"], MEMORY_JOB.format(size=size_mb))
+    assert code == 0, job
+
+    def ended():
+        rc, out = stack.ctl("scontrol", "show", "job", job)
+        state = next((w.split("=", 1)[1] for w in out.split() if w.startswith("JobState=")), "")
+        return state if rc == 0 and state in _ENDED else None
+
+    state = stack.wait(f"job {job} ended", ended, 240, every=2)
+    node = stack.container("slurm-c1")
+    output = node.exec_run(["cat", f"/tmp/hdth-mem-{job}.out"]).output.decode(errors="replace")
+    return state, output
+
+
+def test_a_compute_job_over_its_memory_is_killed(ident_stack):
+    s = _servers(ident_stack)
+    carol = s["carol"]
+    # Within --mem=128M: 32M runs to its end.
+    state, output = _memory_job(ident_stack, carol, 32)
+    assert state == "COMPLETED", (state, output)
+    # Five times over it: Slurm's sampling (JobAcctGatherParams=OverMemoryKill) kills it.
+    state, output = _memory_job(ident_stack, carol, 640)
+    assert state != "COMPLETED" and "exceeded memory limit" in output, (state, output)
+    # Carol's notebook job, on the same node, is untouched.
+    assert run_5x4(carol["cpu"], carol["token"]) == "20"

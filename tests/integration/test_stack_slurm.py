@@ -10,6 +10,7 @@ The tests share one server and run in order (each also works alone: ``_need_serv
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import docker
@@ -21,7 +22,9 @@ from hubdeploy.smoke.hubclient import HubClient, escape_path
 
 pytestmark = pytest.mark.integration
 
-SITE = "hdtslurm"
+# Other values (HUBDEPLOY_TEST_SLURM_SITE, _PORT) let two runs share one engine.
+SITE = os.environ.get("HUBDEPLOY_TEST_SLURM_SITE", "hdtslurm")
+PORT = int(os.environ.get("HUBDEPLOY_TEST_SLURM_PORT") or 0) or None
 PROJECT = f"hubdeploy-{SITE}"
 USER = "has@"
 SITE_YAML = """\
@@ -57,7 +60,7 @@ state: dict = {}
 
 @pytest.fixture(scope="module")
 def slurm_stack(tmp_path_factory):
-    with running(SlurmStack(tmp_path_factory.mktemp("slurmstack"), SITE, SITE_YAML), ["c1", "c2"]) as s:
+    with running(SlurmStack(tmp_path_factory.mktemp("slurmstack"), SITE, SITE_YAML, port=PORT), ["c1", "c2"]) as s:
         yield s
 
 
@@ -87,11 +90,13 @@ def test_cluster_is_up_with_a_private_munge_key(slurm_stack):
     for service in ("slurmctld", "slurm-c1", "slurm-c2"):
         res = slurm_stack.container(service).exec_run(["stat", "-c", "%U %a", "/etc/munge/munge.key"])
         assert res.output.decode().strip() == "munge 400", (service, res.output)
-    # Only the proxy publishes a port; the nodes are on the users network only.
-    for service in ("slurmctld", "slurm-c1"):
+    # Only the proxy publishes a port; the controller is on the slurm network only, the
+    # nodes also on compute (where the proxy and the hub reach their notebooks), and
+    # neither on the login notebooks' users network.
+    for service, nets in (("slurmctld", {"slurm"}), ("slurm-c1", {"slurm", "compute"})):
         c = slurm_stack.container(service)
         assert not (c.attrs["HostConfig"]["PortBindings"] or {})
-        assert list(c.attrs["NetworkSettings"]["Networks"]) == [f"{PROJECT}-users"]
+        assert set(c.attrs["NetworkSettings"]["Networks"]) == {f"{PROJECT}-{n}" for n in nets}
 
 
 def test_choice_outside_the_limits_is_refused(slurm_stack):

@@ -335,8 +335,9 @@ FULL: dict[str, Any] = {
                                                                    "kernels": [{"name": "py", "packages": ["six"]}]}}},
     "slurm": {"cluster": {"nodes": 2, "partitions": ["compute", "debug"]}},
     "identity": {"source": "auto", "auto": {"uid_min": 30000, "uid_max": 39999}, "home": "/home/{name}"},
+    "limits": {"hub": {"memory": "4G", "cpus": 4, "pids": 4096}},
     "profiles": [
-        {"name": "login", "image": "astro", "volumes": [{"source": "/data", "target": "/data"}]},
+        {"name": "login", "image": "astro", "volumes": [{"source": "/data", "target": "/data"}], "pids_limit": 300},
         {"name": "compute", "image": "base", "node": "compute",
          "slurm": {"partitions": ["compute", "debug"], "time": "60", "limits": {"max_cpu": 2, "max_time": "4:00:00"}}},
     ],
@@ -386,6 +387,8 @@ LEVELS: list[tuple[Any, ...]] = [
     ("identity", "auto"),
     ("identity", "file"),
     ("identity", "ldap"),
+    ("limits",),
+    ("limits", "hub"),
 ]
 
 

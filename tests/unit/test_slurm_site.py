@@ -86,19 +86,28 @@ def test_native_profile_must_run_the_nodes_image():
 # -- render ---------------------------------------------------------------------------
 
 
-def test_compose_has_controller_and_nodes_on_the_users_network():
+def test_compose_keeps_slurm_off_the_users_network():
     files = render.render(site(), Path("."), REFS)
     doc = YAML(typ="safe").load(files["compose.yaml"])
     svcs = doc["services"]
     assert {"slurmctld", "slurm-c1", "slurm-c2", "slurm-c3"} <= set(svcs)
+    assert svcs["slurmctld"]["networks"] == {"slurm": {"aliases": ["slurmctld"]}}
     for name, host in [("slurmctld", "slurmctld"), ("slurm-c1", "c1"), ("slurm-c3", "c3")]:
         svc = svcs[name]
-        assert svc["hostname"] == host and svc["networks"] == {"users": {"aliases": [host]}}
+        assert svc["hostname"] == host and "users" not in svc["networks"]
+        if name != "slurmctld":
+            # The proxy and the hub reach notebooks on a node by its NodeName.
+            assert svc["networks"] == {"slurm": {"aliases": [host], "priority": 10}, "compute": {"aliases": [host]}}
         assert svc["image"] == REFS["slurm"] and svc["secrets"] == ["munge_key"]
         assert "ports" not in svc
     assert svcs["slurmctld"]["command"] == ["slurmctld"] and svcs["slurm-c2"]["command"] == ["slurmd"]
     assert doc["secrets"]["munge_key"] == {"file": "../secrets/munge_key"}
     assert b"&id" not in files["compose.yaml"]  # no YAML anchors
+    # Login notebooks (users) share no network with a Slurm daemon; the hub and the proxy
+    # reach compute nodes, and slurm has no route out.
+    for name in ("proxy", "hub"):
+        assert "compute" in svcs[name]["networks"] and "slurm" not in svcs[name]["networks"], name
+    assert doc["networks"]["slurm"]["internal"] is True
     conf = files["slurm/slurm.conf"].decode()
     assert "NodeName=c3 CPUs=2 RealMemory=2048" in conf
     assert "PartitionName=compute Nodes=c1,c2,c3 Default=YES" in conf
