@@ -114,6 +114,17 @@ def _our_proxy_running(client, prep: Prepared) -> bool:
     return bool(found)
 
 
+def _require_swarm_manager(client) -> None:
+    """orchestrator swarm: the engine must manage a swarm (hubdeploy never creates or
+    joins one: which nodes belong to the facility's swarm is the operator's decision)."""
+    swarm = client.info().get("Swarm") or {}
+    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
+        raise OperationError(
+            "orchestrator is swarm, but this Docker engine is not a swarm manager",
+            hint="docker swarm init --advertise-addr ADDRESS (or run up on a manager), or set orchestrator: compose",
+        )
+
+
 @dataclass
 class UpResult:
     url: str
@@ -128,6 +139,8 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
     t0 = time.monotonic()
     client = engine.docker_client()
     engine.compose_command()
+    if prep.site.orchestrator == "swarm":
+        _require_swarm_manager(client)
     if not _port_free(prep.site.public.host, prep.site.public.port) and not _our_proxy_running(client, prep):
         raise OperationError(
             f"port {prep.site.public.port} on {prep.site.public.host} is already in use",

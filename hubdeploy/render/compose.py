@@ -122,11 +122,18 @@ def _homes_mount(site: Site, target: str) -> str:
 
 def networks(site: Site) -> dict[str, Any]:
     """``internal`` (no route out: hub, proxy API, services, database) and ``users``
-    (proxy, hub, notebooks)."""
+    (proxy, hub, notebooks). With orchestrator swarm, ``users`` is an attachable overlay
+    network: the notebooks are swarm tasks on any node, the proxy and hub containers
+    here join the same network to reach them."""
     prefix = project_name(site.name)
+    users: dict[str, Any] = {"name": f"{prefix}-users"}
+    if site.orchestrator == "swarm":
+        users.update(driver="overlay", attachable=True)
+        if site.swarm.encrypted:
+            users["driver_opts"] = {"encrypted": ""}
     return {
         "internal": {"name": f"{prefix}-internal", "internal": True},
-        "users": {"name": f"{prefix}-users"},
+        "users": users,
     }
 
 
