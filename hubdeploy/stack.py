@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, images, render, selfsigned
+from hubdeploy import engine, images, render, selfsigned, swarm
 from hubdeploy.contract.layout import (
     HUB_SERVICE,
     LABEL_PROFILE,
@@ -114,17 +114,6 @@ def _our_proxy_running(client, prep: Prepared) -> bool:
     return bool(found)
 
 
-def _require_swarm_manager(client) -> None:
-    """orchestrator swarm: the engine must manage a swarm (hubdeploy never creates or
-    joins one: which nodes belong to the facility's swarm is the operator's decision)."""
-    swarm = client.info().get("Swarm") or {}
-    if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
-        raise OperationError(
-            "orchestrator is swarm, but this Docker engine is not a swarm manager",
-            hint="docker swarm init --advertise-addr ADDRESS (or run up on a manager), or set orchestrator: compose",
-        )
-
-
 @dataclass
 class UpResult:
     url: str
@@ -140,7 +129,7 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300) -> UpResult:
     client = engine.docker_client()
     engine.compose_command()
     if prep.site.orchestrator == "swarm":
-        _require_swarm_manager(client)
+        swarm.require_manager(client)
     if not _port_free(prep.site.public.host, prep.site.public.port) and not _our_proxy_running(client, prep):
         raise OperationError(
             f"port {prep.site.public.port} on {prep.site.public.host} is already in use",
@@ -383,8 +372,12 @@ def down(prep: Prepared, *, volumes: bool = False, console=None) -> dict[str, An
         # project's containers may run: render the same files again (no secrets needed)
         # so compose finds and removes them, instead of silently leaving them.
         render.write_files(prep.rendered, prep.files)
+    if prep.site.orchestrator == "swarm":
+        removed += swarm.remove_leftovers(client, prep.site.name)
     args = ["down", "--remove-orphans", "--timeout", "20"] + (["--volumes"] if volumes else [])
     engine.compose(prep.project, prep.compose_file, args, capture=True)
+    if prep.site.orchestrator == "swarm":
+        swarm.remove_project_networks(client, prep.project)
     removed_volumes = []
     if volumes:
         for v in client.volumes.list(filters={"label": f"{LABEL_SITE}={prep.site.name}"}):

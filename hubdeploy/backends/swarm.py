@@ -42,6 +42,9 @@ from hubdeploy.backends.docker import _UNREACHABLE, DockerBackend, DockerConfig
 from hubdeploy.contract import names
 from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
 
+# Seconds to retry removing a stopped server's configs while the manager lets go of them.
+CONFIG_REMOVE_WAIT = 10
+
 _MESSAGES = {
     "create": (20, "Creating the swarm service"),
     "starting": (50, "Swarm is placing the server"),
@@ -213,17 +216,49 @@ class SwarmBackend(DockerBackend):
     def _remove_sync(self, state: Mapping[str, Any]) -> None:
         client = self.client()
         ref = state.get("service_id") or state.get("service_name")
+        pending = list(state.get("configs") or ())
         try:
             service = client.services.get(ref)
-            if service.attrs["Spec"].get("Labels", {}).get(LABEL_SITE) == self.site:
+            spec = service.attrs["Spec"]
+            if spec.get("Labels", {}).get(LABEL_SITE) == self.site:
+                # The spec names its configs too (remove() by id has no state).
+                refs = spec["TaskTemplate"].get("ContainerSpec", {}).get("Configs") or []
+                pending += [r["ConfigName"] for r in refs if r.get("ConfigName") not in pending]
                 service.remove()
+                self._wait_task_gone(client, service.id)
         except docker.errors.NotFound:
             pass
-        for cname in state.get("configs") or ():
+        # The manager may still count a just-removed service as using its configs.
+        deadline = time.monotonic() + CONFIG_REMOVE_WAIT
+        while pending:
+            cname = pending.pop(0)
             try:
                 client.configs.get(cname).remove()
-            except docker.errors.APIError:
-                pass  # gone, or still used by the user's other server
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if "in use" not in str(exc.explanation or exc) or time.monotonic() > deadline:
+                    continue  # kept: the user's other server uses it (removed with that one)
+                if self._config_users(client, cname) <= 0:
+                    pending.append(cname)
+                    time.sleep(0.2)
+
+    def _wait_task_gone(self, client, service_id: str) -> None:
+        """Until the removed service's container is gone from this engine (bounded by the
+        stop grace period): a stop then really stopped the server, and ``down`` can remove
+        the users network it was attached to."""
+        deadline = time.monotonic() + self.config.stop_timeout + 10
+        label = f"com.docker.swarm.service.id={service_id}"
+        while time.monotonic() < deadline and client.api.containers(all=True, filters={"label": label}):
+            time.sleep(0.2)
+
+    def _config_users(self, client, cname: str) -> int:
+        """How many of this site's services still mount config ``cname``."""
+        count = 0
+        for svc in client.api.services(filters={"label": f"{LABEL_SITE}={self.site}"}):
+            refs = svc["Spec"]["TaskTemplate"].get("ContainerSpec", {}).get("Configs") or []
+            count += any(r.get("ConfigName") == cname for r in refs)
+        return count
 
     async def poll(self, state: dict[str, Any]) -> PollResult:
         if not (state.get("service_id") or state.get("service_name")):

@@ -131,10 +131,21 @@ def networks(site: Site) -> dict[str, Any]:
         users.update(driver="overlay", attachable=True)
         if site.swarm.encrypted:
             users["driver_opts"] = {"encrypted": ""}
-    return {
+    out = {
         "internal": {"name": f"{prefix}-internal", "internal": True},
         "users": users,
     }
+    if site.orchestrator == "swarm":
+        # A container on an internal bridge and an overlay network has no network that
+        # leads out: its published port is never bound, and the hub could not reach an
+        # LDAP server or a submit host. ``edge`` is that way out, for proxy and hub only.
+        out["edge"] = {"name": f"{prefix}-edge"}
+    return out
+
+
+def _edge(site: Site, nets: dict[str, Any]) -> dict[str, Any]:
+    """A service's networks, plus ``edge`` with orchestrator swarm (see networks)."""
+    return {**nets, "edge": {}} if site.orchestrator == "swarm" else nets
 
 
 def secrets(services: dict[str, Any], mounts: Mounts) -> dict[str, Any]:
@@ -170,7 +181,7 @@ def proxy_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str,
         "entrypoint": ["/bin/sh", PROXY_ENTRYPOINT_PATH],
         "command": [],
         "ports": [f"{site.public.host}:{site.public.port}:{PROXY_PORT}"],
-        "networks": {"internal": {"aliases": [PROXY_API_ALIAS]}, "users": {}},
+        "networks": _edge(site, {"internal": {"aliases": [PROXY_API_ALIAS]}, "users": {}}),
         "secrets": [PROXY_TOKEN],
         "volumes": volumes,
         "labels": _labels(site, mounts.hashes["proxy"]),
@@ -210,7 +221,7 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
         "image": refs["hub"],
         "pull_policy": "never",
         "command": ["jupyterhub", "-f", HUB_CONFIG_PATH],
-        "networks": {"internal": {"aliases": [HUB_SERVICE]}, "users": {"aliases": [HUB_SERVICE]}},
+        "networks": _edge(site, {"internal": {"aliases": [HUB_SERVICE]}, "users": {"aliases": [HUB_SERVICE]}}),
         "secrets": hub_secrets(site),
         "volumes": volumes,
         "labels": _labels(site, mounts.hashes["hub"]),

@@ -1,7 +1,6 @@
 """SwarmBackend against a real single-node swarm on this machine's engine.
 
-The engine becomes a swarm manager for this module when it is not one already (and
-leaves the swarm afterwards only in that case). Every object is named
+The engine is a swarm manager for the session (conftest ``swarm_manager``). Every object is named
 ``hubdeploy-test-swarm-<random>...`` and removed by the module's finalizer.
 """
 
@@ -31,12 +30,9 @@ def run(coro):
 
 
 @pytest.fixture(scope="module")
-def swarm(client):
-    """A swarm manager, an attachable overlay network and a notebook-like image."""
+def swarm(client, swarm_manager):
+    """An attachable overlay network and a notebook-like image on the swarm manager."""
     _ensure_base_image(client)
-    joined = client.info()["Swarm"]["LocalNodeState"] == "active"
-    if not joined:
-        client.swarm.init(advertise_addr="127.0.0.1")
     tag = uuid.uuid4().hex[:8]
     prefix = f"hubdeploy-test-swarm-{tag}"
     image = f"hubdeploy-test/swarm-notebook:{tag}"
@@ -60,8 +56,6 @@ def swarm(client):
         _quietly(lambda v=v: v.remove(force=True))
     _quietly(network.remove)
     _quietly(lambda: client.images.remove(image, force=True))
-    if not joined:
-        _quietly(lambda: client.swarm.leave(force=True))
 
 
 def make_backend(env, **extra):

@@ -29,7 +29,9 @@ def test_swarm_renders_overlay_users_network_and_swarm_backend():
     site = load_site_text("orchestrator: swarm\nswarm: {encrypted: true}\n"
                           + BASE % ", placement: {constraints: [node.labels.role==login]}, reserve: {memory: 1G}",
                           "site.yaml")
-    users = compose_render.networks(site)["users"]
+    nets = compose_render.networks(site)
+    assert nets["edge"] == {"name": "hubdeploy-sw-edge"}
+    users = nets["users"]
     assert users == {"name": "hubdeploy-sw-users", "driver": "overlay", "attachable": True,
                      "driver_opts": {"encrypted": ""}}
     spawner = hubdata.spawner(site, {"base": "img:1"})
@@ -41,5 +43,24 @@ def test_swarm_renders_overlay_users_network_and_swarm_backend():
 
 def test_compose_stays_default():
     site = load_site_text(BASE % "", "site.yaml")
-    assert compose_render.networks(site)["users"] == {"name": "hubdeploy-sw-users"}
+    assert compose_render.networks(site) == {"internal": {"name": "hubdeploy-sw-internal", "internal": True},
+                                             "users": {"name": "hubdeploy-sw-users"}}
     assert hubdata.spawner(site, {"base": "img:1"})["backend"] == "docker"
+
+
+class _Engine:
+    def __init__(self, swarm):
+        self._swarm = swarm
+
+    def info(self):
+        return {"Swarm": self._swarm}
+
+
+def test_up_needs_a_swarm_manager():
+    from hubdeploy import swarm
+    from hubdeploy.errors import OperationError
+
+    for state in ({"LocalNodeState": "inactive"}, {"LocalNodeState": "active", "ControlAvailable": False}):
+        with pytest.raises(OperationError, match="not a swarm manager"):
+            swarm.require_manager(_Engine(state))
+    swarm.require_manager(_Engine({"LocalNodeState": "active", "ControlAvailable": True}))
