@@ -500,6 +500,26 @@ class ProfileSlurm(Closed):
         return self
 
 
+# A swarm placement constraint (`node.labels.role==login`, `node.hostname!=ln3`); one
+# word, no spaces, as `docker service create --constraint` takes it.
+Constraint = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+ ?(==|!=) ?[A-Za-z0-9_.:/-]+$")]
+
+
+class SwarmPlacement(Closed):
+    """Where swarm may run a login profile's servers (orchestrator: swarm)."""
+
+    constraints: list[Constraint] = Field(default_factory=list, description="e.g. node.labels.role==login")
+    spread: list[Annotated[str, StringConstraints(pattern=r"^node\.(labels\.)?[A-Za-z0-9_.-]+$")]] = Field(
+        default_factory=list, description="Node labels to spread servers over, e.g. node.labels.rack.")
+
+
+class Reserve(Closed):
+    """What swarm sets aside for each server: a node without it free is not chosen."""
+
+    cpu: float | None = Field(None, gt=0, le=1024, description="Cores.")
+    memory: Memory | None = Field(None, description="e.g. 1G.")
+
+
 class Profile(Closed):
     name: Name
     display_name: str | None = None
@@ -522,11 +542,15 @@ class Profile(Closed):
         default_factory=dict, description="Pass-through Spawner traits for this profile."
     )
     slurm: ProfileSlurm | None = Field(None, description="Slurm job settings of a compute profile.")
+    placement: SwarmPlacement | None = Field(None, description="Swarm placement of a login profile (orchestrator: swarm).")
+    reserve: Reserve | None = Field(None, description="Swarm reservations of a login profile (orchestrator: swarm).")
 
     @model_validator(mode="after")
     def _node(self) -> "Profile":
         if self.slurm is not None and self.node != "compute":
             raise ValueError("'slurm' only applies to a profile with node: compute")
+        if (self.placement or self.reserve) and self.node != "login":
+            raise ValueError("'placement' and 'reserve' only apply to login profiles")
         return self
 
 
@@ -701,6 +725,12 @@ class Identity(Closed):
         return self.home.rsplit("/", 1)[0]
 
 
+class SwarmOptions(Closed):
+    """Settings that apply with orchestrator: swarm."""
+
+    encrypted: bool = Field(False, description="Encrypt the users overlay network between nodes (IPsec).")
+
+
 class Site(Closed):
     """A facility's JupyterHub, described in one file."""
 
@@ -717,6 +747,10 @@ class Site(Closed):
     identity: Identity = Field(default_factory=Identity, description="Users' POSIX accounts.")
     limits: StackLimits = Field(default_factory=StackLimits, description="Memory, CPU and process bounds of the "
                                 "stack's services.")
+    orchestrator: Literal["compose", "swarm"] = Field(
+        "compose", description="compose: login-node servers are containers on this engine; swarm: one-replica "
+        "services the swarm this engine manages places on its nodes.")
+    swarm: SwarmOptions = Field(default_factory=lambda: SwarmOptions())
     profiles: list[Profile] = Field(min_length=1)
 
     def warnings(self) -> list[str]:
@@ -776,6 +810,9 @@ class Site(Closed):
                 first[p.name] = i
             if p.node == "compute":
                 problems += self._compute_problems(i, p)
+            for key in ("placement", "reserve"):
+                if getattr(p, key) is not None and self.orchestrator != "swarm":
+                    problems.append((("profiles", i, key), f"profile {p.name!r}: {key} needs orchestrator: swarm"))
             if p.default:
                 if default is not None:
                     problems.append(
@@ -786,6 +823,8 @@ class Site(Closed):
                     )
                 else:
                     default = i
+        if self.orchestrator != "swarm" and "swarm" in self.model_fields_set:
+            problems.append((("swarm",), "swarm settings need orchestrator: swarm"))
         if self.slurm and self.slurm.cluster and self.slurm.cluster.image not in known:
             problems.append(
                 (("slurm", "cluster", "image"), f"image {self.slurm.cluster.image!r} is not declared; "

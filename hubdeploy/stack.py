@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, images, ownership, render, selfsigned, upgrade
+from hubdeploy import engine, images, ownership, render, selfsigned, swarm, upgrade
 from hubdeploy.contract.layout import (
     HUB_SERVICE,
     LABEL_PROFILE,
@@ -153,6 +153,8 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
     t0 = time.monotonic()
     client = engine.docker_client()
     engine.compose_command()
+    if prep.site.orchestrator == "swarm":
+        swarm.require_manager(client)
     check_owner(prep, client, take_over=take_over)
     decision = version_decision(prep, client, force=force)
     if not _port_free(prep.site.public.host, prep.site.public.port) and not _our_proxy_running(client, prep):
@@ -403,8 +405,12 @@ def down(prep: Prepared, *, volumes: bool = False, console=None, take_over: bool
         # project's containers may run: render the same files again (no secrets needed)
         # so compose finds and removes them, instead of silently leaving them.
         render.write_files(prep.rendered, prep.files)
+    if prep.site.orchestrator == "swarm":
+        removed += swarm.remove_leftovers(client, prep.site.name)
     args = ["down", "--remove-orphans", "--timeout", "20"] + (["--volumes"] if volumes else [])
     engine.compose(prep.project, prep.compose_file, args, capture=True)
+    if prep.site.orchestrator == "swarm":
+        swarm.remove_project_networks(client, prep.project)
     removed_volumes = []
     if volumes:
         for v in client.volumes.list(filters={"label": f"{LABEL_SITE}={prep.site.name}"}):

@@ -90,8 +90,20 @@ class _ProfileRequired(TypedDict):
     spawner_config: dict[str, Any]
 
 
+class Placement(TypedDict):
+    constraints: list[str]  # swarm constraints, e.g. node.labels.role==login
+    spread: list[str]  # node labels to spread over
+
+
+class Reserve(TypedDict):
+    cpu: float | None  # cores
+    mem: int | None  # bytes
+
+
 class Profile(_ProfileRequired, total=False):
     slurm: ProfileSlurm  # compute profiles only
+    placement: Placement  # login profiles with orchestrator swarm
+    reserve: Reserve  # login profiles with orchestrator swarm
 
 
 class SpawnerSection(TypedDict, total=False):

@@ -146,17 +146,35 @@ def networks(site: Site) -> dict[str, Any]:
     """``internal`` (no route out: hub, proxy API, services, database), ``users`` (proxy,
     hub, login-node notebooks) and, with the stack's cluster, ``compute`` (proxy, hub,
     compute nodes) and ``slurm`` (no route out: controller and nodes). Login notebooks
-    share no network with a Slurm daemon: neither slurmctld nor a node resolves there."""
+    share no network with a Slurm daemon: neither slurmctld nor a node resolves there.
+
+    With orchestrator swarm, ``users`` is an attachable overlay network: the notebooks are
+    swarm tasks on any node, and the proxy and hub containers here join it to reach them."""
     prefix = project_name(site.name)
+    users: dict[str, Any] = {"name": f"{prefix}-users"}
+    if site.orchestrator == "swarm":
+        users.update(driver="overlay", attachable=True)
+        if site.swarm.encrypted:
+            users["driver_opts"] = {"encrypted": ""}
     out = {
         "internal": {"name": f"{prefix}-internal", "internal": True},
-        "users": {"name": f"{prefix}-users"},
+        "users": users,
         **prometheus.networks(site),
     }
     if _has_cluster(site):
         out["compute"] = {"name": f"{prefix}-compute"}
         out["slurm"] = {"name": f"{prefix}-slurm", "internal": True}
+    if site.orchestrator == "swarm":
+        # A container on an internal bridge and an overlay network has no network that
+        # leads out: its published port is never bound, and the hub could not reach an
+        # LDAP server or a submit host. ``edge`` is that way out, for proxy and hub only.
+        out["edge"] = {"name": f"{prefix}-edge"}
     return out
+
+
+def _edge(site: Site, nets: dict[str, Any]) -> dict[str, Any]:
+    """A service's networks, plus ``edge`` with orchestrator swarm (see networks)."""
+    return {**nets, "edge": {}} if site.orchestrator == "swarm" else nets
 
 
 def secrets(services: dict[str, Any], mounts: Mounts) -> dict[str, Any]:
@@ -192,7 +210,7 @@ def proxy_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str,
         "entrypoint": ["/bin/sh", PROXY_ENTRYPOINT_PATH],
         "command": [],
         "ports": [f"{site.public.host}:{site.public.port}:{PROXY_PORT}"],
-        "networks": {"internal": {"aliases": [PROXY_API_ALIAS]}, "users": {}, **_compute_net(site)},
+        "networks": _edge(site, {"internal": {"aliases": [PROXY_API_ALIAS]}, "users": {}, **_compute_net(site)}),
         "secrets": [PROXY_TOKEN],
         "volumes": volumes,
         "labels": _labels(site, mounts.hashes["proxy"]),
@@ -242,8 +260,8 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
         # The hub holds no Docker socket: the docker backend and dexec reach the engine
         # through the engine proxy, which refuses whatever is not this site's.
         "environment": {"DOCKER_HOST": ENGINE_PROXY_URL},
-        "networks": {"internal": {"aliases": [HUB_SERVICE]}, "users": {"aliases": [HUB_SERVICE]},
-                     **_compute_net(site, [HUB_SERVICE])},
+        "networks": _edge(site, {"internal": {"aliases": [HUB_SERVICE]}, "users": {"aliases": [HUB_SERVICE]},
+                                 **_compute_net(site, [HUB_SERVICE])}),
         "secrets": hub_secrets(site),
         "volumes": volumes,
         "labels": _labels(site, mounts.hashes["hub"]),

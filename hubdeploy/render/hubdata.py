@@ -106,7 +106,8 @@ def spawner(site: Site, refs: dict[str, str]) -> hubjson.SpawnerSection:
     if homes_source(site) is not None:
         docker.update(homes=homes_source(site), homes_target=site.identity.homes_dir)
     out: hubjson.SpawnerSection = {
-        "backend": "docker",
+        # orchestrator swarm: the same config, read as a SwarmConfig (its own keys default).
+        "backend": "swarm" if site.orchestrator == "swarm" else "docker",
         "backend_config": docker,
         "profiles": [profile(site, p, refs[p.image]) for p in site.profiles],
         "concurrent_spawn_limit": site.hub.concurrent_spawn_limit,
@@ -136,6 +137,10 @@ def profile(site: Site, p: Profile, image_ref: str) -> hubjson.Profile:
     }
     if p.node == "compute":
         out["slurm"] = profile_slurm(site, p)
+    if p.placement is not None:
+        out["placement"] = {"constraints": list(p.placement.constraints), "spread": list(p.placement.spread)}
+    if p.reserve is not None:
+        out["reserve"] = {"cpu": p.reserve.cpu, "mem": memory_bytes(p.reserve.memory) if p.reserve.memory else None}
     return out
 
 

@@ -36,3 +36,37 @@ def stack(tmp_path_factory):
 def up_stack(stack):
     stack.ensure_up()
     return stack
+
+
+# Whether this session made the engine a swarm manager (then it leaves at the very end).
+_SWARM_MADE = []
+
+
+@pytest.fixture(scope="session")
+def swarm_manager(client):
+    """The engine as a single-node swarm manager, for the swarm tests.
+
+    Made once per session and left in ``pytest_sessionfinish``, after every stack is
+    down: leaving a swarm was seen to break name resolution on the networks of stacks
+    still running on the engine.
+    """
+    from hubdeploy import swarm
+    from hubdeploy.errors import OperationError
+
+    if client.info()["Swarm"]["LocalNodeState"] != "active":
+        with pytest.raises(OperationError, match="not a swarm manager"):
+            swarm.require_manager(client)
+        client.swarm.init(advertise_addr="127.0.0.1")
+        _SWARM_MADE.append(True)
+    swarm.require_manager(client)
+    return client
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SWARM_MADE:
+        import docker
+
+        try:
+            docker.from_env().swarm.leave(force=True)
+        except docker.errors.APIError as exc:
+            print(f"cleanup: leaving the swarm: {exc}")

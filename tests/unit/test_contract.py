@@ -58,6 +58,12 @@ profiles:
   - {name: login, image: base, default: true}
   - {name: compute, image: base, node: compute, slurm: {partition: batch, time: "30"}}
 """,
+    "swarm": """\
+name: hdtcontract
+orchestrator: swarm
+profiles:
+  - {name: login, image: base, placement: {constraints: [node.labels.role==login]}, reserve: {cpu: 1}}
+""",
 }
 
 

@@ -1,0 +1,324 @@
+"""Notebook servers as one-replica Docker Swarm services, spread over login nodes.
+
+The manager the hub talks to schedules each server onto a node that satisfies its
+profile's ``placement``; names, labels, accounts, homes and limits follow the docker
+backend's rules (this class reuses its plumbing). Differences that come from swarm:
+
+- The server is a service (restart condition ``none``) on an attachable overlay network,
+  reached by a per-instance alias with ``dnsrr`` endpoints (task addresses, no VIP).
+- The user's passwd and group lines travel as swarm configs mounted over ``/etc/passwd``
+  and ``/etc/group``: the node that runs the task may be another machine, so nothing
+  can be uploaded into the container before it starts.
+- ``start`` returns once the task runs: a task no node can take fails the start with
+  swarm's own reason (``no suitable node (...)``) after ``schedule_grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import (
+    ConfigReference,
+    ContainerSpec,
+    EndpointSpec,
+    NetworkAttachmentConfig,
+    Placement,
+    RestartPolicy,
+    ServiceMode,
+    TaskTemplate,
+)
+
+from hubdeploy.backends import accounts, swarm_tasks
+from hubdeploy.backends.base import BackendError, Found, PollResult, Running, ServerSpec, Stopped, Unknown
+from hubdeploy.backends.docker import _UNREACHABLE, DockerBackend, DockerConfig
+from hubdeploy.contract import names
+from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
+
+# Seconds to retry removing a stopped server's configs while the manager lets go of them.
+CONFIG_REMOVE_WAIT = 10
+
+_MESSAGES = {
+    "create": (20, "Creating the swarm service"),
+    "starting": (50, "Swarm is placing the server"),
+    "running": (90, "Task running, waiting for the server to answer"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwarmConfig(DockerConfig):
+    """hub.json ``spawner.backend_config`` of the swarm backend (``network`` is an
+    attachable overlay network)."""
+
+    schedule_grace: int = 10  # seconds a task may stay unschedulable before the start fails
+    task_timeout: int = 300  # seconds from service creation to a running task
+    pids_limit: int = 1024  # per server, unless its profile sets pids_limit
+
+
+class SwarmBackend(DockerBackend):
+    """One-replica services on the swarm the hub's engine manages (config: :class:`SwarmConfig`)."""
+
+    Config = SwarmConfig
+    name = "swarm"
+    config: SwarmConfig
+
+    # -- start ------------------------------------------------------------------------
+
+    async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
+        image = spec.profile.get("image_ref")
+        if not image or image not in self.allowed_images:
+            raise BackendError(f"image {image!r} is not one of this site's profile images")
+        name = names.container_name(self.prefix, spec.user, spec.server_name)
+        host = names.dns_name(name, secrets.token_hex(6))
+        state.update(service_name=name, phase="create")
+        try:
+            state["service_id"] = await self._run(self._create_sync, spec, name, host, state)
+            await self._wait_running(state)
+        except BackendError:
+            state["phase"] = "failed"
+            await self._remove_quietly(state)
+            raise
+        except docker.errors.APIError as exc:
+            state["phase"] = "failed"
+            await self._remove_quietly(state)
+            raise BackendError(f"swarm refused to start {name}: {exc.explanation or exc}") from exc
+        except _UNREACHABLE as exc:
+            state["phase"] = "failed"
+            raise BackendError(f"cannot reach the swarm manager: {type(exc).__name__}") from exc
+        return host, spec.port
+
+    def _create_sync(self, spec: ServerSpec, name: str, host: str, state: dict[str, Any]) -> str:
+        client = self.client()
+        for old in client.services.list(filters={"name": name}):
+            if old.name == name:  # the filter matches prefixes
+                self.log.info("removing stale service %s", name)
+                old.remove()
+        user = self._as_user(spec)
+        container = ContainerSpec(
+            spec.profile["image_ref"],
+            command=list(spec.cmd),
+            env={**spec.env, **self._user_env(spec)},
+            workdir=user.get("working_dir"),
+            user=user.get("user"),
+            groups=user.get("group_add"),
+            labels=self.labels(spec),
+            mounts=self._mounts(client, spec, state),
+            configs=self._account_configs(client, spec, state),
+            init=self.config.init,
+            cap_drop=["ALL"],
+            stop_grace_period=self.config.stop_timeout * 10**9,
+        )
+        resources = swarm_tasks.resources(spec.profile, spec.profile.get("pids_limit") or self.config.pids_limit)
+        template = TaskTemplate(
+            container,
+            resources=resources or None,
+            restart_policy=RestartPolicy(condition="none"),
+            placement=Placement(**swarm_tasks.placement(spec.profile)),
+            networks=[NetworkAttachmentConfig(self.network, aliases=[host])],
+        )
+        created = client.api.create_service(
+            template,
+            name=name,
+            labels=self.labels(spec),
+            mode=ServiceMode("replicated", replicas=1),
+            endpoint_spec=EndpointSpec(mode="dnsrr"),
+        )
+        return created["ID"]
+
+    def _account_configs(self, client, spec: ServerSpec, state: dict[str, Any]) -> list[ConfigReference] | None:
+        """The image's passwd/group with the user's lines, as swarm configs (named by
+        content, so a user's servers share them and a changed account gets new ones)."""
+        ident = spec.identity
+        if ident is None:
+            return None
+        image = spec.profile["image_ref"]
+        texts = self._etc_cache.get(image)
+        if texts is None:
+            probe = client.containers.create(image, command=["true"], labels={LABEL_SITE: self.site})
+            try:
+                texts = tuple(accounts.read_archive_file(probe.get_archive(p)[0], p.rsplit("/", 1)[1])
+                              for p in ("/etc/passwd", "/etc/group"))
+            finally:
+                probe.remove(force=True)
+            self._etc_cache[image] = texts
+        merged = accounts.with_account(texts[0], texts[1], ident)
+        if merged is None:
+            return None
+        refs, made = [], []
+        for path, text in zip(("/etc/passwd", "/etc/group"), merged):
+            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+            cname = f"{self.prefix}-{path.rsplit('/', 1)[1]}-{digest}"
+            found = [c for c in client.configs.list(filters={"name": cname}) if c.name == cname]
+            config = found[0] if found else client.configs.create(
+                name=cname, data=text.encode(), labels={LABEL_SITE: self.site, LABEL_USER: spec.user})
+            made.append(cname)
+            refs.append(ConfigReference(config.id, cname, filename=path, uid="0", gid="0", mode=0o444))
+        state["configs"] = made
+        return refs
+
+    async def _wait_running(self, state: dict[str, Any]) -> None:
+        """Until the task runs; BackendError with swarm's reason when it cannot."""
+        deadline = time.monotonic() + self.config.task_timeout
+        unschedulable_since = None
+        while time.monotonic() < deadline:
+            seen = await self._run(self._task_view, state)
+            state["task_state"], state["task_reason"] = seen.state, seen.reason
+            if seen.phase == "running":
+                state["phase"] = "running"
+                return
+            if seen.phase == "ended":
+                raise BackendError(f"the server's task {seen.state} before it ran: {seen.reason}")
+            if seen.phase == "unschedulable":
+                unschedulable_since = unschedulable_since or time.monotonic()
+                if time.monotonic() - unschedulable_since >= self.config.schedule_grace:
+                    raise BackendError(f"swarm cannot place the server: {seen.reason}")
+            else:
+                unschedulable_since = None
+            state["phase"] = "starting"
+            await asyncio.sleep(0.25)
+        raise BackendError(f"the server's task did not run within {self.config.task_timeout} s "
+                           f"(last state {state.get('task_state') or 'none'}: {state.get('task_reason') or '-'})")
+
+    def _task_view(self, state: Mapping[str, Any]) -> swarm_tasks.TaskView | None:
+        """The service's newest task; None when the service is gone."""
+        api = self.client().api
+        ref = state.get("service_id") or state.get("service_name")
+        try:
+            api.inspect_service(ref)
+        except docker.errors.NotFound:
+            return None
+        return swarm_tasks.view(api.tasks(filters={"service": ref}))
+
+    # -- stop / poll ------------------------------------------------------------------
+
+    async def stop(self, state: dict[str, Any]) -> None:
+        """Remove the service (its task stops, the home stays) and its account configs."""
+        if not (state.get("service_id") or state.get("service_name")):
+            return
+        try:
+            await self._run(self._remove_sync, state)
+        except _UNREACHABLE as exc:
+            raise BackendError(f"cannot stop {state.get('service_name')}: {type(exc).__name__}: {exc}") from exc
+
+    async def _remove_quietly(self, state: dict[str, Any]) -> None:
+        try:
+            await self.stop(state)
+        except BackendError as exc:
+            self.log.warning("%s", exc)
+
+    def _remove_sync(self, state: Mapping[str, Any]) -> None:
+        client = self.client()
+        ref = state.get("service_id") or state.get("service_name")
+        pending = list(state.get("configs") or ())
+        try:
+            service = client.services.get(ref)
+            spec = service.attrs["Spec"]
+            if spec.get("Labels", {}).get(LABEL_SITE) == self.site:
+                # The spec names its configs too (remove() by id has no state).
+                refs = spec["TaskTemplate"].get("ContainerSpec", {}).get("Configs") or []
+                pending += [r["ConfigName"] for r in refs if r.get("ConfigName") not in pending]
+                service.remove()
+                self._wait_task_gone(client, service.id)
+        except docker.errors.NotFound:
+            pass
+        # The manager may still count a just-removed service as using its configs.
+        deadline = time.monotonic() + CONFIG_REMOVE_WAIT
+        while pending:
+            cname = pending.pop(0)
+            try:
+                client.configs.get(cname).remove()
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if "in use" not in str(exc.explanation or exc) or time.monotonic() > deadline:
+                    continue  # kept: the user's other server uses it (removed with that one)
+                if self._config_users(client, cname) <= 0:
+                    pending.append(cname)
+                    time.sleep(0.2)
+
+    def _wait_task_gone(self, client, service_id: str) -> None:
+        """Until the removed service's container is gone from this engine (bounded by the
+        stop grace period): a stop then really stopped the server, and ``down`` can remove
+        the users network it was attached to."""
+        deadline = time.monotonic() + self.config.stop_timeout + 10
+        label = f"com.docker.swarm.service.id={service_id}"
+        while time.monotonic() < deadline and client.api.containers(all=True, filters={"label": label}):
+            time.sleep(0.2)
+
+    def _config_users(self, client, cname: str) -> int:
+        """How many of this site's services still mount config ``cname``."""
+        count = 0
+        for svc in client.api.services(filters={"label": f"{LABEL_SITE}={self.site}"}):
+            refs = svc["Spec"]["TaskTemplate"].get("ContainerSpec", {}).get("Configs") or []
+            count += any(r.get("ConfigName") == cname for r in refs)
+        return count
+
+    async def poll(self, state: dict[str, Any]) -> PollResult:
+        if not (state.get("service_id") or state.get("service_name")):
+            return Stopped(0)
+        try:
+            seen = await self._run(self._task_view, state)
+        except _UNREACHABLE as exc:
+            return Unknown(f"swarm manager: {type(exc).__name__}: {exc}")
+        if seen is None:
+            return Stopped(0, "the service is gone")
+        if seen.phase == "ended":
+            return Stopped(seen.exit_code, f"task {seen.state}: {seen.reason}")
+        if seen.phase == "unschedulable" and state.get("phase") == "running":
+            # Placed once and now waiting for a node again (its node left the swarm).
+            return Stopped(0, f"task {seen.state}: {seen.reason}")
+        return Running()
+
+    # -- servers the hub lost ---------------------------------------------------------
+
+    async def list_servers(self) -> list[Found]:
+        try:
+            found = await self._run(self._list_sync)
+        except _UNREACHABLE as exc:
+            raise BackendError(f"cannot list services: {type(exc).__name__}: {exc}") from exc
+        return sorted(found, key=lambda f: f.name)
+
+    def _list_sync(self) -> list[Found]:
+        api = self.client().api
+        out = []
+        for svc in api.services(filters={"label": [f"{LABEL_SITE}={self.site}", LABEL_USER]}):
+            seen = swarm_tasks.view(api.tasks(filters={"service": svc["ID"]}))
+            labels = svc["Spec"].get("Labels") or {}
+            out.append(Found(id=svc["ID"], name=svc["Spec"]["Name"], state=seen.state or seen.phase,
+                             node=seen.node, reason=seen.reason, detail=f"user {labels.get(LABEL_USER)}"))
+        return out
+
+    def server_id(self, state: Mapping[str, Any]) -> str | None:
+        return state.get("service_id") or None
+
+    def server_name(self, state: Mapping[str, Any]) -> str | None:
+        return state.get("service_name") or None
+
+    async def remove(self, server_id: str) -> None:
+        await self.stop({"service_id": server_id})
+
+    async def progress(self, state: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """One event per phase and per new swarm reason (``no suitable node (...)``)."""
+        seen = None
+        deadline = time.monotonic() + self.config.task_timeout + 30
+        while time.monotonic() < deadline:
+            phase = state.get("phase")
+            now = (phase, state.get("task_state"), state.get("task_reason"))
+            if now != seen and phase in _MESSAGES:
+                seen = now
+                pct, message = _MESSAGES[phase]
+                if phase == "starting" and state.get("task_state"):
+                    message = f"Swarm task {state['task_state']}"
+                    if state.get("task_reason"):
+                        message += f": {state['task_reason']}"
+                yield {"progress": pct, "message": message}
+            if phase in ("running", "failed"):
+                return
+            await asyncio.sleep(0.2)

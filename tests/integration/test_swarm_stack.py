@@ -1,0 +1,146 @@
+"""orchestrator: swarm end to end on a real single-node swarm: login-node servers are
+swarm services the hub starts, the proxy reaches over the overlay network, a hub restart
+keeps, ``down`` removes; the same site file switched back to compose still works.
+
+The engine is a swarm manager for the session (conftest ``swarm_manager``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from stackfixture import diagnostics, free_port, run_5x4, run_cli, tear_down_site, user_session
+
+from hubdeploy.smoke.hubclient import SpawnFailed
+from hubdeploy.smoke.kernel import ServerClient
+
+pytestmark = pytest.mark.integration
+
+SITE = "hdtswarm"
+SITE_YAML = """\
+name: {name}
+public: {{host: 127.0.0.1, port: {port}}}
+orchestrator: {orchestrator}
+hub:
+  authenticator: {{class: dummy}}
+services:
+  idle_culler: {{enabled: false}}
+build:
+  ca_bundle: /etc/ssl/certs/ca-certificates.crt
+profiles:
+  - {{name: login, image: base, default: true, memory: 1G{placement}}}
+  - {{name: nowhere, image: base, memory: 1G{nowhere}}}
+"""
+SWARM_ONLY = {"placement": ", placement: {spread: [node.labels.rack]}, reserve: {cpu: 0.1, memory: 64M}",
+              "nowhere": ", placement: {constraints: [node.labels.role==no-such-role]}"}
+
+
+def write_site(path, port: int, orchestrator: str) -> None:
+    extra = SWARM_ONLY if orchestrator == "swarm" else {"placement": "", "nowhere": ""}
+    path.write_text(SITE_YAML.format(name=SITE, port=port, orchestrator=orchestrator, **extra))
+
+
+def up(site_file) -> None:
+    proc = run_cli(site_file, "up")
+    if proc.returncode != 0:
+        raise AssertionError(f"up failed\n{proc.stdout}\n{proc.stderr}\n{diagnostics(f'hubdeploy-{SITE}')}")
+
+
+@pytest.fixture(scope="module")
+def swarm_site(tmp_path_factory, client, swarm_manager):
+    site_file = tmp_path_factory.mktemp("swarmsite") / "site.yaml"
+    port = free_port()
+    write_site(site_file, port, "swarm")
+    run_cli(site_file, "down", "--volumes", timeout=300)  # an interrupted earlier run's leftovers
+    try:
+        up(site_file)
+        yield {"file": site_file, "port": port, "url": f"http://127.0.0.1:{port}/"}
+    finally:
+        tear_down_site(site_file, SITE)
+
+
+class _Url:
+    def __init__(self, url):
+        self.url = url
+
+
+def services_of(client, user: str) -> list:
+    return client.services.list(filters={"label": [f"hubdeploy.site={SITE}", f"hubdeploy.user={user}"]})
+
+
+def test_login_server_is_a_swarm_service_and_survives_a_hub_restart(swarm_site, client):
+    hub, token = user_session(_Url(swarm_site["url"]), "erin")
+    hub.api("POST", "users/erin/server", json={"profile": "login"}, ok=(201, 202))
+    hub.wait_ready("erin", "", time.monotonic() + 180)
+    url = hub.server_url("erin")
+    assert run_5x4(url, token) == "20"
+    (svc,) = services_of(client, "erin")
+    limits = svc.attrs["Spec"]["TaskTemplate"]["Resources"]
+    assert limits["Reservations"] == {"NanoCPUs": 10**8, "MemoryBytes": 64 * 2**20}
+    assert limits["Limits"]["MemoryBytes"] == 2**30
+
+    kernel = ServerClient(url, token)
+    kid = kernel.start_kernel("python3")
+    try:
+        out, error = kernel.execute(kid, "import getpass,os; print(getpass.getuser(), os.getuid() != 0)", timeout=60)
+        assert error is None, error
+        assert out.split() == ["erin", "True"]
+    finally:
+        kernel.delete_kernel(kid)
+
+    # The hub restarts; the service and its route stay, and the hub still knows the server.
+    hub_container = client.containers.list(filters={"label": [f"com.docker.compose.project=hubdeploy-{SITE}",
+                                                              "com.docker.compose.service=hub"]})[0]
+    hub_container.restart()
+    deadline = time.monotonic() + 300  # a loaded 2-core machine takes a minute to start the hub
+    while time.monotonic() < deadline:
+        try:
+            if (hub.server_model("erin", "") or {}).get("ready"):
+                break
+        except Exception:  # noqa: BLE001 - the hub is still starting
+            pass
+        time.sleep(1)
+    assert (hub.server_model("erin", "") or {}).get("ready")
+    assert [s.id for s in services_of(client, "erin")] == [svc.id]
+    assert run_5x4(url, token) == "20"
+
+    # The hub's health check may still be catching up after its restart (exit 1 then).
+    status = json.loads(run_cli(swarm_site["file"], "status", "--json").stdout)
+    (row,) = [s for s in status["servers"] if s["id"] == svc.id]
+    assert (row["backend"], row["owner"], row["state"]) == ("swarm", "erin", "running")
+
+    hub.stop_server("erin", "", time.monotonic() + 120, remove=False)
+    assert services_of(client, "erin") == []
+
+
+def test_unplaceable_profile_fails_with_swarms_reason(swarm_site, client):
+    hub, _ = user_session(_Url(swarm_site["url"]), "frank")
+    with pytest.raises(SpawnFailed, match=r"no suitable node \(scheduling constraints not satisfied"):
+        hub.start_server("frank", "far", "nowhere")
+        hub.wait_ready("frank", "far", time.monotonic() + 120)
+    assert services_of(client, "frank") == []
+
+
+def test_down_removes_services_and_compose_still_works(swarm_site, client):
+    hub, token = user_session(_Url(swarm_site["url"]), "gwen")
+    hub.api("POST", "users/gwen/server", json={"profile": "login"}, ok=(201, 202))
+    hub.wait_ready("gwen", "", time.monotonic() + 180)
+    assert services_of(client, "gwen")
+
+    run_cli(swarm_site["file"], "down", check=True, timeout=300)
+    assert services_of(client, "gwen") == []
+    assert client.configs.list(filters={"label": f"hubdeploy.site={SITE}"}) == []
+    assert not client.networks.list(names=[f"hubdeploy-{SITE}-users"])
+    assert client.volumes.list(filters={"name": f"hubdeploy-{SITE}"})  # kept without --volumes
+
+    # The same site file with orchestrator: compose: login servers are containers again.
+    write_site(swarm_site["file"], swarm_site["port"], "compose")
+    up(swarm_site["file"])
+    hub, token = user_session(_Url(swarm_site["url"]), "gwen")
+    hub.api("POST", "users/gwen/server", json={"profile": "login"}, ok=(201, 202))
+    hub.wait_ready("gwen", "", time.monotonic() + 180)
+    assert run_5x4(hub.server_url("gwen"), token) == "20"
+    assert services_of(client, "gwen") == []
+    assert client.containers.list(filters={"label": [f"hubdeploy.site={SITE}", "hubdeploy.user=gwen"]})
