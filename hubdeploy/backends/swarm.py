@@ -107,12 +107,12 @@ class SwarmBackend(DockerBackend):
             env={**spec.env, **self._user_env(spec)},
             workdir=user.get("working_dir"),
             user=user.get("user"),
-            groups=user.get("group_add"),
+            groups=[str(g.gid) for g in spec.identity.groups] if spec.identity is not None else None,
             labels=self.labels(spec),
             mounts=self._mounts(client, spec, state),
             configs=self._account_configs(client, spec, state),
             init=self.config.init,
-            cap_drop=["ALL"],
+            cap_drop=["ALL"],  # swarm has no no-new-privileges option: nothing to gain then
             stop_grace_period=self.config.stop_timeout * 10**9,
         )
         resources = swarm_tasks.resources(spec.profile, spec.profile.get("pids_limit") or self.config.pids_limit)
@@ -141,7 +141,11 @@ class SwarmBackend(DockerBackend):
         image = spec.profile["image_ref"]
         texts = self._etc_cache.get(image)
         if texts is None:
-            probe = client.containers.create(image, command=["true"], labels={LABEL_SITE: self.site})
+            # Never started, on no network; named and labelled as the site's (the engine
+            # proxy allows nothing else).
+            probe = client.containers.create(image, command=["true"], labels={LABEL_SITE: self.site},
+                                             name=f"{self.prefix}-etc-probe-{secrets.token_hex(4)}",
+                                             network_mode="none")
             try:
                 texts = tuple(accounts.read_archive_file(probe.get_archive(p)[0], p.rsplit("/", 1)[1])
                               for p in ("/etc/passwd", "/etc/group"))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlencode
 
 from hubdeploy.contract.layout import ENGINE_PROXY_SERVICE, LABEL_SITE, project_name
+from hubdeploy.engineproxy import swarmpolicy
 
 # Docker's default capability set: re-adding one of these (after a cap_drop) grants
 # nothing a default container lacks. Anything else (SYS_ADMIN, NET_ADMIN, ...) widens
@@ -138,6 +139,10 @@ def _route(method: str, path: str, query: str, body: bytes, policy: SitePolicy, 
         if not _owned(net, policy):
             raise Refused("foreign-network", f"network {net.get('Name')} is not this site's")
         return "network-inspect", f"/networks/{quote(net['Id'])}{q}", False
+    if parts[:1] in (["services"], ["tasks"], ["configs"]):
+        return swarmpolicy.route(method, parts, query, body, policy, lookup, refused=Refused,
+                                 check_source=_check_source, check_network=_check_network, json_body=_json_body,
+                                 with_site_filter=_with_site_filter, default_caps=DEFAULT_CAPS)
     raise Refused("not-allowed", f"{method} {path} is not on the engine proxy's allow-list")
 
 

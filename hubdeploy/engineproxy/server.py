@@ -103,7 +103,7 @@ class EngineProxy:
     async def lookup(self, kind: str, ref: str) -> dict | None:
         """The engine's inspect document of a container, exec, network or volume; None if absent."""
         path = {"container": "/containers/{}/json", "exec": "/exec/{}/json", "network": "/networks/{}",
-                "volume": "/volumes/{}"}[kind]
+                "volume": "/volumes/{}", "service": "/services/{}", "config": "/configs/{}"}[kind]
         status, body = await asyncio.wait_for(self._engine_get(path.format(quote(ref, safe=""))), LOOKUP_TIMEOUT)
         if status == 404:
             return None
