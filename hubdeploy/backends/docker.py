@@ -152,13 +152,18 @@ class DockerBackend(Backend):
 
     # -- start ------------------------------------------------------------------------
 
-    async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
-        """Create and start the container; return ``(DNS name, port)`` on the users network."""
+    def _names(self, spec: ServerSpec) -> tuple[str, str]:
+        """The server's name and its per-instance network alias, once its image is
+        known to be one of the site's profile images."""
         image = spec.profile.get("image_ref")
         if not image or image not in self.allowed_images:
             raise BackendError(f"image {image!r} is not one of this site's profile images")
         name = names.container_name(self.prefix, spec.user, spec.server_name)
-        host = names.dns_name(name, secrets.token_hex(6))
+        return name, names.dns_name(name, secrets.token_hex(6))
+
+    async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
+        """Create and start the container; return ``(DNS name, port)`` on the users network."""
+        name, host = self._names(spec)
         state.update(container_name=name, phase="image")
         try:
             await self._run(self._start_sync, spec, state, name, host)

@@ -39,7 +39,6 @@ from docker.types import (
 from hubdeploy.backends import accounts, swarm_tasks
 from hubdeploy.backends.base import BackendError, Found, PollResult, Running, ServerSpec, Stopped, Unknown
 from hubdeploy.backends.docker import _UNREACHABLE, DockerBackend, DockerConfig
-from hubdeploy.contract import names
 from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
 
 # Seconds to retry removing a stopped server's configs while the manager lets go of them.
@@ -72,11 +71,7 @@ class SwarmBackend(DockerBackend):
     # -- start ------------------------------------------------------------------------
 
     async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
-        image = spec.profile.get("image_ref")
-        if not image or image not in self.allowed_images:
-            raise BackendError(f"image {image!r} is not one of this site's profile images")
-        name = names.container_name(self.prefix, spec.user, spec.server_name)
-        host = names.dns_name(name, secrets.token_hex(6))
+        name, host = self._names(spec)
         state.update(service_name=name, phase="create")
         try:
             state["service_id"] = await self._run(self._create_sync, spec, name, host, state)

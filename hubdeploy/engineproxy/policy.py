@@ -141,7 +141,7 @@ def _route(method: str, path: str, query: str, body: bytes, policy: SitePolicy, 
         return "network-inspect", f"/networks/{quote(net['Id'])}{q}", False
     if parts[:1] in (["services"], ["tasks"], ["configs"]):
         return swarmpolicy.route(method, parts, query, body, policy, lookup, refused=Refused,
-                                 check_source=_check_source, check_network=_check_network, json_body=_json_body,
+                                 check_mounts=check_mount_list, check_network=_check_network, json_body=_json_body,
                                  with_site_filter=_with_site_filter, default_caps=DEFAULT_CAPS)
     raise Refused("not-allowed", f"{method} {path} is not on the engine proxy's allow-list")
 
@@ -278,7 +278,17 @@ def _check_mounts(spec: dict, host: dict, policy: SitePolicy, lookup: Lookup) ->
     for bind in host.get("Binds") or ():
         source = bind.split(":", 1)[0]
         _check_source(source, "bind" if source.startswith("/") else "volume", policy, lookup)
-    for mount in host.get("Mounts") or ():
+    check_mount_list(host.get("Mounts") or (), policy, lookup)
+    # Anonymous volumes (Config.Volumes) hold nothing of the host's: allowed.
+    endpoints = (spec.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+    for net in sorted(endpoints):
+        _check_network(net, policy, lookup)
+
+
+def check_mount_list(mounts, policy: SitePolicy, lookup: Lookup) -> None:
+    """Mounts in the Engine API's shape (a container's HostConfig.Mounts, a service's
+    ContainerSpec.Mounts): binds of declared host paths and the site's volumes only."""
+    for mount in mounts:
         kind = mount.get("Type") or "volume"
         if kind == "tmpfs":
             continue
@@ -288,10 +298,6 @@ def _check_mounts(spec: dict, host: dict, policy: SitePolicy, lookup: Lookup) ->
             # A local volume with driver options is a bind mount of any host path.
             raise Refused("volume", "a mount's VolumeOptions.DriverConfig is refused")
         _check_source(mount.get("Source") or "", kind, policy, lookup)
-    # Anonymous volumes (Config.Volumes) hold nothing of the host's: allowed.
-    endpoints = (spec.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
-    for net in sorted(endpoints):
-        _check_network(net, policy, lookup)
 
 
 def _owned(info: dict, policy: SitePolicy) -> bool:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, quote, urlencode
 from hubdeploy.contract.layout import LABEL_SITE
 
 
-def route(method, parts, query, body, policy, lookup, *, refused, check_source, check_network, json_body,
+def route(method, parts, query, body, policy, lookup, *, refused, check_mounts, check_network, json_body,
           with_site_filter, default_caps):
     """(rule, target, hijack) for a /services, /tasks or /configs request; ``refused``
     builds the exception to raise (policy.Refused)."""
@@ -23,7 +23,7 @@ def route(method, parts, query, body, policy, lookup, *, refused, check_source, 
     if kind in ("services", "configs") and method == "GET" and not rest:
         return f"list-site-{kind}", f"/{kind}?" + with_site_filter(query, policy.site), False
     if kind == "services" and method == "POST" and rest == ["create"]:
-        _check_service(json_body(body), policy, lookup, refused, check_source, check_network, default_caps)
+        _check_service(json_body(body), policy, lookup, refused, check_mounts, check_network, default_caps)
         return "service-create", "/services/create" + q, False
     if kind == "configs" and method == "POST" and rest == ["create"]:
         spec = json_body(body)
@@ -67,7 +67,7 @@ def _tasks_query(query: str, policy, lookup, refused) -> str:
     return urlencode(params, doseq=True)
 
 
-def _check_service(spec: dict, policy, lookup, refused, check_source, check_network, default_caps) -> None:
+def _check_service(spec: dict, policy, lookup, refused, check_mounts, check_network, default_caps) -> None:
     name = str(spec.get("Name") or "")
     if not name.startswith(policy.prefix):
         raise refused("name", f"service name {name!r} does not start with {policy.prefix!r}")
@@ -88,15 +88,7 @@ def _check_service(spec: dict, policy, lookup, refused, check_source, check_netw
     for key in ("Sysctls", "Secrets"):
         if cs.get(key):
             raise refused(key.lower(), f"ContainerSpec.{key} is refused")
-    for mount in cs.get("Mounts") or ():
-        kind = mount.get("Type") or "volume"
-        if kind == "tmpfs":
-            continue
-        if kind not in ("bind", "volume"):
-            raise refused("mount", f"a {kind} mount is refused")
-        if kind == "volume" and (mount.get("VolumeOptions") or {}).get("DriverConfig"):
-            raise refused("volume", "a mount's VolumeOptions.DriverConfig is refused")
-        check_source(mount.get("Source") or "", kind, policy, lookup)
+    check_mounts(cs.get("Mounts") or (), policy, lookup)
     for ref in cs.get("Configs") or ():
         _site_object("config", ref.get("ConfigID") or "", policy, lookup, refused)
     nets = list(task.get("Networks") or ()) + list(spec.get("Networks") or ())

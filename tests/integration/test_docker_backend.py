@@ -66,13 +66,9 @@ def _ensure_base_image(client):
         assert tar.wait() == 0
 
 
-@pytest.fixture(scope="module")
-def env(client):
-    """A users network and a notebook-like image (uid 1000, empty /home/jovyan) of our own."""
-    _ensure_base_image(client)
-    tag = uuid.uuid4().hex[:8]
-    prefix = f"hubdeploy-test-{tag}"
-    image = f"hubdeploy-test/notebook:{tag}"
+def build_notebook_image(client, image: str) -> str:
+    """A notebook-like image: uid 1000 jovyan with an empty /home/jovyan, as the
+    project's images have."""
     dockerfile = (
         f"FROM {BASE_IMAGE}\n"
         "RUN useradd --uid 1000 --no-create-home --home-dir /home/jovyan jovyan"
@@ -80,6 +76,16 @@ def env(client):
         "USER 1000\nWORKDIR /home/jovyan\n"
     )
     client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=image, rm=True)
+    return image
+
+
+@pytest.fixture(scope="module")
+def env(client):
+    """A users network and a notebook-like image (uid 1000, empty /home/jovyan) of our own."""
+    _ensure_base_image(client)
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"hubdeploy-test-{tag}"
+    image = build_notebook_image(client, f"hubdeploy-test/notebook:{tag}")
     network = client.networks.create(f"{prefix}-users", driver="bridge")
     data = client.volumes.create(f"{prefix}-data")
     yield {"prefix": prefix, "image": image, "network": network.name, "site": f"test-{tag}", "data": data.name}

@@ -7,17 +7,15 @@ The engine is a swarm manager for the session (conftest ``swarm_manager``). Ever
 from __future__ import annotations
 
 import asyncio
-import io
 import time
 import uuid
 
-import docker
 import pytest
 
 from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped
 from hubdeploy.backends.swarm import SwarmBackend
 from hubdeploy.contract.identity import Group, Identity
-from test_docker_backend import _ensure_base_image, _quietly
+from test_docker_backend import _ensure_base_image, _quietly, build_notebook_image
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +33,7 @@ def swarm(client, swarm_manager):
     _ensure_base_image(client)
     tag = uuid.uuid4().hex[:8]
     prefix = f"hubdeploy-test-swarm-{tag}"
-    image = f"hubdeploy-test/swarm-notebook:{tag}"
-    dockerfile = (
-        f"FROM {BASE_IMAGE}\n"
-        "RUN useradd --uid 1000 --no-create-home --home-dir /home/jovyan jovyan"
-        " && mkdir -p /home/jovyan && chown 1000:1000 /home/jovyan\n"
-        "USER 1000\nWORKDIR /home/jovyan\n"
-    )
-    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=image, rm=True)
+    image = build_notebook_image(client, f"hubdeploy-test/swarm-notebook:{tag}")
     network = client.networks.create(f"{prefix}-users", driver="overlay", attachable=True)
     yield {"prefix": prefix, "image": image, "network": network.name, "site": f"test-swarm-{tag}"}
     for svc in client.services.list(filters={"name": prefix}):
