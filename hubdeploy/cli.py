@@ -180,12 +180,23 @@ def status(ctx: click.Context, as_json: bool) -> None:
             _print_servers(data["servers"], "user servers")
         else:
             out.print("no user servers")
+        if not data["servers_error"]:
+            out.print(_describe_spawns(data["spawns"]), markup=False, highlight=False)
         if data["servers_error"]:
             out.print(f"[yellow]only containers listed; the backends were not asked ({data['servers_error']})[/]")
         elif data["untracked"]:
             out.print(f"{len(data['untracked'])} server(s) the hub no longer tracks: remove them with "
                       "`hubdeploy orphans remove --all` (or by ID)")
     sys.exit(0 if data["healthy"] else 1)
+
+
+def _describe_spawns(data: dict | None) -> str:
+    """``spawns: 12 success, 1 failure; 2 starting, 3 waiting`` (from the hub's metrics)."""
+    if not data:
+        return "spawns: unknown (the hub's metrics could not be read)"
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(data["spawns"].items())) or "none yet"
+    inflight = [f"{data[k]} {k}" for k in ("starting", "waiting") if data.get(k) is not None]
+    return f"spawns: {counts}" + (f"; {', '.join(inflight)}" if inflight else "")
 
 
 def _print_servers(rows: list[dict], title: str) -> None:

@@ -268,9 +268,10 @@ def status(prep: Prepared) -> dict[str, Any]:
     svcs = services(prep)
     expected = _expected_services(prep)
     running = {s["service"] for s in svcs if s["state"] == "running" and s["health"] in (None, "", "healthy")}
-    servers, error = None, None
+    servers, error, spawns = None, None, None
     try:
-        servers = orphans(prep, client=client)["servers"]
+        report = orphans(prep, client=client)
+        servers, spawns = report["servers"], report.get("metrics")
     except HubdeployError as exc:  # status still reports everything else
         error = exc.message
     if servers is None:
@@ -282,6 +283,9 @@ def status(prep: Prepared) -> dict[str, Any]:
         "services": svcs,
         "servers": sorted(servers, key=lambda s: (s["backend"], s["owner"] or "", s["name"], s["id"])),
         "servers_error": error,
+        # From the hub's /hub/metrics: spawns by outcome, running servers, starts in
+        # flight (hubdeploy.hub.metrics.summary); None when they could not be read.
+        "spawns": spawns,
         # Jobs and containers the backends report that no hub server owns
         # (None with untracked_error when the hub could not be asked).
         "untracked": None if error else [r for r in servers if not r["tracked"]],

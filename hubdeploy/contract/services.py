@@ -49,7 +49,9 @@ SMOKE = BuiltinService("hubdeploy-smoke", (f"admin:users!user={SMOKE_USER}", f"t
 
 # `hubdeploy status` and `hubdeploy orphans`: which servers the hub tracks. Its only
 # write-capable scope, admin:server_state, is read here, never written.
-CLI = BuiltinService("hubdeploy-cli", ("list:users", "read:users:name", "read:servers", "admin:server_state"))
+# read:metrics: `status` shows the spawn counts and the starts in flight.
+CLI = BuiltinService("hubdeploy-cli", ("list:users", "read:users:name", "read:servers", "admin:server_state",
+                                       "read:metrics"))
 
 # jupyterhub-idle-culler: find idle servers and stop them.
 IDLE_CULLER = BuiltinService(

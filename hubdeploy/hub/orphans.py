@@ -133,14 +133,37 @@ def _backends(hub: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     return {name: get_backend(name)(backend_config(cfg, profiles)) for name, cfg in configs.items()}, sp["backend"]
 
 
-def _active_users(hub: Mapping[str, Any]) -> list[dict[str, Any]]:
-    import requests
-
+def _cli_token(hub: Mapping[str, Any]) -> str:
     service = next((s for s in hub.get("services", []) if s["name"] == CLI.name), None)
     if service is None:
         raise Failed(f"hub.json has no {CLI.name} service; run `hubdeploy up` with this version")
-    token = Path(service["token_file"]).read_text(encoding="utf-8").strip()
-    api = os.environ.get("HUBDEPLOY_HUB_API", f"http://127.0.0.1:{hub['hub']['port']}/hub/api")
+    return Path(service["token_file"]).read_text(encoding="utf-8").strip()
+
+
+def _hub_api(hub: Mapping[str, Any]) -> str:
+    return os.environ.get("HUBDEPLOY_HUB_API", f"http://127.0.0.1:{hub['hub']['port']}/hub/api")
+
+
+def _spawn_metrics(hub: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The hub's spawn counts and starts in flight (hub.metrics.summary); None when its
+    metrics cannot be read (an older token without read:metrics, a hub restarting)."""
+    import requests
+
+    from hubdeploy.hub import metrics
+
+    try:
+        r = requests.get(_hub_api(hub).removesuffix("/api") + "/metrics",
+                         headers={"Authorization": f"token {_cli_token(hub)}"}, timeout=30)
+    except requests.RequestException:
+        return None
+    return metrics.summary(r.text) if r.status_code == 200 else None
+
+
+def _active_users(hub: Mapping[str, Any]) -> list[dict[str, Any]]:
+    import requests
+
+    token = _cli_token(hub)
+    api = _hub_api(hub)
     users, offset = [], 0
     while True:
         try:
@@ -196,7 +219,8 @@ async def run(remove: list[str], remove_all: bool) -> dict[str, Any]:
                 done = f" (removed before it: {', '.join(removed)})" if removed else ""
                 raise Failed(f"cannot remove {row['id']}: {exc}{done}") from None
             removed.append(row["id"])
-        return {"backends": sorted(found), "servers": rows, "removed": removed}
+        return {"backends": sorted(found), "servers": rows, "removed": removed,
+                "metrics": _spawn_metrics(hub) if not targets else None}
     finally:
         for b in backends.values():
             await b.close()

@@ -85,6 +85,8 @@ class SpawnQueue:
         self.running: set[Ticket] = set()
         self.waiting: deque[Ticket] = deque()
         self._changed = asyncio.Event()
+        # Called with (starting, waiting) after every change (the hub's metrics).
+        self.on_change: Callable[[int, int], None] | None = None
 
     def enter(self, name: str) -> Ticket:
         """Take a place: a slot at once when one is free and nobody waits, else the line's end."""
@@ -93,6 +95,8 @@ class SpawnQueue:
             self._grant(ticket)
         else:
             self.waiting.append(ticket)
+        if self.on_change is not None:
+            self.on_change(len(self.running), len(self.waiting))
         return ticket
 
     def ahead(self, ticket: Ticket) -> int:
@@ -126,6 +130,8 @@ class SpawnQueue:
         # Wake every watcher once; the next change gets a fresh event.
         self._changed.set()
         self._changed = asyncio.Event()
+        if self.on_change is not None:
+            self.on_change(len(self.running), len(self.waiting))
 
 
 _QUEUE: SpawnQueue | None = None
@@ -135,7 +141,11 @@ def shared_queue(limit: int) -> SpawnQueue:
     """The hub process's one queue (its limit follows the configuration)."""
     global _QUEUE
     if _QUEUE is None:
+        from hubdeploy.hub import metrics
+
         _QUEUE = SpawnQueue(limit)
+        _QUEUE.on_change = metrics.observe
+        metrics.observe(0, 0)
     elif _QUEUE.limit != limit:
         _QUEUE.limit = limit
     return _QUEUE

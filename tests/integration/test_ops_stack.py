@@ -117,13 +117,19 @@ def _json(proc) -> dict:
 
 def test_status_lists_the_compute_node_server_with_its_job(ops):
     job = _servers(ops)["job"]
-    rows = {r["owner"]: r for r in _json(ops.cli("status", "--json"))["servers"]}
+    data = _json(ops.cli("status", "--json"))
+    rows = {r["owner"]: r for r in data["servers"]}
     assert set(rows) == {USER, f"{USER}/cpu"}, rows
+    # The hub's metrics: both servers' spawns succeeded, none is starting or waiting.
+    spawns = data["spawns"]
+    assert spawns["spawns"].get("success", 0) >= 2 and spawns["running"] == len(rows), spawns
+    assert (spawns["starting"], spawns["waiting"]) == (0, 0), spawns
     cpu = rows[f"{USER}/cpu"]
     assert (cpu["backend"], cpu["id"], cpu["node"], cpu["state"]) == ("slurm", job, "c1", "RUNNING"), cpu
     assert rows[USER]["backend"] == "docker" and rows[USER]["state"] == "running", rows[USER]
     table = ops.cli("status").stdout
     assert job in table and "c1" in table and "RUNNING" in table, table
+    assert f"{spawns['spawns']['success']} success" in table and "0 starting, 0 waiting" in table, table
 
 
 def test_logs_user_of_a_login_node_server(ops):

@@ -84,7 +84,8 @@ def test_hub_data(site):
     assert names == ["hubdeploy-smoke", "hubdeploy-cli", "idle-culler", "announce", "docs"]
     assert data["services"][3]["url"] == "http://announce:9000"
     # The CLI's token reads server state and nothing else of consequence.
-    assert data["services"][1]["scopes"] == ["list:users", "read:users:name", "read:servers", "admin:server_state"]
+    assert data["services"][1]["scopes"] == ["list:users", "read:users:name", "read:servers", "admin:server_state",
+                                             "read:metrics"]
     assert data["config"] == {"JupyterHub": {"shutdown_on_logout": True}}
 
 
