@@ -285,26 +285,6 @@ def test_the_hub_holds_no_socket_and_its_engine_refuses_what_is_not_the_sites(id
                                "root_writable": False}
 
 
-def test_status_orphans_and_down_still_work(ident_stack):
-    _servers(ident_stack)
-    proc = ident_stack.cli("status", "--json")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    services = {svc["service"]: svc for svc in json.loads(proc.stdout)["services"]}
-    assert services["engine-proxy"]["state"] == "running", services
-    proc = ident_stack.cli("orphans", "list", "--all", "--json")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    # The hub lists both backends' servers (through the proxy and dexec), all its own.
-    listed = json.loads(proc.stdout)
-    assert {"docker", "slurm"} <= set(listed["backends"]), listed
-    by_backend = {b: [r for r in listed["servers"] if r["backend"] == b] for b in ("docker", "slurm")}
-    assert len(by_backend["docker"]) == len(by_backend["slurm"]) == len(USERS), listed
-    assert all(r["tracked"] for r in listed["servers"]), listed
-    # down asks the hub to stop every server: through the proxy, the login containers go.
-    proc = ident_stack.cli("down", "--json")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    engine = docker.from_env()
-    assert engine.containers.list(all=True, filters={"label": f"hubdeploy.site={SITE}"}) == []
-    servers.clear()
 # -- least privilege ------------------------------------------------------------------
 
 PROC_STATUS = """\
@@ -473,3 +453,26 @@ def test_a_compute_job_over_its_memory_is_killed(ident_stack):
     assert state != "COMPLETED" and "exceeded memory limit" in output, (state, output)
     # Carol's notebook job, on the same node, is untouched.
     assert run_5x4(carol["cpu"], carol["token"]) == "20"
+
+
+# Last: it takes the stack down.
+def test_status_orphans_and_down_still_work(ident_stack):
+    _servers(ident_stack)
+    proc = ident_stack.cli("status", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    services = {svc["service"]: svc for svc in json.loads(proc.stdout)["services"]}
+    assert services["engine-proxy"]["state"] == "running", services
+    proc = ident_stack.cli("orphans", "list", "--all", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The hub lists both backends' servers (through the proxy and dexec), all its own.
+    listed = json.loads(proc.stdout)
+    assert {"docker", "slurm"} <= set(listed["backends"]), listed
+    by_backend = {b: [r for r in listed["servers"] if r["backend"] == b] for b in ("docker", "slurm")}
+    assert len(by_backend["docker"]) == len(by_backend["slurm"]) == len(USERS), listed
+    assert all(r["tracked"] for r in listed["servers"]), listed
+    # down asks the hub to stop every server: through the proxy, the login containers go.
+    proc = ident_stack.cli("down", "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    engine = docker.from_env()
+    assert engine.containers.list(all=True, filters={"label": f"hubdeploy.site={SITE}"}) == []
+    servers.clear()
