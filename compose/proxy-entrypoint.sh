@@ -14,7 +14,10 @@ if [ -z "$api_ip" ]; then
 fi
 if [ -f /etc/hubdeploy/tls/key.pem ]; then
   # The key on the host may be root-only; hand the unprivileged proxy its own copy.
-  install -m 0400 -o nobody /etc/hubdeploy/tls/key.pem /tmp/tls-key.pem
+  # Mode first, then the owner: after a chown to nobody, root could chmod it only with
+  # CAP_FOWNER, which the proxy does not hold.
+  install -m 0400 /etc/hubdeploy/tls/key.pem /tmp/tls-key.pem
+  chown nobody /tmp/tls-key.pem
   set -- "$@" --ssl-key /tmp/tls-key.pem --ssl-cert /etc/hubdeploy/tls/cert.pem
 fi
 exec setpriv --reuid=nobody --regid=nogroup --init-groups \

@@ -47,7 +47,7 @@ class Hardening:
 _TOKEN_WRAPPER = Hardening(("DAC_OVERRIDE", "SETGID", "SETUID"), read_only=True, tmpfs=("/tmp",))
 
 PROFILES: dict[str, Hardening] = {
-    # setpriv to nobody after reading the token; `install -o nobody` of a TLS key copy.
+    # setpriv to nobody after reading the token; a TLS key copy (install, then chown: no FOWNER).
     "proxy": Hardening(("CHOWN", "DAC_OVERRIDE", "SETGID", "SETUID"), read_only=True, tmpfs=("/tmp",)),
     # Creates users' homes (mkdir, chown, chmod 0700) and writes the cluster's accounts;
     # /tmp holds per-user ssh certificates and ssh's control sockets.
