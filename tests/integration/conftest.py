@@ -66,7 +66,11 @@ def pytest_sessionfinish(session, exitstatus):
     if _SWARM_MADE:
         import docker
 
+        client = docker.from_env()
         try:
-            docker.from_env().swarm.leave(force=True)
+            client.swarm.leave(force=True)
+            # The bridge swarm mode made for its containers' way out stays behind.
+            for net in client.networks.list(names=["docker_gwbridge"]):
+                net.remove()
         except docker.errors.APIError as exc:
             print(f"cleanup: leaving the swarm: {exc}")
