@@ -17,7 +17,7 @@ How the floor is timed, with the least overhead we found:
   the cost of `docker exec` itself is not charged to the floor (containers share the
   host's clock).
 - this process reads the node name from that output and polls the node's /api from the
-  host, which reaches the users network's addresses directly (as spawn_latency.py does for
+  host, which reaches the compute network's addresses directly (as spawn_latency.py does for
   its floor), every 50 ms. A throwaway container on the network would add its own start;
   an exec per probe would add ~0.1 s per probe.
 The floor job asks for what the hub's job asks (cores, memory, partition) and passes its
@@ -230,7 +230,7 @@ def main() -> int:
     script = floor_script(job_options(hub_profile))
 
     client = docker.from_env()
-    cluster = Cluster(client, prep.project, f"{prep.project}-users")
+    cluster = Cluster(client, prep.project, f"{prep.project}-compute")
     admin = HubClient(prep.url)
     admin.login(ADMIN, str(prep.site.hub.authenticator.config.get("password", "")))
     admin_token, _ = admin.create_token(ADMIN, scopes=None, expires_in=3600, note="benchmark")
