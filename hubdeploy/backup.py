@@ -146,6 +146,17 @@ def read_archive(path: Path) -> Backup:
     return backup
 
 
+def snapshot_database(hub) -> bytes:
+    """A consistent copy of the running hub's sqlite database (WAL included), taken by
+    the hub's own python with sqlite's online backup API while the hub keeps writing."""
+    res = hub.exec_run(["python3", "-c", _SNAPSHOT, f"{HUB_DATA_DIR}/{DB_FILE}"], demux=True)
+    snapshot, err = res.output
+    if res.exit_code != 0 or not snapshot:
+        tail = (err or b"").decode(errors="replace").strip().splitlines()[-3:]
+        raise OperationError("the hub's database could not be snapshot: " + " | ".join(tail))
+    return snapshot
+
+
 def _hub(client, project: str):
     found = client.containers.list(filters={"label": [f"com.docker.compose.project={project}",
                                                       f"com.docker.compose.service={HUB_SERVICE}"]})
@@ -195,11 +206,7 @@ def backup(prep, output: Path | None) -> dict[str, Any]:
             members[f"secrets/{p.name}"] = Member(p.read_bytes(), 0o644 if p.name.endswith(".pub") else 0o600)
     volume, db = _volume_files(hub)
     members.update(volume)
-    res = hub.exec_run(["python3", "-c", _SNAPSHOT, f"{HUB_DATA_DIR}/{DB_FILE}"], demux=True)
-    snapshot, err = res.output
-    if res.exit_code != 0 or not snapshot:
-        tail = (err or b"").decode(errors="replace").strip().splitlines()[-3:]
-        raise OperationError("the hub's database could not be snapshot: " + " | ".join(tail))
+    snapshot = snapshot_database(hub)
     db = db or Member(b"", 0o644)
     members[DATABASE] = Member(snapshot, db.mode, db.uid, db.gid)
     man = manifest(prep.site.name, prep.site_file.name, "sqlite", members, now)

@@ -112,25 +112,11 @@ def running_version(container) -> str | None:
     return text[-1].strip()
 
 
-# sqlite's online backup API copies a consistent snapshot while the hub keeps writing.
-_BACKUP_PY = """
-import sqlite3, sys
-src = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
-dst = sqlite3.connect(sys.argv[2])
-src.backup(dst)
-dst.close(); src.close()
-sys.stdout.buffer.write(open(sys.argv[2], "rb").read())
-"""
-
-
 def backup_database(container, state: Path, version: str) -> Path:
     """Copy the hub's sqlite database, online, into ``<state>/backups/`` (0600)."""
-    tmp = f"{HUB_DATA_DIR}/.hubdeploy-upgrade-backup.sqlite"
-    code, (out, err) = container.exec_run(["python3", "-c", _BACKUP_PY, SQLITE_FILE, tmp], demux=True)
-    container.exec_run(["rm", "-f", tmp])
-    if code != 0 or not out:
-        tail = (err or b"").decode(errors="replace").strip().splitlines()[-3:]
-        raise OperationError("cannot back up the hub database: " + " | ".join(tail))
+    from hubdeploy.backup import snapshot_database
+
+    out = snapshot_database(container)
     dest_dir = state / "backups"
     dest_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     dest = dest_dir / f"jupyterhub-{version}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.sqlite"
@@ -146,11 +132,15 @@ def restore_database(container, backup: Path) -> None:
     import tarfile
 
     data = backup.read_bytes()
+    name = Path(SQLITE_FILE).name
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo(Path(SQLITE_FILE).name)
-        info.size, info.mode = len(data), 0o600
-        tar.addfile(info, io.BytesIO(data))
+        # The hub's sqlite runs in WAL mode (hubdeploy.hub.db): a log left by the failed
+        # step would be replayed onto the restored file. Empty side files mean "no log".
+        for member, content in ((name, data), (f"{name}-wal", b""), (f"{name}-shm", b"")):
+            info = tarfile.TarInfo(member)
+            info.size, info.mode = len(content), 0o600
+            tar.addfile(info, io.BytesIO(content))
     if not container.put_archive(HUB_DATA_DIR, buf.getvalue()):
         raise OperationError(f"could not restore the hub database from {backup}")
 
