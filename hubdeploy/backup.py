@@ -29,7 +29,7 @@ from typing import Any
 
 from hubdeploy import __version__, engine
 from hubdeploy.contract.atomic import write_atomic
-from hubdeploy.contract.layout import HUB_DATA_DIR, HUB_SERVICE
+from hubdeploy.contract.layout import HUB_DATA_DIR
 from hubdeploy.errors import OperationError, SiteError
 
 FORMAT = "hubdeploy-backup"
@@ -158,12 +158,13 @@ def snapshot_database(hub) -> bytes:
 
 
 def _hub(client, project: str):
-    found = client.containers.list(filters={"label": [f"com.docker.compose.project={project}",
-                                                      f"com.docker.compose.service={HUB_SERVICE}"]})
-    if not found:
+    from hubdeploy.upgrade import hub_container
+
+    hub = hub_container(client, project)
+    if hub is None or hub.status != "running":
         raise OperationError(f"the hub of {project} is not running: a backup snapshots its live database",
                              hint="hubdeploy up")
-    return found[0]
+    return hub
 
 
 def _volume_files(hub) -> tuple[dict[str, Member], Member | None]:
