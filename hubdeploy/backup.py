@@ -158,9 +158,7 @@ def snapshot_database(hub) -> bytes:
 
 
 def _hub(client, project: str):
-    from hubdeploy.upgrade import hub_container
-
-    hub = hub_container(client, project)
+    hub = engine.hub_container(client, project)
     if hub is None or hub.status != "running":
         raise OperationError(f"the hub of {project} is not running: a backup snapshots its live database",
                              hint="hubdeploy up")

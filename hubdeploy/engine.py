@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from hubdeploy.contract.layout import HUB_SERVICE
 from hubdeploy.errors import OperationError
 
 
@@ -91,3 +92,10 @@ def compose(
             + ("".join(f"\n  {line}" for line in detail))
         )
     return proc
+
+
+def hub_container(client, project: str):
+    """The stack's hub container, running or stopped, or None."""
+    found = client.containers.list(all=True, filters={"label": [
+        f"com.docker.compose.project={project}", f"com.docker.compose.service={HUB_SERVICE}"]})
+    return found[0] if found else None

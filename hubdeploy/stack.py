@@ -137,7 +137,7 @@ class UpResult:
 def version_decision(prep: Prepared, client, *, force: bool = False) -> upgrade.Decision:
     """How the site's ``hub.jupyterhub_version`` compares with the hub on the engine;
     SiteError (exit 2) for a downgrade without ``force``."""
-    hub = upgrade.hub_container(client, prep.project)
+    hub = engine.hub_container(client, prep.project)
     running = upgrade.running_version(hub) if hub is not None else None
     try:
         return upgrade.decide(running, prep.site.hub.jupyterhub_version, force=force)

@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubdeploy import images
-from hubdeploy.contract.layout import HUB_CONFIG_PATH, HUB_DATA_DIR, HUB_SERVICE
+from hubdeploy import engine, images
+from hubdeploy.contract.layout import HUB_CONFIG_PATH, HUB_DATA_DIR
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.images import LABEL_JUPYTERHUB_VERSION
 
@@ -79,13 +79,6 @@ def decide(running: str | None, wanted: str, *, force: bool) -> Decision:
             hint="keep the version, or pass --force after restoring a database of that version",
         )
     return Decision("downgrade", running, wanted)
-
-
-def hub_container(client, project: str):
-    """The stack's hub container, running or stopped, or None."""
-    found = client.containers.list(all=True, filters={"label": [
-        f"com.docker.compose.project={project}", f"com.docker.compose.service={HUB_SERVICE}"]})
-    return found[0] if found else None
 
 
 def running_version(container) -> str | None:
@@ -194,7 +187,7 @@ def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None,
     from rich.markup import escape
 
     say = (lambda text: console.print(text)) if console else (lambda text: None)
-    old = hub_container(client, prep.project)
+    old = engine.hub_container(client, prep.project)
     if old.status != "running":
         # The backup and the rollback both need the old hub serving.
         raise OperationError(f"the hub runs JupyterHub {decision.running} but is not running: nothing was changed",
