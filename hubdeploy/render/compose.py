@@ -433,9 +433,8 @@ def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[s
             **copy.deepcopy(common),
             "command": ["slurmd"],
             "hostname": node,
-            # slurm first: the node's own name in its /etc/hosts is then its address there,
-            # which munged puts in every credential; slurmctld looks that address up, and
-            # one on a network it is not on stalls each RPC ~10 s (no DNS out of slurm).
+            # slurm first where the engine honours it; the entrypoint also gives munged the
+            # address facing the controller (slurmctld looks every credential's origin up).
             "networks": {"slurm": {"aliases": [node], "priority": 10}, "compute": {"aliases": [node]}},
             "volumes": [conf, *accounts, *homes],
         }

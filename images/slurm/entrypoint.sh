@@ -15,7 +15,41 @@ if [ -f "$conf/job_submit.lua" ]; then
   install -o root -g root -m 0644 "$conf/job_submit.lua" /etc/slurm/job_submit.lua
 fi
 install -d -o munge -g munge -m 0755 /run/munge
-runuser -u munge -- /usr/sbin/munged
+
+# munged writes an origin address into every credential and slurmctld looks it up
+# (reverse DNS) on RPCs such as the job script's `scontrol update`. By default it is the
+# address of this host's name, i.e. whichever network docker happened to write first into
+# /etc/hosts. An address on a network the controller is not on has no name there, so the
+# lookup goes to the outside resolver, which an offline site may never answer: the RPC
+# outlives scontrol's wait and the job fails. A node therefore names the address it
+# reaches the controller from.
+origin_address() {
+  python3 - "$1" <<'PY'
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], 6817))  # UDP: no packet is sent, only the route is chosen
+print(s.getsockname()[0])
+PY
+}
+set --
+if [ "$role" = slurmd ]; then
+  ctld=$(sed -n 's/^SlurmctldHost=\([^(]*\).*/\1/p' /etc/slurm/slurm.conf | head -n 1)
+  tries=0
+  until origin=$(origin_address "$ctld" 2>/dev/null); do
+    tries=$((tries + 1))
+    if [ "$tries" -ge 60 ]; then
+      echo "hubdeploy-slurm-node: cannot resolve the controller $ctld; munged uses its default origin" >&2
+      origin=""
+      break
+    fi
+    sleep 1
+  done
+  if [ -n "$origin" ]; then
+    echo "hubdeploy-slurm-node: munge origin $origin (the address facing $ctld)"
+    set -- "--origin=$origin"
+  fi
+fi
+runuser -u munge -- /usr/sbin/munged "$@"
 
 case "$role" in
   slurmctld)

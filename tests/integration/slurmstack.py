@@ -13,6 +13,8 @@ import docker
 import pytest
 from stackfixture import diagnostics, free_port, run_cli, tear_down_site
 
+from hubdeploy.smoke.hubclient import SpawnFailed
+
 
 class SlurmStack:
     def __init__(self, root, site: str, site_yaml: str, *, squeue_format: str = "%T %P %N",
@@ -48,6 +50,13 @@ class SlurmStack:
         code, out = self.ctl("squeue", "-h", "-o", f"%i {self.squeue_format}")
         assert code == 0, out
         return {line.split()[0]: " ".join(line.split()[1:]) for line in out.splitlines() if line.strip()}
+
+    def wait_ready(self, hub, user: str, server: str, limit: float) -> str:
+        """``hub.wait_ready``; a failure carries the stack's diagnostics and job output."""
+        try:
+            return hub.wait_ready(user, server, time.monotonic() + limit)
+        except (SpawnFailed, TimeoutError) as exc:
+            raise AssertionError(f"{user}/{server}: {exc}\n" + diagnostics(self.project)) from None
 
     def wait(self, what: str, cond, limit: float, every: float = 1.0):
         deadline = time.monotonic() + limit

@@ -161,6 +161,14 @@ def diagnostics(project: str) -> str:
     for name in names:
         logs = subprocess.run(["docker", "logs", "--tail", "40", name], capture_output=True, text=True)
         out.append(f"--- {name}\n{textwrap.indent(logs.stdout + logs.stderr, '  ')}")
+        if "-slurm-c" in name:
+            # A compute-node server that failed says why only in its job's output file.
+            jobs = subprocess.run(
+                ["docker", "exec", name, "find", "/home", "/tmp", "-maxdepth", "4", "-name", "*slurm-*.log",
+                 "-exec", "tail", "-n", "25", "-v", "{}", "+"],
+                capture_output=True, text=True,
+            )
+            out.append(f"--- job output on {name}\n{textwrap.indent(jobs.stdout + jobs.stderr, '  ')}")
     return "\n".join(out)
 
 

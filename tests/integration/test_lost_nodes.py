@@ -77,7 +77,7 @@ def _start(stack, hub) -> tuple[str, str]:
     """Start USER's compute server; (job id, node) once it is ready."""
     t0 = time.monotonic()
     hub.api("POST", f"users/{escape_path(USER)}/server", json={"profile": "compute"}, ok=(201, 202))
-    hub.wait_ready(USER, "", time.monotonic() + 180)
+    stack.wait_ready(hub, USER, "", 180)
     running_jobs = {j: d for j, d in stack.jobs().items() if d.startswith("RUNNING")}
     model = hub.server_model(USER, "")
     job = model["state"]["hubdeploy"]["state"]["job_id"] if model.get("state") else None

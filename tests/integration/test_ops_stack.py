@@ -90,7 +90,7 @@ def _servers(ops) -> dict:
         hub.api("POST", f"users/{USER}/server", json={"profile": "login"}, ok=(201, 202))
         hub.api("POST", f"users/{USER}/servers/cpu", json={"profile": "compute"}, ok=(201, 202))
         for name in ("", "cpu"):
-            hub.wait_ready(USER, name, time.monotonic() + 240)
+            ops.wait_ready(hub, USER, name, 240)
         (job,) = ops.jobs()
         state.update(hub=hub, token=token, job=job)
     return state
@@ -241,7 +241,7 @@ def test_restore_after_down_volumes_brings_the_same_hub_back(ops):
     assert not any(s["ready"] or s["pending"] for s in ann["servers"].values()), ann["servers"]
     # The restored named server starts again, on the new cluster.
     admin.api("POST", f"users/{USER}/servers/cpu", json={"profile": "compute"}, ok=(201, 202))
-    admin.wait_ready(USER, "cpu", time.monotonic() + 240)
+    ops.wait_ready(admin, USER, "cpu", 240)
 
 
 def test_take_over(ops):

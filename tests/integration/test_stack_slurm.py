@@ -99,6 +99,20 @@ def test_cluster_is_up_with_a_private_munge_key(slurm_stack):
         assert set(c.attrs["NetworkSettings"]["Networks"]) == {f"{PROJECT}-{n}" for n in nets}
 
 
+def test_credentials_carry_the_address_the_controller_knows(slurm_stack):
+    """slurmctld looks up each credential's origin; one on a network it is not on has no
+    name there and the lookup outlives the job's own ``scontrol update`` (the job failed
+    with "Unexpected message received" whenever docker wrote the compute address first
+    into the node's /etc/hosts)."""
+    for node in ("c1", "c2"):
+        c = slurm_stack.container(f"slurm-{node}")
+        slurm_ip = c.attrs["NetworkSettings"]["Networks"][f"{PROJECT}-slurm"]["IPAddress"]
+        res = c.exec_run(["sh", "-c", "munge -n | unmunge"], user="nobody")
+        out = res.output.decode(errors="replace")
+        assert res.exit_code == 0, out
+        assert f"({slurm_ip})" in next(line for line in out.splitlines() if line.startswith("ENCODE_HOST:")), out
+
+
 def test_choice_outside_the_limits_is_refused(slurm_stack):
     hub, _ = user_session(slurm_stack, "refused")
     for options, words in (
