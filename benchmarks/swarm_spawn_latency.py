@@ -218,6 +218,7 @@ def main() -> int:
     floor: list[dict] = []
     imports: list[dict] = []
     failures: list[str] = []
+    interrupted = False
 
     def attempt(kind: str, fn, into: list) -> bool:
         try:
@@ -247,6 +248,8 @@ def main() -> int:
         for _ in range(min(args.repeat, 5)):
             attempt("imports", lambda: {m: image_import_seconds(bench.client, bench.image, m)
                                         for m in (SINGLEUSER, SERVER_APP)}, imports)
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
@@ -257,6 +260,9 @@ def main() -> int:
             failures.append(f"cleanup, floor services: {exc}")
         remove_users(bench, [USER])
 
+    if interrupted:
+        print("interrupted; the benchmark's floor services and user are removed", file=sys.stderr)
+        return 130
     result = {**report(hub, floor, imports, failures, bench.profile.name), "load_average": os.getloadavg()}
     for what in ("ready", "first_result"):
         print(versus_line(what, result[what]))
