@@ -4,6 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SITE ?= config/example/site.yaml
+# The swarm spawn benchmark's own site (orchestrator: swarm), brought up and down by `make bench`.
+SWARM_SITE ?= config/example/site-swarm.yaml
 
 .PHONY: setup host host-test up down test unit bench clean
 
@@ -38,10 +40,16 @@ test: $(VENV)/.installed host-test $(CHP)
 unit: $(VENV)/.installed
 	$(VENV)/bin/pytest -ra tests/unit
 
+# The spawn benchmarks need the site SITE up (`make up`); the swarm one brings its own site
+# SWARM_SITE up and down, and needs this engine to be a swarm manager (on a machine of your
+# own: `docker swarm init --advertise-addr 127.0.0.1`): nothing here makes or leaves a swarm.
 bench: setup
 	$(PY) benchmarks/spawn_latency.py
 	$(PY) benchmarks/compute_spawn_latency.py
 	$(PY) benchmarks/spawn_storm.py --site $(SITE)
+	$(VENV)/bin/hubdeploy --site $(SWARM_SITE) up
+	$(PY) benchmarks/swarm_spawn_latency.py --site $(SWARM_SITE); rc=$$?; \
+	$(VENV)/bin/hubdeploy --site $(SWARM_SITE) down; exit $$rc
 
 clean:
 	rm -rf $(VENV) build *.egg-info

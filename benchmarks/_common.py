@@ -97,6 +97,46 @@ def ratio(a: float, b: float) -> float:
     return round(a / b, 2) if b else float("nan")
 
 
+def versus(hub: list[float], floor: list[float]) -> dict:
+    """Hub path against its floor: p50 and p95 of each, their difference and ratio, and
+    the number of samples of each (a failed start is no sample)."""
+    h50, h95, f50, f95 = pct(hub, 0.5), pct(hub, 0.95), pct(floor, 0.5), pct(floor, 0.95)
+    return {
+        "hub_p50": round(h50, 3), "hub_p95": round(h95, 3),
+        "floor_p50": round(f50, 3), "floor_p95": round(f95, 3),
+        "diff_p50": round(h50 - f50, 3), "diff_p95": round(h95 - f95, 3),
+        "ratio_p50": ratio(h50, f50), "ratio_p95": ratio(h95, f95),
+        "n_hub": len(hub), "n_floor": len(floor),
+    }
+
+
+def versus_line(what: str, m: dict) -> str:
+    """One line of a :func:`versus` result, for people."""
+    return (f"{what:>12}: hub p50 {m['hub_p50']:.2f}s p95 {m['hub_p95']:.2f}s | "
+            f"floor p50 {m['floor_p50']:.2f}s p95 {m['floor_p95']:.2f}s | "
+            f"diff p50 {m['diff_p50']:+.2f}s p95 {m['diff_p95']:+.2f}s | "
+            f"ratio p50 {m['ratio_p50']:.2f}x p95 {m['ratio_p95']:.2f}x (n={m['n_hub']}/{m['n_floor']})")
+
+
+def hub_spawn(api: HubClient, user: str, server: str, profile: str, limit: float = 300) -> dict:
+    """One start of ``user``'s named ``server`` through the hub API: seconds until the hub
+    says ready and the proxy answers the server's /api/status ("ready"), and until the
+    first kernel result through the proxy ("first_result"). The server is stopped and
+    forgotten after, also when the start fails."""
+    token, _ = api.create_token(user, scopes=None, expires_in=600, note="benchmark")
+    t0 = time.monotonic()
+    try:
+        api.start_server(user, server, profile)
+        api.wait_ready(user, server, time.monotonic() + limit)
+        url = api.server_url(user, server)
+        # Ready for a person: the proxy routes to the server and the server answers.
+        wait_http(url + "api/status", {"Authorization": f"token {token}"}, limit=limit)
+        ready = time.monotonic() - t0
+        return {"ready": ready, "first_result": ready + kernel_round_trip(url, token)}
+    finally:
+        api.stop_server(user, server, time.monotonic() + 120)
+
+
 def kernel_round_trip(server_url: str, token: str) -> float:
     """Seconds from asking for a kernel to its `5*4` result; the kernel is deleted after."""
     t0 = time.monotonic()

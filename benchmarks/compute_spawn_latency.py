@@ -51,7 +51,18 @@ from pathlib import Path
 import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ADMIN, IMPORT_PROBE, SERVER_APP, SINGLEUSER, kernel_round_trip, pct, wait_http
+from _common import (
+    ADMIN,
+    IMPORT_PROBE,
+    SERVER_APP,
+    SINGLEUSER,
+    hub_spawn,
+    kernel_round_trip,
+    pct,
+    versus,
+    versus_line,
+    wait_http,
+)
 from benchhomes import remove_home
 
 from hubdeploy import stack
@@ -182,31 +193,10 @@ def floor_once(cluster: Cluster, script: str) -> dict:
 
 
 def hub_once(api: HubClient, cluster: Cluster, user: str, profile: str) -> dict:
-    token, _ = api.create_token(user, scopes=None, expires_in=600, note="benchmark")
-    t0 = time.monotonic()
     try:
-        api.start_server(user, SERVER, profile)
-        api.wait_ready(user, SERVER, time.monotonic() + 300)
-        url = api.server_url(user, SERVER)
-        # Ready for a person: the proxy routes to the server and the server answers.
-        wait_http(url + "api/status", {"Authorization": f"token {token}"})
-        ready = time.monotonic() - t0
-        total = ready + kernel_round_trip(url, token)
-        return {"ready": ready, "first_result": total}
+        return hub_spawn(api, user, SERVER, profile)
     finally:
-        api.stop_server(user, SERVER, time.monotonic() + 120)
         cluster.wait_idle()
-
-
-def stats(hub: list[float], floor: list[float]) -> dict:
-    h50, h95, f50, f95 = pct(hub, 0.5), pct(hub, 0.95), pct(floor, 0.5), pct(floor, 0.95)
-    return {
-        "hub_p50": round(h50, 3), "hub_p95": round(h95, 3),
-        "floor_p50": round(f50, 3), "floor_p95": round(f95, 3),
-        "diff_p50": round(h50 - f50, 3), "diff_p95": round(h95 - f95, 3),
-        "ratio_p50": round(h50 / f50, 2), "ratio_p95": round(h95 / f95, 2),
-        "n_hub": len(hub), "n_floor": len(floor),
-    }
 
 
 def main() -> int:
@@ -286,8 +276,8 @@ def main() -> int:
         "target_diff_s": TARGET_S,
         "load_average": os.getloadavg(),
         "failures": failures,
-        "ready": stats([r["ready"] for r in hub], [r["ready"] for r in floor]),
-        "first_result": stats([r["first_result"] for r in hub], [r["first_result"] for r in floor]),
+        "ready": versus([r["ready"] for r in hub], [r["ready"] for r in floor]),
+        "first_result": versus([r["first_result"] for r in hub], [r["first_result"] for r in floor]),
         "floor_sbatch_to_running": {
             "p50": round(pct([r["sbatch_running"] for r in floor], 0.5), 3),
             "p95": round(pct([r["sbatch_running"] for r in floor], 0.95), 3),
@@ -300,11 +290,7 @@ def main() -> int:
         "samples": {"hub": hub, "floor": floor, "imports": imports},
     }
     for what in ("ready", "first_result"):
-        m = result[what]
-        print(f"{what:>12}: hub p50 {m['hub_p50']:.2f}s p95 {m['hub_p95']:.2f}s | "
-              f"floor p50 {m['floor_p50']:.2f}s p95 {m['floor_p95']:.2f}s | "
-              f"diff p50 {m['diff_p50']:+.2f}s p95 {m['diff_p95']:+.2f}s | "
-              f"ratio p50 {m['ratio_p50']:.2f}x p95 {m['ratio_p95']:.2f}x (n={m['n_hub']}/{m['n_floor']})")
+        print(versus_line(what, result[what]))
     s = result["floor_sbatch_to_running"]
     print(f"sbatch -> RUNNING (floor job): p50 {s['p50']:.3f}s p95 {s['p95']:.3f}s")
     print(f"jupyterhub-singleuser's extra import over jupyter server (on a node): "

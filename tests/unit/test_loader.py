@@ -244,6 +244,11 @@ def test_example_site_loads_with_file_checks() -> None:
     assert load_site(REPO / "config" / "example" / "site.yaml").name == "demo"
 
 
+def test_example_swarm_site_loads() -> None:
+    site = load_site(REPO / "config" / "example" / "site-swarm.yaml")
+    assert (site.name, site.orchestrator, site.hub.authenticator.class_) == ("swarmdemo", "swarm", "dummy")
+
+
 def test_init_writes_the_example_byte_for_byte(tmp_path: Path) -> None:
     path = write_demo_site(tmp_path / "new")
     assert path == tmp_path / "new" / "site.yaml"
