@@ -42,7 +42,7 @@ c.JupyterHub.proxy_class = "hubdeploy.hub.proxy.RouteKeepingProxy"
 c.ConfigurableHTTPProxy.should_start = False
 c.ConfigurableHTTPProxy.api_url = hub["proxy"]["api_url"]
 c.ConfigurableHTTPProxy.auth_token = read_secret(hub["proxy"]["token_file"])
-c.RouteKeepingProxy.route_check_interval = hub["proxy"].get("route_check_interval", 5)
+c.RouteKeepingProxy.route_check_interval = hub["proxy"].get("route_check_interval", 1)
 
 # -- database -------------------------------------------------------------------------
 c.JupyterHub.db_url = hub["database"]["url"]

@@ -19,7 +19,7 @@ class RouteKeepingProxy(ConfigurableHTTPProxy):
     """ConfigurableHTTPProxy for an externally managed CHP that re-checks routes often."""
 
     route_check_interval = Float(
-        5,
+        1,
         help="Seconds between checks that the proxy has every route (0 disables them). "
         "A check is one GET of the proxy's route table; missing routes are added back.",
     ).tag(config=True)

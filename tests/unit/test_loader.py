@@ -332,7 +332,7 @@ FULL: dict[str, Any] = {
     "tls": {"cert": "cert.pem", "key": "key.pem"},
     "hub": {"authenticator": {"class": "dummy"}, "admin_users": ["admin"]},
     "database": {"type": "sqlite"},
-    "proxy": {"route_check_interval": 5},
+    "proxy": {"route_check_interval": 1},
     "services": {"idle_culler": {"enabled": True}, "prometheus": {"enabled": True, "port": 9090},
                  "extra": [{"name": "mon", "url": "http://mon:9000"}]},
     "build": {"debian": {"suite": "bookworm"}},
