@@ -27,6 +27,8 @@ from hubdeploy.schema import Site
 
 # Seconds to wait for the manager to let go of a removed service's configs and networks.
 RELEASE_WAIT = 30
+# A manifest digest as a registry names it (the only kind hubdeploy pins images by).
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def require_manager(client) -> None:
@@ -38,9 +40,6 @@ def require_manager(client) -> None:
             "orchestrator is swarm, but this Docker engine is not a swarm manager",
             hint="docker swarm init --advertise-addr ADDRESS (or run up on a manager), or set orchestrator: compose",
         )
-
-
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -92,11 +91,11 @@ def publish_images(client, plans: Mapping[str, ImagePlan], names: Iterable[str],
         digest = _held_by_registry(client, plan.ref, repo)
         pushed = digest is None
         if pushed:
-            digest = publish.push(client, plan, registry, console=console).digest
-            if not digest:
-                raise OperationError(f"pushing image {name} to {registry} reported no digest")
-            _keep_locally(client, repo, digest, registry)
-        out.append(Published(name, digest_ref(repo, digest), digest, pushed))
+            digest = publish.push(client, plan, registry, console=console).digest or ""
+        ref = digest_ref(repo, digest)
+        if pushed:
+            _keep_locally(client, ref, registry)
+        out.append(Published(name, ref, digest, pushed))
     return out
 
 
@@ -113,14 +112,15 @@ def _held_by_registry(client, local_ref: str, repo: str) -> str | None:
     return digest if (found.get("Descriptor") or {}).get("digest") == digest else None
 
 
-def _keep_locally(client, repo: str, digest: str, registry: str) -> None:
-    """Give the manager's engine the reference ``repo@digest`` (untagging after a push drops
+def _keep_locally(client, ref: str, registry: str) -> None:
+    """Give the manager's engine the reference ``REPO@DIGEST`` (untagging after a push drops
     it): the hub reads the image's /etc/passwd from it before the service exists, and
     its engine proxy allows no pull. The layers are here: only the manifest moves."""
+    repo, digest = ref.split("@", 1)
     try:
         client.api.pull(repo, tag=digest)
     except ENGINE_ERRORS as exc:
-        raise OperationError(f"pulling {repo}@{digest} back from {registry} failed: {exc}") from None
+        raise OperationError(f"pulling {ref} back from {registry} failed: {exc}") from None
 
 
 def remove_leftovers(client, site: str) -> list[str]:
