@@ -140,7 +140,8 @@ def up(ctx: click.Context, wait_timeout: int, take_over: bool, as_json: bool, fo
         _print_json(
             {"url": result.url, "built": result.built, "changed_files": result.changed_files,
              "seconds": round(result.seconds, 2), "tls_certificate": result.tls_certificate,
-             "upgraded": result.upgraded}
+             "upgraded": result.upgraded,
+             "published": [{"image": p.image, "ref": p.ref, "pushed": p.pushed} for p in result.published]}
         )
     else:
         if result.upgraded:

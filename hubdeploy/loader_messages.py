@@ -39,6 +39,7 @@ PATTERNS: dict[str, str] = {
     _pattern(schema.SlurmTime): "a Slurm time: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]]",
     _pattern(schema.Package): "a package name or requirement such as numpy or numpy>=1.26 (no spaces, no options)",
     _pattern(schema.Username): "a username without whitespace or '/'",
+    _pattern(schema.Registry): "a registry as HOST or HOST:PORT, e.g. registry.example.org:5000 (no scheme, no path)",
     r"^\d+\.\d+\.\d+$": "a version X.Y.Z, e.g. 5.2.1",
     r"^[A-Za-z_][A-Za-z0-9_.:-]*$": "an authenticator entry-point name (e.g. dummy, github) or import path",
     r"^[a-z]+$": "a Debian suite name such as bookworm",

@@ -23,8 +23,9 @@ import docker.errors
 from hubdeploy import kernels as kern
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.images import ENGINE_ERRORS, ImagePlan
+from hubdeploy.schema import REGISTRY_PATTERN
 
-REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$")
+REGISTRY_RE = re.compile(REGISTRY_PATTERN)
 MANIFEST_VERSION = 1
 # One container lists what the image holds: every venv's pip freeze, then dpkg's list.
 _INVENTORY = r"""

@@ -41,6 +41,9 @@ class Prepared:
     plans: dict[str, Any]
     files: dict[str, bytes]
     owner: ownership.Owner
+    # Image name -> REGISTRY/NAME@sha256:DIGEST for swarm nodes (swarm.registry); set by
+    # up after its push, so only files rendered after it carry digests.
+    pinned: dict[str, str] = field(default_factory=dict)
 
     @property
     def state(self) -> Path:
@@ -73,8 +76,10 @@ class Prepared:
         return selfsigned.paths(self.state / "secrets")[0]
 
 
-def _render(site: Site, site_file: Path, plans: dict[str, Any], owner: ownership.Owner) -> dict[str, bytes]:
-    return render.render(site, site_file.resolve().parent, images.image_refs(plans), owner=owner.labels())
+def _render(site: Site, site_file: Path, plans: dict[str, Any], owner: ownership.Owner,
+            pinned: dict[str, str] | None = None) -> dict[str, bytes]:
+    return render.render(site, site_file.resolve().parent, images.image_refs(plans), owner=owner.labels(),
+                         pinned=pinned)
 
 
 def prepare(site_file: Path) -> Prepared:
@@ -101,7 +106,7 @@ def write(prep: Prepared) -> list[str]:
         if created:
             # prepare rendered before the certificate existed; the proxy's config hash must
             # cover the one it will mount, so a new certificate recreates the proxy.
-            prep.files = _render(prep.site, prep.site_file, prep.plans, prep.owner)
+            prep.files = _render(prep.site, prep.site_file, prep.plans, prep.owner, prep.pinned)
     return render.write_files(prep.rendered, prep.files)
 
 
@@ -132,6 +137,8 @@ class UpResult:
     tls_certificate: str | None = None  # the self-signed one, for smoke --ca-bundle or a browser
     # An upgrade (or forced downgrade) of JupyterHub: from, to, and the database backup.
     upgraded: dict[str, str | None] | None = None
+    # swarm.registry: the images swarm nodes pull, each pushed now or found there.
+    published: list[swarm.Published] = field(default_factory=list)
 
 
 def version_decision(prep: Prepared, client, *, force: bool = False) -> upgrade.Decision:
@@ -162,10 +169,16 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
             f"port {prep.site.public.port} on {prep.site.public.host} is already in use",
             hint="stop what uses it, or change public.port in the site file",
         )
-    upgraded, built_first = None, []
+    built_first, published = [], []
+    if prep.site.orchestrator == "swarm" and prep.site.swarm.registry:
+        # Before the upgrade and before anything is written: a registry that is down or
+        # refuses leaves the stack as it was, and the hub's files get the digests.
+        built_first, published = publish_swarm_images(prep, client, console=console)
+    upgraded = None
     if decision.migrate:
         # Before anything is written: a failed upgrade leaves the old hub's files too.
-        backup, built_first = upgrade.run(prep, client, decision, console=console)
+        backup, built_upgrade = upgrade.run(prep, client, decision, console=console)
+        built_first += built_upgrade
         upgraded = {"from": decision.running, "to": decision.wanted, "backup": str(backup) if backup else None}
     new_key = ssh_key_generated(prep.site) and not (prep.state / "secrets" / SSH_KEY).exists()
     new_ca = ssh_certificates(prep.site) and not (prep.state / "secrets" / SSH_CA_KEY).exists()
@@ -211,7 +224,27 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
             hint=f"hubdeploy --site {prep.site_file} logs",
         )
     return UpResult(prep.url, built, changed, time.monotonic() - t0,
-                    str(prep.self_signed_cert) if prep.self_signed_cert else None, upgraded)
+                    str(prep.self_signed_cert) if prep.self_signed_cert else None, upgraded, published)
+
+
+def publish_swarm_images(prep: Prepared, client, *, console=None) -> tuple[list[str], list[swarm.Published]]:
+    """Build the images login profiles use, push what ``swarm.registry`` lacks, and render
+    again with their digests; returns (images built, images as nodes pull them)."""
+    registry = prep.site.swarm.registry
+    names = swarm.login_images(prep.site)
+    built = images.build_images(prep.plans, client=client, state_dir=prep.state, names=names, console=console)
+    published = swarm.publish_images(client, prep.plans, names, registry, console=console)
+    prep.pinned = {p.image: p.ref for p in published}
+    prep.files = _render(prep.site, prep.site_file, prep.plans, prep.owner, prep.pinned)
+    if console:
+        for p in published:
+            if p.pushed:
+                console.print(f"pushed {p.image} to {registry} ({p.digest})", markup=False, highlight=False,
+                              soft_wrap=True)
+        if published and not any(p.pushed for p in published):
+            console.print(f"nothing to push: {registry} has {', '.join(p.image for p in published)}",
+                          markup=False, highlight=False, soft_wrap=True)
+    return built, published
 
 
 def services(prep: Prepared) -> list[dict[str, Any]]:

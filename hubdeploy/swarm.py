@@ -1,23 +1,34 @@
-"""The operator's side of ``orchestrator: swarm``: what ``up`` checks and ``down`` removes.
+"""The operator's side of ``orchestrator: swarm``: what ``up`` checks and pushes, and
+what ``down`` removes.
 
 The hub starts login-node servers as swarm services (hubdeploy.backends.swarm); the rest
-of the stack is compose on the manager. ``down`` removes what compose does not know:
-services the hub could not stop, their account configs, and the attachable overlay
-network a just-stopped task was still leaving when compose tried.
+of the stack is compose on the manager. With ``swarm.registry``, ``up`` pushes the
+notebook images login profiles use (what the registry lacks) and the hub gets them as
+``REGISTRY/NAME@sha256:DIGEST``, so every node runs the same bytes, whatever a tag
+points to later. ``down`` removes what compose does not know: services the hub could not
+stop, their account configs, and the attachable overlay network a just-stopped task was
+still leaving when compose tried.
 """
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import docker.errors
 
+from hubdeploy import publish
 from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
 from hubdeploy.errors import OperationError
+from hubdeploy.images import ENGINE_ERRORS, ImagePlan
+from hubdeploy.schema import Site
 
 # Seconds to wait for the manager to let go of a removed service's configs and networks.
 RELEASE_WAIT = 30
+# A manifest digest as a registry names it (the only kind hubdeploy pins images by).
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 def require_manager(client) -> None:
@@ -29,6 +40,87 @@ def require_manager(client) -> None:
             "orchestrator is swarm, but this Docker engine is not a swarm manager",
             hint="docker swarm init --advertise-addr ADDRESS (or run up on a manager), or set orchestrator: compose",
         )
+
+
+@dataclass(frozen=True)
+class Published:
+    """A notebook image as swarm nodes pull it."""
+
+    image: str  # the site's image name (base, a collaboration)
+    ref: str  # REGISTRY/NAME@sha256:DIGEST
+    digest: str
+    pushed: bool  # False: the registry had it already
+
+
+def login_images(site: Site) -> list[str]:
+    """The images the swarm backend runs: those of login profiles, in profile order."""
+    return list(dict.fromkeys(p.image for p in site.profiles if p.node == "login"))
+
+
+def registry_repo(plan: ImagePlan, registry: str) -> str:
+    """``hubdeploy/demo-base:abc`` in ``reg:5000`` is the repository ``reg:5000/hubdeploy/demo-base``."""
+    return publish.remote_ref(plan, registry).rsplit(":", 1)[0]
+
+
+def digest_ref(repo: str, digest: str) -> str:
+    """``reg:5000/hubdeploy/demo-base@sha256:...``; OperationError for anything but a sha256 digest."""
+    if not DIGEST_RE.fullmatch(digest or ""):
+        raise OperationError(f"the registry gave {repo} the digest {digest!r}, not a sha256 digest")
+    return f"{repo}@{digest}"
+
+
+def known_digest(repo_digests: Iterable[str], repo: str) -> str | None:
+    """The digest under which ``repo`` holds this image, from the engine's RepoDigests
+    (which name only manifests of this very image), or None."""
+    for entry in sorted(repo_digests):
+        name, _, digest = entry.partition("@")
+        if name == repo and DIGEST_RE.fullmatch(digest):
+            return digest
+    return None
+
+
+def publish_images(client, plans: Mapping[str, ImagePlan], names: Iterable[str], registry: str, *,
+                   console=None) -> list[Published]:
+    """Push each named image the registry does not hold yet; every one as nodes pull it.
+
+    Raises OperationError naming the registry when it cannot be reached or refuses."""
+    out = []
+    for name in names:
+        plan = plans[name]
+        repo = registry_repo(plan, registry)
+        digest = _held_by_registry(client, plan.ref, repo)
+        pushed = digest is None
+        if pushed:
+            digest = publish.push(client, plan, registry, console=console).digest or ""
+        ref = digest_ref(repo, digest)
+        if pushed:
+            _keep_locally(client, ref, registry)
+        out.append(Published(name, ref, digest, pushed))
+    return out
+
+
+def _held_by_registry(client, local_ref: str, repo: str) -> str | None:
+    """The digest of ``local_ref`` in ``repo`` when the engine knows one and the registry
+    still serves it; None means push (which reports an unreachable registry)."""
+    try:
+        digest = known_digest(client.api.inspect_image(local_ref).get("RepoDigests") or (), repo)
+        if digest is None:
+            return None
+        found = client.api.inspect_distribution(f"{repo}@{digest}")
+    except ENGINE_ERRORS:
+        return None
+    return digest if (found.get("Descriptor") or {}).get("digest") == digest else None
+
+
+def _keep_locally(client, ref: str, registry: str) -> None:
+    """Give the manager's engine the reference ``REPO@DIGEST`` (untagging after a push drops
+    it): the hub reads the image's /etc/passwd from it before the service exists, and
+    its engine proxy allows no pull. The layers are here: only the manifest moves."""
+    repo, digest = ref.split("@", 1)
+    try:
+        client.api.pull(repo, tag=digest)
+    except ENGINE_ERRORS as exc:
+        raise OperationError(f"pulling {ref} back from {registry} failed: {exc}") from None
 
 
 def remove_leftovers(client, site: str) -> list[str]:

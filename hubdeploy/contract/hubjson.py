@@ -78,6 +78,8 @@ class _ProfileRequired(TypedDict):
     display_name: str
     description: str
     image: str
+    # What the backend runs: the image's local tag, or REGISTRY/NAME@sha256:DIGEST for a
+    # login profile on a swarm with swarm.registry (every node pulls the same bytes).
     image_ref: str
     node: Literal["login", "compute"]
     cpu: float | None

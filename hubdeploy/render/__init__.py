@@ -109,13 +109,16 @@ def tls_files(site: Site, site_dir: Path) -> tuple[dict[str, str] | None, bytes]
 
 
 def render_files(site: Site, refs: dict[str, str], inputs: Inputs,
-                 owner: dict[str, str] | None = None) -> dict[str, bytes]:
+                 owner: dict[str, str] | None = None, pinned: dict[str, str] | None = None) -> dict[str, bytes]:
     """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic.
 
     ``owner``: the labels naming the site directory that owns the stack
     (:mod:`hubdeploy.ownership`), put on the hub: every stack has one, and a label
-    change recreates only it (a hub restart keeps compute jobs; a node's would not)."""
-    hub_files = {"hub/jupyterhub_config.py": inputs.hub_config, "hub/hub.json": hubjson.dumps(hub_data(site, refs))}
+    change recreates only it (a hub restart keeps compute jobs; a node's would not).
+    ``pinned``: the registry references by digest of the images swarm nodes pull
+    (:func:`hubdeploy.render.hubdata.hub_data`)."""
+    hub_files = {"hub/jupyterhub_config.py": inputs.hub_config,
+                 "hub/hub.json": hubjson.dumps(hub_data(site, refs, pinned))}
     if inputs.known_hosts is not None:
         hub_files["hub/ssh_known_hosts"] = inputs.known_hosts
     slurm_files = slurm.files(site) if site.slurm is not None and site.slurm.cluster is not None else {}
@@ -157,9 +160,10 @@ def _config_hashes(hub_files: dict[str, bytes], slurm_files: dict[str, bytes], i
     return hashes
 
 
-def render(site: Site, site_dir: Path, refs: dict[str, str], owner: dict[str, str] | None = None) -> dict[str, bytes]:
+def render(site: Site, site_dir: Path, refs: dict[str, str], owner: dict[str, str] | None = None,
+           pinned: dict[str, str] | None = None) -> dict[str, bytes]:
     """:func:`read_inputs` then :func:`render_files`: the files a site renders today."""
-    return render_files(site, refs, read_inputs(site, site_dir), owner)
+    return render_files(site, refs, read_inputs(site, site_dir), owner, pinned)
 
 
 __all__ = ["Inputs", "compose_data", "hub_data", "read_inputs", "render", "render_files", "state_dir",

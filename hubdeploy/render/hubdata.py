@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -41,8 +42,11 @@ from hubdeploy.schema import ExtraService, Profile, ProfileSlurm, Site
 COMPUTE_START_TIMEOUT = 300
 
 
-def hub_data(site: Site, refs: dict[str, str]) -> hubjson.HubJson:
-    """The data the static jupyterhub_config.py reads (docs/design.md, "hub.json")."""
+def hub_data(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None = None) -> hubjson.HubJson:
+    """The data the static jupyterhub_config.py reads (docs/design.md, "hub.json").
+
+    ``pinned``: image name -> ``REGISTRY/NAME@sha256:DIGEST``, what login-node servers run
+    on a swarm with ``swarm.registry`` (known once ``up`` has pushed)."""
     return {
         "site": site.name,
         "hub": {"ip": "0.0.0.0", "port": HUB_PORT, "connect_url": f"http://{HUB_SERVICE}:{HUB_PORT}"},
@@ -62,7 +66,7 @@ def hub_data(site: Site, refs: dict[str, str]) -> hubjson.HubJson:
         # Hub cookies are Secure only when the proxy terminates TLS.
         "tls": site.tls is not None,
         "services": services(site),
-        "spawner": spawner(site, refs),
+        "spawner": spawner(site, refs, pinned),
         "identity": identity(site),
         "config": {k: dict(v) for k, v in site.hub.config.items()},
     }
@@ -99,8 +103,12 @@ def database(site: Site) -> hubjson.DatabaseSection:
     return {"url": f"sqlite:///{HUB_DATA_DIR}/jupyterhub.sqlite"}
 
 
-def spawner(site: Site, refs: dict[str, str]) -> hubjson.SpawnerSection:
-    """The spawner's profiles and backends: docker for login nodes, slurm for compute."""
+def spawner(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None = None) -> hubjson.SpawnerSection:
+    """The spawner's profiles and backends: docker for login nodes, slurm for compute.
+
+    A login profile's image is ``pinned`` when the swarm's nodes pull it from the registry;
+    compute profiles keep the tag (their cluster is not the swarm)."""
+    pinned = pinned or {}
     prefix = project_name(site.name)
     docker: dict[str, Any] = {"network": f"{prefix}-users", "prefix": prefix, "site": site.name}
     if homes_source(site) is not None:
@@ -109,7 +117,8 @@ def spawner(site: Site, refs: dict[str, str]) -> hubjson.SpawnerSection:
         # orchestrator swarm: the same config, read as a SwarmConfig (its own keys default).
         "backend": "swarm" if site.orchestrator == "swarm" else "docker",
         "backend_config": docker,
-        "profiles": [profile(site, p, refs[p.image]) for p in site.profiles],
+        "profiles": [profile(site, p, pinned.get(p.image, refs[p.image]) if p.node == "login" else refs[p.image])
+                     for p in site.profiles],
         "concurrent_spawn_limit": site.hub.concurrent_spawn_limit,
     }
     if site.slurm is not None:

@@ -197,6 +197,15 @@ def remove_site_images(site_name: str) -> None:
                     client.images.remove(tag, force=True)
                 except Exception:
                     pass
+    # What a registry test pushed and pulled back: REGISTRY/hubdeploy/<site>-NAME tags and
+    # digests (the name filter above matches no registry host).
+    for image in client.api.images():
+        for ref in (image.get("RepoTags") or []) + (image.get("RepoDigests") or []):
+            if f"/hubdeploy/{site_name}-" in ref:
+                try:
+                    client.images.remove(ref, force=True)
+                except Exception:
+                    pass
 
 
 def user_session(stack, user: str):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from registryfixture import build_registry_image, running_registry
 from stackfixture import Recorder
 
 from hubdeploy import buildsteps, images, imagetest, kernels
@@ -234,42 +235,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def registry(client, graph):
     """Debian's docker-registry (2.8) on loopback with htpasswd (bcrypt) auth."""
-    import requests
-
-    ref = f"{PREFIX}registry:test"
-    dockerfile = (
-        f"FROM {graph['plans']['debian'].ref}\n"
-        "RUN apt-get update && apt-get install -y --no-install-recommends docker-registry apache2-utils"
-        " && rm -rf /var/lib/apt/lists/*\n"
-    )
-    client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=ref, rm=True, pull=False)
+    image = build_registry_image(client, graph["plans"]["debian"].ref, f"{PREFIX}registry:test")
     password = "pw-" + os.urandom(12).hex()
-    port = _free_port()
-    start = ('htpasswd -Bbn "$REG_USER" "$REG_PASS" > /tmp/htpasswd && unset REG_PASS '
-             "&& exec docker-registry serve /etc/docker/registry/config.yml")
-    container = client.containers.run(
-        ref, ["sh", "-c", start], detach=True, name=f"hubdeploy-{SITE}-registry-{os.getpid()}",
-        ports={"5000/tcp": ("127.0.0.1", port)},
-        environment={"REG_USER": REG_USER, "REG_PASS": password,
-                     "REGISTRY_HTTP_ADDR": "0.0.0.0:5000",
-                     "REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "hdt",
-                     "REGISTRY_AUTH_HTPASSWD_PATH": "/tmp/htpasswd",
-                     "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": "/tmp/registry"},
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 401:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("registry not up in 30 s:\n" + container.logs().decode())
-        yield {"host": f"127.0.0.1:{port}", "password": password}
-    finally:
-        container.remove(force=True)
+    with running_registry(client, image, f"hubdeploy-{SITE}-registry-{os.getpid()}", _free_port(),
+                          user=REG_USER, password=password) as host:
+        yield {"host": host, "password": password}
 
 
 def test_push_and_pull_round_trip_with_credentials(client, graph, registry):

@@ -83,3 +83,21 @@ def test_other_sites_services_configs_and_tasks_are_untouchable():
     refused(ask("POST", "/services/s-mine/update", {}), "not-allowed")
     refused(ask("GET", "/secrets"), "not-allowed")
     refused(ask("POST", "/swarm/leave"), "not-allowed")
+
+
+def test_a_notebook_image_by_digest_from_the_sites_registry_is_allowed():
+    """swarm.registry: the service runs REGISTRY/NAME@sha256:..., and the backend first
+    reads that image's /etc/passwd through a never-started probe container."""
+    from test_engineproxy_policy import create
+
+    image = "127.0.0.1:5000/hubdeploy/alpha-base@sha256:" + "e3" * 32
+    d = service(cs={"Image": image})
+    assert isinstance(d, Allow) and d.rule == "service-create"
+    probe = create({"NetworkMode": "none"}, name="hubdeploy-alpha-etc-probe-1234", Image=image)
+    assert isinstance(probe, Allow) and probe.rule == "create"
+    # The SDK quotes '@' in an inspect path; the registry's port stays a path segment.
+    got = ask("GET", "/v1.41/images/127.0.0.1:5000/hubdeploy/alpha-base%40sha256:" + "e3" * 32 + "/json")
+    assert isinstance(got, Allow) and got.rule == "image-inspect"
+    # Still no pull: the manager holds the image (up pulls it back after the push).
+    refused(ask("POST", "/images/create", query="fromImage=127.0.0.1:5000/hubdeploy/alpha-base&tag=sha256:"
+                + "e3" * 32), "not-allowed")
