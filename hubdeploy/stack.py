@@ -42,7 +42,7 @@ class Prepared:
     files: dict[str, bytes]
     owner: ownership.Owner
     # Image name -> REGISTRY/NAME@sha256:DIGEST for swarm nodes (swarm.registry); set by
-    # up after its push, so only files rendered after it carry digests.
+    # prepare from what the engine records of earlier pushes, and by up after its push.
     pinned: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -87,7 +87,8 @@ def prepare(site_file: Path) -> Prepared:
     site = load_site(site_file)
     plans = images.plan_images(site, site_file.resolve().parent)
     owner = ownership.load(render.state_dir(site_file))
-    return Prepared(site_file, site, plans, _render(site, site_file, plans, owner), owner)
+    pinned = swarm.pinned_by_engine(site, plans)
+    return Prepared(site_file, site, plans, _render(site, site_file, plans, owner, pinned), owner, pinned)
 
 
 def check_owner(prep: Prepared, client, *, take_over: bool = False) -> None:

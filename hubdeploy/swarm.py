@@ -79,6 +79,33 @@ def known_digest(repo_digests: Iterable[str], repo: str) -> str | None:
     return None
 
 
+def pinned_by_engine(site: Site, plans: Mapping[str, ImagePlan]) -> dict[str, str]:
+    """Image name -> ``REGISTRY/NAME@sha256:DIGEST`` for the login images whose digest in
+    ``swarm.registry`` the engine already records (an earlier ``up`` pushed them). Reads
+    the local engine only, never the registry: ``render``, ``status`` and ``down`` then
+    render what ``up`` rendered instead of putting tags back into hub.json. {} when the
+    engine cannot be reached (``render`` works without one)."""
+    from hubdeploy.engine import docker_client
+
+    registry = site.swarm.registry
+    if site.orchestrator != "swarm" or not registry:
+        return {}
+    try:
+        client = docker_client()
+    except OperationError:
+        return {}
+    pinned = {}
+    for name in login_images(site):
+        repo = registry_repo(plans[name], registry)
+        try:
+            digest = known_digest(client.api.inspect_image(plans[name].ref).get("RepoDigests") or (), repo)
+        except ENGINE_ERRORS:
+            continue  # not built here yet: up builds and pushes it
+        if digest is not None:
+            pinned[name] = digest_ref(repo, digest)
+    return pinned
+
+
 def publish_images(client, plans: Mapping[str, ImagePlan], names: Iterable[str], registry: str, *,
                    console=None) -> list[Published]:
     """Push each named image the registry does not hold yet; every one as nodes pull it.

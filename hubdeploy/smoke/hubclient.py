@@ -176,6 +176,10 @@ class HubClient:
         return self.url(f"user/{escape_path(user)}/{tail}")
 
     def _server_path(self, user: str, server: str) -> str:
+        # The default server has a path of its own: "servers//progress" is not it (the
+        # empty segment is collapsed on the way and the hub answers 404).
+        if not server:
+            return f"users/{escape_path(user)}/server"
         return f"users/{escape_path(user)}/servers/{escape_path(server)}"
 
     def server_model(self, user: str, server: str) -> dict | None:
@@ -249,7 +253,9 @@ class HubClient:
 
     def stop_server(self, user: str, server: str, deadline: float, *, remove: bool = True) -> None:
         """Stop a named server (and forget it with ``remove``); wait until it is gone."""
-        self.api("DELETE", self._server_path(user, server), json={"remove": remove}, ok=(202, 204, 404))
+        # The default server cannot be removed, only stopped.
+        body = {"remove": remove} if server else None
+        self.api("DELETE", self._server_path(user, server), json=body, ok=(202, 204, 404))
         while time.monotonic() < deadline:
             if self.server_model(user, server) is None:
                 return

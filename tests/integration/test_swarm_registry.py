@@ -90,6 +90,12 @@ def test_up_pushes_what_is_missing_and_servers_run_it_by_digest(site_file, clien
         again = up(site_file)
         assert f"nothing to push: {REGISTRY} has base" in again.stderr, again.stderr
         assert "pushed base" not in again.stderr
+        # render (as status and down do in memory) keeps the digest up pinned, so a hub
+        # restarted after it still starts servers by digest.
+        rendered_again = run_cli(site_file, "render")
+        assert rendered_again.returncode == 0, rendered_again.stderr
+        hub_json = json.loads((rendered / "hub" / "hub.json").read_text())
+        assert [p["image_ref"] for p in hub_json["spawner"]["profiles"]] == [ref]
 
         hub, token = user_session(SimpleNamespace(url=f"http://127.0.0.1:{PORT}/"), "rita")
         hub.api("POST", "users/rita/server", json={"profile": "login"}, ok=(201, 202))
