@@ -8,6 +8,7 @@ to loopback.
 from __future__ import annotations
 
 import argparse
+import json
 import secrets
 import sys
 import time
@@ -116,6 +117,25 @@ def versus_line(what: str, m: dict) -> str:
             f"floor p50 {m['floor_p50']:.2f}s p95 {m['floor_p95']:.2f}s | "
             f"diff p50 {m['diff_p50']:+.2f}s p95 {m['diff_p95']:+.2f}s | "
             f"ratio p50 {m['ratio_p50']:.2f}x p95 {m['ratio_p95']:.2f}x (n={m['n_hub']}/{m['n_floor']})")
+
+
+def print_report(result: dict, failures: list[str], floor_line: str, where: str, target_line: str,
+                 json_out: str | None) -> None:
+    """What the single-start benchmarks print and write: ready and first result against
+    the floor, the floor's own step, the singleuser import, failures, the target; JSON."""
+    for what in ("ready", "first_result"):
+        print(versus_line(what, result[what]))
+    print(floor_line)
+    print(f"jupyterhub-singleuser's extra import over jupyter server ({where}): "
+          f"p50 {result['singleuser_extra_import']['p50']:.2f}s")
+    for f in failures:
+        print(f"failure: {f}")
+    print(target_line)
+    if json_out:
+        out = Path(json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
 
 
 def hub_spawn(api: HubClient, user: str, server: str, profile: str, limit: float = 300) -> dict:

@@ -59,8 +59,8 @@ from _common import (
     hub_spawn,
     kernel_round_trip,
     pct,
+    print_report,
     versus,
-    versus_line,
     wait_http,
 )
 from benchhomes import remove_home
@@ -289,19 +289,13 @@ def main() -> int:
         },
         "samples": {"hub": hub, "floor": floor, "imports": imports},
     }
-    for what in ("ready", "first_result"):
-        print(versus_line(what, result[what]))
     s = result["floor_sbatch_to_running"]
-    print(f"sbatch -> RUNNING (floor job): p50 {s['p50']:.3f}s p95 {s['p95']:.3f}s")
-    print(f"jupyterhub-singleuser's extra import over jupyter server (on a node): "
-          f"p50 {result['singleuser_extra_import']['p50']:.2f}s")
-    for f in failures:
-        print(f"failure: {f}")
     diff = result["ready"]["diff_p50"]
-    print(f"target: ready p50 within {TARGET_S} s of the floor -> {diff:+.2f}s "
-          f"({'met' if diff <= TARGET_S else 'not met'})")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    print_report(result, failures, f"sbatch -> RUNNING (floor job): p50 {s['p50']:.3f}s p95 {s['p95']:.3f}s",
+                 "on a node",
+                 f"target: ready p50 within {TARGET_S} s of the floor -> {diff:+.2f}s "
+                 f"({'met' if diff <= TARGET_S else 'not met'})",
+                 args.json_out)
     return 0
 
 

@@ -39,7 +39,6 @@ and again at the end (also on Ctrl-C, SIGTERM or a failure).
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -49,7 +48,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
-from docker.types import EndpointSpec, Placement, RestartPolicy, ServiceMode
+from docker.types import EndpointSpec, RestartPolicy, ServiceMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
@@ -62,10 +61,10 @@ from _common import (
     kernel_round_trip,
     open_site,
     pct,
+    print_report,
     remove_users,
     site_args,
     versus,
-    versus_line,
     wait_http,
 )
 
@@ -264,22 +263,13 @@ def main() -> int:
         print("interrupted; the benchmark's floor services and user are removed", file=sys.stderr)
         return 130
     result = {**report(hub, floor, imports, failures, bench.profile.name), "load_average": os.getloadavg()}
-    for what in ("ready", "first_result"):
-        print(versus_line(what, result[what]))
     c = result["floor_create_to_container"]
-    print(f"service create -> task container (floor): p50 {c['p50']:.3f}s p95 {c['p95']:.3f}s")
-    print(f"jupyterhub-singleuser's extra import over jupyter server (same image): "
-          f"p50 {result['singleuser_extra_import']['p50']:.2f}s")
-    for f in failures:
-        print(f"failure: {f}")
-    ratio = result["ready"]["ratio_p50"]
-    print(f"target: ready p50 at most {TARGET_RATIO}x the floor -> {ratio:.2f}x "
-          f"({'met' if result['target_met'] else 'not met'})")
-    if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {out}")
+    print_report(result, failures,
+                 f"service create -> task container (floor): p50 {c['p50']:.3f}s p95 {c['p95']:.3f}s",
+                 "same image",
+                 f"target: ready p50 at most {TARGET_RATIO}x the floor -> {result['ready']['ratio_p50']:.2f}x "
+                 f"({'met' if result['target_met'] else 'not met'})",
+                 args.json_out)
     return 0
 
 

@@ -97,13 +97,19 @@ def pinned_by_engine(site: Site, plans: Mapping[str, ImagePlan]) -> dict[str, st
     pinned = {}
     for name in login_images(site):
         repo = registry_repo(plans[name], registry)
-        try:
-            digest = known_digest(client.api.inspect_image(plans[name].ref).get("RepoDigests") or (), repo)
-        except ENGINE_ERRORS:
-            continue  # not built here yet: up builds and pushes it
-        if digest is not None:
+        digest = _engine_digest(client, plans[name].ref, repo)
+        if digest is not None:  # None: not built or not pushed yet; up does both
             pinned[name] = digest_ref(repo, digest)
     return pinned
+
+
+def _engine_digest(client, local_ref: str, repo: str) -> str | None:
+    """The digest the local engine records for ``local_ref`` in ``repo`` (RepoDigests);
+    None when the image or the record is missing. Never asks the registry."""
+    try:
+        return known_digest(client.api.inspect_image(local_ref).get("RepoDigests") or (), repo)
+    except ENGINE_ERRORS:
+        return None
 
 
 def publish_images(client, plans: Mapping[str, ImagePlan], names: Iterable[str], registry: str, *,
@@ -129,10 +135,10 @@ def publish_images(client, plans: Mapping[str, ImagePlan], names: Iterable[str],
 def _held_by_registry(client, local_ref: str, repo: str) -> str | None:
     """The digest of ``local_ref`` in ``repo`` when the engine knows one and the registry
     still serves it; None means push (which reports an unreachable registry)."""
+    digest = _engine_digest(client, local_ref, repo)
+    if digest is None:
+        return None
     try:
-        digest = known_digest(client.api.inspect_image(local_ref).get("RepoDigests") or (), repo)
-        if digest is None:
-            return None
         found = client.api.inspect_distribution(f"{repo}@{digest}")
     except ENGINE_ERRORS:
         return None
