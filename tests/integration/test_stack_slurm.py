@@ -140,12 +140,19 @@ def _healthy_since_start(container) -> bool:
 def test_hub_restart_keeps_the_job(slurm_stack):
     url, token = _need_server(slurm_stack)
     job = state["job"]
+    restarted = int(time.time()) - 1
     slurm_stack.container("hub").restart(timeout=20)
     slurm_stack.wait("hub healthy since its restart", lambda: _healthy_since_start(slurm_stack.container("hub")), 120)
     assert run_5x4(url, token) == "20"
     admin = HubClient(slurm_stack.url)
     admin.login(USER, "")
-    assert admin.server_model(USER, "")["ready"] is True
+    model = admin.server_model(USER, "")
+    # The restarted hub's own account of its check of the server (poll, then a request to
+    # its URL) says why, should it have let the server go.
+    assert model is not None and model["ready"] is True, (
+        f"{model}\njobs: {slurm_stack.jobs()}\n--- hub since its restart\n"
+        + slurm_stack.container("hub").logs(since=restarted).decode(errors="replace")[-20000:]
+    )
     assert job in slurm_stack.jobs()
 
 
