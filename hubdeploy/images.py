@@ -45,6 +45,10 @@ LABEL_JUPYTERHUB_VERSION = "hubdeploy.jupyterhub-version"
 # Names the stack's own images take; a collaboration cannot reuse them.
 # Docker's predefined proxy args: usable in RUN without an ARG line, never in history.
 PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy")
+# The hash of what an image holds, whatever site it belongs to: its context with the
+# parent's content key in place of the parent's (site-specific) tag. Two sites on one
+# engine with the same recipe share the build (see _relabel_from_another_site).
+LABEL_CONTENT = "hubdeploy.content-key"
 # Bump when a build step changes outside the rendered files (e.g. how rootfs is made).
 RECIPE_VERSION = "1"
 # Every context file gets the same metadata, so the same files give the same tar.
@@ -237,7 +241,7 @@ class _Planner:
         # Cumulative: a child's label lists its ancestors' kernels too (it inherits them).
         self.kernel_meta: dict[str, list[dict]] = {}
 
-    def labels(self, name: str, digest: str, parent_ref: str | None) -> dict[str, str]:
+    def labels(self, name: str, digest: str, parent_ref: str | None, content: str) -> dict[str, str]:
         out = {
             "org.opencontainers.image.title": f"hubdeploy {self.site.name} {name}",
             "org.opencontainers.image.version": hubdeploy.__version__,
@@ -245,6 +249,7 @@ class _Planner:
             "hubdeploy.image": name,
             "hubdeploy.spec-hash": digest,
             "hubdeploy.parent": parent_ref or "",
+            LABEL_CONTENT: content,
         }
         if self.source_url:
             out["org.opencontainers.image.source"] = self.source_url
@@ -254,6 +259,11 @@ class _Planner:
 
     def ref(self, name: str, digest: str) -> str:
         return f"hubdeploy/{self.site.name}-{name}:{digest[:12]}"
+
+    def parent_content(self, parent: str | None, parent_ref: str) -> str:
+        """What stands for the parent in a content key: its own content key, or the
+        reference itself for an image from outside the site (images.base.from)."""
+        return self.plans[parent].labels[LABEL_CONTENT] if parent in self.plans else parent_ref
 
     def add(self, name: str, template: str, parent: str | None, parent_ref: str, extra: dict[str, bytes],
             kernel_meta: list[dict] | None = None, **ctx) -> None:
@@ -267,7 +277,9 @@ class _Planner:
         # append the labels (which only restate what the hash already covers).
         body = tpl.render(labels=None, **ctx).encode()
         digest = spec_hash({**files, "Dockerfile": body}, {}, parent_ref)
-        lab = self.labels(name, digest, parent_ref)
+        parent_content = self.parent_content(parent, parent_ref)
+        keyed = tpl.render(labels=None, **{**ctx, "parent_ref": f"content:{parent_content}"}).encode()
+        lab = self.labels(name, digest, parent_ref, spec_hash({**files, "Dockerfile": keyed}, {}, parent_content))
         if kernel_meta is not None:
             # Restates what the hash covers (kernel.json files, the parent's tag).
             lab = dict(sorted({**lab, kern.LABEL: kern.label_value(kernel_meta)}.items()))
@@ -288,7 +300,7 @@ class _Planner:
         files["recipe.json"] = (json.dumps(recipe, sort_keys=True, indent=1) + "\n").encode()
         digest = spec_hash(files, {}, None)
         self.plans["debian"] = ImagePlan("debian", self.ref("debian", digest), None, dict(sorted(files.items())),
-                                         dict(self.proxies), self.labels("debian", digest, None))
+                                         dict(self.proxies), self.labels("debian", digest, None, digest))
 
     def _packages(self, apt: list[str], pip: list[str]) -> tuple[list[str], dict[str, bytes]]:
         extra = {}
@@ -346,7 +358,8 @@ class _Planner:
         files = {name: (recipe / name).read_bytes() for name in ("Dockerfile", "entrypoint.sh")}
         args = {"BASE": parent_ref}
         digest = spec_hash(files, args, parent_ref)
-        lab = self.labels("slurm", digest, parent_ref)
+        content = self.parent_content(node_image, parent_ref)
+        lab = self.labels("slurm", digest, parent_ref, spec_hash(files, {"BASE": content}, content))
         files["Dockerfile"] += ("LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in lab.items())
                                 + "\n").encode()
         self.plans["slurm"] = ImagePlan("slurm", self.ref("slurm", digest), node_image,
@@ -440,12 +453,14 @@ def build_images(
         if console:
             console.print(f"[bold]building[/] {name} -> {plan.ref}")
         write_context(plan, state_dir)
-        if name == "debian":
-            _build_debian(plan, client, state_dir, fresh=name in forced, console=console, steps=steps)
-        else:
-            if plan.parent is None:
-                _require_parent(plan, client)
-            _docker_build(client, plan, nocache=name in forced, console=console, steps=steps)
+        fresh = name in forced
+        if fresh or not _relabel_from_another_site(plan, client, console=console, steps=steps):
+            if name == "debian":
+                _build_debian(plan, client, state_dir, fresh=fresh, console=console, steps=steps)
+            else:
+                if plan.parent is None:
+                    _require_parent(plan, client)
+                _docker_build(client, plan, nocache=fresh, console=console, steps=steps)
         if console:
             console.print(f"[bold green]built[/] {name} in {time.monotonic() - t0:.0f} s")
         built.append(name)
@@ -492,24 +507,39 @@ def _require_parent(plan: ImagePlan, client) -> None:
         )
 
 
+def _relabel_from_another_site(plan: ImagePlan, client, *, console, steps=None) -> bool:
+    """Build ``plan`` as its own labels on top of an image of the same content that
+    another site on this engine built (a one-step build, its layers shared on disk);
+    False when there is none, or it went away meanwhile: then ``plan`` is built itself.
+
+    The site's own tag, labels and history stay its own; what is shared is only what
+    the content key proves equal: the same files, build args and parent content.
+    """
+    key = plan.labels.get(LABEL_CONTENT)
+    if not key:
+        return False
+    # The low-level list: the SDK's images.list() inspects every hit afterwards, and
+    # fails if another build on this engine removes one in between.
+    try:
+        same = client.api.images(filters={"label": [f"{LABEL_CONTENT}={key}"]})
+    except ENGINE_ERRORS as exc:
+        raise OperationError(f"cannot list images: {exc}") from None
+    tagged = sorted(t for img in same for t in (img.get("RepoTags") or []) if t not in ("<none>:<none>", plan.ref))
+    if not tagged:
+        return False
+    lines = [f"FROM {tagged[0]}", "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in plan.labels.items())]
+    relabel = ImagePlan(plan.name, plan.ref, None, {"Dockerfile": ("\n".join(lines) + "\n").encode()}, {})
+    if console:
+        console.print(f"[bold cyan]{plan.name}[/] the same content as {tagged[0]}: relabelled, not rebuilt")
+    try:
+        _docker_build(client, relabel, nocache=False, console=None, steps=steps)
+    except OperationError:
+        return False  # the other site's image was removed between the list and the build
+    return True
+
+
 def _build_debian(plan: ImagePlan, client, state_dir: Path, *, fresh: bool, console, steps=None) -> None:
     digest = plan.labels["hubdeploy.spec-hash"]
-    if not fresh:
-        # Another site on this engine may have imported the same rootfs: relabel it (1 s)
-        # instead of bootstrapping again.
-        # The low-level list: the SDK's images.list() inspects every hit afterwards, and
-        # fails if another build on this engine removes one in between.
-        try:
-            same = client.api.images(filters={"label": ["hubdeploy.image=debian", f"hubdeploy.spec-hash={digest}"]})
-        except ENGINE_ERRORS as exc:
-            raise OperationError(f"cannot list images: {exc}") from None
-        tagged = sorted(t for img in same for t in (img.get("RepoTags") or []) if t != "<none>:<none>")
-        if tagged:
-            lines = [f"FROM {tagged[0]}", "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}"
-                                                             for k, v in plan.labels.items())]
-            relabel = ImagePlan("debian", plan.ref, None, {"Dockerfile": ("\n".join(lines) + "\n").encode()}, {})
-            _docker_build(client, relabel, nocache=False, console=console, steps=steps)
-            return
     recipe = json.loads(plan.files["recipe.json"])
     tarball = rootfs.tarball_path(state_dir, recipe["suite"], digest)
     if fresh or not tarball.is_file():

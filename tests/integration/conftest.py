@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from stackfixture import SITE_NAME, Stack, free_port, run_cli, tear_down_site
+from stackfixture import SITE_NAME, Stack, free_port, remove_session_images, run_cli, tear_down_site
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +63,8 @@ def swarm_manager(client):
 
 
 def pytest_sessionfinish(session, exitstatus):
+    # Every fixture is torn down by now (the last test's teardown ends the session scope).
+    remove_session_images()
     if _SWARM_MADE:
         import docker
 

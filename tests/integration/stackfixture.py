@@ -3,8 +3,8 @@
 One stack per test session (site ``hdtstack``): bringing it up builds the images once;
 ``ensure_up`` makes any test independent of the order (``up`` on a running, unchanged
 stack is a no-op). On a failed ``up`` the compose state and logs are printed, so a CI
-failure explains itself. The session finaliser takes it down with its volumes and, unless
-HUBDEPLOY_TEST_KEEP_IMAGES is set, removes the images it built.
+failure explains itself. The session finaliser takes it down with its volumes; unless
+HUBDEPLOY_TEST_KEEP_IMAGES is set, the images of every test site go at the session's end.
 """
 
 from __future__ import annotations
@@ -172,15 +172,44 @@ def diagnostics(project: str) -> str:
     return "\n".join(out)
 
 
+# Test sites whose images the session removes at its end (conftest's
+# pytest_sessionfinish), not at each module's: a later site with the same recipe then
+# relabels them (hubdeploy.images, the content key) instead of building from Debian again.
+SITES_WITH_IMAGES: set[str] = set()
+
+
 def tear_down_site(site_file: Path, site_name: str) -> None:
-    """What every test site's finaliser does: down with the volumes, then (unless
-    HUBDEPLOY_TEST_KEEP_IMAGES) remove the images built for it.
+    """What every test site's finaliser does: down with the volumes; its images go at the
+    end of the session (unless HUBDEPLOY_TEST_KEEP_IMAGES).
 
     --take-over: a test site's stack is the test's, whichever directory last owned it
     (an interrupted run's temporary directory, a restore's)."""
     run_cli(site_file, "down", "--volumes", "--take-over", timeout=300)
-    if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
-        remove_site_images(site_name)
+    SITES_WITH_IMAGES.add(site_name)
+
+
+def remove_session_images() -> None:
+    """Every image of the test sites torn down in this session: untag them all, then
+    prune what is left dangling (a relabelled image keeps its donor's layers: the donor
+    goes once no image of another site builds on it), a bounded number of passes."""
+    import docker
+
+    if os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES") or not SITES_WITH_IMAGES:
+        return
+    for site in sorted(SITES_WITH_IMAGES):
+        remove_site_images(site)
+    client = docker.from_env()
+    for _ in range(6):
+        deleted = 0
+        for site in sorted(SITES_WITH_IMAGES):
+            try:
+                found = client.images.prune(filters={"dangling": True, "label": f"hubdeploy.site={site}"})
+            except docker.errors.APIError as exc:
+                print(f"cleanup: pruning {site}'s images: {exc}")
+                continue
+            deleted += len(found.get("ImagesDeleted") or [])
+        if not deleted:
+            break
 
 
 def remove_site_images(site_name: str) -> None:

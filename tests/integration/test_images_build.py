@@ -180,7 +180,9 @@ def test_hub_image(client, built):
 def test_hub_code_change_rebuilds_only_the_last_layers(client, built):
     hub = built["plans"]["hub"]
     files = {**hub.files, "hubdeploy-src/hubdeploy/_test_probe.txt": b"changed\n"}
-    changed = replace(hub, ref=f"{PREFIX}hub:probe{int(time.time())}", files=files)
+    # Other files, so not the hub's content key: nothing to relabel, a build.
+    labels = {k: v for k, v in hub.labels.items() if k != images.LABEL_CONTENT}
+    changed = replace(hub, ref=f"{PREFIX}hub:probe{int(time.time())}", files=files, labels=labels)
     plans = {**built["plans"], "hub": changed}
     assert images.build_images(plans, client=client, state_dir=STATE / "probe", names=["hub"]) == ["hub"]
     old = client.images.get(hub.ref).attrs["RootFS"]["Layers"]
@@ -258,6 +260,25 @@ def test_second_site_reuses_the_rootfs_without_bootstrapping(client, built, tmp_
     assert images.build_images(plans, client=client, state_dir=tmp_path / "state", names=["debian"]) == ["debian"]
     assert client.images.get(plans["debian"].ref).labels["hubdeploy.site"] == f"{SITE}-b"
     assert not (tmp_path / "state" / "rootfs").exists()
+
+
+def test_a_second_site_with_the_same_recipe_relabels_every_image(client, built, tmp_path):
+    """Another site of the same recipe builds nothing: each image is the first site's
+    plus its own labels (one LABEL step), so the layers are shared on disk."""
+    site = make_site().model_copy(update={"name": f"{SITE}-c"})
+    plans = images.plan_images(site, built["site_dir"])
+    assert all(plans[n].ref != built["refs"][n] for n in plans)  # its own tags
+    steps: list[buildsteps.BuildStep] = []
+    assert images.build_images(plans, client=client, state_dir=tmp_path, steps=steps) == list(plans)
+    assert {s.instruction.split()[0] for s in steps} == {"FROM", "LABEL"}, steps
+    for name, plan in plans.items():
+        attrs = client.api.inspect_image(plan.ref)
+        first = client.api.inspect_image(built["refs"][name])
+        assert attrs["RootFS"]["Layers"] == first["RootFS"]["Layers"], name
+        labels = attrs["Config"]["Labels"]
+        assert labels["hubdeploy.site"] == f"{SITE}-c" and labels["hubdeploy.parent"] == plan.labels["hubdeploy.parent"]
+        assert labels[images.LABEL_CONTENT] == first["Config"]["Labels"][images.LABEL_CONTENT]
+    assert run(client, plans["c1"].ref, ["sh", "-c", "command -v jq"]) == "/usr/bin/jq"
 
 
 def test_proxy_credentials_stay_out_of_the_image(client, built):

@@ -20,7 +20,7 @@ import docker
 import pytest
 import requests
 from slurmstack import SlurmStack
-from stackfixture import diagnostics, remove_site_images, run_cli
+from stackfixture import diagnostics, run_cli, tear_down_site
 
 from hubdeploy.contract.layout import LABEL_OWNER_DIR
 from hubdeploy.smoke.hubclient import HubClient
@@ -76,9 +76,7 @@ def ops(tmp_path_factory):
         stack.wait("node c1 idle", lambda: stack.ctl("sinfo", "-h", "-N", "-o", "%t")[1].strip() == "idle", 120)
         yield stack
     finally:
-        run_cli(stack.site_file, "down", "--volumes", "--take-over", timeout=300)
-        if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
-            remove_site_images(SITE)
+        tear_down_site(stack.site_file, SITE)
 
 
 def _servers(ops) -> dict:

@@ -276,9 +276,17 @@ def test_debian_plan_is_a_rootfs_recipe(site_dir):
 
 
 class FakeAPI:
-    def __init__(self, present):
+    def __init__(self, present, labelled=None):
         self.present = set(present)
         self.built = []
+        self.dockerfiles = {}
+        # content key -> tags of other sites' images holding that content
+        self.labelled = labelled or {}
+
+    def images(self, filters):
+        (label,) = filters["label"]
+        key = label.split("=", 1)[1]
+        return [{"RepoTags": tags} for k, tags in self.labelled.items() if k == key]
 
     def inspect_image(self, ref):
         import docker.errors
@@ -287,8 +295,12 @@ class FakeAPI:
             raise docker.errors.ImageNotFound(ref)
         return {"Id": "sha256:" + "0" * 64}
 
-    def build(self, *, tag, **kwargs):
+    def build(self, *, tag, fileobj, **kwargs):
+        import tarfile
+
         self.built.append(tag)
+        with tarfile.open(fileobj=fileobj) as tar:
+            self.dockerfiles[tag] = tar.extractfile("Dockerfile").read().decode()
         if "fail" in tag:
             yield {"stream": "Step 1/3 : FROM x\n"}
             yield {"stream": "Step 2/3 : RUN false\n"}
@@ -300,8 +312,39 @@ class FakeAPI:
 
 
 class FakeClient:
-    def __init__(self, present=()):
-        self.api = FakeAPI(present)
+    def __init__(self, present=(), labelled=None):
+        self.api = FakeAPI(present, labelled)
+
+
+def test_content_key_is_the_sites_recipe_not_its_name(site_dir):
+    one, other = plan(site_dir), images.plan_images(make_site(name="other"), site_dir)
+    key = images.LABEL_CONTENT
+    for name in one:
+        assert one[name].labels[key] == other[name].labels[key], name
+        if name != "debian":  # the tag hashes the parent's tag, which names the site
+            assert one[name].ref.split(":")[1] != other[name].ref.split(":")[1]
+    changed = plan(site_dir, images={**make_site().images.model_dump(by_alias=True),
+                                     "collaborations": {"astro": {"pip": ["astropy", "six"], "apt": ["jq"]},
+                                                        "radio": {"parent": "astro", "pip": ["casa-formats-io"]},
+                                                        "bio": {"pip": ["biopython"]}}})
+    moved = {n for n in one if one[n].labels[key] != changed[n].labels[key]}
+    assert moved == {"astro", "radio"}  # the changed image and its child, nothing else
+
+
+def test_an_image_another_site_built_is_relabelled_not_rebuilt(site_dir, tmp_path):
+    plans = plan(site_dir)
+    donor = "hubdeploy/other-astro:0123456789ab"
+    client = FakeClient({p.ref for n, p in plans.items() if n != "astro"},
+                        {plans["astro"].labels[images.LABEL_CONTENT]: [donor]})
+    assert images.build_images(plans, client=client, state_dir=tmp_path) == ["astro"]
+    dockerfile = client.api.dockerfiles[plans["astro"].ref]
+    first, labels = dockerfile.splitlines()
+    assert first == f"FROM {donor}"
+    assert '"hubdeploy.site"="demo"' in labels and f'"hubdeploy.parent"="{plans["base"].ref}"' in labels
+    # --force builds from the recipe, whatever other sites hold.
+    forced = FakeClient({p.ref for p in plans.values()}, {plans["astro"].labels[images.LABEL_CONTENT]: [donor]})
+    images.build_images(plans, client=forced, state_dir=tmp_path, names=["astro"], force=True)
+    assert "RUN " in forced.api.dockerfiles[plans["astro"].ref]
 
 
 def test_build_only_missing_parents_first(site_dir, tmp_path):
