@@ -231,8 +231,9 @@ def cpu_seconds(container_id: str) -> float:
 
 def service_container(bench: Bench, service: str):
     """The stack's container of ``service`` (HUB_SERVICE, PROXY_SERVICE)."""
-    found = bench.client.containers.list(filters={"label": [f"com.docker.compose.project={bench.project}",
-                                                            f"com.docker.compose.service={service}"]})
+    from hubdeploy.engine import service_containers
+
+    found = service_containers(bench.client, bench.project, service)
     if len(found) != 1:
         raise RuntimeError(f"expected one running {service} container of {bench.project}, found {len(found)}")
     return found[0]

@@ -8,6 +8,29 @@ export CONFIGPROXY_AUTH_TOKEN
 # Our own address on the internal network: only the proxy carries the alias proxy-api,
 # so notebooks on the users network cannot reach the API port at all.
 api_ip="$(getent hosts proxy-api | awk 'NR == 1 { print $1 }')"
+# On a swarm a task's names are published only once it is healthy, which this proxy
+# cannot be before it listens: there, take our own address on the network that
+# engine-proxy is on (it is on the internal network only), for up to 60 s.
+tries=0
+while [ -z "$api_ip" ] && [ "$tries" -lt 120 ]; do
+  api_ip="$(node -e '
+const dns = require("dns"), os = require("os");
+const n = (ip) => ip.split(".").reduce((v, o) => v * 256 + Number(o), 0);
+const within = (ip, cidr) => {
+  const [base, bits] = cidr.split("/");
+  const size = 2 ** (32 - Number(bits));
+  return Math.floor(n(ip) / size) === Math.floor(n(base) / size);
+};
+dns.lookup("engine-proxy", {family: 4}, (err, peer) => {
+  if (err) process.exit(1);
+  for (const list of Object.values(os.networkInterfaces()))
+    for (const a of list)
+      if (a.family === "IPv4" && !a.internal && within(peer, a.cidr)) { console.log(a.address); process.exit(0); }
+  process.exit(1);
+});' 2>/dev/null || true)"
+  [ -n "$api_ip" ] || sleep 0.5
+  tries=$((tries + 1))
+done
 if [ -z "$api_ip" ]; then
   echo "hubdeploy: cannot resolve proxy-api on the internal network" >&2
   exit 1

@@ -94,8 +94,25 @@ def compose(
     return proc
 
 
+def project_containers(client, project: str, *, all: bool = False) -> list:
+    """Every container of the stack: compose's, or its swarm tasks' on this engine."""
+    found = client.containers.list(all=all, filters={"label": f"com.docker.compose.project={project}"})
+    return found + client.containers.list(all=all, filters={"label": f"com.docker.stack.namespace={project}"})
+
+
+def service_containers(client, project: str, service: str, *, all: bool = False) -> list:
+    """The containers of the stack's ``service`` on this engine, newest first: compose's
+    (by its project and service labels) or, with orchestrator swarm, the service's tasks'
+    (by the stack namespace and service name swarm gives them)."""
+    found = client.containers.list(all=all, filters={"label": [
+        f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]})
+    found += client.containers.list(all=all, filters={"label": [
+        f"com.docker.stack.namespace={project}", f"com.docker.swarm.service.name={project}_{service}"]})
+    return sorted(found, key=lambda c: c.attrs.get("Created", ""), reverse=True)
+
+
 def hub_container(client, project: str):
-    """The stack's hub container, running or stopped, or None."""
-    found = client.containers.list(all=True, filters={"label": [
-        f"com.docker.compose.project={project}", f"com.docker.compose.service={HUB_SERVICE}"]})
+    """The stack's hub container (the running one first), running or stopped, or None."""
+    found = service_containers(client, project, HUB_SERVICE, all=True)
+    found.sort(key=lambda c: c.status != "running")
     return found[0] if found else None

@@ -87,8 +87,13 @@ def check(client, project: str, mine: Owner, *, take_over: bool) -> None:
     ``take_over``. Only reads the engine: called before any side effect."""
     if take_over:
         return
-    found = client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"})
-    why = refusal(mine, [c.labels for c in found], project)
+    from hubdeploy.engine import project_containers
+    from hubdeploy.stackdeploy import stack_services
+
+    found = [c.labels for c in project_containers(client, project, all=True)]
+    # A swarm stack's owner is on its services too (a service may have no task yet).
+    found += [s.attrs["Spec"].get("Labels") or {} for s in stack_services(client, project)]
+    why = refusal(mine, found, project)
     if why:
         raise OperationError(why, hint="run it from that directory, rename this site, "
                              "or pass --take-over if that directory is gone")

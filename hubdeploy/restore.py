@@ -128,7 +128,7 @@ def restore(site_file: Path, archive: Path, *, force: bool = False, console=None
                              f"its site file {site.name!r}; a damaged archive")
     client = engine.docker_client()
     project = project_name(site.name)
-    running = bool(client.containers.list(filters={"label": f"com.docker.compose.project={project}"}))
+    running = bool(engine.project_containers(client, project))
     volume_exists = bool(client.volumes.list(filters={"name": f"^{volume_name(site.name)}$"}))
     found = conflicts(site_file, backup, volume_exists=volume_exists, running=running)
     if running:  # never under a live stack, even with --force

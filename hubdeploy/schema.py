@@ -836,6 +836,8 @@ class Site(Closed):
                     default = i
         if self.orchestrator != "swarm" and "swarm" in self.model_fields_set:
             problems.append((("swarm",), "swarm settings need orchestrator: swarm"))
+        if self.orchestrator == "swarm":
+            problems += self._swarm_problems()
         if self.slurm and self.slurm.cluster and self.slurm.cluster.image not in known:
             problems.append(
                 (("slurm", "cluster", "image"), f"image {self.slurm.cluster.image!r} is not declared; "
@@ -850,6 +852,18 @@ class Site(Closed):
         if problems:
             raise SiteValueError(problems)
         return self
+
+    def _swarm_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+        """What a swarm stack cannot do as the site asks (hubdeploy.render.swarmstack)."""
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        if self.public.host not in ("0.0.0.0", "::"):
+            out.append((("public", "host"), f"orchestrator swarm publishes the proxy's port on every address of "
+                        f"the manager (a swarm port has no host address), not on {self.public.host} alone: set "
+                        "public.host: 0.0.0.0, and firewall the port where it must not be reached"))
+        if self.slurm is not None and self.slurm.cluster is not None:
+            out.append((("slurm", "cluster"), "the stack's own Slurm cluster runs with orchestrator: compose; on a "
+                        "swarm, compute profiles go to the site's own Slurm (slurm.submit)"))
+        return out
 
     def _compute_problems(self, i: int, p: Profile) -> list[tuple[tuple[str | int, ...], str]]:
         if self.slurm is None:

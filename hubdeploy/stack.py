@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, images, ownership, render, selfsigned, swarm, upgrade
+from hubdeploy import engine, images, ownership, render, selfsigned, stackdeploy, swarm, upgrade
 from hubdeploy.contract.layout import (
     HUB_SERVICE,
     LABEL_PROFILE,
@@ -44,6 +44,8 @@ class Prepared:
     # Image name -> REGISTRY/NAME@sha256:DIGEST for swarm nodes (swarm.registry); set by
     # prepare from what the engine records of earlier pushes, and by up after its push.
     pinned: dict[str, str] = field(default_factory=dict)
+    # orchestrator swarm: the manager the stack's services run on (stackdeploy.control_node).
+    swarm_node: str = ""
 
     @property
     def state(self) -> Path:
@@ -56,6 +58,15 @@ class Prepared:
     @property
     def compose_file(self) -> Path:
         return self.rendered / "compose.yaml"
+
+    @property
+    def stack_file(self) -> Path:
+        return self.rendered / stackdeploy.STACK_FILE
+
+    @property
+    def swarm(self) -> bool:
+        """Whether the stack's services are swarm services (orchestrator swarm)."""
+        return self.site.orchestrator == "swarm"
 
     @property
     def project(self) -> str:
@@ -77,9 +88,13 @@ class Prepared:
 
 
 def _render(site: Site, site_file: Path, plans: dict[str, Any], owner: ownership.Owner,
-            pinned: dict[str, str] | None = None) -> dict[str, bytes]:
+            pinned: dict[str, str] | None = None, swarm_node: str = "") -> dict[str, bytes]:
     return render.render(site, site_file.resolve().parent, images.image_refs(plans), owner=owner.labels(),
-                         pinned=pinned)
+                         pinned=pinned, swarm_node=swarm_node)
+
+
+def _rerender(prep: "Prepared") -> None:
+    prep.files = _render(prep.site, prep.site_file, prep.plans, prep.owner, prep.pinned, prep.swarm_node)
 
 
 def prepare(site_file: Path) -> Prepared:
@@ -88,7 +103,9 @@ def prepare(site_file: Path) -> Prepared:
     plans = images.plan_images(site, site_file.resolve().parent)
     owner = ownership.load(render.state_dir(site_file))
     pinned = swarm.pinned_by_engine(site, plans)
-    return Prepared(site_file, site, plans, _render(site, site_file, plans, owner, pinned), owner, pinned)
+    node = stackdeploy.control_node(render.state_dir(site_file)) if site.orchestrator == "swarm" else ""
+    return Prepared(site_file, site, plans, _render(site, site_file, plans, owner, pinned, node), owner, pinned,
+                    node)
 
 
 def check_owner(prep: Prepared, client, *, take_over: bool = False) -> None:
@@ -107,7 +124,9 @@ def write(prep: Prepared) -> list[str]:
         if created:
             # prepare rendered before the certificate existed; the proxy's config hash must
             # cover the one it will mount, so a new certificate recreates the proxy.
-            prep.files = _render(prep.site, prep.site_file, prep.plans, prep.owner, prep.pinned)
+            _rerender(prep)
+    if prep.swarm:
+        stackdeploy.record_control_node(prep.state, prep.swarm_node)
     return render.write_files(prep.rendered, prep.files)
 
 
@@ -123,10 +142,7 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def _our_proxy_running(client, prep: Prepared) -> bool:
-    found = client.containers.list(
-        filters={"label": [f"com.docker.compose.project={prep.project}", f"com.docker.compose.service={PROXY_SERVICE}"]}
-    )
-    return bool(found)
+    return bool(engine.service_containers(client, prep.project, PROXY_SERVICE))
 
 
 @dataclass
@@ -161,8 +177,11 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
     t0 = time.monotonic()
     client = engine.docker_client()
     engine.compose_command()
-    if prep.site.orchestrator == "swarm":
+    if prep.swarm:
         swarm.require_manager(client)
+        if not prep.swarm_node:  # the first up: the services stay on this manager
+            prep.swarm_node = client.info()["Swarm"]["NodeID"]
+            _rerender(prep)
     check_owner(prep, client, take_over=take_over)
     decision = version_decision(prep, client, force=force)
     if not _port_free(prep.site.public.host, prep.site.public.port) and not _our_proxy_running(client, prep):
@@ -209,6 +228,12 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
     built = built_first + images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
     if console:
         console.print(f"[bold]starting[/] {prep.project}")
+    _leave_other_orchestrator(prep, client)
+    if prep.swarm:
+        stackdeploy.deploy(prep.project, prep.stack_file)
+        stackdeploy.wait_healthy(client, prep.project, _expected_services(prep), wait_timeout)
+        return UpResult(prep.url, built, changed, time.monotonic() - t0,
+                        str(prep.self_signed_cert) if prep.self_signed_cert else None, upgraded, published)
     proc = engine.compose(
         prep.project,
         prep.compose_file,
@@ -228,6 +253,19 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
                     str(prep.self_signed_cert) if prep.self_signed_cert else None, upgraded, published)
 
 
+def _leave_other_orchestrator(prep: Prepared, client) -> None:
+    """A site switched between compose and swarm: take down what the other one runs (the
+    volumes stay, and both mount them by the same names), so that the new stack gets the
+    port and the hub's database."""
+    if prep.swarm:
+        if client.containers.list(all=True, filters={"label": f"com.docker.compose.project={prep.project}"}):
+            engine.compose(prep.project, prep.compose_file, ["down", "--remove-orphans", "--timeout", "20"],
+                           capture=True)
+    elif stackdeploy.stack_services(client, prep.project):
+        swarm.remove_leftovers(client, prep.site.name)
+        stackdeploy.remove(client, prep.project, volumes=False)
+
+
 def publish_swarm_images(prep: Prepared, client, *, console=None) -> tuple[list[str], list[swarm.Published]]:
     """Build the images login profiles use, push what ``swarm.registry`` lacks, and render
     again with their digests; returns (images built, images as nodes pull them)."""
@@ -236,7 +274,7 @@ def publish_swarm_images(prep: Prepared, client, *, console=None) -> tuple[list[
     built = images.build_images(prep.plans, client=client, state_dir=prep.state, names=names, console=console)
     published = swarm.publish_images(client, prep.plans, names, registry, console=console)
     prep.pinned = {p.image: p.ref for p in published}
-    prep.files = _render(prep.site, prep.site_file, prep.plans, prep.owner, prep.pinned)
+    _rerender(prep)
     if console:
         for p in published:
             if p.pushed:
@@ -249,7 +287,10 @@ def publish_swarm_images(prep: Prepared, client, *, console=None) -> tuple[list[
 
 
 def services(prep: Prepared) -> list[dict[str, Any]]:
-    """One dict per compose service: name, state, health, container."""
+    """One dict per service of the stack: name, state, health, container."""
+    if prep.swarm:
+        rows = stackdeploy.service_rows(engine.docker_client(), prep.project)
+        return [{k: r[k] for k in ("service", "state", "health", "container")} for r in rows]
     if not prep.compose_file.exists():
         return []
     proc = engine.compose(prep.project, prep.compose_file, ["ps", "--all", "--format", "json"], capture=True)
@@ -332,9 +373,7 @@ def orphans(prep: Prepared, *, remove: tuple[str, ...] = (), remove_all: bool = 
     untracked ones. Runs :mod:`hubdeploy.hub.orphans` in the hub's container, where the
     backends are configured as the hub uses them (see that module for why)."""
     client = client or engine.docker_client()
-    hubs = client.containers.list(
-        filters={"label": [f"com.docker.compose.project={prep.project}", f"com.docker.compose.service={HUB_SERVICE}"]}
-    )
+    hubs = engine.service_containers(client, prep.project, HUB_SERVICE)
     if not hubs:
         raise OperationError(f"the hub of site {prep.site.name} is not running", hint="hubdeploy up")
     argv = ["python3", "-m", "hubdeploy.hub.orphans"]
@@ -362,6 +401,9 @@ def _expected_services(prep: Prepared) -> set[str]:
 
 
 def _unhealthy_report(prep: Prepared) -> str:
+    if prep.swarm:
+        return stackdeploy.unhealthy_report(prep.project, stackdeploy.service_rows(engine.docker_client(),
+                                                                                  prep.project))
     lines = []
     try:
         for s in services(prep):
@@ -383,6 +425,9 @@ def logs(prep: Prepared, service: str | None, follow: bool, tail: str = "200") -
         raise SiteError(
             f"no service {service!r} in site {prep.site.name}; services: {', '.join(sorted(_expected_services(prep)))}"
         )
+    if prep.swarm:
+        return stackdeploy.logs(prep.project, [service] if service else sorted(_expected_services(prep)),
+                                follow, tail)
     if not prep.compose_file.exists():
         raise OperationError("the stack has not been rendered yet", hint="hubdeploy up")
     args = ["logs", "--tail", tail] + (["--follow"] if follow else []) + ([service] if service else [])
@@ -395,9 +440,7 @@ def logs(prep: Prepared, service: str | None, follow: bool, tail: str = "200") -
 def stop_servers(prep: Prepared, client) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Stop every server of every backend through the hub's container (``--stop-all``):
     ``(stopped rows, failures)``, each failure naming what was not stopped and why."""
-    hubs = client.containers.list(
-        filters={"label": [f"com.docker.compose.project={prep.project}", f"com.docker.compose.service={HUB_SERVICE}"]}
-    )
+    hubs = engine.service_containers(client, prep.project, HUB_SERVICE)
     if not hubs:
         return [], _unlisted_without_hub(prep)
     code, (out, err) = hubs[0].exec_run(["python3", "-m", "hubdeploy.hub.orphans", "--stop-all"], demux=True)
@@ -443,13 +486,15 @@ def down(prep: Prepared, *, volumes: bool = False, console=None, take_over: bool
         # project's containers may run: render the same files again (no secrets needed)
         # so compose finds and removes them, instead of silently leaving them.
         render.write_files(prep.rendered, prep.files)
-    if prep.site.orchestrator == "swarm":
+    removed_volumes = []
+    if prep.swarm:
         removed += swarm.remove_leftovers(client, prep.site.name)
+        removed_volumes += stackdeploy.remove(client, prep.project, volumes=volumes)
+    # With orchestrator swarm too: a stack that ran under compose before is taken down.
     args = ["down", "--remove-orphans", "--timeout", "20"] + (["--volumes"] if volumes else [])
     engine.compose(prep.project, prep.compose_file, args, capture=True)
-    if prep.site.orchestrator == "swarm":
+    if prep.swarm:
         swarm.remove_project_networks(client, prep.project)
-    removed_volumes = []
     if volumes:
         for v in client.volumes.list(filters={"label": f"{LABEL_SITE}={prep.site.name}"}):
             v.remove(force=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubdeploy import engine, images
-from hubdeploy.contract.layout import HUB_CONFIG_PATH, HUB_DATA_DIR
+from hubdeploy.contract.layout import HUB_CONFIG_PATH, HUB_DATA_DIR, HUB_SERVICE
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.images import LABEL_JUPYTERHUB_VERSION
 
@@ -205,12 +205,13 @@ def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None,
     else:
         say("[bold cyan]upgrade[/] 2/4 PostgreSQL: upgrade-db runs in one transaction (no file copy)")
     say("[bold cyan]upgrade[/] 3/4 stopping the old hub (running servers stay reachable)")
+    stop, start = _hub_control(prep, client, old)
     try:
-        old.stop(timeout=30)
+        stop()
         say("[bold cyan]upgrade[/] 4/4 jupyterhub upgrade-db with the new hub image")
         upgrade_db(client, old, prep.plans["hub"].ref)
     except Exception as exc:
-        _roll_back(old, backup, say)
+        _roll_back(old, backup, say, start)
         what = exc.message if isinstance(exc, OperationError) else f"{type(exc).__name__}: {exc}"
         raise OperationError(
             f"the upgrade to JupyterHub {decision.wanted} failed; the hub runs {decision.running} "
@@ -221,11 +222,42 @@ def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None,
     return backup, built
 
 
-def _roll_back(old, backup: Path | None, say) -> None:
+def _hub_control(prep, client, old):
+    """(stop, start) of the old hub; start says whether it became healthy. Under compose
+    its container; under swarm its service, scaled to 0 and back to 1 (swarm would
+    replace a stopped task's container at once)."""
+    if not prep.swarm:
+        def start() -> bool:
+            old.start()
+            return _wait_healthy(old)
+        return (lambda: old.stop(timeout=30)), start
+    service = client.services.get(f"{prep.project}_{HUB_SERVICE}")
+
+    def stop_service() -> None:
+        service.scale(0)
+        deadline = time.monotonic() + HEALTH_WAIT
+        while engine.service_containers(client, prep.project, HUB_SERVICE) and time.monotonic() < deadline:
+            time.sleep(1)
+        if engine.service_containers(client, prep.project, HUB_SERVICE):
+            raise OperationError(f"the old hub's task did not stop within {HEALTH_WAIT} s")
+
+    def start_service() -> bool:
+        service.reload()
+        service.scale(1)
+        deadline = time.monotonic() + HEALTH_WAIT
+        while time.monotonic() < deadline:
+            running = engine.service_containers(client, prep.project, HUB_SERVICE)
+            if running and _wait_healthy(running[0]):
+                return True
+            time.sleep(1)
+        return False
+    return stop_service, start_service
+
+
+def _roll_back(old, backup: Path | None, say, start) -> None:
     say("[bold red]upgrade failed[/]: restoring the database and starting the old hub")
     if backup is not None:
         restore_database(old, backup)
-    old.start()
-    if not _wait_healthy(old):
+    if not start():
         raise OperationError("the old hub did not become healthy again after the failed upgrade",
                              hint=f"the database before the upgrade is at {backup}" if backup else None)

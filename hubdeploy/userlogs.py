@@ -65,8 +65,7 @@ def tail_argv(path: str, tail: str, follow: bool) -> list[str]:
 
 
 def _service(client, project: str, service: str):
-    found = client.containers.list(filters={"label": [f"com.docker.compose.project={project}",
-                                                      f"com.docker.compose.service={service}"]})
+    found = engine.service_containers(client, project, service)
     if not found:
         raise OperationError(f"the {service} container of {project} is not running", hint="hubdeploy status")
     return found[0]

@@ -301,12 +301,15 @@ def check_mount_list(mounts, policy: SitePolicy, lookup: Lookup) -> None:
 
 
 def _owned(info: dict, policy: SitePolicy) -> bool:
-    """A volume or network is the site's by its labels: compose's project (the stack's
-    own) or the site label (what the backends create). A name prefix alone is not
-    enough: site ``a``'s prefix ``hubdeploy-a-`` is also the head of site ``a-b``'s names."""
+    """A volume or network is the site's by its labels: compose's project or swarm's
+    stack namespace (the stack's own) or the site label (what the backends create). A
+    name prefix alone is not enough: site ``a``'s prefix ``hubdeploy-a-`` is also the
+    head of site ``a-b``'s names."""
     labels = info.get("Labels") or {}
+    project = project_name(policy.site)
     return (labels.get(LABEL_SITE) == policy.site
-            or labels.get("com.docker.compose.project") == project_name(policy.site))
+            or labels.get("com.docker.compose.project") == project
+            or labels.get("com.docker.stack.namespace") == project)
 
 
 def _check_network(name: str, policy: SitePolicy, lookup: Lookup) -> None:

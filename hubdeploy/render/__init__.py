@@ -1,6 +1,8 @@
 """Site -> the files of the stack, one module per output.
 
 - :mod:`~hubdeploy.render.compose`: ``compose.yaml``;
+- :mod:`~hubdeploy.render.swarmstack`: ``stack.yaml`` (orchestrator swarm: the same
+  services for ``docker stack deploy``);
 - :mod:`~hubdeploy.render.hubdata`: ``hub/hub.json`` (:mod:`hubdeploy.contract.hubjson`);
 - :mod:`~hubdeploy.render.slurm`: ``slurm/slurm.conf`` and ``slurm/job_submit.lua``;
 - :mod:`~hubdeploy.render.ssh`: the hub's ssh command (part of hub.json);
@@ -23,7 +25,7 @@ from pathlib import Path
 from hubdeploy import resources, selfsigned
 from hubdeploy.contract import hubjson
 from hubdeploy.contract.layout import HUB_SERVICE
-from hubdeploy.render import prometheus, slurm
+from hubdeploy.render import prometheus, slurm, swarmstack
 from hubdeploy.render.compose import Mounts, compose_data
 from hubdeploy.render.files import dump_yaml, sha, write_files
 from hubdeploy.render.hubdata import hub_data
@@ -109,14 +111,16 @@ def tls_files(site: Site, site_dir: Path) -> tuple[dict[str, str] | None, bytes]
 
 
 def render_files(site: Site, refs: dict[str, str], inputs: Inputs,
-                 owner: dict[str, str] | None = None, pinned: dict[str, str] | None = None) -> dict[str, bytes]:
+                 owner: dict[str, str] | None = None, pinned: dict[str, str] | None = None,
+                 swarm_node: str = "") -> dict[str, bytes]:
     """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic.
 
     ``owner``: the labels naming the site directory that owns the stack
     (:mod:`hubdeploy.ownership`), put on the hub: every stack has one, and a label
     change recreates only it (a hub restart keeps compute jobs; a node's would not).
     ``pinned``: the registry references by digest of the images swarm nodes pull
-    (:func:`hubdeploy.render.hubdata.hub_data`)."""
+    (:func:`hubdeploy.render.hubdata.hub_data`). ``swarm_node``: the manager a swarm
+    site's services run on (:mod:`hubdeploy.render.swarmstack`)."""
     hub_files = {"hub/jupyterhub_config.py": inputs.hub_config,
                  "hub/hub.json": hubjson.dumps(hub_data(site, refs, pinned))}
     if inputs.known_hosts is not None:
@@ -132,13 +136,16 @@ def render_files(site: Site, refs: dict[str, str], inputs: Inputs,
     mounts = Mounts(hashes, inputs.tls_paths, inputs.ssh_identity, inputs.identity_files)
     data = compose_data(site, refs, mounts)
     data["services"][HUB_SERVICE]["labels"].update(owner or {})
-    return {
+    files = {
         **slurm_files,
         **prom_files,
         "compose.yaml": dump_yaml(data),
         **hub_files,
         "proxy/entrypoint.sh": inputs.proxy_entrypoint,
     }
+    if site.orchestrator == "swarm":
+        files["stack.yaml"] = dump_yaml(swarmstack.stack_data(site, data, files, swarm_node))
+    return files
 
 
 def _config_hashes(hub_files: dict[str, bytes], slurm_files: dict[str, bytes], inputs: Inputs) -> dict[str, str]:
@@ -161,9 +168,9 @@ def _config_hashes(hub_files: dict[str, bytes], slurm_files: dict[str, bytes], i
 
 
 def render(site: Site, site_dir: Path, refs: dict[str, str], owner: dict[str, str] | None = None,
-           pinned: dict[str, str] | None = None) -> dict[str, bytes]:
+           pinned: dict[str, str] | None = None, swarm_node: str = "") -> dict[str, bytes]:
     """:func:`read_inputs` then :func:`render_files`: the files a site renders today."""
-    return render_files(site, refs, read_inputs(site, site_dir), owner, pinned)
+    return render_files(site, refs, read_inputs(site, site_dir), owner, pinned, swarm_node)
 
 
 __all__ = ["Inputs", "compose_data", "hub_data", "read_inputs", "render", "render_files", "state_dir",

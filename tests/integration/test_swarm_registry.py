@@ -26,7 +26,7 @@ PORT = 8700
 REGISTRY = "127.0.0.1:8701"
 SITE_YAML = f"""\
 name: {SITE}
-public: {{host: 127.0.0.1, port: {PORT}}}
+public: {{host: 0.0.0.0, port: {PORT}}}
 orchestrator: swarm
 swarm: {{registry: '{REGISTRY}'}}
 hub:
@@ -75,6 +75,7 @@ def test_up_pushes_what_is_missing_and_servers_run_it_by_digest(site_file, clien
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert f"to {REGISTRY} failed" in failed.stderr and "Traceback" not in failed.stderr, failed.stderr
     assert client.containers.list(all=True, filters={"label": f"com.docker.compose.project=hubdeploy-{SITE}"}) == []
+    assert client.services.list(filters={"label": f"com.docker.stack.namespace=hubdeploy-{SITE}"}) == []
     assert snapshot(state) == before
 
     plans = stack.prepare(site_file).plans

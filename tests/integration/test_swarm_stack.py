@@ -1,6 +1,8 @@
-"""orchestrator: swarm end to end on a real single-node swarm: login-node servers are
-swarm services the hub starts, the proxy reaches over the overlay network, a hub restart
-keeps, ``down`` removes; the same site file switched back to compose still works.
+"""orchestrator: swarm end to end on a real single-node swarm: the stack's own services
+(hub, proxy, engine proxy) are swarm services deployed with ``docker stack deploy``, with
+swarm secrets and configs on overlay networks; login-node servers are swarm services the
+hub starts, the proxy reaches over the overlay network, a hub restart keeps, ``down``
+removes; the same site file switched back to compose still works.
 
 The engine is a swarm manager for the session (conftest ``swarm_manager``).
 """
@@ -8,20 +10,23 @@ The engine is a swarm manager for the session (conftest ``swarm_manager``).
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
 from stackfixture import diagnostics, free_port, run_5x4, run_cli, tear_down_site, user_session
 
+from hubdeploy import engine
 from hubdeploy.smoke.hubclient import SpawnFailed
 from hubdeploy.smoke.kernel import ServerClient
 
 pytestmark = pytest.mark.integration
 
-SITE = "hdtswarm"
+SITE = os.environ.get("HUBDEPLOY_TEST_SWARM_SITE", "hdtswarm")
+PROJECT = f"hubdeploy-{SITE}"
 SITE_YAML = """\
 name: {name}
-public: {{host: 127.0.0.1, port: {port}}}
+public: {{host: {host}, port: {port}}}
 orchestrator: {orchestrator}
 hub:
   authenticator: {{class: dummy}}
@@ -39,7 +44,9 @@ SWARM_ONLY = {"placement": ", placement: {spread: [node.labels.rack]}, reserve: 
 
 def write_site(path, port: int, orchestrator: str) -> None:
     extra = SWARM_ONLY if orchestrator == "swarm" else {"placement": "", "nowhere": ""}
-    path.write_text(SITE_YAML.format(name=SITE, port=port, orchestrator=orchestrator, **extra))
+    # A swarm publishes on every address; compose keeps to loopback.
+    host = "0.0.0.0" if orchestrator == "swarm" else "127.0.0.1"
+    path.write_text(SITE_YAML.format(name=SITE, port=port, host=host, orchestrator=orchestrator, **extra))
 
 
 def up(site_file) -> None:
@@ -70,6 +77,43 @@ def services_of(client, user: str) -> list:
     return client.services.list(filters={"label": [f"hubdeploy.site={SITE}", f"hubdeploy.user={user}"]})
 
 
+def test_the_stack_is_swarm_services_with_swarm_secrets(swarm_site, client):
+    """hub, proxy and engine proxy are services of the stack, each with its health check,
+    restart and update policy, on this manager; the secrets are swarm secrets that no
+    rendered file holds; the networks are overlay networks; nothing runs under compose."""
+    node = client.info()["Swarm"]["NodeID"]
+    services = {s.name: s for s in client.services.list(filters={"label": f"com.docker.stack.namespace={PROJECT}"})}
+    assert set(services) == {f"{PROJECT}_{n}" for n in ("hub", "proxy", "engine-proxy")}
+    for svc in services.values():
+        spec = svc.attrs["Spec"]
+        task = spec["TaskTemplate"]
+        assert task["ContainerSpec"]["Healthcheck"]["Test"][0] == "CMD", svc.name
+        assert task["RestartPolicy"]["Condition"] == "any"
+        assert spec["UpdateConfig"]["Order"] == "stop-first"
+        assert task["Placement"]["Constraints"] == [f"node.id == {node}"]
+        assert task["ContainerSpec"]["CapabilityDrop"] == ["ALL"]
+        assert [t["Status"]["State"] for t in svc.tasks(filters={"desired-state": "running"})] == ["running"]
+    assert not client.containers.list(all=True, filters={"label": f"com.docker.compose.project={PROJECT}"})
+    hub_secrets = services[f"{PROJECT}_hub"].attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
+    assert {s["File"]["Name"] for s in hub_secrets} >= {"cookie_secret", "proxy_token"}
+    assert all(s["File"]["Mode"] == 0o400 for s in hub_secrets)
+    swarm_secrets = {s.name for s in client.secrets.list(filters={"label": f"com.docker.stack.namespace={PROJECT}"})}
+    assert f"{PROJECT}-cookie_secret" in swarm_secrets
+    state = swarm_site["file"].parent / ".hubdeploy"
+    cookie = (state / "secrets" / "cookie_secret").read_bytes().strip()
+    for path in (state / "rendered").rglob("*"):
+        if path.is_file():
+            assert cookie not in path.read_bytes(), path
+    nets = {n.name: n.attrs for n in client.networks.list(filters={"label": f"com.docker.stack.namespace={PROJECT}"})}
+    assert {a["Driver"] for a in nets.values()} == {"overlay"}
+    assert nets[f"{PROJECT}-internal"]["Internal"] is True
+    status = json.loads(run_cli(swarm_site["file"], "status", "--json").stdout)
+    assert status["healthy"] is True, status
+    assert {s["service"] for s in status["services"]} == {"hub", "proxy", "engine-proxy"}
+    logs = run_cli(swarm_site["file"], "logs", "hub", "--tail", "20")
+    assert logs.returncode == 0 and "JupyterHub" in logs.stdout, logs.stdout[-2000:] + logs.stderr
+
+
 def test_login_server_is_a_swarm_service_and_survives_a_hub_restart(swarm_site, client):
     hub, token = user_session(_Url(swarm_site["url"]), "erin")
     hub.api("POST", "users/erin/server", json={"profile": "login"}, ok=(201, 202))
@@ -90,11 +134,17 @@ def test_login_server_is_a_swarm_service_and_survives_a_hub_restart(swarm_site, 
     finally:
         kernel.delete_kernel(kid)
 
-    # The hub restarts; the service and its route stay, and the hub still knows the server.
-    hub_container = client.containers.list(filters={"label": [f"com.docker.compose.project=hubdeploy-{SITE}",
-                                                              "com.docker.compose.service=hub"]})[0]
-    hub_container.restart()
+    # The hub restarts (swarm replaces its task); the service and its route stay, and the
+    # hub still knows the server.
+    (before,) = engine.service_containers(client, PROJECT, "hub")
+    client.services.get(f"{PROJECT}_hub").force_update()
     deadline = time.monotonic() + 300  # a loaded 2-core machine takes a minute to start the hub
+    # force_update returns at once: wait for the new task's container to be healthy.
+    while time.monotonic() < deadline:
+        now = engine.service_containers(client, PROJECT, "hub")
+        if now and now[0].id != before.id and (now[0].attrs["State"].get("Health") or {}).get("Status") == "healthy":
+            break
+        time.sleep(1)
     while time.monotonic() < deadline:
         try:
             if (hub.server_model("erin", "") or {}).get("ready"):
@@ -132,8 +182,11 @@ def test_down_removes_services_and_compose_still_works(swarm_site, client):
     run_cli(swarm_site["file"], "down", check=True, timeout=300)
     assert services_of(client, "gwen") == []
     assert client.configs.list(filters={"label": f"hubdeploy.site={SITE}"}) == []
+    namespace = {"label": f"com.docker.stack.namespace={PROJECT}"}
+    assert client.services.list(filters=namespace) == []
+    assert client.secrets.list(filters=namespace) == [] and client.configs.list(filters=namespace) == []
     assert not client.networks.list(names=[f"hubdeploy-{SITE}-users"])
-    assert client.volumes.list(filters={"name": f"hubdeploy-{SITE}"})  # kept without --volumes
+    assert client.volumes.list(filters={"name": f"hubdeploy-{SITE}-hub-data"})  # kept without --volumes
 
     # The same site file with orchestrator: compose: login servers are containers again.
     write_site(swarm_site["file"], swarm_site["port"], "compose")

@@ -61,6 +61,7 @@ profiles:
     "swarm": """\
 name: hdtcontract
 orchestrator: swarm
+public: {host: 0.0.0.0}
 profiles:
   - {name: login, image: base, placement: {constraints: [node.labels.role==login]}, reserve: {cpu: 1}}
 """,

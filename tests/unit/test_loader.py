@@ -328,7 +328,7 @@ def test_json_schema_is_closed_at_every_level() -> None:
 
 FULL: dict[str, Any] = {
     "name": "demo",
-    "public": {"host": "127.0.0.1", "port": 8000},
+    "public": {"host": "0.0.0.0", "port": 8000},
     "tls": {"cert": "cert.pem", "key": "key.pem"},
     "hub": {"authenticator": {"class": "dummy"}, "admin_users": ["admin"]},
     "database": {"type": "sqlite"},
@@ -338,7 +338,7 @@ FULL: dict[str, Any] = {
     "build": {"debian": {"suite": "bookworm"}},
     "images": {"base": {"pip": []}, "collaborations": {"astro": {"parent": "base",
                                                                    "kernels": [{"name": "py", "packages": ["six"]}]}}},
-    "slurm": {"cluster": {"nodes": 2, "partitions": ["compute", "debug"]}},
+    "slurm": {"submit": {"prefix": ["ssh", "login1", "{name}"]}},
     "identity": {"source": "auto", "auto": {"uid_min": 30000, "uid_max": 39999}, "home": "/home/{name}"},
     "limits": {"hub": {"memory": "4G", "cpus": 4, "pids": 4096}},
     "orchestrator": "swarm",
@@ -350,6 +350,12 @@ FULL: dict[str, Any] = {
         {"name": "compute", "image": "base", "node": "compute",
          "slurm": {"partitions": ["compute", "debug"], "time": "60", "limits": {"max_cpu": 2, "max_time": "4:00:00"}}},
     ],
+}
+# The stack's own cluster runs with orchestrator compose only (no swarm settings then).
+FULL_CLUSTER: dict[str, Any] = {
+    **{k: v for k, v in FULL.items() if k not in ("orchestrator", "swarm")},
+    "slurm": {"cluster": {"nodes": 2, "partitions": ["compute", "debug"]}},
+    "profiles": [{k: v for k, v in p.items() if k not in ("placement", "reserve")} for p in FULL["profiles"]],
 }
 # slurm.cluster and slurm.submit exclude each other: the submit level has its own document.
 # (Each also carries another identity source: file and ldap exclude auto's section.)
@@ -409,6 +415,8 @@ def _full_for(level: tuple[Any, ...]) -> dict[str, Any]:
         return FULL_SSH
     if level[:2] == ("identity", "file"):
         return FULL_SUBMIT
+    if level[:2] == ("slurm", "cluster"):
+        return FULL_CLUSTER
     return FULL_SUBMIT if level[:2] == ("slurm", "submit") else FULL
 
 
@@ -420,6 +428,7 @@ def _at(data: Any, level: tuple[Any, ...]) -> Any:
 
 def test_full_site_is_valid_and_levels_cover_every_model() -> None:
     load_site_text(_dump(FULL), "site.yaml")
+    load_site_text(_dump(FULL_CLUSTER), "site.yaml")
     load_site_text(_dump(FULL_SUBMIT), "site.yaml")
     load_site_text(_dump(FULL_SSH), "site.yaml")
     models = {loader_messages.model_at(level) for level in LEVELS}

@@ -7,7 +7,8 @@ from hubdeploy.errors import SiteError
 from hubdeploy.render import compose as compose_render
 from hubdeploy.render import hubdata
 
-BASE = "name: sw\nprofiles:\n  - {name: login, image: base%s}\n"
+# Swarm publishes on every address: a swarm site says so (public.host 0.0.0.0).
+BASE = "name: sw\nprofiles:\n  - {name: login, image: base%s}\npublic: {host: 0.0.0.0}\n"
 
 
 def test_placement_needs_swarm():
@@ -117,7 +118,8 @@ def test_login_images_are_what_swarm_runs():
     from hubdeploy import swarm
 
     site = load_site_text(
-        "name: sw\norchestrator: swarm\nimages: {collaborations: {astro: {}}}\nslurm: {cluster: {}}\nprofiles:\n"
+        "name: sw\norchestrator: swarm\npublic: {host: 0.0.0.0}\nimages: {collaborations: {astro: {}}}\n"
+        "slurm: {submit: {prefix: [ssh, login1, '{name}']}}\nprofiles:\n"
         "  - {name: a, image: astro}\n  - {name: b, image: base}\n  - {name: c, image: astro}\n"
         "  - {name: d, image: base, node: compute}\n", "site.yaml")
     assert swarm.login_images(site) == ["astro", "base"]
@@ -125,7 +127,8 @@ def test_login_images_are_what_swarm_runs():
 
 def test_pinned_images_reach_login_profiles_only():
     site = load_site_text(
-        "name: sw\norchestrator: swarm\nswarm: {registry: 'reg:5000'}\nslurm: {cluster: {}}\nprofiles:\n"
+        "name: sw\norchestrator: swarm\npublic: {host: 0.0.0.0}\nswarm: {registry: 'reg:5000'}\n"
+        "slurm: {submit: {prefix: [ssh, login1, '{name}']}}\nprofiles:\n"
         "  - {name: login, image: base}\n  - {name: batch, image: base, node: compute}\n", "site.yaml")
     pinned = {"base": f"reg:5000/hubdeploy/sw-base@{DIGEST}"}
     profiles = {p["name"]: p for p in hubdata.spawner(site, {"base": "img:1"}, pinned)["profiles"]}

@@ -1,0 +1,200 @@
+"""The stack of orchestrator swarm on the engine: deploy it, wait for it, read it, remove it.
+
+``up`` hands ``rendered/stack.yaml`` (:mod:`hubdeploy.render.swarmstack`) to ``docker
+stack deploy``, the CLI operators also have, and waits until every service's task runs
+and passes its health check. Services, tasks and containers are found by swarm's own
+labels (``com.docker.stack.namespace``, ``com.docker.swarm.service.name``); a service's
+short name is the compose service's name, so ``status`` and ``logs`` read the same for
+both orchestrators.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+
+from hubdeploy.errors import OperationError
+
+STACK_FILE = "stack.yaml"
+NAMESPACE = "com.docker.stack.namespace"
+SERVICE_NAME = "com.docker.swarm.service.name"
+# Where the state directory records the manager the stack's services run on.
+CONTROL_NODE_FILE = "swarm-node"
+# Seconds for `docker stack deploy` itself (it returns once the specs are sent).
+DEPLOY_TIMEOUT = 300
+# Seconds `down` waits for the tasks, networks, secrets and configs to go.
+REMOVE_WAIT = 90
+# swarm's words when a secret or config of the same name holds other bytes.
+IMMUTABLE = "only updates to Labels are allowed"
+
+
+def control_node(state: Path, client=None) -> str:
+    """The node id of the manager the site's services run on: the one recorded by the
+    first ``up``, else this engine's own when it manages a swarm, else ''."""
+    path = state / CONTROL_NODE_FILE
+    if path.is_file():
+        return path.read_text().strip()
+    if client is None:
+        from hubdeploy.engine import docker_client
+
+        try:
+            client = docker_client()
+        except OperationError:
+            return ""
+    swarm = client.info().get("Swarm") or {}
+    return swarm.get("NodeID", "") if swarm.get("ControlAvailable") else ""
+
+
+def record_control_node(state: Path, node_id: str) -> None:
+    path = state / CONTROL_NODE_FILE
+    if node_id and not path.is_file():
+        path.write_text(node_id + "\n")
+
+
+def deploy(project: str, stack_file: Path) -> None:
+    """``docker stack deploy``: create or update every service, network, secret and
+    config of the file, and remove services the file no longer has (``--prune``)."""
+    argv = ["docker", "stack", "deploy", "--compose-file", str(stack_file), "--prune",
+            "--resolve-image", "never", project]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT,
+                              cwd=stack_file.parent, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise OperationError(f"docker stack deploy did not run: {exc}") from None
+    if proc.returncode != 0:
+        said = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()][-5:]
+        hint = None
+        if any(IMMUTABLE in line for line in said):
+            hint = ("a secret changed since the stack was deployed, and swarm secrets cannot change: "
+                    "`hubdeploy down`, then `up` (volumes are kept)")
+        raise OperationError("docker stack deploy failed:" + "".join(f"\n  {line}" for line in said), hint=hint)
+
+
+def _short(project: str, name: str) -> str:
+    return name[len(project) + 1:] if name.startswith(project + "_") else name
+
+
+def stack_services(client, project: str) -> list:
+    """The stack's swarm services; none on an engine that manages no swarm."""
+    if not ((client.info().get("Swarm") or {}).get("ControlAvailable")):
+        return []
+    return client.services.list(filters={"label": f"{NAMESPACE}={project}"})
+
+
+def _current_task(service) -> dict[str, Any] | None:
+    """The task that should be running (desired state running), else the newest one."""
+    tasks = service.tasks()
+    if not tasks:
+        return None
+    wanted = [t for t in tasks if t.get("DesiredState") == "running"]
+    return max(wanted or tasks, key=lambda t: t.get("UpdatedAt", ""))
+
+
+def _health(client, container_id: str) -> str | None:
+    try:
+        state = client.api.inspect_container(container_id).get("State") or {}
+    except docker.errors.NotFound:
+        return None
+    return (state.get("Health") or {}).get("Status")
+
+
+def service_rows(client, project: str) -> list[dict[str, Any]]:
+    """One row per service, as ``stack.services`` gives compose's: service, state,
+    health, container; with swarm's error for a task that failed."""
+    rows = []
+    for svc in stack_services(client, project):
+        task = _current_task(svc)
+        status = (task or {}).get("Status") or {}
+        cid = (status.get("ContainerStatus") or {}).get("ContainerID") or ""
+        state = status.get("State", "pending")
+        rows.append({
+            "service": _short(project, svc.name),
+            "state": state,
+            "health": _health(client, cid) if cid and state == "running" else None,
+            "container": cid[:12] or None,
+            "error": status.get("Err") or None,
+        })
+    return sorted(rows, key=lambda r: r["service"])
+
+
+def service_container(client, project: str, service: str):
+    """The running container of the stack's ``service`` on this engine, or None."""
+    found = client.containers.list(filters={"label": [f"{NAMESPACE}={project}",
+                                                      f"{SERVICE_NAME}={project}_{service}"]})
+    return found[0] if found else None
+
+
+def wait_healthy(client, project: str, expected: set[str], timeout: float) -> list[dict[str, Any]]:
+    """Wait until every expected service's task runs and is healthy (when it has a check);
+    the rows then, or OperationError with each unhealthy service's state, error and log."""
+    deadline = time.monotonic() + timeout
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        rows = service_rows(client, project)
+        ready = {r["service"] for r in rows if r["state"] == "running" and r["health"] in (None, "healthy")}
+        if expected <= ready:
+            return rows
+        time.sleep(1)
+    raise OperationError("the stack did not become healthy:\n" + unhealthy_report(project, rows))
+
+
+def unhealthy_report(project: str, rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        lines.append(f"  {r['service']}: {r['state']} {r['health'] or ''} {r['error'] or ''}".rstrip())
+        if r["state"] != "running" or r["health"] not in (None, "healthy"):
+            proc = subprocess.run(["docker", "service", "logs", "--no-trunc", "--tail", "15",
+                                   f"{project}_{r['service']}"], capture_output=True, text=True, timeout=60,
+                                  check=False)
+            lines += [f"    | {line}" for line in (proc.stdout + proc.stderr).splitlines()[-15:]]
+    return "\n".join(lines)
+
+
+def logs(project: str, services: list[str], follow: bool, tail: str) -> int:
+    """``docker service logs`` of each service, all at once with ``follow``, on standard
+    output as compose prints them (swarm keeps a task's stderr on stderr); the worst exit
+    code."""
+    argv = ["docker", "service", "logs", "--tail", tail] + (["--follow"] if follow else [])
+    procs = [subprocess.Popen([*argv, f"{project}_{s}"], stderr=subprocess.STDOUT) for s in services]
+    try:
+        return max((p.wait() for p in procs), default=0)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        return 0
+
+
+def remove(client, project: str, *, volumes: bool) -> list[str]:
+    """``docker stack rm``, then wait (bounded) until its tasks, networks, secrets and
+    configs are gone; with ``volumes`` also its volumes. Returns the volumes removed."""
+    if stack_services(client, project) or _leftovers(client, project):
+        proc = subprocess.run(["docker", "stack", "rm", project], capture_output=True, text=True, timeout=120,
+                              check=False)
+        if proc.returncode != 0:
+            raise OperationError(f"docker stack rm failed: {(proc.stderr or proc.stdout).strip()[-300:]}")
+    deadline = time.monotonic() + REMOVE_WAIT
+    while _leftovers(client, project) and time.monotonic() < deadline:
+        time.sleep(1)
+    left = _leftovers(client, project)
+    if left:
+        raise OperationError(f"docker stack rm left {', '.join(left)} after {REMOVE_WAIT} s")
+    removed = []
+    if volumes:
+        for v in client.volumes.list(filters={"label": f"{NAMESPACE}={project}"}):
+            v.remove(force=True)
+            removed.append(v.name)
+    return removed
+
+
+def _leftovers(client, project: str) -> list[str]:
+    """What of the stack still exists: task containers, networks, secrets, configs."""
+    label = {"label": f"{NAMESPACE}={project}"}
+    out = [f"container {c.name}" for c in client.containers.list(all=True, filters=label)]
+    out += [f"network {n.name}" for n in client.networks.list(filters=label)]
+    out += [f"secret {s.name}" for s in client.secrets.list(filters=label)]
+    out += [f"config {c.name}" for c in client.configs.list(filters=label)]
+    return out
