@@ -487,13 +487,14 @@ def down(prep: Prepared, *, volumes: bool = False, console=None, take_over: bool
         # so compose finds and removes them, instead of silently leaving them.
         render.write_files(prep.rendered, prep.files)
     removed_volumes = []
-    if prep.swarm:
+    # An engine that has left the swarm holds none of the swarm's services any more.
+    if prep.swarm and stackdeploy.is_manager(client):
         removed += swarm.remove_leftovers(client, prep.site.name)
         removed_volumes += stackdeploy.remove(client, prep.project, volumes=volumes)
     # With orchestrator swarm too: a stack that ran under compose before is taken down.
     args = ["down", "--remove-orphans", "--timeout", "20"] + (["--volumes"] if volumes else [])
     engine.compose(prep.project, prep.compose_file, args, capture=True)
-    if prep.swarm:
+    if prep.swarm and stackdeploy.is_manager(client):
         swarm.remove_project_networks(client, prep.project)
     if volumes:
         for v in client.volumes.list(filters={"label": f"{LABEL_SITE}={prep.site.name}"}):

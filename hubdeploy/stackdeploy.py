@@ -78,9 +78,13 @@ def _short(project: str, name: str) -> str:
     return name[len(project) + 1:] if name.startswith(project + "_") else name
 
 
+def is_manager(client) -> bool:
+    return bool((client.info().get("Swarm") or {}).get("ControlAvailable"))
+
+
 def stack_services(client, project: str) -> list:
     """The stack's swarm services; none on an engine that manages no swarm."""
-    if not ((client.info().get("Swarm") or {}).get("ControlAvailable")):
+    if not is_manager(client):
         return []
     return client.services.list(filters={"label": f"{NAMESPACE}={project}"})
 
