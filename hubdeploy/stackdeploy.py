@@ -125,13 +125,6 @@ def service_rows(client, project: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["service"])
 
 
-def service_container(client, project: str, service: str):
-    """The running container of the stack's ``service`` on this engine, or None."""
-    found = client.containers.list(filters={"label": [f"{NAMESPACE}={project}",
-                                                      f"{SERVICE_NAME}={project}_{service}"]})
-    return found[0] if found else None
-
-
 def wait_healthy(client, project: str, expected: set[str], timeout: float) -> list[dict[str, Any]]:
     """Wait until every expected service's task runs and is healthy (when it has a check);
     the rows then, or OperationError with each unhealthy service's state, error and log."""

@@ -88,7 +88,7 @@ def _mounts(svc: dict[str, Any], files: dict[str, bytes], prefix: str,
     return volumes, refs
 
 
-def _service(name: str, svc: dict[str, Any], files: dict[str, bytes], prefix: str, node_id: str,
+def _service(svc: dict[str, Any], files: dict[str, bytes], prefix: str, node_id: str,
              configs: dict[str, Any]) -> dict[str, Any]:
     out = {k: copy.deepcopy(v) for k, v in svc.items() if k not in DROPPED and k not in ("volumes", "secrets")}
     out["labels"] = dict(svc.get("labels", {}))
@@ -154,7 +154,7 @@ def stack_data(site: Site, compose: dict[str, Any], files: dict[str, bytes], nod
     ``secret_names`` the swarm name of each secret (default ``PROJECT-NAME``)."""
     prefix = project_name(site.name)
     configs: dict[str, Any] = {}
-    services = {name: _service(name, svc, files, prefix, node_id, configs)
+    services = {name: _service(svc, files, prefix, node_id, configs)
                 for name, svc in compose["services"].items()}
     for svc in services.values():
         if "edge" in (svc.get("networks") or {}):
