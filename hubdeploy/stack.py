@@ -182,6 +182,15 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
         if not prep.swarm_node:  # the first up: the services stay on this manager
             prep.swarm_node = client.info()["Swarm"]["NodeID"]
             _rerender(prep)
+        else:
+            node = stackdeploy.confirm_control_node(client, prep.project, prep.swarm_node, prep.state)
+            if node != prep.swarm_node:
+                if console:
+                    console.print(f"the swarm has no node {prep.swarm_node}: the services move to this manager "
+                                  f"({node}), which holds the stack's volumes", markup=False, highlight=False,
+                                  soft_wrap=True)
+                prep.swarm_node = node
+                _rerender(prep)
     check_owner(prep, client, take_over=take_over)
     decision = version_decision(prep, client, force=force)
     if not _port_free(prep.site.public.host, prep.site.public.port) and not _our_proxy_running(client, prep):

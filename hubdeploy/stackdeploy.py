@@ -51,8 +51,33 @@ def control_node(state: Path, client=None) -> str:
 
 def record_control_node(state: Path, node_id: str) -> None:
     path = state / CONTROL_NODE_FILE
-    if node_id and not path.is_file():
+    if node_id and (not path.is_file() or path.read_text().strip() != node_id):
         path.write_text(node_id + "\n")
+
+
+def confirm_control_node(client, project: str, recorded: str, state: Path) -> str:
+    """The node the stack's services are placed on, checked against this swarm.
+
+    A recorded node this swarm does not know means its swarm is gone (a swarm forgets a
+    node only when it is removed): placed there, every service would wait for a node that
+    never comes. When this engine holds the stack's volumes, the data lives here, so the
+    services move to this manager (``up`` records it); otherwise refuse, as the data may
+    be on the machine that recorded the node.
+    """
+    try:
+        client.nodes.get(recorded)
+        return recorded
+    except docker.errors.NotFound:
+        pass
+    path = state / CONTROL_NODE_FILE
+    if client.volumes.list(filters={"label": f"{NAMESPACE}={project}"}):
+        return client.info()["Swarm"]["NodeID"]
+    raise OperationError(
+        f"{path} places the stack's services on swarm node {recorded}, which this swarm does not have, "
+        "and the stack's volumes are not on this engine",
+        hint=f"run up on the manager that holds the site's data, or remove {path} to start the services "
+             "on this manager",
+    )
 
 
 def deploy(project: str, stack_file: Path) -> None:

@@ -173,6 +173,39 @@ def test_unplaceable_profile_fails_with_swarms_reason(swarm_site, client):
     assert services_of(client, "frank") == []
 
 
+def test_up_after_the_swarm_was_remade_moves_the_services_here(swarm_site, client):
+    """A recorded node the swarm does not know (the swarm was left and made again): the
+    stack's volumes are on this engine, so up places the services on this manager."""
+    recorded = swarm_site["file"].parent / ".hubdeploy" / "swarm-node"
+    here = client.info()["Swarm"]["NodeID"]
+    assert recorded.read_text().strip() == here
+    recorded.write_text("nosuchnode0000000000000000\n")
+    proc = run_cli(swarm_site["file"], "up")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "the swarm has no node nosuchnode" in proc.stderr
+    assert recorded.read_text().strip() == here
+    hub = client.services.get(f"{PROJECT}_hub")
+    assert hub.attrs["Spec"]["TaskTemplate"]["Placement"]["Constraints"] == [f"node.id == {here}"]
+
+
+def test_up_refuses_a_recorded_node_the_swarm_lacks_without_the_data(tmp_path, client, swarm_manager):
+    """No volumes of the stack here: the data may be on the machine that recorded the node,
+    so up refuses before anything is written or started."""
+    name = f"{SITE}x"
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(SITE_YAML.format(name=name, port=free_port(), host="0.0.0.0", orchestrator="swarm",
+                                          placement="", nowhere=""))
+    state = tmp_path / ".hubdeploy"
+    state.mkdir()
+    (state / "swarm-node").write_text("nosuchnode0000000000000000\n")
+    proc = run_cli(site_file, "up")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "which this swarm does not have" in proc.stderr and str(state / "swarm-node") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (state / "rendered").exists() and not (state / "secrets").exists()
+    assert client.services.list(filters={"label": f"com.docker.stack.namespace=hubdeploy-{name}"}) == []
+
+
 def test_down_removes_services_and_compose_still_works(swarm_site, client):
     hub, token = user_session(_Url(swarm_site["url"]), "gwen")
     hub.api("POST", "users/gwen/server", json={"profile": "login"}, ok=(201, 202))
