@@ -301,7 +301,8 @@ def test_a_login_kernel_holds_no_capability_and_cannot_gain_one(ident_stack):
     zero = "0" * 16
     assert (got["CapEff"], got["CapPrm"], got["CapBnd"], got["CapAmb"]) == (zero,) * 4, got
     assert got["NoNewPrivs"] == "1" and got["pids_max"] == str(PIDS_LIMIT), got
-    # The image still has setuid su; running it raises nothing (no-new-privileges).
+    # su runs but raises nothing: the image has no setuid program (images/common.j2,
+    # no_setuid), and no-new-privileges would stop one a collaboration image added.
     su = run_py(s["carol"]["login"], s["carol"]["token"], """\
 import json, subprocess
 p = subprocess.run(["su", "-c", "id -u", "root"], input="", capture_output=True, text=True, timeout=30)

@@ -222,6 +222,20 @@ def test_base_image_contract(site_dir):
     assert users[-1] == "USER jovyan"
 
 
+def test_notebook_images_strip_setuid_after_their_last_install(site_dir):
+    """Every notebook image (base and each collaboration) removes setuid and setgid bits
+    after everything it installs as root: no program in it can raise privileges."""
+    plans = plan(site_dir, images={"base": {"apt": ["sudo"]},
+                                   "collaborations": {"radio": {"apt": ["sudo"], "pip": ["casa-formats-io"]}}})
+    for name in ("base", "radio"):
+        lines = plans[name].files["Dockerfile"].decode().splitlines()
+        strip = lines.index("RUN find / -xdev -type f -perm /6000 -exec chmod ug-s {} +")
+        installs = [i for i, line in enumerate(lines) if "apt-get install" in line or line.startswith("RUN pip")]
+        assert installs and max(installs) < strip, name
+        assert [line for line in lines[strip:] if line.startswith("USER ")] == ["USER jovyan"], name
+        assert not any(line.startswith("RUN") for line in lines[strip + 1:]), name
+
+
 def test_hub_context_installs_dependencies_before_source(site_dir):
     site = make_site(hub={"authenticator": {"class": "ldapauthenticator", "packages": ["jupyterhub-ldapauthenticator"]}})
     hub = images.plan_images(site, site_dir)["hub"]
