@@ -239,8 +239,14 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
         console.print(f"[bold]starting[/] {prep.project}")
     _leave_other_orchestrator(prep, client)
     if prep.swarm:
-        stackdeploy.deploy(prep.project, prep.stack_file)
-        stackdeploy.wait_healthy(client, prep.project, _expected_services(prep), wait_timeout)
+        expected = _expected_services(prep)
+        deployed_at = None
+        if not stackdeploy.deployed_unchanged(client, prep.project, prep.state, prep.stack_file, expected):
+            stackdeploy.forget_deployed(prep.state)
+            deployed_at = stackdeploy.engine_now(client)
+            stackdeploy.deploy(prep.project, prep.stack_file)
+        stackdeploy.wait_healthy(client, prep.project, expected, wait_timeout, deployed_at=deployed_at)
+        stackdeploy.record_deployed(prep.state, prep.stack_file)
         return UpResult(prep.url, built, changed, time.monotonic() - t0,
                         str(prep.self_signed_cert) if prep.self_signed_cert else None, upgraded, published)
     proc = engine.compose(
@@ -273,6 +279,7 @@ def _leave_other_orchestrator(prep: Prepared, client) -> None:
     elif stackdeploy.stack_services(client, prep.project):
         swarm.remove_leftovers(client, prep.site.name)
         stackdeploy.remove(client, prep.project, volumes=False)
+        stackdeploy.forget_deployed(prep.state)
 
 
 def publish_swarm_images(prep: Prepared, client, *, console=None) -> tuple[list[str], list[swarm.Published]]:
@@ -500,6 +507,7 @@ def down(prep: Prepared, *, volumes: bool = False, console=None, take_over: bool
     if prep.swarm and stackdeploy.is_manager(client):
         removed += swarm.remove_leftovers(client, prep.site.name)
         removed_volumes += stackdeploy.remove(client, prep.project, volumes=volumes)
+        stackdeploy.forget_deployed(prep.state)
     # With orchestrator swarm too: a stack that ran under compose before is taken down.
     args = ["down", "--remove-orphans", "--timeout", "20"] + (["--volumes"] if volumes else [])
     engine.compose(prep.project, prep.compose_file, args, capture=True)

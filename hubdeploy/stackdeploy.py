@@ -10,6 +10,7 @@ both orchestrators.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import time
 from pathlib import Path
@@ -28,6 +29,13 @@ CONTROL_NODE_FILE = "swarm-node"
 DEPLOY_TIMEOUT = 300
 # Seconds `down` waits for the tasks, networks, secrets and configs to go.
 REMOVE_WAIT = 90
+# Seconds after a deploy for swarm's manager to begin the updates it decides on.
+SETTLE = 2
+# UpdateStatus.State values of an update still under way, and of one swarm undid.
+IN_PROGRESS = {"updating", "paused", "rollback_started", "rollback_paused"}
+ROLLED_BACK = {"rollback_completed", "rollback_paused"}
+# Where the state directory keeps the hash of the stack file last deployed and healthy.
+DEPLOYED_FILE = "swarm-deployed"
 # swarm's words when a secret or config of the same name holds other bytes.
 IMMUTABLE = "only updates to Labels are allowed"
 
@@ -78,6 +86,29 @@ def confirm_control_node(client, project: str, recorded: str, state: Path) -> st
         hint=f"run up on the manager that holds the site's data, or remove {path} to start the services "
              "on this manager",
     )
+
+
+def _digest(stack_file: Path) -> str:
+    return hashlib.sha256(stack_file.read_bytes()).hexdigest()
+
+
+def deployed_unchanged(client, project: str, state: Path, stack_file: Path, expected: set[str]) -> bool:
+    """Whether the stack file is the one last deployed (and found healthy) and every
+    service it names exists: then ``up`` sends nothing to the swarm. As compose keeps a
+    container whose configuration hash is unchanged, a service an operator changed by
+    hand stays as it is until the site changes."""
+    path = state / DEPLOYED_FILE
+    if not path.is_file() or path.read_text().strip() != _digest(stack_file):
+        return False
+    return expected <= {_short(project, s.name) for s in stack_services(client, project)}
+
+
+def record_deployed(state: Path, stack_file: Path) -> None:
+    (state / DEPLOYED_FILE).write_text(_digest(stack_file) + "\n")
+
+
+def forget_deployed(state: Path) -> None:
+    (state / DEPLOYED_FILE).unlink(missing_ok=True)
 
 
 def deploy(project: str, stack_file: Path) -> None:
@@ -131,9 +162,10 @@ def _health(client, container_id: str) -> str | None:
     return (state.get("Health") or {}).get("Status")
 
 
-def service_rows(client, project: str) -> list[dict[str, Any]]:
+def service_rows(client, project: str, since: str | None = None) -> list[dict[str, Any]]:
     """One row per service, as ``stack.services`` gives compose's: service, state,
-    health, container; with swarm's error for a task that failed."""
+    health, container; with swarm's error for a task that failed, and the state of the
+    service's update (``updating``...) when one began at or after ``since``."""
     rows = []
     for svc in stack_services(client, project):
         task = _current_task(svc)
@@ -146,19 +178,58 @@ def service_rows(client, project: str) -> list[dict[str, Any]]:
             "health": _health(client, cid) if cid and state == "running" else None,
             "container": cid[:12] or None,
             "error": status.get("Err") or None,
+            "update": _update_state(svc, since),
         })
     return sorted(rows, key=lambda r: r["service"])
 
 
-def wait_healthy(client, project: str, expected: set[str], timeout: float) -> list[dict[str, Any]]:
+def _update_state(service, since: str | None) -> str | None:
+    """The state of the service's rolling update (``updating``, ``completed``,
+    ``rollback_completed``...) if one began at or after ``since`` (an engine time), else
+    None."""
+    status = service.attrs.get("UpdateStatus") or {}
+    began = _engine_time(status.get("StartedAt"))
+    return status.get("State") if since and began and began >= _engine_time(since) else None
+
+
+def engine_now(client) -> str:
+    """The engine's clock (RFC 3339), which swarm's update times are in."""
+    return client.info()["SystemTime"]
+
+
+def _engine_time(text: str | None) -> str:
+    """The engine's RFC 3339 UTC time (Go trims the fraction's trailing zeros) as a string
+    that sorts as the time does: the fraction padded to nanoseconds; '' for none."""
+    if not text:
+        return ""
+    whole, _, fraction = text.rstrip("Z").partition(".")
+    return f"{whole}.{fraction:0<9}"
+
+
+def wait_healthy(client, project: str, expected: set[str], timeout: float, *,
+                 deployed_at: str | None = None) -> list[dict[str, Any]]:
     """Wait until every expected service's task runs and is healthy (when it has a check);
-    the rows then, or OperationError with each unhealthy service's state, error and log."""
-    deadline = time.monotonic() + timeout
+    the rows then, or OperationError with each unhealthy service's state, error and log.
+
+    After a deploy (``deployed_at``, :func:`engine_now` just before it), a healthy task may
+    be one swarm is about to replace: the manager compares each service's new spec with
+    its tasks' on its own and starts an update (stop-first: the old task goes first) a
+    moment later, if at all. So wait :data:`SETTLE` seconds for updates to begin, then
+    until none that began since is in progress; an update swarm rolled back fails ``up``
+    with swarm's message.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
     rows: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        rows = service_rows(client, project)
-        ready = {r["service"] for r in rows if r["state"] == "running" and r["health"] in (None, "healthy")}
-        if expected <= ready:
+        rows = service_rows(client, project, deployed_at)
+        rolled = [r for r in rows if r["update"] in ROLLED_BACK]
+        if rolled:
+            raise OperationError("swarm rolled back an update of " + ", ".join(r["service"] for r in rolled)
+                                 + ":\n" + unhealthy_report(project, rows))
+        ready = {r["service"] for r in rows if r["state"] == "running" and r["health"] in (None, "healthy")
+                 and r["update"] not in IN_PROGRESS}
+        if expected <= ready and (deployed_at is None or time.monotonic() - started >= SETTLE):
             return rows
         time.sleep(1)
     raise OperationError("the stack did not become healthy:\n" + unhealthy_report(project, rows))
@@ -167,7 +238,8 @@ def wait_healthy(client, project: str, expected: set[str], timeout: float) -> li
 def unhealthy_report(project: str, rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in rows:
-        lines.append(f"  {r['service']}: {r['state']} {r['health'] or ''} {r['error'] or ''}".rstrip())
+        update = f" (update {r['update']})" if r["update"] and r["update"] != "completed" else ""
+        lines.append(f"  {r['service']}: {r['state']} {r['health'] or ''} {r['error'] or ''}".rstrip() + update)
         if r["state"] != "running" or r["health"] not in (None, "healthy"):
             proc = subprocess.run(["docker", "service", "logs", "--no-trunc", "--tail", "15",
                                    f"{project}_{r['service']}"], capture_output=True, text=True, timeout=60,

@@ -165,6 +165,86 @@ def test_login_server_is_a_swarm_service_and_survives_a_hub_restart(swarm_site, 
     assert services_of(client, "erin") == []
 
 
+SWARM_ATTACK = """\
+import json, os, socket, subprocess, urllib.request, urllib.error
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return "open"
+    except OSError as exc:
+        return type(exc).__name__
+def run(*argv):
+    p = subprocess.run(list(argv), input="", capture_output=True, text=True, timeout=60)
+    return [p.returncode, (p.stdout + p.stderr)[-200:]]
+def writable(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return True
+    except OSError:
+        return False
+def http(url):
+    req = urllib.request.Request(url, headers={{"Authorization": "token " + os.environ["JUPYTERHUB_API_TOKEN"]}})
+    try:
+        return urllib.request.urlopen(req, timeout=30).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+out = {{k: status[k].strip() for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb")}}
+out["uid"] = os.getuid()
+# Unreadable directories (other users' homes are not on / here) only print to stderr.
+out["setuid_files"] = subprocess.run(["find", "/", "-xdev", "-type", "f", "-perm", "/6000"],
+                                     capture_output=True, text=True, timeout=120).stdout.split()
+out["su"] = run("su", "-c", "id -u", "root")
+out["sockets"] = [p for p in ("/var/run/docker.sock", "/run/docker.sock") if os.path.exists(p)]
+out["reach"] = {{f"{{h}}:{{p}}": reach(h, p) for h, p in
+                [("hub", 8081), ("proxy", 8001), ("proxy-api", 8001), ("engine-proxy", 2375)]}}
+out["list_their_home"] = os.access("/home/{other}", os.R_OK)
+out["write_their_home"] = writable("/home/{other}/planted.txt")
+out["write_homes_root"] = writable("/home/planted.txt")
+out["their_server"] = http("http://{other_host}:8888/user/{other}/api/contents")
+out["own_server"] = http("http://127.0.0.1:8888/user/{me}/api/contents")
+print(json.dumps(out))
+"""
+
+
+def test_a_swarm_kernel_gains_no_privilege_and_reaches_nothing_of_another_user(swarm_site, client):
+    """From ivy's kernel in her swarm service, everything that must stay jack's or the
+    stack's: no capability, no setuid program to gain one (swarm sets no
+    no-new-privileges), no engine, no proxy API, jack's home closed, and jack's server,
+    which her network reaches, refuses her token."""
+    sessions = {}
+    for user in ("ivy", "jack"):
+        hub, token = user_session(_Url(swarm_site["url"]), user)
+        hub.api("POST", f"users/{user}/server", json={"profile": "login"}, ok=(201, 202))
+        sessions[user] = (hub, token)
+    for user, (hub, _) in sessions.items():
+        hub.wait_ready(user, "", time.monotonic() + 180)
+    (jack_svc,) = services_of(client, "jack")
+    (jack_host,) = jack_svc.attrs["Spec"]["TaskTemplate"]["Networks"][0]["Aliases"]
+    hub, token = sessions["ivy"]
+    kernel = ServerClient(hub.server_url("ivy"), token, request_timeout=120)
+    kid = kernel.start_kernel("python3")
+    try:
+        out, error = kernel.execute(kid, SWARM_ATTACK.format(me="ivy", other="jack", other_host=jack_host),
+                                    timeout=120)
+    finally:
+        kernel.delete_kernel(kid)
+    assert error is None, error
+    got = json.loads(out.strip().splitlines()[-1])
+    zero = "0" * 16
+    assert (got["CapEff"], got["CapPrm"], got["CapBnd"], got["CapAmb"]) == (zero,) * 4, got
+    assert got["uid"] != 0 and got["setuid_files"] == [], got
+    assert got["su"][0] != 0, got
+    assert got["sockets"] == [], got
+    assert got["reach"]["hub:8081"] == "open", got  # the same probe can succeed
+    assert all(v != "open" for k, v in got["reach"].items() if k != "hub:8081"), got
+    assert not (got["list_their_home"] or got["write_their_home"] or got["write_homes_root"]), got
+    assert got["own_server"] == 200 and got["their_server"] == 403, got
+    for user, (hub, _) in sessions.items():
+        hub.stop_server(user, "", time.monotonic() + 120, remove=False)
+
+
 def test_unplaceable_profile_fails_with_swarms_reason(swarm_site, client):
     hub, _ = user_session(_Url(swarm_site["url"]), "frank")
     with pytest.raises(SpawnFailed, match=r"no suitable node \(scheduling constraints not satisfied"):
@@ -186,6 +266,31 @@ def test_up_after_the_swarm_was_remade_moves_the_services_here(swarm_site, clien
     assert recorded.read_text().strip() == here
     hub = client.services.get(f"{PROJECT}_hub")
     assert hub.attrs["Spec"]["TaskTemplate"]["Placement"]["Constraints"] == [f"node.id == {here}"]
+    # up returns once every service runs its present spec: the hub answers at once, also
+    # when this deploy replaced a hub task (a spec rewritten by the restart test's
+    # force_update is deployed back).
+    session(swarm_site, "hank")
+
+
+def test_up_returns_once_swarm_replaced_a_changed_services_task(swarm_site, client):
+    """A changed hub (its memory limit): swarm replaces its task a moment after the
+    deploy, stop-first; up returns only when the new task is healthy and no update runs,
+    so the hub answers at once. An unchanged stack is not deployed again."""
+    (before,) = engine.service_containers(client, PROJECT, "hub")
+    site_file = swarm_site["file"]
+    site_file.write_text(site_file.read_text() + "limits:\n  hub: {memory: 1536M, cpus: 2, pids: 2048}\n")
+    proc = run_cli(site_file, "up")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    running = engine.service_containers(client, PROJECT, "hub")
+    assert [c.id for c in running] != [before.id] and len(running) == 1, running
+    assert running[0].attrs["HostConfig"]["Memory"] == 1536 * 2**20
+    assert (running[0].attrs["State"].get("Health") or {}).get("Status") == "healthy"
+    session(swarm_site, "iris")
+    assert client.services.get(f"{PROJECT}_hub").attrs["UpdateStatus"]["State"] == "completed"
+
+    proc = run_cli(site_file, "up")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [c.id for c in engine.service_containers(client, PROJECT, "hub")] == [running[0].id]
 
 
 def test_up_refuses_a_recorded_node_the_swarm_lacks_without_the_data(tmp_path, client, swarm_manager):
@@ -206,8 +311,16 @@ def test_up_refuses_a_recorded_node_the_swarm_lacks_without_the_data(tmp_path, c
     assert client.services.list(filters={"label": f"com.docker.stack.namespace=hubdeploy-{name}"}) == []
 
 
+def session(swarm_site, user: str):
+    """user_session, with the stack's containers and logs when the hub does not answer."""
+    try:
+        return user_session(_Url(swarm_site["url"]), user)
+    except Exception as exc:
+        raise AssertionError(f"{exc}\n{diagnostics(PROJECT)}") from None
+
+
 def test_down_removes_services_and_compose_still_works(swarm_site, client):
-    hub, token = user_session(_Url(swarm_site["url"]), "gwen")
+    hub, token = session(swarm_site, "gwen")
     hub.api("POST", "users/gwen/server", json={"profile": "login"}, ok=(201, 202))
     hub.wait_ready("gwen", "", time.monotonic() + 180)
     assert services_of(client, "gwen")
@@ -224,7 +337,7 @@ def test_down_removes_services_and_compose_still_works(swarm_site, client):
     # The same site file with orchestrator: compose: login servers are containers again.
     write_site(swarm_site["file"], swarm_site["port"], "compose")
     up(swarm_site["file"])
-    hub, token = user_session(_Url(swarm_site["url"]), "gwen")
+    hub, token = session(swarm_site, "gwen")
     hub.api("POST", "users/gwen/server", json={"profile": "login"}, ok=(201, 202))
     hub.wait_ready("gwen", "", time.monotonic() + 180)
     assert run_5x4(hub.server_url("gwen"), token) == "20"

@@ -110,3 +110,59 @@ def test_what_a_swarm_cannot_do_is_refused(extra, key, words):
     with pytest.raises(SiteError) as info:
         load_site_text(text, "site.yaml")
     assert key in str(info.value) and words in str(info.value)
+
+
+
+class _Service:
+    def __init__(self, status=None):
+        self.attrs = {"UpdatedAt": "2026-11-29T12:50:00Z", **({"UpdateStatus": status} if status else {})}
+
+
+def test_an_update_counts_only_when_it_began_since_the_deploy():
+    """The engine's times trim the fraction's trailing zeros; an update that began before
+    the deploy (an earlier one's) is not this deploy's, nor is any without ``since``."""
+    from hubdeploy.stackdeploy import _engine_time, _update_state
+
+    assert _engine_time("2026-11-29T12:42:20.5Z") > _engine_time("2026-11-29T12:42:20.418927873Z")
+    assert _engine_time("2026-11-29T12:42:20Z") < _engine_time("2026-11-29T12:42:20.000000001Z")
+    since = "2026-11-29T12:42:20.418927873Z"
+    assert _update_state(_Service(), since) is None
+    assert _update_state(_Service({"State": "updating", "StartedAt": "2026-11-29T12:42:20.5Z"}), since) == "updating"
+    assert _update_state(_Service({"State": "updating", "StartedAt": "2026-11-29T12:42:20.5Z"}), None) is None
+    assert _update_state(_Service({"State": "rollback_completed", "StartedAt": "2026-11-29T12:42:21Z"}),
+                         since) == "rollback_completed"
+    assert _update_state(_Service({"State": "completed", "StartedAt": "2026-11-29T12:40:00.1Z"}), since) is None
+
+
+def test_up_deploys_only_a_changed_stack_file(tmp_path):
+    """The hash of the stack file last deployed healthy: the same file with every service
+    there sends nothing; another file, a missing service or no record deploys."""
+    from hubdeploy import stackdeploy
+
+    class _Client:
+        def __init__(self, names):
+            self.names = names
+
+        def info(self):
+            return {"Swarm": {"ControlAvailable": True}}
+
+        @property
+        def services(self):
+            client = self
+
+            class _Services:
+                def list(self, filters):
+                    return [type("S", (), {"name": f"hubdeploy-x_{n}"})() for n in client.names]
+            return _Services()
+
+    stack_file = tmp_path / "stack.yaml"
+    stack_file.write_text("services: {}\n")
+    both = _Client(["hub", "proxy"])
+    assert not stackdeploy.deployed_unchanged(both, "hubdeploy-x", tmp_path, stack_file, {"hub", "proxy"})
+    stackdeploy.record_deployed(tmp_path, stack_file)
+    assert stackdeploy.deployed_unchanged(both, "hubdeploy-x", tmp_path, stack_file, {"hub", "proxy"})
+    assert not stackdeploy.deployed_unchanged(_Client(["hub"]), "hubdeploy-x", tmp_path, stack_file, {"hub", "proxy"})
+    stack_file.write_text("services: {hub: {}}\n")
+    assert not stackdeploy.deployed_unchanged(both, "hubdeploy-x", tmp_path, stack_file, {"hub", "proxy"})
+    stackdeploy.forget_deployed(tmp_path)
+    assert not (tmp_path / stackdeploy.DEPLOYED_FILE).exists()
