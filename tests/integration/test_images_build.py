@@ -232,15 +232,17 @@ def test_db_initialises_and_accepts_the_password_over_tcp(client, built, tmp_pat
 
 def test_changing_a_collaborations_pip_list_reruns_only_that_install(client, built):
     """Only c1 is retagged, and of its steps only the pip list's COPY and install, the
-    version check after them, and the labels run: apt comes from the layer cache."""
+    version check after them, the setuid strip and the labels run: apt comes from the
+    layer cache."""
     plans = images.plan_images(make_site(c1_pip=("six", "idna")), built["site_dir"])
     assert [n for n in plans if plans[n].ref != built["refs"][n]] == ["c1"]
     steps: list[buildsteps.BuildStep] = []
     assert images.build_images(plans, client=client, state_dir=STATE, steps=steps) == ["c1"]
     work = [i for i in buildsteps.ran(steps, "c1") if i.split()[0] in ("RUN", "COPY")]
     assert work[0] == "COPY requirements.txt constraints.txt /tmp/hubdeploy/", work
-    assert [i.split()[0] for i in work] == ["COPY", "RUN", "RUN"] and "pip install" in work[1], work
+    assert [i.split()[0] for i in work] == ["COPY", "RUN", "RUN", "RUN"] and "pip install" in work[1], work
     assert "jupyterhub-singleuser --version" in work[2], work
+    assert "-perm /6000 -exec chmod ug-s" in work[3], work
     assert [s.cached for s in steps if s.image == "c1" and "apt-get install" in s.instruction] == [True]
     assert run(client, plans["c1"].ref, ["python", "-c", "import idna, six; print('ok')"]) == "ok"
 

@@ -201,14 +201,16 @@ def test_changing_one_collaborations_packages_rebuilds_only_it(client, graph):
     steps: list[buildsteps.BuildStep] = []
     assert images.build_images(plans, client=client, state_dir=STATE, steps=steps) == ["beta"]
     print(f"beta rebuilt in {time.monotonic() - t0:.1f} s", flush=True)
-    # Only the changed kernel's package layer and what follows it ran: the runtimes (venvs
-    # with ipykernel / bash_kernel) and the version check came from the layer cache.
+    # Only the changed kernel's package layer and what follows it (the kernelspecs, the
+    # setuid strip) ran: the runtimes (venvs with ipykernel / bash_kernel) and the version
+    # check came from the layer cache.
     work = [i for i in buildsteps.ran(steps, "beta") if i.split()[0] in ("RUN", "COPY")]
     assert work == [
         "COPY kernels/beta-py/requirements.txt /tmp/hubdeploy/kernels/beta-py/",
         f"RUN {kernels.UV} pip install --no-cache --compile-bytecode --python /opt/kernels/beta-py/bin/python "
         "-r /tmp/hubdeploy/kernels/beta-py/requirements.txt && rm -rf /tmp/hubdeploy",
         f"COPY kernelspecs/ {kernels.SPEC_ROOT}/",
+        "RUN find / -xdev -type f -perm /6000 -exec chmod ug-s {} +",
     ], work
     runtimes = [s for s in steps if s.image == "beta" and " venv " in s.instruction]
     assert len(runtimes) == 2 and all(s.cached for s in runtimes), runtimes
