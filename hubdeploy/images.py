@@ -24,6 +24,7 @@ import shlex
 import shutil
 import tarfile
 import time
+from typing import Any
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,7 +259,7 @@ class _Planner:
         return dict(sorted(out.items()))
 
     def ref(self, name: str, digest: str) -> str:
-        return f"hubdeploy/{self.site.name}-{name}:{digest[:12]}"
+        return image_ref(self.site.name, name, digest)
 
     def parent_content(self, parent: str | None, parent_ref: str) -> str:
         """What stands for the parent in a content key: its own content key, or the
@@ -507,6 +508,24 @@ def _require_parent(plan: ImagePlan, client) -> None:
         )
 
 
+def image_ref(site: str, name: str, digest: str) -> str:
+    """The tag hubdeploy gives a site's image: named by site and image, tagged by its spec hash."""
+    return f"hubdeploy/{site}-{name}:{digest[:12]}"
+
+
+def donor_tags(image: dict[str, Any], name: str) -> list[str]:
+    """The tags under which ``image`` (an entry of the engine's image list) is another
+    site's own build of the image ``name``: its tag is the one hubdeploy gives it, from
+    its own labels. Any image built FROM a site's image inherits that image's labels,
+    content key included, but not the tag: a compute-node or a hand-made image on top of
+    a base is never taken for the base."""
+    labels = image.get("Labels") or {}
+    if labels.get("hubdeploy.image") != name or not labels.get("hubdeploy.spec-hash"):
+        return []
+    own = image_ref(labels.get("hubdeploy.site", ""), name, labels["hubdeploy.spec-hash"])
+    return [t for t in image.get("RepoTags") or [] if t == own]
+
+
 def _relabel_from_another_site(plan: ImagePlan, client, *, console, steps=None) -> bool:
     """Build ``plan`` as its own labels on top of an image of the same content that
     another site on this engine built (a one-step build, its layers shared on disk);
@@ -524,7 +543,7 @@ def _relabel_from_another_site(plan: ImagePlan, client, *, console, steps=None) 
         same = client.api.images(filters={"label": [f"{LABEL_CONTENT}={key}"]})
     except ENGINE_ERRORS as exc:
         raise OperationError(f"cannot list images: {exc}") from None
-    tagged = sorted(t for img in same for t in (img.get("RepoTags") or []) if t not in ("<none>:<none>", plan.ref))
+    tagged = sorted(t for img in same for t in donor_tags(img, plan.name) if t != plan.ref)
     if not tagged:
         return False
     lines = [f"FROM {tagged[0]}", "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in plan.labels.items())]

@@ -7,6 +7,7 @@ removed afterwards by the test site's prefix (``HUBDEPLOY_TEST_KEEP_IMAGES=1`` k
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -266,12 +267,20 @@ def test_second_site_reuses_the_rootfs_without_bootstrapping(client, built, tmp_
 
 def test_a_second_site_with_the_same_recipe_relabels_every_image(client, built, tmp_path):
     """Another site of the same recipe builds nothing: each image is the first site's
-    plus its own labels (one LABEL step), so the layers are shared on disk."""
+    plus its own labels (one LABEL step), so the layers are shared on disk. An image
+    built FROM the first site's base (as the Slurm tests build their nodes) carries the
+    base's labels too, and sorts first, but is not the base and is never taken for it."""
     site = make_site().model_copy(update={"name": f"{SITE}-c"})
     plans = images.plan_images(site, built["site_dir"])
     assert all(plans[n].ref != built["refs"][n] for n in plans)  # its own tags
-    steps: list[buildsteps.BuildStep] = []
-    assert images.build_images(plans, client=client, state_dir=tmp_path, steps=steps) == list(plans)
+    child = f"hubdeploy-test/{SITE}-child:1"
+    client.images.build(fileobj=io.BytesIO(f"FROM {built['refs']['base']}\nRUN touch /tmp/child\n".encode()),
+                        tag=child, rm=True)
+    try:
+        steps: list[buildsteps.BuildStep] = []
+        assert images.build_images(plans, client=client, state_dir=tmp_path, steps=steps) == list(plans)
+    finally:
+        client.images.remove(child, force=True)
     assert {s.instruction.split()[0] for s in steps} == {"FROM", "LABEL"}, steps
     for name, plan in plans.items():
         attrs = client.api.inspect_image(plan.ref)

@@ -294,13 +294,13 @@ class FakeAPI:
         self.present = set(present)
         self.built = []
         self.dockerfiles = {}
-        # content key -> tags of other sites' images holding that content
+        # content key -> entries of the engine's image list holding that content
         self.labelled = labelled or {}
 
     def images(self, filters):
         (label,) = filters["label"]
         key = label.split("=", 1)[1]
-        return [{"RepoTags": tags} for k, tags in self.labelled.items() if k == key]
+        return [entry for k, entries in self.labelled.items() if k == key for entry in entries]
 
     def inspect_image(self, ref):
         import docker.errors
@@ -345,18 +345,40 @@ def test_content_key_is_the_sites_recipe_not_its_name(site_dir):
     assert moved == {"astro", "radio"}  # the changed image and its child, nothing else
 
 
+def listed(tag: str, image: str, spec_hash: str, site: str = "other") -> dict:
+    """An entry of the engine's image list: a tag, and the labels hubdeploy sets."""
+    return {"RepoTags": [tag], "Labels": {"hubdeploy.site": site, "hubdeploy.image": image,
+                                          "hubdeploy.spec-hash": spec_hash}}
+
+
+def test_only_another_sites_own_build_of_the_image_is_a_donor():
+    """An image built FROM a site's base inherits its labels, content key included, but
+    not hubdeploy's tag for it: a compute-node or hand-made image is never the base."""
+    spec = "0123456789ab" + "c" * 52
+    own = listed("hubdeploy/other-base:0123456789ab", "base", spec)
+    assert images.donor_tags(own, "base") == ["hubdeploy/other-base:0123456789ab"]
+    assert images.donor_tags(own, "astro") == []
+    child = listed("hubdeploy-test/slurm:99aa00bb11cc", "base", spec)  # FROM base, labels inherited
+    assert images.donor_tags(child, "base") == []
+    retagged = {**own, "RepoTags": ["hubdeploy/other-base:0123456789ab", "registry:5000/x/base:1"]}
+    assert images.donor_tags(retagged, "base") == ["hubdeploy/other-base:0123456789ab"]
+    assert images.donor_tags({"RepoTags": ["hubdeploy/other-base:0123456789ab"]}, "base") == []
+
+
 def test_an_image_another_site_built_is_relabelled_not_rebuilt(site_dir, tmp_path):
     plans = plan(site_dir)
     donor = "hubdeploy/other-astro:0123456789ab"
+    entries = [listed("hubdeploy-test/slurm:000000000000", "astro", "0123456789ab" + "0" * 52),
+               listed(donor, "astro", "0123456789ab" + "0" * 52)]
     client = FakeClient({p.ref for n, p in plans.items() if n != "astro"},
-                        {plans["astro"].labels[images.LABEL_CONTENT]: [donor]})
+                        {plans["astro"].labels[images.LABEL_CONTENT]: entries})
     assert images.build_images(plans, client=client, state_dir=tmp_path) == ["astro"]
     dockerfile = client.api.dockerfiles[plans["astro"].ref]
     first, labels = dockerfile.splitlines()
     assert first == f"FROM {donor}"
     assert '"hubdeploy.site"="demo"' in labels and f'"hubdeploy.parent"="{plans["base"].ref}"' in labels
     # --force builds from the recipe, whatever other sites hold.
-    forced = FakeClient({p.ref for p in plans.values()}, {plans["astro"].labels[images.LABEL_CONTENT]: [donor]})
+    forced = FakeClient({p.ref for p in plans.values()}, {plans["astro"].labels[images.LABEL_CONTENT]: entries})
     images.build_images(plans, client=forced, state_dir=tmp_path, names=["astro"], force=True)
     assert "RUN " in forced.api.dockerfiles[plans["astro"].ref]
 
