@@ -275,7 +275,7 @@ def test_a_second_site_with_the_same_recipe_relabels_every_image(client, built, 
     assert all(plans[n].ref != built["refs"][n] for n in plans)  # its own tags
     child = f"hubdeploy-test/{SITE}-child:1"
     client.images.build(fileobj=io.BytesIO(f"FROM {built['refs']['base']}\nRUN touch /tmp/child\n".encode()),
-                        tag=child, rm=True)
+                        tag=child, rm=True, forcerm=True)
     try:
         steps: list[buildsteps.BuildStep] = []
         assert images.build_images(plans, client=client, state_dir=tmp_path, steps=steps) == list(plans)
