@@ -24,10 +24,10 @@ import shlex
 import shutil
 import tarfile
 import time
-from typing import Any
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 import jinja2
