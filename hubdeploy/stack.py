@@ -241,7 +241,8 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
     if prep.swarm:
         expected = _expected_services(prep)
         deployed_at = None
-        if not stackdeploy.deployed_unchanged(client, prep.project, prep.state, prep.stack_file, expected):
+        rows = stackdeploy.service_rows(client, prep.project)
+        if not stackdeploy.deployed_unchanged(prep.state, prep.stack_file, rows, expected):
             stackdeploy.forget_deployed(prep.state)
             deployed_at = stackdeploy.engine_now(client)
             stackdeploy.deploy(prep.project, prep.stack_file)

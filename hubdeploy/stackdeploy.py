@@ -92,15 +92,16 @@ def _digest(stack_file: Path) -> str:
     return hashlib.sha256(stack_file.read_bytes()).hexdigest()
 
 
-def deployed_unchanged(client, project: str, state: Path, stack_file: Path, expected: set[str]) -> bool:
+def deployed_unchanged(state: Path, stack_file: Path, rows: list[dict[str, Any]], expected: set[str]) -> bool:
     """Whether the stack file is the one last deployed (and found healthy) and every
-    service it names exists: then ``up`` sends nothing to the swarm. As compose keeps a
-    container whose configuration hash is unchanged, a service an operator changed by
-    hand stays as it is until the site changes."""
+    service it names runs healthy now (``rows``: :func:`service_rows`): then ``up`` sends
+    nothing to the swarm. As compose keeps a container whose configuration hash is
+    unchanged, a service an operator changed by hand stays as it is until the site
+    changes; one that is missing or down is deployed again."""
     path = state / DEPLOYED_FILE
     if not path.is_file() or path.read_text().strip() != _digest(stack_file):
         return False
-    return expected <= {_short(project, s.name) for s in stack_services(client, project)}
+    return expected <= {r["service"] for r in rows if r["state"] == "running" and r["health"] in (None, "healthy")}
 
 
 def record_deployed(state: Path, stack_file: Path) -> None:

@@ -136,33 +136,26 @@ def test_an_update_counts_only_when_it_began_since_the_deploy():
 
 def test_up_deploys_only_a_changed_stack_file(tmp_path):
     """The hash of the stack file last deployed healthy: the same file with every service
-    there sends nothing; another file, a missing service or no record deploys."""
+    running healthy sends nothing; another file, a missing or unhealthy service, or no
+    record deploys."""
     from hubdeploy import stackdeploy
 
-    class _Client:
-        def __init__(self, names):
-            self.names = names
-
-        def info(self):
-            return {"Swarm": {"ControlAvailable": True}}
-
-        @property
-        def services(self):
-            client = self
-
-            class _Services:
-                def list(self, filters):
-                    return [type("S", (), {"name": f"hubdeploy-x_{n}"})() for n in client.names]
-            return _Services()
+    def rows(**states):
+        return [{"service": name, "state": st, "health": health} for name, (st, health) in states.items()]
 
     stack_file = tmp_path / "stack.yaml"
     stack_file.write_text("services: {}\n")
-    both = _Client(["hub", "proxy"])
-    assert not stackdeploy.deployed_unchanged(both, "hubdeploy-x", tmp_path, stack_file, {"hub", "proxy"})
+    both = rows(hub=("running", "healthy"), proxy=("running", None))
+    expected = {"hub", "proxy"}
+    assert not stackdeploy.deployed_unchanged(tmp_path, stack_file, both, expected)
     stackdeploy.record_deployed(tmp_path, stack_file)
-    assert stackdeploy.deployed_unchanged(both, "hubdeploy-x", tmp_path, stack_file, {"hub", "proxy"})
-    assert not stackdeploy.deployed_unchanged(_Client(["hub"]), "hubdeploy-x", tmp_path, stack_file, {"hub", "proxy"})
+    assert stackdeploy.deployed_unchanged(tmp_path, stack_file, both, expected)
+    assert not stackdeploy.deployed_unchanged(tmp_path, stack_file, rows(hub=("running", "healthy")), expected)
+    scaled_down = rows(hub=("shutdown", None), proxy=("running", None))
+    assert not stackdeploy.deployed_unchanged(tmp_path, stack_file, scaled_down, expected)
+    unhealthy = rows(hub=("running", "unhealthy"), proxy=("running", None))
+    assert not stackdeploy.deployed_unchanged(tmp_path, stack_file, unhealthy, expected)
     stack_file.write_text("services: {hub: {}}\n")
-    assert not stackdeploy.deployed_unchanged(both, "hubdeploy-x", tmp_path, stack_file, {"hub", "proxy"})
+    assert not stackdeploy.deployed_unchanged(tmp_path, stack_file, both, expected)
     stackdeploy.forget_deployed(tmp_path)
     assert not (tmp_path / stackdeploy.DEPLOYED_FILE).exists()
