@@ -575,7 +575,7 @@ class SlurmBackend(Backend):
         except CommandError as exc:
             raise BackendError(f"cannot list Slurm jobs: {exc}") from None
         if code != 0:
-            raise BackendError(f"squeue exited {code}: {err.strip()[-300:]}")
+            raise BackendError(f"squeue exited {code}: {(err.strip() or out.strip())[-300:]}")
         found = parse_job_list(out, names.server_prefix(self.name_prefix))
         states = await self.node_states() if any(f.node for f in found) else None
         return [with_node_trouble(f, states) for f in found]

@@ -83,6 +83,13 @@ class EngineProxy:
     def __init__(self, policy: SitePolicy, socket_path: str):
         self.policy = policy
         self.socket_path = socket_path
+        # Every connection's task, held here until it ends. asyncio holds a handler task
+        # only through its client's transport, and the engine's stream reader only weakly:
+        # once the client has half-closed (an exec's stdin at EOF) and the engine has not
+        # yet answered, nothing the loop holds reaches the task, and the garbage collector
+        # may destroy it mid-stream: the engine's side is closed and the exec ends with
+        # 126 and no output.
+        self.connections: set[asyncio.Task] = set()
 
     # -- the engine -----------------------------------------------------------------------
 
@@ -114,12 +121,16 @@ class EngineProxy:
     # -- one client connection ------------------------------------------------------------
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.connections.add(task)
         try:
             await self._handle(reader, writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
             log.debug("connection ended: %s", type(exc).__name__)
         finally:
             writer.close()
+            self.connections.discard(task)
 
     async def _handle(self, reader, writer) -> None:
         try:

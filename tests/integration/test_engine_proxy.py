@@ -8,19 +8,26 @@ what the backends do works, streams included.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import docker
 import docker.errors
 import pytest
 from docker.utils.socket import frames_iter
 from test_docker_backend import BASE_IMAGE, _ensure_base_image
+
+from hubdeploy.engineproxy.policy import SitePolicy
+from hubdeploy.engineproxy.server import serve
 
 pytestmark = pytest.mark.integration
 
@@ -217,6 +224,61 @@ def test_dexec_runs_a_command_in_the_controller_through_the_proxy(env):
          "--user", "nobody", "--", "true"], capture_output=True, timeout=120,
         env={**os.environ, "DOCKER_HOST": f"tcp://127.0.0.1:{env['port']}"})
     assert proc.returncode == 125, proc.stderr
+
+
+def test_an_exec_whose_client_closed_stdin_survives_the_garbage_collector(env):
+    """A hijacked exec after the client's EOF on stdin, while the command has not yet
+    written: the proxy's connection must outlive any garbage collection. The proxy runs
+    in this process with a collection every 20 ms; a handler reachable only through its
+    own cycle would be destroyed, and the exec would end with 126 and no output."""
+    engine = env["engine"]
+    project = f"hubdeploy-{SITE}"
+    ctl = engine.containers.run(BASE_IMAGE, ["sleep", "600"], name=f"{PREFIX}gc-{env['tag']}", detach=True,
+                                labels={**LABELS, "com.docker.compose.project": project,
+                                        "com.docker.compose.service": "slurmctld"})
+    port = _free_port()
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+
+    async def collecting():
+        while True:
+            gc.collect()
+            await asyncio.sleep(0.02)
+
+    stop = asyncio.Event()
+
+    async def main():
+        started = asyncio.Event()
+        tasks = [asyncio.ensure_future(serve(SitePolicy(SITE), "/var/run/docker.sock", "127.0.0.1", port, started)),
+                 asyncio.ensure_future(collecting())]
+        await started.wait()
+        ready.set()
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10), "the in-process proxy did not start"
+
+        def dexec(i: int) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "hubdeploy.hub.dexec", "--project", project, "--service", "slurmctld",
+                 "--user", "nobody", "--", "sh", "-c", f"sleep 1; echo answered {i}"],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
+                env={**os.environ, "DOCKER_HOST": f"tcp://127.0.0.1:{port}"})
+
+        with ThreadPoolExecutor(4) as pool:
+            done = list(pool.map(dexec, range(4)))
+        for i, proc in enumerate(done):
+            assert (proc.returncode, proc.stdout) == (0, f"answered {i}\n".encode()), proc
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
+        ctl.remove(force=True)
 
 
 def test_each_refusal_is_one_log_line_without_the_environment(env):
