@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -139,6 +140,25 @@ def test_site_ca_is_what_lets_tls_through(client, built):
     if without == "ok":
         pytest.skip("this network does not re-sign TLS: nothing to prove about the CA bundle")
     assert "CERTIFICATE_VERIFY_FAILED" in without
+
+
+def test_the_trust_store_holds_each_certificate_once_and_all_of_the_sites(client, built):
+    """The site bundle here is the host's whole store plus the proxy's CA: Debian's copies
+    and the site's must not both be in the image's store."""
+    probe = (
+        "import re, ssl, sys\n"
+        "def ders(path):\n"
+        "    text = open(path).read()\n"
+        "    return [ssl.PEM_cert_to_DER_cert(m) for m in\n"
+        "            re.findall('-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----', text, re.S)]\n"
+        "store = ders('/etc/ssl/certs/ca-certificates.crt')\n"
+        "site = ders('/usr/local/share/hubdeploy/site-ca.crt')\n"
+        "print(len(store), len(set(store)), len(site), len(set(site) - set(store)))\n"
+    )
+    for name in ("base", "hub"):
+        total, unique, site, missing = map(int, run(client, built["refs"][name], ["python3", "-c", probe]).split())
+        assert site == len(re.findall(rb"-----BEGIN CERTIFICATE-----", HOST_CA.read_bytes())), name
+        assert (total, missing) == (unique, 0), (name, total, unique, missing)
 
 
 def test_without_the_ca_bundle_pip_fails_with_a_clear_error(client, built, tmp_path):

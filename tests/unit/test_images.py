@@ -158,6 +158,20 @@ def test_ca_bundle_in_every_context_and_used(site_dir):
             assert var in text, (name, var)
 
 
+def test_site_copies_of_debians_certificates_are_dropped_before_the_store_is_made(site_dir):
+    """With a site bundle, every image removes the site's copies of certificates Debian
+    ships after ca-certificates is installed and before update-ca-certificates makes the
+    store; without one, nothing is removed."""
+    for name in ("base", "hub", "proxy", "db"):
+        lines = plan(site_dir)[name].files["Dockerfile"].decode().splitlines()
+        install = next(i for i, line in enumerate(lines) if "apt-get install" in line and "ca-certificates" in line)
+        drop = next(i for i, line in enumerate(lines) if "/usr/share/ca-certificates/mozilla/*.crt" in line)
+        update = lines.index(" && update-ca-certificates \\")
+        assert install < drop < update, name
+        assert "| xargs -r rm -f" in lines[drop + 1], name
+    assert b"mozilla/*.crt" not in plan(site_dir, build={})["base"].files["Dockerfile"]
+
+
 def test_ca_bundle_change_retags_all_but_debian(site_dir):
     before = images.image_refs(plan(site_dir))
     (site_dir / "ca.pem").write_bytes(CA + CA.replace(b"fake", b"other"))
