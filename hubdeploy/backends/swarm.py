@@ -66,6 +66,12 @@ class SwarmBackend(DockerBackend):
 
     Config = SwarmConfig
     name = "swarm"
+
+    def __init__(self, config: Mapping[str, Any], log=None):
+        super().__init__(config, log)
+        # Stopped servers whose container and configs are still going (held until done:
+        # the loop keeps no reference to a future of its own).
+        self.releasing: set[asyncio.Future] = set()
     config: SwarmConfig
 
     # -- start ------------------------------------------------------------------------
@@ -198,13 +204,39 @@ class SwarmBackend(DockerBackend):
     # -- stop / poll ------------------------------------------------------------------
 
     async def stop(self, state: dict[str, Any]) -> None:
-        """Remove the service (its task stops, the home stays) and its account configs."""
+        """Remove the service and return once its server process has exited.
+
+        Swarm destroys a stopped task's container some seconds later (2.4 s here, after
+        the 2 s it waits for gossip before it stops a task on an overlay network); only
+        then does the manager let go of the account configs. That wait goes on in the
+        background (:attr:`releasing`), so a user's stop is not held up by it; ``down``
+        removes whatever configs a hub that went away left behind.
+        """
         if not (state.get("service_id") or state.get("service_name")):
             return
         try:
-            await self._run(self._remove_sync, state)
+            service_id, configs = await self._run(self._remove_service, state)
+            if service_id is None:
+                await self._run(self._remove_configs, configs)
+                return
+            await self._until_no_container(service_id, running=True)
         except _UNREACHABLE as exc:
             raise BackendError(f"cannot stop {state.get('service_name')}: {type(exc).__name__}: {exc}") from exc
+        task = asyncio.ensure_future(self._release(service_id, configs))
+        self.releasing.add(task)
+        task.add_done_callback(self._released)
+
+    async def remove(self, server_id: str) -> None:
+        """Stop one server and wait until its container and configs are gone too: ``down``
+        removes the users network next, which no container may still be attached to."""
+        try:
+            service_id, configs = await self._run(self._remove_service, {"service_id": server_id})
+            if service_id is not None:
+                await self._release(service_id, configs)
+            else:
+                await self._run(self._remove_configs, configs)
+        except _UNREACHABLE as exc:
+            raise BackendError(f"cannot remove service {server_id}: {type(exc).__name__}: {exc}") from exc
 
     async def _remove_quietly(self, state: dict[str, Any]) -> None:
         try:
@@ -212,22 +244,51 @@ class SwarmBackend(DockerBackend):
         except BackendError as exc:
             self.log.warning("%s", exc)
 
-    def _remove_sync(self, state: Mapping[str, Any]) -> None:
+    def _remove_service(self, state: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+        """Remove the site's service: (its id, or None if there was none of this site;
+        the account configs to remove once it is gone)."""
         client = self.client()
-        ref = state.get("service_id") or state.get("service_name")
-        pending = list(state.get("configs") or ())
+        configs = list(state.get("configs") or ())
         try:
-            service = client.services.get(ref)
+            service = client.services.get(state.get("service_id") or state.get("service_name"))
             spec = service.attrs["Spec"]
-            if spec.get("Labels", {}).get(LABEL_SITE) == self.site:
-                # The spec names its configs too (remove() by id has no state).
-                refs = spec["TaskTemplate"].get("ContainerSpec", {}).get("Configs") or []
-                pending += [r["ConfigName"] for r in refs if r.get("ConfigName") not in pending]
-                service.remove()
-                self._wait_task_gone(client, service.id)
+            if spec.get("Labels", {}).get(LABEL_SITE) != self.site:
+                return None, configs
+            # The spec names its configs too (a remove by id has no state).
+            refs = spec["TaskTemplate"].get("ContainerSpec", {}).get("Configs") or []
+            configs += [r["ConfigName"] for r in refs if r.get("ConfigName") not in configs]
+            service.remove()
         except docker.errors.NotFound:
-            pass
-        # The manager may still count a just-removed service as using its configs.
+            return None, configs
+        return service.id, configs
+
+    async def _until_no_container(self, service_id: str, *, running: bool) -> None:
+        """Until the removed service has no running container (``running``: the server
+        has exited), or none at all on this engine (then the manager lets go of its
+        configs, and ``down`` can remove the network it was attached to); bounded by the
+        stop grace period."""
+        deadline = time.monotonic() + self.config.stop_timeout + 10
+        filters: dict[str, Any] = {"label": f"com.docker.swarm.service.id={service_id}"}
+        if running:
+            filters["status"] = "running"
+        while time.monotonic() < deadline and await self._run(self.client().api.containers,
+                                                               all=not running, filters=filters):
+            await asyncio.sleep(0.2)
+
+    async def _release(self, service_id: str, configs: list[str]) -> None:
+        await self._until_no_container(service_id, running=False)
+        await self._run(self._remove_configs, configs)
+
+    def _released(self, task: asyncio.Future) -> None:
+        self.releasing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.warning("removing a stopped server's configs: %s", task.exception())
+
+    def _remove_configs(self, configs: list[str]) -> None:
+        """Remove the configs no other server of the site mounts (the user's other
+        server keeps them), retrying while the manager still counts a removed task."""
+        client = self.client()
+        pending = list(configs)
         deadline = time.monotonic() + CONFIG_REMOVE_WAIT
         while pending:
             cname = pending.pop(0)
@@ -241,15 +302,6 @@ class SwarmBackend(DockerBackend):
                 if self._config_users(client, cname) <= 0:
                     pending.append(cname)
                     time.sleep(0.2)
-
-    def _wait_task_gone(self, client, service_id: str) -> None:
-        """Until the removed service's container is gone from this engine (bounded by the
-        stop grace period): a stop then really stopped the server, and ``down`` can remove
-        the users network it was attached to."""
-        deadline = time.monotonic() + self.config.stop_timeout + 10
-        label = f"com.docker.swarm.service.id={service_id}"
-        while time.monotonic() < deadline and client.api.containers(all=True, filters={"label": label}):
-            time.sleep(0.2)
 
     def _config_users(self, client, cname: str) -> int:
         """How many of this site's services still mount config ``cname``."""
@@ -300,8 +352,6 @@ class SwarmBackend(DockerBackend):
     def server_name(self, state: Mapping[str, Any]) -> str | None:
         return state.get("service_name") or None
 
-    async def remove(self, server_id: str) -> None:
-        await self.stop({"service_id": server_id})
 
     async def progress(self, state: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """One event per phase and per new swarm reason (``no suitable node (...)``)."""

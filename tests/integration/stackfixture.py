@@ -247,6 +247,19 @@ def user_session(stack, user: str):
     return hub, token
 
 
+# Kernel code for the isolation tests: whether a TCP connection to (host, port) opens
+# ("open"), or the error's name (a refusal and a timeout both mean unreachable).
+REACH_DEF = """\
+import socket
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return "open"
+    except OSError as exc:
+        return type(exc).__name__
+"""
+
+
 def run_5x4(server_url: str, token: str) -> str:
     """What a python3 kernel of the server prints for ``print(5 * 4)``, through the proxy."""
     from hubdeploy.smoke.kernel import ServerClient

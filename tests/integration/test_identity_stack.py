@@ -25,7 +25,7 @@ import docker
 import docker.errors
 import pytest
 from slurmstack import SlurmStack, running
-from stackfixture import run_5x4, user_session
+from stackfixture import REACH_DEF, run_5x4, user_session
 
 from hubdeploy.smoke.kernel import ServerClient
 
@@ -311,14 +311,7 @@ print(json.dumps([p.returncode, p.stdout.strip()]))
     assert su[0] != 0 and su[1] != "0", su
 
 
-REACH = """\
-import json, socket
-def reach(host, port):
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-        return "open"
-    except OSError as exc:
-        return type(exc).__name__
+REACH = "import json\n" + REACH_DEF + """\
 print(json.dumps({f"{h}:{p}": reach(h, p) for h, p in [("hub", 8081), ("slurmctld", 6817), ("c1", 6818)]}))
 """
 

@@ -106,10 +106,41 @@ def test_server_runs_as_a_service_as_its_user(client, swarm):
         assert [f.id for f in found] == [state["service_id"]]
         assert found[0].state == "running"
 
-        run(backend.stop(state))
+        assert len(state["configs"]) == 2 and all(client.configs.list(filters={"name": c}) for c in state["configs"])
+        label = {"label": f"com.docker.swarm.service.id={state['service_id']}"}
+
+        async def stop_then_release():
+            # stop returns once the server has exited; the container and the account
+            # configs go after it, in the background, while this loop still runs.
+            await backend.stop(state)
+            running = client.api.containers(filters={**label, "status": "running"})
+            pending = set(backend.releasing)
+            await asyncio.wait(pending, timeout=60)
+            return running, pending
+
+        running, pending = run(stop_then_release())
+        assert running == [] and len(pending) == 1 and all(t.done() and not t.exception() for t in pending)
+        assert client.api.containers(all=True, filters=label) == []
+        assert not any(client.configs.list(filters={"name": c}) for c in state["configs"])
         assert isinstance(run(backend.poll(state)), Stopped)
         assert not client.services.list(filters={"id": state["service_id"]})
         run(backend.stop(state))  # twice is fine
+    finally:
+        run(backend.stop(state))
+
+
+def test_remove_returns_when_the_container_and_configs_are_gone(client, swarm):
+    """What ``down`` stops untracked servers with: it removes the users network next."""
+    backend = make_backend(swarm)
+    ident = Identity(user="bea", name="bea", uid=42002, gid=42002, home="/tmp", groups=())
+    state: dict = {}
+    try:
+        run(backend.start(make_spec(swarm, "bea", identity=ident), state))
+        assert state["configs"]
+        run(backend.remove(state["service_id"]))
+        assert client.api.containers(all=True, filters={"label": f"com.docker.swarm.service.id={state['service_id']}"}) == []
+        assert not any(client.configs.list(filters={"name": c}) for c in state["configs"])
+        assert backend.releasing == set()
     finally:
         run(backend.stop(state))
 

@@ -14,7 +14,7 @@ import os
 import time
 
 import pytest
-from stackfixture import diagnostics, free_port, run_5x4, run_cli, tear_down_site, user_session
+from stackfixture import REACH_DEF, diagnostics, free_port, run_5x4, run_cli, tear_down_site, user_session
 
 from hubdeploy import engine
 from hubdeploy.smoke.hubclient import SpawnFailed
@@ -165,14 +165,7 @@ def test_login_server_is_a_swarm_service_and_survives_a_hub_restart(swarm_site, 
     assert services_of(client, "erin") == []
 
 
-SWARM_ATTACK = """\
-import json, os, socket, subprocess, urllib.request, urllib.error
-def reach(host, port):
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-        return "open"
-    except OSError as exc:
-        return type(exc).__name__
+SWARM_ATTACK = "import json, os, subprocess, urllib.request, urllib.error\n" + REACH_DEF + """\
 def run(*argv):
     p = subprocess.run(list(argv), input="", capture_output=True, text=True, timeout=60)
     return [p.returncode, (p.stdout + p.stderr)[-200:]]
