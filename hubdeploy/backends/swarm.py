@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +74,12 @@ class SwarmBackend(DockerBackend):
         # Stopped servers whose container and configs are still going (held until done:
         # the loop keeps no reference to a future of its own).
         self.releasing: set[asyncio.Future] = set()
+        # Account configs a start in flight has found or made and is about to mount: a
+        # stopped server's release must not remove one between the lookup and the new
+        # service (a restart reuses the same configs). Changed and read under the lock.
+        self._configs_lock = threading.Lock()
+        self._configs_starting: Counter[str] = Counter()
+
     config: SwarmConfig
 
     # -- start ------------------------------------------------------------------------
@@ -102,6 +110,16 @@ class SwarmBackend(DockerBackend):
                 self.log.info("removing stale service %s", name)
                 old.remove()
         user = self._as_user(spec)
+        starting: list[str] = []
+        try:
+            return self._create_service(client, spec, name, host, state, user, starting)
+        finally:
+            with self._configs_lock:
+                self._configs_starting.subtract(starting)
+                self._configs_starting = +self._configs_starting  # drops the zeros
+
+    def _create_service(self, client, spec: ServerSpec, name: str, host: str, state: dict[str, Any],
+                        user: Mapping[str, Any], starting: list[str]) -> str:
         container = ContainerSpec(
             spec.profile["image_ref"],
             command=list(spec.cmd),
@@ -111,7 +129,7 @@ class SwarmBackend(DockerBackend):
             groups=[str(g.gid) for g in spec.identity.groups] if spec.identity is not None else None,
             labels=self.labels(spec),
             mounts=self._mounts(client, spec, state),
-            configs=self._account_configs(client, spec, state),
+            configs=self._account_configs(client, spec, state, starting),
             init=self.config.init,
             cap_drop=["ALL"],  # swarm has no no-new-privileges option: nothing to gain then
             stop_grace_period=self.config.stop_timeout * 10**9,
@@ -133,7 +151,8 @@ class SwarmBackend(DockerBackend):
         )
         return created["ID"]
 
-    def _account_configs(self, client, spec: ServerSpec, state: dict[str, Any]) -> list[ConfigReference] | None:
+    def _account_configs(self, client, spec: ServerSpec, state: dict[str, Any],
+                         starting: list[str]) -> list[ConfigReference] | None:
         """The image's passwd/group with the user's lines, as swarm configs (named by
         content, so a user's servers share them and a changed account gets new ones)."""
         ident = spec.identity
@@ -156,16 +175,20 @@ class SwarmBackend(DockerBackend):
         merged = accounts.with_account(texts[0], texts[1], ident)
         if merged is None:
             return None
-        refs, made = [], []
+        named = []
         for path, text in zip(("/etc/passwd", "/etc/group"), merged):
             digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-            cname = f"{self.prefix}-{path.rsplit('/', 1)[1]}-{digest}"
+            named.append((path, text, f"{self.prefix}-{path.rsplit('/', 1)[1]}-{digest}"))
+        state["configs"] = [cname for _, _, cname in named]
+        with self._configs_lock:
+            self._configs_starting.update(state["configs"])
+            starting += state["configs"]
+        refs = []
+        for path, text, cname in named:
             found = [c for c in client.configs.list(filters={"name": cname}) if c.name == cname]
             config = found[0] if found else client.configs.create(
                 name=cname, data=text.encode(), labels={LABEL_SITE: self.site, LABEL_USER: spec.user})
-            made.append(cname)
             refs.append(ConfigReference(config.id, cname, filename=path, uid="0", gid="0", mode=0o444))
-        state["configs"] = made
         return refs
 
     async def _wait_running(self, state: dict[str, Any]) -> None:
@@ -293,7 +316,10 @@ class SwarmBackend(DockerBackend):
         while pending:
             cname = pending.pop(0)
             try:
-                client.configs.get(cname).remove()
+                with self._configs_lock:
+                    if self._configs_starting[cname] > 0:
+                        continue  # kept: a start is about to mount it
+                    client.configs.get(cname).remove()
             except docker.errors.NotFound:
                 pass
             except docker.errors.APIError as exc:

@@ -49,8 +49,8 @@ def swarm(client, swarm_manager):
     _quietly(lambda: client.images.remove(image, force=True))
 
 
-def make_backend(env, **extra):
-    return SwarmBackend({"network": env["network"], "prefix": env["prefix"], "site": env["site"],
+def make_backend(env, cls=SwarmBackend, **extra):
+    return cls({"network": env["network"], "prefix": env["prefix"], "site": env["site"],
                          "allowed_images": [env["image"]], "schedule_grace": 2, **extra})
 
 
@@ -143,6 +143,31 @@ def test_remove_returns_when_the_container_and_configs_are_gone(client, swarm):
         assert backend.releasing == set()
     finally:
         run(backend.stop(state))
+
+
+def test_a_release_never_removes_the_configs_a_start_is_about_to_mount(client, swarm):
+    """A restart reuses the stopped server's configs while the stop's release is still
+    removing them. Injected fault: the release's removal runs at the worst moment, after
+    the start found or made the configs and before its service exists."""
+
+    class ReleaseMidStart(SwarmBackend):
+        def _account_configs(self, client, spec, state, starting):
+            refs = super()._account_configs(client, spec, state, starting)
+            self._remove_configs(state["configs"])
+            return refs
+
+    backend = make_backend(swarm, ReleaseMidStart)
+    ident = Identity(user="cy", name="cy", uid=42003, gid=42003, home="/tmp", groups=())
+    state: dict = {}
+    try:
+        run(backend.start(make_spec(swarm, "cy", identity=ident), state))
+        assert run(backend.poll(state)) == Running()
+        assert all(client.configs.list(filters={"name": c}) for c in state["configs"])
+        assert not backend._configs_starting  # nothing counted once the start is done
+    finally:
+        if state.get("service_id"):
+            run(backend.remove(state["service_id"]))
+    assert not any(client.configs.list(filters={"name": c}) for c in state["configs"])
 
 
 def test_unplaceable_profile_fails_with_swarms_reason(client, swarm):
