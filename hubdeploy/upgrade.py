@@ -10,16 +10,18 @@ hands over to ``up``'s ordinary recreate:
 3. stop the old hub (the proxy keeps routing users to their running servers), so that no
    hub writes while the schema changes;
 4. ``jupyterhub upgrade-db`` in a one-off container of the NEW hub image, with the old
-   hub's mounts (its config, hub.json, secrets and data volume);
+   hub's mounts (its config, hub.json, secrets and data volume); under swarm a one-off
+   service made of the hub service's task (swarm configs and secrets mount only there);
 5. ``up`` then writes the new files and recreates the hub.
 
-A failure in 1 changes nothing; a failure in 3 or 4 copies the backup back (sqlite) and
-starts the old hub container again. PostgreSQL runs alembic's migration in one
+A failure in 1 changes nothing; a failure in 3 or 4 copies the backup back into the data
+volume (sqlite) and starts the old hub (container, or service scaled back to 1) again. PostgreSQL runs alembic's migration in one
 transaction, so a failed upgrade-db leaves its schema as it was.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import time
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubdeploy import engine, images
-from hubdeploy.contract.layout import HUB_CONFIG_PATH, HUB_DATA_DIR, HUB_SERVICE
+from hubdeploy.contract.layout import HUB_CONFIG_PATH, HUB_DATA_DIR, HUB_SERVICE, LABEL_SITE
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.images import LABEL_JUPYTERHUB_VERSION
 
@@ -119,10 +121,14 @@ def backup_database(container, state: Path, version: str) -> Path:
     return dest
 
 
-def restore_database(container, backup: Path) -> None:
-    """Put the backup back as the hub's database (the hub is stopped)."""
+def restore_database(client, container, backup: Path) -> None:
+    """Put the backup back as the hub's database (the hub is stopped), through a helper
+    container of the old hub's image that mounts the hub's data volume: under swarm the
+    stopped hub's container is gone (its task was removed), under compose it stays."""
     import io
     import tarfile
+
+    import docker.errors
 
     data = backup.read_bytes()
     name = Path(SQLITE_FILE).name
@@ -134,8 +140,26 @@ def restore_database(container, backup: Path) -> None:
             info = tarfile.TarInfo(member)
             info.size, info.mode = len(content), 0o600
             tar.addfile(info, io.BytesIO(content))
-    if not container.put_archive(HUB_DATA_DIR, buf.getvalue()):
-        raise OperationError(f"could not restore the hub database from {backup}")
+    volume = next((m.get("Name") for m in container.attrs.get("Mounts") or ()
+                   if m.get("Destination") == HUB_DATA_DIR and m.get("Type") == "volume"), None)
+    if volume is None:
+        raise OperationError(f"the old hub had no data volume at {HUB_DATA_DIR}: nothing to restore {backup} into")
+    name = f"{container.name}-restore-db"
+    try:  # left by an interrupted rollback
+        client.containers.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    helper = client.containers.create(container.image.id, ["true"], entrypoint=[], network_disabled=True, name=name,
+                                      labels={LABEL_SITE: container.labels.get(LABEL_SITE, "")},
+                                      volumes={volume: {"bind": HUB_DATA_DIR, "mode": "rw"}})
+    try:
+        if not helper.put_archive(HUB_DATA_DIR, buf.getvalue()):
+            raise OperationError(f"could not restore the hub database from {backup}")
+    finally:
+        try:
+            helper.remove(force=True)
+        except docker.errors.APIError:
+            pass
 
 
 def upgrade_db(client, container, new_image: str) -> None:
@@ -163,8 +187,59 @@ def upgrade_db(client, container, new_image: str) -> None:
         one_off.remove(force=True)
     if result.get("StatusCode") != 0:
         raise OperationError("jupyterhub upgrade-db failed:\n  " + "\n  ".join(logs[-10:]))
-    if os.environ.get(FAULT_ENV) == "upgrade-db":
-        raise OperationError(f"jupyterhub upgrade-db: injected failure ({FAULT_ENV})")
+
+
+def upgrade_db_service(client, project: str, new_image: str) -> None:
+    """``jupyterhub upgrade-db`` as a one-off swarm service: the hub service's own task
+    (its configs, secrets, volumes, networks and placement, which no plain container can
+    mount) with the NEW image, that command, no health check and no restart."""
+    import docker.errors
+
+    spec = client.services.get(f"{project}_{HUB_SERVICE}").attrs["Spec"]
+    task = upgrade_db_task(spec["TaskTemplate"], new_image)
+    name = f"{project}-upgrade-db"
+    for left in client.services.list(filters={"name": name}):
+        if left.name == name:  # left by an interrupted upgrade
+            left.remove()
+    created = client.api.create_service(task, name=name, mode={"Replicated": {"Replicas": 1}}, labels={
+        LABEL_SITE: (spec.get("Labels") or {}).get(LABEL_SITE, ""), "hubdeploy.upgrade-db": "1"})
+    try:
+        status = _finished_task(client, created["ID"])
+        logs = b"".join(client.api.service_logs(created["ID"], stdout=True, stderr=True, tail=20))
+    finally:
+        try:
+            client.api.remove_service(created["ID"])
+        except docker.errors.NotFound:
+            pass
+    if status.get("State") != "complete":
+        lines = logs.decode(errors="replace").strip().splitlines()
+        raise OperationError(f"jupyterhub upgrade-db failed (task {status.get('State')}: {status.get('Err') or '-'}):"
+                             "\n  " + "\n  ".join(lines[-10:]))
+
+
+def upgrade_db_task(hub_task: dict, new_image: str) -> dict:
+    """The hub service's TaskTemplate made into upgrade-db's (a new dict)."""
+    task = copy.deepcopy(hub_task)
+    box = task["ContainerSpec"]
+    box.update(Image=new_image, Args=["jupyterhub", "upgrade-db", "-f", HUB_CONFIG_PATH],
+               Healthcheck={"Test": ["NONE"]})
+    box.pop("Command", None)  # the image's entrypoint (tini)
+    for net in task.get("Networks") or ():
+        net.pop("Aliases", None)  # "hub" names the hub, not this
+    task["RestartPolicy"] = {"Condition": "none"}
+    task.pop("ForceUpdate", None)
+    return task
+
+
+def _finished_task(client, service_id: str) -> dict:
+    """The one-off service's task status once it has ended (bounded)."""
+    deadline = time.monotonic() + UPGRADE_DB_WAIT
+    while time.monotonic() < deadline:
+        for t in client.api.tasks(filters={"service": service_id}):
+            if t["Status"]["State"] in ("complete", "failed", "rejected", "shutdown", "orphaned"):
+                return t["Status"]
+        time.sleep(0.5)
+    raise OperationError(f"jupyterhub upgrade-db did not end within {UPGRADE_DB_WAIT} s")
 
 
 def _wait_healthy(container) -> bool:
@@ -209,9 +284,14 @@ def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None,
     try:
         stop()
         say("[bold cyan]upgrade[/] 4/4 jupyterhub upgrade-db with the new hub image")
-        upgrade_db(client, old, prep.plans["hub"].ref)
+        if prep.swarm:
+            upgrade_db_service(client, prep.project, prep.plans["hub"].ref)
+        else:
+            upgrade_db(client, old, prep.plans["hub"].ref)
+        if os.environ.get(FAULT_ENV) == "upgrade-db":
+            raise OperationError(f"jupyterhub upgrade-db: injected failure ({FAULT_ENV})")
     except Exception as exc:
-        _roll_back(old, backup, say, start)
+        _roll_back(client, old, backup, say, start)
         what = exc.message if isinstance(exc, OperationError) else f"{type(exc).__name__}: {exc}"
         raise OperationError(
             f"the upgrade to JupyterHub {decision.wanted} failed; the hub runs {decision.running} "
@@ -254,10 +334,10 @@ def _hub_control(prep, client, old):
     return stop_service, start_service
 
 
-def _roll_back(old, backup: Path | None, say, start) -> None:
+def _roll_back(client, old, backup: Path | None, say, start) -> None:
     say("[bold red]upgrade failed[/]: restoring the database and starting the old hub")
     if backup is not None:
-        restore_database(old, backup)
+        restore_database(client, old, backup)
     if not start():
         raise OperationError("the old hub did not become healthy again after the failed upgrade",
                              hint=f"the database before the upgrade is at {backup}" if backup else None)

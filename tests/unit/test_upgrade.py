@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hubdeploy.errors import SiteError
+from hubdeploy import upgrade
 from hubdeploy.upgrade import decide, parse_version
 
 
@@ -67,3 +68,27 @@ def test_schema_takes_jupyterhub_from_5_5(version, ok):
         with pytest.raises(SiteError) as info:
             load_site_text(text, "site.yaml")
         assert "site.yaml:2:" in info.value.message and "hub.jupyterhub_version" in info.value.message
+
+
+def test_upgrade_db_task_is_the_hubs_with_the_new_image_and_command():
+    hub = {
+        "ContainerSpec": {"Image": "hub:old", "Command": ["tini", "--"], "Args": ["jupyterhub"],
+                          "Healthcheck": {"Test": ["CMD", "true"]}, "Configs": [{"ConfigName": "c"}],
+                          "Secrets": [{"SecretName": "s"}], "Mounts": [{"Source": "hub-data"}]},
+        "Networks": [{"Target": "n1", "Aliases": ["hub"]}],
+        "Placement": {"Constraints": ["node.id == abc"]},
+        "RestartPolicy": {"Condition": "any"},
+        "ForceUpdate": 3,
+    }
+    task = upgrade.upgrade_db_task(hub, "hub:new")
+    box = task["ContainerSpec"]
+    assert box["Image"] == "hub:new" and "Command" not in box
+    assert box["Args"] == ["jupyterhub", "upgrade-db", "-f", upgrade.HUB_CONFIG_PATH]
+    assert box["Healthcheck"] == {"Test": ["NONE"]}
+    # What only a swarm task can mount, and where it runs, stay the hub's.
+    assert (box["Configs"], box["Secrets"], box["Mounts"]) == ([{"ConfigName": "c"}], [{"SecretName": "s"}],
+                                                               [{"Source": "hub-data"}])
+    assert task["Placement"] == hub["Placement"]
+    assert task["Networks"] == [{"Target": "n1"}] and task["RestartPolicy"] == {"Condition": "none"}
+    assert "ForceUpdate" not in task
+    assert hub["ContainerSpec"]["Image"] == "hub:old" and hub["Networks"][0]["Aliases"] == ["hub"]  # not changed
