@@ -111,6 +111,28 @@ def service_containers(client, project: str, service: str, *, all: bool = False)
     return sorted(found, key=lambda c: c.attrs.get("Created", ""), reverse=True)
 
 
+def put_into_volume(client, image: str, volume: str, path: str, tar: bytes, *, name: str,
+                    labels: dict[str, str]) -> None:
+    """Unpack ``tar`` at ``path`` in ``volume`` through a helper container of ``image``
+    that never runs (no network; removed after; one an interrupted run left goes first)."""
+    import docker.errors
+
+    try:
+        client.containers.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+    helper = client.containers.create(image, ["true"], entrypoint=[], name=name, labels=labels,
+                                      volumes={volume: {"bind": path, "mode": "rw"}}, network_disabled=True)
+    try:
+        if not helper.put_archive(path, tar):
+            raise OperationError(f"could not write into the volume {volume}")
+    finally:
+        try:
+            helper.remove(force=True)
+        except docker.errors.APIError:
+            pass
+
+
 def hub_container(client, project: str):
     """The stack's hub container (the running one first), running or stopped, or None."""
     found = service_containers(client, project, HUB_SERVICE, all=True)

@@ -80,25 +80,13 @@ def _volume_tar(files: dict[str, Member]) -> bytes:
 def _fill_volume(client, prep, files: dict[str, Member], console) -> None:
     """Create the hub's data volume (labelled as compose would) and put ``files`` in it
     through a container of the hub's image, which is built first when missing."""
-    import docker
-
     images.build_images(prep.plans, client=client, state_dir=prep.state, names=["hub"], console=console)
     project = prep.project
+    labels = {LABEL_SITE: prep.site.name}
     client.volumes.create(volume_name(prep.site.name), labels={
-        "com.docker.compose.project": project, "com.docker.compose.volume": "hub-data",
-        LABEL_SITE: prep.site.name})
-    helper = client.containers.create(
-        prep.plans["hub"].ref, ["true"], entrypoint=[], name=f"{project}-restore",
-        volumes={volume_name(prep.site.name): {"bind": HUB_DATA_DIR, "mode": "rw"}}, network_disabled=True,
-    )
-    try:
-        if not helper.put_archive(HUB_DATA_DIR, _volume_tar(files)):
-            raise OperationError(f"could not write into the volume {volume_name(prep.site.name)}")
-    finally:
-        try:
-            helper.remove(force=True)
-        except docker.errors.APIError:
-            pass
+        "com.docker.compose.project": project, "com.docker.compose.volume": "hub-data", **labels})
+    engine.put_into_volume(client, prep.plans["hub"].ref, volume_name(prep.site.name), HUB_DATA_DIR,
+                           _volume_tar(files), name=f"{project}-restore", labels=labels)
 
 
 def _write_state(site_file: Path, backup: Backup, stack):

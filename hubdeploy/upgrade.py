@@ -128,8 +128,6 @@ def restore_database(client, container, backup: Path) -> None:
     import io
     import tarfile
 
-    import docker.errors
-
     data = backup.read_bytes()
     name = Path(SQLITE_FILE).name
     buf = io.BytesIO()
@@ -144,22 +142,9 @@ def restore_database(client, container, backup: Path) -> None:
                    if m.get("Destination") == HUB_DATA_DIR and m.get("Type") == "volume"), None)
     if volume is None:
         raise OperationError(f"the old hub had no data volume at {HUB_DATA_DIR}: nothing to restore {backup} into")
-    name = f"{container.name}-restore-db"
-    try:  # left by an interrupted rollback
-        client.containers.get(name).remove(force=True)
-    except docker.errors.NotFound:
-        pass
-    helper = client.containers.create(container.image.id, ["true"], entrypoint=[], network_disabled=True, name=name,
-                                      labels={LABEL_SITE: container.labels.get(LABEL_SITE, "")},
-                                      volumes={volume: {"bind": HUB_DATA_DIR, "mode": "rw"}})
-    try:
-        if not helper.put_archive(HUB_DATA_DIR, buf.getvalue()):
-            raise OperationError(f"could not restore the hub database from {backup}")
-    finally:
-        try:
-            helper.remove(force=True)
-        except docker.errors.APIError:
-            pass
+    engine.put_into_volume(client, container.image.id, volume, HUB_DATA_DIR, buf.getvalue(),
+                           name=f"{container.name}-restore-db",
+                           labels={LABEL_SITE: container.labels.get(LABEL_SITE, "")})
 
 
 def upgrade_db(client, container, new_image: str) -> None:

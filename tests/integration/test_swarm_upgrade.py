@@ -20,7 +20,7 @@ import time
 import pytest
 import requests
 from stackfixture import diagnostics, free_port, run_5x4, run_cli, tear_down_site, user_session
-from test_upgrade_stack import NEW, OLD
+from test_upgrade_stack import NEW, OLD, Site
 
 from hubdeploy import engine
 from hubdeploy.smoke.hubclient import HubClient
@@ -46,40 +46,9 @@ profiles:
 state: dict = {}
 
 
-class Site:
-    def __init__(self, path, port: int):
-        self.dir = path
-        self.site_file = path / "site.yaml"
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}/"
-
-    def write(self, version: str) -> None:
-        self.site_file.write_text(SITE_YAML.format(name=SITE, port=self.port, version=version))
-
-    def cli(self, *args, **kw):
-        return run_cli(self.site_file, *args, **kw)
-
-    def hub_version(self) -> str:
-        return requests.get(self.url + "hub/api", timeout=30).json()["version"]
-
-    def hub_task(self):
-        (hub,) = engine.service_containers(engine.docker_client(), PROJECT, "hub")
-        return hub
-
-    def db_facts(self) -> dict:
-        """The schema revision, the users and the servers with their spawner state."""
-        code, out = self.hub_task().exec_run(["python3", "-c", (
-            "import sqlite3, json; d = sqlite3.connect('file:/srv/jupyterhub/data/jupyterhub.sqlite?mode=ro', uri=True);"
-            "print(json.dumps({'rev': d.execute('select version_num from alembic_version').fetchall(),"
-            "'users': d.execute('select name from users order by name').fetchall(),"
-            "'spawners': d.execute('select name, state from spawners order by id').fetchall()}))")])
-        assert code == 0, out
-        return json.loads(out)
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, swarm_manager):
-    s = Site(tmp_path_factory.mktemp("swarmupgrade"), free_port())
+    s = Site(tmp_path_factory.mktemp("swarmupgrade"), SITE, free_port(), SITE_YAML)
     s.write(OLD)
     run_cli(s.site_file, "down", "--volumes", timeout=300)  # an interrupted earlier run's leftovers
     try:
@@ -118,7 +87,7 @@ def test_a_failed_upgrade_brings_the_old_hub_service_back(site):
     assert "injected failure" in said and f"the hub runs {OLD} again" in said and "Traceback" not in said, said
     assert site.hub_version() == OLD
     assert site.db_facts() == before
-    hub = site.hub_task()
+    hub = site.hub()
     assert hub.image.labels["hubdeploy.jupyterhub-version"] == OLD
     assert run_5x4(s["url"], s["token"]) == "20"
 

@@ -18,6 +18,7 @@ import pytest
 import requests
 from stackfixture import diagnostics, run_5x4, run_cli, tear_down_site, user_session
 
+from hubdeploy import engine
 from hubdeploy.contract.names import container_name
 from hubdeploy.smoke.hubclient import HubClient
 from hubdeploy.upgrade import FAULT_ENV
@@ -43,22 +44,24 @@ state: dict = {}
 
 
 class Site:
-    def __init__(self, path):
+    """A site directory whose site file names a JupyterHub version (``template`` has
+    {name}, {port} and {version}); its hub under compose or swarm."""
+
+    def __init__(self, path, name: str = SITE, port: int = PORT, template: str = SITE_YAML):
         self.dir = path
         self.site_file = path / "site.yaml"
-        self.url = f"http://127.0.0.1:{PORT}/"
-        self.project = f"hubdeploy-{SITE}"
+        self.name, self.port, self.template = name, port, template
+        self.url = f"http://127.0.0.1:{port}/"
+        self.project = f"hubdeploy-{name}"
 
     def write(self, version: str) -> None:
-        self.site_file.write_text(SITE_YAML.format(name=SITE, port=PORT, version=version))
+        self.site_file.write_text(self.template.format(name=self.name, port=self.port, version=version))
 
     def cli(self, *args, **kw):
         return run_cli(self.site_file, *args, **kw)
 
     def hub(self):
-        client = docker.from_env()
-        return client.containers.list(all=True, filters={"label": [
-            f"com.docker.compose.project={self.project}", "com.docker.compose.service=hub"]})[0]
+        return engine.hub_container(docker.from_env(), self.project)
 
     def hub_version(self) -> str:
         return requests.get(self.url + "hub/api", timeout=10).json()["version"]
