@@ -15,8 +15,9 @@ hands over to ``up``'s ordinary recreate:
 5. ``up`` then writes the new files and recreates the hub.
 
 A failure in 1 changes nothing; a failure in 3 or 4 copies the backup back into the data
-volume (sqlite) and starts the old hub (container, or service scaled back to 1) again. PostgreSQL runs alembic's migration in one
-transaction, so a failed upgrade-db leaves its schema as it was.
+volume (sqlite) and starts the old hub (its container, or its service scaled back to 1)
+again. PostgreSQL runs alembic's migration in one transaction, so a failed upgrade-db
+leaves its schema as it was.
 """
 
 from __future__ import annotations

@@ -378,7 +378,6 @@ class SwarmBackend(DockerBackend):
     def server_name(self, state: Mapping[str, Any]) -> str | None:
         return state.get("service_name") or None
 
-
     async def progress(self, state: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """One event per phase and per new swarm reason (``no suitable node (...)``)."""
         seen = None
