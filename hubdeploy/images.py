@@ -347,7 +347,8 @@ class _Planner:
         # The hub-side code needs the docker SDK beyond JupyterHub itself, ldap3 for the
         # ldap identity source (small, pure Python: installed whatever the site's source),
         # and cryptography (SSHCertificateBuilder) for per-user SSH certificates.
-        reqs += ["docker>=7.0", "ldap3", "cryptography>=41"]
+        # h11 frames the engine proxy's HTTP (it runs from this image).
+        reqs += ["docker>=7.0", "ldap3", "cryptography>=41", "h11>=0.14"]
         self.add("hub", "hub/Dockerfile.j2", "debian", self.plans["debian"].ref,
                  {"requirements.txt": _requirements(reqs), **_hubdeploy_source()})
 

@@ -34,7 +34,6 @@ from docker.types import (
     NetworkAttachmentConfig,
     Placement,
     RestartPolicy,
-    ServiceMode,
     TaskTemplate,
 )
 
@@ -146,7 +145,10 @@ class SwarmBackend(DockerBackend):
             template,
             name=name,
             labels=self.labels(spec),
-            mode=ServiceMode("replicated", replicas=1),
+            # The Engine API's own spelling: docker-py's ServiceMode writes "replicated",
+            # which the engine matches only with case ignored, and the engine proxy
+            # refuses any key that is not exactly a field's name.
+            mode={"Replicated": {"Replicas": 1}},
             endpoint_spec=EndpointSpec(mode="dnsrr"),
         )
         return created["ID"]
@@ -165,7 +167,8 @@ class SwarmBackend(DockerBackend):
             # proxy allows nothing else).
             probe = client.containers.create(image, command=["true"], labels={LABEL_SITE: self.site},
                                              name=f"{self.prefix}-etc-probe-{secrets.token_hex(4)}",
-                                             network_mode="none")
+                                             network_mode="none", cap_drop=["ALL"],
+                                             security_opt=["no-new-privileges:true"], pids_limit=16)
             try:
                 texts = tuple(accounts.read_archive_file(probe.get_archive(p)[0], p.rsplit("/", 1)[1])
                               for p in ("/etc/passwd", "/etc/group"))

@@ -1,16 +1,25 @@
 """The engine proxy's server: HTTP/1.1 on tcp in front of the engine's unix socket.
 
-One request per client connection: the request (head and whole body) is read, decided by
-:func:`~hubdeploy.engineproxy.policy.decide`, and forwarded with ``Connection: close``
-on a fresh connection to the engine, whose answer is copied back until the engine closes.
-Nothing the client sends after its request reaches the engine, so a second request can
-never ride past the check on a kept-alive connection; the one exception is a hijacked
-stream (exec start, attach), where the bytes that follow are the process's stdin.
+Framing is h11's (a well-kept, strict-by-design parser), behind a stricter check of each
+request head than h11 makes on its own (:func:`check_head`): only CRLF line ends, no bare
+CR or LF, no control character, no folded line, one Content-Length or one
+``Transfer-Encoding: chunked`` and never both, an origin-form target of visible ASCII.
+Whatever fails it is answered 400 and the connection is closed. Each request on a
+kept-alive connection is read, checked and decided on its own; bytes after a request are
+only ever read as the next request, through the same checks.
 
-Refusals are answered 403 (404 for objects that do not exist) with the engine's JSON
-error shape, ``{"message": ...}``, which docker-py shows as the error's explanation, and
-logged as one line: method, path without its query, rule. Bodies (which carry the
-environments of notebooks and execs, tokens included) are never logged.
+An allowed request is sent on a fresh engine connection, rebuilt from what was decided:
+the method, the target the policy returned (the object's full id), a fixed set of
+headers, and the policy's body (the checked JSON serialised again, or a rebuilt tar),
+never the client's bytes. The engine's answer comes back through h11 too. An exec start
+is the one hijacked stream: after the engine's 101 the connection carries the process's
+stdin and output both ways.
+
+Refusals are answered 403 (404 for objects that do not exist, 400 for malformed
+requests) with the engine's JSON error shape, ``{"message": ...}``, which docker-py shows
+as the error's explanation, and logged as one line: method, path without its query,
+rule. Bodies (which carry the environments of notebooks and execs, tokens included) are
+never logged.
 """
 
 from __future__ import annotations
@@ -18,65 +27,64 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+from dataclasses import dataclass
 from urllib.parse import quote
+
+import h11
 
 from hubdeploy.engineproxy.policy import MAX_BODY, Allow, Request, SitePolicy, decide
 
 log = logging.getLogger("hubdeploy.engineproxy")
 HEAD_LIMIT = 64 * 1024
-# Dropped from the forwarded head: we set framing and connection handling ourselves.
-_HOP = {"connection", "content-length", "transfer-encoding", "keep-alive", "upgrade", "host"}
+# How long a client may take to send a request head, and stay idle between requests.
+HEAD_TIMEOUT = 60
 # One engine call of the lookup (an inspect); the forwarded request itself is unbounded
-# (wait, logs --follow and exec streams last as long as their process).
+# (an exec's stream lasts as long as its process).
 LOOKUP_TIMEOUT = 30
+_REQUEST_LINE = re.compile(rb"(GET|HEAD|POST|PUT|DELETE) (/[\x21-\x7e]*) HTTP/1\.[01]")
+_HEADER_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([\x20-\x7e\t]*?)[ \t]*")
+# Sent on to the engine from the client's head; everything else is dropped (framing and
+# connection handling are ours, and nothing else changes what the engine does for us).
+_PASSED_HEADERS = {b"user-agent", b"accept"}
+_RESPONSE_HOP = {b"connection", b"keep-alive", b"transfer-encoding", b"upgrade"}
 
 
 class BadRequest(Exception):
     pass
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, str, list[tuple[str, str]]]:
-    try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError:
-        raise BadRequest("request head too large") from None
-    lines = raw.decode("latin-1").split("\r\n")
-    try:
-        method, target, version = lines[0].split(" ", 2)
-    except ValueError:
-        raise BadRequest("malformed request line") from None
-    headers = []
+def check_head(head: bytes) -> None:
+    """Refuse a request head (up to and including its blank line) that any HTTP parser
+    could read as something else: BadRequest with the reason."""
+    if not head.endswith(b"\r\n\r\n"):
+        raise BadRequest("the request head does not end with CRLF CRLF")
+    lines = head[:-4].split(b"\r\n")
+    if any(b"\r" in line or b"\n" in line for line in lines):
+        raise BadRequest("bare CR or LF in the request head")
+    if not _REQUEST_LINE.fullmatch(lines[0]):
+        raise BadRequest("malformed request line")
+    seen: dict[bytes, int] = {}
     for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers.append((name.strip(), value.strip()))
-    return method, target, version, headers
+        match = _HEADER_LINE.fullmatch(line)
+        if match is None:
+            raise BadRequest("malformed or folded header line, or a control character in it")
+        name = match.group(1).lower()
+        seen[name] = seen.get(name, 0) + 1
+        if name == b"transfer-encoding" and match.group(2).lower() != b"chunked":
+            raise BadRequest("a Transfer-Encoding other than chunked")
+    if seen.get(b"content-length", 0) > 1 or seen.get(b"transfer-encoding", 0) > 1:
+        raise BadRequest("a repeated Content-Length or Transfer-Encoding")
+    if b"content-length" in seen and b"transfer-encoding" in seen:
+        raise BadRequest("both Content-Length and Transfer-Encoding")
+    if seen.get(b"host", 0) > 1:
+        raise BadRequest("a repeated Host header")
 
 
-async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        out = bytearray()
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass  # trailers
-                return bytes(out)
-            if len(out) + size > MAX_BODY:
-                raise BadRequest("request body too large")
-            out += await reader.readexactly(size)
-            await reader.readexactly(2)
-    length = int(headers.get("content-length") or 0)
-    if length > MAX_BODY:
-        raise BadRequest("request body too large")
-    return await reader.readexactly(length) if length else b""
-
-
-def _response(status: int, message: str) -> bytes:
+def _error(status: int, message: str) -> tuple[h11.Response, bytes]:
     body = json.dumps({"message": message}).encode()
-    reason = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 502: "Bad Gateway"}.get(status, "Error")
-    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    return h11.Response(status_code=status, headers=[
+        ("Content-Type", "application/json"), ("Content-Length", str(len(body)))]), body
 
 
 class EngineProxy:
@@ -96,16 +104,19 @@ class EngineProxy:
     async def _engine_get(self, path: str) -> tuple[int, bytes]:
         reader, writer = await asyncio.open_unix_connection(self.socket_path)
         try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+            conn = h11.Connection(h11.CLIENT)
+            writer.write(conn.send(h11.Request(method="GET", target=path, headers=[
+                ("Host", "docker"), ("Connection", "close")])) + conn.send(h11.EndOfMessage()))
             await writer.drain()
-            data = await reader.read()
+            status, body = 0, bytearray()
+            async for event in _events(conn, reader):
+                if isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+            return status, bytes(body)
         finally:
             writer.close()
-        head, _, body = data.partition(b"\r\n\r\n")
-        status = int(head.split(None, 2)[1])
-        if b"transfer-encoding: chunked" in head.lower():
-            body = _dechunk(body)
-        return status, body
 
     async def lookup(self, kind: str, ref: str) -> dict | None:
         """The engine's inspect document of a container, exec, network or volume; None if absent."""
@@ -125,24 +136,80 @@ class EngineProxy:
         assert task is not None
         self.connections.add(task)
         try:
-            await self._handle(reader, writer)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
+            # Bytes read past one request are the start of the next one: each request gets
+            # a fresh h11 connection (its state is the request's), fed only after the head
+            # passed check_head.
+            pending = b""
+            while pending is not None:
+                pending = await self._one_request(pending, reader, writer)
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, h11.ProtocolError) as exc:
             log.debug("connection ended: %s", type(exc).__name__)
         finally:
             writer.close()
             self.connections.discard(task)
 
-    async def _handle(self, reader, writer) -> None:
+    async def _one_request(self, pending: bytes, reader, writer) -> bytes | None:
+        """Read, decide and answer one request; the bytes already read past it when the
+        connection goes on, None when it ends."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+        buf = bytearray(pending)
+        while b"\r\n\r\n" not in buf:
+            if len(buf) > HEAD_LIMIT:
+                await self._send_error(conn, writer, 400, "request head too large")
+                return None
+            data = await asyncio.wait_for(reader.read(65536), HEAD_TIMEOUT)
+            if not data:
+                if buf:
+                    await self._send_error(conn, writer, 400, "incomplete request head")
+                return None
+            buf += data
+        end = buf.index(b"\r\n\r\n") + 4
         try:
-            method, target, version, headers = await _read_head(reader)
-            hdict = {k.lower(): v for k, v in headers}
-            body = await _read_body(reader, hdict)
-        except (BadRequest, ValueError) as exc:
-            writer.write(_response(400, f"hubdeploy engine proxy: {exc}"))
-            await writer.drain()
-            return
-        path, _, query = target.partition("?")
-        req = Request(method.upper(), path, query, body)
+            check_head(bytes(buf[:end]))
+            conn.receive_data(bytes(buf))
+            incoming = await self._read_request(conn, reader)
+        except (BadRequest, h11.RemoteProtocolError) as exc:
+            await self._send_error(conn, writer, 400, f"hubdeploy engine proxy: {exc}")
+            return None
+        req = incoming.request
+        decision = await self._decide(req)
+        if not isinstance(decision, Allow):
+            await self._send_error(conn, writer, decision.status,
+                                   f"hubdeploy engine proxy refused ({decision.rule}): {decision.reason}")
+            return _next(conn)
+        if decision.hijack != incoming.upgrade:
+            await self._send_error(conn, writer, 400, "Upgrade: tcp is for an exec start, and it needs it")
+            return None
+        log.debug("allowed %s %s rule=%s", req.method, req.path, decision.rule)
+        if await self._forward(decision, incoming, conn, reader, writer):
+            return _next(conn)
+        return None
+
+    async def _read_request(self, conn: h11.Connection, reader) -> "_Incoming":
+        event = conn.next_event()
+        if not isinstance(event, h11.Request):
+            raise BadRequest("no request in the head")
+        body = bytearray()
+        while True:
+            nxt = conn.next_event()
+            if nxt is h11.NEED_DATA:
+                # b"" marks EOF: h11 then raises on a cut body.
+                conn.receive_data(await asyncio.wait_for(reader.read(65536), HEAD_TIMEOUT))
+                continue
+            if isinstance(nxt, h11.Data):
+                body += nxt.data
+                if len(body) > MAX_BODY:
+                    raise BadRequest("request body too large")
+                continue
+            if isinstance(nxt, h11.EndOfMessage) or nxt is h11.PAUSED:
+                break
+            raise BadRequest("unexpected data in the request")
+        upgrade = any(k.lower() == b"upgrade" and v.lower() == b"tcp" for k, v in event.headers)
+        path, _, query = event.target.decode("ascii").partition("?")
+        return _Incoming(Request(event.method.decode("ascii"), path, query, bytes(body)),
+                         [(k, v) for k, v in event.headers if k.lower() in _PASSED_HEADERS], upgrade)
+
+    async def _decide(self, req: Request):
         # Lookups are async; the policy is synchronous: fetch what it asks for first.
         facts: dict[tuple[str, str], dict | None] = {}
         while True:
@@ -156,68 +223,126 @@ class EngineProxy:
 
             try:
                 decision = decide(req, self.policy, lookup)
-                break
             except _NeedLookup:
                 if len(facts) > 32:  # a create names a few volumes and networks
-                    raise OSError("lookup chain too long") from None
+                    return _Failed(502, "lookup-chain", "lookup chain too long")
                 try:
                     facts[missing[0]] = await self.lookup(*missing[0])
                 except (OSError, ValueError, asyncio.TimeoutError) as exc:
-                    writer.write(_response(502, f"hubdeploy engine proxy: cannot inspect: {type(exc).__name__}"))
-                    await writer.drain()
-                    return
-        if not isinstance(decision, Allow):
-            if decision.status == 404:
-                # An answer, not a refusal: the backend asks for a container by name
-                # before each start to find a stale one.
-                log.debug("not found %s %s", req.method, path)
-            else:
-                log.warning("refused %s %s rule=%s: %s", req.method, path, decision.rule, decision.reason)
-            writer.write(_response(decision.status, f"hubdeploy engine proxy refused ({decision.rule}): {decision.reason}"))
-            await writer.drain()
-            return
-        log.debug("allowed %s %s rule=%s", req.method, path, decision.rule)
-        await self._forward(decision, req, version, headers, body, reader, writer)
+                    return _Failed(502, "inspect", f"cannot inspect: {type(exc).__name__}")
+                continue
+            if not isinstance(decision, Allow):
+                if decision.status == 404:
+                    # An answer, not a refusal: the backend asks for a container by name
+                    # before each start to find a stale one.
+                    log.debug("not found %s %s", req.method, req.path)
+                else:
+                    log.warning("refused %s %s rule=%s: %s", req.method, req.path, decision.rule, decision.reason)
+            return decision
 
-    async def _forward(self, decision: Allow, req: Request, version: str, headers, body: bytes,
-                       reader, writer) -> None:
-        up_reader, up_writer = await asyncio.open_unix_connection(self.socket_path)
+    async def _send_error(self, conn: h11.Connection, writer, status: int, message: str) -> None:
+        if conn.our_state is not h11.SEND_RESPONSE:
+            # h11 never answers a request it could not read: reply by hand, then close.
+            body = json.dumps({"message": message}).encode()
+            writer.write(f"HTTP/1.1 {status} Error\r\nContent-Type: application/json\r\nContent-Length: "
+                         f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+        else:
+            response, body = _error(status, message)
+            writer.write(conn.send(response) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        await writer.drain()
+
+    async def _forward(self, decision: Allow, incoming: "_Incoming", conn: h11.Connection, reader, writer) -> bool:
         try:
-            kept = [(k, v) for k, v in headers if k.lower() not in _HOP]
-            if decision.hijack:
-                kept += [("Connection", "Upgrade"), ("Upgrade", "tcp")]
-            else:
-                kept.append(("Connection", "close"))
-            head = f"{req.method} {decision.target} {version}\r\nHost: docker\r\n"
-            head += "".join(f"{k}: {v}\r\n" for k, v in kept)
-            head += f"Content-Length: {len(body)}\r\n\r\n"
-            up_writer.write(head.encode("latin-1") + body)
+            up_reader, up_writer = await asyncio.open_unix_connection(self.socket_path)
+        except OSError as exc:
+            await self._send_error(conn, writer, 502, f"hubdeploy engine proxy: engine unreachable: {exc}")
+            return False
+        try:
+            up = h11.Connection(h11.CLIENT)
+            headers = [("Host", "docker"), *incoming.headers]
+            if decision.body is not None:
+                kind = "application/x-tar" if decision.rule.startswith("container-archive") else "application/json"
+                headers += [("Content-Type", kind), ("Content-Length", str(len(decision.body)))]
+            headers += [("Connection", "Upgrade"), ("Upgrade", "tcp")] if decision.hijack else [("Connection", "close")]
+            out = up.send(h11.Request(method=incoming.request.method, target=decision.target, headers=headers))
+            if decision.body:
+                out += up.send(h11.Data(data=decision.body))
+            up_writer.write(out + up.send(h11.EndOfMessage()))
             await up_writer.drain()
-            if decision.hijack and await _upgraded(up_reader, writer):
-                # stdin for the process until the client half-closes; output until the engine ends.
-                up = asyncio.create_task(_copy(reader, up_writer))
-                await _copy(up_reader, writer)
-                up.cancel()
-            else:
-                await _copy(up_reader, writer)
+            return await self._relay(up, up_reader, up_writer, conn, reader, writer, decision.hijack)
         finally:
             up_writer.close()
 
+    async def _relay(self, up, up_reader, up_writer, conn, reader, writer, hijack: bool) -> bool:
+        """The engine's answer to the client; whether the client connection goes on."""
+        async for event in _events(up, up_reader):
+            if isinstance(event, h11.InformationalResponse):
+                if not (hijack and event.status_code == 101):
+                    continue
+                writer.write(conn.send(h11.InformationalResponse(status_code=101, headers=[
+                    (k, v) for k, v in event.headers if k.lower() not in (b"content-length",)])))
+                await writer.drain()
+                # The process's stream: stdin from the client until it half-closes,
+                # output from the engine until the process ends.
+                stdin_head, _ = conn.trailing_data
+                if stdin_head:
+                    up_writer.write(stdin_head)
+                tail, _ = up.trailing_data
+                if tail:
+                    writer.write(tail)
+                pump = asyncio.create_task(_copy(reader, up_writer))
+                await _copy(up_reader, writer)
+                pump.cancel()
+                return False
+            if isinstance(event, h11.Response):
+                headers = [(k, v) for k, v in event.headers if k.lower() not in _RESPONSE_HOP]
+                writer.write(conn.send(h11.Response(status_code=event.status_code, headers=headers,
+                                                    reason=event.reason)))
+            elif isinstance(event, h11.Data):
+                writer.write(conn.send(h11.Data(data=event.data)))
+            elif isinstance(event, h11.EndOfMessage):
+                writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
-async def _upgraded(up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """Pass the engine's response head on; True when the engine took the connection over
-    (101, or 200 with a raw stream from older engines). Only then are the client's further
-    bytes the process's stdin; after an error they would be a next, unchecked request."""
-    head = await up_reader.readuntil(b"\r\n\r\n")
-    writer.write(head)
-    await writer.drain()
-    status = int(head.split(None, 2)[1])
-    lower = head.lower()
-    return status == 101 or (status == 200 and b"application/vnd.docker." in lower and b"stream" in lower)
+
+@dataclass(frozen=True)
+class _Incoming:
+    request: Request
+    headers: list[tuple[bytes, bytes]]  # the client's headers that are passed on
+    upgrade: bool  # the client asked for Upgrade: tcp (an exec start's stream)
+
+
+def _next(conn: h11.Connection) -> bytes | None:
+    """The bytes read past the request just answered, when the connection may go on."""
+    if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        return conn.trailing_data[0]
+    return None
+
+
+async def _events(conn: h11.Connection, reader: asyncio.StreamReader):
+    """h11 events of one message from ``reader``, until the message (or the stream) ends."""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+            continue
+        if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
+            return
+        yield event
+        if isinstance(event, h11.EndOfMessage):
+            return
 
 
 class _NeedLookup(Exception):
     pass
+
+
+class _Failed:
+    """A decision the proxy could not make (the engine did not answer a lookup)."""
+
+    def __init__(self, status: int, rule: str, reason: str):
+        self.status, self.rule, self.reason = status, rule, reason
 
 
 async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
@@ -233,18 +358,6 @@ async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             dst.write_eof()
     except (OSError, RuntimeError):
         pass
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = bytearray()
-    while data:
-        line, _, rest = data.partition(b"\r\n")
-        size = int(line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        data = rest[size + 2:]
-    return bytes(out)
 
 
 async def serve(policy: SitePolicy, socket_path: str, host: str, port: int,

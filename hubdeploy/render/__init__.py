@@ -134,7 +134,7 @@ def render_files(site: Site, refs: dict[str, str], inputs: Inputs,
     if prom_files:
         hashes["prometheus"] = sha(*(prom_files[k] for k in sorted(prom_files)))
     mounts = Mounts(hashes, inputs.tls_paths, inputs.ssh_identity, inputs.identity_files)
-    data = compose_data(site, refs, mounts)
+    data = compose_data(site, refs, mounts, pinned)
     data["services"][HUB_SERVICE]["labels"].update(owner or {})
     files = {
         **slurm_files,

@@ -87,12 +87,13 @@ class Mounts:
     identity_files: dict[str, str] | None = None
 
 
-def compose_data(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, Any]:
-    """The compose document."""
+def compose_data(site: Site, refs: dict[str, str], mounts: Mounts,
+                 pinned: dict[str, str] | None = None) -> dict[str, Any]:
+    """The compose document (``pinned``: see :func:`hubdeploy.render.render_files`)."""
     services: dict[str, Any] = {
         PROXY_SERVICE: proxy_service(site, refs, mounts),
         HUB_SERVICE: hub_service(site, refs, mounts),
-        ENGINE_PROXY_SERVICE: engine_proxy_service(site, refs),
+        ENGINE_PROXY_SERVICE: engine_proxy_service(site, refs, pinned or {}),
     }
     volumes: dict[str, Any] = {"hub-data": {"name": f"{project_name(site.name)}-hub-data"}}
     if site.database.type == "postgresql":
@@ -273,16 +274,19 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
     }, "hub", site.limits.hub)
 
 
-def engine_proxy_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
+def engine_proxy_service(site: Site, refs: dict[str, str], pinned: dict[str, str]) -> dict[str, Any]:
     """The only service with the Docker socket (hubdeploy.engineproxy), reachable only on
-    the internal network. Its policy comes from these arguments: the site, and the host
-    paths and volumes the site declared for notebooks."""
+    the internal network. Its policy comes from these arguments: the site, the host
+    paths and volumes the site declared for notebooks, and the login profiles' images
+    (as hub.json names them), the only ones a container it creates may run."""
     command = ["python3", "-m", "hubdeploy.engineproxy", "--site", site.name,
                "--listen", f"0.0.0.0:{ENGINE_PROXY_PORT}"]
     for path in _declared_host_paths(site):
         command += ["--bind-path", path]
     for name in _declared_volumes(site):
         command += ["--volume", name]
+    for ref in sorted({pinned.get(p.image, refs[p.image]) for p in site.profiles if p.node == "login"}):
+        command += ["--image", ref]
     return harden({
         "image": refs["hub"],
         "pull_policy": "never",

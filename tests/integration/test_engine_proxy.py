@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
+import json
 import os
 import secrets
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import urllib.request
@@ -23,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 import docker
 import docker.errors
 import pytest
-from docker.utils.socket import frames_iter
 from test_docker_backend import BASE_IMAGE, _ensure_base_image
 
 from hubdeploy.engineproxy.policy import SitePolicy
@@ -55,7 +57,7 @@ def env(tmp_path_factory):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("engineproxy") / "proxy.log"
     log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "hubdeploy.engineproxy", "--site", SITE,
+    proc = subprocess.Popen([sys.executable, "-m", "hubdeploy.engineproxy", "--site", SITE, "--image", BASE_IMAGE,
                              "--listen", f"127.0.0.1:{port}", "--log-allowed"], stdout=log, stderr=log)
     made = []
     try:
@@ -76,10 +78,12 @@ def env(tmp_path_factory):
         holder = engine.containers.run(BASE_IMAGE, ["sleep", "600"], name=f"hdte-holder-{tag}", detach=True,
                                        labels=LABELS, volumes={"/var/run/docker.sock": {"bind": "/s.sock"}})
         made.append(holder)
+        controller = _controller(engine, f"{PREFIX}ctl-{tag}")
+        made.append(controller)
         yield {
             "engine": engine, "proxy": docker.DockerClient(base_url=f"tcp://127.0.0.1:{port}", timeout=60),
             "port": port, "tag": tag, "network": network.name, "foreign": foreign, "holder": holder,
-            "log": log_path,
+            "log": log_path, "controller": controller,
         }
     finally:
         proc.terminate()
@@ -92,6 +96,32 @@ def env(tmp_path_factory):
                 obj.remove(force=True) if hasattr(obj, "status") else obj.remove()
             except docker.errors.NotFound:
                 pass
+
+
+# The stand-in controller's Slurm commands: with HDTE_SCRIPT (a user's exec passes it) they
+# run it; without (root's listings may pass no environment) they print who ran them with what.
+FAKE_SLURM = b"""#!/bin/sh
+if [ -n "${HDTE_SCRIPT:-}" ]; then exec sh -c "$HDTE_SCRIPT"; fi
+echo "$(basename "$0") as $(id -u): $*"
+"""
+USER = "20001:20001"
+NOTEBOOK = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"], "pids_limit": 64, "user": USER}
+
+
+def _controller(engine, name: str):
+    """A container compose would have labelled as this site's slurmctld, whose squeue and
+    sbatch are FAKE_SLURM (made on the engine directly, as compose makes the real one)."""
+    ctl = engine.containers.create(BASE_IMAGE, ["sleep", "600"], name=name, labels={
+        **LABELS, "com.docker.compose.project": f"hubdeploy-{SITE}", "com.docker.compose.service": "slurmctld"})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for prog in ("squeue", "sbatch"):
+            info = tarfile.TarInfo(f"usr/local/bin/{prog}")
+            info.size, info.mode = len(FAKE_SLURM), 0o755
+            tar.addfile(info, io.BytesIO(FAKE_SLURM))
+    ctl.put_archive("/", buf.getvalue())
+    ctl.start()
+    return ctl
 
 
 def _refused(call, rule: str) -> str:
@@ -107,21 +137,44 @@ def _nothing_named(engine, name: str) -> None:
         engine.containers.get(name)
 
 
+def _raw(port: int, data: bytes, wait: float = 10) -> bytes:
+    """Send ``data`` on one connection and read until the proxy closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+        return out
+
+
+def _dexec(port: int, *argv: str, user: str = USER, env: dict | None = None, stdin: bytes = b"",
+           service: str = "slurmctld") -> subprocess.CompletedProcess:
+    names = [w for k in (env or {}) for w in ("--env", k)]
+    return subprocess.run(
+        [sys.executable, "-m", "hubdeploy.hub.dexec", "--project", f"hubdeploy-{SITE}", "--service", service,
+         "--user", user, "--workdir", "/tmp", *names, "--", *argv],
+        input=stdin, capture_output=True, timeout=120,
+        env={**os.environ, **(env or {}), "DOCKER_HOST": f"tcp://127.0.0.1:{port}"})
+
+
 def test_creating_a_privileged_container_is_refused(env):
     name = f"{PREFIX}priv-{env['tag']}"
     _refused(lambda: env["proxy"].containers.create(BASE_IMAGE, ["id"], name=name, labels=LABELS,
-                                                    network=env["network"], privileged=True), "privileged")
+                                                    network_mode=env["network"], privileged=True, **NOTEBOOK), "field")
     _nothing_named(env["engine"], name)
 
 
 def test_creating_a_container_that_bind_mounts_the_root_is_refused(env):
     name = f"{PREFIX}root-{env['tag']}"
-    _refused(lambda: env["proxy"].containers.create(BASE_IMAGE, ["id"], name=name, labels=LABELS,
-                                                    network=env["network"], volumes={"/": {"bind": "/host"}}),
-             "bind")
+    _refused(lambda: env["proxy"].containers.create(
+        BASE_IMAGE, ["id"], name=name, labels={**LABELS, "hubdeploy.user": "x"}, network_mode=env["network"],
+        mounts=[docker.types.Mount("/host", "/", type="bind")], **NOTEBOOK), "bind")
     # Nor through a local volume whose options make it a bind of /.
     _refused(lambda: env["proxy"].volumes.create(f"{PREFIX}v-{env['tag']}", driver_opts={
-        "type": "none", "o": "bind", "device": "/"}, labels=LABELS), "volume")
+        "type": "none", "o": "bind", "device": "/"}, labels=LABELS), "field-value")
     _nothing_named(env["engine"], name)
 
 
@@ -133,8 +186,8 @@ def test_a_volume_of_a_site_whose_name_extends_this_ones_is_refused(env):
     try:
         name = f"{PREFIX}steal-{env['tag']}"
         _refused(lambda: env["proxy"].containers.create(
-            BASE_IMAGE, ["id"], name=name, labels=LABELS, network=env["network"],
-            mounts=[docker.types.Mount("/h", theirs.name, type="volume")]), "volume")
+            BASE_IMAGE, ["id"], name=name, labels={**LABELS, "hubdeploy.user": "x"}, network_mode=env["network"],
+            mounts=[docker.types.Mount("/h", theirs.name, type="volume")], **NOTEBOOK), "volume")
         _nothing_named(engine, name)
     finally:
         theirs.remove(force=True)
@@ -144,10 +197,9 @@ def test_another_sites_container_cannot_be_inspected_stopped_or_execed(env):
     foreign, proxy = env["foreign"], env["proxy"]
     _refused(lambda: proxy.containers.get(foreign.name), "foreign-container")
     _refused(lambda: proxy.api.stop(foreign.id, timeout=1), "foreign-container")
-    _refused(lambda: proxy.api.exec_create(foreign.id, ["id"]), "foreign-container")
+    _refused(lambda: proxy.api.exec_create(foreign.id, ["id"], user=USER), "foreign-container")
     _refused(lambda: proxy.api.remove_container(foreign.id, force=True), "foreign-container")
-    # Listing it does not show it either, whatever filter is asked for (the low-level
-    # list: the high-level one inspects each container, and the holder below is refused).
+    # Listing it does not show it either, whatever filter is asked for.
     listed = {c["Id"] for c in proxy.api.containers(all=True)}
     assert env["holder"].id in listed and foreign.id not in listed
     assert foreign.id not in {c["Id"] for c in proxy.api.containers(all=True, filters={"label": "hubdeploy.site"})}
@@ -155,38 +207,31 @@ def test_another_sites_container_cannot_be_inspected_stopped_or_execed(env):
     assert foreign.status == "running"
 
 
-def test_the_sites_container_that_holds_the_socket_cannot_be_execed(env):
-    _refused(lambda: env["proxy"].api.exec_create(env["holder"].id, ["id"]), "engine-holder")
-    _refused(lambda: env["proxy"].containers.get(env["holder"].id).get_archive("/s.sock"), "engine-holder")
+def test_the_container_that_holds_the_socket_is_out_of_reach(env):
+    _refused(lambda: env["proxy"].api.exec_create(env["holder"].id, ["id"], user=USER), "foreign-container")
+    _refused(lambda: env["proxy"].api.get_archive(env["holder"].id, "/etc/passwd"), "foreign-container")
 
 
-def test_the_sites_notebook_lifecycle_works_with_a_streamed_exec(env):
+def test_the_sites_notebook_lifecycle_works(env):
     proxy = env["proxy"]
     name = f"{PREFIX}nb-{env['tag']}"
     home = proxy.volumes.create(f"{PREFIX}home-{env['tag']}", labels=LABELS)
     try:
-        c = proxy.containers.create(BASE_IMAGE, ["sleep", "600"], name=name, labels=LABELS, network=env["network"],
+        c = proxy.containers.create(BASE_IMAGE, ["sleep", "600"], name=name,
+                                    labels={**LABELS, "hubdeploy.user": "x"}, network_mode=env["network"],
                                     mounts=[docker.types.Mount("/home/x", home.name, type="volume")],
-                                    cap_drop=["ALL"], security_opt=["no-new-privileges:true"], init=True)
+                                    init=True, **NOTEBOOK)
+        from hubdeploy.backends import accounts
+
+        assert b"root:x:0:0" in b"".join(c.get_archive("/etc/passwd")[0])
+        assert c.put_archive("/", accounts.etc_archive("x:x:20001:20001::/home/x:/bin/sh\n", "x:x:20001:\n"))
         c.start()
         assert proxy.containers.get(name).status == "running"
-        assert c.exec_run(["sh", "-c", "echo out; echo err >&2; exit 3"], demux=True) == (3, (b"out\n", b"err\n"))
-        # The hijacked stream both ways: stdin in, then EOF, output back frame by frame.
-        api = proxy.api
-        exec_id = api.exec_create(c.id, ["sh", "-c", "cat; echo done >&2"], stdin=True)["Id"]
-        sock = api.exec_start(exec_id, socket=True)
-        sock._sock.sendall(b"line one\nline two\n")
-        sock._sock.shutdown(socket.SHUT_WR)
-        frames = list(frames_iter(sock, False))
-        sock.close()
-        assert b"".join(d for s, d in frames if s == 1) == b"line one\nline two\n"
-        assert b"".join(d for s, d in frames if s == 2) == b"done\n"
-        for _ in range(100):  # the exit code is set a moment after the stream ends
-            info = api.exec_inspect(exec_id)
-            if not info["Running"]:
-                break
-            time.sleep(0.05)
-        assert info["ExitCode"] == 0
+        # The engine ran what was checked: the user's uid, no capability, no new privileges.
+        attrs = env["engine"].containers.get(name).attrs
+        assert attrs["Config"]["User"] == USER and attrs["HostConfig"]["CapDrop"] == ["ALL"]
+        assert env["engine"].containers.get(name).exec_run(["cat", "/etc/passwd"]).output.startswith(b"x:x:20001")
+        _refused(lambda: c.exec_run(["id"]), "container-kind")  # the hub never execs in a notebook
         assert c.id in [x["Id"] for x in proxy.api.containers()]
         c.stop(timeout=2)
         c.remove()
@@ -197,33 +242,62 @@ def test_the_sites_notebook_lifecycle_works_with_a_streamed_exec(env):
         env["engine"].volumes.get(home.name).remove(force=True)
 
 
-def test_dexec_runs_a_command_in_the_controller_through_the_proxy(env):
+def test_dexec_runs_a_users_slurm_command_in_the_controller_through_the_proxy(env):
     """What the Slurm backend does for sbatch: find the controller by its compose labels,
-    exec as a user, stdin in, stdout/stderr/exit status back."""
-    engine = env["engine"]
-    project = f"hubdeploy-{SITE}"
-    ctl = engine.containers.run(BASE_IMAGE, ["sleep", "600"], name=f"{PREFIX}ctl-{env['tag']}", detach=True,
-                                labels={**LABELS, "com.docker.compose.project": project,
-                                        "com.docker.compose.service": "slurmctld"})
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "hubdeploy.hub.dexec", "--project", project, "--service", "slurmctld",
-             "--user", "nobody", "--workdir", "/tmp", "--env", "HDTE_VALUE", "--",
-             "sh", "-c", 'cat; echo "$HDTE_VALUE $(id -un) $(pwd)" >&2; exit 7'],
-            input=b"#!/bin/sh\nscript\n", capture_output=True, timeout=120,
-            env={**os.environ, "DOCKER_HOST": f"tcp://127.0.0.1:{env['port']}", "HDTE_VALUE": "v1"},
-        )
-        assert proc.stdout == b"#!/bin/sh\nscript\n", proc.stderr
-        assert proc.stderr == b"v1 nobody /tmp\n"
-        assert proc.returncode == 7
-    finally:
-        ctl.remove(force=True)
+    exec as the user, stdin in, stdout/stderr/exit status back."""
+    proc = _dexec(env["port"], "sbatch", stdin=b"#!/bin/sh\nscript\n", env={
+        "HDTE_VALUE": "v1", "HDTE_SCRIPT": 'cat; echo "$HDTE_VALUE $(id -u):$(id -g) $(pwd)" >&2; exit 7'})
+    assert proc.stdout == b"#!/bin/sh\nscript\n", proc.stderr
+    assert proc.stderr == b"v1 20001:20001 /tmp\n"
+    assert proc.returncode == 7
     # Another site's controller is not found through this site's proxy: 125, "unreachable".
     proc = subprocess.run(
         [sys.executable, "-m", "hubdeploy.hub.dexec", "--project", "hubdeploy-hdteother", "--service", "x",
-         "--user", "nobody", "--", "true"], capture_output=True, timeout=120,
+         "--user", USER, "--", "squeue"], capture_output=True, timeout=120,
         env={**os.environ, "DOCKER_HOST": f"tcp://127.0.0.1:{env['port']}"})
     assert proc.returncode == 125, proc.stderr
+
+
+def test_in_the_controller_root_runs_only_the_listings(env):
+    """Root in the controller reads the munge key: only the read-only listings run as
+    root, with nothing of the caller's; anything else, or any other container, is refused."""
+    from hubdeploy.contract import slurmcmd
+
+    ok = _dexec(env["port"], *slurmcmd.list_jobs_argv(), user="0:0")
+    assert ok.returncode == 0 and ok.stdout.decode() == f"squeue as 0: {' '.join(slurmcmd.list_jobs_argv()[1:])}\n"
+    for argv, user in ((["cat", "/etc/shadow"], "0:0"), (["squeue", "-h"], "0:0"), (["cat", "/etc/shadow"], USER),
+                       (["squeue"], "1:1"), (["squeue"], "64030:64030")):
+        proc = _dexec(env["port"], *argv, user=user)
+        assert proc.returncode == 125 and b"refused" in proc.stderr, (argv, user, proc)
+    proc = _dexec(env["port"], *slurmcmd.list_jobs_argv(), user="0:0", env={"LD_PRELOAD": "/x.so"})
+    assert proc.returncode == 125 and b"exec-root" in proc.stderr, proc
+
+
+def test_a_request_smuggled_after_a_checked_one_never_reaches_the_engine(env):
+    """The red team's request: a ping, then on the same connection with bare line feeds a
+    privileged create. The proxy answers 400 and the engine never sees the create."""
+    name = f"{PREFIX}smuggled-{env['tag']}"
+    body = json.dumps({"Image": BASE_IMAGE, "Labels": LABELS, "HostConfig": {"Privileged": True}}).encode()
+    smuggled = (b"GET /_ping HTTP/1.1\nHost: x\n\nPOST /containers/create?name=" + name.encode()
+                + b" HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: "
+                + str(len(body)).encode() + b"\n\n" + body + b"\r\n\r\n")
+    answer = _raw(env["port"], smuggled)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert answer.count(b"HTTP/1.1") == 1
+    _nothing_named(env["engine"], name)
+
+
+def test_each_request_on_a_kept_alive_connection_is_checked_on_its_own(env):
+    name = f"{PREFIX}second-{env['tag']}"
+    body = json.dumps({"Image": BASE_IMAGE, "Labels": LABELS, "HostConfig": {"Privileged": True}}).encode()
+    two = (b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n"
+           + f"POST /containers/create?name={name} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    answer = _raw(env["port"], two)
+    assert answer.startswith(b"HTTP/1.1 200") and b"\r\n\r\nOK" in answer, answer[:300]
+    second = answer[answer.index(b"HTTP/1.1", 10):]
+    assert second.startswith(b"HTTP/1.1 403") and b"(field)" in second, second[:300]
+    _nothing_named(env["engine"], name)
 
 
 def test_an_exec_whose_client_closed_stdin_survives_the_garbage_collector(env):
@@ -231,11 +305,6 @@ def test_an_exec_whose_client_closed_stdin_survives_the_garbage_collector(env):
     written: the proxy's connection must outlive any garbage collection. The proxy runs
     in this process with a collection every 20 ms; a handler reachable only through its
     own cycle would be destroyed, and the exec would end with 126 and no output."""
-    engine = env["engine"]
-    project = f"hubdeploy-{SITE}"
-    ctl = engine.containers.run(BASE_IMAGE, ["sleep", "600"], name=f"{PREFIX}gc-{env['tag']}", detach=True,
-                                labels={**LABELS, "com.docker.compose.project": project,
-                                        "com.docker.compose.service": "slurmctld"})
     port = _free_port()
     loop = asyncio.new_event_loop()
     ready = threading.Event()
@@ -249,7 +318,8 @@ def test_an_exec_whose_client_closed_stdin_survives_the_garbage_collector(env):
 
     async def main():
         started = asyncio.Event()
-        tasks = [asyncio.ensure_future(serve(SitePolicy(SITE), "/var/run/docker.sock", "127.0.0.1", port, started)),
+        policy = SitePolicy(SITE, images=frozenset({BASE_IMAGE}))
+        tasks = [asyncio.ensure_future(serve(policy, "/var/run/docker.sock", "127.0.0.1", port, started)),
                  asyncio.ensure_future(collecting())]
         await started.wait()
         ready.set()
@@ -264,11 +334,7 @@ def test_an_exec_whose_client_closed_stdin_survives_the_garbage_collector(env):
         assert ready.wait(10), "the in-process proxy did not start"
 
         def dexec(i: int) -> subprocess.CompletedProcess:
-            return subprocess.run(
-                [sys.executable, "-m", "hubdeploy.hub.dexec", "--project", project, "--service", "slurmctld",
-                 "--user", "nobody", "--", "sh", "-c", f"sleep 1; echo answered {i}"],
-                stdin=subprocess.DEVNULL, capture_output=True, timeout=120,
-                env={**os.environ, "DOCKER_HOST": f"tcp://127.0.0.1:{port}"})
+            return _dexec(port, "squeue", env={"HDTE_SCRIPT": f"sleep 1; echo answered {i}"})
 
         with ThreadPoolExecutor(4) as pool:
             done = list(pool.map(dexec, range(4)))
@@ -278,15 +344,14 @@ def test_an_exec_whose_client_closed_stdin_survives_the_garbage_collector(env):
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
-        ctl.remove(force=True)
 
 
 def test_each_refusal_is_one_log_line_without_the_environment(env):
     secret = secrets.token_hex(16)
     _refused(lambda: env["proxy"].containers.create(BASE_IMAGE, ["id"], name=f"{PREFIX}log-{env['tag']}",
-                                                    labels=LABELS, network=env["network"], privileged=True,
-                                                    environment={"TOKEN": secret}), "privileged")
+                                                    labels=LABELS, network_mode=env["network"], privileged=True,
+                                                    environment={"TOKEN": secret}, **NOTEBOOK), "field")
     text = env["log"].read_text()
     assert secret not in text
-    lines = [ln for ln in text.splitlines() if "refused POST" in ln and "rule=privileged" in ln]
+    lines = [ln for ln in text.splitlines() if "refused POST" in ln and "rule=field" in ln]
     assert lines, text

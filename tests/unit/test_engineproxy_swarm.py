@@ -1,53 +1,75 @@
-"""The engine proxy's swarm rules (orchestrator swarm): the swarm backend's own calls
-pass, a service or config that is not the site's, or that reaches beyond it, is refused."""
+"""The engine proxy's swarm rules (orchestrator swarm): the swarm backend's own calls,
+recorded from its code, pass; a service or config that is not the site's, or that
+reaches beyond it, is refused."""
 
 from __future__ import annotations
 
+import copy
 import json
 from urllib.parse import parse_qs
 
 import pytest
+from enginerecorder import recording_client
+from test_engineproxy_policy import ANN, IMAGE, OBJECTS, PROFILE, ask, lookup, refused
 
-from test_engineproxy_policy import OBJECTS, ask, refused
-
-from hubdeploy.engineproxy.policy import Allow
+from hubdeploy.backends.base import ServerSpec
+from hubdeploy.backends.swarm import SwarmBackend
+from hubdeploy.engineproxy.policy import Allow, SitePolicy, decide
 
 OBJECTS.update({
     ("service", "hubdeploy-alpha-nb-ann"): {"ID": "s-mine", "Spec": {"Labels": {"hubdeploy.site": "alpha"}}},
     ("service", "s-mine"): {"ID": "s-mine", "Spec": {"Labels": {"hubdeploy.site": "alpha"}}},
     ("service", "s-theirs"): {"ID": "s-theirs", "Spec": {"Labels": {"hubdeploy.site": "beta"}}},
-    ("config", "c-mine"): {"ID": "c-mine", "Spec": {"Labels": {"hubdeploy.site": "alpha"}}},
-    ("config", "c-theirs"): {"ID": "c-theirs", "Spec": {"Labels": {"hubdeploy.site": "beta"}}},
+    # The id the recorder answers a create with.
+    ("config", "s" * 25): {"ID": "s" * 25, "Spec": {"Labels": {"hubdeploy.site": "alpha"}}},
+    ("config", "cmine"): {"ID": "cmine", "Spec": {"Labels": {"hubdeploy.site": "alpha"}}},
+    ("config", "ctheirs"): {"ID": "ctheirs", "Spec": {"Labels": {"hubdeploy.site": "beta"}}},
 })
-SITE = {"hubdeploy.site": "alpha"}
+DIGEST = "127.0.0.1:5000/hubdeploy/alpha-base@sha256:" + "e3" * 32
+SWARM_POLICY = SitePolicy("alpha", bind_paths=("/srv/homes",), images=frozenset({IMAGE, DIGEST}))
 
 
-def service(cs=None, task=None, **spec):
-    body = {
-        "Name": "hubdeploy-alpha-nb-ann",
-        "Labels": SITE,
-        "TaskTemplate": {
-            "ContainerSpec": {"Image": "img", "Labels": SITE, "CapabilityDrop": ["ALL"],
-                              "Mounts": [{"Type": "volume", "Source": "hubdeploy-alpha-homes", "Target": "/home"}],
-                              "Configs": [{"ConfigID": "c-mine", "ConfigName": "hubdeploy-alpha-passwd-1"}],
-                              **(cs or {})},
-            "Networks": [{"Target": "hubdeploy-alpha-users", "Aliases": ["x"]}],
-            **(task or {}),
-        },
-        "EndpointSpec": {"Mode": "dnsrr"},
-        **spec,
-    }
-    return ask("POST", "/v1.41/services/create", body)
+class RecordedSwarm(SwarmBackend):
+    def __init__(self):
+        super().__init__({"network": "hubdeploy-alpha-users", "prefix": "hubdeploy-alpha", "site": "alpha",
+                          "allowed_images": [IMAGE, DIGEST], "homes": "/srv/homes"})
+        self.recorded_client, self.recorder = recording_client()
+
+    def _make_client(self):
+        return self.recorded_client
 
 
-def test_the_swarm_backends_calls_are_allowed():
-    assert isinstance(service(), Allow)
-    assert isinstance(ask("POST", "/configs/create", {"Name": "hubdeploy-alpha-passwd-1", "Labels": SITE,
-                                                      "Data": "eA=="}), Allow)
+def swarm_start(image=IMAGE):
+    backend = RecordedSwarm()
+    spec = ServerSpec("ann", "", {**PROFILE, "image_ref": image, "volumes": []}, identity=ANN)
+    name, host = backend._names(spec)
+    backend._create_sync(spec, name, host, {})
+    return backend.recorder.requests
+
+
+def _service_body():
+    req = next(r for r in swarm_start() if r.path.endswith("/services/create"))
+    return json.loads(req.body)
+
+
+@pytest.mark.parametrize("image", [IMAGE, DIGEST], ids=["tag", "registry-digest"])
+def test_every_request_of_a_swarm_backend_start_is_allowed(image):
+    rules = []
+    for req in swarm_start(image):
+        d = decide(req, SWARM_POLICY, lookup)
+        assert isinstance(d, Allow), (req.method, req.path, req.body[:300], d)
+        rules.append(d.rule)
+    # The probe that reads the image's account files, the user's configs, the service.
+    assert rules == ["list-site-services", "create", "container-json", "container-archive-get",
+                     "container-archive-get", "container-remove", "list-site-configs", "config-create",
+                     "list-site-configs", "config-create", "service-create"]
+
+
+def test_the_swarm_backends_other_calls_are_allowed():
     got = ask("GET", "/v1.41/services/hubdeploy-alpha-nb-ann")
     assert isinstance(got, Allow) and got.target == "/v1.41/services/s-mine"
     assert isinstance(ask("DELETE", "/services/s-mine"), Allow)
-    assert isinstance(ask("DELETE", "/configs/c-mine"), Allow)
+    assert isinstance(ask("DELETE", "/configs/cmine"), Allow)
     tasks = ask("GET", "/tasks", query="filters=" + json.dumps({"service": ["hubdeploy-alpha-nb-ann"]}))
     assert isinstance(tasks, Allow)
     assert json.loads(parse_qs(tasks.target.split("?", 1)[1])["filters"][0])["service"] == ["s-mine"]
@@ -56,48 +78,59 @@ def test_the_swarm_backends_calls_are_allowed():
         "hubdeploy.user", "hubdeploy.site=alpha"]
 
 
-@pytest.mark.parametrize("kwargs, rule", [
-    ({"Name": "hubdeploy-beta-nb-ann"}, "name"),
-    ({"Labels": {}}, "labels"),
-    ({"cs": {"Labels": {}}}, "labels"),
-    ({"cs": {"Privileges": {"SELinuxContext": {"Disable": True}}}}, "privileges"),
-    ({"cs": {"CapabilityAdd": ["SYS_ADMIN"]}}, "cap-add"),
-    ({"cs": {"Secrets": [{"SecretID": "x"}]}}, "secrets"),
-    ({"cs": {"Mounts": [{"Type": "bind", "Source": "/", "Target": "/host"}]}}, "bind"),
-    ({"cs": {"Mounts": [{"Type": "volume", "Source": "hubdeploy-alpha-x-homes", "Target": "/h"}]}}, "volume"),
-    ({"cs": {"Configs": [{"ConfigID": "c-theirs"}]}}, "foreign-config"),
-    ({"task": {"Networks": [{"Target": "bridge"}]}}, "network"),
-    ({"task": {"PluginSpec": {"Name": "x"}}}, "runtime"),
-    ({"EndpointSpec": {"Ports": [{"TargetPort": 8888, "PublishedPort": 80}]}}, "portbindings"),
+def _with(path: tuple, value):
+    body = copy.deepcopy(_service_body())
+    where = body
+    for key in path[:-1]:
+        where = where[key]
+    where[path[-1]] = value
+    return body
+
+
+CS = ("TaskTemplate", "ContainerSpec")
+
+
+@pytest.mark.parametrize("path,value,rule", [
+    (("Name",), "hubdeploy-beta-nb-ann", "name"),
+    (("Labels",), {}, "labels"),
+    ((*CS, "Labels"), {"hubdeploy.site": "alpha"}, "labels"),
+    ((*CS, "Privileges"), {"SELinuxContext": {"Disable": True}}, "field"),
+    ((*CS, "CapabilityAdd"), ["SYS_ADMIN"], "field"),
+    ((*CS, "capabilityadd"), ["SYS_ADMIN"], "field"),
+    ((*CS, "mounts"), [{"Type": "bind", "Source": "/", "Target": "/host"}], "field-case"),
+    ((*CS, "CapabilityDrop"), [], "cap-drop"),
+    ((*CS, "Secrets"), [{"SecretID": "x"}], "field"),
+    ((*CS, "Image"), "hubdeploy/alpha-slurm:1", "image"),
+    ((*CS, "User"), "0:0", "user"),
+    ((*CS, "Mounts"), [{"Type": "bind", "Source": "/", "Target": "/host"}], "bind"),
+    ((*CS, "Mounts"), [{"Type": "volume", "Source": "hubdeploy-alpha-x-homes", "Target": "/h"}], "volume"),
+    ((*CS, "Configs"), [{"ConfigID": "ctheirs", "File": {"Name": "/etc/passwd"}}], "foreign-config"),
+    ((*CS, "Configs"), [{"ConfigID": "cmine", "File": {"Name": "/etc/shadow"}}], "field-value"),
+    (("TaskTemplate", "Networks"), [{"Target": "bridge"}], "network"),
+    (("TaskTemplate", "PluginSpec"), {"Name": "x"}, "field"),
+    (("TaskTemplate", "Resources", "Limits"), {"NanoCPUs": 1}, "field-missing"),
+    (("EndpointSpec",), {"Mode": "dnsrr", "Ports": [{"TargetPort": 8888, "PublishedPort": 80}]}, "field"),
+    (("Mode",), {"Global": {}}, "field"),
+    (("Mode",), {"replicated": {"Replicas": 1}}, "field-case"),
 ])
-def test_service_create_refusals(kwargs, rule):
-    refused(service(**kwargs), rule)
+def test_service_create_refusals(path, value, rule):
+    refused(decide_service(_with(path, value)), rule)
+
+
+def decide_service(body):
+    from hubdeploy.engineproxy.policy import Request
+
+    return decide(Request("POST", "/v1.41/services/create", "", json.dumps(body).encode()), SWARM_POLICY, lookup)
 
 
 def test_other_sites_services_configs_and_tasks_are_untouchable():
     refused(ask("DELETE", "/services/s-theirs"), "foreign-service")
-    refused(ask("GET", "/configs/c-theirs"), "foreign-config")
+    refused(ask("GET", "/configs/ctheirs"), "foreign-config")
     refused(ask("GET", "/tasks", query="filters=" + json.dumps({"service": ["s-theirs"]})), "foreign-service")
     refused(ask("GET", "/tasks"), "not-allowed")  # every task of the swarm
-    refused(ask("POST", "/configs/create", {"Name": "hubdeploy-alpha-x", "Labels": {}}), "labels")
+    refused(ask("POST", "/configs/create", {"Name": "hubdeploy-alpha-x", "Labels": {}, "Data": ""}), "labels")
     refused(ask("POST", "/services/s-mine/update", {}), "not-allowed")
     refused(ask("GET", "/secrets"), "not-allowed")
     refused(ask("POST", "/swarm/leave"), "not-allowed")
-
-
-def test_a_notebook_image_by_digest_from_the_sites_registry_is_allowed():
-    """swarm.registry: the service runs REGISTRY/NAME@sha256:..., and the backend first
-    reads that image's /etc/passwd through a never-started probe container."""
-    from test_engineproxy_policy import create
-
-    image = "127.0.0.1:5000/hubdeploy/alpha-base@sha256:" + "e3" * 32
-    d = service(cs={"Image": image})
-    assert isinstance(d, Allow) and d.rule == "service-create"
-    probe = create({"NetworkMode": "none"}, name="hubdeploy-alpha-etc-probe-1234", Image=image)
-    assert isinstance(probe, Allow) and probe.rule == "create"
-    # The SDK quotes '@' in an inspect path; the registry's port stays a path segment.
-    got = ask("GET", "/v1.41/images/127.0.0.1:5000/hubdeploy/alpha-base%40sha256:" + "e3" * 32 + "/json")
-    assert isinstance(got, Allow) and got.rule == "image-inspect"
-    # Still no pull: the manager holds the image (up pulls it back after the push).
     refused(ask("POST", "/images/create", query="fromImage=127.0.0.1:5000/hubdeploy/alpha-base&tag=sha256:"
                 + "e3" * 32), "not-allowed")

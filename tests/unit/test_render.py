@@ -33,8 +33,10 @@ def site():
 def test_golden_compose(site):
     files = render.render(site, HERE, REFS)
     golden = HERE / "compose.yaml"
-    if os.environ.get("HUBDEPLOY_UPDATE_GOLDEN"):
+    if os.environ.get("HUBDEPLOY_UPDATE_GOLDEN") and files["compose.yaml"] != golden.read_bytes():
         golden.write_bytes(files["compose.yaml"])
+        # Never passes while rewriting: the new file is reviewed (git diff), then checked.
+        pytest.fail("golden compose.yaml rewritten: review `git diff`, then run without HUBDEPLOY_UPDATE_GOLDEN")
     assert files["compose.yaml"].decode() == golden.read_text()
 
 
