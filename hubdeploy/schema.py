@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from hubdeploy.contract.identity import MIN_UID
+from hubdeploy.contract.identity import reserved_overlap
 from hubdeploy.contract.services import RESERVED_NAMES
 from hubdeploy.contract.values import (
     DEFAULT_PIDS_LIMIT,
@@ -657,13 +657,23 @@ class SiteSlurm(Closed):
 
 
 class IdentityAuto(Closed):
-    uid_min: int = Field(20000, ge=MIN_UID, le=2**31 - 2, description="First uid (and private gid) handed out.")
-    uid_max: int = Field(59999, ge=MIN_UID, le=2**31 - 2, description="Last uid handed out.")
+    """The uids the auto source hands out: none of them may own files in the images
+    (hubdeploy.contract.identity.RESERVED_IDS), so the range avoids every reserved id."""
+
+    uid_min: int = Field(20000, ge=0, le=2**31 - 2, description="First uid (and private gid) handed out.")
+    uid_max: int = Field(59999, ge=0, le=2**31 - 2, description="Last uid handed out.")
 
     @model_validator(mode="after")
     def _range(self) -> "IdentityAuto":
         if self.uid_max < self.uid_min:
             raise ValueError(f"uid_max {self.uid_max} is below uid_min {self.uid_min}")
+        overlap = reserved_overlap(self.uid_min, self.uid_max)
+        if overlap:
+            ids, why = overlap
+            key = "uid_min" if self.uid_min in ids else "uid_max"
+            span = f"ids {ids[0]}-{ids[-1]}" if len(ids) > 1 else f"id {ids[0]}"
+            raise SiteValueError([((key,), f"uids {self.uid_min}-{self.uid_max} overlap the reserved {span} "
+                                           f"({why}); choose a range outside them")])
         return self
 
 
