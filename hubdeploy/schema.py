@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from hubdeploy.contract.identity import reserved_overlap
+from hubdeploy.contract.identity import normal_username, reserved_overlap
 from hubdeploy.contract.services import RESERVED_NAMES
 from hubdeploy.contract.values import (
     DEFAULT_PIDS_LIMIT,
@@ -140,6 +140,15 @@ class Hub(Closed):
 
     authenticator: Authenticator = Field(default_factory=Authenticator)
     admin_users: list[Username] = Field(default_factory=list)
+    username_max_length: int = Field(
+        64,
+        ge=1,
+        # JupyterHub's database keeps a username in 255 characters.
+        le=255,
+        description="Longest username the hub accepts, in characters after normalisation "
+        "(NFKC, then the authenticator's own, e.g. lower case); longer names are refused "
+        "at login and in the REST API, whatever the authenticator.",
+    )
     named_server_limit_per_user: int = Field(
         3,
         ge=0,
@@ -158,6 +167,17 @@ class Hub(Closed):
         default_factory=dict,
         description="Pass-through JupyterHub traits, e.g. {JupyterHub: {shutdown_on_logout: true}}.",
     )
+
+    @model_validator(mode="after")
+    def _admins_fit(self) -> "Hub":
+        # The hub refuses to start with an admin name it would refuse at login.
+        problems = [(("admin_users", i), f"{name!r} is {len(normal_username(name))} characters long; "
+                     f"the hub refuses names longer than hub.username_max_length ({self.username_max_length})")
+                    for i, name in enumerate(self.admin_users)
+                    if len(normal_username(name)) > self.username_max_length]
+        if problems:
+            raise SiteValueError(problems)
+        return self
 
 
 class Database(Closed):

@@ -18,6 +18,7 @@ in the images (:data:`RESERVED_IDS`); :func:`check` refuses it.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
@@ -59,6 +60,16 @@ RESERVED_NAMES = frozenset({
 })
 
 SOURCES = ("auto", "file", "ldap", "shared")
+
+# Hub usernames are taken in Unicode's compatibility normal form before anything compares
+# them: full-width ``ａｄｍｉｎ``, ligatures and superscripts are the plain characters they
+# display as, so no user can look like another one (hubdeploy.hub.web applies it).
+USERNAME_FORM = "NFKC"
+
+
+def normal_username(name: str) -> str:
+    """``name`` in :data:`USERNAME_FORM`: ``ａｄｍｉｎ`` is ``admin``."""
+    return unicodedata.normalize(USERNAME_FORM, name)
 
 
 class IdentityError(Exception):
