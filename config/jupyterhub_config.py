@@ -129,10 +129,11 @@ for section, traits in hub.get("config", {}).items():
     for key, value in traits.items():
         c[section][key] = value
 
-# Whatever authenticator the site ended up with (pass-through included) refuses usernames
-# with control characters, on every path that names a user: login and REST API alike.
+# Whatever authenticator the site ended up with (pass-through included) applies hubdeploy's
+# username policy on every path that names a user, login and REST API alike: names in
+# normal form (NFKC), no control characters, at most hub.username_max_length characters.
 try:
     _authenticator = web.resolve_authenticator(c.JupyterHub.authenticator_class)
 except ImportError as exc:
     raise SystemExit(f"hubdeploy: authenticator {c.JupyterHub.authenticator_class!r} is not installed: {exc}")
-c.JupyterHub.authenticator_class = web.refusing_control_characters(_authenticator)
+c.JupyterHub.authenticator_class = web.username_policy(_authenticator, max_length=hub["username_max_length"])

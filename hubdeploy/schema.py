@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from hubdeploy.contract.identity import MIN_UID
+from hubdeploy.contract.identity import normal_username, reserved_overlap
 from hubdeploy.contract.services import RESERVED_NAMES
 from hubdeploy.contract.values import (
     DEFAULT_PIDS_LIMIT,
@@ -140,6 +140,15 @@ class Hub(Closed):
 
     authenticator: Authenticator = Field(default_factory=Authenticator)
     admin_users: list[Username] = Field(default_factory=list)
+    username_max_length: int = Field(
+        64,
+        ge=1,
+        # JupyterHub's database keeps a username in 255 characters.
+        le=255,
+        description="Longest username the hub accepts, in characters after normalisation "
+        "(NFKC, then the authenticator's own, e.g. lower case); longer names are refused "
+        "at login and in the REST API, whatever the authenticator.",
+    )
     named_server_limit_per_user: int = Field(
         3,
         ge=0,
@@ -158,6 +167,17 @@ class Hub(Closed):
         default_factory=dict,
         description="Pass-through JupyterHub traits, e.g. {JupyterHub: {shutdown_on_logout: true}}.",
     )
+
+    @model_validator(mode="after")
+    def _admins_fit(self) -> "Hub":
+        # The hub refuses to start with an admin name it would refuse at login.
+        problems = [(("admin_users", i), f"{name!r} is {len(normal_username(name))} characters long; "
+                     f"the hub refuses names longer than hub.username_max_length ({self.username_max_length})")
+                    for i, name in enumerate(self.admin_users)
+                    if len(normal_username(name)) > self.username_max_length]
+        if problems:
+            raise SiteValueError(problems)
+        return self
 
 
 class Database(Closed):
@@ -657,13 +677,23 @@ class SiteSlurm(Closed):
 
 
 class IdentityAuto(Closed):
-    uid_min: int = Field(20000, ge=MIN_UID, le=2**31 - 2, description="First uid (and private gid) handed out.")
-    uid_max: int = Field(59999, ge=MIN_UID, le=2**31 - 2, description="Last uid handed out.")
+    """The uids the auto source hands out: none of them may own files in the images
+    (hubdeploy.contract.identity.RESERVED_IDS), so the range avoids every reserved id."""
+
+    uid_min: int = Field(20000, ge=0, le=2**31 - 2, description="First uid (and private gid) handed out.")
+    uid_max: int = Field(59999, ge=0, le=2**31 - 2, description="Last uid handed out.")
 
     @model_validator(mode="after")
     def _range(self) -> "IdentityAuto":
         if self.uid_max < self.uid_min:
             raise ValueError(f"uid_max {self.uid_max} is below uid_min {self.uid_min}")
+        overlap = reserved_overlap(self.uid_min, self.uid_max)
+        if overlap:
+            ids, why = overlap
+            key = "uid_min" if self.uid_min in ids else "uid_max"
+            span = f"ids {ids[0]}-{ids[-1]}" if len(ids) > 1 else f"id {ids[0]}"
+            raise SiteValueError([((key,), f"uids {self.uid_min}-{self.uid_max} overlap the reserved {span} "
+                                           f"({why}); choose a range outside them")])
         return self
 
 

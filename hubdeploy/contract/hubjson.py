@@ -126,6 +126,8 @@ class HubJson(TypedDict):
     database: DatabaseSection
     authenticator: AuthenticatorSection
     admin_users: list[str]
+    # Longest username the hub accepts, in characters after normalisation (hubdeploy.hub.web).
+    username_max_length: int
     named_server_limit_per_user: int
     tls: bool  # the proxy terminates TLS: hub cookies are Secure
     services: list[ServiceEntry]

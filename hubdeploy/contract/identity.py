@@ -6,15 +6,19 @@ account. hub.json's ``identity`` section (:class:`IdentityConfig`) says where ac
 come from.
 
 Account names: a hub username that is already a portable POSIX name
-(:data:`POSIX_NAME_PATTERN`) and not of the form ``u<digits>`` is the account name; any
-other hub username (``has@``, ``秀樹``, ``Ann``, ``u123``) gets ``u<uid>``. uids are never
-shared, and names of the first kind never look like the second, so the mapping is
-injective.
+(:data:`POSIX_NAME_PATTERN`), not of the form ``u<digits>`` and not the name of an account
+or group of the images (:data:`RESERVED_NAMES`) is the account name; any other hub username
+(``has@``, ``秀樹``, ``Ann``, ``u123``, ``root``) gets ``u<uid>``. uids are never shared,
+and names of the first kind never look like the second, so the mapping is injective.
+
+Ids: no account a source hands out may have a uid, primary gid or group that owns files
+in the images (:data:`RESERVED_IDS`); :func:`check` refuses it.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
@@ -22,10 +26,50 @@ from typing import Literal, TypedDict
 POSIX_NAME_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
 _POSIX_NAME = re.compile(POSIX_NAME_PATTERN)
 _GENERATED = re.compile(r"^u[0-9]+$")
-# uids below this are the system's; a user's server never runs as one of them.
-MIN_UID = 1000
+
+# The notebook images' own user (jovyan): it owns /home/jovyan, and the ``shared`` source
+# runs every server as it. Its group is ``users``, a group accounts may share.
+NOTEBOOK_UID = 1000
+USERS_GID = 100
+
+# Ids that own files in the images, or may (a package's system account), with the reason.
+# A server never runs as one of them, so no account can own, or act for the owner of,
+# anything the image holds. Debian: 0-99 static and 100-999 dynamic system accounts;
+# 60000-64999 globally allocated system accounts (slurm is 64030), 65534 nobody/nogroup.
+RESERVED_IDS: tuple[tuple[range, str], ...] = (
+    (range(0, NOTEBOOK_UID), "system accounts"),
+    (range(NOTEBOOK_UID, NOTEBOOK_UID + 1), "the notebook user jovyan, owner of /home/jovyan"),
+    (range(60000, 65536), "Debian's global system accounts such as slurm, and nobody"),
+)
+
+# Accounts and groups of the images (Debian's base-passwd and what the images install, the
+# Slurm nodes' slurm and munge, the notebook user): an account of the same name would
+# replace the image's entry in a container's /etc/passwd or /etc/group, and on the nodes
+# Slurm and munge would take it for their own. tests/integration/test_images_build.py checks
+# that every name of the built images is here.
+RESERVED_NAMES = frozenset({
+    # base-passwd's users (gnats: Debian before bookworm)
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy",
+    "www-data", "backup", "list", "irc", "gnats", "_apt", "nobody",
+    # base-passwd's groups
+    "adm", "tty", "disk", "kmem", "dialout", "fax", "voice", "cdrom", "floppy", "tape", "sudo",
+    "audio", "dip", "operator", "src", "shadow", "utmp", "video", "sasl", "plugdev", "staff",
+    "users", "nogroup",
+    # the images' own
+    "jovyan", "slurm", "munge",
+})
 
 SOURCES = ("auto", "file", "ldap", "shared")
+
+# Hub usernames are taken in Unicode's compatibility normal form before anything compares
+# them: full-width ``ａｄｍｉｎ``, ligatures and superscripts are the plain characters they
+# display as, so no user can look like another one (hubdeploy.hub.web applies it).
+USERNAME_FORM = "NFKC"
+
+
+def normal_username(name: str) -> str:
+    """``name`` in :data:`USERNAME_FORM`: ``ａｄｍｉｎ`` is ``admin``."""
+    return unicodedata.normalize(USERNAME_FORM, name)
 
 
 class IdentityError(Exception):
@@ -66,24 +110,45 @@ class Identity:
 
 
 def account_name(user: str, uid: int) -> str:
-    """The account name of hub user ``user`` with ``uid`` (module docstring: the rule)."""
-    if _POSIX_NAME.match(user) and not _GENERATED.match(user):
+    """The account name of hub user ``user`` with ``uid`` (module docstring: the rule).
+
+    A reserved name is mapped rather than refused: facility staff whose login is
+    ``daemon`` can still use the hub, as ``u<uid>``.
+    """
+    if _POSIX_NAME.match(user) and not _GENERATED.match(user) and user not in RESERVED_NAMES:
         return user
     return f"u{uid}"
+
+
+def reserved_id(number: int) -> str | None:
+    """Why ``number`` is reserved as a uid or gid (:data:`RESERVED_IDS`), or None."""
+    return next((why for ids, why in RESERVED_IDS if number in ids), None)
+
+
+def reserved_overlap(first: int, last: int) -> tuple[range, str] | None:
+    """The first reserved range that ``first..last`` overlaps, with its reason, or None."""
+    return next(((ids, why) for ids, why in RESERVED_IDS if first <= ids[-1] and ids[0] <= last), None)
 
 
 def check(identity: Identity, source: str) -> Identity:
     """``identity`` if it is one a server may run as; IdentityError naming ``source`` if not."""
     problems = []
-    if identity.uid < MIN_UID or identity.gid < MIN_UID and identity.gid != 100:
-        problems.append(f"uid {identity.uid} / gid {identity.gid} is a system id (below {MIN_UID})")
+    if why := reserved_id(identity.uid):
+        problems.append(f"uid {identity.uid} is reserved ({why})")
+    if identity.gid != USERS_GID and (why := reserved_id(identity.gid)):
+        problems.append(f"gid {identity.gid} is reserved ({why})")
     if not _POSIX_NAME.match(identity.name):
         problems.append(f"account name {identity.name!r} is not a POSIX name")
+    elif identity.name in RESERVED_NAMES:
+        problems.append(f"account name {identity.name!r} is an account or group of the images")
     if not identity.home.startswith("/") or ":" in identity.home or "\n" in identity.home:
         problems.append(f"home {identity.home!r} is not an absolute path")
     for g in identity.groups:
         if not _POSIX_NAME.match(g.name) or g.gid < 0:
             problems.append(f"group {g.name!r} ({g.gid}) is not a POSIX group")
+        elif g.gid != USERS_GID and (why := reserved_id(g.gid)):
+            # Membership is access: gid 42 (shadow) reads /etc/shadow in the images.
+            problems.append(f"group {g.name!r} has reserved gid {g.gid} ({why})")
     if problems:
         raise IdentityError(f"the account of {identity.user!r} from identity source {source!r} cannot be used: "
                             + "; ".join(problems))

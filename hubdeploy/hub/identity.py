@@ -29,10 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from hubdeploy.contract.atomic import write_atomic
-from hubdeploy.contract.identity import Group, Identity, IdentityConfig, IdentityError, account_name, check
+from hubdeploy.contract.identity import (
+    NOTEBOOK_UID,
+    USERS_GID,
+    Group,
+    Identity,
+    IdentityConfig,
+    IdentityError,
+    account_name,
+    check,
+)
 
-SHARED_UID = 1000
-SHARED_GID = 100
+SHARED_UID = NOTEBOOK_UID
+SHARED_GID = USERS_GID
 DEFAULT_TEMPLATE = "/home/{name}"
 
 

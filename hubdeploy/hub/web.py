@@ -1,6 +1,6 @@
 """The hub's web layer: cookies, Content-Security-Policy, usernames, spawn options, logs.
 
-Standard library and JupyterHub only: this runs inside the hub, and
+Standard library, JupyterHub and hubdeploy.contract only: this runs inside the hub, and
 config/jupyterhub_config.py imports it.
 """
 
@@ -11,6 +11,8 @@ import json
 import logging
 import unicodedata
 from typing import Any
+
+from hubdeploy.contract.identity import USERNAME_FORM, normal_username
 
 # A choice is a profile name, a partition, a time, a core count or a memory size: short.
 MAX_OPTION_CHARS = 256
@@ -24,7 +26,7 @@ class OptionsError(ValueError):
 
 
 class UsernameRefused(ValueError):
-    """A username hubdeploy refuses (control characters): a refusal, logged without traceback."""
+    """A username hubdeploy's policy refuses: a refusal, logged without traceback."""
 
 
 # -- cookies and headers --------------------------------------------------------------
@@ -76,40 +78,73 @@ def control_characters(text: str) -> list[str]:
     return [ch for ch in text if unicodedata.category(ch) == "Cc"]
 
 
-def refusing_control_characters(authenticator_class: type) -> type:
-    """A subclass of ``authenticator_class`` whose validate_username refuses control
-    characters before the class's own checks.
+def username_problem(username: str, max_length: int) -> str | None:
+    """Why hubdeploy refuses ``username`` (an already normalised name), or None.
 
-    validate_username is where every path that names a user passes: the login
-    (get_authenticated_user), REST user creation (add_user), the bulk POST /users and
-    the hub's start-up check of existing users. A subclass overrides whatever the
-    site's authenticator does there, so no authenticator can let a newline through
-    into a log line. The class keeps its name, so config sections and logs read as before.
+    Control characters would forge log lines; a name longer than ``max_length`` fills
+    logs, pages and the database; a name that is not its own normal form (:data:`USERNAME_FORM`)
+    is a second spelling of another user. JupyterHub's login and bulk user creation
+    normalise first, so only a path that does not (``POST /hub/api/users/<name>``, the
+    database at start) meets the last one.
     """
-    return _refusing(authenticator_class)
+    if control_characters(username):
+        return "it contains control characters"
+    if len(username) > max_length:
+        return f"it is {len(username)} characters long; the limit is {max_length}"
+    if normal_username(username) != username:
+        return f"it is not in Unicode normal form {USERNAME_FORM}, which is {shown(normal_username(username))}"
+    return None
+
+
+def shown(username: str, limit: int = 40) -> str:
+    """``username`` for a message: its repr, cut at ``limit`` characters."""
+    return repr(username) if len(username) <= limit else repr(username[:limit]) + f"... ({len(username)} characters)"
+
+
+def username_policy(authenticator_class: type, *, max_length: int) -> type:
+    """A subclass of ``authenticator_class`` that applies hubdeploy's username policy.
+
+    normalize_username takes the name to :data:`USERNAME_FORM` before the class's own
+    normalisation (JupyterHub's lowercases), so ``ａｄｍｉｎ`` is ``admin`` before any
+    allowed_users, blocked_users or admin_users check and before the account mapping.
+    validate_username refuses what :func:`username_problem` names, before the class's own
+    checks. Every path that names a user passes there: the login
+    (get_authenticated_user), REST user creation (add_user), the bulk POST /users and the
+    hub's start-up check of existing users. A subclass overrides whatever the site's
+    authenticator does there, so no authenticator lets such a name through. The class
+    keeps its name, so config sections and logs read as before.
+    """
+    return _with_policy(authenticator_class, max_length)
 
 
 @functools.cache
-def _refusing(base: type) -> type:
+def _with_policy(base: type, max_length: int) -> type:
+    def normalize_username(self, username):
+        return super(cls, self).normalize_username(normal_username(username))
+
     def validate_username(self, username):
-        if control_characters(username):
-            self.log.warning("Refusing username %r: it contains control characters", username)
+        problem = username_problem(username, max_length)
+        if problem:
+            self.log.warning("Refusing username %s: %s", shown(username), problem)
             return False
         return super(cls, self).validate_username(username)
 
     def add_user(self, user):
         # POST /hub/api/users/<name> creates the user before add_user validates it, and
         # logs what add_user raises with a traceback unless the log filter knows it.
-        if control_characters(user.name):
-            raise UsernameRefused(f"Invalid username {user.name!r}: it contains control characters")
+        problem = username_problem(user.name, max_length)
+        if problem:
+            raise UsernameRefused(f"Invalid username {shown(user.name)}: {problem}")
         return super(cls, self).add_user(user)
 
     cls = type(
         base.__name__,
         (base,),
         {
+            "normalize_username": normalize_username,
             "validate_username": validate_username,
             "add_user": add_user,
+            "username_max_length": max_length,
             "__module__": base.__module__,
             "__qualname__": base.__qualname__,
             "__doc__": base.__doc__,

@@ -62,6 +62,7 @@ def hub_data(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None 
             "config": dict(site.hub.authenticator.config),
         },
         "admin_users": list(site.hub.admin_users),
+        "username_max_length": site.hub.username_max_length,
         "named_server_limit_per_user": site.hub.named_server_limit_per_user,
         # Hub cookies are Secure only when the proxy terminates TLS.
         "tls": site.tls is not None,

@@ -7,6 +7,11 @@ free loopback ports with the dummy authenticator, named servers, a spawner that 
 SMOKE_SERVICE_SCOPES and a ``test-admin`` service for assertions. The hub starts CHP
 itself. On exit every process it started is ended by pid, with bounded waits.
 
+``config_hub(tmp_dir, site_text)`` starts JupyterHub with hubdeploy's own
+config/jupyterhub_config.py and the hub.json ``hubdeploy render`` writes for the site,
+on loopback with its own CHP: login, the REST API and the spawner's account resolution
+are hubdeploy's, while servers never start (the docker backend's engine is a closed port).
+
 configurable-http-proxy must be on PATH, or named by $HUBDEPLOY_TEST_CHP.
 """
 
@@ -194,3 +199,92 @@ def local_hub(tmp_dir: Path, *, profiles: list[str] = PROFILES, start_timeout: f
         for pid in _pids_of_our_servers(hub_port):
             _end(pid)
         log.close()
+
+
+@dataclass
+class ConfigHub:
+    url: str
+    dir: Path
+    hub_json: dict
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = (self.dir / "hub.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def _local_hub_json(site_text: str, tmp_dir: Path, hub_port: int, api_port: int) -> dict:
+    """hub.json as render writes it for ``site_text``, its secrets generated into
+    ``tmp_dir``, and its addresses and paths moved to loopback and ``tmp_dir``."""
+    from hubdeploy import render
+    from hubdeploy.contract.layout import SECRETS_DIR
+    from hubdeploy.loader import load_site_text
+    from hubdeploy.secrets import ensure_secrets, secret_names
+
+    site = load_site_text(site_text, "site.yaml")
+    refs = {p.image: f"hubdeploy/{site.name}-{p.image}:0" for p in site.profiles}
+    secrets_dir = tmp_dir / "secrets"
+    ensure_secrets(secrets_dir, secret_names(site))
+    text = json.dumps(render.hub_data(site, refs)).replace(f'"{SECRETS_DIR}/', f'"{secrets_dir}/')
+    data = json.loads(text)
+    data["hub"] = {"ip": "127.0.0.1", "port": hub_port, "connect_url": f"http://127.0.0.1:{hub_port}"}
+    data["proxy"]["api_url"] = f"http://127.0.0.1:{api_port}"
+    data["database"] = {"url": f"sqlite:///{tmp_dir}/jupyterhub.sqlite"}
+    ident = data["identity"]
+    if "state_file" in ident:
+        ident["state_file"] = str(tmp_dir / "identities.json")
+    # Volumes in the stack: directories that exist before the hub starts.
+    for key in ("homes_dir", "nss_dir"):
+        if ident.get(key):
+            ident[key] = str(tmp_dir / key)
+            Path(ident[key]).mkdir()
+    # Nothing listens there: a start fails once the account is resolved, on no engine.
+    data["spawner"]["backend_config"]["docker_url"] = f"tcp://127.0.0.1:{free_port()}"
+    return data
+
+
+@contextlib.contextmanager
+def config_hub(tmp_dir: Path, site_text: str, *, start_timeout: float = 60):
+    """Start hubdeploy's hub config for ``site_text`` in ``tmp_dir``; yield a ConfigHub;
+    stop the hub and its proxy (module docstring)."""
+    from hubdeploy import resources
+
+    chp = find_chp()
+    if chp is None:
+        raise RuntimeError("configurable-http-proxy is not on PATH (or set HUBDEPLOY_TEST_CHP)")
+    bindir = Path(sys.executable).parent
+    port, hub_port, api_port = free_port(), free_port(), free_port()
+    data = _local_hub_json(site_text, tmp_dir, hub_port, api_port)
+    (tmp_dir / "hub.json").write_text(json.dumps(data))
+    token = Path(data["proxy"]["token_file"]).read_text().strip()
+    env = {**os.environ, "PATH": f"{bindir}:{Path(chp).parent}:{os.environ.get('PATH', '')}",
+           "HUBDEPLOY_HUB_JSON": str(tmp_dir / "hub.json")}
+    chp_log, hub_log = open(tmp_dir / "chp.log", "wb"), open(tmp_dir / "hub.log", "wb")
+    proxy = subprocess.Popen([chp, "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1",
+                              "--api-port", str(api_port), "--default-target", f"http://127.0.0.1:{hub_port}"],
+                             env={**env, "CONFIGPROXY_AUTH_TOKEN": token}, stdout=chp_log,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([str(bindir / "jupyterhub"), "-f", str(resources.path("config/jupyterhub_config.py"))],
+                            cwd=tmp_dir, env=env, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True)
+    hub = ConfigHub(f"http://127.0.0.1:{port}/", tmp_dir, data)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the hub exited with {proc.returncode}:\n{hub.log_tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{hub.url}hub/api", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the hub did not answer in {start_timeout} s:\n{hub.log_tail()}")
+            time.sleep(0.25)
+        yield hub
+    finally:
+        for p in (proc, proxy):
+            p.terminate()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+        chp_log.close()
+        hub_log.close()

@@ -2,7 +2,9 @@
 
 The rootfs tarball is cached in a fixed state directory (``HUBDEPLOY_TEST_STATE``,
 default /var/tmp/hubdeploy-test/state) so reruns skip debootstrap; the images are
-removed afterwards by the test site's prefix (``HUBDEPLOY_TEST_KEEP_IMAGES=1`` keeps them).
+removed afterwards by the test site's prefix (``HUBDEPLOY_TEST_KEEP_IMAGES=1`` keeps them;
+``HUBDEPLOY_TEST_IMAGES_SITE`` names the site, default ``hdtest``, so two sessions on one
+engine keep apart).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import pytest
 from stackfixture import Recorder
 
 from hubdeploy import buildsteps, images
+from hubdeploy.contract.identity import NOTEBOOK_UID, RESERVED_NAMES, USERS_GID, reserved_id
 from hubdeploy.schema import Site
 
 pytestmark = pytest.mark.integration
 
-SITE = "hdtest"
+SITE = os.environ.get("HUBDEPLOY_TEST_IMAGES_SITE", "hdtest")
 PREFIX = f"hubdeploy/{SITE}-"
 VERSION = "6.1.1"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -117,6 +120,46 @@ def test_home_is_empty_and_owned_by_jovyan(client, built):
     ref = built["refs"]["base"]
     assert run(client, ref, ["stat", "-c", "%u:%g", "/home/jovyan"]) == "1000:100"
     assert run(client, ref, ["ls", "-A", "/home/jovyan"]) == ""
+
+
+@pytest.mark.parametrize("image", ["base", "c1"])
+def test_no_account_can_own_a_file_of_a_notebook_image(client, built, image):
+    """Every owner of a file in the image is an id no identity source hands out
+    (contract.identity.RESERVED_IDS), every account and group name of the image is one
+    hub users never get as their account (RESERVED_NAMES), and the notebook user owns
+    nothing but its empty home. Before, /opt/venv belonged to uid 1000, which a site's
+    passwd file or directory could give an account: that account could rewrite the
+    environment every server and job runs."""
+    ref = built["refs"][image]
+
+    def root_sh(script: str) -> list[str]:
+        return run(client, ref, ["sh", "-c", script], user="0").splitlines()
+
+    owners = [line.split() for line in root_sh("find / -xdev -printf '%U %G\\n' | sort -u")]
+    assert owners and all(len(o) == 2 for o in owners), owners
+    assert [u for u, _ in owners if not reserved_id(int(u))] == []
+    assert [g for _, g in owners if not reserved_id(int(g))] == []
+    # The ids accounts may still touch: jovyan's and group users own only the empty home.
+    assert root_sh(f"find / -xdev -uid {NOTEBOOK_UID}") == ["/home/jovyan"]
+    assert root_sh(f"find / -xdev -gid {USERS_GID}") == ["/home/jovyan"]
+    names = root_sh("cut -d: -f1 /etc/passwd /etc/group | sort -u")
+    assert "jovyan" in names and set(names) - RESERVED_NAMES == set()
+
+
+@pytest.mark.parametrize("image", ["base", "c1"])
+def test_the_notebook_environment_is_roots(client, built, image):
+    """/opt/venv and everything in it: root's, writable by root only. Its own users
+    (jovyan included) install into environments of their own."""
+    ref = built["refs"][image]
+    script = ("find /opt/venv | wc -l; "
+              "find /opt/venv \\( ! -user root -o ! -group root \\) -print; "
+              "find /opt/venv ! -type l -perm /022 -print")
+    count, *wrong = run(client, ref, ["sh", "-c", script], user="0").splitlines()
+    assert int(count) > 1000 and wrong == []
+    planted = "touch /opt/venv/lib/python3*/site-packages/planted.py 2>/dev/null && echo wrote || echo refused"
+    assert run(client, ref, ["sh", "-c", planted], user=f"{NOTEBOOK_UID}:{USERS_GID}") == "refused"
+    # The server still runs from it as jovyan, the image's own user.
+    assert run(client, ref, ["jupyterhub-singleuser", "--version"]).splitlines()[-1] == VERSION
 
 
 def test_site_ca_is_what_lets_tls_through(client, built):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
+from urllib.parse import quote
 
 import pytest
 from traitlets.config.loader import PyFileConfigLoader
@@ -84,9 +87,10 @@ def test_static_config(tmp_path, monkeypatch):
     assert c.HubdeploySpawner.backend == "docker"
     assert c.HubdeploySpawner.backend_config["network"] == "hubdeploy-hdtconf-users"
     assert c.Authenticator.admin_users == {"admin"}
-    # The entry point's class, wrapped so that it refuses control characters in names.
+    # The entry point's class, wrapped in hubdeploy's username policy.
     assert c.JupyterHub.authenticator_class.__mro__[1].__qualname__ == "DummyAuthenticator"
     assert not c.JupyterHub.authenticator_class().validate_username("a\nb")
+    assert c.JupyterHub.authenticator_class.username_max_length == data["username_max_length"] == 64
     assert c.Authenticator.allow_all is True
     assert c.JupyterHub.named_server_limit_per_user == 3
     assert c.JupyterHub.tornado_settings["cookie_options"] == {"samesite": "Lax"}
@@ -174,6 +178,19 @@ def test_passthrough_authenticator_is_wrapped_too(tmp_path, monkeypatch):
     assert c.JupyterHub.named_server_limit_per_user == 0
 
 
+def test_username_max_length_is_the_one_hub_json_carries(tmp_path, monkeypatch):
+    site = SITE.replace("  admin_users: [admin]\n", "  admin_users: [admin]\n  username_max_length: 20\n")
+    path, data = hub_json(tmp_path, site)
+    assert data["username_max_length"] == 20
+    auth = load(monkeypatch, path).JupyterHub.authenticator_class()
+    assert auth.validate_username("a" * 20) and not auth.validate_username("a" * 21)
+    # The default is the schema's alone: the hub never supplies one of its own.
+    del data["username_max_length"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(KeyError, match="username_max_length"):
+        load(monkeypatch, path)
+
+
 def test_passthrough_wins(tmp_path, monkeypatch):
     passthrough = {"JupyterHub": {"cleanup_servers": True}, "Authenticator": {"allow_all": False}}
     path, _ = hub_json(tmp_path, config=passthrough)
@@ -202,3 +219,62 @@ def test_jupyterhub_accepts_the_config(tmp_path, monkeypatch):
     assert app.authenticator_class.__name__ == "DummyAuthenticator"
     assert app.proxy_class.__name__ == "RouteKeepingProxy"
     assert app.spawner_class.__name__ == "HubdeploySpawner"
+
+
+def test_a_real_jupyterhub_normalises_and_limits_usernames(tmp_path, monkeypatch):
+    """JupyterHub 6.1.1 built from the config and a rendered hub.json: the site's admin,
+    spelt full-width (ａｄｍｉｎ), is ``admin`` in the database; the login normalises
+    before its admin check; the REST API's user creation (the bulk POST normalises, the
+    single POST does not) never makes a second spelling or an over-long name."""
+    pytest.importorskip("jupyterhub")
+    path, _ = hub_json(tmp_path, SITE.replace("admin_users: [admin]", "admin_users: [ａｄｍｉｎ]"),
+                       database={"url": f"sqlite:///{tmp_path}/jupyterhub.sqlite"})
+    secret = tmp_path / "secrets" / "cookie_secret"
+    secret.write_text("ab" * 32)
+    secret.chmod(0o600)  # JupyterHub refuses a cookie secret others may read
+    monkeypatch.setenv("HUBDEPLOY_HUB_JSON", str(path))
+    asyncio.run(_normalises_and_limits(tmp_path))
+
+
+async def _normalises_and_limits(tmp_path):
+    from jupyterhub import orm
+    from jupyterhub.app import JupyterHub
+    from tornado.httpclient import AsyncHTTPClient
+    from tornado.httpserver import HTTPServer
+
+    app = JupyterHub()
+    await app.initialize(["-f", str(CONFIG)])
+    assert app.authenticator.admin_users == {"admin"}
+    assert [u.name for u in app.db.query(orm.User)] == ["admin"]
+    login = await app.authenticator.get_authenticated_user(None, {"username": "ａｄｍｉｎ", "password": ""})
+    assert (login["name"], login["admin"]) == ("admin", True)
+    assert await app.authenticator.get_authenticated_user(None, {"username": "x" * 10_000, "password": ""}) is None
+
+    token = orm.User.find(app.db, "admin").new_api_token()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = HTTPServer(app.tornado_application)
+    server.listen(port, "127.0.0.1")
+    client = AsyncHTTPClient()
+
+    async def api(method, path, body=None):
+        resp = await client.fetch(f"http://127.0.0.1:{port}/hub/api/{path}", method=method, raise_error=False,
+                                  headers={"Authorization": f"token {token}"},
+                                  body=json.dumps(body) if body is not None else (b"" if method == "POST" else None))
+        return resp.code, json.loads(resp.body or b"null")
+
+    try:
+        code, created = await api("POST", "users", {"usernames": ["ｃａｒｏｌ", "r" * 64]})
+        assert code == 201 and sorted(u["name"] for u in created) == ["carol", "r" * 64]
+        assert (await api("POST", "users", {"usernames": ["ＣＡＲＯＬ"]}))[0] == 409  # carol again
+        assert (await api("POST", f"users/{quote('ａｄｍｉｎ')}"))[0] == 400
+        code, refused = await api("POST", "users", {"usernames": ["x" * 10_000]})
+        assert code == 400 and refused["message"].startswith("Invalid username")
+        assert (await api("POST", "users", {"usernames": ["r" * 65]}))[0] == 400
+        assert (await api("POST", "users/" + "y" * 10_000))[0] == 400
+        names = {u["name"] for u in (await api("GET", "users"))[1]}
+        assert names == {"admin", "carol", "r" * 64}
+    finally:
+        server.stop()
+        app.db.close()

@@ -19,7 +19,7 @@ from hubdeploy import render
 from hubdeploy.backends import accounts
 from hubdeploy.backends.base import ServerSpec
 from hubdeploy.backends.slurm import SlurmBackend
-from hubdeploy.contract.identity import Group, Identity, IdentityError, account_name
+from hubdeploy.contract.identity import RESERVED_NAMES, Group, Identity, IdentityError, account_name, reserved_id
 from hubdeploy.errors import SiteError
 from hubdeploy.hub.identity import AutoSource, SharedSource, ensure_home, get_source, write_nss
 from hubdeploy.loader import load_site_text
@@ -35,9 +35,23 @@ def run(coro):
 @pytest.mark.parametrize("user, uid, name", [
     ("carol", 20001, "carol"), ("has@", 20002, "u20002"), ("秀樹", 20003, "u20003"),
     ("Ann", 20004, "u20004"), ("u123", 20005, "u20005"), ("a" * 33, 20006, "u20006"), ("_x-1", 20007, "_x-1"),
+    ("root", 20008, "u20008"), ("slurm", 20009, "u20009"), ("jovyan", 20010, "u20010"), ("users", 20011, "u20011"),
 ])
 def test_account_names(user, uid, name):
     assert account_name(user, uid) == name
+
+
+@pytest.mark.parametrize("name", sorted(RESERVED_NAMES))
+def test_every_reserved_name_is_mapped(name):
+    """A hub user named like an account or group of the images (root, slurm, munge,
+    daemon, users...) gets u<uid>: never the image's account, never refused."""
+    assert account_name(name, 20001) == "u20001"
+
+
+def test_the_images_system_accounts_are_reserved():
+    assert {"root", "slurm", "munge", "daemon", "bin", "sys", "nobody", "jovyan", "users", "nogroup"} <= RESERVED_NAMES
+    assert all(reserved_id(n) for n in (0, 42, 100, 999, 1000, 60000, 64030, 65534, 65535))
+    assert not any(reserved_id(n) for n in (1001, 20000, 59999, 65536))
 
 
 @given(st.text(min_size=1, max_size=40), st.text(min_size=1, max_size=40),
@@ -67,6 +81,15 @@ def test_auto_allocates_once_persists_and_never_reuses(tmp_path):
     assert run(src.lookup("dave")).uid == 30002
     with pytest.raises(IdentityError, match="auto.*no uid left.*30000-30002"):
         run(src.lookup("erin"))
+
+
+def test_auto_gives_system_account_names_their_own_uid_name(tmp_path):
+    """Red team: hub user 'slurm' got account 'slurm' (uid 20003), and squeue showed jobs
+    of slurm(20003) beside the image's real slurm. Now it is u<uid>, as is root."""
+    src = AutoSource({"source": "auto", "uid_min": 20003, "state_file": str(tmp_path / "ids.json")})
+    slurm, root = run(src.lookup("slurm")), run(src.lookup("root"))
+    assert (slurm.name, slurm.uid, slurm.home) == ("u20003", 20003, "/home/u20003")
+    assert (root.name, root.uid, root.primary_group.name) == ("u20004", 20004, "u20004")
 
 
 def test_concurrent_first_spawns_get_distinct_uids(tmp_path):
@@ -99,13 +122,68 @@ def test_file_source_reads_accounts_and_groups_and_sees_edits(tmp_path):
     assert dave.primary_group == Group("users", 100) and dave.shell == "/bin/zsh"
     with pytest.raises(IdentityError, match=r"'erin' has no account in identity source file \(passwd\)"):
         run(src.lookup("erin"))
-    with pytest.raises(IdentityError, match="system id"):
+    with pytest.raises(IdentityError, match="uid 0 is reserved"):
         run(src.lookup("root"))  # never a server as root
     # An edit by rename, as editors and config management do: seen without a restart.
     tmp = tmp_path / "passwd.new"
     tmp.write_text(PASSWD + "erin:x:31003:31003::/home/erin:/bin/bash\n")
     os.replace(tmp, tmp_path / "passwd")
     assert run(src.lookup("erin")).uid == 31003
+
+
+@pytest.mark.parametrize("line, words", [
+    # Red team: an account of uid 1000 could rewrite /opt/venv (jovyan's then); 1000 owns
+    # /home/jovyan still, so no source may hand it out.
+    ("erin:x:1000:31003::/home/erin:/bin/bash", "uid 1000 is reserved (the notebook user jovyan"),
+    ("erin:x:64030:31003::/home/erin:/bin/bash", "uid 64030 is reserved"),
+    ("erin:x:65534:31003::/home/erin:/bin/bash", "uid 65534 is reserved"),
+    ("erin:x:31003:0::/home/erin:/bin/bash", "gid 0 is reserved (system accounts)"),
+    ("erin:x:31003:65534::/home/erin:/bin/bash", "gid 65534 is reserved"),
+])
+def test_file_source_refuses_reserved_ids(tmp_path, line, words):
+    (tmp_path / "passwd").write_text(line + "\n")
+    src = get_source({"source": "file", "passwd_file": str(tmp_path / "passwd")})
+    with pytest.raises(IdentityError) as err:
+        run(src.lookup("erin"))
+    assert words in str(err.value) and "identity source 'file (passwd)'" in str(err.value)
+
+
+def test_file_source_refuses_the_name_of_an_images_account(tmp_path):
+    """A site passwd line 'slurm' with another uid is a site error: the nodes would take
+    its jobs for the Slurm daemon's account."""
+    (tmp_path / "passwd").write_text("slurm:x:31005:31005::/home/slurm:/bin/bash\n")
+    src = get_source({"source": "file", "passwd_file": str(tmp_path / "passwd")})
+    with pytest.raises(IdentityError, match=r"account name 'slurm' is an account or group of the images") as err:
+        run(src.lookup("slurm"))
+    assert "identity source 'file (passwd)'" in str(err.value)
+
+
+def test_group_users_stays_allowed_and_a_reserved_supplementary_group_is_refused(tmp_path):
+    (tmp_path / "passwd").write_text("dave:x:31002:100::/home/dave:/bin/bash\n")
+    (tmp_path / "group").write_text("users:x:100:dave\nshadow:x:42:\n")
+    cfg = {"source": "file", "passwd_file": str(tmp_path / "passwd"), "group_file": str(tmp_path / "group")}
+    assert run(get_source(cfg).lookup("dave")).primary_group == Group("users", 100)
+    # Membership is access: gid 42 reads /etc/shadow in the images.
+    (tmp_path / "group").write_text("users:x:100:dave\nshadow:x:42:dave\n")
+    with pytest.raises(IdentityError, match=r"group 'shadow' has reserved gid 42 \(system accounts\)"):
+        run(get_source(cfg).lookup("dave"))
+
+
+@pytest.mark.parametrize("auto, key, words", [
+    ("{uid_min: 1000, uid_max: 5000}", "uid_min", "overlap the reserved id 1000 (the notebook user jovyan"),
+    ("{uid_min: 500, uid_max: 5000}", "uid_min", "overlap the reserved ids 0-999 (system accounts)"),
+    ("{uid_min: 20000, uid_max: 70000}", "uid_max", "overlap the reserved ids 60000-65535"),
+    ("{uid_min: 64000, uid_max: 64100}", "uid_min", "overlap the reserved ids 60000-65535"),
+])
+def test_auto_range_cannot_overlap_reserved_ids(auto, key, words):
+    text = f"name: x\nidentity:\n  auto: {auto}\nprofiles: [{{name: p, image: base}}]\n"
+    with pytest.raises(SiteError) as err:
+        load_site_text(text, "site.yaml")
+    assert err.value.exit_code == 2
+    assert "site.yaml:3:" in str(err.value) and f"identity.auto.{key}: " in str(err.value)
+    assert words in str(err.value)
+    assert load_site_text(text.replace(auto, "{uid_min: 1001, uid_max: 59999}"), "site.yaml")
+    assert load_site_text(text.replace(auto, "{uid_min: 65536, uid_max: 99999}"), "site.yaml")
 
 
 def test_shared_is_the_images_one_account():

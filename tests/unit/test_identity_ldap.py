@@ -134,13 +134,18 @@ def test_entry_mapping_defaults_and_case():
     ({**ATTRS, "uidNumber": ["12a"]}, "no usable uidNumber ('12a')"),
     ({**ATTRS, "gidNumber": ["-5"]}, "no usable gidNumber"),
     ({**ATTRS, "uidNumber": ["\u0663"]}, "no usable uidNumber"),  # a digit, but not ASCII
-    ({**ATTRS, "uidNumber": ["0"]}, "is a system id"),
+    ({**ATTRS, "uidNumber": ["0"]}, "uid 0 is reserved (system accounts)"),
+    # jovyan's uid owns /home/jovyan in the images (and once owned /opt/venv).
+    ({**ATTRS, "uidNumber": ["1000"]}, "uid 1000 is reserved (the notebook user jovyan"),
+    ({**ATTRS, "uidNumber": ["64030"]}, "uid 64030 is reserved (Debian's global system accounts"),
+    ({**ATTRS, "uid": ["slurm"]}, "account name 'slurm' is an account or group of the images"),
     ({**ATTRS, "homeDirectory": ["relative"]}, "not an absolute path"),
     ({k: v for k, v in ATTRS.items() if k != "uid"}, "has no uid"),
 ])
 def test_bad_entries_are_refused(attrs, words):
+    user = attrs.get("uid", ["carol"])[0]
     with pytest.raises(IdentityError) as err:
-        identity_from_entries("carol", attrs, [], SOURCE, home)
+        identity_from_entries(user, attrs, [], SOURCE, home)
     assert words in str(err.value) and SOURCE in str(err.value)
 
 

@@ -236,6 +236,37 @@ def test_base_image_contract(site_dir):
     assert users[-1] == "USER jovyan"
 
 
+def _runs_by_user(dockerfile: str) -> list[tuple[str, str]]:
+    """(USER in effect, the RUN's first line) for every RUN of ``dockerfile``."""
+    user, out = "root", []
+    for line in dockerfile.splitlines():
+        if line.startswith("USER "):
+            user = line.split()[1]
+        elif line.startswith("RUN "):
+            out.append((user, line))
+    return out
+
+
+def test_the_notebook_environment_is_installed_as_root(site_dir):
+    """Every step that writes /opt/venv (creating it, pip lists, the kernelspec) runs as
+    root, in the base and in collaborations, with kernels too: the environment every
+    server and job runs is the image's. jovyan is given only its home."""
+    plans = plan(site_dir, images={"base": {"apt": ["git"], "pip": ["numpy<2"], "kernels": [{"name": "sh", "language": "bash"}]},
+                                   "collaborations": {"astro": {"pip": ["astropy"], "apt": ["jq"],
+                                                                "kernels": [{"name": "py", "packages": ["six"]}]}}})
+    for name in ("base", "astro"):
+        text = plans[name].files["Dockerfile"].decode()
+        writes = [(u, r) for u, r in _runs_by_user(text)
+                  if "venv /opt/venv" in r or r.startswith("RUN pip ") or "/opt/venv/bin/python -m pip" in r]
+        assert writes and {u for u, _ in writes} == {"root"}, (name, writes)
+        assert [line for line in text.splitlines() if line.startswith("USER ")][-1] == "USER jovyan", name
+    base = plans["base"].files["Dockerfile"].decode()
+    assert "install -d -o 1000 -g 100 -m 0755 /home/jovyan\n" in base
+    assert "/opt/venv" not in base.split("useradd", 1)[1].split("ENV VIRTUAL_ENV", 1)[0]
+    # The version check runs the server as jovyan, from the root-owned environment.
+    assert [u for u, r in _runs_by_user(base) if "jupyterhub-singleuser --version" in r] == ["jovyan"]
+
+
 def test_notebook_images_strip_setuid_after_their_last_install(site_dir):
     """Every notebook image (base and each collaboration) removes setuid and setgid bits
     after everything it installs as root: no program in it can raise privileges."""

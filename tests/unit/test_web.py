@@ -6,6 +6,8 @@ import asyncio
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hubdeploy.hub import web
 
@@ -48,10 +50,14 @@ def _authenticators():
     return DummyAuthenticator, Permissive
 
 
+def policy(base, max_length=64):
+    return web.username_policy(base, max_length=max_length)
+
+
 @pytest.mark.parametrize("index", [0, 1])
 def test_every_authenticator_refuses_control_characters(index):
     base = _authenticators()[index]
-    cls = web.refusing_control_characters(base)
+    cls = policy(base)
     assert issubclass(cls, base) and cls.__name__ == base.__name__
     auth = cls()
     assert auth.validate_username("alice")
@@ -60,27 +66,84 @@ def test_every_authenticator_refuses_control_characters(index):
     # The class's own rules still apply after ours.
     if base.__name__ == "DummyAuthenticator":
         assert not auth.validate_username("a/b")
-    # One class per authenticator, however often the config is read.
-    assert web.refusing_control_characters(base) is cls
+    # One class per authenticator and limit, however often the config is read.
+    assert policy(base) is cls and policy(base, 32) is not cls
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_every_authenticator_refuses_names_over_the_limit(index):
+    """Red team: a 10,000-character hub username was accepted."""
+    auth = policy(_authenticators()[index], max_length=64)()
+    assert auth.validate_username("a" * 64)
+    assert not auth.validate_username("a" * 65)
+    assert not auth.validate_username("a" * 10_000)
+    assert policy(_authenticators()[index], max_length=8)().validate_username("a" * 9) is False
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_every_authenticator_normalises_to_nfkc_first(index):
+    """Red team: full-width ａｄｍｉｎ was a separate user who looks like admin. NFKC
+    first, then the class's own normalisation (JupyterHub's lowercases)."""
+    auth = policy(_authenticators()[index])()
+    assert auth.normalize_username("ａｄｍｉｎ") == "admin"
+    assert auth.normalize_username("ＡＤＭＩＮ") == "admin"
+    assert auth.normalize_username("ﬁona") == "fiona"  # the ligature ﬁ
+    assert auth.normalize_username("秀樹") == "秀樹"
+    # A path that skips normalisation (POST /hub/api/users/<name>) meets validate_username.
+    assert not auth.validate_username("ａｄｍｉｎ")
+
+
+@given(st.text(max_size=80))
+def test_a_normalised_name_is_never_refused_as_unnormalised(name):
+    auth = policy(_authenticators()[0], max_length=10_000)()
+    normal = auth.normalize_username(name)
+    assert auth.normalize_username(normal) == normal
+    problem = web.username_problem(normal, 10_000)
+    assert problem is None or "normal form" not in problem
+
+
+def _login(auth, name):
+    return asyncio.run(auth.get_authenticated_user(None, {"username": name, "password": ""}))
 
 
 def test_login_with_a_newline_is_refused():
     from jupyterhub.auth import DummyAuthenticator
 
-    auth = web.refusing_control_characters(DummyAuthenticator)(allow_all=True)
-    assert asyncio.run(auth.get_authenticated_user(None, {"username": "bob\nx", "password": ""})) is None
-    assert asyncio.run(auth.get_authenticated_user(None, {"username": "bob", "password": ""}))["name"] == "bob"
+    auth = policy(DummyAuthenticator)(allow_all=True)
+    assert _login(auth, "bob\nx") is None
+    assert _login(auth, "bob")["name"] == "bob"
 
 
-def test_add_user_refuses_a_newline():
+def test_login_normalises_before_allowed_blocked_and_admin_checks():
+    """JupyterHub 6.1.1's get_authenticated_user normalises, validates, then checks the
+    blocked and allowed sets and admin_users: each sees the normal form."""
+    from jupyterhub.auth import DummyAuthenticator
+
+    cls = policy(DummyAuthenticator, max_length=64)
+    open_hub = cls(allow_all=True, admin_users={"admin"})
+    assert _login(open_hub, "ａｄｍｉｎ") == {"name": "admin", "admin": True, "auth_state": None, "user_info": None}
+    restricted = cls(allowed_users={"admin"})
+    assert _login(restricted, "ａｄｍｉｎ")["name"] == "admin"
+    assert _login(cls(allow_all=True, blocked_users={"admin"}), "ａｄｍｉｎ") is None
+    assert _login(open_hub, "x" * 10_000) is None
+    assert _login(open_hub, "x" * 64)["name"] == "x" * 64
+
+
+def test_add_user_refuses_what_the_policy_refuses():
     """POST /hub/api/users/<name> creates the user, then add_user validates the name."""
     from types import SimpleNamespace
 
     from jupyterhub.auth import DummyAuthenticator
 
-    auth = web.refusing_control_characters(DummyAuthenticator)(allowed_users={"ann"})
-    with pytest.raises(web.UsernameRefused, match=r"Invalid username 'a\\nb'"):
+    auth = policy(DummyAuthenticator, max_length=64)(allowed_users={"ann"})
+    with pytest.raises(web.UsernameRefused, match=r"Invalid username 'a\\nb': it contains control characters"):
         auth.add_user(SimpleNamespace(name="a\nb"))
+    with pytest.raises(web.UsernameRefused, match=r"not in Unicode normal form NFKC, which is 'admin'"):
+        auth.add_user(SimpleNamespace(name="ａｄｍｉｎ"))
+    with pytest.raises(web.UsernameRefused) as err:
+        auth.add_user(SimpleNamespace(name="y" * 10_000))
+    # The message says how long, without repeating the name.
+    assert "10000 characters long; the limit is 64" in str(err.value) and len(str(err.value)) < 200
     auth.add_user(SimpleNamespace(name="ab"))  # the class's own add_user still runs
     assert auth.allowed_users == {"ann", "ab"}
 
