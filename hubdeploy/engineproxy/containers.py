@@ -23,7 +23,7 @@ import tarfile
 from urllib.parse import parse_qs, quote
 
 from hubdeploy.contract import slurmcmd
-from hubdeploy.contract.identity import MIN_UID
+from hubdeploy.contract.identity import USERS_GID, reserved_id
 from hubdeploy.contract.layout import (
     LABEL_SITE,
     LABEL_USER,
@@ -101,8 +101,6 @@ EXEC_START = Shape({"Detach": false_only, "Tty": false_only})
 # What the docker backend reads from a created container, and writes into a notebook.
 ETC_FILES = ("/etc/passwd", "/etc/group")
 ETC_MEMBER_LIMIT = 4 << 20
-# Debian's globally allocated system ids (slurm is 64030) and nobody (65534).
-DEBIAN_SYSTEM_IDS = (60000, 65535)
 SECURITY_OPTS = frozenset({"no-new-privileges", "no-new-privileges:true", "no-new-privileges=true"})
 
 
@@ -143,15 +141,18 @@ def check_image(image: str, policy) -> None:
 
 def check_user(user: str | None, groups=None) -> None:
     """A notebook runs as its image's user (the notebook user, never root: the images
-    are the site's own) or as a user's account, never as root or a system account."""
+    are the site's own) or as a user's account, never with an id the images reserve
+    (root, system accounts, the notebook user: contract.identity.RESERVED_IDS) save the
+    shared group ``users``: the same rule the identity sources apply."""
     if user:
         uid, gid = (int(x) for x in user.split(":"))
-        if uid < MIN_UID or DEBIAN_SYSTEM_IDS[0] <= uid <= DEBIAN_SYSTEM_IDS[1]:
-            raise Refused("user", f"uid {uid} is root or a system account")
-        if gid == 0:
-            raise Refused("user", "gid 0 is root's group")
-    if any(int(g) == 0 for g in groups or ()):
-        raise Refused("user", "GroupAdd 0 is root's group")
+        if why := reserved_id(uid):
+            raise Refused("user", f"uid {uid} is reserved ({why})")
+        if gid != USERS_GID and (why := reserved_id(gid)):
+            raise Refused("user", f"gid {gid} is reserved ({why})")
+    for g in groups or ():
+        if int(g) != USERS_GID and (why := reserved_id(int(g))):
+            raise Refused("user", f"supplementary gid {g} is reserved ({why})")
 
 
 def check_confined(cap_drop, security_opt) -> None:

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from test_docker_backend import BASE_IMAGE, _ensure_base_image
 
 from hubdeploy.contract import slurmcmd
+from hubdeploy.contract.identity import reserved_id
 
 pytestmark = pytest.mark.integration
 
@@ -227,7 +228,7 @@ def _allowed_container(attrs: dict, w) -> None:
     assert labels.get("hubdeploy.site") == SITE and not any(k.startswith("com.docker.") for k in labels), where
     assert cfg["Image"] == BASE_IMAGE, where
     user = cfg.get("User") or ""
-    assert user and int(user.split(":")[0]) >= 1000 and not user.startswith("0"), (where, user)
+    assert user and not reserved_id(int(user.split(":")[0])), (where, user)
     assert not host.get("Privileged") and not host.get("CapAdd"), where
     assert [c.upper() for c in host.get("CapDrop") or ()] == ["ALL"], where
     assert set(host.get("SecurityOpt") or ()) <= {"no-new-privileges", "no-new-privileges:true"}, where
@@ -257,8 +258,7 @@ def _allowed_exec(info: dict, where: str) -> None:
     if user in ("", "root", "0", "0:0"):
         assert slurmcmd.is_root_read(argv), argv
     else:
-        uid = int(user.split(":")[0])
-        assert uid >= 1000 and not 60000 <= uid <= 65535, user
+        assert not reserved_id(int(user.split(":")[0])), user
         assert argv[0] in slurmcmd.USER_COMMANDS, argv
 
 
