@@ -66,18 +66,17 @@ from hubdeploy.backends.slurm_parse import (
     INVALID_JOB,
     JOB_ID,
     LIST_FORMAT,
-    NODE_FORMAT,
     ON_NODE_STATES,
     PATH_RE,
     READ_ENV,
-    SQUEUE_FORMAT,
     CommandError,
     JobInfo,
+    JobRow,
     env_lines,
     export_option,
     judge,
     node_trouble,
-    parse_job_list,
+    parse_job_rows,
     parse_node_states,
     parse_squeue,
     progress_event,
@@ -87,10 +86,11 @@ from hubdeploy.backends.slurm_parse import (
 )
 from hubdeploy.backends.slurm_script import OptionError, job_options, render
 from hubdeploy.backends.sshcert import CertificateAuthority, CertificateError
-from hubdeploy.contract import names
+from hubdeploy.contract import names, slurmcmd
 from hubdeploy.contract.identity import Identity
 
-# Who watches and cancels jobs when the prefix submits as each user: the controller's root.
+# Who runs the commands that are nobody's job (the listings of slurmcmd) when the prefix
+# names an account: root. A job's own commands (its squeue, its scancel) run as its owner.
 ADMIN = {"uid": "0", "gid": "0", "name": "root"}
 _PLACEHOLDERS = ("{uid}", "{gid}", "{name}")
 
@@ -209,11 +209,10 @@ class SlurmBackend(Backend):
         """Whether jobs are submitted as each server's own account (placeholders or certificates)."""
         return self.fills_account or self.ca is not None
 
-    def _prefix(self, ident: Identity | None, account: str | None = None) -> list[str]:
+    def _prefix(self, who: Mapping[str, Any] | None, account: str | None = None) -> list[str]:
         if self.ca is not None and account is not None:
             return self._user_prefix(account)
-        who = {"uid": str(ident.uid), "gid": str(ident.gid), "name": ident.name} if ident else ADMIN
-        return _fill(self.submit_prefix, who)
+        return _fill(self.submit_prefix, {k: str(v) for k, v in (who or ADMIN).items()})
 
     def _user_prefix(self, account: str) -> list[str]:
         """ssh as ``account`` with its certificate (made, or reused while valid)."""
@@ -225,7 +224,7 @@ class SlurmBackend(Backend):
         return _fill(self.config.ssh_user_prefix,
                      {"name": account, "dir": cred.directory, "key": cred.key, "cert": cred.cert})
 
-    def _argv(self, argv: Sequence[str], env_names: Sequence[str] = (), ident: Identity | None = None,
+    def _argv(self, argv: Sequence[str], env_names: Sequence[str] = (), who: Mapping[str, Any] | None = None,
               account: str | None = None) -> list[str]:
         words = list(argv)
         if env_names and self.env_stdin:
@@ -234,7 +233,7 @@ class SlurmBackend(Backend):
             words = [shlex.join(words)]
         if not self.submit_prefix and account is None:
             return words
-        prefix = self._prefix(ident, account)
+        prefix = self._prefix(who, account)
         head, last = prefix[:-1], prefix[-1:]
         passes = [w for n in env_names for w in (self.env_option, n)] if self.env_option and not self.env_stdin else []
         return [*head, *passes, *last, *words]
@@ -245,17 +244,18 @@ class SlurmBackend(Backend):
         *,
         stdin: bytes | None = None,
         env: Mapping[str, str] | None = None,
-        ident: Identity | None = None,
+        who: Mapping[str, Any] | None = None,
         account: str | None = None,
     ) -> tuple[int, str, str]:
         """Run one Slurm command; ``(returncode, stdout, stderr)``. CommandError if it hangs.
 
         ``env`` adds variables to the command's environment (and, with
         ``submit_env_option``, passes them through the prefix) without putting a value
-        in argv. ``ident`` fills the prefix's placeholders; ``account`` (with
-        certificates) runs the command as that account over ssh.
+        in argv. ``who`` (uid, gid and name; :func:`whose`) fills the prefix's placeholders,
+        root's when None; ``account`` (with certificates) runs the command as that account
+        over ssh.
         """
-        full = self._argv(argv, sorted(env or ()), ident, account)
+        full = self._argv(argv, sorted(env or ()), who, account)
         if env and self.env_stdin:
             stdin = env_lines(env) + (stdin or b"")
             env = None  # they travel on stdin; ssh itself needs none of them
@@ -288,11 +288,16 @@ class SlurmBackend(Backend):
         submit account) otherwise, and for a job submitted before certificates."""
         return state.get("account") if self.ca is not None else None
 
-    async def query(self, job_id: str, account: str | None = None) -> PollResult | JobInfo:
+    def job_owner(self, state: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Who a server's job belongs to (recorded at submit when the prefix names the
+        account): its squeue and scancel run as that account, never as root."""
+        return state.get("owner") if self.fills_account else None
+
+    async def query(self, job_id: str, account: str | None = None,
+                    who: Mapping[str, Any] | None = None) -> PollResult | JobInfo:
         """squeue for one job: its :class:`JobInfo`, or Stopped / Unknown."""
         try:
-            code, out, err = await self.run(["squeue", "-h", "-t", "all", "-j", job_id, "-o", SQUEUE_FORMAT],
-                                            account=account)
+            code, out, err = await self.run(slurmcmd.job_query_argv(job_id), account=account, who=who)
         except CommandError as exc:
             return Unknown(str(exc))
         if code != 0:
@@ -312,7 +317,7 @@ class SlurmBackend(Backend):
         if self._nodes is not None and now - self._nodes[0] < self.config.node_cache_seconds:
             return self._nodes[1]
         try:
-            code, out, err = await self.run(["sinfo", "-h", "-N", "-o", NODE_FORMAT])
+            code, out, err = await self.run(slurmcmd.node_states_argv())
             if code != 0:
                 raise CommandError(["sinfo"], code, err)
             states = parse_node_states(out)
@@ -360,6 +365,8 @@ class SlurmBackend(Backend):
         script = render(options)
         name = self.job_name(spec)
         state.update(job_name=name, phase="submitting", **({"account": account} if account else {}))
+        if self.fills_account and spec.identity is not None:
+            state["owner"] = whose(spec.identity)
         argv = [
             "sbatch",
             "--parsable",
@@ -371,7 +378,7 @@ class SlurmBackend(Backend):
             *spec.cmd,
         ]
         try:
-            code, out, err = await self.run(argv, stdin=script.encode(), env=env, ident=spec.identity,
+            code, out, err = await self.run(argv, stdin=script.encode(), env=env, who=state.get("owner"),
                                             account=account)
         except CommandError as exc:
             state["phase"] = "failed"
@@ -420,10 +427,10 @@ class SlurmBackend(Backend):
         that waits in a queue costs no more squeue calls than before.
         """
         deadline = time.monotonic() + self.start_timeout
-        job_id, account = state["job_id"], self.owner(state)
+        job_id, account, who = state["job_id"], self.owner(state), self.job_owner(state)
         delay, seen = self.start_poll_min, None
         while time.monotonic() < deadline:
-            result = await self.query(job_id, account)
+            result = await self.query(job_id, account, who)
             if isinstance(result, JobInfo):
                 if result.state != seen:
                     delay, seen = self.start_poll_min, result.state
@@ -464,9 +471,15 @@ class SlurmBackend(Backend):
             argv = ["scancel", f"--name={name}"]  # a submit that failed midway
         else:
             return
-        account = self.owner(state)
+        account, who = self.owner(state), self.job_owner(state)
+        if who is None and self.fills_account:
+            # A job recorded without its owner: Slurm's listing says whose it is.
+            row = await self._find_row(job_id, name)
+            if row is None:
+                return  # gone already
+            who = row.owner
         try:
-            code, _, err = await self.run(argv, account=account)
+            code, _, err = await self.run(argv, account=account, who=who)
         except CommandError as exc:
             raise BackendError(f"cannot cancel Slurm job {job_id or name}: {exc}") from None
         if code != 0 and INVALID_JOB not in err and ENDING not in err:
@@ -476,7 +489,7 @@ class SlurmBackend(Backend):
         deadline = time.monotonic() + self.stop_timeout
         last: Any = None
         while time.monotonic() < deadline:
-            last = await self.query(job_id, account)
+            last = await self.query(job_id, account, who)
             if isinstance(last, Stopped) or (isinstance(last, JobInfo) and last.state in FINAL_STATES):
                 return
             if isinstance(last, JobInfo) and await self._on_lost_node(last):
@@ -508,7 +521,7 @@ class SlurmBackend(Backend):
         if not job_id:
             return Stopped(0)
         try:
-            result = await self.query(job_id, self.owner(state))
+            result = await self.query(job_id, self.owner(state), self.job_owner(state))
             if not isinstance(result, JobInfo):
                 return result
             return await self._judge(result, state)
@@ -566,19 +579,29 @@ class SlurmBackend(Backend):
         """This site's notebook jobs that squeue shows (pending, running, completing).
 
         ``--me``: only jobs of the account the hub submits as, so a user's own job that
-        happens to carry a similar name is never listed, let alone cancelled.
+        happens to carry a similar name is never listed, let alone cancelled. Per-user jobs
+        belong to many accounts: root lists them all (slurmcmd's listing), by name.
         """
+        rows = await self._rows()
+        prefix = names.server_prefix(self.name_prefix)
+        found = [row.found() for row in rows if row.name.startswith(prefix)]
+        states = await self.node_states() if any(f.node for f in found) else None
+        return [with_node_trouble(f, states) for f in found]
+
+    async def _rows(self) -> list[JobRow]:
+        argv = slurmcmd.list_jobs_argv() if self.per_user else ["squeue", "-h", "--me", "-o", LIST_FORMAT]
         try:
-            # Per-user jobs belong to many accounts: root lists them all, by name.
-            mine = ["-a"] if self.per_user else ["--me"]
-            code, out, err = await self.run(["squeue", "-h", *mine, "-o", LIST_FORMAT])
+            code, out, err = await self.run(argv)
         except CommandError as exc:
             raise BackendError(f"cannot list Slurm jobs: {exc}") from None
         if code != 0:
             raise BackendError(f"squeue exited {code}: {(err.strip() or out.strip())[-300:]}")
-        found = parse_job_list(out, names.server_prefix(self.name_prefix))
-        states = await self.node_states() if any(f.node for f in found) else None
-        return [with_node_trouble(f, states) for f in found]
+        return parse_job_rows(out)
+
+    async def _find_row(self, job_id: str | None, name: str | None) -> JobRow | None:
+        """The listing's row of a job, by id (or by name when there is no id yet)."""
+        rows = await self._rows()
+        return next((r for r in rows if (r.job_id == job_id if job_id else r.name == name)), None)
 
     def server_id(self, state: Mapping[str, Any]) -> str | None:
         return state.get("job_id") or None
@@ -587,15 +610,26 @@ class SlurmBackend(Backend):
         return state.get("job_name") or None
 
     async def remove(self, server_id: str) -> None:
-        """scancel one job (an id :meth:`list_servers` returned)."""
+        """scancel one job (an id :meth:`list_servers` returned), as its owner."""
         if not JOB_ID.match(server_id):
             raise BackendError(f"{server_id!r} is not a Slurm job id")
+        who = None
+        if self.fills_account:
+            row = await self._find_row(server_id, None)
+            if row is None:
+                return  # gone meanwhile
+            who = row.owner
         try:
-            code, _, err = await self.run(["scancel", server_id])
+            code, _, err = await self.run(["scancel", server_id], who=who)
         except CommandError as exc:
             raise BackendError(f"cannot cancel Slurm job {server_id}: {exc}") from None
         if code != 0 and INVALID_JOB not in err and ENDING not in err:
             raise BackendError(f"scancel {server_id} failed: {err.strip()[-300:]}")
+
+
+def whose(ident: Identity) -> dict[str, Any]:
+    """An account as the prefix's placeholders and a server's saved state name it."""
+    return {"uid": ident.uid, "gid": ident.gid, "name": ident.name}
 
 
 def _fill(words: Sequence[str], values: Mapping[str, str]) -> list[str]:

@@ -15,6 +15,9 @@ from typing import Any
 from hubdeploy.backends.base import BackendError, Found, PollResult, Running, Stopped, Unknown
 from hubdeploy.backends.slurm_script import ENV_NAME, parse_port_comment
 from hubdeploy.contract.identity import POSIX_NAME_PATTERN
+from hubdeploy.contract.slurmcmd import LIST_FORMAT, NODE_FORMAT, SQUEUE_FORMAT
+
+__all__ = ["LIST_FORMAT", "NODE_FORMAT", "SQUEUE_FORMAT"]  # and the names below
 
 ALIVE_STATES = frozenset(
     {
@@ -51,9 +54,6 @@ COMPLETING = "COMPLETING"
 # Alive states in which the job holds a node: its server lives or dies with that node.
 ON_NODE_STATES = frozenset({"CONFIGURING", "RUNNING", "SUSPENDED", "SIGNALING", "STAGE_OUT", "RESIZING"})
 
-SQUEUE_FORMAT = "%i|%T|%r|%S|%B|%k"  # the comment (free text) last: it may contain '|'
-LIST_FORMAT = "%i|%T|%N|%r|%j"  # job id, state, nodes, reason, name (free text, last)
-NODE_FORMAT = "%N|%T"  # node name, long state with its flag suffix (sinfo -N)
 ACCOUNT = re.compile(POSIX_NAME_PATTERN)
 JOB_ID = re.compile(r"^\d{1,12}$")
 HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
@@ -215,6 +215,10 @@ def validate_state(state: Mapping[str, Any]) -> dict[str, Any]:
     account = state.get("account")
     if isinstance(account, str) and ACCOUNT.match(account):
         out["account"] = account
+    owner = state.get("owner")
+    if (isinstance(owner, dict) and set(owner) == {"uid", "gid", "name"} and isinstance(owner["name"], str)
+            and ACCOUNT.match(owner["name"]) and all(_whole(owner[k]) for k in ("uid", "gid"))):
+        out["owner"] = {"uid": int(owner["uid"]), "gid": int(owner["gid"]), "name": owner["name"]}
     for key in ("phase", "job_state", "reason", "start_time", "profile"):
         if isinstance(state.get(key), str):
             out[key] = state[key]
@@ -222,6 +226,10 @@ def validate_state(state: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(since, (int, float)) and not isinstance(since, bool):
         out["node_lost_since"] = float(since)
     return out
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
 
 
 # Runs on the far side of the prefix (``sh -c READ_ENV sh sbatch ...``): exports the
@@ -257,21 +265,46 @@ def export_option(names: Sequence[str], export_all: bool) -> str:
     return "--export=" + ",".join(names) if names else "--export=NONE"
 
 
-def parse_job_list(stdout: str, name_prefix: str) -> list[Found]:
-    """``squeue -o LIST_FORMAT`` lines -> the jobs whose name starts with ``name_prefix``,
-    with their node and reason (``None`` reads as no reason)."""
-    found = []
+@dataclass(frozen=True)
+class JobRow:
+    """One line of ``squeue -o LIST_FORMAT``: a job and whose it is."""
+
+    job_id: str
+    state: str
+    node: str
+    reason: str
+    user: str
+    uid: str
+    gid: str
+    name: str
+
+    @property
+    def owner(self) -> dict[str, Any]:
+        """Whose job it is, as a server's saved state keeps it."""
+        return {"uid": int(self.uid), "gid": int(self.gid), "name": self.user}
+
+    def found(self) -> Found:
+        return Found(id=self.job_id, name=self.name, state=self.state, node=self.node,
+                     reason="" if self.reason == "None" else self.reason)
+
+
+def parse_job_rows(stdout: str) -> list[JobRow]:
+    """Every line of ``squeue -o LIST_FORMAT``."""
+    rows = []
     for line in stdout.splitlines():
         if not line.strip():
             continue
-        parts = line.split("|", 4)  # the name last: a foreign job's name may contain '|'
-        if len(parts) != 5 or not JOB_ID.match(parts[0]):
+        parts = line.split("|", 7)  # the name last: a foreign job's name may contain '|'
+        if len(parts) != 8 or not JOB_ID.match(parts[0]) or not (parts[5].isdigit() and parts[6].isdigit()):
             raise BackendError(f"unexpected squeue line {line[:200]!r}")
-        job_id, job_state, node, reason, name = parts
-        if name.startswith(name_prefix):
-            reason = "" if reason == "None" else reason
-            found.append(Found(id=job_id, name=name, state=job_state, node=node, reason=reason))
-    return found
+        rows.append(JobRow(*parts))
+    return rows
+
+
+def parse_job_list(stdout: str, name_prefix: str) -> list[Found]:
+    """``squeue -o LIST_FORMAT`` lines -> the jobs whose name starts with ``name_prefix``,
+    with their node and reason (``None`` reads as no reason)."""
+    return [row.found() for row in parse_job_rows(stdout) if row.name.startswith(name_prefix)]
 
 
 def with_node_trouble(found: Found, states: Mapping[str, str] | None) -> Found:

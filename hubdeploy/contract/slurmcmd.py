@@ -18,7 +18,8 @@ USER_COMMANDS = frozenset({"sbatch", "squeue", "scancel", "sinfo"})
 
 # squeue/sinfo output formats the backend parses (hubdeploy.backends.slurm_parse).
 SQUEUE_FORMAT = "%i|%T|%r|%S|%B|%k"  # the comment (free text) last: it may contain '|'
-LIST_FORMAT = "%i|%T|%N|%r|%U|%G|%j"  # id, state, nodes, reason, uid, gid, name (free text, last)
+# id, state, nodes, reason, and whose: user name, uid, gid; the job name (free text) last
+LIST_FORMAT = "%i|%T|%N|%r|%u|%U|%G|%j"
 NODE_FORMAT = "%N|%T"  # node name, long state with its flag suffix (sinfo -N)
 
 _JOB_ID = re.compile(r"^\d{1,12}$")

@@ -417,3 +417,79 @@ def test_dexec_engine_address(monkeypatch, host, tls, expected):
         else:
             monkeypatch.setenv(name, value)
     assert dexec.engine_address() == expected
+
+
+# -- every Slurm command of the stack's cluster passes ------------------------------------------
+
+
+class RecordedSlurm:
+    """The Slurm backend as hub.json configures it for the stack's cluster, its commands
+    recorded (dexec argv) and answered as a cluster with one job, 7, would answer."""
+
+    def __new__(cls):
+        from hubdeploy.backends.slurm import SlurmBackend
+        from hubdeploy.loader import load_site_text
+        from hubdeploy.render.hubdata import _cluster_backend_config
+
+        site = load_site_text("name: alpha\nslurm: {cluster: {nodes: 1}}\nprofiles:\n"
+                              "  - {name: c, image: base, node: compute, default: true}\n", "site.yaml")
+
+        class Recording(SlurmBackend):
+            cancelled = False
+
+            async def run(self, argv, *, stdin=None, env=None, who=None, account=None):
+                self.calls.append(self._argv(argv, sorted(env or ()), who, account))
+                if argv[0] == "sbatch":
+                    self.cancelled = False
+                    return 0, "7\n", ""
+                if argv[0] == "scancel":
+                    self.cancelled = True
+                    return 0, "", ""
+                if argv[0] == "sinfo":
+                    return 0, "c1|allocated\n", ""
+                if "-a" in argv:
+                    return 0, "7|RUNNING|c1|None|ann|20001|20001|hubdeploy-alpha-nb-ann\n", ""
+                return 0, "" if self.cancelled else "7|RUNNING|None|N/A|c1|hubdeploy:port=40000\n", ""
+
+        backend = Recording({**_cluster_backend_config(site), "poll_interval": 0.01})
+        backend.calls = []
+        return backend
+
+
+def _as_exec(dexec_argv: list[str]) -> dict:
+    """The exec create body dexec sends for one prefixed command line."""
+    user = dexec_argv[dexec_argv.index("--user") + 1]
+    workdir = dexec_argv[dexec_argv.index("--workdir") + 1]
+    env = [f"{dexec_argv[i + 1]}=x" for i, w in enumerate(dexec_argv) if w == "--env"]
+    cmd = dexec_argv[dexec_argv.index("--") + 1:]
+    return {"AttachStdin": True, "AttachStdout": True, "AttachStderr": True, "Tty": False, "Cmd": cmd,
+            "User": user, "Env": env, "WorkingDir": workdir}
+
+
+def test_every_slurm_command_of_the_stacks_cluster_passes_the_proxy():
+    """Start, poll, stop, the orphan listing and an orphan's cancel, and the stop of a job
+    recorded without its owner: each command as dexec asks for it, decided by the policy."""
+    import asyncio
+
+    b = RecordedSlurm()
+    spec = ServerSpec("ann", "", {"name": "c", "node": "compute"}, env={"JUPYTERHUB_API_TOKEN": "t"}, identity=ANN)
+    state: dict = {}
+    asyncio.run(b.start(spec, state))
+    asyncio.run(b.poll(state))
+    asyncio.run(b.stop(state))
+    asyncio.run(b.list_servers())
+    b.cancelled = False
+    asyncio.run(b.remove("7"))
+    b.cancelled = False
+    asyncio.run(b.stop({"job_id": "7", "job_name": "hubdeploy-alpha-nb-ann"}))
+    seen = set()
+    for argv in b.calls:
+        body = _as_exec(argv)
+        d = ask("POST", f"/v1.41/containers/{CTLD}/exec", body)
+        assert isinstance(d, Allow), (argv, d)
+        seen.add((body["User"], body["Cmd"][0]))
+        if body["User"] == "0:0":
+            assert slurmcmd.is_root_read(body["Cmd"]) and body["Env"] == [], body
+    # The job's own commands, all as ann; root only lists.
+    assert seen == {("20001:20001", "sbatch"), ("20001:20001", "squeue"), ("20001:20001", "scancel"),
+                    ("0:0", "squeue"), ("0:0", "sinfo")}

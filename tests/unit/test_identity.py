@@ -295,12 +295,12 @@ class Recording(SlurmBackend):
         super().__init__(config)
         self.outcomes, self.argvs = list(outcomes), []
 
-    async def run(self, argv, *, stdin=None, env=None, ident=None, account=None):
-        self.argvs.append((self._argv(argv, sorted(env or ()), ident, account), dict(env or {})))
+    async def run(self, argv, *, stdin=None, env=None, who=None, account=None):
+        self.argvs.append((self._argv(argv, sorted(env or ()), who, account), dict(env or {})))
         return self.outcomes.pop(0)
 
 
-def test_slurm_submits_as_the_user_in_their_home_and_polls_as_root():
+def test_slurm_submits_polls_and_cancels_as_the_user_in_their_home():
     b = Recording([(0, "7\n", ""), (0, "7|RUNNING|None|N/A|c1|hubdeploy:port=40000\n", "")],
                   submit_prefix=["dexec", "--user", "{uid}:{gid}", "--"], submit_env_option="--env",
                   output_in_home=True, poll_interval=0.01)
@@ -312,7 +312,8 @@ def test_slurm_submits_as_the_user_in_their_home_and_polls_as_root():
     assert sbatch[:3] == ["dexec", "--user", "31001:31001"]
     assert "--chdir=/home/carol" in sbatch and "--output=/home/carol/.hubdeploy/logs/slurm-%j.log" in sbatch
     assert env["HOME"] == "/home/carol" and env["USER"] == "carol"
-    assert squeue[:3] == ["dexec", "--user", "0:0"]
+    # The job's own commands run as its owner: root in the controller reads the munge key.
+    assert squeue[:3] == ["dexec", "--user", "31001:31001"]
 
 
 # -- the spawner -----------------------------------------------------------------------------

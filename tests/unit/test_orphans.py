@@ -96,10 +96,10 @@ def test_pick_refuses_tracked_unknown_and_ambiguous(wanted, says):
 
 def test_parse_job_list_keeps_this_sites_notebook_jobs():
     out = (
-        "17|RUNNING|c1|None|hubdeploy-s-nb-ann\n"
-        "18|PENDING||Resources|hubdeploy-s-nb-bob--gpu\n"
-        "19|RUNNING|c2|None|my|analysis\n"  # a job of the same account that is not a notebook
-        "20|RUNNING|c2|None|hubdeploy-other-nb-ann\n"  # another site's
+        "17|RUNNING|c1|None|ann|20001|20001|hubdeploy-s-nb-ann\n"
+        "18|PENDING||Resources|bob|20002|20002|hubdeploy-s-nb-bob--gpu\n"
+        "19|RUNNING|c2|None|ann|20001|20001|my|analysis\n"  # a job of the same account that is not a notebook
+        "20|RUNNING|c2|None|ann|20001|20001|hubdeploy-other-nb-ann\n"  # another site's
         "\n"
     )
     assert parse_job_list(out, "hubdeploy-s-nb-") == [

@@ -135,7 +135,8 @@ def test_stop_waits_for_a_job_on_a_healthy_node():
 
 
 def test_listing_names_the_node_in_trouble():
-    listed = (0, "7|RUNNING|c1|None|hubdeploy-nb-ann\n8|PENDING||Resources|hubdeploy-nb-bob\n", "")
+    listed = (0, "7|RUNNING|c1|None|ann|20001|20001|hubdeploy-nb-ann\n"
+                 "8|PENDING||Resources|bob|20002|20002|hubdeploy-nb-bob\n", "")
     b = FakeBackend([listed], sinfo=(0, "c1|allocated*\nc2|idle\n", ""))
     assert run(b.list_servers()) == [
         Found("7", "hubdeploy-nb-ann", "RUNNING", detail="node c1 is not responding", node="c1"),

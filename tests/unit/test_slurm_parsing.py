@@ -46,7 +46,7 @@ class FakeBackend(SlurmBackend):
         self.sinfo = sinfo
         self.calls: list[tuple[list[str], bytes | None, dict]] = []
 
-    async def run(self, argv, *, stdin=None, env=None, ident=None, account=None):
+    async def run(self, argv, *, stdin=None, env=None, who=None, account=None):
         if argv[0] == "sinfo":
             if isinstance(self.sinfo, BaseException):
                 raise self.sinfo

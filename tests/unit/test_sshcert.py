@@ -169,8 +169,8 @@ class Recording(SlurmBackend):
         super().__init__(config)
         self.outcomes, self.calls = list(outcomes), []
 
-    async def run(self, argv, *, stdin=None, env=None, ident=None, account=None):
-        full = self._argv(argv, sorted(env or ()), ident, account)
+    async def run(self, argv, *, stdin=None, env=None, who=None, account=None):
+        full = self._argv(argv, sorted(env or ()), who, account)
         self.calls.append((full, env or {}))
         return self.outcomes.pop(0)
 
@@ -224,8 +224,8 @@ def test_poll_of_a_job_from_before_certificates_uses_the_submit_account(ca_key, 
 
 def test_orphan_listing_and_its_cancel_are_the_submit_accounts(ca_key, tmp_path):
     # No node named: the listing asks nothing about nodes.
-    b = backend(ca_key, tmp_path, [(0, "7|RUNNING||None|hubdeploy-t-nb-carol\n8|RUNNING||None|other\n", ""),
-                                   (0, "", "")])
+    b = backend(ca_key, tmp_path, [(0, "7|RUNNING||None|carol|31001|31001|hubdeploy-t-nb-carol\n"
+                                      "8|RUNNING||None|dave|31002|31002|other\n", ""), (0, "", "")])
     found = asyncio.run(b.list_servers())
     asyncio.run(b.remove("7"))
     (listing, _), (scancel, _) = b.calls
@@ -273,7 +273,7 @@ def test_a_sudo_prefix_submits_as_the_user_and_counts_as_per_user():
     asyncio.run(b.start(spec(), {}))
     (sbatch, _), (squeue, _) = b.calls
     assert sbatch[:4] == ["sudo", "-u", "carol", "--"] and sbatch[4] == "sbatch"
-    assert squeue[:4] == ["sudo", "-u", "root", "--"]  # watching is the hub host's root's
+    assert squeue[:4] == ["sudo", "-u", "carol", "--"]  # the job's own squeue is its owner's
     site = load_site_text(SITE.replace("SUBMIT", "submit: {prefix: [sudo, -u, '{name}', --]}"), "site.yaml")
     assert not site.shared_compute_account
 
