@@ -357,7 +357,7 @@ class _Planner:
         is the one the Slurm tests build (FROM a build arg), so it stays a plain Dockerfile."""
         parent_ref = self.plans[node_image].ref
         recipe = _images_dir() / "slurm"
-        files = {name: (recipe / name).read_bytes() for name in ("Dockerfile", "entrypoint.sh")}
+        files = {name: (recipe / name).read_bytes() for name in ("Dockerfile", "entrypoint.sh", "node-agent.py")}
         args = {"BASE": parent_ref}
         digest = spec_hash(files, args, parent_ref)
         content = self.parent_content(node_image, parent_ref)

@@ -150,6 +150,9 @@ class SlurmConfig(BackendConfig):
     command_timeout: float = 30  # seconds per Slurm command
     poll_interval: float = 2  # seconds between squeue polls of a running server
     start_poll_min: float = 0.1  # the first poll interval of a start; backs off to poll_interval
+    # The stack's own cluster: each node's root agent hands out the notebook's port and
+    # relays it to the server's unix socket (images/slurm/node-agent.py).
+    node_agent: bool = False
     # The backend's own bound on a start; the hub's start_timeout usually ends it first.
     start_timeout: float = 3600
     stop_timeout: float = 60  # how long stop waits for a cancelled job to go
@@ -359,7 +362,7 @@ class SlurmBackend(Backend):
         env = self.export_env(spec)
         node = {"python": self.config.node_python, "scontrol": self.config.node_scontrol}
         try:
-            options = job_options(spec.profile, export=sorted(env), **node)
+            options = job_options(spec.profile, export=sorted(env), node_agent=self.config.node_agent, **node)
         except OptionError as exc:
             raise BackendError(f"profile {spec.profile.get('name')!r}: {exc}") from None
         script = render(options)

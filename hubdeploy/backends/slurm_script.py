@@ -15,17 +15,25 @@ What the script contains and what it does not:
   environment. The script file Slurm stores (``scontrol write batch_script``) is the
   same for every user of a profile.
 
-On the node the script reserves a port and reports it, then execs the runtime:
+On the node the script gets a port and reports it, then execs the runtime:
 
-1. ``python3`` binds port 0, connects to itself and closes the accepted side first, so
+1. On the stack's own cluster (``node_agent``), the node's root agent hands the job a
+   port below 1024, which no user's process can bind, and relays it to the unix socket
+   the server listens on in the job's private directory (images/slurm/node-agent.py):
+   nobody else can answer for the server, before, during or after the job. Elsewhere
+   ``python3`` binds port 0, connects to itself and closes the accepted side first, so
    the port sits in TIME_WAIT: the kernel hands it to no other ``bind(0)`` or outgoing
    connection for a minute, while a server that sets SO_REUSEADDR (tornado, hence
-   jupyter_server; Python's http.server) binds it at once. That closes the
-   pick-then-bind race of "find a free port, close it, hope".
+   jupyter_server) binds it at once. That closes the pick-then-bind race of "find a free
+   port, close it, hope", but not against a user who binds the port on purpose; a site's
+   own cluster keeps users' jobs apart with its own means (README: Compute-node limits).
 2. ``scontrol update JobId=$SLURM_JOB_ID Comment=hubdeploy:port=N``: the backend reads the
    port from ``squeue %k`` and the host from Slurm's own BatchHost, never from the job.
 3. ``HUBDEPLOY_PORT=N`` and ``JUPYTERHUB_SERVICE_URL`` rewritten to that port (which
-   jupyterhub-singleuser listens on), then ``exec`` the runtime and ``"$@"``.
+   jupyterhub-singleuser listens on, or, with the agent, the socket), then ``exec`` the
+   runtime and ``"$@"``; with the agent under a launcher that is a subreaper, so what the
+   server daemonizes (``setsid -f``, a double fork) stays in the job: counted against its
+   memory and ended with it.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hubdeploy.contract.layout import NODE_AGENT_SOCKET, NODE_JOBS_DIR, NODE_SERVER_SOCKET
 from hubdeploy.contract.values import ENV_NAME, SLURM_NAME_PATTERN, OptionError, check_limits, parse_time
 
 __all__ = ["ENV_NAME", "JobOptions", "OptionError", "job_options", "parse_port_comment", "parse_time", "render"]
@@ -81,6 +90,8 @@ class JobOptions:
     export: tuple[str, ...] = ()  # names of the variables sbatch exports (podman-hpc passes them on)
     python: str = "python3"
     scontrol: str = "scontrol"
+    # The stack's own cluster: ports from the node's agent, servers on a unix socket.
+    node_agent: bool = False
 
 
 def _name(section: Mapping[str, Any], key: str, pattern: re.Pattern = _NAME) -> str | None:
@@ -98,7 +109,8 @@ def _count(value: Any, what: str) -> int:
     return int(value)
 
 
-def job_options(profile: Mapping[str, Any], export: Sequence[str] = (), **node: str) -> JobOptions:
+def job_options(profile: Mapping[str, Any], export: Sequence[str] = (), node_agent: bool = False,
+                **node: str) -> JobOptions:
     """Validate a profile and return its :class:`JobOptions`; :class:`OptionError` if not.
 
     ``profile["slurm"]`` holds partition, account, qos, reservation, constraint, time,
@@ -131,6 +143,7 @@ def job_options(profile: Mapping[str, Any], export: Sequence[str] = (), **node: 
         binds=binds,
         path_prepend=tuple(s.get("path_prepend") or ()),
         export=tuple(export),
+        node_agent=node_agent,
         **node,
     )
 
@@ -258,6 +271,36 @@ def runtime_argv(o: JobOptions) -> list[str]:
     raise OptionError(f"unknown runtime {o.runtime!r}")  # job_options refuses it first
 
 
+# Fixed text: ask the node's agent for this job's port (it checks the caller owns the job).
+_AGENT_PORT = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "s.connect(sys.argv[1])\n"
+    's.sendall(f"serve {sys.argv[2]}\\n".encode())\n'
+    "answer = s.makefile().readline().strip()\n"
+    "if not answer.isdigit():\n"
+    '    sys.exit(f"hubdeploy: the node agent gives no port: {answer}")\n'
+    "print(answer)\n"
+)
+# Fixed text: run the server as a child of a subreaper that reaps whatever the server
+# orphans, so a double fork or setsid stays in the job's process tree, and exit with the
+# server's status.
+_LAUNCH = (
+    "import ctypes, os, signal, subprocess, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER\n"
+    "child = subprocess.Popen(sys.argv[1:])\n"
+    "for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):\n"
+    "    signal.signal(sig, lambda n, _: child.send_signal(n))\n"
+    "while True:\n"
+    "    try:\n"
+    "        pid, status = os.wait()\n"
+    "    except ChildProcessError:\n"
+    "        sys.exit(1)\n"
+    "    if pid == child.pid:\n"
+    "        sys.exit(os.waitstatus_to_exitcode(status) % 256)\n"
+)
+
+
 def render(o: JobOptions) -> str:
     """The job script for ``o`` (deterministic: the same options give the same bytes)."""
     q = shlex.quote
@@ -266,23 +309,50 @@ def render(o: JobOptions) -> str:
         "# hubdeploy notebook server job (generated; no user data, no secrets)",
     ]
     lines += _sbatch_lines(o)
-    lines += [
-        "set -euo pipefail",
-        "",
-        "# A port of this node that nobody else is handed for a minute (TIME_WAIT).",
-        f"HUBDEPLOY_PORT=$({q(o.python)} -c {q(_RESERVE_PORT)})",
-        "export HUBDEPLOY_PORT",
+    lines += ["set -euo pipefail", ""]
+    lines += _agent_port(o) if o.node_agent else _reserved_port(o)
+    if o.path_prepend:
+        lines.append(f'export PATH={q(":".join(o.path_prepend))}"${{PATH:+:$PATH}}"')
+    argv = runtime_argv(o)
+    run = f'{" ".join(q(w) for w in argv) + " " if argv else ""}"$@"'
+    if o.node_agent:
+        sock = f"{NODE_JOBS_DIR}/$SLURM_JOB_ID/{NODE_SERVER_SOCKET}"
+        lines.append(f'exec {q(o.python)} -c {q(_LAUNCH)} {run} --ServerApp.sock="{sock}"')
+    else:
+        lines.append(f"exec {run}")
+    return "\n".join(lines) + "\n"
+
+
+def _report_port(o: JobOptions) -> list[str]:
+    return [
         "# The backend reads the port back from the job's comment (squeue %k).",
-        f'{q(o.scontrol)} update JobId="$SLURM_JOB_ID" Comment="{PORT_COMMENT_PREFIX}$HUBDEPLOY_PORT"',
+        f'{shlex.quote(o.scontrol)} update JobId="$SLURM_JOB_ID" Comment="{PORT_COMMENT_PREFIX}$HUBDEPLOY_PORT"',
+    ]
+
+
+def _reserved_port(o: JobOptions) -> list[str]:
+    return [
+        "# A port of this node that nobody else is handed for a minute (TIME_WAIT).",
+        f"HUBDEPLOY_PORT=$({shlex.quote(o.python)} -c {shlex.quote(_RESERVE_PORT)})",
+        "export HUBDEPLOY_PORT",
+        *_report_port(o),
         'if [ -n "${JUPYTERHUB_SERVICE_URL:-}" ]; then',
         '  export JUPYTERHUB_SERVICE_URL="${JUPYTERHUB_SERVICE_URL%%://*}://0.0.0.0:$HUBDEPLOY_PORT${JUPYTERHUB_SERVICE_PREFIX:-/}"',
         "fi",
     ]
-    if o.path_prepend:
-        lines.append(f'export PATH={q(":".join(o.path_prepend))}"${{PATH:+:$PATH}}"')
-    argv = runtime_argv(o)
-    lines.append(f'exec {" ".join(q(w) for w in argv) + " " if argv else ""}"$@"')
-    return "\n".join(lines) + "\n"
+
+
+def _agent_port(o: JobOptions) -> list[str]:
+    q = shlex.quote
+    return [
+        "# A port only root can bind on this node, relayed by its agent to the server's socket",
+        "# in this job's private directory: nobody else can ever answer on it.",
+        f'HUBDEPLOY_PORT=$({q(o.python)} -c {q(_AGENT_PORT)} {q(NODE_AGENT_SOCKET)} "$SLURM_JOB_ID")',
+        "export HUBDEPLOY_PORT",
+        *_report_port(o),
+        "# The server listens on the socket; jupyter_server takes --sock only with its default port.",
+        'export JUPYTERHUB_SERVICE_URL="http://127.0.0.1:8888${JUPYTERHUB_SERVICE_PREFIX:-/}"',
+    ]
 
 
 def parse_port_comment(comment: str) -> int | None:
@@ -294,4 +364,5 @@ def parse_port_comment(comment: str) -> int | None:
     if not digits.isdigit() or len(digits) > 5:
         return None
     port = int(digits)
-    return port if 1024 <= port <= 65535 else None
+    # Below 1024 too: the stack's nodes hand notebooks ports only root can bind there.
+    return port if 1 <= port <= 65535 else None

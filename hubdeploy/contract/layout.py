@@ -96,6 +96,17 @@ NOTEBOOK_USER = "jovyan"
 # Where sbatch runs in the controller container and the job's output goes on the node:
 # a directory the notebook user can write on every node.
 SLURM_WORKDIR = "/tmp"
+# The compute nodes' root agent (images/slurm/node-agent.py): each job's private directory
+# (its TMPDIR, and the socket its notebook server listens on), the agent's socket, and the
+# ports it relays to those sockets. The nodes make ports below UNPRIVILEGED_PORT_START
+# root's (Docker makes every port anyone's), so no user can bind a notebook's port.
+NODE_JOBS_DIR = "/run/hubdeploy/jobs"
+NODE_AGENT_SOCKET = "/run/hubdeploy/agent.sock"
+NODE_SERVER_SOCKET = "server.sock"
+UNPRIVILEGED_PORT_START = 1024
+NODE_SERVER_PORTS = (512, UNPRIVILEGED_PORT_START - 1)
+# The agent's config, rendered from these values and mounted on every node.
+NODE_AGENT_CONFIG = "/etc/hubdeploy-slurm/agent.json"
 # hubdeploy.hub.dexec's exit status when it cannot reach the container (no engine, the
 # controller not running); the Slurm backend reads it as "cannot reach Slurm".
 DEXEC_UNREACHABLE = 125

@@ -8,7 +8,6 @@ knows those: the starts holding a slot and the ones waiting in line for one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 STARTING = "hubdeploy_spawns_starting"

@@ -28,6 +28,7 @@ from hubdeploy.contract.layout import (
     IDENTITY_FILES_DIR,
     LABEL_CONFIG_HASH,
     LDAP_BIND_PASSWORD,
+    NODE_AGENT_CONFIG,
     NODE_NSS_DIR,
     LABEL_SITE,
     MUNGE_KEY,
@@ -41,6 +42,7 @@ from hubdeploy.contract.layout import (
     SSH_CA_KEY,
     SSH_KEY,
     SSH_KNOWN_HOSTS_PATH,
+    UNPRIVILEGED_PORT_START,
     project_name,
     secret_path,
     service_token,
@@ -411,6 +413,8 @@ def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[s
         "environment": {"HUBDEPLOY_MUNGE_KEY": secret_path(MUNGE_KEY)},
         "labels": _labels(site, config_hash),
         "restart": "unless-stopped",
+        # Docker's init as PID 1: it reaps what users' jobs leave behind (slurmd does not).
+        "init": True,
     }
     conf = "./slurm/slurm.conf:/etc/hubdeploy-slurm/slurm.conf:ro"
     # The accounts the hub has resolved (libnss-extrausers): controller and nodes know
@@ -440,7 +444,10 @@ def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[s
             # slurm first where the engine honours it; the entrypoint also gives munged the
             # address facing the controller (slurmctld looks every credential's origin up).
             "networks": {"slurm": {"aliases": [node], "priority": 10}, "compute": {"aliases": [node]}},
-            "volumes": [conf, *accounts, *homes],
+            "volumes": [conf, f"./slurm/agent.json:{NODE_AGENT_CONFIG}:ro", *accounts, *homes],
+            # Ports below it are root's again: notebook servers' ports, which the node's
+            # agent binds and no user's process can take (see images/slurm/node-agent.py).
+            "sysctls": {"net.ipv4.ip_unprivileged_port_start": UNPRIVILEGED_PORT_START},
         }
         # A node's bounds follow what Slurm schedules on it.
         services[f"slurm-{node}"] = harden(node_service, "slurmd", node_limits(site))

@@ -30,6 +30,9 @@ REASONS = {
     # OverMemoryKill never fires (verified on this engine). Confined to the container's
     # own PID namespace.
     "SYS_PTRACE": "sample the memory of users' job processes (/proc/PID), so a job over its --mem is killed",
+    # The nodes make ports below 1024 root's again (Docker makes them anyone's): the node
+    # agent binds notebook servers' ports there, so no user's process can take one.
+    "NET_BIND_SERVICE": "bind notebook servers' ports below 1024 (the node agent), which no user can",
 }
 
 
@@ -65,7 +68,8 @@ PROFILES: dict[str, Hardening] = {
     "slurmctld": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")),
     # slurmd starts each job as its user (setuid, initgroups), samples its memory and
     # signals it at its end.
-    "slurmd": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID", "SYS_PTRACE")),
+    "slurmd": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID",
+                         "SYS_PTRACE")),
 }
 
 # Room for slurmd, slurmstepd and munged above the memory Slurm schedules on a node.

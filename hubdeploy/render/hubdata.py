@@ -237,6 +237,7 @@ def _cluster_backend_config(site: Site) -> dict[str, Any]:
         "submit_unreachable_code": DEXEC_UNREACHABLE,
         # No login environment to build on the node (see SlurmBackend's export_all).
         "export_all": True,
+        "node_agent": True,
         "output": f"{SLURM_WORKDIR}/hubdeploy-slurm-%j.log",
         "prefix": "hubdeploy",
         "site": site.name,

@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import re
 
+import json
+
+from hubdeploy.contract.identity import RESERVED_IDS
+from hubdeploy.contract.layout import (
+    NODE_AGENT_SOCKET,
+    NODE_JOBS_DIR,
+    NODE_SERVER_PORTS,
+    NODE_SERVER_SOCKET,
+)
 from hubdeploy.contract.values import SLURM_NAME_PATTERN, memory_bytes, parse_time
 from hubdeploy.schema import Site
 
@@ -16,9 +25,18 @@ def node_names(site: Site) -> list[str]:
     return [f"{SLURM_NODE_PREFIX}{i}" for i in range(1, site.slurm.cluster.nodes + 1)]
 
 
+# How long a port stays unused after its job ended (a route the hub has yet to remove
+# then points at nothing), and how often the agent looks for processes that left their job.
+PORT_QUARANTINE = 24 * 3600
+SWEEP_SECONDS = 1.0
+# How long a job's launcher may take from asking for its port to its server listening.
+AGENT_START_WAIT = 900
+
+
 def files(site: Site) -> dict[str, bytes]:
-    """``slurm/slurm.conf``, and ``slurm/job_submit.lua`` when the cluster checks accounts."""
-    out = {"slurm/slurm.conf": slurm_conf(site)}
+    """``slurm/slurm.conf``, ``slurm/agent.json`` (the nodes' agent), and
+    ``slurm/job_submit.lua`` when the cluster checks accounts."""
+    out = {"slurm/slurm.conf": slurm_conf(site), "slurm/agent.json": agent_config()}
     lua = job_submit_lua(site)
     if lua is not None:
         out["slurm/job_submit.lua"] = lua
@@ -73,6 +91,12 @@ _FIXED = [
     # Users see only their own jobs (squeue, scontrol show job); acting on another's job
     # (scancel, scontrol update, srun --jobid) is refused by Slurm in any case.
     "PrivateData=jobs",
+    # The nodes' agent (images/slurm/node-agent.py): each job's private directory before
+    # it runs and its TMPDIR in it; afterwards the directory goes, and with the user's last
+    # job on the node, whatever of theirs is left there.
+    "Prolog=/usr/local/sbin/hubdeploy-node-agent-prolog",
+    "Epilog=/usr/local/sbin/hubdeploy-node-agent-epilog",
+    "TaskProlog=/usr/local/sbin/hubdeploy-node-agent-task-prolog",
 ]
 
 
@@ -97,6 +121,24 @@ def slurm_conf(site: Site) -> bytes:
         lines.append(f"PartitionName={part} Nodes={','.join(nodes)} Default={'YES' if i == 0 else 'NO'} "
                      f"MaxTime={parse_time(c.max_time)} State=UP")
     return ("\n".join(lines) + "\n").encode()
+
+
+def agent_config() -> bytes:
+    """The nodes' agent settings, from the contract (NODE_AGENT_CONFIG on every node)."""
+    return (json.dumps({
+        "jobs_dir": NODE_JOBS_DIR,
+        "socket": NODE_AGENT_SOCKET,
+        "server_socket": NODE_SERVER_SOCKET,
+        "ports": list(NODE_SERVER_PORTS),
+        "quarantine": PORT_QUARANTINE,
+        "sweep": SWEEP_SECONDS,
+        "start_wait": AGENT_START_WAIT,
+        "state_file": "/run/hubdeploy/agent-ports.json",
+        # Accounts whose processes the sweep leaves alone (root, daemons, munge, slurm).
+        "system_ids": [[ids[0], ids[-1]] for ids, _ in RESERVED_IDS if ids[0] < 1000 or ids[0] >= 60000],
+        "scratch_dirs": ["/tmp", "/var/tmp", "/dev/shm"],
+    }, indent=1, sort_keys=True) + "\n").encode()
+
 
 
 def lua_string(value: str) -> str:

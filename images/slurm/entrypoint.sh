@@ -57,7 +57,10 @@ case "$role" in
     exec /usr/sbin/slurmctld -D -v
     ;;
   slurmd)
-    install -d -m 0755 /var/spool/slurmd /var/log/slurm
+    install -d -m 0755 /var/spool/slurmd /var/log/slurm /run/hubdeploy
+    # The node agent: notebook ports only root can bind, and no process outside a job.
+    # Started again if it ever ends; its jobs' ports survive that (its state file).
+    ( while :; do /usr/local/sbin/hubdeploy-node-agent serve; sleep 1; done ) &
     exec /usr/sbin/slurmd -D -v
     ;;
   *)

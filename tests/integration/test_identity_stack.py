@@ -27,6 +27,7 @@ import pytest
 from slurmstack import SlurmStack, running
 from stackfixture import REACH_DEF, run_5x4, user_session
 
+from hubdeploy.contract.layout import NODE_JOBS_DIR, NODE_SERVER_PORTS
 from hubdeploy.smoke.kernel import ServerClient
 
 pytestmark = pytest.mark.integration
@@ -204,9 +205,9 @@ def test_her_files_are_hers_survive_a_restart_and_follow_her_to_compute_nodes(id
 # -- the hub reaches the engine only through the engine proxy -----------------------------
 
 FROM_HUB = """\
-import json, os, sys
+import json, os, socket, sys
 import docker, docker.errors
-site, image, foreign, holder = sys.argv[1:5]
+site, image, slurm_image, foreign, holder, ctld = sys.argv[1:7]
 prefix = f"hubdeploy-{site}-"
 client = docker.from_env(timeout=60)
 def attempt(fn):
@@ -215,18 +216,49 @@ def attempt(fn):
         return "allowed"
     except docker.errors.APIError as exc:
         return [exc.status_code, str(exc.explanation)]
-def create(name, **kw):
-    return lambda: client.containers.create(image, ["id"], name=prefix + name, labels={"hubdeploy.site": site},
-                                            network=prefix + "users", **kw)
+def raw(data):
+    \"\"\"Send bytes to the engine proxy as they are; the first status line of each answer.\"\"\"
+    with socket.create_connection(("engine-proxy", 2375), timeout=30) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return [line.decode() for line in out.split(b"\\r\\n") if line.startswith(b"HTTP/1.1 ")]
+def post(path, body, eol=b"\\r\\n"):
+    return (b"POST " + path.encode() + b" HTTP/1.1" + eol + b"Host: x" + eol + b"Content-Type: application/json"
+            + eol + b"Content-Length: " + str(len(body)).encode() + eol + b"Connection: close" + eol + eol + body)
+def create(name, host, **top):
+    body = {"Image": image, "Labels": {"hubdeploy.site": site, "hubdeploy.user": "evil"}, "User": "20001:20001",
+            "HostConfig": {"NetworkMode": "none", "CapDrop": ["ALL"], "SecurityOpt": ["no-new-privileges"],
+                           "PidsLimit": 64, **host}, **top}
+    return post(f"/v1.41/containers/create?name={prefix}{name}", json.dumps(body).encode())
+hostconfig_twice = (b'{"Image": "' + image.encode() + b'", "Labels": {"hubdeploy.site": "' + site.encode()
+                    + b'", "hubdeploy.user": "evil"}, "User": "20001:20001", "HostConfig": {"Privileged": true, '
+                    b'"Binds": ["/:/host:ro"]}, "HostConfig": {"NetworkMode": "none", "CapDrop": ["ALL"], '
+                    b'"SecurityOpt": ["no-new-privileges"], "PidsLimit": 64}}')
+smuggled = (b"GET /_ping HTTP/1.1\\nHost: x\\n\\n" + post(f"/v1.41/containers/create?name={prefix}evil-smuggled",
+            json.dumps({"Image": image, "Labels": {"hubdeploy.site": site}, "HostConfig": {"Privileged": True}}).encode(),
+            eol=b"\\n"))
+exec_body = lambda user, cmd, **kw: json.dumps({"AttachStdout": True, "Cmd": cmd, "User": user, **kw}).encode()
 print(json.dumps({
     "socket": [p for p in ("/var/run/docker.sock", "/run/docker.sock") if os.path.exists(p)],
     "docker_host": os.environ.get("DOCKER_HOST"),
-    "privileged": attempt(create("evil-priv", privileged=True)),
-    "bind_root": attempt(create("evil-root", volumes={"/": {"bind": "/host"}})),
+    # The red team's requests, byte for byte as described in issue #19.
+    "binds_lowercase": raw(create("evil-binds", {"binds": ["/:/host:ro"]})),
+    "capadd_lowercase": raw(create("evil-capadd", {"capadd": ["SYS_ADMIN"], "pidmode": "host"})),
+    "privileged_lowercase": raw(create("evil-priv", {"privileged": True})),
+    "hostconfig_twice": raw(post(f"/v1.41/containers/create?name={prefix}evil-twice", hostconfig_twice)),
+    "smuggled": raw(smuggled),
+    "slurm_image_as_root": raw(create("evil-slurm", {}, Image=slurm_image, User="0:0")),
+    "exec_privileged_lowercase": raw(post(f"/v1.41/containers/{ctld}/exec",
+                                          exec_body("20001:20001", ["squeue"], privileged=True))),
+    "exec_root_munge_key": raw(post(f"/v1.41/containers/{ctld}/exec",
+                                    exec_body("0:0", ["cat", "/etc/munge/munge.key"]))),
+    "exec_slurm_user": raw(post(f"/v1.41/containers/{ctld}/exec", exec_body("64030:64030", ["cat", "/etc/slurm/slurm.conf"]))),
     "foreign_inspect": attempt(lambda: client.api.inspect_container(foreign)),
     "foreign_stop": attempt(lambda: client.api.stop(foreign, timeout=1)),
-    "foreign_exec": attempt(lambda: client.api.exec_create(foreign, ["id"])),
-    "holder_exec": attempt(lambda: client.api.exec_create(holder, ["id"])),
+    "holder_exec": attempt(lambda: client.api.exec_create(holder, ["id"], user="20001:20001")),
     "own_servers": sorted(c.name for c in client.containers.list(filters={"label": "hubdeploy.user"})),
 }))
 """
@@ -243,21 +275,23 @@ print(json.dumps({k: status[k].strip() for k in ("CapEff", "CapBnd", "NoNewPrivs
 
 
 def test_the_hub_holds_no_socket_and_its_engine_refuses_what_is_not_the_sites(ident_stack):
-    """From inside the hub: no Docker socket; through DOCKER_HOST (the engine proxy) a
-    privileged container, a bind of / and another site's container are all refused,
-    while the docker and Slurm backends' own servers run (started through it above)."""
+    """From inside the hub (a hostile hub, as far as the engine is concerned): no Docker
+    socket; through the engine proxy every bypass the red team found is refused, and the
+    engine shows nothing of them, while the backends' own servers run (started through it)."""
     s = _servers(ident_stack)
     engine = docker.from_env(timeout=120)
-    hub = ident_stack.container("hub")
-    holder = ident_stack.container("engine-proxy")
+    hub, holder, ctld = (ident_stack.container(n) for n in ("hub", "engine-proxy", "slurmctld"))
     # The backends' real work (four spawns, accounts, homes, sbatch, squeue) needed
     # nothing the proxy refuses.
     assert "refused" not in holder.logs().decode(errors="replace")
+    execs_before = set(engine.api.inspect_container(ctld.id).get("ExecIDs") or ())
     foreign = engine.containers.run(hub.image.id, ["sleep", "600"], detach=True,
                                     name=f"hdte-foreign-{secrets.token_hex(4)}",
                                     labels={"hubdeploy.site": "hdteother"})
+    base_image = ident_stack.container("slurm-c1").image.attrs["Config"]["Labels"]["hubdeploy.parent"]
     try:
-        code, out = hub.exec_run(["python3", "-c", FROM_HUB, SITE, hub.image.id, foreign.id, holder.id])
+        code, out = hub.exec_run(["python3", "-c", FROM_HUB, SITE, base_image, ctld.image.id, foreign.id, holder.id,
+                                  ctld.id])
         assert code == 0, out
         got = json.loads(out.decode().strip().splitlines()[-1])
         foreign.reload()
@@ -265,18 +299,22 @@ def test_the_hub_holds_no_socket_and_its_engine_refuses_what_is_not_the_sites(id
     finally:
         foreign.remove(force=True)
     assert got["socket"] == [] and got["docker_host"] == "tcp://engine-proxy:2375", got
-    rules = {"privileged": "privileged", "bind_root": "bind", "foreign_inspect": "foreign-container",
-             "foreign_stop": "foreign-container", "foreign_exec": "foreign-container", "holder_exec": "engine-holder"}
-    for key, rule in rules.items():
-        assert got[key][0] == 403 and f"({rule})" in got[key][1], (key, got[key])
+    for key in ("binds_lowercase", "capadd_lowercase", "privileged_lowercase", "hostconfig_twice",
+                "slurm_image_as_root", "exec_privileged_lowercase", "exec_root_munge_key", "exec_slurm_user"):
+        assert len(got[key]) == 1 and got[key][0].split()[1] in ("400", "403"), (key, got[key])
+    # The smuggled create: the first request's bare line feeds are a 400, and nothing follows.
+    assert got["smuggled"] == ["HTTP/1.1 400 Error"], got["smuggled"]
+    for key in ("foreign_inspect", "foreign_stop", "holder_exec"):
+        assert got[key][0] == 403 and "(foreign-container)" in got[key][1], (key, got[key])
+    # What the engine holds: none of those containers, no exec the hub did not make.
+    assert not [c.name for c in engine.containers.list(all=True, filters={"name": f"hubdeploy-{SITE}-evil"})]
+    new_execs = set(engine.api.inspect_container(ctld.id).get("ExecIDs") or ()) - execs_before
+    for exec_id in new_execs:
+        proc = engine.api.exec_inspect(exec_id)["ProcessConfig"]
+        assert proc["user"] != "0:0" or proc["entrypoint"] != "cat", proc
     # The hub still lists its own notebook containers, and only those.
     assert got["own_servers"] and all(n.startswith(f"hubdeploy-{SITE}-nb-") for n in got["own_servers"]), got
-    for name in ("evil-priv", "evil-root"):
-        with pytest.raises(docker.errors.NotFound):
-            engine.containers.get(f"hubdeploy-{SITE}-{name}")
-    # Each refusal is one line of the proxy's log, with its rule.
     logs = holder.logs().decode(errors="replace")
-    assert sum("refused" in line for line in logs.splitlines()) == len(rules), logs
     assert s["carol"]["token"] not in logs
     # The proxy itself: no capability, no way to gain one, a read-only root.
     code, out = holder.exec_run(["python3", "-c", INSIDE_PROXY])
@@ -327,7 +365,8 @@ def test_a_login_kernel_reaches_the_hub_but_no_slurm_daemon(ident_stack):
 
 
 # Capability numbers (linux/capability.h) of those hubdeploy adds back.
-CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "KILL": 5, "SETGID": 6, "SETUID": 7, "SYS_PTRACE": 19}
+CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "KILL": 5, "SETGID": 6, "SETUID": 7, "NET_BIND_SERVICE": 10,
+            "SYS_PTRACE": 19}
 SERVICE_KINDS = {"proxy": "proxy", "hub": "hub", "slurmctld": "slurmctld", "slurm-c1": "slurmd"}
 
 
@@ -447,6 +486,174 @@ def test_a_compute_job_over_its_memory_is_killed(ident_stack):
     assert state != "COMPLETED" and "exceeded memory limit" in output, (state, output)
     # Carol's notebook job, on the same node, is untouched.
     assert run_5x4(carol["cpu"], carol["token"]) == "20"
+
+
+# -- nobody answers for another user's compute server; nothing leaves its job (#19) ------
+
+SQUAT = """\
+import json, os, subprocess
+# As the red team's leftover process did: detached, it tries for {seconds} s to take every
+# notebook port of the node (SO_REUSEADDR, before, during and after other servers' starts).
+code = '''
+import json, socket, time
+won, tried, errors = [], 0, set()
+end = time.time() + {seconds}
+while time.time() < end:
+    for port in range({lo}, {hi} + 1):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+            s.listen(8)
+            won.append(port)
+        except OSError as exc:
+            s.close()
+            errors.add(exc.errno)
+        tried += 1
+    time.sleep(0.1)
+open("{out}", "w").write(json.dumps(dict(won=won, tried=tried, errors=sorted(errors))))
+'''
+subprocess.run(["setsid", "-f", "python3", "-c", code, "hdt-squatter"], check=True)
+print(json.dumps(os.getpid()))
+"""
+BIND = """\
+import json, socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try:
+    s.bind(("", {port}))
+    print(json.dumps("bound"))
+except OSError as exc:
+    print(json.dumps(exc.strerror))
+"""
+
+
+def _job_port(stack, job: str) -> int:
+    code, out = stack.ctl("squeue", "-h", "-j", job, "-o", "%k")
+    assert code == 0 and out.strip().startswith("hubdeploy:port="), out
+    return int(out.strip().split("=", 1)[1])
+
+
+def _running_job(stack, user: str) -> str:
+    (job,) = [j for j, d in stack.jobs().items() if d.split()[:2] == ["RUNNING", user]]
+    return job
+
+
+def test_no_user_can_answer_for_another_users_compute_server(ident_stack):
+    """The red team's attack: carol's detached process tries to take every notebook port
+    while dave's compute server restarts on the same node; it gets none, dave's route
+    reaches dave's server, and once his job ends nobody can listen on his old port."""
+    s = _servers(ident_stack)
+    carol, dave = s["carol"], s["dave"]
+    lo, hi = NODE_SERVER_PORTS
+    out = f"/home/carol/hdt-squat-{secrets.token_hex(3)}.json"
+    run_py(carol["cpu"], carol["token"], SQUAT.format(seconds=45, lo=lo, hi=hi, out=out))
+    old_port = _job_port(ident_stack, _running_job(ident_stack, "dave"))
+    # Meanwhile dave's compute server restarts on the node.
+    dave["hub"].stop_server("dave", "cpu", time.monotonic() + 120)
+    assert run_py(carol["cpu"], carol["token"], BIND.format(port=old_port)) == "Permission denied"
+    dave["hub"].api("POST", "users/dave/servers/cpu", json={"profile": "compute"}, ok=(201, 202))
+    dave["hub"].wait_ready("dave", "cpu", time.monotonic() + 240)
+    new_port = _job_port(ident_stack, _running_job(ident_stack, "dave"))
+    # Through the proxy, dave's server answers, as dave.
+    assert run_py(dave["cpu"], dave["token"], WHO)[2] == "dave"
+    assert run_py(carol["cpu"], carol["token"], BIND.format(port=new_port)) == "Permission denied"
+    node = ident_stack.container("slurm-c1")
+
+    def squatter_done():
+        res = node.exec_run(["cat", out])
+        return json.loads(res.output) if res.exit_code == 0 else None
+
+    got = ident_stack.wait("the squatter's report", squatter_done, 120, every=3)
+    assert got["won"] == [] and got["tried"] > 1000 and got["errors"] == [13], got  # EACCES, every time
+    servers["dave"]["job"] = _running_job(ident_stack, "dave")
+
+
+ESCAPE_JOB = """\
+import json, subprocess
+p = subprocess.run(["sbatch", "--parsable", "--mem=128M", "-t", "5", "-o", "/dev/null", "--wrap",
+                    "setsid -f python3 -c 'import time; time.sleep(300)' hdt-escapee; sleep 120"],
+                   capture_output=True, text=True, timeout=120)
+print(json.dumps([p.returncode, p.stdout.strip() + p.stderr]))
+"""
+
+
+def _node_ps(stack, pattern: str) -> list[str]:
+    """Processes on c1 whose command line holds ``pattern``: pid, parent, user, state, args."""
+    res = stack.container("slurm-c1").exec_run(["ps", "-eo", "pid=,ppid=,user:16=,stat=,args="])
+    return [line for line in res.output.decode().splitlines() if pattern in line and "ps -eo" not in line]
+
+
+def test_a_process_that_leaves_a_batch_job_is_ended(ident_stack):
+    """setsid -f in a plain batch job (no hubdeploy launcher): the process leaves the job's
+    tree; the node's agent ends it within seconds, while the job itself runs on."""
+    s = _servers(ident_stack)
+    code, job = run_py(s["carol"]["cpu"], s["carol"]["token"], ESCAPE_JOB)
+    assert code == 0, job
+    try:
+        ident_stack.wait("the batch job running", lambda: ident_stack.jobs().get(job, "").startswith("RUNNING"), 60)
+        time.sleep(4)  # several sweeps
+        assert _node_ps(ident_stack, "hdt-escapee") == []
+        assert _node_ps(ident_stack, "sleep 120"), "the job's own process must live on"
+        logs = ident_stack.container("slurm-c1").logs(tail=200).decode(errors="replace")
+        assert "left its job" in logs, logs[-2000:]
+        # Nothing waits as a zombie: the node's init reaps what the agent ends.
+        assert not [p for p in _node_ps(ident_stack, "") if p.split()[3].startswith("Z")]
+    finally:
+        ident_stack.ctl("scancel", job)
+
+
+LEAVE_BEHIND = """\
+import json, os, subprocess, time
+open("/tmp/hdt-carol-tmp", "w").write("x")
+open("/dev/shm/hdt-carol-shm", "w").write("x")
+open(os.path.join(os.environ["TMPDIR"], "x"), "w").write("x")
+subprocess.run(["setsid", "-f", "python3", "-c", "import time; time.sleep(600)", "hdt-kept"], check=True)
+print(json.dumps(os.environ["TMPDIR"]))
+"""
+GROW = """\
+import json, subprocess
+# Detached, and over the job's --mem (512M) on its own.
+code = "import time; b = bytearray(900 * 2**20); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; time.sleep(300)"
+subprocess.run(["setsid", "-f", "python3", "-c", code, "hdt-grower"], check=True)
+print(json.dumps("started"))
+"""
+
+
+def test_what_a_notebook_detaches_counts_against_its_job_and_ends_with_it(ident_stack):
+    """In carol's compute notebook: a detached process stays in the job (the launcher is a
+    subreaper), one that grows past the job's memory gets the job killed, and when the job
+    ends nothing of carol's is left on the node: processes, /tmp, /dev/shm, TMPDIR."""
+    s = _servers(ident_stack)
+    carol = s["carol"]
+    tmpdir = run_py(carol["cpu"], carol["token"], LEAVE_BEHIND)
+    assert tmpdir.startswith(f"{NODE_JOBS_DIR}/"), tmpdir
+    time.sleep(3)  # several sweeps: it is in the job, so it stays
+    (kept,) = _node_ps(ident_stack, "hdt-kept")
+    launcher = [p for p in _node_ps(ident_stack, "PR_SET_CHILD_SUBREAPER") if p.split()[2] == "carol"]
+    assert launcher and kept.split()[1] == launcher[0].split()[0], (kept, launcher)
+    job = _running_job(ident_stack, "carol")
+    run_py(carol["cpu"], carol["token"], GROW)
+
+    def ended():
+        rc, out = ident_stack.ctl("scontrol", "show", "job", job)
+        state = next((w.split("=", 1)[1] for w in out.split() if w.startswith("JobState=")), "")
+        return state if state in _ENDED else None
+
+    assert ident_stack.wait("carol's notebook job killed", ended, 120, every=2) in ("OUT_OF_MEMORY", "FAILED",
+                                                                                  "CANCELLED")
+    node = ident_stack.container("slurm-c1")
+
+    def nothing_left():
+        procs = [p for p in _node_ps(ident_stack, "") if p.split()[2] == "carol"]
+        files = node.exec_run(["ls", "-d", "/tmp/hdt-carol-tmp", "/dev/shm/hdt-carol-shm", tmpdir]).output.decode()
+        return not procs and files.count("No such file") == 3
+
+    ident_stack.wait("nothing of carol's on the node", nothing_left, 60, every=2)
+    # Her next compute server starts as usual.
+    carol["hub"].api("POST", "users/carol/servers/cpu", json={"profile": "compute"}, ok=(201, 202))
+    carol["hub"].wait_ready("carol", "cpu", time.monotonic() + 240)
+    assert run_py(carol["cpu"], carol["token"], WHO)[2] == "carol"
 
 
 # Last: it takes the stack down.

@@ -104,8 +104,9 @@ def test_without_accounts_nothing_changes():
     assert "JobSubmitPlugins" not in files["slurm/slurm.conf"].decode()
     svcs = YAML(typ="safe").load(files["compose.yaml"])["services"]
     assert not any("job_submit" in v for v in svcs["slurmctld"]["volumes"])
-    # The services' config hash is the one a site without accounts always had.
-    assert svcs["slurmctld"]["labels"]["hubdeploy.config-hash"] == sha(files["slurm/slurm.conf"])
+    # The services' config hash covers the cluster's files, and no job_submit.lua among them.
+    assert svcs["slurmctld"]["labels"]["hubdeploy.config-hash"] == sha(files["slurm/agent.json"],
+                                                                          files["slurm/slurm.conf"])
 
 
 def test_a_changed_account_list_recreates_the_cluster():

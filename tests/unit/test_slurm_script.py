@@ -228,7 +228,8 @@ def test_parse_time(value, minutes):
     "comment, port",
     [
         ("hubdeploy:port=45678", 45678),
-        ("hubdeploy:port=80", None),
+        ("hubdeploy:port=512", 512),  # the stack's nodes: a port only root can bind
+        ("hubdeploy:port=0", None),
         ("hubdeploy:port=99999", None),
         ("(null)", None),
         ("", None),
