@@ -23,7 +23,7 @@ import tarfile
 from urllib.parse import parse_qs, quote
 
 from hubdeploy.contract import slurmcmd
-from hubdeploy.contract.identity import USERS_GID, reserved_id
+from hubdeploy.contract.identity import NOTEBOOK_UID, USERS_GID, reserved_id
 from hubdeploy.contract.layout import (
     LABEL_SITE,
     LABEL_USER,
@@ -276,7 +276,10 @@ def check_exec(spec) -> dict:
     if user != NOTEBOOK_USER:
         if not re.fullmatch(r"\d{1,10}:\d{1,10}", user):
             raise Refused("exec-user", "an exec runs as a numeric uid:gid")
-        check_user(user)
+        # The notebook account too: it owns every job of a site with the shared account
+        # (and any job someone submitted as it), and holds nothing of the controller's.
+        if int(user.split(":")[0]) != NOTEBOOK_UID:
+            check_user(user)
     if not argv or argv[0] not in slurmcmd.USER_COMMANDS:
         raise Refused("exec-command", f"only {', '.join(sorted(slurmcmd.USER_COMMANDS))} run in the controller")
     return spec

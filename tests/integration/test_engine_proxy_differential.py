@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from test_docker_backend import BASE_IMAGE, _ensure_base_image
 
 from hubdeploy.contract import slurmcmd
-from hubdeploy.contract.identity import reserved_id
+from hubdeploy.contract.identity import NOTEBOOK_UID, reserved_id
 
 pytestmark = pytest.mark.integration
 
@@ -258,7 +258,9 @@ def _allowed_exec(info: dict, where: str) -> None:
     if user in ("", "root", "0", "0:0"):
         assert slurmcmd.is_root_read(argv), argv
     else:
-        assert not reserved_id(int(user.split(":")[0])), user
+        # A user's account, or the notebook account (whose jobs a shared-account site runs).
+        uid = NOTEBOOK_UID if user == "jovyan" else int(user.split(":")[0])
+        assert uid == NOTEBOOK_UID or not reserved_id(uid), user
         assert argv[0] in slurmcmd.USER_COMMANDS, argv
 
 

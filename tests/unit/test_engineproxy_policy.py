@@ -307,6 +307,14 @@ def test_execs_in_the_controller_are_a_users_slurm_commands_or_roots_listings(us
     refused(ask("POST", f"/containers/{CTLD}/exec", {"Cmd": argv, "User": user, "Env": env}), rule)
 
 
+def test_the_notebook_account_runs_its_own_slurm_commands():
+    """It owns the jobs of a shared-account site (and any job submitted as it)."""
+    for user in ("jovyan", "1000:100"):
+        assert isinstance(ask("POST", f"/containers/{CTLD}/exec", {"Cmd": ["scancel", "7"], "User": user}), Allow)
+    refused(ask("POST", f"/containers/{CTLD}/exec", {"Cmd": ["cat", "/etc/munge/munge.key"], "User": "1000:100"}),
+            "exec-command")
+
+
 def test_exec_bypasses():
     refused(ask("POST", f"/containers/{CTLD}/exec", {"Cmd": ["squeue"], "User": "20001:20001",
                                                      "privileged": True}), "field-case")
