@@ -63,6 +63,7 @@ from hubdeploy.backends.slurm_parse import (
     ENDING,
     FINAL_STATES,
     HOST,
+    INVALID_ACCOUNT,
     INVALID_JOB,
     JOB_ID,
     LIST_FORMAT,
@@ -159,6 +160,10 @@ class SlurmConfig(BackendConfig):
     # How long one sinfo answer serves every server's poll: one call per poll round,
     # not one per server.
     node_cache_seconds: float = 2
+    # The stack's own cluster enforces associations: before a user's first sbatch the
+    # hub adds theirs, as root, with these accounts (the first their default). Empty: the
+    # site's own Slurm, which manages its associations itself.
+    association_accounts: tuple[str, ...] = ()
 
 
 class SlurmBackend(Backend):
@@ -196,6 +201,8 @@ class SlurmBackend(Backend):
         self.stop_timeout = c.stop_timeout
         self.env_skip = frozenset(c.env_skip)
         self._nodes: tuple[float, dict[str, str]] | None = None
+        # Accounts whose association this process has made (or found): once per user.
+        self._associated: set[str] = set()
 
     # -- running commands -------------------------------------------------------------
 
@@ -349,8 +356,31 @@ class SlurmBackend(Backend):
             env.update(HOME=ident.home, USER=ident.name, LOGNAME=ident.name)
         return env
 
+    async def associate(self, ident: Identity | None) -> None:
+        """Give the server's account its association (``association_accounts``) unless
+        this process did already; BackendError if Slurm refuses. The account must be
+        known to the controller first (the hub publishes it before the start), or Slurm
+        binds the association to no uid and refuses the user's jobs."""
+        accounts = self.config.association_accounts
+        if not accounts or ident is None or ident.name in self._associated:
+            return
+        try:
+            argv = slurmcmd.add_user_argv(ident.name, accounts)
+            code, out, err = await self.run(argv)
+        except ValueError as exc:
+            raise BackendError(f"no Slurm association for {ident.name}: {exc}") from None
+        except CommandError as exc:
+            raise BackendError(f"cannot add {ident.name}'s Slurm association: {exc}") from None
+        said = (out + err).strip()
+        if code != 0 and not any(word in said for word in slurmcmd.UNCHANGED):
+            raise BackendError(f"Slurm refused {ident.name}'s association (exit {code}): {said[-300:]}")
+        self._associated.add(ident.name)
+        self.log.info("Slurm association of %s with %s: %s", ident.name, ",".join(accounts),
+                      "made" if code == 0 else "there already")
+
     async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
         """Submit the job and wait until it runs and reports its port; ``(BatchHost, port)``."""
+        await self.associate(spec.identity)
         account = None
         if self.ca is not None:
             if spec.identity is None:
@@ -388,6 +418,10 @@ class SlurmBackend(Backend):
             state["phase"] = "failed"
             if code == self.unreachable_code:
                 raise BackendError(f"cannot reach Slurm to submit (exit {code}): {err.strip()[-300:]}")
+            if INVALID_ACCOUNT in err and spec.identity is not None:
+                # The association may have gone with the accounting database (a new
+                # volume under a running hub): the next start makes it again.
+                self._associated.discard(spec.identity.name)
             raise BackendError(f"Slurm refused the job: {sbatch_message(err)}")
         job_id = out.strip().splitlines()[-1].split(";")[0] if out.strip() else ""
         if not JOB_ID.match(job_id):

@@ -63,6 +63,9 @@ PROFILES: dict[str, Hardening] = {
     # The entrypoint installs the munge key (owner munge, 0400) and runs munged as munge;
     # slurmctld drops to SlurmUser.
     "slurmctld": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")),
+    # As slurmctld (slurmdbd.conf goes to slurm, 0600), and MariaDB's data directory to
+    # mysql on a fresh volume; mariadbd drops to mysql, slurmdbd to slurm.
+    "slurmdbd": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")),
     # slurmd starts each job as its user (setuid, initgroups), samples its memory and
     # signals it at its end.
     "slurmd": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID", "SYS_PTRACE")),

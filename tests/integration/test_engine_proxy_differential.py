@@ -256,7 +256,7 @@ def _allowed_exec(info: dict, where: str) -> None:
     argv = [proc["entrypoint"], *proc.get("arguments", [])]
     user = proc.get("user") or ""
     if user in ("", "root", "0", "0:0"):
-        assert slurmcmd.is_root_read(argv), argv
+        assert slurmcmd.is_root_command(argv), argv
     else:
         assert not reserved_id(int(user.split(":")[0])), user
         assert argv[0] in slurmcmd.USER_COMMANDS, argv
