@@ -496,21 +496,23 @@ class SlurmBackend(Backend):
 
     # -- stop / poll ------------------------------------------------------------------
 
-    async def stop(self, state: dict[str, Any]) -> None:
-        """scancel the job (pending or running) and wait, bounded, until it is gone."""
+    async def _scancel(self, state: Mapping[str, Any]) -> int | None:
+        """scancel a server's job (by id, or by name when the submit was cut short) as
+        its owner; scancel's exit status, None when there is nothing to cancel.
+        BackendError when Slurm cannot be asked or refuses."""
         job_id, name = state.get("job_id"), state.get("job_name")
         if job_id:
             argv = ["scancel", job_id]
         elif name:
             argv = ["scancel", f"--name={name}"]  # a submit that failed midway
         else:
-            return
+            return None
         account, who = self.owner(state), self.job_owner(state)
         if who is None and self.fills_account:
             # A job recorded without its owner: Slurm's listing says whose it is.
             row = await self._find_row(job_id, name)
             if row is None:
-                return  # gone already
+                return None  # gone already
             who = row.owner
         try:
             code, _, err = await self.run(argv, account=account, who=who)
@@ -518,8 +520,15 @@ class SlurmBackend(Backend):
             raise BackendError(f"cannot cancel Slurm job {job_id or name}: {exc}") from None
         if code != 0 and INVALID_JOB not in err and ENDING not in err:
             raise BackendError(f"scancel {job_id or name} failed: {err.strip()[-300:]}")
-        if not job_id or code != 0:  # by name, or already gone
+        return code
+
+    async def stop(self, state: dict[str, Any]) -> None:
+        """scancel the job (pending or running) and wait, bounded, until it is gone."""
+        job_id = state.get("job_id")
+        code = await self._scancel(state)
+        if not job_id or code != 0:  # nothing to cancel, by name, or already gone
             return
+        account, who = self.owner(state), self.job_owner(state)
         deadline = time.monotonic() + self.stop_timeout
         last: Any = None
         while time.monotonic() < deadline:
@@ -581,7 +590,19 @@ class SlurmBackend(Backend):
                 )
         if isinstance(result, Stopped) and result.reason:
             self.log.warning("Slurm job %s: %s", info.job_id, result.reason)
+            await self._release(info, state)
         return result
+
+    async def _release(self, info: JobInfo, state: Mapping[str, Any]) -> None:
+        """Cancel a job whose server is given up with its node. JupyterHub does not stop
+        a server its poll found stopped, and Slurm keeps the job, with its cores and its
+        user's share of the cluster (user_limits), until it marks the node down, then
+        requeues it: a user at their node limit could not start again on another node
+        until then. Best effort: a failure is logged, and the node's end ends the job."""
+        try:
+            await self._scancel(state)
+        except BackendError as exc:
+            self.log.warning("Slurm job %s on a lost node not cancelled: %s", info.job_id, exc)
 
     # -- progress / state -------------------------------------------------------------
 
