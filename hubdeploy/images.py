@@ -220,6 +220,8 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
     planner.add("proxy", "proxy/Dockerfile.j2", "debian", planner.plans["debian"].ref, {})
     if site.slurm is not None and site.slurm.cluster is not None:
         planner.slurm(site.slurm.cluster.image)
+        planner.add("slurmdbd", "slurmdbd/Dockerfile.j2", "debian", planner.plans["debian"].ref,
+                    {name: (_images_dir() / "slurmdbd" / name).read_bytes() for name in ("entrypoint.sh", "health.sh")})
     if site.services.prometheus.enabled:
         planner.add("prometheus", "prometheus/Dockerfile.j2", "debian", planner.plans["debian"].ref, {})
     if site.database.type == "postgresql":

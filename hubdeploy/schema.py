@@ -12,7 +12,9 @@ these models and pydantic errors into messages with file, line and column.
 
 from __future__ import annotations
 
+import math
 import re
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -26,6 +28,7 @@ from pydantic import (
 )
 
 from hubdeploy.contract.identity import normal_username, reserved_overlap
+from hubdeploy.contract.slurmcmd import QOS
 from hubdeploy.contract.services import RESERVED_NAMES
 from hubdeploy.contract.values import (
     DEFAULT_PIDS_LIMIT,
@@ -33,6 +36,7 @@ from hubdeploy.contract.values import (
     MEMORY_PATTERN,
     SLURM_NAME_PATTERN,
     SLURM_TIME_PATTERN,
+    memory_bytes,
     parse_time,
 )
 
@@ -287,6 +291,8 @@ class StackLimits(Closed):
     idle_culler: ServiceLimits = _limits("256M", 0.5, 64)
     database: ServiceLimits = _limits("1G", 1, 256)
     slurmctld: ServiceLimits = _limits("512M", 1, 512)
+    # slurmdbd and its MariaDB (a 128M buffer pool, a few dozen threads).
+    slurmdbd: ServiceLimits = _limits("1G", 1, 512)
     services: ServiceLimits = Field(
         default_factory=lambda: ServiceLimits(memory="512M", cpus=1, pids=256),
         description="Each container service of services.extra.",
@@ -522,6 +528,27 @@ class ProfileSlurm(Closed):
         return self
 
 
+@dataclass(frozen=True)
+class Allowance:
+    """The most one job of a compute profile may get through the spawn form: cores,
+    memory (None: the profile sets none, so the cluster's default per core) and
+    minutes (None: the profile sets none, so its partition's limit)."""
+
+    cpus: int
+    mem_bytes: int | None
+    minutes: int | None
+
+
+def allowance(p: "Profile") -> Allowance:
+    """A compute profile's :class:`Allowance`: each limit where the form offers a choice,
+    else the fixed value (cores as slurm_script rounds them: up, at least 1)."""
+    s = p.slurm or ProfileSlurm()
+    cpus = s.limits.max_cpu or max(1, math.ceil((p.cpu or 0) - 1e-9))
+    memory = s.limits.max_memory or p.memory
+    time = s.limits.max_time or s.time
+    return Allowance(cpus, memory_bytes(memory) if memory else None, parse_time(time) if time else None)
+
+
 # A swarm placement constraint (`node.labels.role==login`, `node.hostname!=ln3`); one
 # word, no spaces, as `docker service create --constraint` takes it.
 Constraint = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+ ?(==|!=) ?[A-Za-z0-9_.:/-]+$")]
@@ -576,6 +603,19 @@ class Profile(Closed):
         return self
 
 
+class SlurmUserLimits(Closed):
+    """What one user may hold at once on the stack's cluster (Slurm's QOS limits per
+    user); a user's notebook servers there are among their jobs."""
+
+    jobs: int = Field(10, ge=1, le=10000, description="Jobs a user may have at once, running or pending; "
+                      "an sbatch past it is refused.")
+    nodes: int | None = Field(None, ge=1, le=16, description="Nodes a user's running jobs may occupy at once "
+                              "(jobs sharing a node count it once); further jobs wait. Default: one fewer "
+                              "than slurm.cluster.nodes (at least 1), so no user holds every node.")
+    cpus: int | None = Field(None, ge=1, le=4096, description="Cores a user's running jobs may hold at once; "
+                             "further jobs wait. Default: no limit but nodes.")
+
+
 class SlurmClusterSpec(Closed):
     """A small Slurm cluster hubdeploy runs inside the stack (slurmctld + N slurmd)."""
 
@@ -588,13 +628,15 @@ class SlurmClusterSpec(Closed):
     )
     image: Name = Field("base", description="Image the nodes run (plus Slurm and munge): 'base' or a collaboration.")
     max_time: SlurmTime = Field(
-        "8:00:00", description="Longest job a user may run (every partition's MaxTime), from the spawn form or "
-        "from sbatch in a notebook; profiles' time and max_time must fit in it.")
+        "8:00:00", description="Longest time limit a profile may give or offer (its time, limits.max_time); "
+        "a job's limit is the longest the profiles allow.")
     accounts: list[SlurmName] | None = Field(
         None, min_length=1,
         description="Accounts the cluster admits; sbatch refuses any other with Slurm's own 'Invalid account' "
-        "error. The first is the account of jobs that name none. Default: no account checking.",
+        "error. The first is the account of jobs that name none. Default: one account, hubdeploy.",
     )
+    user_limits: SlurmUserLimits = Field(default_factory=SlurmUserLimits,
+                                         description="What one user may hold at once.")
 
     @field_validator("partitions")
     @classmethod
@@ -609,6 +651,18 @@ class SlurmClusterSpec(Closed):
         if v is not None and len(set(v)) != len(v):
             raise ValueError("accounts lists an account twice")
         return v
+
+    @model_validator(mode="after")
+    def _user_nodes(self) -> "SlurmClusterSpec":
+        if self.user_limits.nodes is not None and self.user_limits.nodes > self.nodes:
+            raise SiteValueError([(("user_limits", "nodes"), f"user_limits.nodes {self.user_limits.nodes} is more "
+                                   f"than the cluster's {self.nodes} nodes")])
+        return self
+
+    @property
+    def user_nodes(self) -> int:
+        """Nodes one user may occupy at once: as set, or one fewer than the cluster has."""
+        return self.user_limits.nodes or max(1, self.nodes - 1)
 
 
 # A host name or address as ssh takes it (no user@, no options: never starts with '-').
@@ -905,8 +959,10 @@ class Site(Closed):
             return [(("profiles", i, "node"), f"profile {p.name!r} would run every user's jobs as one account "
                      f"({why}); set identity.allow_shared_compute_account: true to accept that")]
         cluster = self.slurm.cluster
-        if cluster is None or p.slurm is None:
+        if cluster is None:
             return []
+        if p.slurm is None:
+            return self._fit_problems(i, p, cluster)
         problems: list[tuple[tuple[str | int, ...], str]] = []
         for key, names in (("partition", [p.slurm.partition] if p.slurm.partition else []),
                            ("partitions", p.slurm.partitions)):
@@ -924,11 +980,35 @@ class Site(Closed):
             if value and parse_time(value) > parse_time(cluster.max_time):
                 where = ("profiles", i, "slurm") + (("limits",) if key == "max_time" else ()) + (key,)
                 problems.append((where, f"{key} {value} is longer than slurm.cluster.max_time ({cluster.max_time}), "
-                                 "every partition's limit"))
+                                 "the longest a profile may give"))
+        if p.slurm.qos and p.slurm.qos != QOS:
+            problems.append((("profiles", i, "slurm", "qos"), f"qos {p.slurm.qos!r}: the stack's cluster has one "
+                             f"QOS, {QOS!r}, which holds its limits"))
+        problems += self._fit_problems(i, p, cluster)
         if p.slurm.runtime == "native" and p.image != cluster.image:
             problems.append((("profiles", i, "image"), f"profile {p.name!r} runs natively on the stack's "
                              f"compute nodes, which run image {cluster.image!r}, not {p.image!r}"))
         return problems
+
+    def _fit_problems(self, i: int, p: Profile, cluster: SlurmClusterSpec) -> list[tuple[tuple[str | int, ...], str]]:
+        """Whether the most a profile's form allows fits a node and one user's limits: the
+        cluster's limits derive from the profiles (hubdeploy.render.slurm), so a profile
+        that does not fit would have every job refused, or pending forever."""
+        limits = (p.slurm or ProfileSlurm()).limits
+        got = allowance(p)
+        cpu_key = ("profiles", i, "slurm", "limits", "max_cpu") if limits.max_cpu else ("profiles", i, "cpu")
+        mem_key = ("profiles", i, "slurm", "limits", "max_memory") if limits.max_memory else ("profiles", i, "memory")
+        out: list[tuple[tuple[str | int, ...], str]] = []
+        if got.cpus > cluster.cpus:
+            out.append((cpu_key, f"profile {p.name!r} may ask for {got.cpus} cores; a node of slurm.cluster has "
+                        f"{cluster.cpus}"))
+        if got.mem_bytes is not None and got.mem_bytes > memory_bytes(cluster.memory):
+            out.append((mem_key, f"profile {p.name!r} may ask for {limits.max_memory or p.memory} of memory; a "
+                        f"node of slurm.cluster has {cluster.memory}"))
+        if cluster.user_limits.cpus is not None and got.cpus > cluster.user_limits.cpus:
+            out.append((cpu_key, f"profile {p.name!r} may ask for {got.cpus} cores; "
+                        f"slurm.cluster.user_limits.cpus lets a user hold {cluster.user_limits.cpus}"))
+        return out
 
 
 def json_schema() -> dict[str, Any]:

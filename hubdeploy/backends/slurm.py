@@ -63,6 +63,7 @@ from hubdeploy.backends.slurm_parse import (
     ENDING,
     FINAL_STATES,
     HOST,
+    INVALID_ACCOUNT,
     INVALID_JOB,
     JOB_ID,
     LIST_FORMAT,
@@ -162,6 +163,10 @@ class SlurmConfig(BackendConfig):
     # How long one sinfo answer serves every server's poll: one call per poll round,
     # not one per server.
     node_cache_seconds: float = 2
+    # The stack's own cluster enforces associations: before a user's first sbatch the
+    # hub adds theirs, as root, with these accounts (the first their default). Empty: the
+    # site's own Slurm, which manages its associations itself.
+    association_accounts: tuple[str, ...] = ()
 
 
 class SlurmBackend(Backend):
@@ -199,6 +204,8 @@ class SlurmBackend(Backend):
         self.stop_timeout = c.stop_timeout
         self.env_skip = frozenset(c.env_skip)
         self._nodes: tuple[float, dict[str, str]] | None = None
+        # Accounts whose association this process has made (or found): once per user.
+        self._associated: set[str] = set()
 
     # -- running commands -------------------------------------------------------------
 
@@ -352,8 +359,31 @@ class SlurmBackend(Backend):
             env.update(HOME=ident.home, USER=ident.name, LOGNAME=ident.name)
         return env
 
+    async def associate(self, ident: Identity | None) -> None:
+        """Give the server's account its association (``association_accounts``) unless
+        this process did already; BackendError if Slurm refuses. The account must be
+        known to the controller first (the hub publishes it before the start), or Slurm
+        binds the association to no uid and refuses the user's jobs."""
+        accounts = self.config.association_accounts
+        if not accounts or ident is None or ident.name in self._associated:
+            return
+        try:
+            argv = slurmcmd.add_user_argv(ident.name, accounts)
+            code, out, err = await self.run(argv)
+        except ValueError as exc:
+            raise BackendError(f"no Slurm association for {ident.name}: {exc}") from None
+        except CommandError as exc:
+            raise BackendError(f"cannot add {ident.name}'s Slurm association: {exc}") from None
+        said = (out + err).strip()
+        if code != 0 and not any(word in said for word in slurmcmd.UNCHANGED):
+            raise BackendError(f"Slurm refused {ident.name}'s association (exit {code}): {said[-300:]}")
+        self._associated.add(ident.name)
+        self.log.info("Slurm association of %s with %s: %s", ident.name, ",".join(accounts),
+                      "made" if code == 0 else "there already")
+
     async def start(self, spec: ServerSpec, state: dict[str, Any]) -> tuple[str, int]:
         """Submit the job and wait until it runs and reports its port; ``(BatchHost, port)``."""
+        await self.associate(spec.identity)
         account = None
         if self.ca is not None:
             if spec.identity is None:
@@ -391,6 +421,10 @@ class SlurmBackend(Backend):
             state["phase"] = "failed"
             if code == self.unreachable_code:
                 raise BackendError(f"cannot reach Slurm to submit (exit {code}): {err.strip()[-300:]}")
+            if INVALID_ACCOUNT in err and spec.identity is not None:
+                # The association may have gone with the accounting database (a new
+                # volume under a running hub): the next start makes it again.
+                self._associated.discard(spec.identity.name)
             raise BackendError(f"Slurm refused the job: {sbatch_message(err)}")
         job_id = out.strip().splitlines()[-1].split(";")[0] if out.strip() else ""
         if not JOB_ID.match(job_id):
@@ -465,21 +499,23 @@ class SlurmBackend(Backend):
 
     # -- stop / poll ------------------------------------------------------------------
 
-    async def stop(self, state: dict[str, Any]) -> None:
-        """scancel the job (pending or running) and wait, bounded, until it is gone."""
+    async def _scancel(self, state: Mapping[str, Any]) -> int | None:
+        """scancel a server's job (by id, or by name when the submit was cut short) as
+        its owner; scancel's exit status, None when there is nothing to cancel.
+        BackendError when Slurm cannot be asked or refuses."""
         job_id, name = state.get("job_id"), state.get("job_name")
         if job_id:
             argv = ["scancel", job_id]
         elif name:
             argv = ["scancel", f"--name={name}"]  # a submit that failed midway
         else:
-            return
+            return None
         account, who = self.owner(state), self.job_owner(state)
         if who is None and self.fills_account:
             # A job recorded without its owner: Slurm's listing says whose it is.
             row = await self._find_row(job_id, name)
             if row is None:
-                return  # gone already
+                return None  # gone already
             who = row.owner
         try:
             code, _, err = await self.run(argv, account=account, who=who)
@@ -487,8 +523,15 @@ class SlurmBackend(Backend):
             raise BackendError(f"cannot cancel Slurm job {job_id or name}: {exc}") from None
         if code != 0 and INVALID_JOB not in err and ENDING not in err:
             raise BackendError(f"scancel {job_id or name} failed: {err.strip()[-300:]}")
-        if not job_id or code != 0:  # by name, or already gone
+        return code
+
+    async def stop(self, state: dict[str, Any]) -> None:
+        """scancel the job (pending or running) and wait, bounded, until it is gone."""
+        job_id = state.get("job_id")
+        code = await self._scancel(state)
+        if not job_id or code != 0:  # nothing to cancel, by name, or already gone
             return
+        account, who = self.owner(state), self.job_owner(state)
         deadline = time.monotonic() + self.stop_timeout
         last: Any = None
         while time.monotonic() < deadline:
@@ -550,7 +593,19 @@ class SlurmBackend(Backend):
                 )
         if isinstance(result, Stopped) and result.reason:
             self.log.warning("Slurm job %s: %s", info.job_id, result.reason)
+            await self._release(info, state)
         return result
+
+    async def _release(self, info: JobInfo, state: Mapping[str, Any]) -> None:
+        """Cancel a job whose server is given up with its node. JupyterHub does not stop
+        a server its poll found stopped, and Slurm keeps the job, with its cores and its
+        user's share of the cluster (user_limits), until it marks the node down, then
+        requeues it: a user at their node limit could not start again on another node
+        until then. Best effort: a failure is logged, and the node's end ends the job."""
+        try:
+            await self._scancel(state)
+        except BackendError as exc:
+            self.log.warning("Slurm job %s on a lost node not cancelled: %s", info.job_id, exc)
 
     # -- progress / state -------------------------------------------------------------
 

@@ -58,6 +58,8 @@ ACCOUNT = re.compile(POSIX_NAME_PATTERN)
 JOB_ID = re.compile(r"^\d{1,12}$")
 HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 INVALID_JOB = "Invalid job id specified"
+# sbatch of a user with no association for the job's account (or an account refused).
+INVALID_ACCOUNT = "Invalid account or account/partition combination specified"
 # scancel of a job that is already ending (a cancelled job waiting on a lost node): done.
 ENDING = "already completing or completed"
 PATH_RE = re.compile(r"^/[A-Za-z0-9_./-]{1,1000}$")

@@ -24,6 +24,9 @@ PROXY_API_ALIAS = "proxy-api"
 DB_SERVICE = "db"
 PROMETHEUS_SERVICE = "prometheus"
 SLURMCTLD_SERVICE = "slurmctld"
+# The stack cluster's accounting database (slurmdbd with its MariaDB); also its hostname,
+# which slurmdbd.conf's DbdHost must be.
+SLURMDBD_SERVICE = "slurmdbd"
 # The one stack component that holds the Docker socket: the hub reaches the engine only
 # through it (hubdeploy.engineproxy), on the internal network.
 ENGINE_PROXY_SERVICE = "engine-proxy"

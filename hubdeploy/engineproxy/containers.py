@@ -8,8 +8,8 @@ carry no ``com.docker.*`` label, and compose's and swarm's are set only by them)
 - a probe: this site's label and no user, never started, no network (the swarm backend
   reads an image's /etc/passwd from one);
 - the controller: compose's ``slurmctld`` of this site's project. The hub may only exec
-  there: a user's own Slurm command as that user, or, as root, one of the read-only
-  listings of :mod:`hubdeploy.contract.slurmcmd`.
+  there: a user's own Slurm command as that user, or, as root, one of root's commands of
+  :mod:`hubdeploy.contract.slurmcmd` (the read-only listings, a user's association).
 
 Every other container (the stack's own services, the proxy itself, other sites') is out
 of reach.
@@ -264,14 +264,15 @@ def _etc_archive(body: bytes) -> bytes:
 
 def check_exec(spec) -> dict:
     """An exec in the controller: a user's own Slurm command as that user, or one of
-    root's read-only listings with nothing of the caller's (no environment)."""
+    root's commands (the listings, a user's association) with nothing of the caller's
+    (no environment)."""
     spec = EXEC(spec if spec is not None else {})
     argv, user = spec["Cmd"], spec["User"]
     if user in ("root", "0", "0:0"):
-        if not slurmcmd.is_root_read(argv):
-            raise Refused("exec-root", "as root only the read-only Slurm listings are allowed")
+        if not slurmcmd.is_root_command(argv):
+            raise Refused("exec-root", "as root only the Slurm listings and a user's association are allowed")
         if spec.get("Env") or spec.get("WorkingDir") not in (None, "", SLURM_WORKDIR):
-            raise Refused("exec-root", f"a root listing takes no environment and runs in {SLURM_WORKDIR}")
+            raise Refused("exec-root", f"a root command takes no environment and runs in {SLURM_WORKDIR}")
         return spec
     if user != NOTEBOOK_USER:
         if not re.fullmatch(r"\d{1,10}:\d{1,10}", user):

@@ -4,7 +4,7 @@
 - :mod:`~hubdeploy.render.swarmstack`: ``stack.yaml`` (orchestrator swarm: the same
   services for ``docker stack deploy``);
 - :mod:`~hubdeploy.render.hubdata`: ``hub/hub.json`` (:mod:`hubdeploy.contract.hubjson`);
-- :mod:`~hubdeploy.render.slurm`: ``slurm/slurm.conf`` and ``slurm/job_submit.lua``;
+- :mod:`~hubdeploy.render.slurm`: ``slurm/slurm.conf``, ``job_submit.lua``, ``accounting.json``, ``slurmdbd.conf``;
 - :mod:`~hubdeploy.render.ssh`: the hub's ssh command (part of hub.json);
 - :mod:`~hubdeploy.render.files`: YAML bytes, hashes, atomic writes.
 
@@ -161,9 +161,12 @@ def _config_hashes(hub_files: dict[str, bytes], slurm_files: dict[str, bytes], i
         "proxy": sha(inputs.proxy_entrypoint, *tls),
     }
     if slurm_files:
-        # The controller reads job_submit.lua only when it starts: a changed account list
-        # must recreate it.
-        hashes["slurm"] = sha(*(slurm_files[k] for k in sorted(slurm_files)))
+        # Each service of the cluster is recreated when what it reads changes, and only
+        # then: the controller reads job_submit.lua and sets the limits when it starts;
+        # the nodes, where the notebooks run, read slurm.conf alone.
+        for service, names in (("slurm", slurm.NODE_FILES), ("slurmctld", slurm.CONTROLLER_FILES),
+                               ("slurmdbd", slurm.DBD_FILES)):
+            hashes[service] = sha(*(slurm_files[k] for k in names))
     return hashes
 
 

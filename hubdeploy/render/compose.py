@@ -7,7 +7,6 @@ services whose inputs changed.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,6 @@ from hubdeploy.contract.layout import (
     IDENTITY_FILES_DIR,
     LABEL_CONFIG_HASH,
     LDAP_BIND_PASSWORD,
-    NODE_AGENT_CONFIG,
     NODE_NSS_DIR,
     LABEL_SITE,
     MUNGE_KEY,
@@ -39,6 +37,7 @@ from hubdeploy.contract.layout import (
     PROXY_TOKEN,
     PROMETHEUS_SERVICE,
     SLURMCTLD_SERVICE,
+    SLURMDBD_SERVICE,
     SSH_CA_KEY,
     SSH_KEY,
     SSH_KNOWN_HOSTS_PATH,
@@ -112,8 +111,9 @@ def compose_data(site: Site, refs: dict[str, str], mounts: Mounts,
         if svc.command is not None:
             services[svc.name] = extra_service(site, refs, svc)
     if site.slurm is not None and site.slurm.cluster is not None:
-        services.update(slurm_services(site, refs, mounts.hashes["slurm"]))
+        services.update(slurm_services(site, refs, mounts.hashes))
         volumes["slurmctld-state"] = {"name": f"{project_name(site.name)}-slurmctld-state"}
+        volumes["slurmdbd-data"] = {"name": f"{project_name(site.name)}-slurmdbd-data"}
     volumes.update(identity_volumes(site))
     return {
         "name": project_name(site.name),
@@ -401,12 +401,24 @@ def extra_service(site: Site, refs: dict[str, str], svc: ExtraService) -> dict[s
     }, "service" if svc.image is None else "foreign", site.limits.services)
 
 
-def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[str, Any]:
-    """slurmctld on the slurm network; one slurmd container per node on the slurm network
-    and the compute network, where the proxy and the hub reach notebooks by NodeName."""
+def slurm_services(site: Site, refs: dict[str, str], hashes: dict[str, str]) -> dict[str, Any]:
+    """slurmdbd and slurmctld on the slurm network; one slurmd container per node on the
+    slurm network and the compute network, where the proxy and the hub reach notebooks
+    by NodeName. ``hashes``: the config hash of each (render: slurm is the nodes')."""
     assert site.slurm is not None and site.slurm.cluster is not None
-    common = {
-        "image": refs["slurm"],
+    services: dict[str, Any] = {
+        SLURMDBD_SERVICE: slurmdbd_service(site, refs, hashes["slurmdbd"]),
+        SLURMCTLD_SERVICE: slurmctld_service(site, refs, hashes["slurmctld"]),
+    }
+    for node in slurm.node_names(site):
+        services[f"slurm-{node}"] = slurmd_service(site, refs, hashes["slurm"], node)
+    return services
+
+
+def _slurm_common(site: Site, image: str, config_hash: str) -> dict[str, Any]:
+    # A fresh dict per service: shared dicts would come out as YAML anchors.
+    return {
+        "image": image,
         "pull_policy": "never",
         "secrets": [MUNGE_KEY],
         # The entrypoint installs the key as /etc/munge/munge.key, owner munge, 0400.
@@ -416,39 +428,59 @@ def slurm_services(site: Site, refs: dict[str, str], config_hash: str) -> dict[s
         # Docker's init as PID 1: it reaps what users' jobs leave behind (slurmd does not).
         "init": True,
     }
-    conf = "./slurm/slurm.conf:/etc/hubdeploy-slurm/slurm.conf:ro"
-    # The accounts the hub has resolved (libnss-extrausers): controller and nodes know
-    # every job's owner; the nodes run jobs in their users' homes.
-    accounts = [f"nss:{NODE_NSS_DIR}:ro"] if site.identity.source != "shared" else []
+
+
+def _slurm_conf_mounts(names: tuple[str, ...]) -> list[str]:
+    return [f"./{name}:/etc/hubdeploy-slurm/{name.split('/', 1)[1]}:ro" for name in names]
+
+
+def _node_accounts(site: Site) -> list[str]:
+    """The accounts the hub has resolved (libnss-extrausers): controller and nodes know
+    every job's owner."""
+    return [f"nss:{NODE_NSS_DIR}:ro"] if site.identity.source != "shared" else []
+
+
+def slurmdbd_service(site: Site, refs: dict[str, str], config_hash: str) -> dict[str, Any]:
+    """The accounting database: slurmdbd and its MariaDB in one container, the data on a
+    volume that ``down`` keeps. Only the controller (and sacctmgr there) talks to it."""
+    return harden({
+        **_slurm_common(site, refs["slurmdbd"], config_hash),
+        "hostname": SLURMDBD_SERVICE,
+        "networks": {"slurm": {"aliases": [SLURMDBD_SERVICE]}},
+        "volumes": [*_slurm_conf_mounts(slurm.DBD_FILES), "slurmdbd-data:/var/lib/mysql"],
+        "healthcheck": _healthcheck(["CMD", "hubdeploy-slurmdbd-health"]),
+    }, "slurmdbd", site.limits.slurmdbd)
+
+
+def slurmctld_service(site: Site, refs: dict[str, str], config_hash: str) -> dict[str, Any]:
+    """The controller; its entrypoint waits for slurmdbd and sets the cluster's accounts
+    and limits there before slurmctld starts."""
+    return harden({
+        **_slurm_common(site, refs["slurm"], config_hash),
+        "command": ["slurmctld"],
+        "hostname": SLURMCTLD_SERVICE,
+        "networks": {"slurm": {"aliases": [SLURMCTLD_SERVICE]}},
+        # job_submit plugins run in slurmctld only.
+        "volumes": [*_slurm_conf_mounts(slurm.CONTROLLER_FILES), "slurmctld-state:/var/spool/slurmctld",
+                    *_node_accounts(site)],
+        "healthcheck": _healthcheck(["CMD", "scontrol", "ping"]),
+        "depends_on": {SLURMDBD_SERVICE: {"condition": "service_started"}},
+    }, "slurmctld", site.limits.slurmctld)
+
+
+def slurmd_service(site: Site, refs: dict[str, str], config_hash: str, node: str) -> dict[str, Any]:
+    # The nodes run jobs in their users' homes.
     homes = [_homes_mount(site, site.identity.homes_dir)] if site.identity.source != "shared" else []
-    # Each service its own copy: shared dicts would come out as YAML anchors.
-    services: dict[str, Any] = {
-        SLURMCTLD_SERVICE: harden({
-            **copy.deepcopy(common),
-            "command": ["slurmctld"],
-            "hostname": SLURMCTLD_SERVICE,
-            "networks": {"slurm": {"aliases": [SLURMCTLD_SERVICE]}},
-            "volumes": [conf, "slurmctld-state:/var/spool/slurmctld", *accounts],
-            "healthcheck": _healthcheck(["CMD", "scontrol", "ping"]),
-        }, "slurmctld", site.limits.slurmctld)
-    }
-    if site.slurm.cluster.accounts:
-        # Only the controller runs job_submit plugins; the entrypoint installs the script.
-        services[SLURMCTLD_SERVICE]["volumes"].append(
-            "./slurm/job_submit.lua:/etc/hubdeploy-slurm/job_submit.lua:ro")
-    for node in slurm.node_names(site):
-        node_service = {
-            **copy.deepcopy(common),
-            "command": ["slurmd"],
-            "hostname": node,
-            # slurm first where the engine honours it; the entrypoint also gives munged the
-            # address facing the controller (slurmctld looks every credential's origin up).
-            "networks": {"slurm": {"aliases": [node], "priority": 10}, "compute": {"aliases": [node]}},
-            "volumes": [conf, f"./slurm/agent.json:{NODE_AGENT_CONFIG}:ro", *accounts, *homes],
-            # Ports below it are root's again: notebook servers' ports, which the node's
-            # agent binds and no user's process can take (see images/slurm/node-agent.py).
-            "sysctls": {"net.ipv4.ip_unprivileged_port_start": UNPRIVILEGED_PORT_START},
-        }
+    return harden({
+        **_slurm_common(site, refs["slurm"], config_hash),
+        "command": ["slurmd"],
+        "hostname": node,
+        # slurm first where the engine honours it; the entrypoint also gives munged the
+        # address facing the controller (slurmctld looks every credential's origin up).
+        "networks": {"slurm": {"aliases": [node], "priority": 10}, "compute": {"aliases": [node]}},
+        "volumes": [*_slurm_conf_mounts(slurm.NODE_FILES), *_node_accounts(site), *homes],
+        # Ports below it are root's again: notebook servers' ports, which the node's
+        # agent binds and no user's process can take (see images/slurm/node-agent.py).
+        "sysctls": {"net.ipv4.ip_unprivileged_port_start": UNPRIVILEGED_PORT_START},
         # A node's bounds follow what Slurm schedules on it.
-        services[f"slurm-{node}"] = harden(node_service, "slurmd", node_limits(site))
-    return services
+    }, "slurmd", node_limits(site))

@@ -25,7 +25,7 @@ REASONS = {
     "SETGID": "drop from root to the service's own group (and supplementary groups)",
     "CHOWN": "give files it creates (homes, spool, key copies) to their owning account",
     "FOWNER": "set the mode of files it hands to another account (homes 0700, the munge key 0400)",
-    "KILL": "signal users' job processes, which run under other uids",
+    "KILL": "signal processes of other uids: users' jobs; the database daemons, to stop them",
     # Without it slurmstepd reads no job process of another uid: no memory samples, so
     # OverMemoryKill never fires (verified on this engine). Confined to the container's
     # own PID namespace.
@@ -66,6 +66,10 @@ PROFILES: dict[str, Hardening] = {
     # The entrypoint installs the munge key (owner munge, 0400) and runs munged as munge;
     # slurmctld drops to SlurmUser.
     "slurmctld": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID")),
+    # As slurmctld (slurmdbd.conf goes to slurm, 0600), and MariaDB's data directory to
+    # mysql on a fresh volume; mariadbd drops to mysql, slurmdbd to slurm, and the
+    # entrypoint watches both and stops them (signals across uids: KILL).
+    "slurmdbd": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "SETGID", "SETUID")),
     # slurmd starts each job as its user (setuid, initgroups), samples its memory and
     # signals it at its end.
     "slurmd": Hardening(("CHOWN", "DAC_OVERRIDE", "FOWNER", "KILL", "NET_BIND_SERVICE", "SETGID", "SETUID",

@@ -34,6 +34,7 @@ from hubdeploy.contract.layout import (
 )
 from hubdeploy.contract.services import builtin_services
 from hubdeploy.contract.values import memory_bytes
+from hubdeploy.render import slurm
 from hubdeploy.render.ssh import ssh_argv, ssh_user_argv
 from hubdeploy.schema import ExtraService, Profile, ProfileSlurm, Site
 
@@ -241,6 +242,9 @@ def _cluster_backend_config(site: Site) -> dict[str, Any]:
         "output": f"{SLURM_WORKDIR}/hubdeploy-slurm-%j.log",
         "prefix": "hubdeploy",
         "site": site.name,
+        # The cluster enforces associations (render.slurm): each user gets theirs, with
+        # every account of the cluster, before their first job.
+        "association_accounts": slurm.accounts(site),
     }
 
 

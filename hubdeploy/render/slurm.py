@@ -1,10 +1,20 @@
-"""The stack's own Slurm cluster: slurm.conf and the account check (job_submit.lua)."""
+"""The stack's own Slurm cluster: slurm.conf, job_submit.lua, and its accounting
+database (slurmdbd.conf, and the accounts and limits the controller sets there).
+
+What a job may get equals what the spawn form offers (:func:`job_limits`: the largest
+compute profile's cores, memory and time, one node), and one user's share of the cluster
+is bounded (:func:`user_limits`). Slurm enforces both, through the QOS every job runs
+under (``AccountingStorageEnforce=limits``: per-user limits exist only with slurmdbd),
+the partitions' limits, and job_submit.lua for what those do not cover; an sbatch over
+them fails with Slurm's own message.
+"""
 
 from __future__ import annotations
 
-import re
-
 import json
+import math
+import re
+from dataclasses import dataclass
 
 from hubdeploy.contract.identity import RESERVED_IDS
 from hubdeploy.contract.layout import (
@@ -12,9 +22,11 @@ from hubdeploy.contract.layout import (
     NODE_JOBS_DIR,
     NODE_SERVER_PORTS,
     NODE_SERVER_SOCKET,
+    SLURMDBD_SERVICE,
 )
+from hubdeploy.contract.slurmcmd import DEFAULT_ACCOUNT, QOS, UNCHANGED
 from hubdeploy.contract.values import SLURM_NAME_PATTERN, memory_bytes, parse_time
-from hubdeploy.schema import Site
+from hubdeploy.schema import Site, allowance
 
 SLURM_NODE_PREFIX = "c"
 
@@ -31,16 +43,92 @@ PORT_QUARANTINE = 24 * 3600
 SWEEP_SECONDS = 1.0
 # How long a job's launcher may take from asking for its port to its server listening.
 AGENT_START_WAIT = 900
+# What each service reads: the nodes slurm.conf alone, so that a change of the
+# controller's files (limits, accounts) recreates the controller and keeps the nodes,
+# and the notebooks running there.
+NODE_FILES = ("slurm/slurm.conf", "slurm/agent.json")
+CONTROLLER_FILES = ("slurm/slurm.conf", "slurm/job_submit.lua", "slurm/accounting.json")
+DBD_FILES = ("slurm/slurmdbd.conf",)
 
 
 def files(site: Site) -> dict[str, bytes]:
-    """``slurm/slurm.conf``, ``slurm/agent.json`` (the nodes' agent), and
-    ``slurm/job_submit.lua`` when the cluster checks accounts."""
-    out = {"slurm/slurm.conf": slurm_conf(site), "slurm/agent.json": agent_config()}
-    lua = job_submit_lua(site)
-    if lua is not None:
-        out["slurm/job_submit.lua"] = lua
-    return out
+    """``slurm/slurm.conf``, ``job_submit.lua``, ``accounting.json``, ``slurmdbd.conf`` and
+    ``agent.json`` (the nodes' agent)."""
+    return {
+        "slurm/slurm.conf": slurm_conf(site),
+        "slurm/agent.json": agent_config(),
+        "slurm/job_submit.lua": job_submit_lua(site),
+        "slurm/accounting.json": accounting_json(site),
+        "slurm/slurmdbd.conf": slurmdbd_conf(site),
+    }
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """The most one job may get: cores, memory (MiB), minutes, nodes."""
+
+    cpus: int
+    mem_mib: int
+    minutes: int
+    nodes: int = 1
+
+
+@dataclass(frozen=True)
+class UserLimits:
+    """What one user may hold at once: jobs (running or pending), nodes and cores
+    (None: no core limit) of their running jobs."""
+
+    jobs: int
+    nodes: int
+    cpus: int | None
+
+
+def _cluster(site: Site):
+    assert site.slurm is not None and site.slurm.cluster is not None
+    return site.slurm.cluster
+
+
+def _core_share(site: Site) -> int:
+    """A node's memory per core (MiB)."""
+    c = _cluster(site)
+    return max(1, memory_bytes(c.memory) // 2**20 // c.cpus)
+
+
+def job_limits(site: Site) -> JobLimits:
+    """The largest compute profile's form: its most cores, memory and time (each the
+    largest over the profiles; a profile without a memory size gets the default per core,
+    one without a time the partition's limit, i.e. slurm.cluster.max_time), on one node.
+    Without compute profiles, a node and max_time."""
+    c = _cluster(site)
+    longest = parse_time(c.max_time)
+    found = [allowance(p) for p in site.profiles if p.node == "compute"]
+    if not found:
+        return JobLimits(c.cpus, memory_bytes(c.memory) // 2**20, longest)
+    share = _core_share(site)
+    return JobLimits(
+        cpus=max(a.cpus for a in found),
+        mem_mib=max(math.ceil(a.mem_bytes / 2**20) if a.mem_bytes else share * a.cpus for a in found),
+        minutes=max(a.minutes or longest for a in found),
+    )
+
+
+def default_mem_per_cpu(site: Site) -> int:
+    """DefMemPerCPU (MiB): what a job that names no memory gets per core. Without it
+    Slurm gives such a job all of its node's memory; with a node's share per core, capped
+    so that a job of up to job_limits' cores stays within its memory, a plain ``sbatch``
+    from a notebook runs."""
+    limits = job_limits(site)
+    return max(1, min(_core_share(site), limits.mem_mib // limits.cpus))
+
+
+def user_limits(site: Site) -> UserLimits:
+    c = _cluster(site)
+    return UserLimits(jobs=c.user_limits.jobs, nodes=c.user_nodes, cpus=c.user_limits.cpus)
+
+
+def accounts(site: Site) -> list[str]:
+    """The cluster's accounts: the site's, or one; the first is every user's default."""
+    return list(_cluster(site).accounts or [DEFAULT_ACCOUNT])
 
 
 # Containers without privileges: no cgroups (22.05 has no CgroupPlugin=disabled), so
@@ -62,7 +150,14 @@ _FIXED = [
     # over it (the node container's bound stops a faster one).
     "JobAcctGatherFrequency=task=2",
     "JobAcctGatherParams=OverMemoryKill",
-    "AccountingStorageType=accounting_storage/none",
+    # The accounting database (slurmdbd, its own service): "limits" enforces the QOS's
+    # limits and implies "associations" (no job of a user without one); "qos" refuses
+    # a QOS the user's association does not list.
+    "AccountingStorageType=accounting_storage/slurmdbd",
+    f"AccountingStorageHost={SLURMDBD_SERVICE}",
+    "AccountingStorageEnforce=associations,limits,qos",
+    # Every job passes job_submit.lua (job_submit_lua).
+    "JobSubmitPlugins=lua",
     "SelectType=select/cons_tres",
     "SelectTypeParameters=CR_Core_Memory",
     # The nodes share the host's cores: schedule what the site declares.
@@ -101,25 +196,78 @@ _FIXED = [
 
 
 def slurm_conf(site: Site) -> bytes:
-    """slurm.conf of the stack's cluster: no privileges, no cgroups, no accounting database."""
-    assert site.slurm is not None and site.slurm.cluster is not None
-    c = site.slurm.cluster
+    """slurm.conf of the stack's cluster: no privileges, no cgroups, accounting in slurmdbd."""
+    c = _cluster(site)
     nodes = node_names(site)
     mem_mb = memory_bytes(c.memory) // 2**20
+    limits = job_limits(site)
     lines = [
         "# Rendered by hubdeploy from the site description; edit the site file, not this.",
         f"ClusterName={site.name}",
         *_FIXED,
+        f"DefMemPerCPU={default_mem_per_cpu(site)}",
     ]
-    if c.accounts:
-        # Without slurmdbd Slurm knows no accounts (AllowAccounts would leave such jobs
-        # pending forever): job_submit.lua (job_submit_lua) is the account check.
-        lines.append("JobSubmitPlugins=lua")
     lines += [f"NodeName={n} CPUs={c.cpus} RealMemory={mem_mb} State=UNKNOWN" for n in nodes]
     for i, part in enumerate(c.partitions):
-        # The site's longest job, for the spawn form and for sbatch run in a notebook alike.
+        # The longest and largest job the spawn form allows, for sbatch in a notebook
+        # alike (EnforcePartLimits=ALL: refused at submit); the QOS says the same.
         lines.append(f"PartitionName={part} Nodes={','.join(nodes)} Default={'YES' if i == 0 else 'NO'} "
-                     f"MaxTime={parse_time(c.max_time)} State=UP")
+                     f"MaxTime={limits.minutes} MaxNodes={limits.nodes} State=UP")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def qos_argv(site: Site) -> list[str]:
+    """The QOS every job runs under, set to the cluster's limits. DenyOnLimit: a job over
+    a per-job limit, or over a per-user one on its own, is refused at submit rather than
+    left pending forever; a job within them waits while its user holds the rest."""
+    job, user = job_limits(site), user_limits(site)
+    # -1 clears a limit a previous site file set.
+    per_user = f"node={user.nodes},cpu={user.cpus if user.cpus is not None else -1}"
+    return ["sacctmgr", "-i", "modify", "qos", QOS, "set", f"MaxWall={job.minutes}",
+            f"MaxTRESPerJob=cpu={job.cpus},mem={job.mem_mib}M,node={job.nodes}",
+            f"MaxSubmitJobsPerUser={user.jobs}", f"MaxTRESPerUser={per_user}", "Flags=DenyOnLimit"]
+
+
+def accounting_commands(site: Site) -> list[list[str]]:
+    """What the controller runs, as root, before slurmctld starts (every start: each
+    command leaves what exists as it is, and sets the limits anew): the cluster, its
+    accounts, and the QOS's limits. Users' associations are the hub's, at each user's
+    first start (hubdeploy.contract.slurmcmd.add_user_argv)."""
+    return [
+        ["sacctmgr", "-i", "add", "cluster", site.name],
+        ["sacctmgr", "-i", "add", "account", ",".join(accounts(site)), f"cluster={site.name}"],
+        qos_argv(site),
+    ]
+
+
+def accounting_json(site: Site) -> bytes:
+    """``accounting.json``, which the controller's entrypoint reads: a command that
+    answers once slurmdbd does, the commands, and the words with which sacctmgr says
+    that nothing needed doing (it then exits 1)."""
+    doc = {
+        "wait": ["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"],
+        "commands": accounting_commands(site),
+        "unchanged": list(UNCHANGED),
+    }
+    return (json.dumps(doc, indent=1) + "\n").encode()
+
+
+def slurmdbd_conf(site: Site) -> bytes:
+    """slurmdbd.conf: MariaDB in the same container, reached over its unix socket as the
+    OS user slurm (MariaDB's unix_socket authentication), so there is no password."""
+    lines = [
+        "# Rendered by hubdeploy from the site description; edit the site file, not this.",
+        "AuthType=auth/munge",
+        f"DbdHost={SLURMDBD_SERVICE}",
+        "DbdPort=6819",
+        "SlurmUser=slurm",
+        "PidFile=/run/slurmdbd.pid",
+        "StorageType=accounting_storage/mysql",
+        # localhost: the client library's unix socket, never TCP (the server listens on none).
+        "StorageHost=localhost",
+        "StorageUser=slurm",
+        "StorageLoc=slurm_acct_db",
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -148,45 +296,87 @@ def lua_string(value: str) -> str:
     return f'"{value}"'
 
 
-def job_submit_lua(site: Site) -> bytes | None:
-    """The controller's job_submit.lua when ``slurm.cluster.accounts`` is set, else None.
+def job_submit_lua(site: Site) -> bytes:
+    """The controller's job_submit.lua: what the QOS and partition limits do not refuse.
 
-    It plays the accounting database's part: a job naming another account is refused with
-    Slurm's own ESLURM_INVALID_ACCOUNT, so sbatch fails at once with "Invalid account or
-    account/partition combination specified" (what a site with slurmdbd answers), and a
-    job naming none gets the first account, as a user's default account would.
+    - ``-w``/``--nodelist``: a user would pick the node another user's server runs on;
+      the hub's own jobs never name one.
+    - ``--mem=0`` / ``--mem-per-cpu=0`` (all of a node's memory) and ``--exclusive`` (the
+      whole node): more than any form offers. The QOS refuses ``--mem=0`` only while a
+      job's memory limit is below a node's, and leaves an exclusive job pending forever.
+    - with ``slurm.cluster.accounts``, an account not listed: refused with Slurm's own
+      ESLURM_INVALID_ACCOUNT (as the associations also do; this also holds for an account
+      the site drops, whose associations remain), and a job naming none gets the first.
+
+    Each refusal says why to the user (``slurm.log_user``) and returns a Slurm error code,
+    so sbatch fails at once with Slurm's words for it.
     """
-    assert site.slurm is not None and site.slurm.cluster is not None
-    accounts = site.slurm.cluster.accounts
-    if not accounts:
-        return None
-    admitted = ", ".join(f"[{lua_string(a)}] = true" for a in accounts)
-    text = f"""\
--- Rendered by hubdeploy from the site description (slurm.cluster.accounts); edit the
--- site file, not this.
-local admitted = {{{admitted}}}
-local default_account = {lua_string(accounts[0])}
+    c = _cluster(site)
+    limits = job_limits(site)
+    parts = [f"""\
+-- Rendered by hubdeploy from the site description; edit the site file, not this.
 
-local function refuse(account)
-  slurm.log_user("account %s is not one of this cluster's accounts", account)
-  return slurm.ESLURM_INVALID_ACCOUNT
+-- An error code this Slurm does not define is nil, which Slurm reads as success.
+local function refuse(code, ...)
+  slurm.log_user(...)
+  return code or slurm.ERROR
 end
 
-function slurm_job_submit(job_desc, part_list, submit_uid)
+local function over_the_form(job_desc)
+  if job_desc.req_nodes ~= nil and job_desc.req_nodes ~= "" then
+    return refuse(slurm.ESLURM_ACCESS_DENIED,
+      "choosing nodes (-w/--nodelist %s) is not allowed on this cluster: Slurm places every job",
+      job_desc.req_nodes)
+  end
+  if job_desc.min_mem_per_node == 0 or job_desc.min_mem_per_cpu == 0 then
+    return refuse(slurm.ESLURM_ACCOUNTING_POLICY,
+      "--mem=0 (all of a node's memory) is not allowed on this cluster: ask for at most {limits.mem_mib}M")
+  end
+  if job_desc.shared == 0 then
+    return refuse(slurm.ESLURM_ACCOUNTING_POLICY,
+      "--exclusive (a whole node) is not allowed on this cluster: ask for cores and memory")
+  end
+  return nil
+end
+"""]
+    if c.accounts:
+        admitted = ", ".join(f"[{lua_string(a)}] = true" for a in c.accounts)
+        parts.append(f"""
+local admitted = {{{admitted}}}
+local default_account = {lua_string(c.accounts[0])}
+
+local function not_admitted(account)
+  return refuse(slurm.ESLURM_INVALID_ACCOUNT, "account %s is not one of this cluster's accounts", account)
+end
+""")
+    submit_account = modify_account = ""
+    if c.accounts:
+        submit_account = """
   if job_desc.account == nil or job_desc.account == "" then
     job_desc.account = default_account
   elseif not admitted[job_desc.account] then
-    return refuse(job_desc.account)
-  end
+    return not_admitted(job_desc.account)
+  end"""
+        modify_account = """
+  if job_desc.account ~= nil and job_desc.account ~= "" and not admitted[job_desc.account] then
+    return not_admitted(job_desc.account)
+  end"""
+    parts.append(f"""
+function slurm_job_submit(job_desc, part_list, submit_uid)
+  local refused = over_the_form(job_desc)
+  if refused ~= nil then
+    return refused
+  end{submit_account}
   return slurm.SUCCESS
 end
 
--- scontrol update Account=... must not get round the check either.
+-- scontrol update must not get round the checks either.
 function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
-  if job_desc.account ~= nil and job_desc.account ~= "" and not admitted[job_desc.account] then
-    return refuse(job_desc.account)
-  end
+  local refused = over_the_form(job_desc)
+  if refused ~= nil then
+    return refused
+  end{modify_account}
   return slurm.SUCCESS
 end
-"""
-    return text.encode()
+""")
+    return "".join(parts).encode()

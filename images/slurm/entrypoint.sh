@@ -1,8 +1,9 @@
 #!/bin/sh
 # Start munged, then run one Slurm daemon in the foreground (logs go to the container's).
 #   hubdeploy-slurm-node slurmctld | slurmd
-# Expects /etc/hubdeploy-slurm/slurm.conf and munge.key (or $HUBDEPLOY_MUNGE_KEY) (and optionally job_submit.lua),
-# put there before the start.
+# Expects /etc/hubdeploy-slurm/slurm.conf and munge.key (or $HUBDEPLOY_MUNGE_KEY), and
+# optionally job_submit.lua and accounting.json (the controller's), put there before the
+# start.
 set -eu
 role="${1:-slurmd}"
 conf=/etc/hubdeploy-slurm
@@ -51,9 +52,39 @@ if [ "$role" = slurmd ]; then
 fi
 runuser -u munge -- /usr/sbin/munged "$@"
 
+# The controller's accounting (accounting.json, rendered by hubdeploy.render.slurm): wait
+# for slurmdbd, then run each sacctmgr command, as argv; one that finds everything in
+# place already exits 1 with one of the "unchanged" words, which is success here. Before
+# slurmctld starts, so that no job is ever submitted without the cluster's limits.
+accounting() {
+  python3 - "$conf/accounting.json" <<'PY'
+import json, subprocess, sys, time
+doc = json.load(open(sys.argv[1]))
+def run(argv):
+    p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    return p.returncode, (p.stdout + p.stderr).strip()
+deadline = time.monotonic() + 300
+while True:
+    code, out = run(doc["wait"])
+    if code == 0:
+        break
+    if time.monotonic() > deadline:
+        sys.exit(f"hubdeploy-slurm-node: slurmdbd does not answer: {out[-500:]}")
+    time.sleep(2)
+for argv in doc["commands"]:
+    code, out = run(argv)
+    if code != 0 and not any(word in out for word in doc["unchanged"]):
+        sys.exit(f"hubdeploy-slurm-node: {' '.join(argv)} failed ({code}): {out[-500:]}")
+    print(f"hubdeploy-slurm-node: {' '.join(argv[2:5])}: {out.splitlines()[0].strip() if out else 'done'}")
+PY
+}
+
 case "$role" in
   slurmctld)
     install -d -o slurm -g slurm -m 0755 /var/spool/slurmctld /var/log/slurm
+    if [ -f "$conf/accounting.json" ]; then
+      accounting
+    fi
     exec /usr/sbin/slurmctld -D -v
     ;;
   slurmd)

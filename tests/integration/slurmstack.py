@@ -45,6 +45,14 @@ class SlurmStack:
         res = self.container("slurmctld").exec_run(list(argv), user=user, workdir="/tmp")
         return res.exit_code, res.output.decode(errors="replace")
 
+    def associate(self, name: str, accounts: list[str] | None = None) -> None:
+        """Give account ``name`` (one the test runs sbatch as, e.g. jovyan) its Slurm
+        association, as the hub does for its users: the cluster enforces them."""
+        from hubdeploy.contract.slurmcmd import DEFAULT_ACCOUNT, UNCHANGED, add_user_argv
+
+        code, out = self.ctl(*add_user_argv(name, accounts or [DEFAULT_ACCOUNT]))
+        assert code == 0 or any(word in out for word in UNCHANGED), out
+
     def jobs(self) -> dict[str, str]:
         """job id -> the ``squeue_format`` fields of every pending or running job."""
         code, out = self.ctl("squeue", "-h", "-o", f"%i {self.squeue_format}")

@@ -272,3 +272,38 @@ def run_5x4(server_url: str, token: str) -> str:
         return out.strip()
     finally:
         client.delete_kernel(kid)
+
+
+def run_py(url: str, token: str, code: str) -> dict:
+    """Run ``code`` in a python3 kernel of the server; it must print one JSON line."""
+    from hubdeploy.smoke.kernel import ServerClient
+
+    # A generous bound per request: other stacks may share this engine's two cores.
+    client = ServerClient(url, token, request_timeout=120)
+    kid = client.start_kernel("python3")
+    try:
+        out, error = client.execute(kid, code, timeout=120)
+        assert error is None, error
+        return json.loads(out.strip().splitlines()[-1])
+    finally:
+        client.delete_kernel(kid)
+
+
+# Kernel code: each sbatch of SBATCHES (a JSON list of argument lists, after "sbatch
+# --parsable -o /dev/null"), run in the user's compute-node kernel as the user, and its
+# exit status and output.
+SBATCH_EACH = """\
+import json, subprocess
+out = []
+for args in json.loads({argvs!r}):
+    p = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", *args], capture_output=True, text=True,
+                       timeout=120)
+    out.append([p.returncode, (p.stdout + p.stderr).strip()])
+print(json.dumps(out))
+"""
+
+
+def sbatch_each(url: str, token: str, argvs: list[list[str]]) -> list[tuple[int, str]]:
+    """sbatch each argument list from the server's kernel: [(exit status, output)]."""
+    got = run_py(url, token, SBATCH_EACH.format(argvs=json.dumps(argvs)))
+    return [(code, text) for code, text in got]

@@ -256,7 +256,7 @@ def _allowed_exec(info: dict, where: str) -> None:
     argv = [proc["entrypoint"], *proc.get("arguments", [])]
     user = proc.get("user") or ""
     if user in ("", "root", "0", "0:0"):
-        assert slurmcmd.is_root_read(argv), argv
+        assert slurmcmd.is_root_command(argv), argv
     else:
         # A user's account, or the notebook account (whose jobs a shared-account site runs).
         uid = NOTEBOOK_UID if user == "jovyan" else int(user.split(":")[0])

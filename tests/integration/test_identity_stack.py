@@ -12,6 +12,11 @@ The same stack proves least privilege (issue #10, compose/README.md): a login-no
 kernel holds no capability, cannot gain one, reaches no Slurm daemon and cannot fork past
 its pids limit while the hub and dave's server keep answering; every service's main
 process holds only its documented capabilities; a compute job over its --mem is killed.
+
+And that an sbatch from a notebook gets no more than the spawn form (issue #19): over the
+compute profile's time, cores or memory, more than one node, a chosen node, all of a
+node's memory, the node exclusively, or past the user's job limit, Slurm refuses it with
+its own message; within them it runs.
 """
 
 from __future__ import annotations
@@ -25,10 +30,9 @@ import docker
 import docker.errors
 import pytest
 from slurmstack import SlurmStack, running
-from stackfixture import REACH_DEF, run_5x4, user_session
+from stackfixture import REACH_DEF, run_5x4, run_py, sbatch_each, user_session
 
 from hubdeploy.contract.layout import NODE_JOBS_DIR, NODE_SERVER_PORTS
-from hubdeploy.smoke.kernel import ServerClient
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +50,8 @@ services:
 build:
   ca_bundle: /etc/ssl/certs/ca-certificates.crt
 slurm:
-  cluster: {{nodes: 1, cpus: 4, memory: 3G, max_time: "2:00:00"}}
+  # Three jobs per user: a notebook and two more (test_a_user_over_the_job_limit_is_refused).
+  cluster: {{nodes: 1, cpus: 4, memory: 3G, max_time: "2:00:00", user_limits: {{jobs: 3}}}}
 profiles:
   - {{name: login, image: base, default: true, memory: 1G, pids_limit: PIDS}}
   - {{name: compute, image: base, node: compute, cpu: 1, memory: 512M, slurm: {{time: "30"}}}}
@@ -60,19 +65,6 @@ def ident_stack(tmp_path_factory):
     stack = SlurmStack(tmp_path_factory.mktemp("identstack"), SITE, SITE_YAML, squeue_format="%T %u %N", port=PORT)
     with running(stack, ["c1"]) as s:
         yield s
-
-
-def run_py(url: str, token: str, code: str) -> dict:
-    """Run ``code`` in a python3 kernel of the server; it must print one JSON line."""
-    # A generous bound per request: other stacks may share this engine's two cores.
-    client = ServerClient(url, token, request_timeout=120)
-    kid = client.start_kernel("python3")
-    try:
-        out, error = client.execute(kid, code, timeout=120)
-        assert error is None, error
-        return json.loads(out.strip().splitlines()[-1])
-    finally:
-        client.delete_kernel(kid)
 
 
 def _servers(stack) -> dict:
@@ -367,7 +359,7 @@ def test_a_login_kernel_reaches_the_hub_but_no_slurm_daemon(ident_stack):
 # Capability numbers (linux/capability.h) of those hubdeploy adds back.
 CAP_BITS = {"CHOWN": 0, "DAC_OVERRIDE": 1, "FOWNER": 3, "KILL": 5, "SETGID": 6, "SETUID": 7, "NET_BIND_SERVICE": 10,
             "SYS_PTRACE": 19}
-SERVICE_KINDS = {"proxy": "proxy", "hub": "hub", "slurmctld": "slurmctld", "slurm-c1": "slurmd"}
+SERVICE_KINDS = {"proxy": "proxy", "hub": "hub", "slurmctld": "slurmctld", "slurmdbd": "slurmdbd", "slurm-c1": "slurmd"}
 
 
 def _status(container, pid: str = "1") -> dict[str, str]:
@@ -485,6 +477,64 @@ def test_a_compute_job_over_its_memory_is_killed(ident_stack):
     state, output = _memory_job(ident_stack, carol, 640)
     assert state != "COMPLETED" and "exceeded memory limit" in output, (state, output)
     # Carol's notebook job, on the same node, is untouched.
+    assert run_5x4(carol["cpu"], carol["token"]) == "20"
+
+
+# -- an sbatch from a notebook gets no more than the form ------------------------------------
+
+# The compute profile: 1 core, 512M, 30 minutes; a node has 4 cores and 3G.
+OVER_THE_FORM = {
+    "time": (["-t", "31", "--wrap", "true"], "Requested time limit is invalid"),
+    "nodes": (["-N", "2", "-t", "5", "--wrap", "true"], "Node count specification invalid"),
+    "nodelist": (["-w", "c1", "-t", "5", "--wrap", "true"], "choosing nodes (-w/--nodelist c1) is not allowed"),
+    "mem0": (["--mem=0", "-t", "5", "--wrap", "true"], "--mem=0 (all of a node's memory) is not allowed"),
+    "exclusive": (["--exclusive", "-t", "5", "--wrap", "true"], "--exclusive (a whole node) is not allowed"),
+    "cores": (["-c", "2", "-t", "5", "--wrap", "true"], "QOSMaxCpuPerJobLimit"),
+    "memory": (["--mem=600M", "-t", "5", "--wrap", "true"], "QOSMaxMemoryPerJob"),
+    "account": (["-A", "nosuch", "-t", "5", "--wrap", "true"], "Invalid account"),
+}
+
+
+def test_an_sbatch_from_a_notebook_gets_no_more_than_the_form(ident_stack):
+    s = _servers(ident_stack)
+    carol = s["carol"]
+    before = set(ident_stack.jobs())
+    got = dict(zip(OVER_THE_FORM, sbatch_each(carol["cpu"], carol["token"], [a for a, _ in OVER_THE_FORM.values()])))
+    for key, (code, text) in got.items():
+        # Refused at once with Slurm's own words (sbatch: error: Batch job submission failed: ...).
+        assert code != 0 and OVER_THE_FORM[key][1] in text and "submission failed" in text, (key, code, text)
+    assert set(ident_stack.jobs()) == before
+    # Within the form, a plain sbatch (no --mem: the default per core fits) runs.
+    ((code, job),) = sbatch_each(carol["cpu"], carol["token"], [["-t", "5", "--wrap", "true"]])
+    assert code == 0, job
+
+    def ended():
+        rc, out = ident_stack.ctl("scontrol", "show", "job", job)
+        state = next((w.split("=", 1)[1] for w in out.split() if w.startswith("JobState=")), "")
+        return state if rc == 0 and state in _ENDED else None
+
+    assert ident_stack.wait(f"job {job} ended", ended, 120, every=1) == "COMPLETED"
+
+
+def test_a_user_over_the_job_limit_is_refused(ident_stack):
+    """user_limits.jobs 3: carol's notebook and two held jobs; the fourth is refused. dave's
+    are his own count."""
+    s = _servers(ident_stack)
+    carol, dave = s["carol"], s["dave"]
+    held = ["--hold", "-t", "5", "--mem=32M", "--wrap", "true"]
+    jobs = []
+    try:
+        got = sbatch_each(carol["cpu"], carol["token"], [held, held, held])
+        jobs = [text for code, text in got if code == 0]
+        assert [code == 0 for code, _ in got] == [True, True, False], got
+        assert "QOSMaxSubmitJobPerUserLimit" in got[2][1] and "submission failed" in got[2][1], got
+        ((code, theirs),) = sbatch_each(dave["cpu"], dave["token"], [held])
+        assert code == 0, theirs
+        jobs.append(theirs)
+    finally:
+        for job in jobs:
+            ident_stack.ctl("scancel", job)
+    # The hub's own notebooks count too, and still run.
     assert run_5x4(carol["cpu"], carol["token"]) == "20"
 
 

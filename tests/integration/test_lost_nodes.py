@@ -11,6 +11,7 @@ the other node; `down` names the server it stopped. The tests run in order.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -21,7 +22,8 @@ from hubdeploy.smoke.hubclient import escape_path
 
 pytestmark = pytest.mark.integration
 
-SITE = "hdtlost"
+# Another value (HUBDEPLOY_TEST_LOST_SITE) lets two runs share one engine.
+SITE = os.environ.get("HUBDEPLOY_TEST_LOST_SITE", "hdtlost")
 USER = "lost@"
 NODES = ["c1", "c2"]
 # The kill -> stopped bound: Slurm's ping (SlurmdTimeout=60 s / 3), the backend's grace

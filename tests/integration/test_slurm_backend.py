@@ -13,15 +13,16 @@ import time
 
 import pytest
 from stackfixture import SITE_NAME
-from slurmcluster import ACCOUNT, CONTROLLER, SlurmCluster
+from slurmcluster import ACCOUNT, CONTROLLER, PREFIX, SlurmCluster
 
 from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown
 from hubdeploy.backends.slurm import SlurmBackend
 
 pytestmark = pytest.mark.integration
 
-LOGIN = "hubdeploy-test-c2"
-C1 = "hubdeploy-test-c1"
+# The cluster's names follow HUBDEPLOY_TEST_SLURM_NAMES (slurmcluster.PREFIX).
+LOGIN = f"{PREFIX}-c2"
+C1 = f"{PREFIX}-c1"
 SERVE = ["sh", "-c", 'exec python3 -m http.server --bind 0.0.0.0 "$HUBDEPLOY_PORT"']
 CONFIG = {
     "submit_prefix": ["docker", "exec", "-i", "-u", "jovyan", LOGIN],

@@ -4,6 +4,9 @@ in the stack (slurmctld + 2 slurmd containers), brought up and taken down by the
 A user spawns a compute profile through the hub API, runs ``5*4`` through the proxy on
 the node, and the server survives a hub restart and an absent controller; a stop cancels
 the job, and a job cancelled behind the hub's back is reported stopped with its route gone.
+One user cannot hold both nodes (slurm.cluster.user_limits.nodes defaults to one fewer
+than the cluster has): a second job from the notebook waits while the other node takes
+another user's server.
 The tests share one server and run in order (each also works alone: ``_need_server``).
 """
 
@@ -16,7 +19,7 @@ import time
 import docker
 import pytest
 from slurmstack import SlurmStack, running
-from stackfixture import run_5x4, user_session
+from stackfixture import run_5x4, sbatch_each, user_session
 
 from hubdeploy.smoke.hubclient import HubClient, escape_path
 
@@ -191,9 +194,13 @@ def test_untracked_servers_are_listed_and_removed_only_on_request(slurm_stack):
     tracked = state["job"]
     # status exits 1 until every service is healthy (the controller may be restarting).
     slurm_stack.wait("stack healthy", lambda: slurm_stack.cli("status").returncode == 0, 120, every=3)
+    # The ghost is the same user's (an account the hub runs as, with its association):
+    # the hub cancels a job as its owner, and never as a reserved id such as jovyan's.
+    code, owner = slurm_stack.ctl("squeue", "-h", "-j", tracked, "-o", "%U:%G")
+    assert code == 0, owner
     res = slurm_stack.container("slurmctld").exec_run(
-        ["sbatch", "--parsable", f"--job-name={PROJECT}-nb-ghost", "--time=10", "--wrap", "sleep 600"],
-        user="jovyan", workdir="/tmp",
+        ["sbatch", "--parsable", f"--job-name={PROJECT}-nb-ghost", "--time=10", "--mem=100M", "--wrap", "sleep 600"],
+        user=owner.strip(), workdir="/tmp",
     )
     assert res.exit_code == 0, res.output
     ghost_job = res.output.decode().strip().split(";")[0]
@@ -232,6 +239,32 @@ def test_untracked_servers_are_listed_and_removed_only_on_request(slurm_stack):
             ghost.remove(force=True)
         except docker.errors.NotFound:
             pass
+
+
+def test_one_user_cannot_hold_every_node(slurm_stack):
+    """has@'s notebook holds c1's one core; a second job from it could run on c2, but the
+    user's node limit (1 of 2) keeps it waiting, and c2 takes another user's server."""
+    url, token = _need_server(slurm_stack)
+    ((code, job),) = sbatch_each(url, token, [["-c", "1", "--mem=100M", "-t", "5", "--wrap", "sleep 300"]])
+    assert code == 0, job
+    other = "second"
+    try:
+        # Pending with reason None until the scheduler's next pass looks at it.
+        slurm_stack.wait("the job waits for the user's node limit", lambda: slurm_stack.ctl(
+            "squeue", "-h", "-j", job, "-o", "%T %r")[1].split() == ["PENDING", "QOSMaxNodePerUserLimit"], 60)
+        hub, other_token = user_session(slurm_stack, other)
+        hub.api("POST", f"users/{other}/server", json={"profile": "compute", "partition": "debug", "time": "30"},
+                ok=(201, 202))
+        slurm_stack.wait_ready(hub, other, "", 240)
+        assert run_5x4(hub.server_url(other), other_token) == "20"
+        assert slurm_stack.jobs()[job].startswith("PENDING")
+        nodes = {desc.split()[-1] for desc in slurm_stack.jobs().values() if desc.startswith("RUNNING")}
+        assert nodes == {"c1", "c2"}, slurm_stack.jobs()
+        hub.stop_server(other, "", time.monotonic() + 90, remove=False)
+    finally:
+        slurm_stack.ctl("scancel", job)
+    # has@'s notebook is untouched.
+    assert run_5x4(url, token) == "20"
 
 
 def test_stop_cancels_the_job(slurm_stack):

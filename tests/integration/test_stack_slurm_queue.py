@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import tarfile
 import time
@@ -27,7 +28,8 @@ from hubdeploy.smoke.hubclient import HubAPIError, escape_path
 
 pytestmark = pytest.mark.integration
 
-SITE = "hdtqueue"
+# Another value (HUBDEPLOY_TEST_QUEUE_SITE) lets two runs share one engine.
+SITE = os.environ.get("HUBDEPLOY_TEST_QUEUE_SITE", "hdtqueue")
 SITE_YAML = """\
 name: {name}
 public: {{host: 127.0.0.1, port: {port}}}
@@ -77,6 +79,8 @@ class QueueStack(SlurmStack):
 def queue_stack(tmp_path_factory):
     stack = QueueStack(tmp_path_factory.mktemp("queuestack"), SITE, SITE_YAML, squeue_format="%T %j %a")
     with running(stack, ["c1"]) as s:
+        # The tests' own jobs run as jovyan, who needs an association like any user.
+        s.associate("jovyan", ["physics", "retired"])
         yield s
 
 

@@ -29,6 +29,7 @@ REFS = {
     "proxy": "hubdeploy/lint-proxy:000000000004",
     "db": "hubdeploy/lint-db:000000000005",
     "slurm": "hubdeploy/lint-slurm:000000000006",
+    "slurmdbd": "hubdeploy/lint-slurmdbd:000000000009",
 }
 SITES = {
     "example": ROOT / "config" / "example" / "site.yaml",

@@ -69,7 +69,7 @@ profiles:
 
 
 def _refs(site) -> dict[str, str]:
-    names = [*site.images.names(), "debian", "hub", "proxy", "db", "slurm"]
+    names = [*site.images.names(), "debian", "hub", "proxy", "db", "slurm", "slurmdbd"]
     return {n: f"hubdeploy/{site.name}-{n}:000000000000" for n in names}
 
 

@@ -166,7 +166,8 @@ def test_dexec_in_the_controller_as_the_user_and_roots_listings():
     assert d == Allow("container-exec", f"/v1.41/containers/{CTLD}/exec", body=d.body) and d.body
     assert ask("POST", "/exec/e-ctld/start", {"Detach": False, "Tty": False}).hijack
     assert ask("GET", "/exec/e-ctld/json").rule == "exec-json"
-    for argv in (slurmcmd.list_jobs_argv(), slurmcmd.node_states_argv(), slurmcmd.job_query_argv("123")):
+    for argv in (slurmcmd.list_jobs_argv(), slurmcmd.node_states_argv(), slurmcmd.job_query_argv("123"),
+                 slurmcmd.add_user_argv("ann", ["physics", "astro"])):
         assert isinstance(ask("POST", f"/containers/{CTLD}/exec", {"Cmd": argv, "User": "0:0"}), Allow), argv
 
 
@@ -289,6 +290,9 @@ def test_a_probe_is_never_connected_and_never_started():
     assert ask("GET", f"/containers/{PROBE}/archive", query="path=%2Fetc%2Fpasswd").rule == "container-archive-get"
 
 
+ADD_ANN = slurmcmd.add_user_argv("ann", ["physics"])
+
+
 @pytest.mark.parametrize("user,argv,env,rule", [
     ("0:0", ["cat", "/etc/munge/munge.key"], None, "exec-root"),
     ("root", ["sh", "-c", "id"], None, "exec-root"),
@@ -296,6 +300,18 @@ def test_a_probe_is_never_connected_and_never_started():
     ("0:0", slurmcmd.list_jobs_argv(), ["LD_PRELOAD=/tmp/x.so"], "exec-root"),
     ("0:0", ["squeue", "-h", "-a", "-o", "%i"], None, "exec-root"),
     ("0:0", ["scancel", "12"], None, "exec-root"),
+    # A user's association is root's one write, exactly; nothing like it, and never as a user.
+    ("0:0", [*ADD_ANN, "adminlevel=admin"], None, "exec-root"),
+    ("0:0", ["sacctmgr", "-i", "add", "user", "name=ann", "account=physics", "defaultaccount=physics",
+             "adminlevel=admin"], None, "exec-root"),
+    ("0:0", ["sacctmgr", "-i", "add", "user", "name=ann,root", "account=physics", "defaultaccount=physics"],
+     None, "exec-root"),
+    ("0:0", ["sacctmgr", "-i", "modify", "user", "name=ann", "set", "adminlevel=admin"], None, "exec-root"),
+    ("0:0", ["sacctmgr", "-i", "delete", "user", "name=ann"], None, "exec-root"),
+    ("0:0", ["sacctmgr", "-i", "modify", "qos", "normal", "set", "MaxWall=-1"], None, "exec-root"),
+    ("0:0", ADD_ANN, ["SLURM_CONF=/tmp/x"], "exec-root"),
+    ("20001:20001", ADD_ANN, None, "exec-command"),
+    ("jovyan", ADD_ANN, None, "exec-command"),
     ("20001:20001", ["cat", "/etc/munge/munge.key"], None, "exec-command"),
     ("20001:20001", ["/usr/bin/sbatch"], None, "exec-command"),
     ("64030:64030", ["squeue"], None, "user"),  # Debian's slurm user
@@ -447,6 +463,8 @@ class RecordedSlurm:
 
             async def run(self, argv, *, stdin=None, env=None, who=None, account=None):
                 self.calls.append(self._argv(argv, sorted(env or ()), who, account))
+                if argv[0] == "sacctmgr":
+                    return 0, " Adding User(s)\n  ann\n", ""
                 if argv[0] == "sbatch":
                     self.cancelled = False
                     return 0, "7\n", ""
@@ -475,8 +493,9 @@ def _as_exec(dexec_argv: list[str]) -> dict:
 
 
 def test_every_slurm_command_of_the_stacks_cluster_passes_the_proxy():
-    """Start, poll, stop, the orphan listing and an orphan's cancel, and the stop of a job
-    recorded without its owner: each command as dexec asks for it, decided by the policy."""
+    """Start (with the user's association), poll, stop, the orphan listing and an orphan's
+    cancel, and the stop of a job recorded without its owner: each command as dexec asks
+    for it, decided by the policy."""
     import asyncio
 
     b = RecordedSlurm()
@@ -497,7 +516,8 @@ def test_every_slurm_command_of_the_stacks_cluster_passes_the_proxy():
         assert isinstance(d, Allow), (argv, d)
         seen.add((body["User"], body["Cmd"][0]))
         if body["User"] == "0:0":
-            assert slurmcmd.is_root_read(body["Cmd"]) and body["Env"] == [], body
-    # The job's own commands, all as ann; root only lists.
+            assert slurmcmd.is_root_command(body["Cmd"]) and body["Env"] == [], body
+    # The job's own commands, all as ann; root only lists, and adds ann's association.
     assert seen == {("20001:20001", "sbatch"), ("20001:20001", "squeue"), ("20001:20001", "scancel"),
-                    ("0:0", "squeue"), ("0:0", "sinfo")}
+                    ("0:0", "squeue"), ("0:0", "sinfo"), ("0:0", "sacctmgr")}
+    assert _as_exec(b.calls[0])["Cmd"] == slurmcmd.add_user_argv("ann", ["hubdeploy"])

@@ -21,6 +21,7 @@ REFS = {
     "proxy": "hubdeploy/h-proxy:000000000004",
     "db": "hubdeploy/h-db:000000000005",
     "slurm": "hubdeploy/h-slurm:000000000006",
+    "slurmdbd": "hubdeploy/h-slurmdbd:000000000009",
 }
 
 
@@ -35,7 +36,8 @@ def example():
 
 def test_every_service_drops_all_capabilities_and_is_bounded(example):
     svcs = compose(example)["services"]
-    assert set(svcs) == {"proxy", "engine-proxy", "hub", "idle-culler", "slurmctld", "slurm-c1", "slurm-c2"}
+    assert set(svcs) == {"proxy", "engine-proxy", "hub", "idle-culler", "slurmdbd", "slurmctld", "slurm-c1",
+                         "slurm-c2"}
     for name, svc in svcs.items():
         assert svc["cap_drop"] == ["ALL"], name
         assert svc["security_opt"] == ["no-new-privileges:true"], name

@@ -246,7 +246,7 @@ profiles:
   - {name: login, image: base, default: true}
   - {name: compute, image: base, node: compute, slurm: {time: "60", limits: {max_time: "2:00:00"}}}
 """
-REFS = {n: f"hubdeploy/idt-{n}:0" for n in ("base", "hub", "proxy", "slurm", "debian")}
+REFS = {n: f"hubdeploy/idt-{n}:0" for n in ("base", "hub", "proxy", "slurm", "slurmdbd", "debian")}
 
 
 def test_render_auto_identity_for_login_and_the_stacks_cluster():
@@ -265,7 +265,8 @@ def test_render_auto_identity_for_login_and_the_stacks_cluster():
     assert "nss:/var/lib/extrausers:ro" in svcs["slurmctld"]["volumes"]
     assert {"nss:/var/lib/extrausers:ro", "homes:/home"} <= set(svcs["slurm-c1"]["volumes"])
     conf = render.render(site, Path("."), REFS)["slurm/slurm.conf"].decode()
-    assert "PrivateData=jobs" in conf and "MaxTime=240 " in conf
+    # Every partition's limit is the longest the form offers (2:00:00), not max_time.
+    assert "PrivateData=jobs" in conf and "MaxTime=120 " in conf
 
 
 def test_shared_identity_renders_the_one_account_layout():

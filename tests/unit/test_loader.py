@@ -354,7 +354,7 @@ FULL: dict[str, Any] = {
 # The stack's own cluster runs with orchestrator compose only (no swarm settings then).
 FULL_CLUSTER: dict[str, Any] = {
     **{k: v for k, v in FULL.items() if k not in ("orchestrator", "swarm")},
-    "slurm": {"cluster": {"nodes": 2, "partitions": ["compute", "debug"]}},
+    "slurm": {"cluster": {"nodes": 2, "partitions": ["compute", "debug"], "user_limits": {"jobs": 4}}},
     "profiles": [{k: v for k, v in p.items() if k not in ("placement", "reserve")} for p in FULL["profiles"]],
 }
 # slurm.cluster and slurm.submit exclude each other: the submit level has its own document.
@@ -399,6 +399,7 @@ LEVELS: list[tuple[Any, ...]] = [
     ("profiles", 1, "slurm", "limits"),
     ("slurm",),
     ("slurm", "cluster"),
+    ("slurm", "cluster", "user_limits"),
     ("slurm", "submit"),
     ("slurm", "submit", "ssh"),
     ("identity",),

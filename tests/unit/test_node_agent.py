@@ -65,3 +65,24 @@ def test_a_job_id_is_digits_only():
             continue
         raise AssertionError(bad)
     assert agent.job_dir(CFG, "42") == f"{NODE_JOBS_DIR}/42"
+
+
+def test_every_node_reads_the_agent_config_where_the_contract_says():
+    from ruamel.yaml import YAML
+
+    from hubdeploy import render
+    from hubdeploy.contract.layout import NODE_AGENT_CONFIG, UNPRIVILEGED_PORT_START
+    from hubdeploy.loader import load_site_text
+
+    site = load_site_text("name: a\nslurm: {cluster: {nodes: 2}}\nprofiles:\n"
+                          "  - {name: c, image: base, node: compute, default: true}\n", "site.yaml")
+    refs = {n: f"hubdeploy/a-{n}:1" for n in ("base", "hub", "proxy", "slurm", "slurmdbd", "debian")}
+    files = render.render(site, Path("."), refs)
+    assert json.loads(files["slurm/agent.json"]) == CFG
+    services = YAML(typ="safe").load(files["compose.yaml"])["services"]
+    for node in ("slurm-c1", "slurm-c2"):
+        svc = services[node]
+        assert f"./slurm/agent.json:{NODE_AGENT_CONFIG}:ro" in svc["volumes"], svc["volumes"]
+        assert svc["sysctls"] == {"net.ipv4.ip_unprivileged_port_start": UNPRIVILEGED_PORT_START}
+        assert svc["init"] is True and "NET_BIND_SERVICE" in svc["cap_add"]
+    assert "NET_BIND_SERVICE" not in services["slurmctld"]["cap_add"]

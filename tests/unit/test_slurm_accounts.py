@@ -11,7 +11,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from hubdeploy import render
-from hubdeploy.render.files import sha
+from hubdeploy.render import slurm
 from hubdeploy.render.slurm import lua_string
 from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site_text
@@ -30,7 +30,7 @@ profiles:
     node: compute
 """
 REFS = {"base": "hubdeploy/acct-base:1", "hub": "hubdeploy/acct-hub:2", "proxy": "hubdeploy/acct-proxy:3",
-        "slurm": "hubdeploy/acct-slurm:4"}
+        "slurm": "hubdeploy/acct-slurm:4", "slurmdbd": "hubdeploy/acct-slurmdbd:5"}
 
 
 def site(text=SITE):
@@ -89,7 +89,8 @@ def test_accounts_render_a_job_submit_script_for_the_controller():
     lua = files["slurm/job_submit.lua"].decode()
     assert 'local admitted = {["physics"] = true, ["astro"] = true}' in lua
     assert 'local default_account = "physics"' in lua
-    assert lua.count("return slurm.ESLURM_INVALID_ACCOUNT") == 1  # in refuse(), used by submit and modify
+    assert lua.count("refuse(slurm.ESLURM_INVALID_ACCOUNT") == 1  # in not_admitted(), for submit and modify
+    assert lua.count("not_admitted(job_desc.account)") == 2
     assert "function slurm_job_submit(" in lua and "function slurm_job_modify(" in lua
     svcs = YAML(typ="safe").load(files["compose.yaml"])["services"]
     mount = "./slurm/job_submit.lua:/etc/hubdeploy-slurm/job_submit.lua:ro"
@@ -97,16 +98,21 @@ def test_accounts_render_a_job_submit_script_for_the_controller():
     assert mount not in svcs["slurm-c1"]["volumes"]  # job_submit plugins run in slurmctld only
 
 
-def test_without_accounts_nothing_changes():
+def test_without_accounts_there_is_one_and_no_account_check():
     plain = site(SITE.replace(", accounts: [physics, astro]", ""))
     files = render.render(plain, Path("."), REFS)
-    assert "slurm/job_submit.lua" not in files
-    assert "JobSubmitPlugins" not in files["slurm/slurm.conf"].decode()
-    svcs = YAML(typ="safe").load(files["compose.yaml"])["services"]
-    assert not any("job_submit" in v for v in svcs["slurmctld"]["volumes"])
-    # The services' config hash covers the cluster's files, and no job_submit.lua among them.
-    assert svcs["slurmctld"]["labels"]["hubdeploy.config-hash"] == sha(files["slurm/agent.json"],
-                                                                          files["slurm/slurm.conf"])
+    # The script is there for the limits; it checks no account (the association does).
+    lua = files["slurm/job_submit.lua"].decode()
+    assert "admitted" not in lua and "ESLURM_INVALID_ACCOUNT" not in lua
+    assert ["sacctmgr", "-i", "add", "account", "hubdeploy", "cluster=acct"] in slurm.accounting_commands(plain)
+    hub = render.hub_data(plain, REFS)["spawner"]["backends"]["slurm"]
+    assert hub["association_accounts"] == ["hubdeploy"]
+
+
+def test_accounts_are_every_users_associations():
+    assert ["sacctmgr", "-i", "add", "account", "physics,astro", "cluster=acct"] in slurm.accounting_commands(site())
+    hub = render.hub_data(site(), REFS)["spawner"]["backends"]["slurm"]
+    assert hub["association_accounts"] == ["physics", "astro"]
 
 
 def test_a_changed_account_list_recreates_the_cluster():

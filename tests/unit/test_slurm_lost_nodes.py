@@ -83,7 +83,8 @@ def test_judge_decision_table(job, trouble, since, now, expected, since_after):
 def test_poll_reports_a_node_that_stops_answering_after_the_grace(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr("hubdeploy.backends.slurm.time.time", lambda: clock[0])
-    b = FakeBackend([line("RUNNING")] * 3, sinfo=(0, "c1|allocated*\nc2|idle\n", ""), node_lost_grace=20)
+    b = FakeBackend([line("RUNNING")] * 3 + [(0, "", "")], sinfo=(0, "c1|allocated*\nc2|idle\n", ""),
+                    node_lost_grace=20)
     state = {"job_id": "7"}
     assert run(b.poll(state)) == Running()
     assert state["node_lost_since"] == 1000.0
@@ -93,6 +94,15 @@ def test_poll_reports_a_node_that_stops_answering_after_the_grace(monkeypatch):
     result = run(b.poll(state))
     assert isinstance(result, Stopped) and result.status == 1
     assert result.reason.startswith("node c1 is not responding (for 25 s; Slurm still lists job 7 as RUNNING)")
+    # Given up, the job is cancelled: its resources and its user's share go back at once.
+    assert [c[0] for c in b.calls][-1] == ["scancel", "7"]
+
+
+def test_a_failed_cancel_of_a_lost_job_still_reports_it_stopped():
+    b = FakeBackend([line("RUNNING"), (1, "", "scancel: error: Unable to contact slurm controller\n")],
+                    sinfo=(0, "c1|down\n", ""))
+    result = run(b.poll({"job_id": "7"}))
+    assert isinstance(result, Stopped) and result.reason.startswith("node c1 is down")
 
 
 def test_poll_forgets_a_node_that_answers_again():

@@ -31,7 +31,7 @@ profiles:
       limits: {max_cpu: 2, max_memory: 1G, max_time: "4:00:00"}
 """
 REFS = {"base": "hubdeploy/slurmy-base:1", "hub": "hubdeploy/slurmy-hub:2", "proxy": "hubdeploy/slurmy-proxy:3",
-        "slurm": "hubdeploy/slurmy-slurm:4"}
+        "slurm": "hubdeploy/slurmy-slurm:4", "slurmdbd": "hubdeploy/slurmy-slurmdbd:5"}
 
 
 def site(text=SITE):
