@@ -67,8 +67,8 @@ def controller(engine, image: str, project: str):
 
 def create_and_remove(client, image: str, project: str) -> None:
     api = client.api
-    host = api.create_host_config(network_mode="none", cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
-                                  pids_limit=64, init=True, mem_limit=2**28)
+    host = api.create_host_config(network_mode=f"{project}-users", cap_drop=["ALL"],
+                                  security_opt=["no-new-privileges:true"], pids_limit=64, init=True, mem_limit=2**28)
     made = api.create_container(image, ["sleep", "1"], name=f"{project}-nb-bench-{secrets.token_hex(3)}",
                                 labels={"hubdeploy.site": SITE, "hubdeploy.user": "bench"}, user=USER,
                                 environment={"JUPYTERHUB_API_TOKEN": "x" * 32}, host_config=host)
@@ -95,7 +95,7 @@ def main() -> int:
     engine = docker.from_env(timeout=60)
     proxy_proc = start_proxy(args.port, args.image, args.proxy_src)
     project = f"hubdeploy-{SITE}"
-    ctl = nb = None
+    ctl = nb = net = None
     try:
         for _ in range(100):  # 10 s at most
             try:
@@ -103,6 +103,7 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.1)
+        net = engine.networks.create(f"{project}-users", labels={"com.docker.compose.project": project})
         ctl = controller(engine, args.image, project)
         nb = engine.containers.create(args.image, ["sleep", "3600"], name=f"{project}-nb-bench",
                                       labels={"hubdeploy.site": SITE, "hubdeploy.user": "bench"})
@@ -134,6 +135,8 @@ def main() -> int:
         for c in (ctl, nb):
             if c is not None:
                 c.remove(force=True)
+        if net is not None:
+            net.remove()
         proxy_proc.terminate()
         proxy_proc.wait(timeout=10)
     return 0

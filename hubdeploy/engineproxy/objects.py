@@ -106,3 +106,11 @@ def check_source(source: str, kind: str, policy: SitePolicy, lookup: Lookup) -> 
     # An absent one is made new and empty by the create; an existing one must be ours.
     if info is not None and not owned(info, policy):
         raise Refused("volume", f"volume {source!r} is not labelled as this site's")
+
+
+def check_name_and_label(what: str, name: str, labels: dict, policy: SitePolicy, name_rule: str = "name") -> None:
+    """A new object of this site: its name has the site's prefix, it carries the site label."""
+    if not name.startswith(policy.prefix):
+        raise Refused(name_rule, f"{what} name {name!r} does not start with {policy.prefix!r}")
+    if labels.get(LABEL_SITE) != policy.site:
+        raise Refused("labels", f"the {what} must carry the label {LABEL_SITE}={policy.site}")

@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlencode
 
-from hubdeploy.contract.layout import LABEL_SITE
 from hubdeploy.engineproxy import containers, swarmpolicy
-from hubdeploy.engineproxy.objects import Lookup, SitePolicy, with_site_filter
+from hubdeploy.engineproxy.objects import Lookup, SitePolicy, check_name_and_label, with_site_filter
 from hubdeploy.engineproxy.shapes import (
     Refused,
     Shape,
@@ -140,9 +139,6 @@ def _containers(method, rest, query, body, policy, lookup):
 
 def _volume_create(spec, policy: SitePolicy) -> dict:
     spec = VOLUME_CREATE(spec)
-    if not spec["Name"].startswith(policy.prefix):
-        raise Refused("volume", f"volume name {spec['Name']!r} does not start with {policy.prefix!r}")
-    if spec["Labels"].get(LABEL_SITE) != policy.site:
-        raise Refused("labels", f"the volume must carry the label {LABEL_SITE}={policy.site}")
+    check_name_and_label("volume", spec["Name"], spec["Labels"], policy, name_rule="volume")
     return spec
 

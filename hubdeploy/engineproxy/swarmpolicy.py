@@ -16,6 +16,7 @@ from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
 from hubdeploy.engineproxy import containers
 from hubdeploy.engineproxy.objects import (
     check_mount_list,
+    check_name_and_label,
     check_network,
     with_site_filter,
 )
@@ -126,10 +127,7 @@ def _tasks_query(query: str, policy, lookup) -> str:
 
 def _check_config(spec, policy, lookup) -> dict:
     spec = CONFIG_CREATE(spec)
-    if not spec["Name"].startswith(policy.prefix):
-        raise Refused("name", f"config name {spec['Name']!r} does not start with {policy.prefix!r}")
-    if spec["Labels"].get(LABEL_SITE) != policy.site:
-        raise Refused("labels", f"the config must carry the label {LABEL_SITE}={policy.site}")
+    check_name_and_label("config", spec["Name"], spec["Labels"], policy)
     return spec
 
 

@@ -171,16 +171,7 @@ def local_hub(tmp_dir: Path, *, profiles: list[str] = PROFILES, start_timeout: f
                             start_new_session=True)
     hub = LocalHub(f"http://127.0.0.1:{port}/", hub_port, smoke_token, admin_token, tmp_dir, proc)
     try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the hub exited with {proc.returncode}:\n{hub.log_tail()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{hub.url}hub/api", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the hub did not answer in {start_timeout} s:\n{hub.log_tail()}")
-            time.sleep(0.25)
+        _wait_for_hub(hub, proc, start_timeout)
         yield hub
     finally:
         # The hub stops its servers and its proxy on SIGTERM; the rest is the fallback.
@@ -267,16 +258,7 @@ def config_hub(tmp_dir: Path, site_text: str, *, start_timeout: float = 60):
                             cwd=tmp_dir, env=env, stdout=hub_log, stderr=subprocess.STDOUT, start_new_session=True)
     hub = ConfigHub(f"http://127.0.0.1:{port}/", tmp_dir, data)
     try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the hub exited with {proc.returncode}:\n{hub.log_tail()}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{hub.url}hub/api", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the hub did not answer in {start_timeout} s:\n{hub.log_tail()}")
-            time.sleep(0.25)
+        _wait_for_hub(hub, proc, start_timeout)
         yield hub
     finally:
         for p in (proc, proxy):
@@ -288,3 +270,17 @@ def config_hub(tmp_dir: Path, site_text: str, *, start_timeout: float = 60):
                 p.wait(timeout=10)
         chp_log.close()
         hub_log.close()
+
+
+def _wait_for_hub(hub, proc: subprocess.Popen, start_timeout: float) -> None:
+    """Until the hub's API answers; RuntimeError with its log when it exits or takes too long."""
+    deadline = time.monotonic() + start_timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the hub exited with {proc.returncode}:\n{hub.log_tail()}")
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{hub.url}hub/api", timeout=2).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the hub did not answer in {start_timeout} s:\n{hub.log_tail()}")
+        time.sleep(0.25)

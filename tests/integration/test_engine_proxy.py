@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import io
 import json
 import os
 import secrets
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import docker
 import docker.errors
 import pytest
+from proxyfixture import controller, remove_all, running_proxy, send
 from test_docker_backend import BASE_IMAGE, _ensure_base_image
 
 from hubdeploy.engineproxy.policy import SitePolicy
@@ -56,72 +53,33 @@ def env(tmp_path_factory):
     tag = secrets.token_hex(4)
     port = _free_port()
     log_path = tmp_path_factory.mktemp("engineproxy") / "proxy.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "hubdeploy.engineproxy", "--site", SITE, "--image", BASE_IMAGE,
-                             "--listen", f"127.0.0.1:{port}", "--log-allowed"], stdout=log, stderr=log)
     made = []
-    try:
-        for _ in range(100):  # 10 s at most
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/_ping", timeout=1)
-                break
-            except OSError:
-                assert proc.poll() is None, log_path.read_text()
-                time.sleep(0.1)
-        network = engine.networks.create(f"{PREFIX}users-{tag}", labels=LABELS)
-        made.append(network)
-        # Another site's container, made directly on the engine.
-        foreign = engine.containers.run(BASE_IMAGE, ["sleep", "600"], name=f"hdte-foreign-{tag}", detach=True,
-                                        labels={"hubdeploy.site": "hdteother"})
-        made.append(foreign)
-        # One of this site's containers that holds the socket, as the engine proxy does.
-        holder = engine.containers.run(BASE_IMAGE, ["sleep", "600"], name=f"hdte-holder-{tag}", detach=True,
-                                       labels=LABELS, volumes={"/var/run/docker.sock": {"bind": "/s.sock"}})
-        made.append(holder)
-        controller = _controller(engine, f"{PREFIX}ctl-{tag}")
-        made.append(controller)
-        yield {
-            "engine": engine, "proxy": docker.DockerClient(base_url=f"tcp://127.0.0.1:{port}", timeout=60),
-            "port": port, "tag": tag, "network": network.name, "foreign": foreign, "holder": holder,
-            "log": log_path, "controller": controller,
-        }
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-        for c in engine.containers.list(all=True, filters={"label": "hubdeploy.site=" + SITE}):
-            c.remove(force=True)
-        for obj in reversed(made):
-            try:
-                obj.remove(force=True) if hasattr(obj, "status") else obj.remove()
-            except docker.errors.NotFound:
-                pass
+    with running_proxy(SITE, port, log_path, "--image", BASE_IMAGE, "--log-allowed"):
+        try:
+            network = engine.networks.create(f"{PREFIX}users-{tag}", labels=LABELS)
+            made.append(network)
+            # Another site's container, made directly on the engine.
+            foreign = engine.containers.run(BASE_IMAGE, ["sleep", "600"], name=f"hdte-foreign-{tag}", detach=True,
+                                            labels={"hubdeploy.site": "hdteother"})
+            made.append(foreign)
+            # One of this site's containers that holds the socket, as the engine proxy does.
+            holder = engine.containers.run(BASE_IMAGE, ["sleep", "600"], name=f"hdte-holder-{tag}", detach=True,
+                                           labels=LABELS, volumes={"/var/run/docker.sock": {"bind": "/s.sock"}})
+            made.append(holder)
+            made.append(controller(engine, BASE_IMAGE, f"{PREFIX}ctl-{tag}", SITE))
+            yield {
+                "engine": engine, "proxy": docker.DockerClient(base_url=f"tcp://127.0.0.1:{port}", timeout=60),
+                "port": port, "tag": tag, "network": network.name, "foreign": foreign, "holder": holder,
+                "log": log_path,
+            }
+        finally:
+            for c in engine.containers.list(all=True, filters={"label": "hubdeploy.site=" + SITE}):
+                c.remove(force=True)
+            remove_all(made)
 
 
-# The stand-in controller's Slurm commands: with HDTE_SCRIPT (a user's exec passes it) they
-# run it; without (root's listings may pass no environment) they print who ran them with what.
-FAKE_SLURM = b"""#!/bin/sh
-if [ -n "${HDTE_SCRIPT:-}" ]; then exec sh -c "$HDTE_SCRIPT"; fi
-echo "$(basename "$0") as $(id -u): $*"
-"""
 USER = "20001:20001"
 NOTEBOOK = {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"], "pids_limit": 64, "user": USER}
-
-
-def _controller(engine, name: str):
-    """A container compose would have labelled as this site's slurmctld, whose squeue and
-    sbatch are FAKE_SLURM (made on the engine directly, as compose makes the real one)."""
-    ctl = engine.containers.create(BASE_IMAGE, ["sleep", "600"], name=name, labels={
-        **LABELS, "com.docker.compose.project": f"hubdeploy-{SITE}", "com.docker.compose.service": "slurmctld"})
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for prog in ("squeue", "sbatch"):
-            info = tarfile.TarInfo(f"usr/local/bin/{prog}")
-            info.size, info.mode = len(FAKE_SLURM), 0o755
-            tar.addfile(info, io.BytesIO(FAKE_SLURM))
-    ctl.put_archive("/", buf.getvalue())
-    ctl.start()
-    return ctl
 
 
 def _refused(call, rule: str) -> str:
@@ -135,19 +93,6 @@ def _refused(call, rule: str) -> str:
 def _nothing_named(engine, name: str) -> None:
     with pytest.raises(docker.errors.NotFound):
         engine.containers.get(name)
-
-
-def _raw(port: int, data: bytes, wait: float = 10) -> bytes:
-    """Send ``data`` on one connection and read until the proxy closes it."""
-    with socket.create_connection(("127.0.0.1", port), timeout=wait) as sock:
-        sock.sendall(data)
-        out = b""
-        try:
-            while chunk := sock.recv(65536):
-                out += chunk
-        except TimeoutError:
-            pass
-        return out
 
 
 def _dexec(port: int, *argv: str, user: str = USER, env: dict | None = None, stdin: bytes = b"",
@@ -281,7 +226,7 @@ def test_a_request_smuggled_after_a_checked_one_never_reaches_the_engine(env):
     smuggled = (b"GET /_ping HTTP/1.1\nHost: x\n\nPOST /containers/create?name=" + name.encode()
                 + b" HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: "
                 + str(len(body)).encode() + b"\n\n" + body + b"\r\n\r\n")
-    answer = _raw(env["port"], smuggled)
+    answer = send(env["port"], smuggled)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert answer.count(b"HTTP/1.1") == 1
     _nothing_named(env["engine"], name)
@@ -293,7 +238,7 @@ def test_each_request_on_a_kept_alive_connection_is_checked_on_its_own(env):
     two = (b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n"
            + f"POST /containers/create?name={name} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
-    answer = _raw(env["port"], two)
+    answer = send(env["port"], two)
     assert answer.startswith(b"HTTP/1.1 200") and b"\r\n\r\nOK" in answer, answer[:300]
     second = answer[answer.index(b"HTTP/1.1", 10):]
     assert second.startswith(b"HTTP/1.1 403") and b"(field)" in second, second[:300]
