@@ -1,5 +1,10 @@
 """The engine proxy, tested differentially: whatever reaches the engine obeys the policy.
 
+Every endpoint the hub uses gets VARIANTS (200) generated requests: container create,
+exec create, an exec's start and inspect, the account files' upload, the other
+per-container operations, volume create, the container listing, and under swarm service
+and config create.
+
 Two parsers stand here, the proxy's and the engine's (Go's HTTP server and JSON decoder).
 So no assertion looks at the proxy's answer: every request of a corpus (each request the
 hub makes, and every bypass the red team found) and hypothesis's variants of it (field
@@ -19,6 +24,8 @@ import os
 import secrets
 import socket
 import tarfile
+import time
+from urllib.parse import quote
 
 import docker
 import docker.errors
@@ -514,34 +521,246 @@ def test_the_corpus_and_its_variants_never_get_past_the_policy_container_ops(wor
     check_engine(world, files="all")
 
 
+_LABEL = st.sampled_from(["hubdeploy.site=hdtother", "hubdeploy.site", f"hubdeploy.site={SITE}", "hubdeploy.user",
+                          "com.docker.compose.project=hubdeploy-hdtother", "x=y"])
+_FILTERS = st.one_of(
+    st.fixed_dictionaries({"label": st.lists(_LABEL, max_size=3)}),
+    st.fixed_dictionaries({"label": st.dictionaries(_LABEL, st.booleans(), max_size=3)}),
+    st.fixed_dictionaries({"name": st.lists(st.sampled_from(["hdtother", PREFIX, "hubdeploy"]), max_size=2)}),
+    st.fixed_dictionaries({"id": st.lists(st.text("0123456789abcdef", min_size=1, max_size=12), max_size=2)}),
+    st.just([]), st.just("x"),
+)
+
+
+@st.composite
+def list_queries(draw):
+    """A listing's query: its filters bent every way, the parameter given twice."""
+    parts = [f"filters={quote(json.dumps(f))}" for f in draw(st.lists(_FILTERS, max_size=2))]
+    parts += draw(st.lists(st.sampled_from(["all=1", "all=0", "size=1", "limit=5"]), max_size=2))
+    return "&".join(draw(st.permutations(parts)))
+
+
 def test_listing_shows_only_the_sites_containers(world):
     """GET /containers/json with the filters bent every way: the answer is the site's only."""
+    seen = []
+
     @SETTINGS
-    @given(st.sampled_from([
-        "", "all=1", "all=1&filters=%7B%7D", "all=1&filters=" + json.dumps({"label": ["hubdeploy.site=hdtother"]}),
-        "filters=" + json.dumps({"label": {"hubdeploy.site=hdtother": True}}), "filters=%5B%5D",
-        "filters=" + json.dumps({"name": ["hdtother"]}) + "&filters=" + json.dumps({"label": []}), "all=1&size=1",
-    ]), st.sampled_from(FRAMINGS[:4]))
+    @given(list_queries(), st.sampled_from(FRAMINGS))
     def run(query, framing):
         answer = send(world["port"], framed("GET", f"/v1.41/containers/json?{query}", b"", framing))
-        if answer.startswith(b"HTTP/1.1 200"):
-            body = answer.split(b"\r\n\r\n", 1)[1]
-            if b"Transfer-Encoding: chunked" in answer.split(b"\r\n\r\n", 1)[0]:
-                body = _dechunk(body)
-            listed = json.loads(body)
+        for listed in _json_answers(answer):
+            seen.append(len(listed))
             assert all((c.get("Labels") or {}).get("hubdeploy.site") == SITE for c in listed), listed
             assert world["foreign"].id not in {c["Id"] for c in listed}
 
     run()
+    assert sum(1 for n in seen if n) >= VARIANTS // 20, seen  # the site's own were listed
 
 
-def _dechunk(data: bytes) -> bytes:
+def _json_answers(raw: bytes):
+    """The JSON bodies of the 200 answers in ``raw``."""
+    while raw.startswith(b"HTTP/1.1 "):
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        if b"Transfer-Encoding: chunked" in head:
+            body, rest = _dechunk(rest)
+        else:
+            length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+            body, rest = rest[:length], rest[length:]
+        if head.startswith(b"HTTP/1.1 200") and b"application/json" in head:
+            yield json.loads(body)
+        raw = rest
+
+
+@st.composite
+def exec_start_requests(draw, w):
+    """Starting an exec: the hub's own (in the controller), or one made on the engine in a
+    container the hub must not reach; the body and the upgrade bent."""
+    if draw(st.integers(0, 3)) == 0:  # the hub's own request, as dexec sends it
+        return http("POST", f"/v1.41/exec/{w['execs']['controller']}/start", b'{"Detach": false, "Tty": false}'
+                    ).replace(b"Connection: close", b"Connection: Upgrade\r\nUpgrade: tcp")
+    target = draw(st.sampled_from(["controller"] * 3 + ["notebook_running", "node", "holder", "foreign"]))
+    exec_id = w["execs"][target]
+    body = draw(st.sampled_from([b'{"Detach": false, "Tty": false}', b'{"Detach": true}', b'{"Tty": true}',
+                                 b'{"detach": false}', b'{"Detach": false, "Detach": true}', b""]))
+    op = draw(st.sampled_from(["start", "start", "json", "resize?h=1&w=1"]))
+    method = "GET" if op == "json" else "POST"
+    raw = framed(method, f"/v1.41/exec/{exec_id}/{op}", body, draw(st.sampled_from(FRAMINGS)))
+    if op == "start" and draw(st.booleans()):
+        raw = raw.replace(b"Connection: close", b"Connection: Upgrade\r\nUpgrade: tcp")
+    return raw
+
+
+def test_the_corpus_and_its_variants_never_get_past_the_policy_exec_start(world):
+    """POST /exec/{id}/start and GET /exec/{id}/json: only the controller's execs run; one
+    made in any other container never starts, whatever the request looks like."""
+    engine = world["engine"]
+    running_nb = engine.containers.run(BASE_IMAGE, ["sleep", "600"], name=f"{PREFIX}nb-running", detach=True,
+                                       labels={**LABELS, "hubdeploy.user": "ann"}, user=USER)
+    try:
+        world["execs"] = {key: engine.api.exec_create(c.id, ["touch", "/tmp/hdt-ran"], user=USER)["Id"]
+                          for key, c in (("controller", world["controller"]), ("notebook_running", running_nb),
+                                         ("node", world["node"]), ("holder", world["holder"]),
+                                         ("foreign", world["foreign"]))}
+
+        @SETTINGS
+        @given(st.data())
+        def run(data):
+            send(world["port"], data.draw(exec_start_requests(world)), wait=5)
+            for key, exec_id in world["execs"].items():
+                if key != "controller":
+                    info = engine.api.exec_inspect(exec_id)
+                    assert not info["Running"] and info["ExitCode"] is None and not info["Pid"], (key, info)
+
+        run()
+        ran = engine.api.exec_inspect(world["execs"]["controller"])
+        assert ran["ExitCode"] == 0, ran  # the hub's own exec did start, through the proxy
+    finally:
+        running_nb.remove(force=True)
+
+
+def _dechunk(data: bytes) -> tuple[bytes, bytes]:
+    """A chunked body, and what follows it."""
     out = b""
     while data:
         size_line, _, rest = data.partition(b"\r\n")
         size = int(size_line, 16)
+        data = rest[size + 2:]
         if size == 0:
             break
         out += rest[:size]
-        data = rest[size + 2:]
-    return out
+    return out, data
+
+
+# -- swarm (orchestrator swarm): services and configs --------------------------------------
+
+SERVICE_BASE = {
+    "Name": f"{PREFIX}nb-ann", "Labels": {**LABELS, "hubdeploy.user": "ann"},
+    "TaskTemplate": {
+        "ContainerSpec": {"Image": BASE_IMAGE, "Command": ["sleep", "60"], "Args": None, "Env": [MARK],
+                          "Dir": "/tmp", "User": USER, "Groups": None, "StopGracePeriod": 10**9,
+                          "Labels": {**LABELS, "hubdeploy.user": "ann"}, "Mounts": None, "Configs": None,
+                          "Init": True, "CapabilityDrop": ["ALL"]},
+        "Resources": {"Limits": {"NanoCPUs": 10**8, "MemoryBytes": 2**27, "Pids": 64}},
+        "RestartPolicy": {"Condition": "none", "Delay": 0, "MaxAttempts": 0, "Window": 0},
+        "Placement": {},
+        "Networks": [{"Target": "NET", "Aliases": ["nb-ann-1"], "DriverOpts": None}],
+    },
+    "Mode": {"Replicated": {"Replicas": 1}}, "Networks": None, "EndpointSpec": {"Mode": "dnsrr"},
+}
+CS = ("TaskTemplate", "ContainerSpec")
+SERVICE_INJECTIONS = [
+    (CS, "Privileges", {"SELinuxContext": {"Disable": True}}), (CS, "CapabilityAdd", ["SYS_ADMIN"]),
+    (CS, "CapabilityDrop", []), (CS, "User", "0:0"), (CS, "Image", "ENGINE_IMAGE"),
+    (CS, "Mounts", [{"Type": "bind", "Source": "/", "Target": "/host"}]),
+    (CS, "Mounts", [{"Type": "bind", "Source": "/var/run/docker.sock", "Target": "/s"}]),
+    (CS, "Secrets", [{"SecretName": "x", "SecretID": "x", "File": {"Name": "x"}}]),
+    (CS, "Sysctls", {"net.ipv4.ip_forward": "1"}), (CS, "Labels", {"hubdeploy.site": "hdtother"}),
+    (CS, "Isolation", "hyperv"), (("TaskTemplate",), "PluginSpec", {"Name": "x"}),
+    (("TaskTemplate",), "Networks", [{"Target": "bridge"}]), ((), "Labels", {}),
+    ((), "EndpointSpec", {"Mode": "vip", "Ports": [{"TargetPort": 8888, "PublishedPort": 18888}]}),
+    ((), "Mode", {"Global": {}}), ((), "Name", "hubdeploy-hdtother-nb-ann"),
+]
+
+
+@pytest.fixture(scope="module")
+def swarm_world(world, swarm_manager):
+    engine = world["engine"]
+    net = engine.networks.create(f"{PREFIX}swarm-users", driver="overlay", attachable=True,
+                                 labels={"com.docker.compose.project": PROJECT})
+    try:
+        yield {**world, "net": net.name}
+    finally:
+        for svc in engine.services.list(filters={"name": PREFIX}):
+            svc.remove()
+        for _ in range(30):  # the network goes once its tasks' containers have
+            try:
+                net.remove()
+                break
+            except docker.errors.APIError:
+                time.sleep(1)
+
+
+@st.composite
+def service_requests(draw, w):
+    body = _resolve(SERVICE_BASE, w)
+    raw = mutate(body, [(p, k, _resolve(v, w)) for p, k, v in SERVICE_INJECTIONS], draw)
+    return framed("POST", "/v1.41/services/create", raw, draw(st.sampled_from(FRAMINGS)))
+
+
+def _allowed_service(spec: dict, w) -> None:
+    cs = spec["TaskTemplate"]["ContainerSpec"]
+    where = spec["Name"]
+    assert spec["Name"].startswith(PREFIX), where
+    for labels in (spec.get("Labels") or {}, cs.get("Labels") or {}):
+        assert labels.get("hubdeploy.site") == SITE and "hubdeploy.user" in labels, where
+    assert cs["Image"].split("@")[0] == BASE_IMAGE, (where, cs["Image"])
+    assert cs.get("User") and not reserved_id(int(cs["User"].split(":")[0])), where
+    assert cs.get("CapabilityDrop") == ["ALL"] and not cs.get("CapabilityAdd") and not cs.get("Privileges"), where
+    assert not cs.get("Secrets") and not cs.get("Sysctls") and not spec["TaskTemplate"].get("PluginSpec"), where
+    assert not cs.get("Mounts"), where
+    assert [n["Target"] for n in spec["TaskTemplate"]["Networks"]] == [w["net_id"]], where
+    assert not (spec.get("EndpointSpec") or {}).get("Ports") and spec["Mode"] == {"Replicated": {"Replicas": 1}}
+
+
+def test_the_corpus_and_its_variants_never_get_past_the_policy_service(swarm_world):
+    """POST /services/create (orchestrator swarm): a user's one-replica service of a site
+    image, never more. Each service the engine then holds is checked and removed."""
+    w = swarm_world
+    engine = w["engine"]
+    w["net_id"] = engine.networks.get(w["net"]).id
+    made = []
+
+    @SETTINGS
+    @given(st.data())
+    def run(data):
+        before = {s.id for s in engine.services.list()}
+        send(w["port"], data.draw(service_requests(w)))
+        for svc in engine.services.list():
+            if svc.id in before or MARK not in (svc.attrs["Spec"]["TaskTemplate"]["ContainerSpec"].get("Env") or ()):
+                continue
+            try:
+                _allowed_service(svc.attrs["Spec"], w)
+            finally:
+                svc.remove()
+            made.append(svc.id)
+
+    run()
+    assert len(made) >= VARIANTS // 20, made
+
+
+CONFIG_BASE = {"Name": f"{PREFIX}passwd-0123456789abcdef", "Labels": {**LABELS, "hubdeploy.user": "ann"},
+               "Data": "eDp4OjIwMDAxOjIwMDAxOjovaG9tZS94Oi9iaW4vc2gK"}
+CONFIG_INJECTIONS = [((), "Name", "hubdeploy-hdtother-passwd-1"), ((), "Labels", {}), ((), "Templating", {
+    "Name": "golang"}), ((), "Data", "not base64!"), ((), "Labels", {"hubdeploy.site": "hdtother"})]
+
+
+@st.composite
+def config_requests(draw, w):
+    return framed("POST", "/v1.41/configs/create", mutate(CONFIG_BASE, CONFIG_INJECTIONS, draw),
+                  draw(st.sampled_from(FRAMINGS)))
+
+
+def test_the_corpus_and_its_variants_never_get_past_the_policy_config(swarm_world):
+    """POST /configs/create (a user's passwd and group as swarm configs): the site's, named
+    as its own, and no templating (a template reads other configs and secrets)."""
+    engine = swarm_world["engine"]
+    made = []
+
+    @SETTINGS
+    @given(st.data())
+    def run(data):
+        before = {c.id for c in engine.configs.list()}
+        send(swarm_world["port"], data.draw(config_requests(swarm_world)))
+        for config in engine.configs.list():
+            if config.id in before:
+                continue
+            spec = config.attrs["Spec"]
+            try:
+                assert spec["Name"].startswith(PREFIX) and (spec.get("Labels") or {}).get("hubdeploy.site") == SITE
+                assert not spec.get("Templating"), spec
+            finally:
+                config.remove()
+            made.append(config.id)
+
+    run()
+    assert len(made) >= VARIANTS // 20, made
