@@ -706,6 +706,26 @@ def test_what_a_notebook_detaches_counts_against_its_job_and_ends_with_it(ident_
     assert run_py(carol["cpu"], carol["token"], WHO)[2] == "carol"
 
 
+def test_the_red_teams_usernames_through_the_stacks_login_form(ident_stack):
+    """Full-width ａｄｍｉｎ is admin; a 10,000-character name is refused; root logs in but
+    runs as u<uid>, never as the system's root."""
+    from hubdeploy.smoke.hubclient import HubAPIError, HubClient
+
+    hub = HubClient(ident_stack.url)
+    hub.login("\uff41\uff44\uff4d\uff49\uff4e", "")
+    assert hub.api("GET", "user").json()["name"] == "admin"
+    with pytest.raises(HubAPIError):
+        HubClient(ident_stack.url).login("x" * 10_000, "")
+    root, token = user_session(ident_stack, "root")
+    root.api("POST", "users/root/server", json={"profile": "login"}, ok=(201, 202))
+    root.wait_ready("root", "", time.monotonic() + 240)
+    try:
+        uid, _, name, home, _ = run_py(root.server_url("root"), token, WHO)
+        assert uid >= 20000 and name == f"u{uid}" and home == f"/home/u{uid}", (uid, name, home)
+    finally:
+        root.stop_server("root", "", time.monotonic() + 120)
+
+
 # Last: it takes the stack down.
 def test_status_orphans_and_down_still_work(ident_stack):
     _servers(ident_stack)
