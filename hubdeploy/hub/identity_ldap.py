@@ -31,7 +31,7 @@ from ldap3.core.exceptions import LDAPCertificateError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
 from hubdeploy.contract.identity import Group, Identity, IdentityError, check
-from hubdeploy.hub.identity import IdentitySource
+from hubdeploy.hub.identity_source import IdentitySource
 
 DEFAULT_USER_FILTER = "(&(objectClass=posixAccount)(uid={name}))"
 DEFAULT_GROUP_FILTER = "(&(objectClass=posixGroup)(memberUid={name}))"
