@@ -37,19 +37,15 @@ import hubdeploy
 from hubdeploy import kernels as kern
 from hubdeploy import rootfs
 from hubdeploy.buildsteps import BuildStep, StepLog
+from hubdeploy.contract.labels import (IMAGE_CONTENT_KEY, IMAGE_JUPYTERHUB_VERSION, IMAGE_KERNELS, IMAGE_NAME,
+                                       IMAGE_PARENT, IMAGE_SPEC_HASH)
+from hubdeploy.contract.layout import LABEL_SITE
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.schema import Site
 
 CA_FILE = "hubdeploy-ca.crt"
-# The hub image's JupyterHub version, read by `up` to detect an upgrade (hubdeploy.upgrade).
-LABEL_JUPYTERHUB_VERSION = "hubdeploy.jupyterhub-version"
-# Names the stack's own images take; a collaboration cannot reuse them.
 # Docker's predefined proxy args: usable in RUN without an ARG line, never in history.
 PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy")
-# The hash of what an image holds, whatever site it belongs to: its context with the
-# parent's content key in place of the parent's (site-specific) tag. Two sites on one
-# engine with the same recipe share the build (see _relabel_from_another_site).
-LABEL_CONTENT = "hubdeploy.content-key"
 # Bump when a build step changes outside the rendered files (e.g. how rootfs is made).
 RECIPE_VERSION = "1"
 # Every context file gets the same metadata, so the same files give the same tar.
@@ -248,16 +244,19 @@ class _Planner:
         out = {
             "org.opencontainers.image.title": f"hubdeploy {self.site.name} {name}",
             "org.opencontainers.image.version": hubdeploy.__version__,
-            "hubdeploy.site": self.site.name,
-            "hubdeploy.image": name,
-            "hubdeploy.spec-hash": digest,
-            "hubdeploy.parent": parent_ref or "",
-            LABEL_CONTENT: content,
+            LABEL_SITE: self.site.name,
+            IMAGE_NAME: name,
+            IMAGE_SPEC_HASH: digest,
+            IMAGE_PARENT: parent_ref or "",
+            # What the image holds, whatever site it belongs to: its context with the
+            # parent's content key in place of the parent's (site-specific) tag. Two sites
+            # on one engine with the same recipe share the build (_relabel_from_another_site).
+            IMAGE_CONTENT_KEY: content,
         }
         if self.source_url:
             out["org.opencontainers.image.source"] = self.source_url
         if name == "hub":
-            out[LABEL_JUPYTERHUB_VERSION] = self.version
+            out[IMAGE_JUPYTERHUB_VERSION] = self.version
         return dict(sorted(out.items()))
 
     def ref(self, name: str, digest: str) -> str:
@@ -266,7 +265,7 @@ class _Planner:
     def parent_content(self, parent: str | None, parent_ref: str) -> str:
         """What stands for the parent in a content key: its own content key, or the
         reference itself for an image from outside the site (images.base.from)."""
-        return self.plans[parent].labels[LABEL_CONTENT] if parent in self.plans else parent_ref
+        return self.plans[parent].labels[IMAGE_CONTENT_KEY] if parent in self.plans else parent_ref
 
     def add(self, name: str, template: str, parent: str | None, parent_ref: str, extra: dict[str, bytes],
             kernel_meta: list[dict] | None = None, **ctx) -> None:
@@ -285,7 +284,7 @@ class _Planner:
         lab = self.labels(name, digest, parent_ref, spec_hash({**files, "Dockerfile": keyed}, {}, parent_content))
         if kernel_meta is not None:
             # Restates what the hash covers (kernel.json files, the parent's tag).
-            lab = dict(sorted({**lab, kern.LABEL: kern.label_value(kernel_meta)}.items()))
+            lab = dict(sorted({**lab, IMAGE_KERNELS: kern.label_value(kernel_meta)}.items()))
         files["Dockerfile"] = tpl.render(labels=lab, **ctx).encode()
         self.plans[name] = ImagePlan(name, self.ref(name, digest), parent, dict(sorted(files.items())),
                                      dict(self.proxies), lab)
@@ -503,7 +502,7 @@ def _git(root: Path, *args: str) -> str | None:
 
 def _require_parent(plan: ImagePlan, client) -> None:
     # A classic build would try to pull a missing FROM image, and fail obscurely.
-    parent_ref = plan.labels.get("hubdeploy.parent", "")
+    parent_ref = plan.labels.get(IMAGE_PARENT, "")
     if parent_ref and not _exists(client, parent_ref):
         raise OperationError(
             f"image {plan.name}: its parent image {parent_ref} is not on this engine",
@@ -523,9 +522,9 @@ def donor_tags(image: dict[str, Any], name: str) -> list[str]:
     content key included, but not the tag: a compute-node or a hand-made image on top of
     a base is never taken for the base."""
     labels = image.get("Labels") or {}
-    if labels.get("hubdeploy.image") != name or not labels.get("hubdeploy.spec-hash"):
+    if labels.get(IMAGE_NAME) != name or not labels.get(IMAGE_SPEC_HASH):
         return []
-    own = image_ref(labels.get("hubdeploy.site", ""), name, labels["hubdeploy.spec-hash"])
+    own = image_ref(labels.get(LABEL_SITE, ""), name, labels[IMAGE_SPEC_HASH])
     return [t for t in image.get("RepoTags") or [] if t == own]
 
 
@@ -537,13 +536,13 @@ def _relabel_from_another_site(plan: ImagePlan, client, *, console, steps=None) 
     The site's own tag, labels and history stay its own; what is shared is only what
     the content key proves equal: the same files, build args and parent content.
     """
-    key = plan.labels.get(LABEL_CONTENT)
+    key = plan.labels.get(IMAGE_CONTENT_KEY)
     if not key:
         return False
     # The low-level list: the SDK's images.list() inspects every hit afterwards, and
     # fails if another build on this engine removes one in between.
     try:
-        same = client.api.images(filters={"label": [f"{LABEL_CONTENT}={key}"]})
+        same = client.api.images(filters={"label": [f"{IMAGE_CONTENT_KEY}={key}"]})
     except ENGINE_ERRORS as exc:
         raise OperationError(f"cannot list images: {exc}") from None
     tagged = sorted(t for img in same for t in donor_tags(img, plan.name) if t != plan.ref)
@@ -561,7 +560,7 @@ def _relabel_from_another_site(plan: ImagePlan, client, *, console, steps=None) 
 
 
 def _build_debian(plan: ImagePlan, client, state_dir: Path, *, fresh: bool, console, steps=None) -> None:
-    digest = plan.labels["hubdeploy.spec-hash"]
+    digest = plan.labels[IMAGE_SPEC_HASH]
     recipe = json.loads(plan.files["recipe.json"])
     tarball = rootfs.tarball_path(state_dir, recipe["suite"], digest)
     if fresh or not tarball.is_file():

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from hubdeploy import engine, images, ownership, render, selfsigned, stackdeploy, swarm, upgrade
+from hubdeploy.contract.labels import compose_filter
+from hubdeploy.contract.names import server_prefix
 from hubdeploy.contract.layout import (
     HUB_SERVICE,
     LABEL_PROFILE,
@@ -274,7 +276,7 @@ def _leave_other_orchestrator(prep: Prepared, client) -> None:
     volumes stay, and both mount them by the same names), so that the new stack gets the
     port and the hub's database."""
     if prep.swarm:
-        if client.containers.list(all=True, filters={"label": f"com.docker.compose.project={prep.project}"}):
+        if client.containers.list(all=True, filters={"label": compose_filter(prep.project)}):
             engine.compose(prep.project, prep.compose_file, ["down", "--remove-orphans", "--timeout", "20"],
                            capture=True)
     elif stackdeploy.stack_services(client, prep.project):
@@ -484,7 +486,7 @@ def _unlisted_without_hub(prep: Prepared) -> list[dict[str, Any]]:
     where = prep.site.submit_ssh.host if prep.site.submit_ssh else "the site's Slurm"
     return [{"backend": "slurm", "id": None, "name": None,
              "error": f"the hub is not running, so its jobs at {where} were not listed or cancelled; "
-                      f"look for jobs named {project_name(prep.site.name)}-nb-* there"}]
+                      f"look for jobs named {server_prefix(prep.project)}* there"}]
 
 
 def down(prep: Prepared, *, volumes: bool = False, console=None, take_over: bool = False) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hubdeploy import engine
-from hubdeploy.contract.layout import SLURMCTLD_SERVICE
+from hubdeploy.contract.layout import SLURMCTLD_SERVICE, slurm_node_service
 from hubdeploy.errors import OperationError, SiteError
 
 # scontrol show job -o: KEY=VALUE words; the values we read never contain a space.
@@ -97,7 +97,7 @@ def _slurm_log(client, prep, row, tail: str, follow: bool, write: Callable[[byte
     out = job_output(res.output.decode(errors="replace"))
     if not out["node"]:
         raise OperationError(f"job {row['id']} has not started on a node yet ({out['state'] or 'pending'})")
-    node = _service(client, prep.project, f"slurm-{out['node']}")
+    node = _service(client, prep.project, slurm_node_service(out["node"]))
     # As the job's own uid: the log is shown only if its user could read it.
     user = f"{out['uid']}:{out['gid']}"
     if not follow:

@@ -115,6 +115,39 @@ NODE_AGENT_CONFIG = "/etc/hubdeploy-slurm/agent.json"
 DEXEC_UNREACHABLE = 125
 
 
+# -- the stack's networks and volumes: their keys in compose.yaml; on the engine each is
+# named by stack_name, so that two sites' stacks never share one ----------------------
+USERS_NETWORK = "users"
+INTERNAL_NETWORK = "internal"
+COMPUTE_NETWORK = "compute"
+SLURM_NETWORK = "slurm"
+METRICS_NETWORK = "metrics"
+# With orchestrator swarm: the way out for proxy and hub (hubdeploy.render.compose.networks).
+EDGE_NETWORK = "edge"
+HUB_DATA_VOLUME = "hub-data"
+DB_DATA_VOLUME = "db-data"
+PROMETHEUS_DATA_VOLUME = "prometheus-data"
+
+
+# What every site's project name starts with (and the Slurm backend's job names).
+PROJECT_PREFIX = "hubdeploy"
+
+
 def project_name(site: str) -> str:
     """The compose project of a site, which prefixes its containers, networks and volumes."""
-    return f"hubdeploy-{site}"
+    return f"{PROJECT_PREFIX}-{site}"
+
+
+def stack_name(project: str, key: str) -> str:
+    """The engine's name of the stack's network or volume ``key``: ``{project}-{key}``."""
+    return f"{project}-{key}"
+
+
+def swarm_service(project: str, service: str) -> str:
+    """The name `docker stack deploy` gives the stack's ``service``: ``{project}_{service}``."""
+    return f"{project}_{service}"
+
+
+def slurm_node_service(node: str) -> str:
+    """The compose service of the stack cluster's compute node ``node`` (its hostname)."""
+    return f"slurm-{node}"

@@ -11,20 +11,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from hubdeploy.contract.layout import (
+    COMPUTE_NETWORK,
     COOKIE_SECRET,
+    DB_DATA_VOLUME,
     DB_PASSWORD,
     DB_SERVICE,
     ENGINE_PROXY_PORT,
     ENGINE_PROXY_SERVICE,
     ENGINE_PROXY_URL,
+    EDGE_NETWORK,
     HUB_CONFIG_PATH,
     HUB_DATA_DIR,
+    HUB_DATA_VOLUME,
     HUB_JSON_PATH,
     HUB_PORT,
     HUB_HOMES_DIR,
     HUB_NSS_DIR,
     HUB_SERVICE,
     IDENTITY_FILES_DIR,
+    INTERNAL_NETWORK,
     LABEL_CONFIG_HASH,
     LDAP_BIND_PASSWORD,
     NODE_NSS_DIR,
@@ -36,15 +41,19 @@ from hubdeploy.contract.layout import (
     PROXY_SERVICE,
     PROXY_TOKEN,
     PROMETHEUS_SERVICE,
+    SLURM_NETWORK,
     SLURMCTLD_SERVICE,
     SLURMDBD_SERVICE,
     SSH_CA_KEY,
     SSH_KEY,
     SSH_KNOWN_HOSTS_PATH,
     UNPRIVILEGED_PORT_START,
+    USERS_NETWORK,
     project_name,
     secret_path,
     service_token,
+    slurm_node_service,
+    stack_name,
 )
 from hubdeploy.contract.services import IDLE_CULLER, builtin_services
 from hubdeploy.render import prometheus, slurm
@@ -96,11 +105,12 @@ def compose_data(site: Site, refs: dict[str, str], mounts: Mounts,
         HUB_SERVICE: hub_service(site, refs, mounts),
         ENGINE_PROXY_SERVICE: engine_proxy_service(site, refs, pinned or {}),
     }
-    volumes: dict[str, Any] = {"hub-data": {"name": f"{project_name(site.name)}-hub-data"}}
+    project = project_name(site.name)
+    volumes: dict[str, Any] = {HUB_DATA_VOLUME: {"name": stack_name(project, HUB_DATA_VOLUME)}}
     if site.database.type == "postgresql":
         services[DB_SERVICE] = db_service(site, refs)
         services[HUB_SERVICE]["depends_on"][DB_SERVICE] = {"condition": "service_healthy"}
-        volumes["db-data"] = {"name": f"{project_name(site.name)}-db-data"}
+        volumes[DB_DATA_VOLUME] = {"name": stack_name(project, DB_DATA_VOLUME)}
     if site.services.idle_culler.enabled:
         services[IDLE_CULLER.name] = culler_service(site, refs)
     if prometheus.enabled(site):
@@ -153,25 +163,25 @@ def networks(site: Site) -> dict[str, Any]:
 
     With orchestrator swarm, ``users`` is an attachable overlay network: the notebooks are
     swarm tasks on any node, and the proxy and hub containers here join it to reach them."""
-    prefix = project_name(site.name)
-    users: dict[str, Any] = {"name": f"{prefix}-users"}
+    project = project_name(site.name)
+    users: dict[str, Any] = {"name": stack_name(project, USERS_NETWORK)}
     if site.orchestrator == "swarm":
         users.update(driver="overlay", attachable=True)
         if site.swarm.encrypted:
             users["driver_opts"] = {"encrypted": ""}
     out = {
-        "internal": {"name": f"{prefix}-internal", "internal": True},
-        "users": users,
+        INTERNAL_NETWORK: {"name": stack_name(project, INTERNAL_NETWORK), "internal": True},
+        USERS_NETWORK: users,
         **prometheus.networks(site),
     }
     if _has_cluster(site):
-        out["compute"] = {"name": f"{prefix}-compute"}
-        out["slurm"] = {"name": f"{prefix}-slurm", "internal": True}
+        out[COMPUTE_NETWORK] = {"name": stack_name(project, COMPUTE_NETWORK)}
+        out[SLURM_NETWORK] = {"name": stack_name(project, SLURM_NETWORK), "internal": True}
     if site.orchestrator == "swarm":
         # A container on an internal bridge and an overlay network has no network that
         # leads out: its published port is never bound, and the hub could not reach an
         # LDAP server or a submit host. ``edge`` is that way out, for proxy and hub only.
-        out["edge"] = {"name": f"{prefix}-edge"}
+        out[EDGE_NETWORK] = {"name": stack_name(project, EDGE_NETWORK)}
     return out
 
 
@@ -251,7 +261,7 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
     volumes = [
         f"./hub/jupyterhub_config.py:{HUB_CONFIG_PATH}:ro",
         f"./hub/hub.json:{HUB_JSON_PATH}:ro",
-        f"hub-data:{HUB_DATA_DIR}",
+        f"{HUB_DATA_VOLUME}:{HUB_DATA_DIR}",
     ]
     if site.submit_ssh is not None:
         volumes.append(f"./hub/ssh_known_hosts:{SSH_KNOWN_HOSTS_PATH}:ro")
@@ -338,7 +348,7 @@ def db_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
         "pull_policy": "never",
         "networks": {"internal": {}},
         "secrets": [DB_PASSWORD],
-        "volumes": ["db-data:/var/lib/postgresql/data"],
+        "volumes": [f"{DB_DATA_VOLUME}:/var/lib/postgresql/data"],
         "labels": _labels(site),
         "healthcheck": _healthcheck(["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "jupyterhub"]),
         "restart": "unless-stopped",
@@ -411,7 +421,7 @@ def slurm_services(site: Site, refs: dict[str, str], hashes: dict[str, str]) -> 
         SLURMCTLD_SERVICE: slurmctld_service(site, refs, hashes["slurmctld"]),
     }
     for node in slurm.node_names(site):
-        services[f"slurm-{node}"] = slurmd_service(site, refs, hashes["slurm"], node)
+        services[slurm_node_service(node)] = slurmd_service(site, refs, hashes["slurm"], node)
     return services
 
 

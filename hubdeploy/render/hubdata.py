@@ -22,15 +22,18 @@ from hubdeploy.contract.layout import (
     HUB_PORT,
     HUB_SERVICE,
     NOTEBOOK_USER,
+    PROJECT_PREFIX,
     PROXY_API_ALIAS,
     PROXY_API_PORT,
     PROXY_TOKEN,
     SLURM_WORKDIR,
     SLURMCTLD_SERVICE,
     SSH_CA_KEY,
+    USERS_NETWORK,
     project_name,
     secret_path,
     service_token,
+    stack_name,
 )
 from hubdeploy.contract.services import builtin_services
 from hubdeploy.contract.values import memory_bytes
@@ -112,7 +115,7 @@ def spawner(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None =
     compute profiles keep the tag (their cluster is not the swarm)."""
     pinned = pinned or {}
     prefix = project_name(site.name)
-    docker: dict[str, Any] = {"network": f"{prefix}-users", "prefix": prefix, "site": site.name}
+    docker: dict[str, Any] = {"network": stack_name(prefix, USERS_NETWORK), "prefix": prefix, "site": site.name}
     if homes_source(site) is not None:
         docker.update(homes=homes_source(site), homes_target=site.identity.homes_dir)
     out: hubjson.SpawnerSection = {
@@ -202,7 +205,7 @@ def slurm_backend_config(site: Site) -> dict[str, Any]:
         return _cluster_backend_config(site)
     sub = site.slurm.submit
     assert sub is not None
-    out: dict[str, Any] = {"prefix": "hubdeploy", "site": site.name}
+    out: dict[str, Any] = {"prefix": PROJECT_PREFIX, "site": site.name}
     if sub.ssh is not None:
         out.update(submit_prefix=ssh_argv(sub.ssh), submit_quote=True, submit_env_stdin=True,
                    submit_unreachable_code=255)
@@ -240,7 +243,7 @@ def _cluster_backend_config(site: Site) -> dict[str, Any]:
         "export_all": True,
         "node_agent": True,
         "output": f"{SLURM_WORKDIR}/hubdeploy-slurm-%j.log",
-        "prefix": "hubdeploy",
+        "prefix": PROJECT_PREFIX,
         "site": site.name,
         # The cluster enforces associations (render.slurm): each user gets theirs, with
         # every account of the cluster, before their first job.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hubdeploy import images
+from hubdeploy.contract.labels import IMAGE_CONTENT_KEY
 from hubdeploy.errors import SiteError
 from hubdeploy.schema import Site
 
@@ -377,7 +378,7 @@ class FakeClient:
 
 def test_content_key_is_the_sites_recipe_not_its_name(site_dir):
     one, other = plan(site_dir), images.plan_images(make_site(name="other"), site_dir)
-    key = images.LABEL_CONTENT
+    key = IMAGE_CONTENT_KEY
     for name in one:
         assert one[name].labels[key] == other[name].labels[key], name
         if name != "debian":  # the tag hashes the parent's tag, which names the site
@@ -416,14 +417,14 @@ def test_an_image_another_site_built_is_relabelled_not_rebuilt(site_dir, tmp_pat
     entries = [listed("hubdeploy-test/slurm:000000000000", "astro", "0123456789ab" + "0" * 52),
                listed(donor, "astro", "0123456789ab" + "0" * 52)]
     client = FakeClient({p.ref for n, p in plans.items() if n != "astro"},
-                        {plans["astro"].labels[images.LABEL_CONTENT]: entries})
+                        {plans["astro"].labels[IMAGE_CONTENT_KEY]: entries})
     assert images.build_images(plans, client=client, state_dir=tmp_path) == ["astro"]
     dockerfile = client.api.dockerfiles[plans["astro"].ref]
     first, labels = dockerfile.splitlines()
     assert first == f"FROM {donor}"
     assert '"hubdeploy.site"="demo"' in labels and f'"hubdeploy.parent"="{plans["base"].ref}"' in labels
     # --force builds from the recipe, whatever other sites hold.
-    forced = FakeClient({p.ref for p in plans.values()}, {plans["astro"].labels[images.LABEL_CONTENT]: entries})
+    forced = FakeClient({p.ref for p in plans.values()}, {plans["astro"].labels[IMAGE_CONTENT_KEY]: entries})
     images.build_images(plans, client=forced, state_dir=tmp_path, names=["astro"], force=True)
     assert "RUN " in forced.api.dockerfiles[plans["astro"].ref]
 
