@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from hubdeploy import engine
+from hubdeploy.contract import orphans as protocol
+from hubdeploy.contract.backends import DOCKER, SLURM
 from hubdeploy.contract.layout import SLURMCTLD_SERVICE, slurm_node_service
 from hubdeploy.errors import OperationError, SiteError
 
@@ -31,19 +33,19 @@ def check_tail(tail: str) -> str:
     return tail
 
 
-def find_server(rows: list[dict[str, Any]], user: str, server: str) -> dict[str, Any]:
+def find_server(rows: list[protocol.Row], user: str, server: str) -> protocol.Row:
     """The backend row of ``user``'s server ``server`` ("" for the default one); pure.
 
     SiteError (exit 2) naming the user's running servers when there is no such server.
     """
-    owner = f"{user}/{server}" if server else user
-    hits = [r for r in rows if r.get("owner") == owner]
+    hits = [r for r in rows if r.get("owner") == protocol.owner(user, server)]
     if hits:
         return hits[0]
-    theirs = sorted(r["owner"] for r in rows if r.get("owner") and r["owner"].split("/", 1)[0] == user)
+    theirs = sorted(protocol.split_owner(r["owner"])[1] for r in rows
+                    if r.get("owner") and protocol.split_owner(r["owner"])[0] == user)
     what = f"server {server!r} of user {user!r}" if server else f"default server of user {user!r}"
     if theirs:
-        named = ", ".join(f"--server {o.split('/', 1)[1]}" if "/" in o else "the default server" for o in theirs)
+        named = ", ".join(f"--server {s}" if s else "the default server" for s in theirs)
         raise SiteError(f"no running {what}; theirs: {named}")
     raise SiteError(f"no running {what}: the user is unknown or has no running server",
                     hint="hubdeploy status lists every running server")
@@ -122,9 +124,9 @@ def user_logs(prep, user: str, server: str, *, follow: bool, tail: str, write: C
     client = engine.docker_client()
     row = find_server(stack.orphans(prep, client=client)["servers"], user, server)
     try:
-        if row["backend"] == "slurm":
+        if row["backend"] == SLURM:
             return _slurm_log(client, prep, row, tail, follow, write)
-        if row["backend"] != "docker":
+        if row["backend"] != DOCKER:
             raise OperationError(f"logs --user does not know the {row['backend']} backend's logs")
         return _docker_log(client, row, int(tail) if tail.isdigit() else "all", follow, write)
     except KeyboardInterrupt:

@@ -88,6 +88,7 @@ from hubdeploy.backends.slurm_parse import (
 from hubdeploy.backends.slurm_script import OptionError, job_options, render
 from hubdeploy.backends.sshcert import CertificateAuthority, CertificateError
 from hubdeploy.contract import layout, names, slurmcmd
+from hubdeploy.contract.backends import SLURM
 from hubdeploy.contract.identity import Identity
 
 # Who runs the commands that are nobody's job (the listings of slurmcmd) when the prefix
@@ -178,7 +179,7 @@ class SlurmBackend(Backend):
     """
 
     Config = SlurmConfig
-    name = "slurm"
+    name = SLURM
     config: SlurmConfig
 
     def __init__(self, config: Mapping[str, Any], log=None):

@@ -40,6 +40,7 @@ from docker.types import (
 from hubdeploy.backends import accounts, swarm_tasks
 from hubdeploy.backends.base import BackendError, Found, PollResult, Running, ServerSpec, Stopped, Unknown
 from hubdeploy.backends.docker import _UNREACHABLE, DockerBackend, DockerConfig
+from hubdeploy.contract.backends import SWARM
 from hubdeploy.contract.labels import SWARM_SERVICE_ID
 from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
 
@@ -67,7 +68,7 @@ class SwarmBackend(DockerBackend):
     """One-replica services on the swarm the hub's engine manages (config: :class:`SwarmConfig`)."""
 
     Config = SwarmConfig
-    name = "swarm"
+    name = SWARM
 
     def __init__(self, config: Mapping[str, Any], log=None):
         super().__init__(config, log)

@@ -12,6 +12,10 @@ on is defined here and imported by both, never spelt out again:
 - :mod:`~hubdeploy.contract.services`: the built-in hub services and their scopes;
 - :mod:`~hubdeploy.contract.hubjson`: the shape of ``hub.json`` (TypedDicts) and its loader;
 - :mod:`~hubdeploy.contract.names`: Docker and Slurm names of users' servers;
+- :mod:`~hubdeploy.contract.backends`: the notebook backends' names, and the spawner's
+  saved state that ``hubdeploy orphans`` reads back;
+- :mod:`~hubdeploy.contract.orphans`: the command the CLI side runs in the hub's
+  container to list, remove and stop servers, and the JSON it reads back;
 - :mod:`~hubdeploy.contract.values`: memory sizes, Slurm names and times, and the
   check of a server's resources against a profile's limits.
 

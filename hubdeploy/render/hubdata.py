@@ -7,6 +7,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from hubdeploy.contract import hubjson
+from hubdeploy.contract.backends import DOCKER, SLURM, SWARM
 from hubdeploy.contract.identity import IdentityConfig
 from hubdeploy.contract.layout import (
     COOKIE_SECRET,
@@ -120,7 +121,7 @@ def spawner(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None =
         docker.update(homes=homes_source(site), homes_target=site.identity.homes_dir)
     out: hubjson.SpawnerSection = {
         # orchestrator swarm: the same config, read as a SwarmConfig (its own keys default).
-        "backend": "swarm" if site.orchestrator == "swarm" else "docker",
+        "backend": SWARM if site.orchestrator == "swarm" else DOCKER,
         "backend_config": docker,
         "profiles": [profile(site, p, pinned.get(p.image, refs[p.image]) if p.node == "login" else refs[p.image])
                      for p in site.profiles],
@@ -128,7 +129,7 @@ def spawner(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None =
     }
     if site.slurm is not None:
         # Compute profiles use this backend (HubdeploySpawner.backends, by profile node).
-        out["backends"] = {"slurm": slurm_backend_config(site)}
+        out["backends"] = {SLURM: slurm_backend_config(site)}
     return out
 
 
