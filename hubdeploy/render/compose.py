@@ -13,6 +13,7 @@ from typing import Any
 from hubdeploy.contract.layout import (
     COMPUTE_NETWORK,
     COOKIE_SECRET,
+    DB_DATA_DIR,
     DB_DATA_VOLUME,
     DB_PASSWORD,
     DB_SERVICE,
@@ -23,6 +24,7 @@ from hubdeploy.contract.layout import (
     HUB_CONFIG_PATH,
     HUB_DATA_DIR,
     HUB_DATA_VOLUME,
+    HOMES_VOLUME,
     HUB_JSON_PATH,
     HUB_PORT,
     HUB_HOMES_DIR,
@@ -32,17 +34,24 @@ from hubdeploy.contract.layout import (
     INTERNAL_NETWORK,
     LABEL_CONFIG_HASH,
     LDAP_BIND_PASSWORD,
+    NODE_CONFIG_DIR,
     NODE_NSS_DIR,
+    NSS_VOLUME,
     LABEL_SITE,
     MUNGE_KEY,
     PROXY_API_ALIAS,
     PROXY_ENTRYPOINT_PATH,
+    PROXY_TLS_CERT_PATH,
+    PROXY_TLS_KEY_PATH,
     PROXY_PORT,
     PROXY_SERVICE,
     PROXY_TOKEN,
     PROMETHEUS_SERVICE,
     SLURM_NETWORK,
+    SLURMCTLD_STATE_VOLUME,
+    SLURMDBD_DATA_VOLUME,
     SLURMCTLD_SERVICE,
+    SLURMDBD_HEALTH,
     SLURMDBD_SERVICE,
     SSH_CA_KEY,
     SSH_KEY,
@@ -122,8 +131,8 @@ def compose_data(site: Site, refs: dict[str, str], mounts: Mounts,
             services[svc.name] = extra_service(site, refs, svc)
     if site.slurm is not None and site.slurm.cluster is not None:
         services.update(slurm_services(site, refs, mounts.hashes))
-        volumes["slurmctld-state"] = {"name": f"{project_name(site.name)}-slurmctld-state"}
-        volumes["slurmdbd-data"] = {"name": f"{project_name(site.name)}-slurmdbd-data"}
+        for key in (SLURMCTLD_STATE_VOLUME, SLURMDBD_DATA_VOLUME):
+            volumes[key] = {"name": stack_name(project, key)}
     volumes.update(identity_volumes(site))
     return {
         "name": project_name(site.name),
@@ -141,9 +150,9 @@ def identity_volumes(site: Site) -> dict[str, Any]:
     if site.identity.source == "shared":
         return out
     if site.identity.homes_host is None:
-        out["homes"] = {"name": homes_source(site)}
+        out[HOMES_VOLUME] = {"name": homes_source(site)}
     if _has_cluster(site):
-        out["nss"] = {"name": f"{project_name(site.name)}-nss"}
+        out[NSS_VOLUME] = {"name": stack_name(project_name(site.name), NSS_VOLUME)}
     return out
 
 
@@ -152,7 +161,7 @@ def _has_cluster(site: Site) -> bool:
 
 
 def _homes_mount(site: Site, target: str) -> str:
-    return f"{site.identity.homes_host or 'homes'}:{target}"
+    return f"{site.identity.homes_host or HOMES_VOLUME}:{target}"
 
 
 def networks(site: Site) -> dict[str, Any]:
@@ -215,8 +224,7 @@ def proxy_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str,
     scheme = "https" if mounts.tls else "http"
     volumes = [f"./proxy/entrypoint.sh:{PROXY_ENTRYPOINT_PATH}:ro"]
     if mounts.tls:
-        volumes += [f"{mounts.tls['cert']}:/etc/hubdeploy/tls/cert.pem:ro",
-                    f"{mounts.tls['key']}:/etc/hubdeploy/tls/key.pem:ro"]
+        volumes += [f"{mounts.tls['cert']}:{PROXY_TLS_CERT_PATH}:ro", f"{mounts.tls['key']}:{PROXY_TLS_KEY_PATH}:ro"]
     return harden({
         "image": refs["proxy"],
         "pull_policy": "never",
@@ -332,7 +340,7 @@ def _hub_identity_volumes(site: Site, mounts: Mounts) -> list[str]:
         return []
     out = [_homes_mount(site, HUB_HOMES_DIR)]
     if _has_cluster(site):
-        out.append(f"nss:{HUB_NSS_DIR}")
+        out.append(f"{NSS_VOLUME}:{HUB_NSS_DIR}")
     files = mounts.identity_files or {}
     for key, target in (("passwd_dir", "passwd.d"), ("group_dir", "group.d")):
         if files.get(key):
@@ -348,7 +356,7 @@ def db_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
         "pull_policy": "never",
         "networks": {"internal": {}},
         "secrets": [DB_PASSWORD],
-        "volumes": [f"{DB_DATA_VOLUME}:/var/lib/postgresql/data"],
+        "volumes": [f"{DB_DATA_VOLUME}:{DB_DATA_DIR}"],
         "labels": _labels(site),
         "healthcheck": _healthcheck(["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "jupyterhub"]),
         "restart": "unless-stopped",
@@ -441,13 +449,13 @@ def _slurm_common(site: Site, image: str, config_hash: str) -> dict[str, Any]:
 
 
 def _slurm_conf_mounts(names: tuple[str, ...]) -> list[str]:
-    return [f"./{name}:/etc/hubdeploy-slurm/{name.split('/', 1)[1]}:ro" for name in names]
+    return [f"./{name}:{NODE_CONFIG_DIR}/{name.split('/', 1)[1]}:ro" for name in names]
 
 
 def _node_accounts(site: Site) -> list[str]:
     """The accounts the hub has resolved (libnss-extrausers): controller and nodes know
     every job's owner."""
-    return [f"nss:{NODE_NSS_DIR}:ro"] if site.identity.source != "shared" else []
+    return [f"{NSS_VOLUME}:{NODE_NSS_DIR}:ro"] if site.identity.source != "shared" else []
 
 
 def slurmdbd_service(site: Site, refs: dict[str, str], config_hash: str) -> dict[str, Any]:
@@ -457,8 +465,8 @@ def slurmdbd_service(site: Site, refs: dict[str, str], config_hash: str) -> dict
         **_slurm_common(site, refs["slurmdbd"], config_hash),
         "hostname": SLURMDBD_SERVICE,
         "networks": {"slurm": {"aliases": [SLURMDBD_SERVICE]}},
-        "volumes": [*_slurm_conf_mounts(slurm.DBD_FILES), "slurmdbd-data:/var/lib/mysql"],
-        "healthcheck": _healthcheck(["CMD", "hubdeploy-slurmdbd-health"]),
+        "volumes": [*_slurm_conf_mounts(slurm.DBD_FILES), f"{SLURMDBD_DATA_VOLUME}:/var/lib/mysql"],
+        "healthcheck": _healthcheck(["CMD", SLURMDBD_HEALTH]),
     }, "slurmdbd", site.limits.slurmdbd)
 
 
@@ -471,7 +479,7 @@ def slurmctld_service(site: Site, refs: dict[str, str], config_hash: str) -> dic
         "hostname": SLURMCTLD_SERVICE,
         "networks": {"slurm": {"aliases": [SLURMCTLD_SERVICE]}},
         # job_submit plugins run in slurmctld only.
-        "volumes": [*_slurm_conf_mounts(slurm.CONTROLLER_FILES), "slurmctld-state:/var/spool/slurmctld",
+        "volumes": [*_slurm_conf_mounts(slurm.CONTROLLER_FILES), f"{SLURMCTLD_STATE_VOLUME}:/var/spool/slurmctld",
                     *_node_accounts(site)],
         "healthcheck": _healthcheck(["CMD", "scontrol", "ping"]),
         "depends_on": {SLURMDBD_SERVICE: {"condition": "service_started"}},

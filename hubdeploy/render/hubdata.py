@@ -11,12 +11,14 @@ from hubdeploy.contract.backends import DOCKER, SLURM, SWARM
 from hubdeploy.contract.identity import IdentityConfig
 from hubdeploy.contract.layout import (
     COOKIE_SECRET,
+    HOMES_VOLUME,
     HUB_HOMES_DIR,
     HUB_NSS_DIR,
     IDENTITY_FILES_DIR,
     IDENTITY_STATE,
     LDAP_BIND_PASSWORD,
     DB_PASSWORD,
+    DB_PORT,
     DB_SERVICE,
     DEXEC_UNREACHABLE,
     HUB_DATA_DIR,
@@ -103,7 +105,7 @@ def database(site: Site) -> hubjson.DatabaseSection:
     if site.database.type == "postgresql":
         return {
             # The driver is named: SQLAlchemy 2.1 defaults to psycopg 3, the image has psycopg2.
-            "url": f"postgresql+psycopg2://jupyterhub@{DB_SERVICE}:5432/jupyterhub",
+            "url": f"postgresql+psycopg2://jupyterhub@{DB_SERVICE}:{DB_PORT}/jupyterhub",
             "password_file": secret_path(DB_PASSWORD),
         }
     return {"url": f"sqlite:///{HUB_DATA_DIR}/jupyterhub.sqlite"}
@@ -282,4 +284,4 @@ def homes_source(site: Site) -> str | None:
     None with the shared account (a home volume per user at /home/jovyan)."""
     if site.identity.source == "shared":
         return None
-    return site.identity.homes_host or f"{project_name(site.name)}-homes"
+    return site.identity.homes_host or stack_name(project_name(site.name), HOMES_VOLUME)
