@@ -1,7 +1,9 @@
 """``hubdeploy logs --user NAME``: a notebook server's own log, from whichever backend runs it.
 
 The hub's backends list every server with its owner (``hubdeploy.hub.orphans``, run in
-the hub's container as ``status`` does). A docker server's log is its container's log.
+the hub's container as ``status`` does). A docker server's log is its container's log;
+a swarm server's is its task's container's (found by swarm's service label), or, for a
+task on another node, the service's log as the manager gathers it.
 A Slurm job's log is its output file on the node that runs it; on the stack's own
 cluster it is read *on that node, as the job's own uid*, so nothing is shown that its
 user could not read (jobs of per-user accounts write into their own
@@ -17,7 +19,8 @@ from typing import Any
 
 from hubdeploy import engine
 from hubdeploy.contract import orphans as protocol
-from hubdeploy.contract.backends import DOCKER, SLURM
+from hubdeploy.contract.backends import DOCKER, SLURM, SWARM
+from hubdeploy.contract.labels import SWARM_SERVICE_ID
 from hubdeploy.contract.layout import SLURMCTLD_SERVICE, slurm_node_service
 from hubdeploy.errors import OperationError, SiteError
 
@@ -73,19 +76,48 @@ def _service(client, project: str, service: str):
     return found[0]
 
 
-def _docker_log(client, row, tail: str, follow: bool, write: Callable[[bytes], None]) -> int:
+def _copy(logs, write: Callable[[bytes], None]) -> int:
+    """Write a log the SDK returned whole (bytes) or as a stream of chunks."""
+    for chunk in [logs] if isinstance(logs, bytes) else logs:
+        write(chunk)
+    return 0
+
+
+def _container_log(container, tail, follow: bool, write: Callable[[bytes], None]) -> int:
+    return _copy(container.logs(tail=tail, stream=follow, follow=follow), write)
+
+
+def _docker_log(client, row, tail, follow: bool, write: Callable[[bytes], None]) -> int:
     import docker
 
     try:
         container = client.containers.get(row["id"])
     except docker.errors.NotFound:
         raise OperationError(f"the server's container {row['name']} is gone") from None
-    if not follow:
-        write(container.logs(tail=tail))
-        return 0
-    for chunk in container.logs(tail=tail, stream=True, follow=True):
-        write(chunk)
-    return 0
+    return _container_log(container, tail, follow, write)
+
+
+def task_container(client, service_id: str):
+    """The newest container of a swarm service's tasks on this engine (a running one
+    first), found by the label swarm sets on it, or None."""
+    found = client.containers.list(all=True, filters={"label": [f"{SWARM_SERVICE_ID}={service_id}"]})
+    found.sort(key=lambda c: (c.status == "running", c.attrs.get("Created", "")), reverse=True)
+    return found[0] if found else None
+
+
+def _swarm_log(client, row, tail, follow: bool, write: Callable[[bytes], None]) -> int:
+    """A swarm server's log: its task's container's, or, when the task runs on another
+    node, the service's log, which the manager (this engine) gathers from there."""
+    import docker
+
+    container = task_container(client, row["id"])
+    if container is not None:
+        return _container_log(container, tail, follow, write)
+    try:
+        logs = client.api.service_logs(row["id"], stdout=True, stderr=True, tail=tail, follow=follow)
+    except docker.errors.NotFound:
+        raise OperationError(f"the server's service {row['name']} is gone") from None
+    return _copy(logs, write)
 
 
 def _slurm_log(client, prep, row, tail: str, follow: bool, write: Callable[[bytes], None]) -> int:
@@ -126,8 +158,9 @@ def user_logs(prep, user: str, server: str, *, follow: bool, tail: str, write: C
     try:
         if row["backend"] == SLURM:
             return _slurm_log(client, prep, row, tail, follow, write)
-        if row["backend"] != DOCKER:
+        readers = {DOCKER: _docker_log, SWARM: _swarm_log}
+        if row["backend"] not in readers:
             raise OperationError(f"logs --user does not know the {row['backend']} backend's logs")
-        return _docker_log(client, row, int(tail) if tail.isdigit() else "all", follow, write)
+        return readers[row["backend"]](client, row, int(tail) if tail.isdigit() else "all", follow, write)
     except KeyboardInterrupt:
         return 0
