@@ -39,7 +39,8 @@ from hubdeploy import rootfs
 from hubdeploy.buildsteps import BuildStep, StepLog
 from hubdeploy.contract.labels import (IMAGE_CONTENT_KEY, IMAGE_JUPYTERHUB_VERSION, IMAGE_KERNELS, IMAGE_NAME,
                                        IMAGE_PARENT, IMAGE_SPEC_HASH)
-from hubdeploy.contract.layout import LABEL_SITE
+from hubdeploy.contract.layout import (DB_IMAGE, DEBIAN_IMAGE, HUB_IMAGE, LABEL_SITE, PROMETHEUS_IMAGE, PROXY_IMAGE,
+                                       SLURM_IMAGE, SLURMDBD_IMAGE)
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.schema import Site
 
@@ -213,16 +214,14 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
     planner.debian()
     planner.notebook_images()
     planner.hub()
-    planner.add("proxy", "proxy/Dockerfile.j2", "debian", planner.plans["debian"].ref, {})
+    planner.service_image(PROXY_IMAGE)
     if site.slurm is not None and site.slurm.cluster is not None:
         planner.slurm(site.slurm.cluster.image)
-        planner.add("slurmdbd", "slurmdbd/Dockerfile.j2", "debian", planner.plans["debian"].ref,
-                    {name: (_images_dir() / "slurmdbd" / name).read_bytes() for name in ("entrypoint.sh", "health.sh")})
+        planner.service_image(SLURMDBD_IMAGE, ("entrypoint.sh", "health.sh"))
     if site.services.prometheus.enabled:
-        planner.add("prometheus", "prometheus/Dockerfile.j2", "debian", planner.plans["debian"].ref, {})
+        planner.service_image(PROMETHEUS_IMAGE)
     if site.database.type == "postgresql":
-        planner.add("db", "db/Dockerfile.j2", "debian", planner.plans["debian"].ref,
-                    {"entrypoint.sh": (_images_dir() / "db" / "entrypoint.sh").read_bytes()})
+        planner.service_image(DB_IMAGE, ("entrypoint.sh",))
     return planner.plans
 
 
@@ -255,7 +254,7 @@ class _Planner:
         }
         if self.source_url:
             out["org.opencontainers.image.source"] = self.source_url
-        if name == "hub":
+        if name == HUB_IMAGE:
             out[IMAGE_JUPYTERHUB_VERSION] = self.version
         return dict(sorted(out.items()))
 
@@ -292,7 +291,7 @@ class _Planner:
     def debian(self) -> None:
         """A rootfs recipe, not a Dockerfile; the overlay files go into the rootfs."""
         deb = self.site.build.debian
-        overlay_dir = _images_dir() / "debian" / "rootfs"
+        overlay_dir = _images_dir() / DEBIAN_IMAGE / "rootfs"
         files = {
             f"rootfs/{p.relative_to(overlay_dir).as_posix()}": p.read_bytes()
             for p in sorted(overlay_dir.rglob("*"))
@@ -301,8 +300,9 @@ class _Planner:
         recipe = {"suite": deb.suite, "mirror": deb.mirror, "variant": "minbase"}
         files["recipe.json"] = (json.dumps(recipe, sort_keys=True, indent=1) + "\n").encode()
         digest = spec_hash(files, {}, None)
-        self.plans["debian"] = ImagePlan("debian", self.ref("debian", digest), None, dict(sorted(files.items())),
-                                         dict(self.proxies), self.labels("debian", digest, None, digest))
+        self.plans[DEBIAN_IMAGE] = ImagePlan(DEBIAN_IMAGE, self.ref(DEBIAN_IMAGE, digest), None,
+                                             dict(sorted(files.items())), dict(self.proxies),
+                                             self.labels(DEBIAN_IMAGE, digest, None, digest))
 
     def _packages(self, apt: list[str], pip: list[str]) -> tuple[list[str], dict[str, bytes]]:
         extra = {}
@@ -329,8 +329,8 @@ class _Planner:
         apt, extra = self._packages(base.apt, base.pip)
         kfiles, kctx = self._kernel_ctx("base", base.kernels)
         self.kernel_meta["base"] = kern.metadata("base", base.kernels)
-        self.add("base", "base/Dockerfile.j2", None if base.from_ else "debian",
-                 base.from_ or self.plans["debian"].ref, {**extra, **kfiles}, self.kernel_meta["base"],
+        self.add("base", "base/Dockerfile.j2", None if base.from_ else DEBIAN_IMAGE,
+                 base.from_ or self.plans[DEBIAN_IMAGE].ref, {**extra, **kfiles}, self.kernel_meta["base"],
                  apt=apt, pip=bool(base.pip), uv_version=kern.UV_VERSION, uv_prefix=kern.UV_PREFIX, **kctx)
         for name in _collaboration_order(self.site):
             img = self.site.images.collaborations[name]
@@ -350,23 +350,29 @@ class _Planner:
         # and cryptography (SSHCertificateBuilder) for per-user SSH certificates.
         # h11 frames the engine proxy's HTTP (it runs from this image).
         reqs += ["docker>=7.0", "ldap3", "cryptography>=41", "h11>=0.14"]
-        self.add("hub", "hub/Dockerfile.j2", "debian", self.plans["debian"].ref,
+        self.add(HUB_IMAGE, f"{HUB_IMAGE}/Dockerfile.j2", DEBIAN_IMAGE, self.plans[DEBIAN_IMAGE].ref,
                  {"requirements.txt": _requirements(reqs), **_hubdeploy_source()})
+
+    def service_image(self, name: str, files: tuple[str, ...] = ()) -> None:
+        """A stack service's image: its recipe ``images/<name>/`` (Dockerfile.j2 and
+        ``files``) on the Debian image."""
+        self.add(name, f"{name}/Dockerfile.j2", DEBIAN_IMAGE, self.plans[DEBIAN_IMAGE].ref,
+                 {f: (_images_dir() / name / f).read_bytes() for f in files})
 
     def slurm(self, node_image: str) -> None:
         """The compute nodes: the image the profiles run, plus Slurm and munge. The recipe
         is the one the Slurm tests build (FROM a build arg), so it stays a plain Dockerfile."""
         parent_ref = self.plans[node_image].ref
-        recipe = _images_dir() / "slurm"
+        recipe = _images_dir() / SLURM_IMAGE
         files = {name: (recipe / name).read_bytes() for name in ("Dockerfile", "entrypoint.sh", "node-agent.py")}
         args = {"BASE": parent_ref}
         digest = spec_hash(files, args, parent_ref)
         content = self.parent_content(node_image, parent_ref)
-        lab = self.labels("slurm", digest, parent_ref, spec_hash(files, {"BASE": content}, content))
+        lab = self.labels(SLURM_IMAGE, digest, parent_ref, spec_hash(files, {"BASE": content}, content))
         files["Dockerfile"] += ("LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in lab.items())
                                 + "\n").encode()
-        self.plans["slurm"] = ImagePlan("slurm", self.ref("slurm", digest), node_image,
-                                        dict(sorted(files.items())), {**self.proxies, **args}, lab)
+        self.plans[SLURM_IMAGE] = ImagePlan(SLURM_IMAGE, self.ref(SLURM_IMAGE, digest), node_image,
+                                            dict(sorted(files.items())), {**self.proxies, **args}, lab)
 
 
 def image_refs(plans: dict[str, ImagePlan]) -> dict[str, str]:
@@ -458,7 +464,7 @@ def build_images(
         write_context(plan, state_dir)
         fresh = name in forced
         if fresh or not _relabel_from_another_site(plan, client, console=console, steps=steps):
-            if name == "debian":
+            if name == DEBIAN_IMAGE:
                 _build_debian(plan, client, state_dir, fresh=fresh, console=console, steps=steps)
             else:
                 if plan.parent is None:

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from hubdeploy.contract.identity import normal_username, reserved_overlap
+from hubdeploy.contract.layout import STACK_IMAGES
 from hubdeploy.contract.slurmcmd import QOS
 from hubdeploy.contract.services import RESERVED_NAMES
 from hubdeploy.contract.values import (
@@ -405,7 +406,7 @@ class Images(Closed):
         if "base" in self.collaborations:
             problems.append((("collaborations", "base"), "'base' is reserved for the base image"))
         # The stack's own images share the site's image namespace.
-        for reserved in sorted({"debian", "hub", "proxy", "db", "slurm"} & set(self.collaborations)):
+        for reserved in sorted(set(STACK_IMAGES) & set(self.collaborations)):
             problems.append((("collaborations", reserved), f"'{reserved}' is reserved for the stack's own image"))
         cycles: set[frozenset[str]] = set()
         for name, img in self.collaborations.items():

@@ -39,6 +39,18 @@ ENGINE_PROXY_SERVICE = "engine-proxy"
 ENGINE_PROXY_PORT = 2375
 ENGINE_PROXY_URL = f"tcp://{ENGINE_PROXY_SERVICE}:{ENGINE_PROXY_PORT}"
 
+# -- the stack's own images, planned by hubdeploy.images (each from its recipe in
+# images/<name>/). They share the site's image names with its notebook images, so no
+# collaboration may take one of these names (the stack's image would overwrite it).
+DEBIAN_IMAGE = "debian"
+HUB_IMAGE = "hub"
+PROXY_IMAGE = "proxy"
+DB_IMAGE = "db"
+SLURM_IMAGE = "slurm"
+SLURMDBD_IMAGE = "slurmdbd"
+PROMETHEUS_IMAGE = "prometheus"
+STACK_IMAGES = (DEBIAN_IMAGE, HUB_IMAGE, PROXY_IMAGE, DB_IMAGE, SLURM_IMAGE, SLURMDBD_IMAGE, PROMETHEUS_IMAGE)
+
 # -- files inside the hub's container -------------------------------------------------
 HUB_CONFIG_PATH = "/etc/jupyterhub/jupyterhub_config.py"
 HUB_JSON_PATH = "/etc/hubdeploy/hub.json"

@@ -10,6 +10,7 @@ import pytest
 
 from hubdeploy import images
 from hubdeploy.contract.labels import IMAGE_CONTENT_KEY
+from hubdeploy.contract.layout import STACK_IMAGES
 from hubdeploy.errors import SiteError
 from hubdeploy.schema import Site
 
@@ -49,6 +50,15 @@ def site_dir(tmp_path: Path) -> Path:
 
 def plan(site_dir: Path, **overrides) -> dict[str, images.ImagePlan]:
     return images.plan_images(make_site(**overrides), site_dir)
+
+
+def test_the_reserved_image_names_are_the_images_the_stack_plans(site_dir):
+    # The schema refuses a collaboration named like one of STACK_IMAGES: that list must be
+    # every image the stack itself may plan, beside the site's notebook images.
+    site = make_site(slurm={"cluster": {"nodes": 1, "cpus": 1, "memory": "1G"}},
+                     services={"prometheus": {"enabled": True}})
+    stack_own = set(images.plan_images(site, site_dir)) - set(site.images.names())
+    assert stack_own == set(STACK_IMAGES)
 
 
 def test_plan_order_parents_and_refs(site_dir):
