@@ -10,6 +10,8 @@ import pytest
 
 from stackfixture import diagnostics, free_port, run_cli, tear_down_site
 
+from hubdeploy.contract.services import CLI, SMOKE
+
 pytestmark = pytest.mark.integration
 
 SITE = """\
@@ -44,8 +46,8 @@ def test_hub_state_lives_in_postgres(pg_site):
     client = docker.from_env()
     db = client.containers.get(svcs["db"]["container"])
     # The hub's tables and its users are in PostgreSQL (peer auth inside the container).
-    rc, out = db.exec_run(["psql", "-tA", "-d", "jupyterhub", "-c", "select count(*) from users"], user="postgres")
-    assert rc == 0 and int(out.decode().strip()) >= 0, out
+    rc, out = db.exec_run(["psql", "-tA", "-d", "jupyterhub", "-c", "select name from services"], user="postgres")
+    assert rc == 0 and {CLI.name, SMOKE.name} <= set(out.decode().split()), out
     rc, out = db.exec_run(["psql", "-tA", "-d", "jupyterhub", "-c", "select count(*) from oauth_clients"],
                           user="postgres")
     assert rc == 0 and int(out.decode().strip()) >= 1, out
