@@ -21,7 +21,7 @@ import requests
 from benchhomes import remove_home
 
 from hubdeploy import stack
-from hubdeploy.contract.layout import HUB_SERVICE, PROXY_SERVICE
+from hubdeploy.contract.layout import HUB_SERVICE, PROXY_SERVICE, USERS_NETWORK, stack_name
 from hubdeploy.smoke.hubclient import HubClient
 from hubdeploy.smoke.kernel import ServerClient
 
@@ -74,9 +74,9 @@ def open_site(site: str, *, profile=None, token_seconds: int = 7200, engine_time
     admin = HubClient(prep.url)
     admin.login(ADMIN, str(prep.site.hub.authenticator.config.get("password", "")))
     token, _ = admin.create_token(ADMIN, scopes=None, expires_in=token_seconds, note="benchmark")
-    return Bench(prep=prep, profile=chosen, image=prep.plans[chosen.image].ref, network=f"{prep.project}-users",
-                 client=docker.from_env(timeout=engine_timeout), api=HubClient(prep.url, token=token),
-                 admin_token=token)
+    return Bench(prep=prep, profile=chosen, image=prep.plans[chosen.image].ref,
+                 network=stack_name(prep.project, USERS_NETWORK), client=docker.from_env(timeout=engine_timeout),
+                 api=HubClient(prep.url, token=token), admin_token=token)
 
 
 def pct(values: list[float], q: float) -> float:

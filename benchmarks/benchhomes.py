@@ -6,6 +6,7 @@ from __future__ import annotations
 import docker
 
 from hubdeploy.contract.identity import account_name
+from hubdeploy.contract.labels import compose_filter
 from hubdeploy.contract.layout import HUB_HOMES_DIR, HUB_SERVICE
 from hubdeploy.contract.names import home_volume
 
@@ -21,8 +22,7 @@ def remove_home(client, prep, user: str) -> None:
         return
     # Benchmark users have POSIX names, which are their account names (any uid will do).
     name = account_name(user, 0)
-    hubs = client.containers.list(filters={"label": [f"com.docker.compose.project={prep.project}",
-                                                     f"com.docker.compose.service={HUB_SERVICE}"]})
+    hubs = client.containers.list(filters={"label": compose_filter(prep.project, HUB_SERVICE)})
     for hub in hubs:
         try:
             hub.exec_run(["rm", "-rf", "--one-file-system", f"{HUB_HOMES_DIR}/{name}"])

@@ -67,7 +67,15 @@ from benchhomes import remove_home
 
 from hubdeploy import stack
 from hubdeploy.backends.slurm_script import JobOptions, job_options
-from hubdeploy.contract.layout import NOTEBOOK_USER, SLURM_WORKDIR
+from hubdeploy.contract.labels import compose_filter
+from hubdeploy.contract.layout import (
+    COMPUTE_NETWORK,
+    NOTEBOOK_USER,
+    SLURM_WORKDIR,
+    SLURMCTLD_SERVICE,
+    slurm_node_service,
+    stack_name,
+)
 from hubdeploy.smoke.hubclient import HubAPIError, HubClient
 
 TARGET_S = 1.5
@@ -125,18 +133,17 @@ class Cluster:
 
     def container(self, service: str):
         found = self.client.containers.list(
-            filters={"label": [f"com.docker.compose.project={self.project}",
-                               f"com.docker.compose.service={service}"]})
+            filters={"label": compose_filter(self.project, service)})
         if not found:
             raise RuntimeError(f"service {service} of {self.project} is not running")
         return found[0]
 
     def node_ip(self, node: str) -> str:
-        c = self.container(f"slurm-{node}")
+        c = self.container(slurm_node_service(node))
         return c.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
 
     def ctl(self, *argv: str) -> str:
-        res = self.container("slurmctld").exec_run(list(argv), user=NOTEBOOK_USER)
+        res = self.container(SLURMCTLD_SERVICE).exec_run(list(argv), user=NOTEBOOK_USER)
         if res.exit_code != 0:
             raise RuntimeError(f"{argv[0]} exited {res.exit_code}: {res.output.decode()[-300:]}")
         return res.output.decode()
@@ -155,7 +162,7 @@ class Cluster:
 
     def import_seconds(self, node: str, module: str) -> float:
         """How long the node's notebook Python takes to import ``module`` (timed inside)."""
-        res = self.container(f"slurm-{node}").exec_run(
+        res = self.container(slurm_node_service(node)).exec_run(
             ["/opt/venv/bin/python", "-c", IMPORT_PROBE, module], user=NOTEBOOK_USER, workdir=SLURM_WORKDIR)
         if res.exit_code != 0:
             raise RuntimeError(f"import {module} failed: {res.output.decode()[-300:]}")
@@ -164,7 +171,7 @@ class Cluster:
 
 def floor_once(cluster: Cluster, script: str) -> dict:
     token = secrets.token_hex(16)
-    ctl = cluster.container("slurmctld")
+    ctl = cluster.container(SLURMCTLD_SERVICE)
     # -e NAME passes the value from our environment: the token is not in any argv.
     argv = ["docker", "exec", "-i", "-u", NOTEBOOK_USER, "-w", SLURM_WORKDIR, "-e", "JUPYTER_TOKEN",
             ctl.id, "python3", "-c", FLOOR_PROBE, JOB_NAME]
@@ -220,7 +227,7 @@ def main() -> int:
     script = floor_script(job_options(hub_profile))
 
     client = docker.from_env()
-    cluster = Cluster(client, prep.project, f"{prep.project}-compute")
+    cluster = Cluster(client, prep.project, stack_name(prep.project, COMPUTE_NETWORK))
     admin = HubClient(prep.url)
     admin.login(ADMIN, str(prep.site.hub.authenticator.config.get("password", "")))
     admin_token, _ = admin.create_token(ADMIN, scopes=None, expires_in=3600, note="benchmark")

@@ -33,6 +33,10 @@ import urllib.request
 
 import docker
 
+from hubdeploy.contract.labels import COMPOSE_PROJECT, COMPOSE_SERVICE
+from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER, SLURMCTLD_SERVICE, USERS_NETWORK, project_name, stack_name
+from hubdeploy.contract.names import server_prefix
+
 SITE = "hdtebench"
 
 
@@ -53,8 +57,8 @@ USER = "20001:20001"
 def controller(engine, image: str, project: str):
     """A stand-in for the stack's slurmctld: compose's labels, and a squeue that exits 0."""
     ctl = engine.containers.create(image, ["sleep", "3600"], name=f"{project}-bench-{secrets.token_hex(3)}",
-                                   labels={"hubdeploy.site": SITE, "com.docker.compose.project": project,
-                                           "com.docker.compose.service": "slurmctld"})
+                                   labels={LABEL_SITE: SITE, COMPOSE_PROJECT: project,
+                                           COMPOSE_SERVICE: SLURMCTLD_SERVICE})
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         info = tarfile.TarInfo("usr/local/bin/squeue")
@@ -67,10 +71,10 @@ def controller(engine, image: str, project: str):
 
 def create_and_remove(client, image: str, project: str) -> None:
     api = client.api
-    host = api.create_host_config(network_mode=f"{project}-users", cap_drop=["ALL"],
+    host = api.create_host_config(network_mode=stack_name(project, USERS_NETWORK), cap_drop=["ALL"],
                                   security_opt=["no-new-privileges:true"], pids_limit=64, init=True, mem_limit=2**28)
-    made = api.create_container(image, ["sleep", "1"], name=f"{project}-nb-bench-{secrets.token_hex(3)}",
-                                labels={"hubdeploy.site": SITE, "hubdeploy.user": "bench"}, user=USER,
+    made = api.create_container(image, ["sleep", "1"], name=f"{server_prefix(project)}bench-{secrets.token_hex(3)}",
+                                labels={LABEL_SITE: SITE, LABEL_USER: "bench"}, user=USER,
                                 environment={"JUPYTERHUB_API_TOKEN": "x" * 32}, host_config=host)
     api.remove_container(made["Id"], force=True)
 
@@ -94,7 +98,7 @@ def main() -> int:
     args = parser.parse_args()
     engine = docker.from_env(timeout=60)
     proxy_proc = start_proxy(args.port, args.image, args.proxy_src)
-    project = f"hubdeploy-{SITE}"
+    project = project_name(SITE)
     ctl = nb = net = None
     try:
         for _ in range(100):  # 10 s at most
@@ -103,10 +107,10 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.1)
-        net = engine.networks.create(f"{project}-users", labels={"com.docker.compose.project": project})
+        net = engine.networks.create(stack_name(project, USERS_NETWORK), labels={COMPOSE_PROJECT: project})
         ctl = controller(engine, args.image, project)
-        nb = engine.containers.create(args.image, ["sleep", "3600"], name=f"{project}-nb-bench",
-                                      labels={"hubdeploy.site": SITE, "hubdeploy.user": "bench"})
+        nb = engine.containers.create(args.image, ["sleep", "3600"], name=f"{server_prefix(project)}bench",
+                                      labels={LABEL_SITE: SITE, LABEL_USER: "bench"})
         via = docker.DockerClient(base_url=f"tcp://127.0.0.1:{args.port}", timeout=60)
         hosts = {"floor": "unix:///var/run/docker.sock", "proxy": f"tcp://127.0.0.1:{args.port}"}
         clients = {"floor": engine, "proxy": via}

@@ -69,6 +69,7 @@ from _common import (
 )
 
 from hubdeploy import stack, swarm
+from hubdeploy.contract.labels import SWARM_SERVICE_ID
 from hubdeploy.errors import OperationError
 
 TARGET_RATIO = 1.3
@@ -143,7 +144,7 @@ def remove_service(bench: Bench, service_id: str) -> None:
     except docker.errors.NotFound:
         return
     deadline = time.monotonic() + GONE_WAIT
-    label = f"com.docker.swarm.service.id={service_id}"
+    label = f"{SWARM_SERVICE_ID}={service_id}"
     while time.monotonic() < deadline and bench.client.api.containers(all=True, filters={"label": label}):
         time.sleep(0.2)
 

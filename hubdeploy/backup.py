@@ -37,6 +37,9 @@ VERSION = 1
 MANIFEST = "manifest.json"
 DATABASE = "database/jupyterhub.sqlite"
 DB_FILE = "jupyterhub.sqlite"
+# The archive's directory of the hub's data volume (a name of the archive's format, kept
+# whatever the volume is called).
+VOLUME_DIR = "hub-data"
 # sqlite's side files: the snapshot replaces them all.
 _DB_FILES = {DB_FILE, f"{DB_FILE}-journal", f"{DB_FILE}-wal", f"{DB_FILE}-shm"}
 
@@ -180,7 +183,7 @@ def _volume_files(hub) -> tuple[dict[str, Member], Member | None]:
                 db = Member(b"", info.mode, info.uid, info.gid)
             if rel in _DB_FILES:
                 continue
-            out[f"hub-data/{rel}"] = Member(tar.extractfile(info).read(), info.mode, info.uid, info.gid)
+            out[f"{VOLUME_DIR}/{rel}"] = Member(tar.extractfile(info).read(), info.mode, info.uid, info.gid)
     return out, db
 
 

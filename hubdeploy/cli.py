@@ -501,7 +501,7 @@ def images_test(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> No
         if not as_json:
             err.print(f"[bold]testing[/] {name} ({prep.plans[name].ref})")
         results.append(imagetest.check_image(client, name, prep.plans[name].ref,
-                                             name_prefix=f"hubdeploy-{prep.site.name}"))
+                                             name_prefix=prep.project))
     ok = all(r.ok for r in results)
     if as_json:
         _print_json({"ok": ok, "images": [r.to_json() for r in results]})

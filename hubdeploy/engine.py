@@ -15,6 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from hubdeploy.contract.labels import compose_filter, stack_filter
 from hubdeploy.contract.layout import HUB_SERVICE
 from hubdeploy.errors import OperationError
 
@@ -96,18 +97,16 @@ def compose(
 
 def project_containers(client, project: str, *, all: bool = False) -> list:
     """Every container of the stack: compose's, or its swarm tasks' on this engine."""
-    found = client.containers.list(all=all, filters={"label": f"com.docker.compose.project={project}"})
-    return found + client.containers.list(all=all, filters={"label": f"com.docker.stack.namespace={project}"})
+    found = client.containers.list(all=all, filters={"label": compose_filter(project)})
+    return found + client.containers.list(all=all, filters={"label": stack_filter(project)})
 
 
 def service_containers(client, project: str, service: str, *, all: bool = False) -> list:
     """The containers of the stack's ``service`` on this engine, newest first: compose's
     (by its project and service labels) or, with orchestrator swarm, the service's tasks'
     (by the stack namespace and service name swarm gives them)."""
-    found = client.containers.list(all=all, filters={"label": [
-        f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]})
-    found += client.containers.list(all=all, filters={"label": [
-        f"com.docker.stack.namespace={project}", f"com.docker.swarm.service.name={project}_{service}"]})
+    found = client.containers.list(all=all, filters={"label": compose_filter(project, service)})
+    found += client.containers.list(all=all, filters={"label": stack_filter(project, service)})
     return sorted(found, key=lambda c: c.attrs.get("Created", ""), reverse=True)
 
 

@@ -37,19 +37,16 @@ import hubdeploy
 from hubdeploy import kernels as kern
 from hubdeploy import rootfs
 from hubdeploy.buildsteps import BuildStep, StepLog
+from hubdeploy.contract.labels import (IMAGE_CONTENT_KEY, IMAGE_JUPYTERHUB_VERSION, IMAGE_KERNELS, IMAGE_NAME,
+                                       IMAGE_PARENT, IMAGE_SPEC_HASH)
+from hubdeploy.contract.layout import (DB_IMAGE, DEBIAN_IMAGE, HUB_IMAGE, LABEL_SITE, PROMETHEUS_IMAGE, PROXY_IMAGE,
+                                       SLURM_IMAGE, SLURMDBD_IMAGE)
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.schema import Site
 
 CA_FILE = "hubdeploy-ca.crt"
-# The hub image's JupyterHub version, read by `up` to detect an upgrade (hubdeploy.upgrade).
-LABEL_JUPYTERHUB_VERSION = "hubdeploy.jupyterhub-version"
-# Names the stack's own images take; a collaboration cannot reuse them.
 # Docker's predefined proxy args: usable in RUN without an ARG line, never in history.
 PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy")
-# The hash of what an image holds, whatever site it belongs to: its context with the
-# parent's content key in place of the parent's (site-specific) tag. Two sites on one
-# engine with the same recipe share the build (see _relabel_from_another_site).
-LABEL_CONTENT = "hubdeploy.content-key"
 # Bump when a build step changes outside the rendered files (e.g. how rootfs is made).
 RECIPE_VERSION = "1"
 # Every context file gets the same metadata, so the same files give the same tar.
@@ -217,16 +214,14 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
     planner.debian()
     planner.notebook_images()
     planner.hub()
-    planner.add("proxy", "proxy/Dockerfile.j2", "debian", planner.plans["debian"].ref, {})
+    planner.service_image(PROXY_IMAGE)
     if site.slurm is not None and site.slurm.cluster is not None:
         planner.slurm(site.slurm.cluster.image)
-        planner.add("slurmdbd", "slurmdbd/Dockerfile.j2", "debian", planner.plans["debian"].ref,
-                    {name: (_images_dir() / "slurmdbd" / name).read_bytes() for name in ("entrypoint.sh", "health.sh")})
+        planner.service_image(SLURMDBD_IMAGE, ("entrypoint.sh", "health.sh"))
     if site.services.prometheus.enabled:
-        planner.add("prometheus", "prometheus/Dockerfile.j2", "debian", planner.plans["debian"].ref, {})
+        planner.service_image(PROMETHEUS_IMAGE)
     if site.database.type == "postgresql":
-        planner.add("db", "db/Dockerfile.j2", "debian", planner.plans["debian"].ref,
-                    {"entrypoint.sh": (_images_dir() / "db" / "entrypoint.sh").read_bytes()})
+        planner.service_image(DB_IMAGE, ("entrypoint.sh",))
     return planner.plans
 
 
@@ -248,16 +243,19 @@ class _Planner:
         out = {
             "org.opencontainers.image.title": f"hubdeploy {self.site.name} {name}",
             "org.opencontainers.image.version": hubdeploy.__version__,
-            "hubdeploy.site": self.site.name,
-            "hubdeploy.image": name,
-            "hubdeploy.spec-hash": digest,
-            "hubdeploy.parent": parent_ref or "",
-            LABEL_CONTENT: content,
+            LABEL_SITE: self.site.name,
+            IMAGE_NAME: name,
+            IMAGE_SPEC_HASH: digest,
+            IMAGE_PARENT: parent_ref or "",
+            # What the image holds, whatever site it belongs to: its context with the
+            # parent's content key in place of the parent's (site-specific) tag. Two sites
+            # on one engine with the same recipe share the build (_relabel_from_another_site).
+            IMAGE_CONTENT_KEY: content,
         }
         if self.source_url:
             out["org.opencontainers.image.source"] = self.source_url
-        if name == "hub":
-            out[LABEL_JUPYTERHUB_VERSION] = self.version
+        if name == HUB_IMAGE:
+            out[IMAGE_JUPYTERHUB_VERSION] = self.version
         return dict(sorted(out.items()))
 
     def ref(self, name: str, digest: str) -> str:
@@ -266,7 +264,7 @@ class _Planner:
     def parent_content(self, parent: str | None, parent_ref: str) -> str:
         """What stands for the parent in a content key: its own content key, or the
         reference itself for an image from outside the site (images.base.from)."""
-        return self.plans[parent].labels[LABEL_CONTENT] if parent in self.plans else parent_ref
+        return self.plans[parent].labels[IMAGE_CONTENT_KEY] if parent in self.plans else parent_ref
 
     def add(self, name: str, template: str, parent: str | None, parent_ref: str, extra: dict[str, bytes],
             kernel_meta: list[dict] | None = None, **ctx) -> None:
@@ -285,7 +283,7 @@ class _Planner:
         lab = self.labels(name, digest, parent_ref, spec_hash({**files, "Dockerfile": keyed}, {}, parent_content))
         if kernel_meta is not None:
             # Restates what the hash covers (kernel.json files, the parent's tag).
-            lab = dict(sorted({**lab, kern.LABEL: kern.label_value(kernel_meta)}.items()))
+            lab = dict(sorted({**lab, IMAGE_KERNELS: kern.label_value(kernel_meta)}.items()))
         files["Dockerfile"] = tpl.render(labels=lab, **ctx).encode()
         self.plans[name] = ImagePlan(name, self.ref(name, digest), parent, dict(sorted(files.items())),
                                      dict(self.proxies), lab)
@@ -293,7 +291,7 @@ class _Planner:
     def debian(self) -> None:
         """A rootfs recipe, not a Dockerfile; the overlay files go into the rootfs."""
         deb = self.site.build.debian
-        overlay_dir = _images_dir() / "debian" / "rootfs"
+        overlay_dir = _images_dir() / DEBIAN_IMAGE / "rootfs"
         files = {
             f"rootfs/{p.relative_to(overlay_dir).as_posix()}": p.read_bytes()
             for p in sorted(overlay_dir.rglob("*"))
@@ -302,8 +300,9 @@ class _Planner:
         recipe = {"suite": deb.suite, "mirror": deb.mirror, "variant": "minbase"}
         files["recipe.json"] = (json.dumps(recipe, sort_keys=True, indent=1) + "\n").encode()
         digest = spec_hash(files, {}, None)
-        self.plans["debian"] = ImagePlan("debian", self.ref("debian", digest), None, dict(sorted(files.items())),
-                                         dict(self.proxies), self.labels("debian", digest, None, digest))
+        self.plans[DEBIAN_IMAGE] = ImagePlan(DEBIAN_IMAGE, self.ref(DEBIAN_IMAGE, digest), None,
+                                             dict(sorted(files.items())), dict(self.proxies),
+                                             self.labels(DEBIAN_IMAGE, digest, None, digest))
 
     def _packages(self, apt: list[str], pip: list[str]) -> tuple[list[str], dict[str, bytes]]:
         extra = {}
@@ -330,8 +329,8 @@ class _Planner:
         apt, extra = self._packages(base.apt, base.pip)
         kfiles, kctx = self._kernel_ctx("base", base.kernels)
         self.kernel_meta["base"] = kern.metadata("base", base.kernels)
-        self.add("base", "base/Dockerfile.j2", None if base.from_ else "debian",
-                 base.from_ or self.plans["debian"].ref, {**extra, **kfiles}, self.kernel_meta["base"],
+        self.add("base", "base/Dockerfile.j2", None if base.from_ else DEBIAN_IMAGE,
+                 base.from_ or self.plans[DEBIAN_IMAGE].ref, {**extra, **kfiles}, self.kernel_meta["base"],
                  apt=apt, pip=bool(base.pip), uv_version=kern.UV_VERSION, uv_prefix=kern.UV_PREFIX, **kctx)
         for name in _collaboration_order(self.site):
             img = self.site.images.collaborations[name]
@@ -351,23 +350,29 @@ class _Planner:
         # and cryptography (SSHCertificateBuilder) for per-user SSH certificates.
         # h11 frames the engine proxy's HTTP (it runs from this image).
         reqs += ["docker>=7.0", "ldap3", "cryptography>=41", "h11>=0.14"]
-        self.add("hub", "hub/Dockerfile.j2", "debian", self.plans["debian"].ref,
+        self.add(HUB_IMAGE, f"{HUB_IMAGE}/Dockerfile.j2", DEBIAN_IMAGE, self.plans[DEBIAN_IMAGE].ref,
                  {"requirements.txt": _requirements(reqs), **_hubdeploy_source()})
+
+    def service_image(self, name: str, files: tuple[str, ...] = ()) -> None:
+        """A stack service's image: its recipe ``images/<name>/`` (Dockerfile.j2 and
+        ``files``) on the Debian image."""
+        self.add(name, f"{name}/Dockerfile.j2", DEBIAN_IMAGE, self.plans[DEBIAN_IMAGE].ref,
+                 {f: (_images_dir() / name / f).read_bytes() for f in files})
 
     def slurm(self, node_image: str) -> None:
         """The compute nodes: the image the profiles run, plus Slurm and munge. The recipe
         is the one the Slurm tests build (FROM a build arg), so it stays a plain Dockerfile."""
         parent_ref = self.plans[node_image].ref
-        recipe = _images_dir() / "slurm"
+        recipe = _images_dir() / SLURM_IMAGE
         files = {name: (recipe / name).read_bytes() for name in ("Dockerfile", "entrypoint.sh", "node-agent.py")}
         args = {"BASE": parent_ref}
         digest = spec_hash(files, args, parent_ref)
         content = self.parent_content(node_image, parent_ref)
-        lab = self.labels("slurm", digest, parent_ref, spec_hash(files, {"BASE": content}, content))
+        lab = self.labels(SLURM_IMAGE, digest, parent_ref, spec_hash(files, {"BASE": content}, content))
         files["Dockerfile"] += ("LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in lab.items())
                                 + "\n").encode()
-        self.plans["slurm"] = ImagePlan("slurm", self.ref("slurm", digest), node_image,
-                                        dict(sorted(files.items())), {**self.proxies, **args}, lab)
+        self.plans[SLURM_IMAGE] = ImagePlan(SLURM_IMAGE, self.ref(SLURM_IMAGE, digest), node_image,
+                                            dict(sorted(files.items())), {**self.proxies, **args}, lab)
 
 
 def image_refs(plans: dict[str, ImagePlan]) -> dict[str, str]:
@@ -459,7 +464,7 @@ def build_images(
         write_context(plan, state_dir)
         fresh = name in forced
         if fresh or not _relabel_from_another_site(plan, client, console=console, steps=steps):
-            if name == "debian":
+            if name == DEBIAN_IMAGE:
                 _build_debian(plan, client, state_dir, fresh=fresh, console=console, steps=steps)
             else:
                 if plan.parent is None:
@@ -503,7 +508,7 @@ def _git(root: Path, *args: str) -> str | None:
 
 def _require_parent(plan: ImagePlan, client) -> None:
     # A classic build would try to pull a missing FROM image, and fail obscurely.
-    parent_ref = plan.labels.get("hubdeploy.parent", "")
+    parent_ref = plan.labels.get(IMAGE_PARENT, "")
     if parent_ref and not _exists(client, parent_ref):
         raise OperationError(
             f"image {plan.name}: its parent image {parent_ref} is not on this engine",
@@ -523,9 +528,9 @@ def donor_tags(image: dict[str, Any], name: str) -> list[str]:
     content key included, but not the tag: a compute-node or a hand-made image on top of
     a base is never taken for the base."""
     labels = image.get("Labels") or {}
-    if labels.get("hubdeploy.image") != name or not labels.get("hubdeploy.spec-hash"):
+    if labels.get(IMAGE_NAME) != name or not labels.get(IMAGE_SPEC_HASH):
         return []
-    own = image_ref(labels.get("hubdeploy.site", ""), name, labels["hubdeploy.spec-hash"])
+    own = image_ref(labels.get(LABEL_SITE, ""), name, labels[IMAGE_SPEC_HASH])
     return [t for t in image.get("RepoTags") or [] if t == own]
 
 
@@ -537,13 +542,13 @@ def _relabel_from_another_site(plan: ImagePlan, client, *, console, steps=None) 
     The site's own tag, labels and history stay its own; what is shared is only what
     the content key proves equal: the same files, build args and parent content.
     """
-    key = plan.labels.get(LABEL_CONTENT)
+    key = plan.labels.get(IMAGE_CONTENT_KEY)
     if not key:
         return False
     # The low-level list: the SDK's images.list() inspects every hit afterwards, and
     # fails if another build on this engine removes one in between.
     try:
-        same = client.api.images(filters={"label": [f"{LABEL_CONTENT}={key}"]})
+        same = client.api.images(filters={"label": [f"{IMAGE_CONTENT_KEY}={key}"]})
     except ENGINE_ERRORS as exc:
         raise OperationError(f"cannot list images: {exc}") from None
     tagged = sorted(t for img in same for t in donor_tags(img, plan.name) if t != plan.ref)
@@ -561,7 +566,7 @@ def _relabel_from_another_site(plan: ImagePlan, client, *, console, steps=None) 
 
 
 def _build_debian(plan: ImagePlan, client, state_dir: Path, *, fresh: bool, console, steps=None) -> None:
-    digest = plan.labels["hubdeploy.spec-hash"]
+    digest = plan.labels[IMAGE_SPEC_HASH]
     recipe = json.loads(plan.files["recipe.json"])
     tarball = rootfs.tarball_path(state_dir, recipe["suite"], digest)
     if fresh or not tarball.is_file():

@@ -21,6 +21,7 @@ import docker.errors
 
 from hubdeploy import kernelcheck
 from hubdeploy import kernels as kern
+from hubdeploy.contract.labels import IMAGETEST
 from hubdeploy.errors import OperationError
 from hubdeploy.images import ENGINE_ERRORS
 
@@ -113,7 +114,7 @@ def _labels(client, image: str, ref: str) -> dict[str, str]:
 def _create(client, ref: str, name: str, made: list):
     """A fresh home volume and the container that runs the check as the notebook user;
     each is appended to ``made`` as soon as it exists, so the caller removes it."""
-    made.append(client.volumes.create(name=name, labels={"hubdeploy.imagetest": "1"}))
+    made.append(client.volumes.create(name=name, labels={IMAGETEST: "1"}))
     container = client.containers.create(
         ref,
         ["/opt/venv/bin/python", f"{CHECK_DIR}/check.py", f"{CHECK_DIR}/expect.json"],
@@ -124,7 +125,7 @@ def _create(client, ref: str, name: str, made: list):
         volumes={name: {"bind": "/home/jovyan", "mode": "rw"}},
         # Kernels talk over loopback only; an image must not need the network to start one.
         network_mode="none",
-        labels={"hubdeploy.imagetest": "1"},
+        labels={IMAGETEST: "1"},
     )
     made.append(container)
     return container

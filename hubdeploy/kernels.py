@@ -22,9 +22,9 @@ from __future__ import annotations
 import json
 import re
 
+from hubdeploy.contract.labels import IMAGE_KERNELS
 from hubdeploy.schema import Kernel
 
-LABEL = "hubdeploy.kernels"
 KERNELS_ROOT = "/opt/kernels"
 SPEC_ROOT = "/opt/venv/share/jupyter/kernels"
 # The R interpreter for every R kernel; IRkernel comes from Debian, not CRAN.
@@ -176,7 +176,7 @@ def label_value(entries: list[dict]) -> str:
 
 def from_labels(labels: dict[str, str] | None) -> list[dict]:
     """The kernel metadata of an image, from its labels ([] when it declares none)."""
-    raw = (labels or {}).get(LABEL)
+    raw = (labels or {}).get(IMAGE_KERNELS)
     if not raw:
         return []
     try:

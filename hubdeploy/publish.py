@@ -21,6 +21,7 @@ from pathlib import Path
 import docker.errors
 
 from hubdeploy import kernels as kern
+from hubdeploy.contract.labels import IMAGE_PARENT, IMAGE_SPEC_HASH
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.images import ENGINE_ERRORS, ImagePlan
 from hubdeploy.schema import REGISTRY_PATTERN
@@ -161,8 +162,8 @@ def save(client, plan: ImagePlan, dest: Path, *, console=None) -> dict:
         "ref": plan.ref,
         "id": attrs["Id"],
         "repo_digests": attrs.get("RepoDigests") or [],
-        "parent": labels.get("hubdeploy.parent") or None,
-        "spec_hash": labels.get("hubdeploy.spec-hash"),
+        "parent": labels.get(IMAGE_PARENT) or None,
+        "spec_hash": labels.get(IMAGE_SPEC_HASH),
         "labels": labels,
         "kernels": kern.from_labels(labels),
         "size": attrs.get("Size"),

@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from hubdeploy import engine, images, render
-from hubdeploy.backup import DATABASE, DB_FILE, Backup, Member, read_archive
+from hubdeploy.backup import DATABASE, DB_FILE, VOLUME_DIR, Backup, Member, read_archive
 from hubdeploy.contract.atomic import write_atomic
-from hubdeploy.contract.layout import HUB_DATA_DIR, LABEL_SITE, project_name
+from hubdeploy.contract.labels import COMPOSE_PROJECT, COMPOSE_VOLUME
+from hubdeploy.contract.layout import HUB_DATA_DIR, HUB_DATA_VOLUME, LABEL_SITE, project_name, stack_name
 from hubdeploy.errors import OperationError
 from hubdeploy.loader import load_site_text
 
 
 def volume_name(site: str) -> str:
-    return f"{project_name(site)}-hub-data"
+    return stack_name(project_name(site), HUB_DATA_VOLUME)
 
 
 def conflicts(site_file: Path, backup: Backup, *, volume_exists: bool, running: bool) -> list[str]:
@@ -84,7 +85,7 @@ def _fill_volume(client, prep, files: dict[str, Member], console) -> None:
     project = prep.project
     labels = {LABEL_SITE: prep.site.name}
     client.volumes.create(volume_name(prep.site.name), labels={
-        "com.docker.compose.project": project, "com.docker.compose.volume": "hub-data", **labels})
+        COMPOSE_PROJECT: project, COMPOSE_VOLUME: HUB_DATA_VOLUME, **labels})
     engine.put_into_volume(client, prep.plans["hub"].ref, volume_name(prep.site.name), HUB_DATA_DIR,
                            _volume_tar(files), name=f"{project}-restore", labels=labels)
 
@@ -124,7 +125,7 @@ def restore(site_file: Path, archive: Path, *, force: bool = False, console=None
     if found and not force:
         raise OperationError("restore would overwrite: " + "; ".join(found),
                              hint="pass --force to replace them with the archive's")
-    volume = dict(backup.under("hub-data"))
+    volume = dict(backup.under(VOLUME_DIR))
     if DATABASE in backup.members:
         db = backup.members[DATABASE]
         volume[DB_FILE] = Member(stopped_database(db.data), db.mode, db.uid, db.gid)

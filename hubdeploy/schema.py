@@ -22,12 +22,15 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     StringConstraints,
     field_validator,
     model_validator,
 )
 
 from hubdeploy.contract.identity import normal_username, reserved_overlap
+from hubdeploy.contract import ldap as ldap_settings
+from hubdeploy.contract.layout import STACK_IMAGES
 from hubdeploy.contract.slurmcmd import QOS
 from hubdeploy.contract.services import RESERVED_NAMES
 from hubdeploy.contract.values import (
@@ -405,7 +408,7 @@ class Images(Closed):
         if "base" in self.collaborations:
             problems.append((("collaborations", "base"), "'base' is reserved for the base image"))
         # The stack's own images share the site's image namespace.
-        for reserved in sorted({"debian", "hub", "proxy", "db", "slurm"} & set(self.collaborations)):
+        for reserved in sorted(set(STACK_IMAGES) & set(self.collaborations)):
             problems.append((("collaborations", reserved), f"'{reserved}' is reserved for the stack's own image"))
         cycles: set[frozenset[str]] = set()
         for name, img in self.collaborations.items():
@@ -758,25 +761,35 @@ class IdentityFile(Closed):
     group: str | None = Field(None, description="group file; supplementary groups by member name.")
 
 
-class IdentityLdap(Closed):
-    """RFC 2307 posixAccount / posixGroup entries of a directory (TLS verified)."""
+# A number of seconds, written into hub.json as the site wrote it (10, not 10.0).
+Seconds = Annotated[float, PlainSerializer(lambda v: int(v) if float(v).is_integer() else v)]
 
-    url: str = Field(pattern=r"^ldaps?://[A-Za-z0-9.:\[\]-]+(?::\d+)?/?$", description="ldaps://host[:port] or ldap://...")
+
+class IdentityLdap(Closed):
+    """RFC 2307 posixAccount / posixGroup entries of a directory (TLS verified).
+
+    The keys and their types, for editors; the rules are hubdeploy.contract.ldap's, which
+    the hub applies to the same section."""
+
+    url: str = Field(description="ldaps://host[:port], or ldap://host[:port] with start_tls.")
     start_tls: bool = Field(False, description="StartTLS on an ldap:// URL.")
     ca_file: str | None = Field(None, description="CA bundle that verifies the directory; default: the system's.")
     bind_dn: str = Field(description="The DN the hub binds as.")
     bind_password_file: str = Field(description="File holding the bind DN's password (mode 0600).")
     user_base: str
-    user_filter: str = "(&(objectClass=posixAccount)(uid={name}))"
+    user_filter: str = Field(ldap_settings.DEFAULT_USER_FILTER, description="Finds a user's posixAccount: {name}.")
     group_base: str | None = None
-    group_filter: str = "(&(objectClass=posixGroup)(memberUid={name}))"
-    timeout: int = Field(10, ge=1, le=120)
-    cache_seconds: int = Field(60, ge=0, le=3600)
+    group_filter: str = Field(ldap_settings.DEFAULT_GROUP_FILTER,
+                              description="Finds a user's posixGroups: {name} or {dn}.")
+    timeout: Seconds = Field(10, description=f"Seconds, at most {ldap_settings.TIMEOUT_MAX}.")
+    cache_seconds: Seconds = Field(60, description=f"Seconds, at most {ldap_settings.CACHE_MAX}.")
 
     @model_validator(mode="after")
-    def _tls(self) -> "IdentityLdap":
-        if not self.url.startswith("ldaps://") and not self.start_tls:
-            raise ValueError("an ldap:// URL needs start_tls: true (the bind password must not cross in clear)")
+    def _rules(self) -> "IdentityLdap":
+        try:
+            ldap_settings.parse_config(self.model_dump())
+        except ldap_settings.LdapSettingError as exc:
+            raise SiteValueError([((exc.key,) if exc.key else (), exc.reason)]) from None
         return self
 
 

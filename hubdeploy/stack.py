@@ -15,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from hubdeploy import engine, images, ownership, render, selfsigned, stackdeploy, swarm, upgrade
+from hubdeploy.contract import orphans as protocol
+from hubdeploy.contract.backends import DOCKER, SLURM
+from hubdeploy.contract.labels import compose_filter
+from hubdeploy.contract.names import server_prefix
 from hubdeploy.contract.layout import (
     HUB_SERVICE,
     LABEL_PROFILE,
@@ -274,7 +278,7 @@ def _leave_other_orchestrator(prep: Prepared, client) -> None:
     volumes stay, and both mount them by the same names), so that the new stack gets the
     port and the hub's database."""
     if prep.swarm:
-        if client.containers.list(all=True, filters={"label": f"com.docker.compose.project={prep.project}"}):
+        if client.containers.list(all=True, filters={"label": compose_filter(prep.project)}):
             engine.compose(prep.project, prep.compose_file, ["down", "--remove-orphans", "--timeout", "20"],
                            capture=True)
     elif stackdeploy.stack_services(client, prep.project):
@@ -336,16 +340,13 @@ def notebook_containers(client, site: Site) -> list:
     )
 
 
-def _container_row(c) -> dict[str, Any]:
+def _container_row(c) -> protocol.Row:
     """A notebook container found by its labels, in the hub's row shape (owner unknown)."""
     labels = c.labels
     user, server = labels.get(LABEL_USER), labels.get(LABEL_SERVER, "")
-    return {
-        "backend": "docker", "id": c.id, "name": c.name, "state": c.status, "node": "", "reason": "",
-        "detail": f"user {user}" + (f", server {server}" if server else "")
-        + (f", profile {labels[LABEL_PROFILE]}" if labels.get(LABEL_PROFILE) else ""),
-        "tracked": None, "owner": None,
-    }
+    detail = (f"user {user}" + (f", server {server}" if server else "")
+              + (f", profile {labels[LABEL_PROFILE]}" if labels.get(LABEL_PROFILE) else ""))
+    return protocol.row(DOCKER, id=c.id, name=c.name, state=c.status, detail=detail, tracked=None, owner=None)
 
 
 def status(prep: Prepared) -> dict[str, Any]:
@@ -385,7 +386,8 @@ def status(prep: Prepared) -> dict[str, Any]:
     }
 
 
-def orphans(prep: Prepared, *, remove: tuple[str, ...] = (), remove_all: bool = False, client=None) -> dict[str, Any]:
+def orphans(prep: Prepared, *, remove: tuple[str, ...] = (), remove_all: bool = False,
+            client=None) -> protocol.Report:
     """The backends' servers, each marked tracked or not by the hub; optionally remove
     untracked ones. Runs :mod:`hubdeploy.hub.orphans` in the hub's container, where the
     backends are configured as the hub uses them (see that module for why)."""
@@ -393,20 +395,15 @@ def orphans(prep: Prepared, *, remove: tuple[str, ...] = (), remove_all: bool = 
     hubs = engine.service_containers(client, prep.project, HUB_SERVICE)
     if not hubs:
         raise OperationError(f"the hub of site {prep.site.name} is not running", hint="hubdeploy up")
-    argv = ["python3", "-m", "hubdeploy.hub.orphans"]
-    if remove_all:
-        argv.append("--remove-all")
-    elif remove:
-        argv += ["--remove", *remove]  # argv, not a shell: IDs are passed as they are
-    code, (out, err) = hubs[0].exec_run(argv, demux=True)
+    code, (out, err) = hubs[0].exec_run(protocol.argv(remove=remove, remove_all=remove_all), demux=True)
     try:
         report = json.loads((out or b"").decode())
     except ValueError:
         tail = (err or out or b"").decode(errors="replace").strip().splitlines()[-5:]
         raise OperationError("the hub could not list its servers:\n  " + "\n  ".join(tail)) from None
-    if code == 2:
+    if code == protocol.BAD_REQUEST:
         raise SiteError(report.get("error", "bad request"), hint="hubdeploy orphans list")
-    if code != 0:
+    if code != protocol.OK:
         raise OperationError(f"cannot tell which servers the hub tracks: {report.get('error', code)}")
     return report
 
@@ -454,13 +451,13 @@ def logs(prep: Prepared, service: str | None, follow: bool, tail: str = "200") -
         return 0
 
 
-def stop_servers(prep: Prepared, client) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def stop_servers(prep: Prepared, client) -> tuple[list[protocol.Row], list[protocol.Failure]]:
     """Stop every server of every backend through the hub's container (``--stop-all``):
     ``(stopped rows, failures)``, each failure naming what was not stopped and why."""
     hubs = engine.service_containers(client, prep.project, HUB_SERVICE)
     if not hubs:
         return [], _unlisted_without_hub(prep)
-    code, (out, err) = hubs[0].exec_run(["python3", "-m", "hubdeploy.hub.orphans", "--stop-all"], demux=True)
+    code, (out, err) = hubs[0].exec_run(protocol.argv(stop_all=True), demux=True)
     try:
         report = json.loads((out or b"").decode())
         return report["stopped"], report["failed"]
@@ -475,16 +472,15 @@ def stop_servers(prep: Prepared, client) -> tuple[list[dict[str, Any]], list[dic
                      + " | ".join(tail) + "); " + unlisted[0]["error"]}]
 
 
-def _unlisted_without_hub(prep: Prepared) -> list[dict[str, Any]]:
+def _unlisted_without_hub(prep: Prepared) -> list[protocol.Failure]:
     """What cannot be stopped when the hub is not running: jobs on a site's own Slurm
     (the stack's own cluster goes down with the stack, containers are found by label)."""
     slurm = prep.site.slurm
     if slurm is None or slurm.submit is None:
         return []
     where = prep.site.submit_ssh.host if prep.site.submit_ssh else "the site's Slurm"
-    return [{"backend": "slurm", "id": None, "name": None,
-             "error": f"the hub is not running, so its jobs at {where} were not listed or cancelled; "
-                      f"look for jobs named {project_name(prep.site.name)}-nb-* there"}]
+    return [protocol.failure(SLURM, None, None, f"the hub is not running, so its jobs at {where} were not listed "
+                             f"or cancelled; look for jobs named {server_prefix(prep.project)}* there")]
 
 
 def down(prep: Prepared, *, volumes: bool = False, console=None, take_over: bool = False) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 ``up`` hands ``rendered/stack.yaml`` (:mod:`hubdeploy.render.swarmstack`) to ``docker
 stack deploy``, the CLI operators also have, and waits until every service's task runs
 and passes its health check. Services, tasks and containers are found by swarm's own
-labels (``com.docker.stack.namespace``, ``com.docker.swarm.service.name``); a service's
+labels (:func:`hubdeploy.contract.labels.stack_filter`); a service's
 short name is the compose service's name, so ``status`` and ``logs`` read the same for
 both orchestrators.
 """
@@ -18,11 +18,11 @@ from typing import Any
 
 import docker.errors
 
+from hubdeploy.contract.labels import stack_filter
+from hubdeploy.contract.layout import swarm_service
 from hubdeploy.errors import OperationError
 
 STACK_FILE = "stack.yaml"
-NAMESPACE = "com.docker.stack.namespace"
-SERVICE_NAME = "com.docker.swarm.service.name"
 # Where the state directory records the manager the stack's services run on.
 CONTROL_NODE_FILE = "swarm-node"
 # Seconds for `docker stack deploy` itself (it returns once the specs are sent).
@@ -78,7 +78,7 @@ def confirm_control_node(client, project: str, recorded: str, state: Path) -> st
     except docker.errors.NotFound:
         pass
     path = state / CONTROL_NODE_FILE
-    if client.volumes.list(filters={"label": f"{NAMESPACE}={project}"}):
+    if client.volumes.list(filters={"label": stack_filter(project)}):
         return client.info()["Swarm"]["NodeID"]
     raise OperationError(
         f"{path} places the stack's services on swarm node {recorded}, which this swarm does not have, "
@@ -132,7 +132,7 @@ def deploy(project: str, stack_file: Path) -> None:
 
 
 def _short(project: str, name: str) -> str:
-    return name[len(project) + 1:] if name.startswith(project + "_") else name
+    return name.removeprefix(swarm_service(project, ""))
 
 
 def is_manager(client) -> bool:
@@ -143,7 +143,7 @@ def stack_services(client, project: str) -> list:
     """The stack's swarm services; none on an engine that manages no swarm."""
     if not is_manager(client):
         return []
-    return client.services.list(filters={"label": f"{NAMESPACE}={project}"})
+    return client.services.list(filters={"label": stack_filter(project)})
 
 
 def _current_task(service) -> dict[str, Any] | None:
@@ -243,8 +243,8 @@ def unhealthy_report(project: str, rows: list[dict[str, Any]]) -> str:
         lines.append(f"  {r['service']}: {r['state']} {r['health'] or ''} {r['error'] or ''}".rstrip() + update)
         if r["state"] != "running" or r["health"] not in (None, "healthy"):
             proc = subprocess.run(["docker", "service", "logs", "--no-trunc", "--tail", "15",
-                                   f"{project}_{r['service']}"], capture_output=True, text=True, timeout=60,
-                                  check=False)
+                                   swarm_service(project, r["service"])],
+                                  capture_output=True, text=True, timeout=60, check=False)
             lines += [f"    | {line}" for line in (proc.stdout + proc.stderr).splitlines()[-15:]]
     return "\n".join(lines)
 
@@ -254,7 +254,7 @@ def logs(project: str, services: list[str], follow: bool, tail: str) -> int:
     output as compose prints them (swarm keeps a task's stderr on stderr); the worst exit
     code."""
     argv = ["docker", "service", "logs", "--tail", tail] + (["--follow"] if follow else [])
-    procs = [subprocess.Popen([*argv, f"{project}_{s}"], stderr=subprocess.STDOUT) for s in services]
+    procs = [subprocess.Popen([*argv, swarm_service(project, s)], stderr=subprocess.STDOUT) for s in services]
     try:
         return max((p.wait() for p in procs), default=0)
     except KeyboardInterrupt:
@@ -279,7 +279,7 @@ def remove(client, project: str, *, volumes: bool) -> list[str]:
         raise OperationError(f"docker stack rm left {', '.join(left)} after {REMOVE_WAIT} s")
     removed = []
     if volumes:
-        for v in client.volumes.list(filters={"label": f"{NAMESPACE}={project}"}):
+        for v in client.volumes.list(filters={"label": stack_filter(project)}):
             v.remove(force=True)
             removed.append(v.name)
     return removed
@@ -287,7 +287,7 @@ def remove(client, project: str, *, volumes: bool) -> list[str]:
 
 def _leftovers(client, project: str) -> list[str]:
     """What of the stack still exists: task containers, networks, secrets, configs."""
-    label = {"label": f"{NAMESPACE}={project}"}
+    label = {"label": stack_filter(project)}
     out = [f"container {c.name}" for c in client.containers.list(all=True, filters=label)]
     out += [f"network {n.name}" for n in client.networks.list(filters=label)]
     out += [f"secret {s.name}" for s in client.secrets.list(filters=label)]

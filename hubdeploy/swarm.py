@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import docker.errors
 
 from hubdeploy import publish
+from hubdeploy.contract.labels import compose_filter
 from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
 from hubdeploy.errors import OperationError
 from hubdeploy.images import ENGINE_ERRORS, ImagePlan
@@ -166,7 +167,7 @@ def remove_leftovers(client, site: str) -> list[str]:
 
 
 def remove_project_networks(client, project: str) -> None:
-    _remove_when_free(client.networks.list(filters={"label": f"com.docker.compose.project={project}"}))
+    _remove_when_free(client.networks.list(filters={"label": compose_filter(project)}))
 
 
 def _remove_when_free(objects: Iterable) -> None:

@@ -30,9 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubdeploy import engine, images
-from hubdeploy.contract.layout import HUB_CONFIG_PATH, HUB_DATA_DIR, HUB_SERVICE, LABEL_SITE
+from hubdeploy.contract.labels import COMPOSE_PROJECT, IMAGE_JUPYTERHUB_VERSION, UPGRADE_DB
+from hubdeploy.contract.layout import (
+    HUB_CONFIG_PATH,
+    HUB_DATA_DIR,
+    HUB_SERVICE,
+    INTERNAL_NETWORK,
+    LABEL_SITE,
+    stack_name,
+    swarm_service,
+)
 from hubdeploy.errors import OperationError, SiteError
-from hubdeploy.images import LABEL_JUPYTERHUB_VERSION
 
 SQLITE_FILE = f"{HUB_DATA_DIR}/jupyterhub.sqlite"
 # Tests inject a failure at one step: "build" or "upgrade-db" (after the schema changed).
@@ -93,8 +101,8 @@ def running_version(container) -> str | None:
         labels = container.image.labels or {}
     except docker.errors.ImageNotFound:  # removed under a container that still exists
         labels = {}
-    if labels.get(LABEL_JUPYTERHUB_VERSION):
-        return labels[LABEL_JUPYTERHUB_VERSION]
+    if labels.get(IMAGE_JUPYTERHUB_VERSION):
+        return labels[IMAGE_JUPYTERHUB_VERSION]
     if container.status != "running":
         return None
     code, out = container.exec_run(["jupyterhub", "--version"])
@@ -158,12 +166,13 @@ def upgrade_db(client, container, new_image: str) -> None:
         client.containers.get(name).remove(force=True)
     except docker.errors.NotFound:
         pass
+    internal = stack_name(container.labels.get(COMPOSE_PROJECT, ""), INTERNAL_NETWORK)
     networks = sorted((container.attrs.get("NetworkSettings") or {}).get("Networks") or {},
-                      key=lambda n: not n.endswith("-internal"))
+                      key=lambda n: n != internal)
     one_off = client.containers.create(
         new_image, ["jupyterhub", "upgrade-db", "-f", HUB_CONFIG_PATH],
         name=name, volumes_from=[container.id], network=networks[0] if networks else None,
-        labels={"hubdeploy.site": container.labels.get("hubdeploy.site", ""), "hubdeploy.upgrade-db": "1"},
+        labels={LABEL_SITE: container.labels.get(LABEL_SITE, ""), UPGRADE_DB: "1"},
     )
     try:
         one_off.start()
@@ -181,14 +190,14 @@ def upgrade_db_service(client, project: str, new_image: str) -> None:
     mount) with the NEW image, that command, no health check and no restart."""
     import docker.errors
 
-    spec = client.services.get(f"{project}_{HUB_SERVICE}").attrs["Spec"]
+    spec = client.services.get(swarm_service(project, HUB_SERVICE)).attrs["Spec"]
     task = upgrade_db_task(spec["TaskTemplate"], new_image)
     name = f"{project}-upgrade-db"
     for left in client.services.list(filters={"name": name}):
         if left.name == name:  # left by an interrupted upgrade
             left.remove()
     created = client.api.create_service(task, name=name, mode={"Replicated": {"Replicas": 1}}, labels={
-        LABEL_SITE: (spec.get("Labels") or {}).get(LABEL_SITE, ""), "hubdeploy.upgrade-db": "1"})
+        LABEL_SITE: (spec.get("Labels") or {}).get(LABEL_SITE, ""), UPGRADE_DB: "1"})
     try:
         status = _finished_task(client, created["ID"])
         logs = b"".join(client.api.service_logs(created["ID"], stdout=True, stderr=True, tail=20))
@@ -297,7 +306,7 @@ def _hub_control(prep, client, old):
             old.start()
             return _wait_healthy(old)
         return (lambda: old.stop(timeout=30)), start
-    service = client.services.get(f"{prep.project}_{HUB_SERVICE}")
+    service = client.services.get(swarm_service(prep.project, HUB_SERVICE))
 
     def stop_service() -> None:
         service.scale(0)

@@ -1,7 +1,9 @@
 """``hubdeploy logs --user NAME``: a notebook server's own log, from whichever backend runs it.
 
 The hub's backends list every server with its owner (``hubdeploy.hub.orphans``, run in
-the hub's container as ``status`` does). A docker server's log is its container's log.
+the hub's container as ``status`` does). A docker server's log is its container's log;
+a swarm server's is its task's container's (found by swarm's service label), or, for a
+task on another node, the service's log as the manager gathers it.
 A Slurm job's log is its output file on the node that runs it; on the stack's own
 cluster it is read *on that node, as the job's own uid*, so nothing is shown that its
 user could not read (jobs of per-user accounts write into their own
@@ -16,7 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from hubdeploy import engine
-from hubdeploy.contract.layout import SLURMCTLD_SERVICE
+from hubdeploy.contract import orphans as protocol
+from hubdeploy.contract.backends import DOCKER, SLURM, SWARM
+from hubdeploy.contract.labels import SWARM_SERVICE_ID
+from hubdeploy.contract.layout import SLURMCTLD_SERVICE, slurm_node_service
 from hubdeploy.errors import OperationError, SiteError
 
 # scontrol show job -o: KEY=VALUE words; the values we read never contain a space.
@@ -31,19 +36,19 @@ def check_tail(tail: str) -> str:
     return tail
 
 
-def find_server(rows: list[dict[str, Any]], user: str, server: str) -> dict[str, Any]:
+def find_server(rows: list[protocol.Row], user: str, server: str) -> protocol.Row:
     """The backend row of ``user``'s server ``server`` ("" for the default one); pure.
 
     SiteError (exit 2) naming the user's running servers when there is no such server.
     """
-    owner = f"{user}/{server}" if server else user
-    hits = [r for r in rows if r.get("owner") == owner]
+    hits = [r for r in rows if r.get("owner") == protocol.owner(user, server)]
     if hits:
         return hits[0]
-    theirs = sorted(r["owner"] for r in rows if r.get("owner") and r["owner"].split("/", 1)[0] == user)
+    theirs = sorted(protocol.split_owner(r["owner"])[1] for r in rows
+                    if r.get("owner") and protocol.split_owner(r["owner"])[0] == user)
     what = f"server {server!r} of user {user!r}" if server else f"default server of user {user!r}"
     if theirs:
-        named = ", ".join(f"--server {o.split('/', 1)[1]}" if "/" in o else "the default server" for o in theirs)
+        named = ", ".join(f"--server {s}" if s else "the default server" for s in theirs)
         raise SiteError(f"no running {what}; theirs: {named}")
     raise SiteError(f"no running {what}: the user is unknown or has no running server",
                     hint="hubdeploy status lists every running server")
@@ -71,19 +76,48 @@ def _service(client, project: str, service: str):
     return found[0]
 
 
-def _docker_log(client, row, tail: str, follow: bool, write: Callable[[bytes], None]) -> int:
+def _copy(logs, write: Callable[[bytes], None]) -> int:
+    """Write a log the SDK returned whole (bytes) or as a stream of chunks."""
+    for chunk in [logs] if isinstance(logs, bytes) else logs:
+        write(chunk)
+    return 0
+
+
+def _container_log(container, tail, follow: bool, write: Callable[[bytes], None]) -> int:
+    return _copy(container.logs(tail=tail, stream=follow, follow=follow), write)
+
+
+def _docker_log(client, row, tail, follow: bool, write: Callable[[bytes], None]) -> int:
     import docker
 
     try:
         container = client.containers.get(row["id"])
     except docker.errors.NotFound:
         raise OperationError(f"the server's container {row['name']} is gone") from None
-    if not follow:
-        write(container.logs(tail=tail))
-        return 0
-    for chunk in container.logs(tail=tail, stream=True, follow=True):
-        write(chunk)
-    return 0
+    return _container_log(container, tail, follow, write)
+
+
+def task_container(client, service_id: str):
+    """The newest container of a swarm service's tasks on this engine (a running one
+    first), found by the label swarm sets on it, or None."""
+    found = client.containers.list(all=True, filters={"label": [f"{SWARM_SERVICE_ID}={service_id}"]})
+    found.sort(key=lambda c: (c.status == "running", c.attrs.get("Created", "")), reverse=True)
+    return found[0] if found else None
+
+
+def _swarm_log(client, row, tail, follow: bool, write: Callable[[bytes], None]) -> int:
+    """A swarm server's log: its task's container's, or, when the task runs on another
+    node, the service's log, which the manager (this engine) gathers from there."""
+    import docker
+
+    container = task_container(client, row["id"])
+    if container is not None:
+        return _container_log(container, tail, follow, write)
+    try:
+        logs = client.api.service_logs(row["id"], stdout=True, stderr=True, tail=tail, follow=follow)
+    except docker.errors.NotFound:
+        raise OperationError(f"the server's service {row['name']} is gone") from None
+    return _copy(logs, write)
 
 
 def _slurm_log(client, prep, row, tail: str, follow: bool, write: Callable[[bytes], None]) -> int:
@@ -97,7 +131,7 @@ def _slurm_log(client, prep, row, tail: str, follow: bool, write: Callable[[byte
     out = job_output(res.output.decode(errors="replace"))
     if not out["node"]:
         raise OperationError(f"job {row['id']} has not started on a node yet ({out['state'] or 'pending'})")
-    node = _service(client, prep.project, f"slurm-{out['node']}")
+    node = _service(client, prep.project, slurm_node_service(out["node"]))
     # As the job's own uid: the log is shown only if its user could read it.
     user = f"{out['uid']}:{out['gid']}"
     if not follow:
@@ -122,10 +156,11 @@ def user_logs(prep, user: str, server: str, *, follow: bool, tail: str, write: C
     client = engine.docker_client()
     row = find_server(stack.orphans(prep, client=client)["servers"], user, server)
     try:
-        if row["backend"] == "slurm":
+        if row["backend"] == SLURM:
             return _slurm_log(client, prep, row, tail, follow, write)
-        if row["backend"] != "docker":
+        readers = {DOCKER: _docker_log, SWARM: _swarm_log}
+        if row["backend"] not in readers:
             raise OperationError(f"logs --user does not know the {row['backend']} backend's logs")
-        return _docker_log(client, row, int(tail) if tail.isdigit() else "all", follow, write)
+        return readers[row["backend"]](client, row, int(tail) if tail.isdigit() else "all", follow, write)
     except KeyboardInterrupt:
         return 0

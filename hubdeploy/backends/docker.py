@@ -43,6 +43,7 @@ from hubdeploy.backends.base import (
 )
 from hubdeploy.backends import accounts
 from hubdeploy.contract import names
+from hubdeploy.contract.backends import DOCKER
 from hubdeploy.contract.layout import LABEL_PROFILE, LABEL_SERVER, LABEL_SITE, LABEL_USER
 from hubdeploy.contract.values import DEFAULT_PIDS_LIMIT
 
@@ -84,7 +85,7 @@ class DockerBackend(Backend):
     """Containers on the local Docker engine (config: :class:`DockerConfig`)."""
 
     Config = DockerConfig
-    name = "docker"
+    name = DOCKER
     config: DockerConfig
 
     def __init__(self, config: Mapping[str, Any], log=None):

@@ -87,7 +87,8 @@ from hubdeploy.backends.slurm_parse import (
 )
 from hubdeploy.backends.slurm_script import OptionError, job_options, render
 from hubdeploy.backends.sshcert import CertificateAuthority, CertificateError
-from hubdeploy.contract import names, slurmcmd
+from hubdeploy.contract import layout, names, slurmcmd
+from hubdeploy.contract.backends import SLURM
 from hubdeploy.contract.identity import Identity
 
 # Who runs the commands that are nobody's job (the listings of slurmcmd) when the prefix
@@ -130,7 +131,7 @@ class SlurmConfig(BackendConfig):
     # refused the job" (poll reads every failure as unknown).
     submit_unreachable_code: int | None = None
     # Job names start with "<prefix>-<site>-nb-".
-    prefix: str = "hubdeploy"
+    prefix: str = layout.PROJECT_PREFIX
     site: str | None = None
     # sbatch --output, relative to the job's working directory (the submit directory).
     output: str = "hubdeploy-slurm-%j.log"
@@ -178,7 +179,7 @@ class SlurmBackend(Backend):
     """
 
     Config = SlurmConfig
-    name = "slurm"
+    name = SLURM
     config: SlurmConfig
 
     def __init__(self, config: Mapping[str, Any], log=None):
@@ -195,8 +196,8 @@ class SlurmBackend(Backend):
             if not c.ssh_user_prefix:
                 raise ValueError("slurm backend: ssh_ca_key needs an ssh_user_prefix")
             self.ca = CertificateAuthority(c.ssh_ca_key, c.ssh_cert_dir, c.ssh_cert_minutes,
-                                           key_id=f"hubdeploy-{c.site}" if c.site else "hubdeploy")
-        self.name_prefix = "-".join(p for p in (c.prefix or "hubdeploy", c.site) if p)
+                                           key_id=layout.project_name(c.site) if c.site else layout.PROJECT_PREFIX)
+        self.name_prefix = "-".join(p for p in (c.prefix or layout.PROJECT_PREFIX, c.site) if p)
         self.command_timeout = c.command_timeout
         self.poll_interval = c.poll_interval
         self.start_poll_min = min(c.start_poll_min, self.poll_interval)

@@ -40,6 +40,8 @@ from docker.types import (
 from hubdeploy.backends import accounts, swarm_tasks
 from hubdeploy.backends.base import BackendError, Found, PollResult, Running, ServerSpec, Stopped, Unknown
 from hubdeploy.backends.docker import _UNREACHABLE, DockerBackend, DockerConfig
+from hubdeploy.contract.backends import SWARM
+from hubdeploy.contract.labels import SWARM_SERVICE_ID
 from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
 
 # Seconds to retry removing a stopped server's configs while the manager lets go of them.
@@ -66,7 +68,7 @@ class SwarmBackend(DockerBackend):
     """One-replica services on the swarm the hub's engine manages (config: :class:`SwarmConfig`)."""
 
     Config = SwarmConfig
-    name = "swarm"
+    name = SWARM
 
     def __init__(self, config: Mapping[str, Any], log=None):
         super().__init__(config, log)
@@ -294,7 +296,7 @@ class SwarmBackend(DockerBackend):
         configs, and ``down`` can remove the network it was attached to); bounded by the
         stop grace period."""
         deadline = time.monotonic() + self.config.stop_timeout + 10
-        filters: dict[str, Any] = {"label": f"com.docker.swarm.service.id={service_id}"}
+        filters: dict[str, Any] = {"label": f"{SWARM_SERVICE_ID}={service_id}"}
         if running:
             filters["status"] = "running"
         while time.monotonic() < deadline and await self._run(self.client().api.containers,

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, quote
 
 from hubdeploy.contract import slurmcmd
 from hubdeploy.contract.identity import NOTEBOOK_UID, USERS_GID, reserved_id
+from hubdeploy.contract.labels import COMPOSE_PROJECT, COMPOSE_SERVICE, DOCKER_PREFIX, SWARM_PREFIX
 from hubdeploy.contract.layout import (
     LABEL_SITE,
     LABEL_USER,
@@ -32,12 +33,7 @@ from hubdeploy.contract.layout import (
     SLURMCTLD_SERVICE,
     project_name,
 )
-from hubdeploy.engineproxy.objects import (
-    COMPOSE_PROJECT,
-    COMPOSE_SERVICE,
-    check_mount_list,
-    check_network,
-)
+from hubdeploy.engineproxy.objects import check_mount_list, check_network
 from hubdeploy.engineproxy.shapes import (
     Refused,
     Shape,
@@ -55,7 +51,7 @@ from hubdeploy.engineproxy.shapes import (
 
 # Labels only compose, swarm and the engine set: a container the hub makes with one of
 # them could pass for a stack service.
-RESERVED_LABEL_PREFIXES = ("com.docker.",)
+RESERVED_LABEL_PREFIXES = (DOCKER_PREFIX,)
 
 _ABS_PATH = r"/[^\x00]{0,4095}"
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}"
@@ -177,7 +173,7 @@ def kind_of(info: dict, policy) -> str:
         if compose == project_name(policy.site) and labels.get(COMPOSE_SERVICE) == SLURMCTLD_SERVICE:
             return "controller"
         return "foreign"
-    if labels.get(LABEL_SITE) != policy.site or any(k.startswith("com.docker.swarm.") for k in labels):
+    if labels.get(LABEL_SITE) != policy.site or any(k.startswith(SWARM_PREFIX) for k in labels):
         return "foreign"
     return "notebook" if LABEL_USER in labels else "probe"
 

@@ -9,12 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode
 
+from hubdeploy.contract.labels import COMPOSE_PROJECT, STACK_NAMESPACE
 from hubdeploy.contract.layout import LABEL_SITE, project_name
 from hubdeploy.engineproxy.shapes import Refused
-
-COMPOSE_PROJECT = "com.docker.compose.project"
-COMPOSE_SERVICE = "com.docker.compose.service"
-STACK_NAMESPACE = "com.docker.stack.namespace"
 
 # lookup(kind, ref) -> the engine's inspect document, or None when there is no such object.
 Lookup = Callable[[str, str], "dict | None"]

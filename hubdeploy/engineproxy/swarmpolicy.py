@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from urllib.parse import parse_qs, quote, urlencode
 
+from hubdeploy.contract.labels import DOCKER_PREFIX
 from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
 from hubdeploy.engineproxy import containers
 from hubdeploy.engineproxy.objects import (
@@ -140,7 +141,7 @@ def _check_service(spec, policy, lookup) -> dict:
         if labels.get(LABEL_SITE) != policy.site or LABEL_USER not in labels:
             raise Refused("labels", f"the {what} must carry {LABEL_SITE}={policy.site} and a user")
         if any(k.startswith(containers.RESERVED_LABEL_PREFIXES) for k in labels):
-            raise Refused("labels", f"the {what} may carry no com.docker.* label")
+            raise Refused("labels", f"the {what} may carry no {DOCKER_PREFIX}* label")
     containers.check_image(cs["Image"], policy)
     containers.check_user(cs.get("User"), cs.get("Groups"))
     if "ALL" not in (c.upper() for c in cs["CapabilityDrop"]):

@@ -29,6 +29,7 @@ import sys
 import time
 from urllib.parse import quote
 
+from hubdeploy.contract.labels import compose_filter
 from hubdeploy.contract.layout import DEXEC_UNREACHABLE as UNREACHABLE
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -109,7 +110,7 @@ class Engine:
         return json.loads(data or b"null")
 
     def find(self, project: str, service: str) -> str | None:
-        labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]
+        labels = compose_filter(project, service)
         found = self._json("GET", "/containers/json?filters=" + quote(json.dumps({"label": labels})))
         return found[0]["Id"] if found else None
 
@@ -235,10 +236,7 @@ def _run_docker_py(args, env: dict[str, str]) -> int:
 
     try:
         client = docker.from_env(timeout=API_TIMEOUT)
-        found = client.containers.list(
-            filters={"label": [f"com.docker.compose.project={args.project}",
-                               f"com.docker.compose.service={args.service}"]}
-        )
+        found = client.containers.list(filters={"label": compose_filter(args.project, args.service)})
         if not found:
             return _fail(f"service {args.service} of {args.project} is not running")
         api = client.api

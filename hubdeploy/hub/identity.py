@@ -39,31 +39,10 @@ from hubdeploy.contract.identity import (
     account_name,
     check,
 )
+from hubdeploy.hub.identity_source import DEFAULT_TEMPLATE, IdentitySource
 
 SHARED_UID = NOTEBOOK_UID
 SHARED_GID = USERS_GID
-DEFAULT_TEMPLATE = "/home/{name}"
-
-
-class IdentitySource:
-    """Base class of identity sources; ``config`` is hub.json's ``identity`` section."""
-
-    name = "?"
-
-    def __init__(self, config: Mapping[str, Any]):
-        self.config = dict(config)
-        self.home_template = str(self.config.get("home_template") or DEFAULT_TEMPLATE)
-
-    async def lookup(self, user: str) -> Identity:
-        """The account of hub user ``user``; IdentityError (naming this source) if none."""
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        """What to name in a refusal: the source and where it reads from."""
-        return self.name
-
-    def home(self, name: str) -> str:
-        return self.home_template.format(name=name)
 
 
 class SharedSource(IdentitySource):

@@ -11,6 +11,9 @@ appears in no message.
 ldap3 is synchronous, so each lookup runs in a worker thread, bounded by ``timeout``.
 Positive answers are cached for ``cache_seconds`` so a spawn storm does not hammer the
 directory; refusals are not, so an account added by the site is seen at the next spawn.
+
+The settings are :mod:`hubdeploy.contract.ldap`'s, checked by the same function that
+``hubdeploy validate`` runs on the site file.
 """
 
 from __future__ import annotations
@@ -21,90 +24,21 @@ import re
 import ssl
 import time
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core.exceptions import LDAPCertificateError, LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
 from hubdeploy.contract.identity import Group, Identity, IdentityError, check
-from hubdeploy.hub.identity import IdentitySource
+from hubdeploy.contract.ldap import parse_config
+from hubdeploy.hub.identity_source import IdentitySource
 
-DEFAULT_USER_FILTER = "(&(objectClass=posixAccount)(uid={name}))"
-DEFAULT_GROUP_FILTER = "(&(objectClass=posixGroup)(memberUid={name}))"
 USER_ATTRS = ["uid", "uidNumber", "gidNumber", "homeDirectory", "loginShell"]
 GROUP_ATTRS = ["cn", "gidNumber"]
 _DIGITS = re.compile(r"[0-9]+")
 _PLACEHOLDER = re.compile(r"\{(name|dn)\}")
-
-# The keys that are not strings, and the types they accept.
-_TYPES: dict[str, tuple[type, ...]] = {"start_tls": (bool,), "timeout": (int, float), "cache_seconds": (int, float)}
-
-
-@dataclass(frozen=True)
-class LdapConfig:
-    url: str
-    user_base: str
-    group_base: str | None = None  # None: no posixGroup search (no supplementary groups)
-    start_tls: bool = False
-    ca_file: str | None = None
-    bind_dn: str | None = None
-    bind_password_file: str | None = None
-    user_filter: str = DEFAULT_USER_FILTER
-    group_filter: str = DEFAULT_GROUP_FILTER
-    timeout: float = 10
-    cache_seconds: float = 60
-
-
-def parse_config(raw: Any) -> LdapConfig:
-    """hub.json's ``identity.ldap``, checked; ValueError saying what is wrong."""
-    if not isinstance(raw, Mapping):
-        raise ValueError("identity.ldap must be a mapping")
-    if "bind_password" in raw:
-        raise ValueError("identity.ldap.bind_password is refused: put the password in a file "
-                         "and name it in bind_password_file")
-    known = {f.name: f for f in fields(LdapConfig)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ValueError(f"identity.ldap: unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(known)}")
-    for key, f in known.items():
-        types = _TYPES.get(key, (str,))
-        if key not in raw and f.default is MISSING:
-            raise ValueError(f"identity.ldap.{key} is required")
-        if key not in raw or (raw[key] is None and f.default is None):
-            continue
-        # bool is an int: a timeout of `true` is a mistake, not one second.
-        if not isinstance(raw[key], types) or (bool not in types and isinstance(raw[key], bool)):
-            raise ValueError(f"identity.ldap.{key} must be {' or '.join(t.__name__ for t in types)}")
-    cfg = LdapConfig(**raw)
-    _check_url(cfg)
-    if (cfg.bind_dn is None) != (cfg.bind_password_file is None):
-        raise ValueError("identity.ldap: bind_dn and bind_password_file go together (neither: anonymous bind)")
-    if "{name}" not in cfg.user_filter:
-        raise ValueError("identity.ldap.user_filter must contain {name} (the hub username)")
-    if "{name}" not in cfg.group_filter and "{dn}" not in cfg.group_filter:
-        raise ValueError("identity.ldap.group_filter must contain {name} or {dn} (the user's entry)")
-    for key in ("user_filter", "group_filter"):
-        if not (getattr(cfg, key).startswith("(") and getattr(cfg, key).endswith(")")):
-            raise ValueError(f"identity.ldap.{key} must be a parenthesised LDAP filter")
-    if cfg.timeout <= 0 or cfg.cache_seconds < 0:
-        raise ValueError("identity.ldap: timeout must be > 0 and cache_seconds >= 0")
-    return cfg
-
-
-def _check_url(cfg: LdapConfig) -> None:
-    parts = urlsplit(cfg.url)
-    # The URL is not echoed: one with user information may carry a password.
-    if parts.scheme not in ("ldap", "ldaps") or not parts.hostname or parts.username or parts.password:
-        raise ValueError("identity.ldap.url must be ldap://host[:port] or ldaps://host[:port], without credentials")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError("identity.ldap.url must name only the server (no base DN, no query)")
-    if parts.scheme == "ldap" and not cfg.start_tls:
-        raise ValueError("identity.ldap: an ldap:// URL needs start_tls: true (the bind and the accounts "
-                         "must not cross the network in clear)")
 
 
 def fill(template: str, **values: str) -> str:

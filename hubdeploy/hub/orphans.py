@@ -45,6 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from hubdeploy.contract import hubjson
+from hubdeploy.contract import orphans as protocol
+from hubdeploy.contract.backends import read_saved_state
 from hubdeploy.contract.services import CLI
 
 PAGE = 200
@@ -62,7 +64,7 @@ class BadRequest(Exception):
 class Tracked:
     """One active server of the hub, as its backend identifies it."""
 
-    owner: str  # "user" or "user/server"
+    owner: str  # protocol.owner: "user" or "user/server"
     backend: str
     id: str | None
     name: str | None
@@ -73,18 +75,18 @@ def tracked_servers(users: Iterable[Mapping[str, Any]], backends: Mapping[str, A
     out = []
     for user in users:
         for server_name, server in (user.get("servers") or {}).items():
-            saved = (server.get("state") or {}).get("hubdeploy") or {}
-            name = saved.get("backend") or default
+            saved = read_saved_state(server.get("state"))
+            name = (saved and saved["backend"]) or default
             backend = backends.get(name)
             if backend is None:
                 continue
-            state = saved.get("state") or {}
-            owner = f"{user['name']}/{server_name}" if server_name else user["name"]
+            state = saved["state"] if saved else {}
+            owner = protocol.owner(user["name"], server_name)
             out.append(Tracked(owner, name, backend.server_id(state), backend.server_name(state)))
     return out
 
 
-def classify(found: Mapping[str, list], tracked: list[Tracked]) -> list[dict[str, Any]]:
+def classify(found: Mapping[str, list], tracked: list[Tracked]) -> list[protocol.Row]:
     """Every listed server with ``tracked`` and ``owner``; pure (unit-tested).
 
     A server is tracked when its id is a tracked server's id, or when its name is that of
@@ -96,11 +98,11 @@ def classify(found: Mapping[str, list], tracked: list[Tracked]) -> list[dict[str
         by_name = {t.name: t.owner for t in tracked if t.backend == backend and not t.id and t.name}
         for f in items:
             owner = by_id.get(f.id) or by_name.get(f.name)
-            rows.append({"backend": backend, **asdict(f), "tracked": owner is not None, "owner": owner})
+            rows.append(protocol.row(backend, **asdict(f), tracked=owner is not None, owner=owner))
     return rows
 
 
-def pick(rows: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:
+def pick(rows: list[protocol.Row], wanted: list[str]) -> list[protocol.Row]:
     """The untracked rows ``wanted`` names (an id, or a unique id prefix of 6+ characters).
 
     All-or-nothing: any name that is tracked, unknown or ambiguous raises BadRequest.
@@ -199,7 +201,7 @@ async def _list(backends: Mapping[str, Any]) -> dict[str, list]:
     return found
 
 
-async def run(remove: list[str], remove_all: bool) -> dict[str, Any]:
+async def run(remove: list[str], remove_all: bool) -> protocol.Report:
     from hubdeploy.backends.base import BackendError
 
     hub = hubjson.load()
@@ -226,20 +228,20 @@ async def run(remove: list[str], remove_all: bool) -> dict[str, Any]:
             await b.close()
 
 
-async def stop_all() -> dict[str, Any]:
+async def stop_all() -> protocol.StopReport:
     """Stop every server every backend lists; ``failed`` names what could not be stopped."""
     from hubdeploy.backends.base import BackendError
 
     hub = hubjson.load()
     backends, default = _backends(hub)
     found: dict[str, list] = {}
-    failed: list[dict[str, Any]] = []
+    failed: list[protocol.Failure] = []
     try:
         for name, backend in backends.items():
             try:
                 items = await backend.list_servers()
             except BackendError as exc:
-                failed.append({"backend": name, "id": None, "name": None, "error": f"cannot list: {exc}"})
+                failed.append(protocol.failure(name, None, None, f"cannot list: {exc}"))
                 continue
             if items is not None:
                 found[name] = items
@@ -253,7 +255,7 @@ async def stop_all() -> dict[str, Any]:
             try:
                 await backends[row["backend"]].remove(row["id"])
             except BackendError as exc:
-                failed.append({"backend": row["backend"], "id": row["id"], "name": row["name"], "error": str(exc)})
+                failed.append(protocol.failure(row["backend"], row["id"], row["name"], str(exc)))
             else:
                 stopped.append(row)
         return {"backends": sorted(found), "servers": rows, "stopped": stopped, "failed": failed}
@@ -262,29 +264,35 @@ async def stop_all() -> dict[str, Any]:
             await b.close()
 
 
+def parser() -> argparse.ArgumentParser:
+    """The command line :func:`hubdeploy.contract.orphans.argv` builds."""
+    out = argparse.ArgumentParser(prog=f"python3 -m {protocol.MODULE}")
+    group = out.add_mutually_exclusive_group()
+    group.add_argument(protocol.REMOVE, dest="remove", nargs="+", default=[], metavar="ID")
+    group.add_argument(protocol.REMOVE_ALL, dest="remove_all", action="store_true")
+    group.add_argument(protocol.STOP_ALL, dest="stop_all", action="store_true")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m hubdeploy.hub.orphans")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--remove", nargs="+", default=[], metavar="ID")
-    group.add_argument("--remove-all", action="store_true")
-    group.add_argument("--stop-all", action="store_true")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     from hubdeploy.backends.base import BackendError
 
     try:
         if args.stop_all:
             report = asyncio.run(stop_all())
             print(json.dumps(report))
-            return 1 if report["failed"] else 0
+            return protocol.FAILED if report["failed"] else protocol.OK
         report = asyncio.run(run(args.remove, args.remove_all))
     except BadRequest as exc:
-        print(json.dumps({"error": str(exc), "status": 2}))
-        return 2
+        print(json.dumps(protocol.ErrorReport(error=str(exc), status=protocol.BAD_REQUEST)))
+        return protocol.BAD_REQUEST
     except (Failed, BackendError, OSError, KeyError, ValueError) as exc:
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, Failed) else str(exc), "status": 1}))
-        return 1
+        error = str(exc) if isinstance(exc, Failed) else f"{type(exc).__name__}: {exc}"
+        print(json.dumps(protocol.ErrorReport(error=error, status=protocol.FAILED)))
+        return protocol.FAILED
     print(json.dumps(report))
-    return 0
+    return protocol.OK
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from hubdeploy.backends.base import (
     ServerSpec,
     Stopped,
 )
+from hubdeploy.contract.backends import DOCKER, SLURM, STATE_KEY, read_saved_state, saved_state
 from hubdeploy.contract.identity import Identity, IdentityError
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 from hubdeploy.contract.values import OptionError
@@ -141,7 +142,7 @@ class HubdeploySpawner(Spawner):
         help="The site's profiles, in hub.json's format (docs/design.md). "
         "Users choose one; with a single profile there is no form.",
     ).tag(config=True)
-    backend = Unicode("docker", help="Entry-point name in the hubdeploy.backends group.").tag(config=True)
+    backend = Unicode(DOCKER, help="Entry-point name in the hubdeploy.backends group.").tag(config=True)
     backend_config = Dict(help="Free-form configuration of the backend (hub.json spawner.backend_config).").tag(
         config=True
     )
@@ -149,7 +150,7 @@ class HubdeploySpawner(Spawner):
         help="Further backends, name -> config (hub.json spawner.backends), e.g. {'slurm': {...}}.",
     ).tag(config=True)
     node_backends = Dict(
-        {"compute": "slurm"},
+        {"compute": SLURM},
         help="Profile node type -> backend name; other node types use `backend`.",
     ).tag(config=True)
     identity = Dict(
@@ -541,13 +542,13 @@ class HubdeploySpawner(Spawner):
         """JupyterHub's state plus the backend's, under ``hubdeploy``."""
         state = super().get_state()
         if self._backend_state:
-            state["hubdeploy"] = {"backend": self._backend_name or self.backend, "state": dict(self._backend_state)}
+            state[STATE_KEY] = saved_state(self._backend_name or self.backend, self._backend_state)
         return state
 
     def load_state(self, state):
         """Restore the backend state saved by :meth:`get_state` (after a hub restart)."""
         super().load_state(state)
-        saved = (state or {}).get("hubdeploy")
+        saved = read_saved_state(state)
         if not saved:
             return
         name = saved.get("backend")

@@ -11,40 +11,58 @@ from dataclasses import dataclass
 from typing import Any
 
 from hubdeploy.contract.layout import (
+    COMPUTE_NETWORK,
     COOKIE_SECRET,
+    DB_DATA_DIR,
+    DB_DATA_VOLUME,
     DB_PASSWORD,
     DB_SERVICE,
     ENGINE_PROXY_PORT,
     ENGINE_PROXY_SERVICE,
     ENGINE_PROXY_URL,
+    EDGE_NETWORK,
     HUB_CONFIG_PATH,
     HUB_DATA_DIR,
+    HUB_DATA_VOLUME,
+    HOMES_VOLUME,
     HUB_JSON_PATH,
     HUB_PORT,
     HUB_HOMES_DIR,
     HUB_NSS_DIR,
     HUB_SERVICE,
     IDENTITY_FILES_DIR,
+    INTERNAL_NETWORK,
     LABEL_CONFIG_HASH,
     LDAP_BIND_PASSWORD,
+    NODE_CONFIG_DIR,
     NODE_NSS_DIR,
+    NSS_VOLUME,
     LABEL_SITE,
     MUNGE_KEY,
     PROXY_API_ALIAS,
     PROXY_ENTRYPOINT_PATH,
+    PROXY_TLS_CERT_PATH,
+    PROXY_TLS_KEY_PATH,
     PROXY_PORT,
     PROXY_SERVICE,
     PROXY_TOKEN,
     PROMETHEUS_SERVICE,
+    SLURM_NETWORK,
+    SLURMCTLD_STATE_VOLUME,
+    SLURMDBD_DATA_VOLUME,
     SLURMCTLD_SERVICE,
+    SLURMDBD_HEALTH,
     SLURMDBD_SERVICE,
     SSH_CA_KEY,
     SSH_KEY,
     SSH_KNOWN_HOSTS_PATH,
     UNPRIVILEGED_PORT_START,
+    USERS_NETWORK,
     project_name,
     secret_path,
     service_token,
+    slurm_node_service,
+    stack_name,
 )
 from hubdeploy.contract.services import IDLE_CULLER, builtin_services
 from hubdeploy.render import prometheus, slurm
@@ -96,11 +114,12 @@ def compose_data(site: Site, refs: dict[str, str], mounts: Mounts,
         HUB_SERVICE: hub_service(site, refs, mounts),
         ENGINE_PROXY_SERVICE: engine_proxy_service(site, refs, pinned or {}),
     }
-    volumes: dict[str, Any] = {"hub-data": {"name": f"{project_name(site.name)}-hub-data"}}
+    project = project_name(site.name)
+    volumes: dict[str, Any] = {HUB_DATA_VOLUME: {"name": stack_name(project, HUB_DATA_VOLUME)}}
     if site.database.type == "postgresql":
         services[DB_SERVICE] = db_service(site, refs)
         services[HUB_SERVICE]["depends_on"][DB_SERVICE] = {"condition": "service_healthy"}
-        volumes["db-data"] = {"name": f"{project_name(site.name)}-db-data"}
+        volumes[DB_DATA_VOLUME] = {"name": stack_name(project, DB_DATA_VOLUME)}
     if site.services.idle_culler.enabled:
         services[IDLE_CULLER.name] = culler_service(site, refs)
     if prometheus.enabled(site):
@@ -112,8 +131,8 @@ def compose_data(site: Site, refs: dict[str, str], mounts: Mounts,
             services[svc.name] = extra_service(site, refs, svc)
     if site.slurm is not None and site.slurm.cluster is not None:
         services.update(slurm_services(site, refs, mounts.hashes))
-        volumes["slurmctld-state"] = {"name": f"{project_name(site.name)}-slurmctld-state"}
-        volumes["slurmdbd-data"] = {"name": f"{project_name(site.name)}-slurmdbd-data"}
+        for key in (SLURMCTLD_STATE_VOLUME, SLURMDBD_DATA_VOLUME):
+            volumes[key] = {"name": stack_name(project, key)}
     volumes.update(identity_volumes(site))
     return {
         "name": project_name(site.name),
@@ -131,9 +150,9 @@ def identity_volumes(site: Site) -> dict[str, Any]:
     if site.identity.source == "shared":
         return out
     if site.identity.homes_host is None:
-        out["homes"] = {"name": homes_source(site)}
+        out[HOMES_VOLUME] = {"name": homes_source(site)}
     if _has_cluster(site):
-        out["nss"] = {"name": f"{project_name(site.name)}-nss"}
+        out[NSS_VOLUME] = {"name": stack_name(project_name(site.name), NSS_VOLUME)}
     return out
 
 
@@ -142,7 +161,7 @@ def _has_cluster(site: Site) -> bool:
 
 
 def _homes_mount(site: Site, target: str) -> str:
-    return f"{site.identity.homes_host or 'homes'}:{target}"
+    return f"{site.identity.homes_host or HOMES_VOLUME}:{target}"
 
 
 def networks(site: Site) -> dict[str, Any]:
@@ -153,25 +172,25 @@ def networks(site: Site) -> dict[str, Any]:
 
     With orchestrator swarm, ``users`` is an attachable overlay network: the notebooks are
     swarm tasks on any node, and the proxy and hub containers here join it to reach them."""
-    prefix = project_name(site.name)
-    users: dict[str, Any] = {"name": f"{prefix}-users"}
+    project = project_name(site.name)
+    users: dict[str, Any] = {"name": stack_name(project, USERS_NETWORK)}
     if site.orchestrator == "swarm":
         users.update(driver="overlay", attachable=True)
         if site.swarm.encrypted:
             users["driver_opts"] = {"encrypted": ""}
     out = {
-        "internal": {"name": f"{prefix}-internal", "internal": True},
-        "users": users,
+        INTERNAL_NETWORK: {"name": stack_name(project, INTERNAL_NETWORK), "internal": True},
+        USERS_NETWORK: users,
         **prometheus.networks(site),
     }
     if _has_cluster(site):
-        out["compute"] = {"name": f"{prefix}-compute"}
-        out["slurm"] = {"name": f"{prefix}-slurm", "internal": True}
+        out[COMPUTE_NETWORK] = {"name": stack_name(project, COMPUTE_NETWORK)}
+        out[SLURM_NETWORK] = {"name": stack_name(project, SLURM_NETWORK), "internal": True}
     if site.orchestrator == "swarm":
         # A container on an internal bridge and an overlay network has no network that
         # leads out: its published port is never bound, and the hub could not reach an
         # LDAP server or a submit host. ``edge`` is that way out, for proxy and hub only.
-        out["edge"] = {"name": f"{prefix}-edge"}
+        out[EDGE_NETWORK] = {"name": stack_name(project, EDGE_NETWORK)}
     return out
 
 
@@ -205,8 +224,7 @@ def proxy_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str,
     scheme = "https" if mounts.tls else "http"
     volumes = [f"./proxy/entrypoint.sh:{PROXY_ENTRYPOINT_PATH}:ro"]
     if mounts.tls:
-        volumes += [f"{mounts.tls['cert']}:/etc/hubdeploy/tls/cert.pem:ro",
-                    f"{mounts.tls['key']}:/etc/hubdeploy/tls/key.pem:ro"]
+        volumes += [f"{mounts.tls['cert']}:{PROXY_TLS_CERT_PATH}:ro", f"{mounts.tls['key']}:{PROXY_TLS_KEY_PATH}:ro"]
     return harden({
         "image": refs["proxy"],
         "pull_policy": "never",
@@ -251,7 +269,7 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
     volumes = [
         f"./hub/jupyterhub_config.py:{HUB_CONFIG_PATH}:ro",
         f"./hub/hub.json:{HUB_JSON_PATH}:ro",
-        f"hub-data:{HUB_DATA_DIR}",
+        f"{HUB_DATA_VOLUME}:{HUB_DATA_DIR}",
     ]
     if site.submit_ssh is not None:
         volumes.append(f"./hub/ssh_known_hosts:{SSH_KNOWN_HOSTS_PATH}:ro")
@@ -322,7 +340,7 @@ def _hub_identity_volumes(site: Site, mounts: Mounts) -> list[str]:
         return []
     out = [_homes_mount(site, HUB_HOMES_DIR)]
     if _has_cluster(site):
-        out.append(f"nss:{HUB_NSS_DIR}")
+        out.append(f"{NSS_VOLUME}:{HUB_NSS_DIR}")
     files = mounts.identity_files or {}
     for key, target in (("passwd_dir", "passwd.d"), ("group_dir", "group.d")):
         if files.get(key):
@@ -338,7 +356,7 @@ def db_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
         "pull_policy": "never",
         "networks": {"internal": {}},
         "secrets": [DB_PASSWORD],
-        "volumes": ["db-data:/var/lib/postgresql/data"],
+        "volumes": [f"{DB_DATA_VOLUME}:{DB_DATA_DIR}"],
         "labels": _labels(site),
         "healthcheck": _healthcheck(["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "jupyterhub"]),
         "restart": "unless-stopped",
@@ -411,7 +429,7 @@ def slurm_services(site: Site, refs: dict[str, str], hashes: dict[str, str]) -> 
         SLURMCTLD_SERVICE: slurmctld_service(site, refs, hashes["slurmctld"]),
     }
     for node in slurm.node_names(site):
-        services[f"slurm-{node}"] = slurmd_service(site, refs, hashes["slurm"], node)
+        services[slurm_node_service(node)] = slurmd_service(site, refs, hashes["slurm"], node)
     return services
 
 
@@ -431,13 +449,13 @@ def _slurm_common(site: Site, image: str, config_hash: str) -> dict[str, Any]:
 
 
 def _slurm_conf_mounts(names: tuple[str, ...]) -> list[str]:
-    return [f"./{name}:/etc/hubdeploy-slurm/{name.split('/', 1)[1]}:ro" for name in names]
+    return [f"./{name}:{NODE_CONFIG_DIR}/{name.split('/', 1)[1]}:ro" for name in names]
 
 
 def _node_accounts(site: Site) -> list[str]:
     """The accounts the hub has resolved (libnss-extrausers): controller and nodes know
     every job's owner."""
-    return [f"nss:{NODE_NSS_DIR}:ro"] if site.identity.source != "shared" else []
+    return [f"{NSS_VOLUME}:{NODE_NSS_DIR}:ro"] if site.identity.source != "shared" else []
 
 
 def slurmdbd_service(site: Site, refs: dict[str, str], config_hash: str) -> dict[str, Any]:
@@ -447,8 +465,8 @@ def slurmdbd_service(site: Site, refs: dict[str, str], config_hash: str) -> dict
         **_slurm_common(site, refs["slurmdbd"], config_hash),
         "hostname": SLURMDBD_SERVICE,
         "networks": {"slurm": {"aliases": [SLURMDBD_SERVICE]}},
-        "volumes": [*_slurm_conf_mounts(slurm.DBD_FILES), "slurmdbd-data:/var/lib/mysql"],
-        "healthcheck": _healthcheck(["CMD", "hubdeploy-slurmdbd-health"]),
+        "volumes": [*_slurm_conf_mounts(slurm.DBD_FILES), f"{SLURMDBD_DATA_VOLUME}:/var/lib/mysql"],
+        "healthcheck": _healthcheck(["CMD", SLURMDBD_HEALTH]),
     }, "slurmdbd", site.limits.slurmdbd)
 
 
@@ -461,7 +479,7 @@ def slurmctld_service(site: Site, refs: dict[str, str], config_hash: str) -> dic
         "hostname": SLURMCTLD_SERVICE,
         "networks": {"slurm": {"aliases": [SLURMCTLD_SERVICE]}},
         # job_submit plugins run in slurmctld only.
-        "volumes": [*_slurm_conf_mounts(slurm.CONTROLLER_FILES), "slurmctld-state:/var/spool/slurmctld",
+        "volumes": [*_slurm_conf_mounts(slurm.CONTROLLER_FILES), f"{SLURMCTLD_STATE_VOLUME}:/var/spool/slurmctld",
                     *_node_accounts(site)],
         "healthcheck": _healthcheck(["CMD", "scontrol", "ping"]),
         "depends_on": {SLURMDBD_SERVICE: {"condition": "service_started"}},

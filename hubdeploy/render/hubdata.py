@@ -7,30 +7,36 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from hubdeploy.contract import hubjson
+from hubdeploy.contract.backends import DOCKER, SLURM, SWARM
 from hubdeploy.contract.identity import IdentityConfig
 from hubdeploy.contract.layout import (
     COOKIE_SECRET,
+    HOMES_VOLUME,
     HUB_HOMES_DIR,
     HUB_NSS_DIR,
     IDENTITY_FILES_DIR,
     IDENTITY_STATE,
     LDAP_BIND_PASSWORD,
     DB_PASSWORD,
+    DB_PORT,
     DB_SERVICE,
     DEXEC_UNREACHABLE,
     HUB_DATA_DIR,
     HUB_PORT,
     HUB_SERVICE,
     NOTEBOOK_USER,
+    PROJECT_PREFIX,
     PROXY_API_ALIAS,
     PROXY_API_PORT,
     PROXY_TOKEN,
     SLURM_WORKDIR,
     SLURMCTLD_SERVICE,
     SSH_CA_KEY,
+    USERS_NETWORK,
     project_name,
     secret_path,
     service_token,
+    stack_name,
 )
 from hubdeploy.contract.services import builtin_services
 from hubdeploy.contract.values import memory_bytes
@@ -99,7 +105,7 @@ def database(site: Site) -> hubjson.DatabaseSection:
     if site.database.type == "postgresql":
         return {
             # The driver is named: SQLAlchemy 2.1 defaults to psycopg 3, the image has psycopg2.
-            "url": f"postgresql+psycopg2://jupyterhub@{DB_SERVICE}:5432/jupyterhub",
+            "url": f"postgresql+psycopg2://jupyterhub@{DB_SERVICE}:{DB_PORT}/jupyterhub",
             "password_file": secret_path(DB_PASSWORD),
         }
     return {"url": f"sqlite:///{HUB_DATA_DIR}/jupyterhub.sqlite"}
@@ -112,12 +118,12 @@ def spawner(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None =
     compute profiles keep the tag (their cluster is not the swarm)."""
     pinned = pinned or {}
     prefix = project_name(site.name)
-    docker: dict[str, Any] = {"network": f"{prefix}-users", "prefix": prefix, "site": site.name}
+    docker: dict[str, Any] = {"network": stack_name(prefix, USERS_NETWORK), "prefix": prefix, "site": site.name}
     if homes_source(site) is not None:
         docker.update(homes=homes_source(site), homes_target=site.identity.homes_dir)
     out: hubjson.SpawnerSection = {
         # orchestrator swarm: the same config, read as a SwarmConfig (its own keys default).
-        "backend": "swarm" if site.orchestrator == "swarm" else "docker",
+        "backend": SWARM if site.orchestrator == "swarm" else DOCKER,
         "backend_config": docker,
         "profiles": [profile(site, p, pinned.get(p.image, refs[p.image]) if p.node == "login" else refs[p.image])
                      for p in site.profiles],
@@ -125,7 +131,7 @@ def spawner(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None =
     }
     if site.slurm is not None:
         # Compute profiles use this backend (HubdeploySpawner.backends, by profile node).
-        out["backends"] = {"slurm": slurm_backend_config(site)}
+        out["backends"] = {SLURM: slurm_backend_config(site)}
     return out
 
 
@@ -202,7 +208,7 @@ def slurm_backend_config(site: Site) -> dict[str, Any]:
         return _cluster_backend_config(site)
     sub = site.slurm.submit
     assert sub is not None
-    out: dict[str, Any] = {"prefix": "hubdeploy", "site": site.name}
+    out: dict[str, Any] = {"prefix": PROJECT_PREFIX, "site": site.name}
     if sub.ssh is not None:
         out.update(submit_prefix=ssh_argv(sub.ssh), submit_quote=True, submit_env_stdin=True,
                    submit_unreachable_code=255)
@@ -240,7 +246,7 @@ def _cluster_backend_config(site: Site) -> dict[str, Any]:
         "export_all": True,
         "node_agent": True,
         "output": f"{SLURM_WORKDIR}/hubdeploy-slurm-%j.log",
-        "prefix": "hubdeploy",
+        "prefix": PROJECT_PREFIX,
         "site": site.name,
         # The cluster enforces associations (render.slurm): each user gets theirs, with
         # every account of the cluster, before their first job.
@@ -278,4 +284,4 @@ def homes_source(site: Site) -> str | None:
     None with the shared account (a home volume per user at /home/jovyan)."""
     if site.identity.source == "shared":
         return None
-    return site.identity.homes_host or f"{project_name(site.name)}-homes"
+    return site.identity.homes_host or stack_name(project_name(site.name), HOMES_VOLUME)

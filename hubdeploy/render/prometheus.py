@@ -16,10 +16,13 @@ from hubdeploy.contract.layout import (
     HUB_SERVICE,
     PROMETHEUS_CONFIG_PATH,
     PROMETHEUS_DATA_DIR,
+    PROMETHEUS_DATA_VOLUME,
     PROMETHEUS_ENTRYPOINT_PATH,
     PROMETHEUS_PORT,
     PROMETHEUS_TOKEN_PATH,
+    METRICS_NETWORK,
     project_name,
+    stack_name,
 )
 from hubdeploy.contract.services import PROMETHEUS
 from hubdeploy.schema import Site
@@ -61,7 +64,7 @@ def service(site: Site, refs: dict[str, str], config_hash: str, labels: dict[str
         "volumes": [
             f"./{CONFIG_FILE}:{PROMETHEUS_CONFIG_PATH}:ro",
             f"./{ENTRYPOINT_FILE}:{PROMETHEUS_ENTRYPOINT_PATH}:ro",
-            f"prometheus-data:{PROMETHEUS_DATA_DIR}",
+            f"{PROMETHEUS_DATA_VOLUME}:{PROMETHEUS_DATA_DIR}",
         ],
         "tmpfs": [PROMETHEUS_TOKEN_PATH.rsplit("/", 1)[0]],
         "labels": {**labels},
@@ -75,7 +78,7 @@ def service(site: Site, refs: dict[str, str], config_hash: str, labels: dict[str
     }
     if opts.port is not None:
         svc["ports"] = [f"127.0.0.1:{opts.port}:{PROMETHEUS_PORT}"]
-        svc["networks"]["metrics"] = {}
+        svc["networks"][METRICS_NETWORK] = {}
     return svc
 
 
@@ -83,8 +86,10 @@ def networks(site: Site) -> dict[str, Any]:
     """The network a published Prometheus needs (internal networks publish no ports)."""
     if not enabled(site) or site.services.prometheus.port is None:
         return {}
-    return {"metrics": {"name": f"{project_name(site.name)}-metrics"}}
+    return {METRICS_NETWORK: {"name": stack_name(project_name(site.name), METRICS_NETWORK)}}
 
 
 def volumes(site: Site) -> dict[str, Any]:
-    return {"prometheus-data": {"name": f"{project_name(site.name)}-prometheus-data"}} if enabled(site) else {}
+    if not enabled(site):
+        return {}
+    return {PROMETHEUS_DATA_VOLUME: {"name": stack_name(project_name(site.name), PROMETHEUS_DATA_VOLUME)}}

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 
 from hubdeploy.contract.identity import RESERVED_IDS
 from hubdeploy.contract.layout import (
+    NODE_AGENT_PROGRAM,
     NODE_AGENT_SOCKET,
+    NODE_AGENT_STATE,
     NODE_JOBS_DIR,
     NODE_SERVER_PORTS,
     NODE_SERVER_SOCKET,
+    SLURMDBD_PORT,
     SLURMDBD_SERVICE,
 )
 from hubdeploy.contract.slurmcmd import DEFAULT_ACCOUNT, QOS, UNCHANGED
@@ -189,9 +192,9 @@ _FIXED = [
     # The nodes' agent (images/slurm/node-agent.py): each job's private directory before
     # it runs and its TMPDIR in it; afterwards the directory goes, and with the user's last
     # job on the node, whatever of theirs is left there.
-    "Prolog=/usr/local/sbin/hubdeploy-node-agent-prolog",
-    "Epilog=/usr/local/sbin/hubdeploy-node-agent-epilog",
-    "TaskProlog=/usr/local/sbin/hubdeploy-node-agent-task-prolog",
+    f"Prolog={NODE_AGENT_PROGRAM}-prolog",
+    f"Epilog={NODE_AGENT_PROGRAM}-epilog",
+    f"TaskProlog={NODE_AGENT_PROGRAM}-task-prolog",
 ]
 
 
@@ -259,7 +262,7 @@ def slurmdbd_conf(site: Site) -> bytes:
         "# Rendered by hubdeploy from the site description; edit the site file, not this.",
         "AuthType=auth/munge",
         f"DbdHost={SLURMDBD_SERVICE}",
-        "DbdPort=6819",
+        f"DbdPort={SLURMDBD_PORT}",
         "SlurmUser=slurm",
         "PidFile=/run/slurmdbd.pid",
         "StorageType=accounting_storage/mysql",
@@ -281,7 +284,7 @@ def agent_config() -> bytes:
         "quarantine": PORT_QUARANTINE,
         "sweep": SWEEP_SECONDS,
         "start_wait": AGENT_START_WAIT,
-        "state_file": "/run/hubdeploy/agent-ports.json",
+        "state_file": NODE_AGENT_STATE,
         # Accounts whose processes the sweep leaves alone (root, daemons, munge, slurm).
         "system_ids": [[ids[0], ids[-1]] for ids, _ in RESERVED_IDS if ids[0] < 1000 or ids[0] >= 60000],
         "scratch_dirs": ["/tmp", "/var/tmp", "/dev/shm"],

@@ -22,6 +22,7 @@ import pytest
 from stackfixture import Recorder
 
 from hubdeploy import buildsteps, images
+from hubdeploy.contract.labels import IMAGE_CONTENT_KEY
 from hubdeploy.contract.identity import NOTEBOOK_UID, RESERVED_NAMES, USERS_GID, reserved_id
 from hubdeploy.schema import Site
 
@@ -245,7 +246,7 @@ def test_hub_code_change_rebuilds_only_the_last_layers(client, built):
     hub = built["plans"]["hub"]
     files = {**hub.files, "hubdeploy-src/hubdeploy/_test_probe.txt": b"changed\n"}
     # Other files, so not the hub's content key: nothing to relabel, a build.
-    labels = {k: v for k, v in hub.labels.items() if k != images.LABEL_CONTENT}
+    labels = {k: v for k, v in hub.labels.items() if k != IMAGE_CONTENT_KEY}
     changed = replace(hub, ref=f"{PREFIX}hub:probe{int(time.time())}", files=files, labels=labels)
     plans = {**built["plans"], "hub": changed}
     assert images.build_images(plans, client=client, state_dir=STATE / "probe", names=["hub"]) == ["hub"]
@@ -351,7 +352,7 @@ def test_a_second_site_with_the_same_recipe_relabels_every_image(client, built, 
         assert attrs["RootFS"]["Layers"] == first["RootFS"]["Layers"], name
         labels = attrs["Config"]["Labels"]
         assert labels["hubdeploy.site"] == f"{SITE}-c" and labels["hubdeploy.parent"] == plan.labels["hubdeploy.parent"]
-        assert labels[images.LABEL_CONTENT] == first["Config"]["Labels"][images.LABEL_CONTENT]
+        assert labels[IMAGE_CONTENT_KEY] == first["Config"]["Labels"][IMAGE_CONTENT_KEY]
     assert run(client, plans["c1"].ref, ["sh", "-c", "command -v jq"]) == "/usr/bin/jq"
 
 

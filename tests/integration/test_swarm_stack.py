@@ -38,6 +38,8 @@ profiles:
   - {{name: login, image: base, default: true, memory: 1G{placement}}}
   - {{name: nowhere, image: base, memory: 1G{nowhere}}}
 """
+# What every jupyterhub-singleuser prints as it starts.
+STARTUP = "is running at"
 SWARM_ONLY = {"placement": ", placement: {spread: [node.labels.rack]}, reserve: {cpu: 0.1, memory: 64M}",
               "nowhere": ", placement: {constraints: [node.labels.role==no-such-role]}"}
 
@@ -160,6 +162,10 @@ def test_login_server_is_a_swarm_service_and_survives_a_hub_restart(swarm_site, 
     status = json.loads(run_cli(swarm_site["file"], "status", "--json").stdout)
     (row,) = [s for s in status["servers"] if s["id"] == svc.id]
     assert (row["backend"], row["owner"], row["state"]) == ("swarm", "erin", "running")
+    # Its own log, found as status finds it: the task's container's (this engine is the node).
+    logs = run_cli(swarm_site["file"], "logs", "--user", "erin", "--tail", "all")
+    assert logs.returncode == 0, logs.stderr
+    assert STARTUP in logs.stdout and "/user/erin/" in logs.stdout, logs.stdout[-2000:]
 
     hub.stop_server("erin", "", time.monotonic() + 120, remove=False)
     assert services_of(client, "erin") == []

@@ -12,11 +12,12 @@ import pytest
 from hubdeploy.contract.identity import Group, IdentityError
 from hubdeploy.hub import identity_ldap
 from hubdeploy.hub.identity import get_source
-from hubdeploy.hub.identity_ldap import (DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER, LdapSource, fill,
-                                         identity_from_entries, parse_config)
+from hubdeploy.contract.ldap import DEFAULT_GROUP_FILTER, DEFAULT_USER_FILTER, parse_config
+from hubdeploy.hub.identity_ldap import LdapSource, fill, identity_from_entries
 
 BASE = {"url": "ldaps://ldap.example.org", "user_base": "ou=people,dc=example,dc=org",
-        "group_base": "ou=groups,dc=example,dc=org"}
+        "group_base": "ou=groups,dc=example,dc=org", "bind_dn": "cn=hub,dc=example,dc=org",
+        "bind_password_file": "/run/secrets/ldap_bind_password"}
 SOURCE = "ldap (ldaps://ldap.example.org, ou=people,dc=example,dc=org)"
 
 
@@ -26,7 +27,7 @@ def home(name):
 
 def test_defaults():
     cfg = parse_config(BASE)
-    assert (cfg.start_tls, cfg.ca_file, cfg.bind_dn, cfg.bind_password_file) == (False, None, None, None)
+    assert (cfg.start_tls, cfg.ca_file) == (False, None)
     assert (cfg.user_filter, cfg.group_filter) == (DEFAULT_USER_FILTER, DEFAULT_GROUP_FILTER)
     assert (cfg.timeout, cfg.cache_seconds) == (10, 60)
 
@@ -59,14 +60,16 @@ def test_full_config_is_read():
     ({"url": "ldaps://hub:s3cret@ldap.example.org"}, "without credentials"),
     ({"url": "ldaps://ldap.example.org/dc=example,dc=org"}, "only the server"),
     ({"url": "ldap://ldap.example.org"}, "needs start_tls"),
-    ({"bind_dn": "cn=hub,dc=example,dc=org"}, "go together"),
-    ({"bind_password_file": "/pw"}, "go together"),
+    ({"bind_dn": None}, "bind_dn must be str"),
+    ({"url": "ldaps://ldap.example.org:x"}, "port that is not a number"),
+    ({"url": "ldaps://ldap_example.org"}, "host name or an address"),
     ({"user_filter": "(uid=carol)"}, "must contain {name}"),
     ({"group_filter": "(objectClass=posixGroup)"}, "{name} or {dn}"),
     ({"user_filter": "uid={name}"}, "parenthesised"),
     ({"timeout": True}, "timeout must be int or float"),
-    ({"timeout": 0}, "timeout must be > 0"),
-    ({"cache_seconds": -1}, "cache_seconds >= 0"),
+    ({"timeout": 0}, "timeout must be greater than 0"),
+    ({"timeout": 121}, "at most 120"),
+    ({"cache_seconds": -1}, "cache_seconds must be between 0 and 3600"),
     ({"start_tls": "yes"}, "start_tls must be bool"),
 ])
 def test_bad_config_is_refused(bad, words):
@@ -76,7 +79,8 @@ def test_bad_config_is_refused(bad, words):
 
 
 def test_required_keys_and_a_mapping():
-    for key in ("url", "user_base"):
+    # The hub always binds (no anonymous search): the DN and its password file are required.
+    for key in ("url", "user_base", "bind_dn", "bind_password_file"):
         with pytest.raises(ValueError, match=f"identity.ldap.{key} is required"):
             parse_config({k: v for k, v in BASE.items() if k != key})
     with pytest.raises(ValueError, match="must be a mapping"):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from hubdeploy import images
+from hubdeploy.contract.labels import IMAGE_CONTENT_KEY, IMAGE_SPEC_HASH
+from hubdeploy.contract.layout import STACK_IMAGES
 from hubdeploy.errors import SiteError
 from hubdeploy.schema import Site
 
@@ -50,6 +53,15 @@ def plan(site_dir: Path, **overrides) -> dict[str, images.ImagePlan]:
     return images.plan_images(make_site(**overrides), site_dir)
 
 
+def test_the_reserved_image_names_are_the_images_the_stack_plans(site_dir):
+    # The schema refuses a collaboration named like one of STACK_IMAGES: that list must be
+    # every image the stack itself may plan, beside the site's notebook images.
+    site = make_site(slurm={"cluster": {"nodes": 1, "cpus": 1, "memory": "1G"}},
+                     services={"prometheus": {"enabled": True}})
+    stack_own = set(images.plan_images(site, site_dir)) - set(site.images.names())
+    assert stack_own == set(STACK_IMAGES)
+
+
 def test_plan_order_parents_and_refs(site_dir):
     plans = plan(site_dir)
     assert list(plans) == ["debian", "base", "astro", "bio", "radio", "hub", "proxy", "db"]
@@ -59,7 +71,8 @@ def test_plan_order_parents_and_refs(site_dir):
             assert order.index(p.parent) < order.index(name)
         assert p.ref.startswith(f"hubdeploy/demo-{name}:")
         tag = p.ref.rsplit(":", 1)[1]
-        assert len(tag) == 12 and int(tag, 16) >= 0
+        # The tag is the spec hash's head (the labels say the whole).
+        assert re.fullmatch(r"[0-9a-f]{12}", tag) and p.labels[IMAGE_SPEC_HASH].startswith(tag), (tag, p.labels)
     assert plans["radio"].parent == "astro" and plans["base"].parent == "debian"
     assert plans["debian"].parent is None
     assert plans["radio"].files["Dockerfile"].startswith(b"# hubdeploy collaboration") 
@@ -377,7 +390,7 @@ class FakeClient:
 
 def test_content_key_is_the_sites_recipe_not_its_name(site_dir):
     one, other = plan(site_dir), images.plan_images(make_site(name="other"), site_dir)
-    key = images.LABEL_CONTENT
+    key = IMAGE_CONTENT_KEY
     for name in one:
         assert one[name].labels[key] == other[name].labels[key], name
         if name != "debian":  # the tag hashes the parent's tag, which names the site
@@ -416,14 +429,14 @@ def test_an_image_another_site_built_is_relabelled_not_rebuilt(site_dir, tmp_pat
     entries = [listed("hubdeploy-test/slurm:000000000000", "astro", "0123456789ab" + "0" * 52),
                listed(donor, "astro", "0123456789ab" + "0" * 52)]
     client = FakeClient({p.ref for n, p in plans.items() if n != "astro"},
-                        {plans["astro"].labels[images.LABEL_CONTENT]: entries})
+                        {plans["astro"].labels[IMAGE_CONTENT_KEY]: entries})
     assert images.build_images(plans, client=client, state_dir=tmp_path) == ["astro"]
     dockerfile = client.api.dockerfiles[plans["astro"].ref]
     first, labels = dockerfile.splitlines()
     assert first == f"FROM {donor}"
     assert '"hubdeploy.site"="demo"' in labels and f'"hubdeploy.parent"="{plans["base"].ref}"' in labels
     # --force builds from the recipe, whatever other sites hold.
-    forced = FakeClient({p.ref for p in plans.values()}, {plans["astro"].labels[images.LABEL_CONTENT]: entries})
+    forced = FakeClient({p.ref for p in plans.values()}, {plans["astro"].labels[IMAGE_CONTENT_KEY]: entries})
     images.build_images(plans, client=forced, state_dir=tmp_path, names=["astro"], force=True)
     assert "RUN " in forced.api.dockerfiles[plans["astro"].ref]
 

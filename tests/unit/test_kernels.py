@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from hubdeploy import images, kernelcheck, kernels
+from hubdeploy.contract.labels import IMAGE_KERNELS
 from hubdeploy.schema import Kernel, Site
 
 
@@ -140,8 +141,8 @@ def test_context_dockerfile_and_cumulative_label(tmp_path):
     assert [k["name"] for k in own] == ["alpha-r", "alpha-py1", "alpha-py2"]
     assert own[0]["libraries"] == ["IRkernel", "jsonlite"] and own[1]["prefix"] == "/opt/kernels/alpha-py1"
     assert [k["name"] for k in kernels.from_labels(beta.labels)] == ["alpha-r", "alpha-py1", "alpha-py2", "beta-sh"]
-    assert kernels.from_labels(p["gamma"].labels) == [] and kernels.LABEL in p["gamma"].labels
-    assert kernels.LABEL not in p["hub"].labels
+    assert kernels.from_labels(p["gamma"].labels) == [] and IMAGE_KERNELS in p["gamma"].labels
+    assert IMAGE_KERNELS not in p["hub"].labels
 
 
 def test_images_without_kernels_render_as_before(tmp_path):

@@ -113,3 +113,22 @@ def test_container_name_decodes_back(user, server):
     assert names.unescape(esc_user) == user
     assert names.unescape(esc_server) == server
     assert bool(sep) == bool(server)
+
+
+def test_the_stack_objects_names_and_labels():
+    # Existing stacks carry these names and Docker sets these labels: the values are the
+    # contract, so they are spelt out here once more on purpose.
+    from hubdeploy.contract import labels, layout
+
+    project = layout.project_name("demo")
+    assert project == "hubdeploy-demo"
+    assert layout.stack_name(project, layout.USERS_NETWORK) == "hubdeploy-demo-users"
+    assert layout.stack_name(project, layout.HUB_DATA_VOLUME) == "hubdeploy-demo-hub-data"
+    assert layout.swarm_service(project, layout.HUB_SERVICE) == "hubdeploy-demo_hub"
+    assert layout.slurm_node_service("c1") == "slurm-c1"
+    assert labels.compose_filter(project) == ["com.docker.compose.project=hubdeploy-demo"]
+    assert labels.compose_filter(project, "hub") == ["com.docker.compose.project=hubdeploy-demo",
+                                                     "com.docker.compose.service=hub"]
+    assert labels.stack_filter(project, "hub") == ["com.docker.stack.namespace=hubdeploy-demo",
+                                                   "com.docker.swarm.service.name=hubdeploy-demo_hub"]
+    assert names.server_prefix(project) == "hubdeploy-demo-nb-"

@@ -8,6 +8,7 @@ from hubdeploy.backends.base import BackendError, Found
 from hubdeploy.backends.docker import DockerBackend
 from hubdeploy.backends.slurm import SlurmBackend
 from hubdeploy.backends.slurm_parse import parse_job_list
+from hubdeploy.contract.backends import STATE_KEY, saved_state
 from hubdeploy.hub.orphans import BadRequest, Tracked, classify, pick, tracked_servers
 
 BACKENDS = {
@@ -21,7 +22,7 @@ def user(name, **servers):
 
 
 def server(backend, **state):
-    return {"state": {"hubdeploy": {"backend": backend, "state": state}}}
+    return {"state": {STATE_KEY: saved_state(backend, state)}}
 
 
 def test_tracked_servers_reads_each_backends_ids():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 import pytest
 
@@ -342,18 +344,13 @@ def test_stop_cancels_and_waits():
 
 
 def test_stop_of_gone_job_is_fine():
-    run(
-        FakeBackend(
-            [
-                (
-                    1,
-                    "",
-                    "scancel: error: Kill job error on job id 7: Invalid job id specified",
-                )
-            ]
-        ).stop({"job_id": "7"})
-    )
-    run(FakeBackend([]).stop({}))
+    gone = FakeBackend([(1, "", "scancel: error: Kill job error on job id 7: Invalid job id specified")])
+    run(gone.stop({"job_id": "7"}))
+    # Done at scancel's answer: no squeue waits for a job Slurm no longer has.
+    assert [argv for argv, _, _ in gone.calls] == [["scancel", "7"]]
+    never = FakeBackend([])
+    run(never.stop({}))
+    assert never.calls == []
 
 
 def test_stop_after_failed_submit_cancels_by_name():
@@ -369,9 +366,19 @@ def test_stop_raises_when_slurm_cannot_be_reached():
         run(FakeBackend([(1, "", "scancel: error: Unable to contact slurm controller")]).stop({"job_id": "7"}))
 
 
-def test_stop_wait_is_bounded():
+def test_stop_wait_is_bounded(caplog):
     b = FakeBackend([(0, "", "")] + [line("RUNNING")] * 1000, stop_timeout=0.1)
-    run(b.stop({"job_id": "7"}))  # returns (with a warning) after the bound
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger=b.log.name):
+        run(b.stop({"job_id": "7"}))
+    elapsed = time.monotonic() - t0
+    # Returns after the bound (polling every poll_interval, 0.01 s), not at the first
+    # RUNNING and not after the 1000 answers, and says that the job is not gone yet.
+    assert 0.1 <= elapsed < 2, elapsed
+    assert 2 < len(b.calls) < 1000
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage().startswith("Slurm job 7 not gone 0.1s after scancel: ")
+    assert "RUNNING" in warning.getMessage()
 
 
 # -- argv and progress -----------------------------------------------------------------
