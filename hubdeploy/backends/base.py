@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import abc
 import logging
-import types
-import typing
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from hubdeploy.contract import strict
 from hubdeploy.contract.identity import Identity
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 
@@ -143,53 +142,8 @@ C = TypeVar("C", bound=BackendConfig)
 
 def parse_config(cls: type[C], data: Mapping[str, Any], backend: str) -> C:
     """``data`` as a ``cls``; ValueError naming the key for an unknown, missing or
-    mistyped one. Lists become tuples (the config is frozen)."""
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{backend} backend config: unknown key(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
-    missing = sorted(n for n, f in known.items()
-                     if n not in data and f.default is MISSING and f.default_factory is MISSING)
-    if missing:
-        raise ValueError(f"{backend} backend config lacks {', '.join(missing)}")
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: _typed(backend, k, hints[k], v) for k, v in data.items()})
-
-
-def _typed(backend: str, key: str, hint: Any, value: Any) -> Any:
-    def bad() -> ValueError:
-        return ValueError(f"{backend} backend config: {key} must be {_describe(hint)}, not {value!r}")
-
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        try:
-            return _typed(backend, key, inner, value)
-        except ValueError:
-            raise bad() from None
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, args[0]) for v in value):
-            raise bad()
-        return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, bool):
-        raise bad()
-    if not isinstance(value, hint):
-        raise bad()
-    return value
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is tuple:
-        return f"a list of {typing.get_args(hint)[0].__name__}"
-    args = typing.get_args(hint)
-    if args:
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, str(hint))
+    mistyped one (:func:`hubdeploy.contract.strict.read`). Lists become tuples."""
+    return strict.read(cls, data, f"{backend} backend config")
 
 
 class Backend(abc.ABC):

@@ -46,7 +46,7 @@ def test_docker_backend_requires_its_config():
 
 
 @pytest.mark.parametrize("cls, config, words", [
-    (DockerBackend, {**DOCKER, "netwrok": "n"}, "unknown key(s) netwrok; known: allowed_images, docker_url"),
+    (DockerBackend, {**DOCKER, "netwrok": "n"}, "unknown key netwrok (did you mean network?); known: allowed_images, docker_url"),
     (DockerBackend, {**DOCKER, "timeout": "30"}, "timeout must be an integer, not '30'"),
     (DockerBackend, {**DOCKER, "init": 1}, "init must be true or false"),
     (SlurmBackend, {"submit_prefix": "ssh login"}, "submit_prefix must be a list of str"),
