@@ -13,11 +13,15 @@
 from pathlib import Path
 
 from hubdeploy.contract import hubjson
+from hubdeploy.contract.strict import plain
 
 # get_config is provided by traitlets when it loads this file.
 c = get_config()  # noqa: F821
 
-hub = hubjson.load()
+try:
+    hub = hubjson.load()
+except hubjson.ShapeError as exc:  # a missing, unknown or mistyped key: named, no traceback
+    raise SystemExit(f"hubdeploy: {exc}")
 
 
 def read_secret(path):
@@ -29,9 +33,9 @@ def read_secret(path):
 
 
 # -- hub and proxy ------------------------------------------------------------------
-c.JupyterHub.hub_bind_url = f"http://{hub['hub']['ip']}:{hub['hub']['port']}"
-c.JupyterHub.hub_connect_url = hub["hub"]["connect_url"]
-c.JupyterHub.cookie_secret_file = hub["cookie_secret_file"]
+c.JupyterHub.hub_bind_url = f"http://{hub.hub.ip}:{hub.hub.port}"
+c.JupyterHub.hub_connect_url = hub.hub.connect_url
+c.JupyterHub.cookie_secret_file = hub.cookie_secret_file
 # Notebook servers outlive hub restarts (upgrades, config changes); the spawner's state in
 # the database lets the restarted hub find them again.
 c.JupyterHub.cleanup_servers = False
@@ -40,20 +44,20 @@ c.JupyterHub.allow_named_servers = True
 # CHP runs as its own container (compose restarts it); the hub only talks to its API.
 c.JupyterHub.proxy_class = "hubdeploy.hub.proxy.RouteKeepingProxy"
 c.ConfigurableHTTPProxy.should_start = False
-c.ConfigurableHTTPProxy.api_url = hub["proxy"]["api_url"]
-c.ConfigurableHTTPProxy.auth_token = read_secret(hub["proxy"]["token_file"])
-c.RouteKeepingProxy.route_check_interval = hub["proxy"].get("route_check_interval", 1)
+c.ConfigurableHTTPProxy.api_url = hub.proxy.api_url
+c.ConfigurableHTTPProxy.auth_token = read_secret(hub.proxy.token_file)
+c.RouteKeepingProxy.route_check_interval = hub.proxy.route_check_interval
 
 # -- database -------------------------------------------------------------------------
-c.JupyterHub.db_url = hub["database"]["url"]
-if hub["database"].get("password_file"):
+c.JupyterHub.db_url = hub.database.url
+if hub.database.password_file:
     # The password goes into the URL only here, in the hub's memory: hub.json never holds
     # it. It cannot go in db_kwargs: JupyterHub stamps a new database's schema (alembic)
     # with the URL alone. JupyterHub redacts the password whenever it logs the URL.
     from urllib.parse import quote, urlsplit, urlunsplit
 
-    _u = urlsplit(hub["database"]["url"])
-    _pw = quote(read_secret(hub["database"]["password_file"]), safe="")
+    _u = urlsplit(hub.database.url)
+    _pw = quote(read_secret(hub.database.password_file), safe="")
     c.JupyterHub.db_url = urlunsplit(_u._replace(netloc=f"{_u.username}:{_pw}@{_u.hostname}:{_u.port}"))
 
 if c.JupyterHub.db_url.startswith("sqlite:"):
@@ -63,16 +67,16 @@ if c.JupyterHub.db_url.startswith("sqlite:"):
     fast_sqlite_commits()
 
 # -- authentication -------------------------------------------------------------------
-auth = hub["authenticator"]
-c.JupyterHub.authenticator_class = auth["class"]
-for key, value in auth.get("config", {}).items():
+auth = hub.authenticator
+c.JupyterHub.authenticator_class = auth.class_
+for key, value in auth.config.items():
     c.Authenticator[key] = value
-c.Authenticator.admin_users = set(hub.get("admin_users", []))
-if auth["class"] in ("dummy", "jupyterhub.auth.DummyAuthenticator"):
+c.Authenticator.admin_users = set(hub.admin_users)
+if auth.class_ in ("dummy", "jupyterhub.auth.DummyAuthenticator"):
     # The demo: anyone may log in with any password (DummyAuthenticator without a password),
     # unless the site restricts the users.
-    passthrough = hub.get("config", {})
-    restricted = "allowed_users" in auth.get("config", {}) or any(
+    passthrough = hub.config
+    restricted = "allowed_users" in auth.config or any(
         "allowed_users" in passthrough.get(section, {}) for section in ("Authenticator", "DummyAuthenticator")
     )
     if not restricted:
@@ -81,39 +85,39 @@ if auth["class"] in ("dummy", "jupyterhub.auth.DummyAuthenticator"):
 # -- services: each token gets exactly its service's scopes ---------------------------
 services = []
 roles = []
-for svc in hub.get("services", []):
-    entry = {"name": svc["name"], "api_token": read_secret(svc["token_file"])}
-    if svc.get("url"):
-        entry["url"] = svc["url"]
+for svc in hub.services:
+    entry = {"name": svc.name, "api_token": read_secret(svc.token_file)}
+    if svc.url:
+        entry["url"] = svc.url
     services.append(entry)
-    if svc.get("scopes"):
-        roles.append({"name": f"service-{svc['name']}", "scopes": list(svc["scopes"]), "services": [svc["name"]]})
+    if svc.scopes:
+        roles.append({"name": f"service-{svc.name}", "scopes": list(svc.scopes), "services": [svc.name]})
 c.JupyterHub.services = services
 c.JupyterHub.load_roles = roles
 
 # -- notebook servers -----------------------------------------------------------------
 c.JupyterHub.spawner_class = "hubdeploy.hub.spawner.HubdeploySpawner"
-c.HubdeploySpawner.profiles = hub["spawner"]["profiles"]
-c.HubdeploySpawner.backend = hub["spawner"].get("backend", "docker")
-c.HubdeploySpawner.backend_config = hub["spawner"].get("backend_config", {})
+c.HubdeploySpawner.profiles = plain(hub.spawner.profiles)
+c.HubdeploySpawner.backend = hub.spawner.backend
+c.HubdeploySpawner.backend_config = hub.spawner.backend_config
 # Compute profiles' backend (slurm), chosen per profile by its node type.
-c.HubdeploySpawner.backends = hub["spawner"].get("backends", {})
+c.HubdeploySpawner.backends = hub.spawner.backends
 # Each user's server runs as their own POSIX account from this source.
-c.HubdeploySpawner.identity = hub.get("identity", {"source": "shared"})
+c.HubdeploySpawner.identity = plain(hub.identity)
 # Starts beyond the site's limit wait in order inside the spawner (hubdeploy.hub.spawnqueue).
 # JupyterHub's own concurrent_spawn_limit (default 100) would refuse them with 429 instead,
 # so it is off: the queue's timeout bounds how long a start may wait.
-c.HubdeploySpawner.concurrent_spawn_limit = hub["spawner"].get("concurrent_spawn_limit", 8)
+c.HubdeploySpawner.concurrent_spawn_limit = hub.spawner.concurrent_spawn_limit
 c.JupyterHub.concurrent_spawn_limit = 0
 
 # -- web layer (hubdeploy.hub.web) ----------------------------------------------------
 from hubdeploy.hub import web  # noqa: E402
 
-c.JupyterHub.named_server_limit_per_user = hub.get("named_server_limit_per_user", 3)
-_base_url = hub.get("config", {}).get("JupyterHub", {}).get("base_url", "/")
+c.JupyterHub.named_server_limit_per_user = hub.named_server_limit_per_user
+_base_url = hub.config.get("JupyterHub", {}).get("base_url", "/")
 c.JupyterHub.tornado_settings = {
     # Session, login and xsrf cookies alike: JupyterHub derives the xsrf cookie's from these.
-    "cookie_options": web.cookie_options(bool(hub.get("tls"))),
+    "cookie_options": web.cookie_options(hub.tls),
     "headers": {
         "Content-Security-Policy": web.content_security_policy(
             _base_url.rstrip("/") + "/hub/security/csp-report"
@@ -125,7 +129,7 @@ c.JupyterHub.tornado_settings = {
 c.JupyterHub.logging_config = web.LOGGING_CONFIG
 
 # -- the site's pass-through, last so that it wins ------------------------------------
-for section, traits in hub.get("config", {}).items():
+for section, traits in hub.config.items():
     for key, value in traits.items():
         c[section][key] = value
 
@@ -136,4 +140,4 @@ try:
     _authenticator = web.resolve_authenticator(c.JupyterHub.authenticator_class)
 except ImportError as exc:
     raise SystemExit(f"hubdeploy: authenticator {c.JupyterHub.authenticator_class!r} is not installed: {exc}")
-c.JupyterHub.authenticator_class = web.username_policy(_authenticator, max_length=hub["username_max_length"])
+c.JupyterHub.authenticator_class = web.username_policy(_authenticator, max_length=hub.username_max_length)

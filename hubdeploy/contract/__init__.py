@@ -7,7 +7,8 @@ on is defined here and imported by both, never spelt out again:
 
 - :mod:`~hubdeploy.contract.layout`: ports, container paths, secret names, label keys;
 - :mod:`~hubdeploy.contract.services`: the built-in hub services and their scopes;
-- :mod:`~hubdeploy.contract.hubjson`: the shape of ``hub.json`` (TypedDicts) and its loader;
+- :mod:`~hubdeploy.contract.hubjson`: the shape of ``hub.json`` (frozen dataclasses) and its
+  strict loader (:mod:`~hubdeploy.contract.strict`, which also reads the backends' configs);
 - :mod:`~hubdeploy.contract.names`: Docker and Slurm names of users' servers;
 - :mod:`~hubdeploy.contract.limits`: memory sizes, Slurm names and times, and the
   check of a server's resources against a profile's limits.

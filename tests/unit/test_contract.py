@@ -101,7 +101,7 @@ def test_secrets_agree_three_ways(rendered):
     mounted = set(compose["services"][HUB_SERVICE]["secrets"])
     read = {data["cookie_secret_file"], data["proxy"]["token_file"],
             *(s["token_file"] for s in data["services"]),
-            *([data["database"]["password_file"]] if "password_file" in data["database"] else [])}
+            *([data["database"]["password_file"]] if data["database"]["password_file"] else [])}
     assert all(p.startswith(SECRETS_DIR + "/") for p in read)
     read_names = {p[len(SECRETS_DIR) + 1:] for p in read}
     # The hub reads only what compose mounts into it, and compose mounts only what exists.

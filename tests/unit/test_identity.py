@@ -23,6 +23,7 @@ from hubdeploy.contract.identity import RESERVED_NAMES, Group, Identity, Identit
 from hubdeploy.errors import SiteError
 from hubdeploy.hub.identity import AutoSource, SharedSource, ensure_home, get_source, write_nss
 from hubdeploy.loader import load_site_text
+from hubdeploy.contract import strict
 
 
 def run(coro):
@@ -251,10 +252,11 @@ REFS = {n: f"hubdeploy/idt-{n}:0" for n in ("base", "hub", "proxy", "slurm", "sl
 
 def test_render_auto_identity_for_login_and_the_stacks_cluster():
     site = load_site_text(SITE, "site.yaml")
-    data = render.hub_data(site, REFS)
+    data = strict.plain(render.hub_data(site, REFS))
     assert data["identity"] == {"source": "auto", "home_template": "/home/{name}", "uid_min": 20000,
                                 "uid_max": 59999, "state_file": "/srv/jupyterhub/data/hubdeploy-identities.json",
-                                "homes_dir": "/srv/hubdeploy/homes", "nss_dir": "/srv/hubdeploy/nss"}
+                                "homes_dir": "/srv/hubdeploy/homes", "nss_dir": "/srv/hubdeploy/nss",
+                                "passwd_file": None, "group_file": None, "ldap": None}
     docker = data["spawner"]["backend_config"]
     assert (docker["homes"], docker["homes_target"]) == ("hubdeploy-idt-homes", "/home")
     slurm = data["spawner"]["backends"]["slurm"]
@@ -271,8 +273,10 @@ def test_render_auto_identity_for_login_and_the_stacks_cluster():
 
 def test_shared_identity_renders_the_one_account_layout():
     site = load_site_text(SITE + "identity: {source: shared, allow_shared_compute_account: true}\n", "site.yaml")
-    data = render.hub_data(site, REFS)
-    assert data["identity"] == {"source": "shared", "home_template": "/home/{name}"}
+    data = strict.plain(render.hub_data(site, REFS))
+    assert data["identity"] == {"source": "shared", "home_template": "/home/{name}", "homes_dir": None,
+                                "nss_dir": None, "uid_min": None, "uid_max": None, "state_file": None,
+                                "passwd_file": None, "group_file": None, "ldap": None}
     assert "homes" not in data["spawner"]["backend_config"]
     assert "jovyan" in data["spawner"]["backends"]["slurm"]["submit_prefix"]
     assert any("every user's server as the one account jovyan" in w for w in site.warnings())
@@ -366,7 +370,7 @@ def test_validate_warns_about_the_shared_account(tmp_path):
 
 def test_homes_on_a_host_file_system_are_bind_mounted_everywhere():
     site = load_site_text(SITE + "identity: {homes_host: /global/homes, home: \"/global/homes/{name}\"}\n", "site.yaml")
-    data = render.hub_data(site, REFS)
+    data = strict.plain(render.hub_data(site, REFS))
     assert data["spawner"]["backend_config"]["homes"] == "/global/homes"
     assert data["spawner"]["backend_config"]["homes_target"] == "/global/homes"
     assert data["identity"]["home_template"] == "/global/homes/{name}"

@@ -26,6 +26,7 @@ from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site_text
 from hubdeploy.render import slurm
 from hubdeploy.render.files import sha
+from hubdeploy.contract import strict
 
 REFS = {n: f"hubdeploy/lim-{n}:1" for n in ("base", "hub", "proxy", "slurm", "slurmdbd", "debian")}
 # As the identity stack: one profile, fixed cpu, memory and time.
@@ -316,7 +317,7 @@ def test_an_invalid_account_at_sbatch_makes_the_association_again_next_time():
 def test_a_sites_own_slurm_gets_no_association_from_the_hub():
     s = site(FIXED.replace("  cluster: {nodes: 1, cpus: 4, memory: 3G, max_time: \"2:00:00\"}",
                            "  submit: {prefix: [sudo, -u, \"{name}\", --]}"))
-    config = render.hub_data(s, REFS)["spawner"]["backends"]["slurm"]
+    config = strict.plain(render.hub_data(s, REFS))["spawner"]["backends"]["slurm"]
     assert "association_accounts" not in config
     b = backend({"sbatch": (0, "7\n", "")}, **config)
     start(b)

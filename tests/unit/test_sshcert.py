@@ -24,6 +24,7 @@ from hubdeploy.contract.identity import Identity
 from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site, load_site_text
 from hubdeploy.secrets import ensure_secrets, secret_names
+from hubdeploy.contract import strict
 
 REFS = {"base": "hubdeploy/s-base:1", "hub": "hubdeploy/s-hub:2", "proxy": "hubdeploy/s-proxy:3"}
 T0 = 1_800_000_000
@@ -324,7 +325,7 @@ def test_certificate_minutes_are_bounded(tmp_path, minutes):
 def test_render_mounts_the_ca_into_the_hub_and_configures_the_backend(tmp_path):
     s = ssh_site(tmp_path, SSH.replace("}", ", certificate_minutes: 7}"))
     assert secret_names(s)[-2:] == ["slurm_ssh_key", "slurm_ssh_ca"]
-    cfg = render.hub_data(s, REFS)["spawner"]["backends"]["slurm"]
+    cfg = strict.plain(render.hub_data(s, REFS))["spawner"]["backends"]["slurm"]
     assert cfg["ssh_ca_key"] == "/run/secrets/slurm_ssh_ca" and cfg["ssh_cert_minutes"] == 7
     argv = cfg["ssh_user_prefix"]
     pairs = dict(zip(argv, argv[1:]))
@@ -345,7 +346,7 @@ def test_without_certificates_nothing_of_the_ca_is_rendered(tmp_path):
     s = ssh_site(tmp_path, SSH.replace(", certificates: true", ""),
                  extra="identity: {allow_shared_compute_account: true}\n")
     assert "slurm_ssh_ca" not in secret_names(s)
-    cfg = render.hub_data(s, REFS)["spawner"]["backends"]["slurm"]
+    cfg = strict.plain(render.hub_data(s, REFS))["spawner"]["backends"]["slurm"]
     assert "ssh_ca_key" not in cfg and "ssh_user_prefix" not in cfg
 
 
