@@ -97,7 +97,7 @@ c.JupyterHub.load_roles = roles
 
 # -- notebook servers -----------------------------------------------------------------
 c.JupyterHub.spawner_class = "hubdeploy.hub.spawner.HubdeploySpawner"
-c.HubdeploySpawner.profiles = plain(hub.spawner.profiles)
+c.HubdeploySpawner.profiles = list(hub.spawner.profiles)
 c.HubdeploySpawner.backend = hub.spawner.backend
 c.HubdeploySpawner.backend_config = hub.spawner.backend_config
 # Compute profiles' backend (slurm), chosen per profile by its node type.

@@ -11,6 +11,7 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from hubdeploy.backends.base import Backend
+from hubdeploy.contract.hubjson import Profile
 from hubdeploy.errors import SiteError
 
 GROUP = "hubdeploy.backends"
@@ -40,10 +41,10 @@ def get_backend(name: str) -> type[Backend]:
     return cls
 
 
-def backend_config(base: Mapping[str, Any], profiles: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def backend_config(base: Mapping[str, Any], profiles: Iterable[Profile]) -> dict[str, Any]:
     """A backend's config as the hub builds it: hub.json's config for that backend plus
     ``allowed_images``, the image references of the site's profiles."""
-    return {**base, "allowed_images": sorted({p["image_ref"] for p in profiles if p.get("image_ref")})}
+    return {**base, "allowed_images": sorted({p.image_ref for p in profiles})}
 
 
 __all__ = ["GROUP", "Backend", "UnknownBackend", "backend_config", "get_backend", "installed_backends"]

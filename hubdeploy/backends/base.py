@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from hubdeploy.contract import strict
+from hubdeploy.contract.hubjson import Profile
 from hubdeploy.contract.identity import Identity
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 
@@ -43,7 +44,7 @@ from hubdeploy.contract.layout import NOTEBOOK_PORT
 class ServerSpec:
     """Everything a backend needs to start one notebook server.
 
-    ``profile`` is one entry of hub.json's ``spawner.profiles`` (docs/design.md) with the
+    ``profile`` is one of hub.json's ``spawner.profiles`` with the user's choices and the
     spawner's effective values written in: ``cpu`` (cores) and ``mem_limit`` (bytes) may
     differ from hub.json when a profile's ``spawner_config`` or the site's pass-through
     config overrides them. ``env`` includes the hub's JUPYTERHUB_* variables and the API
@@ -53,7 +54,7 @@ class ServerSpec:
 
     user: str
     server_name: str
-    profile: Mapping[str, Any]
+    profile: Profile
     env: Mapping[str, str] = field(default_factory=dict)
     cmd: list[str] = field(default_factory=lambda: ["jupyterhub-singleuser"])
     port: int = NOTEBOOK_PORT
@@ -63,7 +64,7 @@ class ServerSpec:
     def __repr__(self) -> str:  # keep the API token out of logs and tracebacks
         return (
             f"ServerSpec(user={self.user!r}, server_name={self.server_name!r}, "
-            f"profile={self.profile.get('name')!r}, cmd={self.cmd!r}, port={self.port})"
+            f"profile={self.profile.name!r}, cmd={self.cmd!r}, port={self.port})"
         )
 
 

@@ -394,7 +394,7 @@ class SlurmBackend(Backend):
         try:
             options = job_options(spec.profile, export=sorted(env), node_agent=self.config.node_agent, **node)
         except OptionError as exc:
-            raise BackendError(f"profile {spec.profile.get('name')!r}: {exc}") from None
+            raise BackendError(f"profile {spec.profile.name!r}: {exc}") from None
         script = render(options)
         name = self.job_name(spec)
         state.update(job_name=name, phase="submitting", **({"account": account} if account else {}))

@@ -72,6 +72,10 @@ class SlurmLimits:
     max_gpus: int | None
 
 
+# How a compute job runs the server: on the node itself, or in a container runtime.
+Runtime = Literal["native", "apptainer", "podman-hpc", "shifter"]
+
+
 @dataclass(frozen=True)
 class ProfileSlurm:
     """A compute profile's job settings (``hubdeploy.backends.slurm_script.job_options``)."""
@@ -82,7 +86,7 @@ class ProfileSlurm:
     qos: str | None
     time: str | None
     gpus: int
-    runtime: Literal["native", "apptainer", "podman-hpc", "shifter"]
+    runtime: Runtime
     image: str | None
     path_prepend: tuple[str, ...]
     limits: SlurmLimits

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from dataclasses import replace
 from typing import Any
 
 from jupyterhub.spawner import Spawner
 from tornado import web
-from traitlets import Dict, Integer, List, Unicode, default
+from traitlets import Dict, Instance, Integer, List, Unicode, default
 
 from hubdeploy.backends import backend_config, get_backend
 from hubdeploy.backends.base import (
@@ -25,13 +26,14 @@ from hubdeploy.backends.base import (
     ServerSpec,
     Stopped,
 )
+from hubdeploy.contract.hubjson import Profile
 from hubdeploy.contract.identity import Identity, IdentityError
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 from hubdeploy.contract.values import OptionError
 from hubdeploy.hub.identity import DEFAULT_TEMPLATE, IdentitySource, ensure_home, get_source, write_nss
-from hubdeploy.hub.profiles import OPTION_FIELDS, SLURM_CHOICES, apply_slurm_choices, form_html
+from hubdeploy.hub.profiles import default_profile, form_html, from_form, resolve, select_profile, trait_overrides
 from hubdeploy.hub.spawnqueue import QueueTimeout, StartClock, StartTimeout, Ticket, run_within, shared_queue
-from hubdeploy.hub.web import OptionsError, check_option_value, check_user_options
+from hubdeploy.hub.web import OptionsError
 
 try:  # JupyterHub >= 6.0
     from jupyterhub.spawner import SpawnException
@@ -137,9 +139,9 @@ class HubdeploySpawner(Spawner):
     """Starts notebook servers from the site's profiles through a hubdeploy backend."""
 
     profiles = List(
-        Dict(),
-        help="The site's profiles, in hub.json's format (docs/design.md). "
-        "Users choose one; with a single profile there is no form.",
+        Instance(Profile),
+        help="The site's profiles (hub.json spawner.profiles). Users choose one; with a "
+        "single profile there is no form.",
     ).tag(config=True)
     backend = Unicode("docker", help="Entry-point name in the hubdeploy.backends group.").tag(config=True)
     backend_config = Dict(help="Free-form configuration of the backend (hub.json spawner.backend_config).").tag(
@@ -179,7 +181,7 @@ class HubdeploySpawner(Spawner):
         self._backend_name: str | None = None
         # Original values of the traits the last applied profile changed.
         self._profile_saved: dict[str, Any] = {}
-        self._prepared: dict[str, Any] | None = None  # the profile run_pre_spawn_hook applied
+        self._prepared: Profile | None = None  # the profile run_pre_spawn_hook applied
         # The start's own budget while JupyterHub's start_timeout holds the outer bound.
         self._start_budget: int | None = None
         self._ticket: Ticket | None = None  # this start's place in the spawn queue
@@ -206,29 +208,12 @@ class HubdeploySpawner(Spawner):
     def _default_apply_user_options(self):
         return _check_user_options
 
-    # -- profiles ---------------------------------------------------------------------
+    # -- profiles (hubdeploy.hub.profiles) --------------------------------------------
 
-    def default_profile(self) -> dict[str, Any]:
-        """The profile marked ``default``, else the first one."""
+    def _profiles(self) -> list[Profile]:
         if not self.profiles:
             raise web.HTTPError(500, "HubdeploySpawner.profiles is empty: the site defines no profile")
-        return next((p for p in self.profiles if p.get("default")), self.profiles[0])
-
-    def select_profile(self, user_options: dict | None) -> dict[str, Any]:
-        """The profile ``user_options["profile"]`` names (the default when absent).
-
-        Raises ``HTTPError(400)`` naming the available profiles for an unknown name: the
-        REST API passes ``user_options`` through unchecked.
-        """
-        default = self.default_profile()
-        name = (user_options or {}).get("profile")
-        if name is None or name == "":
-            return default
-        for p in self.profiles:
-            if p.get("name") == name:
-                return p
-        available = ", ".join(str(p.get("name")) for p in self.profiles)
-        raise refused(f"Unknown profile {name!r}. Available profiles: {available}")
+        return self.profiles
 
     @staticmethod
     def profile_form(spawner: HubdeploySpawner) -> str:
@@ -236,74 +221,45 @@ class HubdeploySpawner(Spawner):
         if len(spawner.profiles) <= 1:
             return ""
         try:
-            chosen = spawner.select_profile(spawner.user_options)["name"]
-        except web.HTTPError:  # a remembered profile the site has since removed
-            chosen = spawner.default_profile()["name"]
-        return form_html(spawner.profiles, chosen)
+            chosen = select_profile(spawner.profiles, (spawner.user_options or {}).get("profile"))
+        except OptionError:  # a remembered profile the site has since removed
+            chosen = default_profile(spawner.profiles)
+        return form_html(spawner.profiles, chosen.name)
 
     def profile_from_form(self, form_data: dict[str, list[str]]) -> dict[str, str]:
         """Form data (or /spawn query arguments) -> ``{"profile": name, ...choices}``; 400 when
         the profile is unknown or a choice is not allowed."""
-        values = form_data.get("profile") or []
-        name = values[0] if values else self.default_profile()["name"]
         try:
-            check_option_value("profile", name)
-        except OptionsError as exc:
-            raise refused(str(exc)) from None
-        profile = self.select_profile({"profile": name})
-        options = {"profile": profile["name"]}
-        for key in SLURM_CHOICES:
-            # Fields are per profile in the form; the bare key works for /spawn?time=60.
-            got = form_data.get(f"{profile['name']}.{key}") or form_data.get(key) or []
-            if got and got[0].strip():
-                options[key] = got[0].strip()
-        self.resolve_profile(options)
-        return options
-
-    def resolve_profile(self, user_options: dict | None) -> dict[str, Any]:
-        """The chosen profile with the user's checked choices written in; 400 when not allowed.
-
-        The options' types and sizes are checked first: the REST API passes any JSON.
-        """
-        try:
-            check_user_options(user_options, OPTION_FIELDS)
-        except OptionsError as exc:
-            raise refused(str(exc)) from None
-        profile = self.select_profile(user_options)
-        try:
-            return apply_slurm_choices(profile, user_options or {})
-        except OptionError as exc:
+            return from_form(self._profiles(), form_data)
+        except (OptionError, OptionsError) as exc:
             raise refused(str(exc)) from None
 
-    def _apply_profile(self, profile: dict[str, Any]) -> None:
+    def resolve_profile(self, user_options: dict | None) -> Profile:
+        """The chosen profile with the user's checked choices written in; 400 when not allowed."""
+        try:
+            return resolve(self._profiles(), user_options)
+        except (OptionError, OptionsError) as exc:
+            raise refused(str(exc)) from None
+
+    def _apply_profile(self, profile: Profile) -> None:
         # A spawner object lives across its server's restarts: undo what the previous
         # profile set, so choosing B after A does not keep A's environment.
         for name, value in self._profile_saved.items():
             setattr(self, name, value)
         self._profile_saved = {}
-        overrides: dict[str, Any] = {}
-        if profile.get("cpu") is not None:
-            overrides["cpu_limit"] = float(profile["cpu"])
-        if profile.get("mem_limit") is not None:
-            overrides["mem_limit"] = int(profile["mem_limit"])
-        if profile.get("environment"):
-            overrides["environment"] = {**self.environment, **profile["environment"]}
-        for key, value in (profile.get("spawner_config") or {}).items():
-            if not self.has_trait(key):
-                raise web.HTTPError(500, f"profile {profile['name']!r}: spawner_config sets unknown trait {key!r}")
-            current = overrides.get(key, getattr(self, key))
-            # Dicts merge, as in JupyterHub's group overrides, so a profile adds to the
-            # site's environment instead of replacing it.
-            overrides[key] = {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value
+        try:
+            overrides = trait_overrides(self, profile)
+        except KeyError as exc:
+            raise web.HTTPError(500, f"profile {profile.name!r}: spawner_config sets unknown trait {exc}") from None
         for key, value in overrides.items():
             self._profile_saved[key] = getattr(self, key)
             setattr(self, key, value)
 
     # -- backend ----------------------------------------------------------------------
 
-    def backend_for(self, profile: dict[str, Any]) -> str:
+    def backend_for(self, profile: Profile) -> str:
         """The backend name of a profile: by its node type (compute -> slurm), else ``backend``."""
-        return self.node_backends.get(profile.get("node") or "login", self.backend)
+        return self.node_backends.get(profile.node, self.backend)
 
     def get_backend(self, name: str | None = None) -> Backend:
         """The shared backend instance of ``name`` (default: this server's, else ``backend``)."""
@@ -320,7 +276,7 @@ class HubdeploySpawner(Spawner):
             _BACKENDS[key] = get_backend(name)(config, log=self.log)
         return _BACKENDS[key]
 
-    def _prepare(self) -> dict[str, Any]:
+    def _prepare(self) -> Profile:
         profile = self.resolve_profile(self.user_options)
         self._backend_name = self.backend_for(profile)
         self._apply_profile(profile)
@@ -391,7 +347,9 @@ class HubdeploySpawner(Spawner):
         """Apply the chosen profile (unless the pre-spawn hook did) and start the server
         through the backend; return when it listens."""
         profile, self._prepared = self._prepared or self._prepare(), None
-        effective = {**profile, "cpu": self.cpu_limit, "mem_limit": self.mem_limit}
+        # What the backend runs with: the Spawner's values, which a profile's
+        # spawner_config or the site's pass-through config may have changed.
+        effective = replace(profile, cpu=self.cpu_limit, mem_limit=self.mem_limit)
         account = await self.resolve_identity()
         spec = ServerSpec(
             user=self.user.name,
@@ -405,13 +363,13 @@ class HubdeploySpawner(Spawner):
         # The same dict object that progress() reads while the backend fills it.
         state = self._backend_state
         state.clear()
-        self.log.info("starting %s with profile %s on backend %s", self._log_name, profile["name"], self._backend_name)
+        self.log.info("starting %s with profile %s on backend %s", self._log_name, profile.name, self._backend_name)
         try:
             host, port = await run_within(clock, self.get_backend().start(spec, state),
                                           _state_changes(state), "the backend's start")
         except BackendError as exc:
             raise start_failed(exc) from exc
-        state["profile"] = profile["name"]
+        state["profile"] = profile.name
         await self._await_listening(host, port)
         return host, port
 

@@ -32,6 +32,7 @@ from hubdeploy.backends.base import (
 from hubdeploy.backends.docker import DockerBackend
 from hubdeploy.contract import names
 from hubdeploy.contract.identity import Identity
+from hubprofiles import profile
 
 pytestmark = pytest.mark.integration
 
@@ -118,16 +119,16 @@ def make_backend(env, **extra):
     return DockerBackend(config)
 
 
-def make_spec(env, user, server="", cmd=SERVE, **profile):
-    prof = {
+def make_spec(env, user, server="", cmd=SERVE, **fields):
+    prof = profile(**{
         "name": "small",
         "image_ref": env["image"],
         "cpu": 0.5,
         "mem_limit": 256 * 1024**2,
         "home": True,
         "volumes": [{"source": env["data"], "target": "/data", "read_only": True}],
-        **profile,
-    }
+        **fields,
+    })
     token = f"token-{uuid.uuid4().hex}"
     return ServerSpec(user=user, server_name=server, profile=prof, env={"JUPYTERHUB_API_TOKEN": token}, cmd=cmd)
 

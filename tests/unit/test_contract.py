@@ -21,6 +21,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from hubdeploy import render, resources
+from hubdeploy.contract import hubjson
 from hubdeploy.contract.layout import HUB_SERVICE, SECRETS_DIR, SSH_KEY
 from hubdeploy.contract.services import BUILTIN, RESERVED_NAMES
 from hubdeploy.loader import load_site, load_site_text
@@ -128,7 +129,7 @@ def test_jupyterhub_loads_rendered_config_and_the_spawner_builds_every_backend(r
         config=app.config, user=SimpleNamespace(name="ann", url="/user/ann/", escaped_name="ann"), hub=Hub(),
         orm_spawner=SimpleNamespace(name="", server=None),
     )
-    assert spawner.profiles == data["spawner"]["profiles"]
+    assert spawner.profiles == list(hubjson.load().spawner.profiles)
     names = {spawner.backend_for(p) for p in spawner.profiles}
     for name in names | {spawner.backend}:
         backend = spawner.get_backend(name)  # the real class, parsing its real config
@@ -136,7 +137,7 @@ def test_jupyterhub_loads_rendered_config_and_the_spawner_builds_every_backend(r
         assert set(backend.config.allowed_images) == {p["image_ref"] for p in data["spawner"]["profiles"]}
     # Every profile is one the spawner can resolve, and its limits parse.
     for p in spawner.profiles:
-        assert spawner.resolve_profile({"profile": p["name"]})["name"] == p["name"]
+        assert spawner.resolve_profile({"profile": p.name}) is p
 
 
 def test_backend_config_is_closed(rendered):

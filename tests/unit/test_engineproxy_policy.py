@@ -22,6 +22,7 @@ from hubdeploy.backends.docker import DockerBackend
 from hubdeploy.contract import slurmcmd
 from hubdeploy.contract.identity import Group, Identity
 from hubdeploy.engineproxy.policy import Allow, Deny, Request, SitePolicy, decide
+from hubprofiles import profile
 
 IMAGE = "hubdeploy/alpha-base:0123456789ab"
 SLURM_IMAGE = "hubdeploy/alpha-slurm:0123456789ab"
@@ -90,9 +91,9 @@ def refused(decision, rule: str) -> str:
 
 
 ANN = Identity(user="ann", name="ann", uid=20001, gid=20001, home="/home/ann", groups=(Group("astro", 30000),))
-PROFILE = {"name": "login", "image_ref": IMAGE, "cpu": 1.0, "mem_limit": 2**30, "pids_limit": 512,
-           "volumes": [{"source": "/data/shared/sub", "target": "/d", "read_only": True},
-                       {"source": "datasets", "target": "/ds", "read_only": True}]}
+PROFILE = profile(name="login", image_ref=IMAGE, cpu=1.0, mem_limit=2**30, pids_limit=512,
+                  volumes=[{"source": "/data/shared/sub", "target": "/d", "read_only": True},
+                           {"source": "datasets", "target": "/ds", "read_only": True}])
 
 
 class RecordedDocker(DockerBackend):
@@ -499,7 +500,7 @@ def test_every_slurm_command_of_the_stacks_cluster_passes_the_proxy():
     import asyncio
 
     b = RecordedSlurm()
-    spec = ServerSpec("ann", "", {"name": "c", "node": "compute"}, env={"JUPYTERHUB_API_TOKEN": "t"}, identity=ANN)
+    spec = ServerSpec("ann", "", profile(name="c", slurm={}), env={"JUPYTERHUB_API_TOKEN": "t"}, identity=ANN)
     state: dict = {}
     asyncio.run(b.start(spec, state))
     asyncio.run(b.poll(state))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from urllib.parse import parse_qs
 
 import pytest
@@ -41,7 +42,7 @@ class RecordedSwarm(SwarmBackend):
 
 def swarm_start(image=IMAGE):
     backend = RecordedSwarm()
-    spec = ServerSpec("ann", "", {**PROFILE, "image_ref": image, "volumes": []}, identity=ANN)
+    spec = ServerSpec("ann", "", replace(PROFILE, image_ref=image, volumes=()), identity=ANN)
     name, host = backend._names(spec)
     backend._create_sync(spec, name, host, {})
     return backend.recorder.requests

@@ -84,7 +84,7 @@ def test_static_config(tmp_path, monkeypatch):
     assert c.ConfigurableHTTPProxy.auth_token == "value-of-proxy_token"
     assert c.RouteKeepingProxy.route_check_interval == 7
     assert c.JupyterHub.spawner_class == "hubdeploy.hub.spawner.HubdeploySpawner"
-    assert c.HubdeploySpawner.profiles == data["spawner"]["profiles"]
+    assert plain(c.HubdeploySpawner.profiles) == data["spawner"]["profiles"]
     assert c.HubdeploySpawner.backend == "docker"
     assert c.HubdeploySpawner.backend_config["network"] == "hubdeploy-hdtconf-users"
     assert c.Authenticator.admin_users == {"admin"}

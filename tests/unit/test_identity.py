@@ -24,6 +24,7 @@ from hubdeploy.errors import SiteError
 from hubdeploy.hub.identity import AutoSource, SharedSource, ensure_home, get_source, write_nss
 from hubdeploy.loader import load_site_text
 from hubdeploy.contract import strict
+from hubprofiles import profile
 
 
 def run(coro):
@@ -310,7 +311,7 @@ def test_slurm_submits_polls_and_cancels_as_the_user_in_their_home():
                   submit_prefix=["dexec", "--user", "{uid}:{gid}", "--"], submit_env_option="--env",
                   output_in_home=True, poll_interval=0.01)
     carol = Identity("carol", "carol", 31001, 31001, "/home/carol")
-    spec = ServerSpec(user="carol", server_name="", profile={"name": "c", "node": "compute"},
+    spec = ServerSpec(user="carol", server_name="", profile=profile(name="c", slurm={}),
                       env={"JUPYTERHUB_API_TOKEN": "t"}, identity=carol)
     assert run(b.start(spec, {})) == ("c1", 40000)
     (sbatch, env), (squeue, _) = b.argvs
@@ -337,7 +338,7 @@ def test_a_user_without_an_account_is_refused_naming_the_source(tmp_path):
     s = spawner_mod.HubdeploySpawner(
         user=SimpleNamespace(name="mallory", url="/user/mallory/", escaped_name="mallory"), hub=Hub(),
         orm_spawner=SimpleNamespace(name="", server=None),
-        profiles=[{"name": "p", "image_ref": "x:1", "default": True}],
+        profiles=[profile(name="p", image_ref="x:1", default=True)],
         backend_config={"network": "n", "prefix": "hubdeploy-t", "site": "t"},
         identity={"source": "file", "passwd_file": str(tmp_path / "passwd"), "homes_dir": str(tmp_path / "homes")},
     )

@@ -160,7 +160,7 @@ class Refusing(Backend):
 def test_backend_refusal_is_an_http_error_with_its_words(monkeypatch):
     monkeypatch.setattr(spawner_mod, "get_backend", lambda name: Refusing)
     monkeypatch.setattr(spawner_mod, "_BACKENDS", {})
-    profiles = strict.plain(render.hub_data(site(), REFS))["spawner"]["profiles"]
+    profiles = list(render.hub_data(site(), REFS).spawner.profiles)
     s = spawner_mod.HubdeploySpawner(
         user=SimpleNamespace(name="u", url="/user/u/", escaped_name="u"), hub=Hub(),
         orm_spawner=SimpleNamespace(name="", server=None), profiles=profiles, backend="docker",

@@ -27,6 +27,7 @@ from hubdeploy.loader import load_site_text
 from hubdeploy.render import slurm
 from hubdeploy.render.files import sha
 from hubdeploy.contract import strict
+from hubprofiles import profile
 
 REFS = {n: f"hubdeploy/lim-{n}:1" for n in ("base", "hub", "proxy", "slurm", "slurmdbd", "debian")}
 # As the identity stack: one profile, fixed cpu, memory and time.
@@ -270,7 +271,7 @@ def backend(answers: dict, **config) -> Answering:
 
 
 def start(b: Answering, ident: Identity = ANN) -> None:
-    spec = ServerSpec("ann", "", {"name": "c", "node": "compute"}, identity=ident)
+    spec = ServerSpec("ann", "", profile(name="c", slurm={}), identity=ident)
     asyncio.run(b.start(spec, {}))
 
 

@@ -17,13 +17,10 @@ from hubdeploy.backends.slurm_parse import (
     sbatch_message,
     validate_state,
 )
+from hubprofiles import profile
 
-PROFILE = {
-    "name": "p",
-    "cpu": 1,
-    "mem_limit": 2**30,
-    "slurm": {"partition": "interactive", "account": "a"},
-}
+SLURM = {"partition": "interactive", "account": "a"}
+PROFILE = profile(name="p", cpu=1, mem_limit=2**30, slurm=SLURM)
 SPEC = ServerSpec(
     user="has@",
     server_name="",
@@ -298,7 +295,7 @@ def test_a_submit_path_that_cannot_get_through_is_not_slurms_refusal():
 
 def test_start_refuses_bad_profile_before_slurm():
     b = FakeBackend([])
-    spec = ServerSpec(user="u", server_name="", profile={**PROFILE, "slurm": {"partition": "a b"}})
+    spec = ServerSpec(user="u", server_name="", profile=profile(name="p", slurm={**SLURM, "partition": "a b"}))
     with pytest.raises(BackendError, match="profile 'p'"):
         run(b.start(spec, {}))
     assert b.calls == []

@@ -179,20 +179,21 @@ from hubdeploy.backends.slurm import SlurmConfig
 from hubdeploy.contract.values import OptionError
 from hubdeploy.render.hubdata import COMPUTE_START_TIMEOUT
 from hubdeploy.hub import spawner as spawner_mod
-from hubdeploy.hub.spawner import HubdeploySpawner, apply_slurm_choices
+from hubdeploy.hub.profiles import apply_slurm_choices
+from hubdeploy.hub.spawner import HubdeploySpawner
 from hubdeploy.contract import strict
 
 
 def profiles():
-    return strict.plain(render.hub_data(site(), REFS))["spawner"]["profiles"]
+    return list(render.hub_data(site(), REFS).spawner.profiles)
 
 
 def test_choices_within_limits_are_written_in():
     compute = profiles()[1]
     out = apply_slurm_choices(compute, {"partition": "debug", "time": "1:30:00", "cpu": "2", "memory": "512M"})
-    assert out["slurm"]["partition"] == "debug" and out["slurm"]["time"] == "90"
-    assert out["cpu"] == 2 and out["mem_limit"] == 512 * 2**20
-    assert compute["slurm"]["partition"] == "compute"  # the site's profile is untouched
+    assert out.slurm.partition == "debug" and out.slurm.time == "90"
+    assert out.cpu == 2 and out.mem_limit == 512 * 2**20
+    assert compute.slurm.partition == "compute"  # the site's profile is untouched
     assert apply_slurm_choices(compute, {"time": "", "profile": "compute"}) is compute
 
 
@@ -224,7 +225,7 @@ def test_login_profile_takes_no_choices():
 class Fake(spawner_mod.Backend):
     Config = SlurmConfig  # it stands in for the slurm backend, with the slurm backend's config
     async def start(self, spec, state):
-        state["job"] = spec.profile["name"]
+        state["job"] = spec.profile.name
         Fake.last = spec
         return "c1", 4242
 
@@ -265,7 +266,7 @@ def test_compute_profile_starts_on_the_slurm_backend_and_keeps_it(monkeypatch):
     s, got = make(monkeypatch, user_options={"profile": "compute", "partition": "debug", "cpu": "2"})
     assert asyncio.run(s.start()) == ("c1", 4242)
     assert got == ["slurm"]
-    assert Fake.last.profile["slurm"]["partition"] == "debug" and Fake.last.profile["cpu"] == 2
+    assert Fake.last.profile.slurm.partition == "debug" and Fake.last.profile.cpu == 2
     saved = s.get_state()
     assert saved["hubdeploy"]["backend"] == "slurm"
     # After a hub restart a fresh spawner polls the same backend from the saved state.

@@ -25,6 +25,7 @@ from hubdeploy.hub.spawnqueue import (
     run_within,
     shared_queue,
 )
+from hubprofiles import profile
 
 from dataclasses import dataclass
 
@@ -258,9 +259,7 @@ class GateBackend(Backend):
         yield {"progress": 50, "message": "backend"}
 
 
-PROFILE = {"name": "p", "display_name": "p", "description": "", "image_ref": "x:1", "cpu": None,
-           "mem_limit": None, "home": True, "volumes": [], "environment": {}, "default": True,
-           "spawner_config": {}}
+PROFILE = profile(name="p", image_ref="x:1", default=True)
 
 
 @pytest.fixture

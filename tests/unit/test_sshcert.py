@@ -25,6 +25,7 @@ from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site, load_site_text
 from hubdeploy.secrets import ensure_secrets, secret_names
 from hubdeploy.contract import strict
+from hubprofiles import profile
 
 REFS = {"base": "hubdeploy/s-base:1", "hub": "hubdeploy/s-hub:2", "proxy": "hubdeploy/s-proxy:3"}
 T0 = 1_800_000_000
@@ -187,7 +188,7 @@ TOKEN = "s3cr3t-token-value"
 
 
 def spec(identity=CAROL):
-    return ServerSpec(user="carol", server_name="", profile={"name": "c", "node": "compute"},
+    return ServerSpec(user="carol", server_name="", profile=profile(name="c", slurm={}),
                       env={"JUPYTERHUB_API_TOKEN": TOKEN}, identity=identity)
 
 
