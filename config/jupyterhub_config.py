@@ -12,14 +12,16 @@
 
 from pathlib import Path
 
+from hubdeploy.backends import UnknownBackend, backend_configs
 from hubdeploy.contract import hubjson
 from hubdeploy.contract.strict import plain
 
 # get_config is provided by traitlets when it loads this file.
 c = get_config()  # noqa: F821
 
+hub_json_path = hubjson.path()
 try:
-    hub = hubjson.load()
+    hub = hubjson.load(hub_json_path)
 except hubjson.ShapeError as exc:  # a missing, unknown or mistyped key: named, no traceback
     raise SystemExit(f"hubdeploy: {exc}")
 
@@ -99,9 +101,12 @@ c.JupyterHub.load_roles = roles
 c.JupyterHub.spawner_class = "hubdeploy.hub.spawner.HubdeploySpawner"
 c.HubdeploySpawner.profiles = list(hub.spawner.profiles)
 c.HubdeploySpawner.backend = hub.spawner.backend
-c.HubdeploySpawner.backend_config = hub.spawner.backend_config
-# Compute profiles' backend (slurm), chosen per profile by its node type.
-c.HubdeploySpawner.backends = hub.spawner.backends
+# Every backend's config as its own Config: a bad key stops the hub here. Compute
+# profiles' backend (slurm) is chosen per profile by its node type.
+try:
+    c.HubdeploySpawner.backend_configs = backend_configs(hub.spawner)
+except (ValueError, UnknownBackend) as exc:
+    raise SystemExit(f"hubdeploy: {hub_json_path}: {exc}")
 # Each user's server runs as their own POSIX account from this source.
 c.HubdeploySpawner.identity = plain(hub.identity)
 # Starts beyond the site's limit wait in order inside the spawner (hubdeploy.hub.spawnqueue).

@@ -142,26 +142,28 @@ C = TypeVar("C", bound=BackendConfig)
 
 
 def parse_config(cls: type[C], data: Mapping[str, Any], backend: str) -> C:
-    """``data`` as a ``cls``; ValueError naming the key for an unknown, missing or
-    mistyped one (:func:`hubdeploy.contract.strict.read`). Lists become tuples."""
+    """``data`` (JSON: hub.json's config of ``backend``) as a ``cls``; ValueError naming
+    the key for an unknown, missing, mistyped or inconsistent one
+    (:func:`hubdeploy.contract.strict.read`, then the class's own ``__post_init__``)."""
     return strict.read(cls, data, f"{backend} backend config")
 
 
 class Backend(abc.ABC):
     """Base class of notebook backends.
 
-    ``config`` is hub.json's ``spawner.backend_config`` plus ``allowed_images``, the image
-    references of the site's profiles, added by the spawner; it is parsed into the
-    backend's :attr:`Config` (a closed :class:`BackendConfig`), so ``self.config`` has
-    typed attributes and an unknown key fails when the backend is made.
+    ``config`` is the backend's own :attr:`Config` (a closed :class:`BackendConfig`): the
+    hub reads it from hub.json with :func:`parse_config` when it starts
+    (:func:`hubdeploy.backends.backend_configs`), so a misspelt key stops the hub there.
     """
 
     Config: type[BackendConfig] = BackendConfig
     #: The backend's entry-point name, for messages.
     name = "notebook"
 
-    def __init__(self, config: Mapping[str, Any], log: logging.Logger | None = None):
-        self.config = parse_config(self.Config, config, self.name)
+    def __init__(self, config: BackendConfig, log: logging.Logger | None = None):
+        if not isinstance(config, self.Config):
+            raise TypeError(f"the {self.name} backend takes a {self.Config.__name__}, not {type(config).__name__}")
+        self.config = config
         self.log = log or logging.getLogger(f"hubdeploy.backends.{type(self).__name__}")
 
     @abc.abstractmethod

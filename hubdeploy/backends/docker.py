@@ -78,6 +78,11 @@ class DockerConfig(BackendConfig):
     homes: str | None = None
     homes_target: str = "/home"
 
+    def __post_init__(self):
+        empty = [k for k in ("network", "prefix", "site") if not getattr(self, k)]
+        if empty:
+            raise ValueError(f"docker backend config lacks {', '.join(empty)}")
+
 
 class DockerBackend(Backend):
     """Containers on the local Docker engine (config: :class:`DockerConfig`)."""
@@ -86,11 +91,8 @@ class DockerBackend(Backend):
     name = "docker"
     config: DockerConfig
 
-    def __init__(self, config: Mapping[str, Any], log=None):
+    def __init__(self, config: DockerConfig, log=None):
         super().__init__(config, log)
-        empty = [k for k in ("network", "prefix", "site") if not getattr(self.config, k)]
-        if empty:
-            raise ValueError(f"docker backend config lacks {', '.join(empty)}")
         self.network = self.config.network
         self.prefix = self.config.prefix
         self.site = self.config.site

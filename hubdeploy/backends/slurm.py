@@ -168,6 +168,12 @@ class SlurmConfig(BackendConfig):
     # site's own Slurm, which manages its associations itself.
     association_accounts: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        if self.submit_env_option and not self.submit_prefix:
+            raise ValueError("slurm backend config: submit_env_option needs a submit_prefix")
+        if self.ssh_ca_key and not self.ssh_user_prefix:
+            raise ValueError("slurm backend config: ssh_ca_key needs an ssh_user_prefix")
+
 
 class SlurmBackend(Backend):
     """Notebook servers as Slurm jobs (``sbatch``/``squeue``/``scancel``; config:
@@ -181,19 +187,15 @@ class SlurmBackend(Backend):
     name = "slurm"
     config: SlurmConfig
 
-    def __init__(self, config: Mapping[str, Any], log=None):
+    def __init__(self, config: SlurmConfig, log=None):
         super().__init__(config, log)
         c = self.config
         self.submit_prefix: list[str] = list(c.submit_prefix)
         self.env_option = c.submit_env_option
         self.env_stdin = c.submit_env_stdin
         self.unreachable_code = c.submit_unreachable_code
-        if self.env_option and not self.submit_prefix:
-            raise ValueError("slurm backend: submit_env_option needs a submit_prefix")
         self.ca: CertificateAuthority | None = None
         if c.ssh_ca_key:
-            if not c.ssh_user_prefix:
-                raise ValueError("slurm backend: ssh_ca_key needs an ssh_user_prefix")
             self.ca = CertificateAuthority(c.ssh_ca_key, c.ssh_cert_dir, c.ssh_cert_minutes,
                                            key_id=f"hubdeploy-{c.site}" if c.site else "hubdeploy")
         self.name_prefix = "-".join(p for p in (c.prefix or "hubdeploy", c.site) if p)

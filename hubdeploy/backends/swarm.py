@@ -67,7 +67,7 @@ class SwarmBackend(DockerBackend):
     Config = SwarmConfig
     name = "swarm"
 
-    def __init__(self, config: Mapping[str, Any], log=None):
+    def __init__(self, config: SwarmConfig, log=None):
         super().__init__(config, log)
         # Stopped servers whose container and configs are still going (held until done:
         # the loop keeps no reference to a future of its own).

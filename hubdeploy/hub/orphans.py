@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from hubdeploy.contract import hubjson, strict
+from hubdeploy.contract import hubjson
 from hubdeploy.contract.services import CLI
 
 PAGE = 200
@@ -125,12 +125,10 @@ def pick(rows: list[dict[str, Any]], wanted: list[str]) -> list[dict[str, Any]]:
 
 
 def _backends(hub: hubjson.HubJson) -> tuple[dict[str, Any], str]:
-    from hubdeploy.backends import backend_config, get_backend
+    from hubdeploy.backends import backend_configs, get_backend
 
-    sp = hub.spawner
-    profiles = strict.plain(sp.profiles)
-    configs = {sp.backend: sp.backend_config, **sp.backends}
-    return {name: get_backend(name)(backend_config(cfg, profiles)) for name, cfg in configs.items()}, sp.backend
+    configs = backend_configs(hub.spawner)
+    return {name: get_backend(name)(config) for name, config in configs.items()}, hub.spawner.backend
 
 
 def _cli_token(hub: hubjson.HubJson) -> str:

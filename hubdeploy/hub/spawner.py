@@ -18,9 +18,10 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Dict, Instance, Integer, List, Unicode, default
 
-from hubdeploy.backends import backend_config, get_backend
+from hubdeploy.backends import get_backend
 from hubdeploy.backends.base import (
     Backend,
+    BackendConfig,
     BackendError,
     Running,
     ServerSpec,
@@ -125,7 +126,7 @@ def _state_changes(state: dict[str, Any]):
 
 # One backend per (name, config) for the whole hub: a shared Docker client or scheduler
 # session, not one per user.
-_BACKENDS: dict[tuple[str, str], Backend] = {}
+_BACKENDS: dict[tuple[str, BackendConfig], Backend] = {}
 
 
 def _check_user_options(spawner: HubdeploySpawner, user_options: dict) -> None:
@@ -144,11 +145,10 @@ class HubdeploySpawner(Spawner):
         "single profile there is no form.",
     ).tag(config=True)
     backend = Unicode("docker", help="Entry-point name in the hubdeploy.backends group.").tag(config=True)
-    backend_config = Dict(help="Free-form configuration of the backend (hub.json spawner.backend_config).").tag(
-        config=True
-    )
-    backends = Dict(
-        help="Further backends, name -> config (hub.json spawner.backends), e.g. {'slurm': {...}}.",
+    backend_configs = Dict(
+        value_trait=Instance(BackendConfig),
+        help="Backend name -> its own Config, read from hub.json's spawner.backend_config "
+        "and spawner.backends (hubdeploy.backends.backend_configs).",
     ).tag(config=True)
     node_backends = Dict(
         {"compute": "slurm"},
@@ -264,17 +264,12 @@ class HubdeploySpawner(Spawner):
     def get_backend(self, name: str | None = None) -> Backend:
         """The shared backend instance of ``name`` (default: this server's, else ``backend``)."""
         name = name or self._backend_name or self.backend
-        if name == self.backend:
-            base = self.backend_config
-        elif name in self.backends:
-            base = self.backends[name]
-        else:
+        config = self.backend_configs.get(name)
+        if config is None:
             raise web.HTTPError(500, f"backend {name!r} is not configured (hub.json spawner.backends)")
-        config = backend_config(base, self.profiles)
-        key = (name, json.dumps(config, sort_keys=True, default=str))
-        if key not in _BACKENDS:
-            _BACKENDS[key] = get_backend(name)(config, log=self.log)
-        return _BACKENDS[key]
+        if (name, config) not in _BACKENDS:
+            _BACKENDS[name, config] = get_backend(name)(config, log=self.log)
+        return _BACKENDS[name, config]
 
     def _prepare(self) -> Profile:
         profile = self.resolve_profile(self.user_options)
@@ -509,7 +504,7 @@ class HubdeploySpawner(Spawner):
         if not saved:
             return
         name = saved.get("backend")
-        if name != self.backend and name not in self.backends:
+        if name not in self.backend_configs:
             self.log.warning(
                 "%s was started by backend %r, which the hub no longer has; polling it with %r",
                 self._log_name,

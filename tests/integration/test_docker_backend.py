@@ -28,8 +28,9 @@ from hubdeploy.backends.base import (
     ServerSpec,
     Stopped,
     Unknown,
+    parse_config,
 )
-from hubdeploy.backends.docker import DockerBackend
+from hubdeploy.backends.docker import DockerBackend, DockerConfig
 from hubdeploy.contract import names
 from hubdeploy.contract.identity import Identity
 from hubprofiles import profile
@@ -116,7 +117,7 @@ def make_backend(env, **extra):
         "allowed_images": [env["image"]],
         **extra,
     }
-    return DockerBackend(config)
+    return DockerBackend(parse_config(DockerConfig, config, "docker"))
 
 
 def make_spec(env, user, server="", cmd=SERVE, **fields):

@@ -15,8 +15,8 @@ import pytest
 from stackfixture import SITE_NAME
 from slurmcluster import ACCOUNT, CONTROLLER, PREFIX, SlurmCluster
 
-from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown
-from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown, parse_config
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubprofiles import profile as hub_profile
 
 pytestmark = pytest.mark.integration
@@ -83,7 +83,7 @@ def cluster(client, stack):
 
 @pytest.fixture
 def backend(cluster, request):
-    b = SlurmBackend(CONFIG)
+    b = SlurmBackend(parse_config(SlurmConfig, CONFIG, "slurm"))
     failed_before = request.session.testsfailed
     yield b
     if request.session.testsfailed > failed_before:  # the call phase is reported before teardown

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped
+from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, parse_config
 from hubdeploy.backends.swarm import SwarmBackend
 from hubdeploy.contract.identity import Group, Identity
 from hubprofiles import profile
@@ -51,8 +51,8 @@ def swarm(client, swarm_manager):
 
 
 def make_backend(env, cls=SwarmBackend, **extra):
-    return cls({"network": env["network"], "prefix": env["prefix"], "site": env["site"],
-                         "allowed_images": [env["image"]], "schedule_grace": 2, **extra})
+    return cls(parse_config(cls.Config, {"network": env["network"], "prefix": env["prefix"], "site": env["site"],
+                                         "allowed_images": [env["image"]], "schedule_grace": 2, **extra}, "swarm"))
 
 
 def make_spec(env, user, server="", cmd=SERVE, identity=None, **fields):

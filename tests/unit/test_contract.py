@@ -11,7 +11,9 @@ tells the hub to read.
 from __future__ import annotations
 
 import ast
+import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -140,14 +142,19 @@ def test_jupyterhub_loads_rendered_config_and_the_spawner_builds_every_backend(r
         assert spawner.resolve_profile({"profile": p.name}) is p
 
 
-def test_backend_config_is_closed(rendered):
+def test_a_backend_config_key_no_backend_knows_stops_the_hub(rendered, monkeypatch):
     site, files, data = rendered
-    from hubdeploy.backends import get_backend
-
-    for name, config in [(data["spawner"]["backend"], data["spawner"]["backend_config"]),
-                         *data["spawner"].get("backends", {}).items()]:
-        with pytest.raises(ValueError, match="unknown key.*no_such_key"):
-            get_backend(name)({**config, "no_such_key": 1})
+    good = json.loads(Path(os.environ["HUBDEPLOY_HUB_JSON"]).read_text())
+    names = [data["spawner"]["backend"], *data["spawner"]["backends"]]
+    for name in names:
+        bad = copy.deepcopy(good)
+        config = bad["spawner"]["backend_config"] if name == names[0] else bad["spawner"]["backends"][name]
+        config["no_such_key"] = 1
+        path = Path(os.environ["HUBDEPLOY_HUB_JSON"]).with_name(f"bad-{name}.json")
+        path.write_text(json.dumps(bad))
+        monkeypatch.setenv("HUBDEPLOY_HUB_JSON", str(path))
+        with pytest.raises(SystemExit, match=f"bad-{name}.json: {name} backend config: unknown key no_such_key"):
+            JupyterHub().load_config_file(str(CONFIG))
 
 
 @pytest.mark.parametrize("name", sorted(RESERVED_NAMES))

@@ -17,8 +17,8 @@ import pytest
 from enginerecorder import recording_client
 
 from hubdeploy.backends import accounts
-from hubdeploy.backends.base import ServerSpec
-from hubdeploy.backends.docker import DockerBackend
+from hubdeploy.backends.base import ServerSpec, parse_config
+from hubdeploy.backends.docker import DockerBackend, DockerConfig
 from hubdeploy.contract import slurmcmd
 from hubdeploy.contract.identity import Group, Identity
 from hubdeploy.engineproxy.policy import Allow, Deny, Request, SitePolicy, decide
@@ -98,7 +98,7 @@ PROFILE = profile(name="login", image_ref=IMAGE, cpu=1.0, mem_limit=2**30, pids_
 
 class RecordedDocker(DockerBackend):
     def __init__(self, config):
-        super().__init__(config)
+        super().__init__(parse_config(DockerConfig, config, "docker"))
         self.recorded_client, self.recorder = recording_client()
 
     def _make_client(self):
@@ -452,7 +452,7 @@ class RecordedSlurm:
     recorded (dexec argv) and answered as a cluster with one job, 7, would answer."""
 
     def __new__(cls):
-        from hubdeploy.backends.slurm import SlurmBackend
+        from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
         from hubdeploy.loader import load_site_text
         from hubdeploy.render.hubdata import _cluster_backend_config
 
@@ -478,7 +478,7 @@ class RecordedSlurm:
                     return 0, "7|RUNNING|c1|None|ann|20001|20001|hubdeploy-alpha-nb-ann\n", ""
                 return 0, "" if self.cancelled else "7|RUNNING|None|N/A|c1|hubdeploy:port=40000\n", ""
 
-        backend = Recording({**_cluster_backend_config(site), "poll_interval": 0.01})
+        backend = Recording(parse_config(SlurmConfig, {**_cluster_backend_config(site), "poll_interval": 0.01}, "slurm"))
         backend.calls = []
         return backend
 

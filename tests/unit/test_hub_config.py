@@ -86,7 +86,8 @@ def test_static_config(tmp_path, monkeypatch):
     assert c.JupyterHub.spawner_class == "hubdeploy.hub.spawner.HubdeploySpawner"
     assert plain(c.HubdeploySpawner.profiles) == data["spawner"]["profiles"]
     assert c.HubdeploySpawner.backend == "docker"
-    assert c.HubdeploySpawner.backend_config["network"] == "hubdeploy-hdtconf-users"
+    assert c.HubdeploySpawner.backend_configs["docker"].network == "hubdeploy-hdtconf-users"
+    assert c.HubdeploySpawner.backend_configs["docker"].allowed_images == (REFS["base"],)
     assert c.Authenticator.admin_users == {"admin"}
     # The entry point's class, wrapped in hubdeploy's username policy.
     assert c.JupyterHub.authenticator_class.__mro__[1].__qualname__ == "DummyAuthenticator"

@@ -17,13 +17,14 @@ from ruamel.yaml import YAML
 
 from hubdeploy import render
 from hubdeploy.backends import accounts
-from hubdeploy.backends.base import ServerSpec
-from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.base import ServerSpec, parse_config
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubdeploy.contract.identity import RESERVED_NAMES, Group, Identity, IdentityError, account_name, reserved_id
 from hubdeploy.errors import SiteError
 from hubdeploy.hub.identity import AutoSource, SharedSource, ensure_home, get_source, write_nss
 from hubdeploy.loader import load_site_text
 from hubdeploy.contract import strict
+from hubdeploy.backends.docker import DockerConfig
 from hubprofiles import profile
 
 
@@ -298,7 +299,7 @@ def test_profile_time_must_fit_the_clusters_max_time():
 
 class Recording(SlurmBackend):
     def __init__(self, outcomes, **config):
-        super().__init__(config)
+        super().__init__(parse_config(SlurmConfig, config, "slurm"))
         self.outcomes, self.argvs = list(outcomes), []
 
     async def run(self, argv, *, stdin=None, env=None, who=None, account=None):
@@ -339,7 +340,7 @@ def test_a_user_without_an_account_is_refused_naming_the_source(tmp_path):
         user=SimpleNamespace(name="mallory", url="/user/mallory/", escaped_name="mallory"), hub=Hub(),
         orm_spawner=SimpleNamespace(name="", server=None),
         profiles=[profile(name="p", image_ref="x:1", default=True)],
-        backend_config={"network": "n", "prefix": "hubdeploy-t", "site": "t"},
+        backend="docker", backend_configs={"docker": DockerConfig(network="n", prefix="hubdeploy-t", site="t")},
         identity={"source": "file", "passwd_file": str(tmp_path / "passwd"), "homes_dir": str(tmp_path / "homes")},
     )
     with pytest.raises(SpawnException) as exc:

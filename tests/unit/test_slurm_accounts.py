@@ -137,7 +137,7 @@ from jupyterhub.spawner import SpawnException  # noqa: E402
 from jupyterhub.utils import format_exception  # noqa: E402
 from tornado import web  # noqa: E402
 
-from hubdeploy.backends.base import Backend, BackendError  # noqa: E402
+from hubdeploy.backends.base import Backend, BackendConfig, BackendError  # noqa: E402
 from hubdeploy.hub import spawner as spawner_mod  # noqa: E402
 from hubdeploy.contract import strict
 
@@ -164,7 +164,7 @@ def test_backend_refusal_is_an_http_error_with_its_words(monkeypatch):
     s = spawner_mod.HubdeploySpawner(
         user=SimpleNamespace(name="u", url="/user/u/", escaped_name="u"), hub=Hub(),
         orm_spawner=SimpleNamespace(name="", server=None), profiles=profiles, backend="docker",
-        backend_config={}, backends={"slurm": {}}, user_options={"profile": "compute"},
+        backend_configs={"docker": BackendConfig(), "slurm": BackendConfig()}, user_options={"profile": "compute"},
     )
     with pytest.raises(web.HTTPError) as exc:
         asyncio.run(s.start())

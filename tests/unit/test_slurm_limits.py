@@ -18,8 +18,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from hubdeploy import render
-from hubdeploy.backends.base import BackendError, ServerSpec
-from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.base import BackendError, ServerSpec, parse_config
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubdeploy.contract import slurmcmd
 from hubdeploy.contract.identity import Identity
 from hubdeploy.errors import SiteError
@@ -265,7 +265,7 @@ class Answering(SlurmBackend):
 
 
 def backend(answers: dict, **config) -> Answering:
-    b = Answering({"prefix": "hubdeploy", "site": "lim", **config})
+    b = Answering(parse_config(SlurmConfig, {"prefix": "hubdeploy", "site": "lim", **config}, "slurm"))
     b.calls, b.answers = [], answers
     return b
 

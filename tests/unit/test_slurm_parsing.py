@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown
-from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown, parse_config
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubdeploy.backends.slurm_parse import (
     CommandError,
     JobInfo,
@@ -38,7 +38,7 @@ class FakeBackend(SlurmBackend):
     sinfo (the node states) answers ``sinfo`` instead, every time."""
 
     def __init__(self, outcomes, sinfo=(0, "c1|allocated\nc2|idle\n", ""), **config):
-        super().__init__({"poll_interval": 0.01, "stop_timeout": 1, "node_cache_seconds": 0, **config})
+        super().__init__(configured({"poll_interval": 0.01, "stop_timeout": 1, "node_cache_seconds": 0, **config}))
         self.outcomes = list(outcomes)
         self.sinfo = sinfo
         self.calls: list[tuple[list[str], bytes | None, dict]] = []
@@ -53,6 +53,11 @@ class FakeBackend(SlurmBackend):
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+
+def configured(config):
+    """The slurm backend's config as the hub reads it from hub.json."""
+    return parse_config(SlurmConfig, config, "slurm")
 
 
 def line(state, reason="None", comment="(null)", host="c1", start="N/A"):
@@ -375,7 +380,7 @@ def test_stop_wait_is_bounded():
 
 
 def test_prefix_and_env_passing():
-    b = SlurmBackend({"submit_prefix": ["docker", "exec", "-i", "ctr"], "submit_env_option": "-e"})
+    b = SlurmBackend(configured({"submit_prefix": ["docker", "exec", "-i", "ctr"], "submit_env_option": "-e"}))
     assert b._argv(["squeue", "-h"], ["A", "B"]) == [
         "docker",
         "exec",
@@ -388,15 +393,15 @@ def test_prefix_and_env_passing():
         "squeue",
         "-h",
     ]
-    b = SlurmBackend({"submit_prefix": ["ssh", "login"], "submit_quote": True})
+    b = SlurmBackend(configured({"submit_prefix": ["ssh", "login"], "submit_quote": True}))
     assert b._argv(["sbatch", "/dev/stdin", "a b", "$HOME"]) == [
         "ssh",
         "login",
         "sbatch /dev/stdin 'a b' '$HOME'",
     ]
-    assert SlurmBackend({})._argv(["squeue"]) == ["squeue"]
+    assert SlurmBackend(configured({}))._argv(["squeue"]) == ["squeue"]
     with pytest.raises(ValueError):
-        SlurmBackend({"submit_prefix": "ssh login"})
+        configured({"submit_prefix": "ssh login"})
 
 
 def test_variables_cross_a_shell_prefix_on_stdin_not_argv():
@@ -406,7 +411,7 @@ def test_variables_cross_a_shell_prefix_on_stdin_not_argv():
         "A": "x y 'q' \"d\" $(echo pwned) `id`; exit 3",
         "EMPTY": "",
     }
-    b = SlurmBackend({"submit_prefix": ["sh", "-c"], "submit_quote": True, "submit_env_stdin": True})
+    b = SlurmBackend(configured({"submit_prefix": ["sh", "-c"], "submit_quote": True, "submit_env_stdin": True}))
     program = 'printf "%s|" "$JUPYTERHUB_API_TOKEN" "$A" "$EMPTY" "$1"; cat'
     argv = ["sh", "-c", program, "x", "arg 'with' $(quotes)"]
     assert all("s3cr3t" not in w for w in b._argv(argv, sorted(hostile)))
@@ -418,13 +423,13 @@ def test_variables_cross_a_shell_prefix_on_stdin_not_argv():
 
 
 def test_a_variable_with_a_line_break_is_refused_not_split():
-    b = SlurmBackend({"submit_prefix": ["sh", "-c"], "submit_quote": True, "submit_env_stdin": True})
+    b = SlurmBackend(configured({"submit_prefix": ["sh", "-c"], "submit_quote": True, "submit_env_stdin": True}))
     with pytest.raises(CommandError, match="line break"):
         run(b.run(["true"], env={"A": "one\nB=two"}))
 
 
 def test_real_subprocess_runner_timeout_and_missing_program():
-    b = SlurmBackend({"command_timeout": 0.5})
+    b = SlurmBackend(configured({"command_timeout": 0.5}))
     assert run(b.run(["sh", "-c", "echo out; echo err >&2; exit 3"])) == (
         3,
         "out\n",

@@ -244,8 +244,9 @@ def make(monkeypatch, **kw):
     monkeypatch.setattr(spawner_mod, "_BACKENDS", {})
     user = SimpleNamespace(name="u", url="/user/u/", escaped_name="u")
     s = HubdeploySpawner(user=user, hub=Hub(), orm_spawner=SimpleNamespace(name="", server=None),
-                         profiles=profiles(), backend="docker", backend_config={},
-                         backends={"slurm": {"site": "x"}}, **{"http_timeout": 0, **kw})
+                         profiles=profiles(), backend="docker",
+                         backend_configs={"docker": SlurmConfig(), "slurm": SlurmConfig(site="x")},
+                         **{"http_timeout": 0, **kw})
     return s, got
 
 

@@ -274,7 +274,7 @@ def make(monkeypatch):
         s = HubdeploySpawner(
             user=SimpleNamespace(name=user, url=f"/user/{user}/", escaped_name=user),
             hub=Hub(), orm_spawner=SimpleNamespace(name="", server=None),
-            profiles=[PROFILE], backend="gate", backend_config={"site": "t"}, **kw,
+            profiles=[PROFILE], backend="gate", backend_configs={"gate": GateConfig(site="t")}, **kw,
         )
         return s
 
