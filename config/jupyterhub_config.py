@@ -14,7 +14,6 @@ from pathlib import Path
 
 from hubdeploy.backends import UnknownBackend, backend_configs
 from hubdeploy.contract import hubjson
-from hubdeploy.contract.strict import plain
 
 # get_config is provided by traitlets when it loads this file.
 c = get_config()  # noqa: F821
@@ -108,7 +107,7 @@ try:
 except (ValueError, UnknownBackend) as exc:
     raise SystemExit(f"hubdeploy: {hub_json_path}: {exc}")
 # Each user's server runs as their own POSIX account from this source.
-c.HubdeploySpawner.identity = plain(hub.identity)
+c.HubdeploySpawner.identity = hub.identity
 # Starts beyond the site's limit wait in order inside the spawner (hubdeploy.hub.spawnqueue).
 # JupyterHub's own concurrent_spawn_limit (default 100) would refuse them with 429 instead,
 # so it is off: the queue's timeout bounds how long a start may wait.

@@ -28,10 +28,11 @@ from hubdeploy.backends.base import (
     Stopped,
 )
 from hubdeploy.contract.hubjson import Profile
-from hubdeploy.contract.identity import Identity, IdentityError
+from hubdeploy.contract.identity import Identity, IdentityConfig, IdentityError
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 from hubdeploy.contract.values import OptionError
-from hubdeploy.hub.identity import DEFAULT_TEMPLATE, IdentitySource, ensure_home, get_source, write_nss
+from hubdeploy.contract.strict import plain
+from hubdeploy.hub.identity import IdentitySource, ensure_home, get_source, write_nss
 from hubdeploy.hub.profiles import default_profile, form_html, from_form, resolve, select_profile, trait_overrides
 from hubdeploy.hub.spawnqueue import QueueTimeout, StartClock, StartTimeout, Ticket, run_within, shared_queue
 from hubdeploy.hub.web import OptionsError
@@ -70,10 +71,11 @@ def refused(message: str, status: int = 400, reason: str = "user_options") -> we
 _SOURCES: dict[str, IdentitySource] = {}
 
 
-def identity_source(config: dict[str, Any]) -> IdentitySource:
-    key = json.dumps(config, sort_keys=True, default=str)
+def identity_source(config: IdentityConfig) -> IdentitySource:
+    data = plain(config)
+    key = json.dumps(data, sort_keys=True)
     if key not in _SOURCES:
-        _SOURCES[key] = get_source(config)
+        _SOURCES[key] = get_source(data)
     return _SOURCES[key]
 
 
@@ -144,7 +146,9 @@ class HubdeploySpawner(Spawner):
         help="The site's profiles (hub.json spawner.profiles). Users choose one; with a "
         "single profile there is no form.",
     ).tag(config=True)
-    backend = Unicode("docker", help="Entry-point name in the hubdeploy.backends group.").tag(config=True)
+    # No defaults of their own for what hub.json carries: the site file's schema has them.
+    backend = Unicode(help="The backend of login profiles (hub.json spawner.backend), an entry-point "
+                      "name in the hubdeploy.backends group.").tag(config=True)
     backend_configs = Dict(
         value_trait=Instance(BackendConfig),
         help="Backend name -> its own Config, read from hub.json's spawner.backend_config "
@@ -154,12 +158,12 @@ class HubdeploySpawner(Spawner):
         {"compute": "slurm"},
         help="Profile node type -> backend name; other node types use `backend`.",
     ).tag(config=True)
-    identity = Dict(
-        {"source": "shared"},
+    identity = Instance(
+        IdentityConfig,
+        allow_none=True,
         help="Where users' POSIX accounts come from (hub.json identity; hubdeploy.contract.identity).",
     ).tag(config=True)
     concurrent_spawn_limit = Integer(
-        8,
         help="Starts that run at once in this hub (hub.json spawner.concurrent_spawn_limit); "
         "more wait in order, and their waiting does not count against start_timeout.",
     ).tag(config=True)
@@ -392,16 +396,17 @@ class HubdeploySpawner(Spawner):
         """This user's account, with a home and (for the stack's cluster) published to
         the nodes; a SpawnException naming the source when there is none. Never another
         account instead."""
+        if self.identity is None:
+            raise web.HTTPError(500, "HubdeploySpawner.identity is not set (hub.json identity)")
         source = identity_source(self.identity)
         try:
             account = await source.lookup(self.user.name)
         except IdentityError as exc:
             raise refused(str(exc), 403, "identity") from None
-        homes, nss = self.identity.get("homes_dir"), self.identity.get("nss_dir")
-        if homes:
-            await asyncio.to_thread(ensure_home, homes, account, self.identity.get("home_template") or DEFAULT_TEMPLATE)
-        if nss:
-            await asyncio.to_thread(write_nss, nss, [account])
+        if self.identity.homes_dir:
+            await asyncio.to_thread(ensure_home, self.identity.homes_dir, account, self.identity.home_template)
+        if self.identity.nss_dir:
+            await asyncio.to_thread(write_nss, self.identity.nss_dir, [account])
         self.log.info("%s runs as %s (uid %d) from identity source %s", self._log_name, account.name,
                       account.uid, source.describe())
         return account

@@ -33,7 +33,7 @@ from hubdeploy.backends.base import (
 from hubdeploy.backends.docker import DockerBackend, DockerConfig
 from hubdeploy.contract import names
 from hubdeploy.contract.identity import Identity
-from hubprofiles import profile
+from hubsections import profile
 
 pytestmark = pytest.mark.integration
 

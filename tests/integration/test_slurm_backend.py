@@ -17,7 +17,7 @@ from slurmcluster import ACCOUNT, CONTROLLER, PREFIX, SlurmCluster
 
 from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown, parse_config
 from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
-from hubprofiles import profile as hub_profile
+from hubsections import profile as hub_profile
 
 pytestmark = pytest.mark.integration
 

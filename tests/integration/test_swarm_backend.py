@@ -15,7 +15,7 @@ import pytest
 from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, parse_config
 from hubdeploy.backends.swarm import SwarmBackend
 from hubdeploy.contract.identity import Group, Identity
-from hubprofiles import profile
+from hubsections import profile
 from test_docker_backend import _ensure_base_image, _quietly, build_notebook_image
 
 pytestmark = pytest.mark.integration

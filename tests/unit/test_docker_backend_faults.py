@@ -11,7 +11,7 @@ import requests
 
 from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown
 from hubdeploy.backends.docker import DockerBackend, DockerConfig
-from hubprofiles import profile
+from hubsections import profile
 
 CONFIG = DockerConfig(network="hubdeploy-test-net", prefix="hubdeploy-test-f", site="f", allowed_images=("img:1",))
 STATE = {"container_name": "hubdeploy-test-f-nb-u", "container_id": "abc", "phase": "started"}

@@ -22,7 +22,7 @@ from hubdeploy.backends.docker import DockerBackend, DockerConfig
 from hubdeploy.contract import slurmcmd
 from hubdeploy.contract.identity import Group, Identity
 from hubdeploy.engineproxy.policy import Allow, Deny, Request, SitePolicy, decide
-from hubprofiles import profile
+from hubsections import profile
 
 IMAGE = "hubdeploy/alpha-base:0123456789ab"
 SLURM_IMAGE = "hubdeploy/alpha-slurm:0123456789ab"

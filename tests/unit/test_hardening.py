@@ -12,7 +12,7 @@ from hubdeploy.backends.base import ServerSpec
 from hubdeploy.backends.docker import DockerBackend, DockerConfig
 from hubdeploy.loader import SiteError, load_site, load_site_text
 from hubdeploy.render.hardening import PROFILES, REASONS
-from hubprofiles import profile
+from hubsections import profile
 
 ROOT = Path(__file__).resolve().parents[2]
 REFS = {

@@ -19,13 +19,21 @@ from hubdeploy import render
 from hubdeploy.backends import accounts
 from hubdeploy.backends.base import ServerSpec, parse_config
 from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
-from hubdeploy.contract.identity import RESERVED_NAMES, Group, Identity, IdentityError, account_name, reserved_id
+from hubdeploy.contract.identity import (
+    RESERVED_NAMES,
+    Group,
+    Identity,
+    IdentityConfig,
+    IdentityError,
+    account_name,
+    reserved_id,
+)
 from hubdeploy.errors import SiteError
 from hubdeploy.hub.identity import AutoSource, SharedSource, ensure_home, get_source, write_nss
 from hubdeploy.loader import load_site_text
 from hubdeploy.contract import strict
 from hubdeploy.backends.docker import DockerConfig
-from hubprofiles import profile
+from hubsections import profile
 
 
 def run(coro):
@@ -341,7 +349,10 @@ def test_a_user_without_an_account_is_refused_naming_the_source(tmp_path):
         orm_spawner=SimpleNamespace(name="", server=None),
         profiles=[profile(name="p", image_ref="x:1", default=True)],
         backend="docker", backend_configs={"docker": DockerConfig(network="n", prefix="hubdeploy-t", site="t")},
-        identity={"source": "file", "passwd_file": str(tmp_path / "passwd"), "homes_dir": str(tmp_path / "homes")},
+        concurrent_spawn_limit=8,
+        identity=IdentityConfig(source="file", home_template="/home/{name}", homes_dir=str(tmp_path / "homes"),
+                                nss_dir=None, uid_min=None, uid_max=None, state_file=None,
+                                passwd_file=str(tmp_path / "passwd"), group_file=None, ldap=None),
     )
     with pytest.raises(SpawnException) as exc:
         run(s.start())

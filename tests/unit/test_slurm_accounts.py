@@ -138,6 +138,7 @@ from jupyterhub.utils import format_exception  # noqa: E402
 from tornado import web  # noqa: E402
 
 from hubdeploy.backends.base import Backend, BackendConfig, BackendError  # noqa: E402
+from hubsections import SHARED  # noqa: E402
 from hubdeploy.hub import spawner as spawner_mod  # noqa: E402
 from hubdeploy.contract import strict
 
@@ -165,6 +166,7 @@ def test_backend_refusal_is_an_http_error_with_its_words(monkeypatch):
         user=SimpleNamespace(name="u", url="/user/u/", escaped_name="u"), hub=Hub(),
         orm_spawner=SimpleNamespace(name="", server=None), profiles=profiles, backend="docker",
         backend_configs={"docker": BackendConfig(), "slurm": BackendConfig()}, user_options={"profile": "compute"},
+        concurrent_spawn_limit=8, identity=SHARED,
     )
     with pytest.raises(web.HTTPError) as exc:
         asyncio.run(s.start())

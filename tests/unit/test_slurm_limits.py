@@ -27,7 +27,7 @@ from hubdeploy.loader import load_site_text
 from hubdeploy.render import slurm
 from hubdeploy.render.files import sha
 from hubdeploy.contract import strict
-from hubprofiles import profile
+from hubsections import profile
 
 REFS = {n: f"hubdeploy/lim-{n}:1" for n in ("base", "hub", "proxy", "slurm", "slurmdbd", "debian")}
 # As the identity stack: one profile, fixed cpu, memory and time.

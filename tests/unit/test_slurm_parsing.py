@@ -17,7 +17,7 @@ from hubdeploy.backends.slurm_parse import (
     sbatch_message,
     validate_state,
 )
-from hubprofiles import profile
+from hubsections import profile
 
 SLURM = {"partition": "interactive", "account": "a"}
 PROFILE = profile(name="p", cpu=1, mem_limit=2**30, slurm=SLURM)

@@ -15,7 +15,7 @@ from hubdeploy.backends.slurm_script import (
     render,
     runtime_argv,
 )
-from hubprofiles import profile
+from hubsections import profile
 
 BASE = {
     "name": "gpu",

@@ -181,6 +181,7 @@ from hubdeploy.render.hubdata import COMPUTE_START_TIMEOUT
 from hubdeploy.hub import spawner as spawner_mod
 from hubdeploy.hub.profiles import apply_slurm_choices
 from hubdeploy.hub.spawner import HubdeploySpawner
+from hubsections import SHARED
 from hubdeploy.contract import strict
 
 
@@ -246,7 +247,7 @@ def make(monkeypatch, **kw):
     s = HubdeploySpawner(user=user, hub=Hub(), orm_spawner=SimpleNamespace(name="", server=None),
                          profiles=profiles(), backend="docker",
                          backend_configs={"docker": SlurmConfig(), "slurm": SlurmConfig(site="x")},
-                         **{"http_timeout": 0, **kw})
+                         **{"http_timeout": 0, "concurrent_spawn_limit": 8, "identity": SHARED, **kw})
     return s, got
 
 

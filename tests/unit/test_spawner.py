@@ -24,7 +24,7 @@ from hubdeploy.backends.base import (
 )
 from hubdeploy.hub import spawner as spawner_mod
 from hubdeploy.hub.spawner import HubdeploySpawner
-from hubprofiles import profile
+from hubsections import SHARED, profile
 
 PROFILES = [
     profile(name="small", display_name="Small <b>", description="1 core & 2G",
@@ -75,6 +75,8 @@ def make_spawner(monkeypatch):
     def make(profiles=PROFILES, name="", **kw):
         # The fake backend's host does not listen: don't wait the default 30 s for it.
         kw.setdefault("http_timeout", 0)
+        kw.setdefault("concurrent_spawn_limit", 8)
+        kw.setdefault("identity", SHARED)
         user = SimpleNamespace(name="has@", url="/user/has@/", escaped_name="has%40")
         return HubdeploySpawner(
             user=user,

@@ -25,7 +25,7 @@ from hubdeploy.hub.spawnqueue import (
     run_within,
     shared_queue,
 )
-from hubprofiles import profile
+from hubsections import SHARED, profile
 
 from dataclasses import dataclass
 
@@ -271,6 +271,7 @@ def make(monkeypatch):
     def make(user: str, **kw):
         kw.setdefault("http_timeout", 0)  # nothing listens: do not wait for it
         kw.setdefault("concurrent_spawn_limit", 1)
+        kw.setdefault("identity", SHARED)
         s = HubdeploySpawner(
             user=SimpleNamespace(name=user, url=f"/user/{user}/", escaped_name=user),
             hub=Hub(), orm_spawner=SimpleNamespace(name="", server=None),

@@ -25,7 +25,7 @@ from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site, load_site_text
 from hubdeploy.secrets import ensure_secrets, secret_names
 from hubdeploy.contract import strict
-from hubprofiles import profile
+from hubsections import profile
 
 REFS = {"base": "hubdeploy/s-base:1", "hub": "hubdeploy/s-hub:2", "proxy": "hubdeploy/s-proxy:3"}
 T0 = 1_800_000_000

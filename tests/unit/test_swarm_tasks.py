@@ -1,7 +1,7 @@
 """The swarm backend's reading of task states, placement and resources (pure)."""
 
 from hubdeploy.backends import swarm_tasks as st
-from hubprofiles import profile
+from hubsections import profile
 
 
 def task(state, index, err="", exit_code=None, message=""):

@@ -1,4 +1,5 @@
-"""Profiles as hub.json carries them, for tests that hand one to the spawner or a backend.
+"""Parts of hub.json as the hub reads them, for tests that hand one to the spawner or a
+backend: profiles, and the identity section of the one-account layout.
 
 Built through the hub's own reader (:func:`hubdeploy.contract.strict.read`), so a test
 profile is checked as a rendered one is.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hubdeploy.contract.hubjson import Profile
+from hubdeploy.contract.hubjson import IdentityConfig, Profile
 from hubdeploy.contract.strict import read
 
 LOGIN: dict[str, Any] = {
@@ -33,3 +34,8 @@ def profile(**fields: Any) -> Profile:
         data["slurm"] = {**SLURM, **slurm, "limits": {**SLURM["limits"], **slurm.get("limits", {})}}
         data["node"] = fields.get("node", "compute")
     return read(Profile, data, "test profile")
+
+
+# Every server as the image's jovyan, as render writes it for identity: {source: shared}.
+SHARED = IdentityConfig(source="shared", home_template="/home/{name}", homes_dir=None, nss_dir=None, uid_min=None,
+                        uid_max=None, state_file=None, passwd_file=None, group_file=None, ldap=None)
