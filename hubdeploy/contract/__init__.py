@@ -1,7 +1,7 @@
 """The contract between the CLI side and the hub side, written once.
 
 ``hubdeploy render`` (the CLI side) writes files and compose services that code inside the
-hub's container (the hub side: ``config/jupyterhub_config.py``, the spawner, the backends,
+hub's container (the hub side: ``hubdeploy.hub.configure``, the spawner, the backends,
 ``hubdeploy.hub.orphans``) reads. Every name, path, port, label and shape they must agree
 on is defined here and imported by both, never spelt out again:
 

@@ -1,7 +1,7 @@
 """The hub's web layer: cookies, Content-Security-Policy, usernames, spawn options, logs.
 
 Standard library, JupyterHub and hubdeploy.contract only: this runs inside the hub, and
-config/jupyterhub_config.py imports it.
+hubdeploy.hub.configure applies it.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def test_a_backend_config_key_no_backend_knows_stops_the_hub(rendered, monkeypat
         path = Path(os.environ["HUBDEPLOY_HUB_JSON"]).with_name(f"bad-{name}.json")
         path.write_text(json.dumps(bad))
         monkeypatch.setenv("HUBDEPLOY_HUB_JSON", str(path))
-        with pytest.raises(SystemExit, match=f"bad-{name}.json: {name} backend config: unknown key no_such_key"):
+        with pytest.raises(SystemExit, match=f"hub.json spawner: {name} backend config: unknown key no_such_key"):
             JupyterHub().load_config_file(str(CONFIG))
 
 
