@@ -9,8 +9,6 @@ notebooks again. Where and how the process runs is the backend's business.
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
 from dataclasses import replace
 from typing import Any
 
@@ -31,86 +29,22 @@ from hubdeploy.contract.hubjson import Profile
 from hubdeploy.contract.identity import Identity, IdentityConfig, IdentityError
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 from hubdeploy.contract.values import OptionError
-from hubdeploy.contract.strict import plain
-from hubdeploy.hub.identity import IdentitySource, ensure_home, get_source, write_nss
+from hubdeploy.hub import accounts
+from hubdeploy.hub.listening import wait_listening
 from hubdeploy.hub.profiles import default_profile, form_html, from_form, resolve, select_profile, trait_overrides
 from hubdeploy.hub.spawnqueue import QueueTimeout, StartClock, StartTimeout, Ticket, run_within, shared_queue
-from hubdeploy.hub.web import OptionsError
-
-try:  # JupyterHub >= 6.0
-    from jupyterhub.spawner import SpawnException
-except ImportError:  # pragma: no cover - older hubs: a plain HTTPError carries the message too
-    SpawnException = None
+from hubdeploy.hub.web import OptionsError, refused, start_failed
 
 # Seconds between checks of a waiting start's place in line (a bound: changes wake it sooner).
 QUEUE_POLL = 5.0
 # Margin of JupyterHub's own start timeout over the spawner's (see _widen_start_timeout).
 OUTER_MARGIN = 60
-# Bounds of the interval between connection attempts to a starting server (seconds).
-LISTEN_POLL_MIN, LISTEN_POLL_MAX = 0.05, 0.5
-
-
-def refused(message: str, status: int = 400, reason: str = "user_options") -> web.HTTPError:
-    """An HTTPError whose message reaches the user (API, spawn page, progress stream).
-
-    400 for a spawn request the site does not allow (a bad profile or choice), 403 for a
-    user without an account, 503 for a backend that cannot start the server now. A
-    SpawnException is JupyterHub's handled refusal: the REST API answers with its message
-    and the hub logs one line, no traceback.
-    """
-    if SpawnException is not None:
-        err = SpawnException(message, reason=reason, status_code=status)
-    else:  # pragma: no cover
-        err = web.HTTPError(status, "%s", message)
-    err.jupyterhub_message = message
-    return err
-
-
-# One identity source per configuration for the whole hub (the auto source's lock and
-# the file source's cache are shared by every user's spawner).
-_SOURCES: dict[str, IdentitySource] = {}
-
-
-def identity_source(config: IdentityConfig) -> IdentitySource:
-    data = plain(config)
-    key = json.dumps(data, sort_keys=True)
-    if key not in _SOURCES:
-        _SOURCES[key] = get_source(data)
-    return _SOURCES[key]
-
-
-def start_failed(exc: BackendError) -> web.HTTPError:
-    """The HTTP error a backend's failed start becomes, so its words reach the user.
-
-    JupyterHub answers any other exception from ``start()`` with a bare 500 "Internal
-    Server Error" (the reason only in the hub's log, with a traceback) and counts it toward
-    ``consecutive_failure_limit``. An HTTPError's message is the API response's
-    ``message`` and the spawn page's text; ``jupyterhub_message`` is what the progress
-    stream's "Spawn failed: ..." event shows. 503: the site cannot start this server now
-    (a scheduler refusing the job, an engine without the image), not a malformed request.
-    """
-    return refused(str(exc) or type(exc).__name__, 503, "backend")
 
 
 def waiting_message(ahead: int, limit: int) -> str:
     """What a user whose start waits for its turn reads in the progress stream."""
     return (f"waiting: {ahead} starts ahead (this hub starts {limit} servers at a time; "
             f"waiting does not count against the start timeout)")
-
-
-def listen_poll_interval(elapsed: float) -> float:
-    """Seconds between connection attempts to a starting server, ``elapsed`` s into the
-    wait: 50 ms for the first second, then a twentieth of the time so far (a server
-    that took 10 s is found at most 5% later), never more than 0.5 s."""
-    return min(LISTEN_POLL_MAX, max(LISTEN_POLL_MIN, elapsed / 20))
-
-
-async def _resolve(host: str, port: int) -> str:
-    """The first address of ``host``."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not infos:
-        raise OSError(f"no address for {host}")
-    return infos[0][4][0]
 
 
 def _state_changes(state: dict[str, Any]):
@@ -393,55 +327,25 @@ class HubdeploySpawner(Spawner):
         return isinstance(result, Running)
 
     async def resolve_identity(self) -> Identity:
-        """This user's account, with a home and (for the stack's cluster) published to
-        the nodes; a SpawnException naming the source when there is none. Never another
-        account instead."""
+        """This user's account (:func:`hubdeploy.hub.accounts.resolve`); a SpawnException
+        naming the source when there is none. Never another account instead."""
         if self.identity is None:
             raise web.HTTPError(500, "HubdeploySpawner.identity is not set (hub.json identity)")
-        source = identity_source(self.identity)
         try:
-            account = await source.lookup(self.user.name)
+            account, source = await accounts.resolve(self.identity, self.user.name)
         except IdentityError as exc:
             raise refused(str(exc), 403, "identity") from None
-        if self.identity.homes_dir:
-            await asyncio.to_thread(ensure_home, self.identity.homes_dir, account, self.identity.home_template)
-        if self.identity.nss_dir:
-            await asyncio.to_thread(write_nss, self.identity.nss_dir, [account])
         self.log.info("%s runs as %s (uid %d) from identity source %s", self._log_name, account.name,
                       account.uid, source.describe())
         return account
 
     async def _wait_listening(self, host: str, port: int, timeout: float | None = None) -> bool:
         """True as soon as the server accepts connections; False after ``timeout`` s
-        (default ``http_timeout``).
-
-        JupyterHub's own readiness check backs off exponentially (0.2, 0.4, 0.8, 1.6 s...),
-        which alone added about a second to every spawn; a connect loop here lets its
-        first check succeed. Waiting here, inside ``start()``, also puts the slow part
+        (default ``http_timeout``). Waiting here, inside ``start()``, puts the slow part
         (the server importing) under a progress-aware clock (:meth:`_await_listening`), so
         JupyterHub's ``http_timeout`` then only covers an HTTP answer from a server that
-        already listens.
-
-        The name is resolved once (a lookup is a thread of the hub's default pool and a
-        query to the engine's DNS), then the address is tried every
-        :func:`listen_poll_interval` seconds: 50 ms at first, longer as the start takes
-        longer, so a storm of slow starts does not keep the hub busy with connects.
-        """
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + (self.http_timeout if timeout is None else timeout)
-        address = None
-        while loop.time() < deadline:
-            try:
-                if address is None:
-                    address = await _resolve(host, port)
-                _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout=1)
-            except (OSError, asyncio.TimeoutError):
-                await asyncio.sleep(listen_poll_interval(loop.time() - started))
-                continue
-            writer.close()
-            return True
-        return False
+        already listens (:mod:`hubdeploy.hub.listening`)."""
+        return await wait_listening(host, port, self.http_timeout if timeout is None else timeout)
 
     async def stop(self, now=False):
         """Stop the server through the backend (its persistent data stays)."""

@@ -305,7 +305,7 @@ def test_start_returns_once_the_server_listens(make_spawner):
 
 
 def test_listen_poll_interval_grows_with_the_wait_within_bounds():
-    from hubdeploy.hub.spawner import LISTEN_POLL_MAX, LISTEN_POLL_MIN, listen_poll_interval
+    from hubdeploy.hub.listening import LISTEN_POLL_MAX, LISTEN_POLL_MIN, listen_poll_interval
 
     assert listen_poll_interval(0) == LISTEN_POLL_MIN == listen_poll_interval(1)
     assert listen_poll_interval(4) == pytest.approx(0.2)  # a twentieth of the wait so far
