@@ -133,7 +133,7 @@ class BackendConfig:
     fields (with defaults, or without for required keys). Closed: :func:`parse_config`
     refuses a key no field declares, so a misspelt key is an error, not a silent default."""
 
-    # The image references of the site's profiles (added by the spawner): a backend
+    # The image references of the site's profiles (added by backends.backend_configs): a backend
     # starts only these.
     allowed_images: tuple[str, ...] = ()
 

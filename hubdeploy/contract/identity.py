@@ -18,6 +18,7 @@ in the images (:data:`RESERVED_IDS`); :func:`check` refuses it.
 from __future__ import annotations
 
 import re
+import typing
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -59,7 +60,9 @@ RESERVED_NAMES = frozenset({
     "jovyan", "slurm", "munge",
 })
 
-SOURCES = ("auto", "file", "ldap", "shared")
+# Where accounts come from (hubdeploy.hub.identity has one class per name).
+Source = Literal["auto", "file", "ldap", "shared"]
+SOURCES = typing.get_args(Source)
 
 # Hub usernames are taken in Unicode's compatibility normal form before anything compares
 # them: full-width ``ａｄｍｉｎ``, ligatures and superscripts are the plain characters they
@@ -160,7 +163,7 @@ class IdentityConfig:
     """hub.json's ``identity`` section: every key is written, null where the source has
     no use for it."""
 
-    source: Literal["auto", "file", "ldap", "shared"]
+    source: Source
     home_template: str  # e.g. /home/{name}
     # Where users' homes are created (the homes volume, mounted into the hub); where the
     # stack's cluster reads accounts (libnss-extrausers). None with the shared account.
