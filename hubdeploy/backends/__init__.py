@@ -6,11 +6,10 @@ site selects it by name, as JupyterHub selects spawners by their entry-point nam
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from importlib.metadata import entry_points
-from typing import Any
 
-from hubdeploy.backends.base import Backend
+from hubdeploy.backends.base import Backend, BackendConfig, parse_config
+from hubdeploy.contract.hubjson import SpawnerSection
 from hubdeploy.errors import SiteError
 
 GROUP = "hubdeploy.backends"
@@ -40,10 +39,15 @@ def get_backend(name: str) -> type[Backend]:
     return cls
 
 
-def backend_config(base: Mapping[str, Any], profiles: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """A backend's config as the hub builds it: hub.json's config for that backend plus
-    ``allowed_images``, the image references of the site's profiles."""
-    return {**base, "allowed_images": sorted({p["image_ref"] for p in profiles if p.get("image_ref")})}
+def backend_configs(spawner: SpawnerSection) -> dict[str, BackendConfig]:
+    """Every backend hub.json's ``spawner`` names (``backend``, then ``backends``), each
+    with its config read as that backend's own ``Config`` (:func:`parse_config`), plus
+    ``allowed_images``: the image references of the site's profiles, the only images a
+    backend starts. ValueError naming the backend and the key; UnknownBackend."""
+    images = sorted({p.image_ref for p in spawner.profiles})
+    configs = {spawner.backend: spawner.backend_config, **spawner.backends}
+    return {name: parse_config(get_backend(name).Config, {**config, "allowed_images": images}, name)
+            for name, config in configs.items()}
 
 
-__all__ = ["GROUP", "Backend", "UnknownBackend", "backend_config", "get_backend", "installed_backends"]
+__all__ = ["GROUP", "Backend", "UnknownBackend", "backend_configs", "get_backend", "installed_backends"]

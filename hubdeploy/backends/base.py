@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import abc
 import logging
-import types
-import typing
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from hubdeploy.contract import strict
+from hubdeploy.contract.hubjson import Profile
 from hubdeploy.contract.identity import Identity
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 
@@ -44,7 +44,7 @@ from hubdeploy.contract.layout import NOTEBOOK_PORT
 class ServerSpec:
     """Everything a backend needs to start one notebook server.
 
-    ``profile`` is one entry of hub.json's ``spawner.profiles`` (docs/design.md) with the
+    ``profile`` is one of hub.json's ``spawner.profiles`` with the user's choices and the
     spawner's effective values written in: ``cpu`` (cores) and ``mem_limit`` (bytes) may
     differ from hub.json when a profile's ``spawner_config`` or the site's pass-through
     config overrides them. ``env`` includes the hub's JUPYTERHUB_* variables and the API
@@ -54,7 +54,7 @@ class ServerSpec:
 
     user: str
     server_name: str
-    profile: Mapping[str, Any]
+    profile: Profile
     env: Mapping[str, str] = field(default_factory=dict)
     cmd: list[str] = field(default_factory=lambda: ["jupyterhub-singleuser"])
     port: int = NOTEBOOK_PORT
@@ -64,7 +64,7 @@ class ServerSpec:
     def __repr__(self) -> str:  # keep the API token out of logs and tracebacks
         return (
             f"ServerSpec(user={self.user!r}, server_name={self.server_name!r}, "
-            f"profile={self.profile.get('name')!r}, cmd={self.cmd!r}, port={self.port})"
+            f"profile={self.profile.name!r}, cmd={self.cmd!r}, port={self.port})"
         )
 
 
@@ -133,7 +133,7 @@ class BackendConfig:
     fields (with defaults, or without for required keys). Closed: :func:`parse_config`
     refuses a key no field declares, so a misspelt key is an error, not a silent default."""
 
-    # The image references of the site's profiles (added by the spawner): a backend
+    # The image references of the site's profiles (added by backends.backend_configs): a backend
     # starts only these.
     allowed_images: tuple[str, ...] = ()
 
@@ -142,71 +142,28 @@ C = TypeVar("C", bound=BackendConfig)
 
 
 def parse_config(cls: type[C], data: Mapping[str, Any], backend: str) -> C:
-    """``data`` as a ``cls``; ValueError naming the key for an unknown, missing or
-    mistyped one. Lists become tuples (the config is frozen)."""
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{backend} backend config: unknown key(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
-    missing = sorted(n for n, f in known.items()
-                     if n not in data and f.default is MISSING and f.default_factory is MISSING)
-    if missing:
-        raise ValueError(f"{backend} backend config lacks {', '.join(missing)}")
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: _typed(backend, k, hints[k], v) for k, v in data.items()})
-
-
-def _typed(backend: str, key: str, hint: Any, value: Any) -> Any:
-    def bad() -> ValueError:
-        return ValueError(f"{backend} backend config: {key} must be {_describe(hint)}, not {value!r}")
-
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        try:
-            return _typed(backend, key, inner, value)
-        except ValueError:
-            raise bad() from None
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, args[0]) for v in value):
-            raise bad()
-        return tuple(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, bool):
-        raise bad()
-    if not isinstance(value, hint):
-        raise bad()
-    return value
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is tuple:
-        return f"a list of {typing.get_args(hint)[0].__name__}"
-    args = typing.get_args(hint)
-    if args:
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
-    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, str(hint))
+    """``data`` (JSON: hub.json's config of ``backend``) as a ``cls``; ValueError naming
+    the key for an unknown, missing, mistyped or inconsistent one
+    (:func:`hubdeploy.contract.strict.read`, then the class's own ``__post_init__``)."""
+    return strict.read(cls, data, f"{backend} backend config")
 
 
 class Backend(abc.ABC):
     """Base class of notebook backends.
 
-    ``config`` is hub.json's ``spawner.backend_config`` plus ``allowed_images``, the image
-    references of the site's profiles, added by the spawner; it is parsed into the
-    backend's :attr:`Config` (a closed :class:`BackendConfig`), so ``self.config`` has
-    typed attributes and an unknown key fails when the backend is made.
+    ``config`` is the backend's own :attr:`Config` (a closed :class:`BackendConfig`): the
+    hub reads it from hub.json with :func:`parse_config` when it starts
+    (:func:`hubdeploy.backends.backend_configs`), so a misspelt key stops the hub there.
     """
 
     Config: type[BackendConfig] = BackendConfig
     #: The backend's entry-point name, for messages.
     name = "notebook"
 
-    def __init__(self, config: Mapping[str, Any], log: logging.Logger | None = None):
-        self.config = parse_config(self.Config, config, self.name)
+    def __init__(self, config: BackendConfig, log: logging.Logger | None = None):
+        if not isinstance(config, self.Config):
+            raise TypeError(f"the {self.name} backend takes a {self.Config.__name__}, not {type(config).__name__}")
+        self.config = config
         self.log = log or logging.getLogger(f"hubdeploy.backends.{type(self).__name__}")
 
     @abc.abstractmethod

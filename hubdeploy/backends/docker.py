@@ -45,7 +45,6 @@ from hubdeploy.backends import accounts
 from hubdeploy.contract import names
 from hubdeploy.contract.backends import DOCKER
 from hubdeploy.contract.layout import LABEL_PROFILE, LABEL_SERVER, LABEL_SITE, LABEL_USER
-from hubdeploy.contract.values import DEFAULT_PIDS_LIMIT
 
 HOME_TARGET = "/home/jovyan"
 # Container states that mean "the process exists": paused and restarting servers come back.
@@ -80,6 +79,11 @@ class DockerConfig(BackendConfig):
     homes: str | None = None
     homes_target: str = "/home"
 
+    def __post_init__(self):
+        empty = [k for k in ("network", "prefix", "site") if not getattr(self, k)]
+        if empty:
+            raise ValueError(f"docker backend config lacks {', '.join(empty)}")
+
 
 class DockerBackend(Backend):
     """Containers on the local Docker engine (config: :class:`DockerConfig`)."""
@@ -88,11 +92,8 @@ class DockerBackend(Backend):
     name = DOCKER
     config: DockerConfig
 
-    def __init__(self, config: Mapping[str, Any], log=None):
+    def __init__(self, config: DockerConfig, log=None):
         super().__init__(config, log)
-        empty = [k for k in ("network", "prefix", "site") if not getattr(self.config, k)]
-        if empty:
-            raise ValueError(f"docker backend config lacks {', '.join(empty)}")
         self.network = self.config.network
         self.prefix = self.config.prefix
         self.site = self.config.site
@@ -148,7 +149,7 @@ class DockerBackend(Backend):
             LABEL_SITE: self.site,
             LABEL_USER: spec.user,
             LABEL_SERVER: spec.server_name,
-            LABEL_PROFILE: str(spec.profile.get("name", "")),
+            LABEL_PROFILE: spec.profile.name,
         }
 
     # -- start ------------------------------------------------------------------------
@@ -156,8 +157,8 @@ class DockerBackend(Backend):
     def _names(self, spec: ServerSpec) -> tuple[str, str]:
         """The server's name and its per-instance network alias, once its image is
         known to be one of the site's profile images."""
-        image = spec.profile.get("image_ref")
-        if not image or image not in self.allowed_images:
+        image = spec.profile.image_ref
+        if image not in self.allowed_images:
             raise BackendError(f"image {image!r} is not one of this site's profile images")
         name = names.container_name(self.prefix, spec.user, spec.server_name)
         return name, names.dns_name(name, secrets.token_hex(6))
@@ -187,7 +188,7 @@ class DockerBackend(Backend):
         calls = self._calls_here()
         client = self.client()
         api = client.api
-        image = spec.profile["image_ref"]
+        image = spec.profile.image_ref
         mounts = self._mounts(client, spec, state)
         state["phase"] = "create"
         create = functools.partial(api.create_container, image, **self._create_args(api, spec, mounts, name, host))
@@ -222,10 +223,10 @@ class DockerBackend(Backend):
             # SIGTERM into a prompt exit for servers that never installed a handler.
             "init": self.config.init,
         }
-        if spec.profile.get("cpu"):
-            host_kwargs["nano_cpus"] = int(float(spec.profile["cpu"]) * 1e9)
-        if spec.profile.get("mem_limit"):
-            host_kwargs["mem_limit"] = int(spec.profile["mem_limit"])
+        if spec.profile.cpu:
+            host_kwargs["nano_cpus"] = int(spec.profile.cpu * 1e9)
+        if spec.profile.mem_limit:
+            host_kwargs["mem_limit"] = spec.profile.mem_limit
         host_kwargs.update(self._confinement(spec))
         ident = spec.identity
         if ident is not None and ident.groups:
@@ -245,16 +246,16 @@ class DockerBackend(Backend):
 
     def _mounts(self, client: docker.DockerClient, spec: ServerSpec, state: dict[str, Any]) -> list[Mount]:
         mounts = []
-        if spec.profile.get("home", True):
+        if spec.profile.home:
             state["phase"] = "volume"
             if self.config.homes is not None and spec.identity is not None:
                 kind = "bind" if self.config.homes.startswith("/") else "volume"
                 mounts.append(Mount(self.config.homes_target, self.config.homes, type=kind))
             else:
                 mounts.append(Mount(HOME_TARGET, self._ensure_home(client, spec.user), type="volume"))
-        for vol in spec.profile.get("volumes") or ():
-            kind = "bind" if vol["source"].startswith("/") else "volume"
-            mounts.append(Mount(vol["target"], vol["source"], type=kind, read_only=vol.get("read_only", True)))
+        for vol in spec.profile.volumes:
+            kind = "bind" if vol.source.startswith("/") else "volume"
+            mounts.append(Mount(vol.target, vol.source, type=kind, read_only=vol.read_only))
         return mounts
 
     def _as_user(self, spec: ServerSpec) -> dict[str, Any]:
@@ -271,14 +272,13 @@ class DockerBackend(Backend):
         return {
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
-            # A hub.json written before profiles had the key gets the schema's default.
-            "pids_limit": int(spec.profile.get("pids_limit") or DEFAULT_PIDS_LIMIT),
+            "pids_limit": spec.profile.pids_limit,
         }
 
     def _home(self, spec: ServerSpec) -> str | None:
         """Where the server's home is: the user's own in the homes mount, the one-account
         layout's home volume, or none (a profile without a home)."""
-        if not spec.profile.get("home", True):
+        if not spec.profile.home:
             return None
         if self.config.homes is not None and spec.identity is not None:
             return spec.identity.home

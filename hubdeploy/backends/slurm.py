@@ -169,6 +169,12 @@ class SlurmConfig(BackendConfig):
     # site's own Slurm, which manages its associations itself.
     association_accounts: tuple[str, ...] = ()
 
+    def __post_init__(self):
+        if self.submit_env_option and not self.submit_prefix:
+            raise ValueError("slurm backend config: submit_env_option needs a submit_prefix")
+        if self.ssh_ca_key and not self.ssh_user_prefix:
+            raise ValueError("slurm backend config: ssh_ca_key needs an ssh_user_prefix")
+
 
 class SlurmBackend(Backend):
     """Notebook servers as Slurm jobs (``sbatch``/``squeue``/``scancel``; config:
@@ -182,19 +188,15 @@ class SlurmBackend(Backend):
     name = SLURM
     config: SlurmConfig
 
-    def __init__(self, config: Mapping[str, Any], log=None):
+    def __init__(self, config: SlurmConfig, log=None):
         super().__init__(config, log)
         c = self.config
         self.submit_prefix: list[str] = list(c.submit_prefix)
         self.env_option = c.submit_env_option
         self.env_stdin = c.submit_env_stdin
         self.unreachable_code = c.submit_unreachable_code
-        if self.env_option and not self.submit_prefix:
-            raise ValueError("slurm backend: submit_env_option needs a submit_prefix")
         self.ca: CertificateAuthority | None = None
         if c.ssh_ca_key:
-            if not c.ssh_user_prefix:
-                raise ValueError("slurm backend: ssh_ca_key needs an ssh_user_prefix")
             self.ca = CertificateAuthority(c.ssh_ca_key, c.ssh_cert_dir, c.ssh_cert_minutes,
                                            key_id=layout.project_name(c.site) if c.site else layout.PROJECT_PREFIX)
         self.name_prefix = "-".join(p for p in (c.prefix or layout.PROJECT_PREFIX, c.site) if p)
@@ -395,7 +397,7 @@ class SlurmBackend(Backend):
         try:
             options = job_options(spec.profile, export=sorted(env), node_agent=self.config.node_agent, **node)
         except OptionError as exc:
-            raise BackendError(f"profile {spec.profile.get('name')!r}: {exc}") from None
+            raise BackendError(f"profile {spec.profile.name!r}: {exc}") from None
         script = render(options)
         name = self.job_name(spec)
         state.update(job_name=name, phase="submitting", **({"account": account} if account else {}))

@@ -1,9 +1,9 @@
 """The Slurm job script of a notebook server: validated options in, fixed text out.
 
-Pure functions, no Slurm needed. :func:`job_options` turns a profile (hub.json's
-``spawner.profiles`` entry with the spawner's effective ``cpu`` and ``mem_limit``, plus a
-``slurm`` section) into :class:`JobOptions`, refusing anything that is malformed or over
-the profile's ``slurm.limits``. :func:`render` turns those options into the script.
+Pure functions, no Slurm needed. :func:`job_options` turns a compute profile (one of
+hub.json's ``spawner.profiles``, :class:`~hubdeploy.contract.hubjson.Profile`, with the
+spawner's effective ``cpu`` and ``mem_limit``) into :class:`JobOptions`, refusing anything
+that is malformed or over the profile's ``slurm.limits``. :func:`render` turns those options into the script.
 
 What the script contains and what it does not:
 
@@ -41,20 +41,20 @@ from __future__ import annotations
 import math
 import re
 import shlex
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hubdeploy.contract.hubjson import Profile, ProfileSlurm, Runtime
 from hubdeploy.contract.layout import NODE_AGENT_SOCKET, NODE_JOBS_DIR, NODE_SERVER_SOCKET
 from hubdeploy.contract.values import ENV_NAME, SLURM_NAME_PATTERN, OptionError, check_limits, parse_time
 
 __all__ = ["ENV_NAME", "JobOptions", "OptionError", "job_options", "parse_port_comment", "parse_time", "render"]
 
-RUNTIMES = ("native", "apptainer", "podman-hpc", "shifter")
+RUNTIMES = typing.get_args(Runtime)
 
 _NAME = re.compile(SLURM_NAME_PATTERN)
-_CONSTRAINT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.&|,-]{0,255}$")
-_GRES = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_:.,-]{0,255}$")
 _PATH = re.compile(r"^/[A-Za-z0-9_./+-]{0,1023}$")
 _IMAGE = re.compile(r"^[A-Za-z0-9_/][A-Za-z0-9_./:@+-]{0,511}$")
 _PROGRAM = re.compile(r"^[A-Za-z0-9_./+-]{1,1024}$")
@@ -79,9 +79,6 @@ class JobOptions:
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    reservation: str | None = None
-    constraint: str | None = None
-    gres: str | None = None
     gpus: int = 0
     runtime: str = "native"
     image: str | None = None
@@ -94,36 +91,30 @@ class JobOptions:
     node_agent: bool = False
 
 
-def _name(section: Mapping[str, Any], key: str, pattern: re.Pattern = _NAME) -> str | None:
-    value = section.get(key)
+def _name(value: str | None, key: str, pattern: re.Pattern = _NAME) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not pattern.match(value):
+    if not pattern.match(value):
         raise OptionError(f"slurm.{key} {value!r} is not a valid Slurm value")
     return value
 
 
-def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise OptionError(f"{what} {value!r} must be a non-negative number")
-    return int(value)
-
-
-def job_options(profile: Mapping[str, Any], export: Sequence[str] = (), node_agent: bool = False,
+def job_options(profile: Profile, export: Sequence[str] = (), node_agent: bool = False,
                 **node: str) -> JobOptions:
-    """Validate a profile and return its :class:`JobOptions`; :class:`OptionError` if not.
+    """Validate a compute profile and return its :class:`JobOptions`; :class:`OptionError` if not.
 
-    ``profile["slurm"]`` holds partition, account, qos, reservation, constraint, time,
-    gres, gpus, runtime, image, path_prepend and ``limits`` (max_cpu, max_mem in bytes,
-    max_time, max_gpus). ``cpu`` (cores) and ``mem_limit`` (bytes) come from the profile
-    itself. ``export`` names the variables to export; ``node`` may set ``python`` and
-    ``scontrol`` (programs on the compute nodes).
+    ``profile.slurm`` holds partition, account, qos, time, gpus, runtime, image,
+    path_prepend and ``limits``; ``cpu`` (cores) and ``mem_limit`` (bytes) are the
+    profile's own, as the spawner made them effective. ``export`` names the variables to
+    export; ``node`` may set ``python`` and ``scontrol`` (programs on the compute nodes).
+    The types are hub.json's, checked when it was read; the values are checked here
+    against Slurm's own patterns, since a user's choices are written into them.
     """
-    s = profile.get("slurm") or {}
-    if not isinstance(s, Mapping):
-        raise OptionError("profile's slurm section must be a mapping")
+    s = profile.slurm
+    if s is None:
+        raise OptionError("the profile has no slurm section: it runs on a login node")
     resources = _resources(profile, s)
-    check_limits(str(profile.get("name", "?")), s.get("limits") or {}, **resources)
+    check_limits(profile.name, s.limits, **resources)
     runtime, image, binds = _runtime(profile, s)
     _check_words(s, export, node)
     mem = resources["mem_bytes"]
@@ -131,61 +122,56 @@ def job_options(profile: Mapping[str, Any], export: Sequence[str] = (), node_age
         cpus=resources["cpus"],
         mem_mib=None if mem is None else max(1, math.ceil(mem / 2**20)),
         time_minutes=resources["time_minutes"],
-        partition=_name(s, "partition"),
-        account=_name(s, "account"),
-        qos=_name(s, "qos"),
-        reservation=_name(s, "reservation"),
-        constraint=_name(s, "constraint", _CONSTRAINT),
-        gres=_name(s, "gres", _GRES),
+        partition=_name(s.partition, "partition"),
+        account=_name(s.account, "account"),
+        qos=_name(s.qos, "qos"),
         gpus=resources["gpus"],
         runtime=runtime,
         image=image,
         binds=binds,
-        path_prepend=tuple(s.get("path_prepend") or ()),
+        path_prepend=s.path_prepend,
         export=tuple(export),
         node_agent=node_agent,
         **node,
     )
 
 
-def _resources(profile: Mapping[str, Any], s: Mapping[str, Any]) -> dict[str, Any]:
+def _resources(profile: Profile, s: ProfileSlurm) -> dict[str, Any]:
     """Cores, memory (bytes), time (minutes) and GPUs the job asks for, well-formed."""
-    cpu = profile.get("cpu")
-    if cpu is not None and (isinstance(cpu, bool) or not isinstance(cpu, (int, float)) or cpu < 0):
-        raise OptionError(f"cpu {cpu!r} must be a non-negative number of cores")
-    mem = profile.get("mem_limit")
+    if profile.cpu is not None and profile.cpu < 0:
+        raise OptionError(f"cpu {profile.cpu!r} must be a non-negative number of cores")
+    if profile.mem_limit is not None and profile.mem_limit < 0:
+        raise OptionError(f"mem_limit {profile.mem_limit!r} must be a non-negative number")
+    if s.gpus < 0:
+        raise OptionError(f"slurm.gpus {s.gpus!r} must be a non-negative number")
     return {
         # Slurm allocates whole cores: 0.5 CPU becomes 1.
-        "cpus": max(1, math.ceil((cpu or 0) - 1e-9)),
-        "mem_bytes": None if mem in (None, 0) else _count(mem, "mem_limit"),
-        "time_minutes": None if s.get("time") in (None, "") else parse_time(s["time"]),
-        "gpus": _count(s.get("gpus", 0), "slurm.gpus"),
+        "cpus": max(1, math.ceil((profile.cpu or 0) - 1e-9)),
+        "mem_bytes": profile.mem_limit or None,
+        "time_minutes": None if s.time in (None, "") else parse_time(s.time),
+        "gpus": s.gpus,
     }
 
 
-def _runtime(profile: Mapping[str, Any], s: Mapping[str, Any]) -> tuple[str, str | None, tuple[Bind, ...]]:
+def _runtime(profile: Profile, s: ProfileSlurm) -> tuple[str, str | None, tuple[Bind, ...]]:
     """The runtime, and for a container runtime its image and bind mounts."""
-    runtime = s.get("runtime", "native")
-    if runtime not in RUNTIMES:
-        raise OptionError(f"slurm.runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
-    if runtime == "native":
-        return runtime, None, ()
-    image = s.get("image") or profile.get("image_ref")
-    if not isinstance(image, str) or not _IMAGE.match(image):
-        raise OptionError(f"runtime {runtime} needs an image (slurm.image or image_ref), got {image!r}")
+    if s.runtime == "native":
+        return s.runtime, None, ()
+    image = s.image or profile.image_ref
+    if not _IMAGE.match(image):
+        raise OptionError(f"runtime {s.runtime} needs an image (slurm.image or image_ref), got {image!r}")
     binds = []
-    for vol in profile.get("volumes") or ():
-        src, dst = vol.get("source", ""), vol.get("target", "")
-        if not (_PATH.match(src) and _PATH.match(dst)):
-            raise OptionError(f"volume {src!r} -> {dst!r}: a batch job binds absolute host paths only")
-        binds.append(Bind(src, dst, bool(vol.get("read_only", True))))
-    return runtime, image, tuple(binds)
+    for vol in profile.volumes:
+        if not (_PATH.match(vol.source) and _PATH.match(vol.target)):
+            raise OptionError(f"volume {vol.source!r} -> {vol.target!r}: a batch job binds absolute host paths only")
+        binds.append(Bind(vol.source, vol.target, vol.read_only))
+    return s.runtime, image, tuple(binds)
 
 
-def _check_words(s: Mapping[str, Any], export: Sequence[str], node: Mapping[str, str]) -> None:
+def _check_words(s: ProfileSlurm, export: Sequence[str], node: Mapping[str, str]) -> None:
     """PATH entries, exported names and node programs: each a plain word or path."""
-    for p in s.get("path_prepend") or ():
-        if not isinstance(p, str) or not _PATH.match(p):
+    for p in s.path_prepend:
+        if not _PATH.match(p):
             raise OptionError(f"slurm.path_prepend entry {p!r} is not an absolute path")
     for n in export:
         if not ENV_NAME.match(n):
@@ -225,13 +211,11 @@ def _sbatch_lines(o: JobOptions) -> list[str]:
         lines.append(f"#SBATCH --mem={o.mem_mib}M")
     if o.time_minutes:
         lines.append(f"#SBATCH --time={o.time_minutes}")
-    for key in ("partition", "account", "qos", "reservation", "constraint"):
+    for key in ("partition", "account", "qos"):
         value = getattr(o, key)
         if value:
             lines.append(f"#SBATCH --{key}={q(value)}")
-    if o.gres:
-        lines.append(f"#SBATCH --gres={q(o.gres)}")
-    elif o.gpus:
+    if o.gpus:
         lines.append(f"#SBATCH --gres=gpu:{o.gpus}")
     return lines
 
@@ -242,7 +226,7 @@ def runtime_argv(o: JobOptions) -> list[str]:
         return []
     if o.runtime == "apptainer":
         argv = ["apptainer", "exec"]
-        if o.gpus or o.gres:
+        if o.gpus:
             argv.append("--nv")
         for b in o.binds:
             argv += [
@@ -253,7 +237,7 @@ def runtime_argv(o: JobOptions) -> list[str]:
     if o.runtime == "podman-hpc":
         # A separate process tree: the server's variables must be named to cross over.
         argv = ["podman-hpc", "run", "--rm", "--net=host"]
-        if o.gpus or o.gres:
+        if o.gpus:
             argv.append("--gpu")
         for b in o.binds:
             argv += ["-v", f"{b.source}:{b.target}" + (":ro" if b.read_only else "")]
@@ -263,12 +247,12 @@ def runtime_argv(o: JobOptions) -> list[str]:
     if o.runtime == "shifter":
         image = o.image if o.image.startswith(("docker:", "/")) else f"docker:{o.image}"
         argv = ["shifter", f"--image={image}"]
-        if o.gpus or o.gres:
+        if o.gpus:
             argv.append("--module=gpu")
         for b in o.binds:
             argv.append(f"--volume={b.source}:{b.target}" + (":ro" if b.read_only else ""))
         return argv
-    raise OptionError(f"unknown runtime {o.runtime!r}")  # job_options refuses it first
+    raise OptionError(f"unknown runtime {o.runtime!r}")  # hub.json's reader refuses it first
 
 
 # Fixed text: ask the node's agent for this job's port (it checks the caller owns the job).

@@ -61,7 +61,6 @@ class SwarmConfig(DockerConfig):
 
     schedule_grace: int = 10  # seconds a task may stay unschedulable before the start fails
     task_timeout: int = 300  # seconds from service creation to a running task
-    pids_limit: int = 1024  # per server, unless its profile sets pids_limit
 
 
 class SwarmBackend(DockerBackend):
@@ -70,7 +69,7 @@ class SwarmBackend(DockerBackend):
     Config = SwarmConfig
     name = SWARM
 
-    def __init__(self, config: Mapping[str, Any], log=None):
+    def __init__(self, config: SwarmConfig, log=None):
         super().__init__(config, log)
         # Stopped servers whose container and configs are still going (held until done:
         # the loop keeps no reference to a future of its own).
@@ -122,7 +121,7 @@ class SwarmBackend(DockerBackend):
     def _create_service(self, client, spec: ServerSpec, name: str, host: str, state: dict[str, Any],
                         user: Mapping[str, Any], starting: list[str]) -> str:
         container = ContainerSpec(
-            spec.profile["image_ref"],
+            spec.profile.image_ref,
             command=list(spec.cmd),
             env={**spec.env, **self._user_env(spec)},
             workdir=user.get("working_dir"),
@@ -135,7 +134,7 @@ class SwarmBackend(DockerBackend):
             cap_drop=["ALL"],  # swarm has no no-new-privileges option: nothing to gain then
             stop_grace_period=self.config.stop_timeout * 10**9,
         )
-        resources = swarm_tasks.resources(spec.profile, spec.profile.get("pids_limit") or self.config.pids_limit)
+        resources = swarm_tasks.resources(spec.profile)
         template = TaskTemplate(
             container,
             resources=resources or None,
@@ -162,7 +161,7 @@ class SwarmBackend(DockerBackend):
         ident = spec.identity
         if ident is None:
             return None
-        image = spec.profile["image_ref"]
+        image = spec.profile.image_ref
         texts = self._etc_cache.get(image)
         if texts is None:
             # Never started, on no network; named and labelled as the site's (the engine

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hubdeploy.contract.hubjson import Profile
+
 # Task states from the Engine API (swarm/api/types.proto), in lifecycle order.
 STARTING = ("new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting")
 RUNNING = "running"
@@ -67,36 +69,34 @@ def view(tasks: Iterable[Mapping[str, Any]]) -> TaskView:
     return TaskView("starting", reason=err or str(status.get("Message") or ""), **common)
 
 
-def placement(profile: Mapping[str, Any]) -> dict[str, Any]:
+def placement(profile: Profile) -> dict[str, Any]:
     """``docker.types.Placement`` arguments from a profile's ``placement`` (schema:
     ``constraints``: ``node.labels.role==login`` and the like, ``spread``: label names
     to spread servers over, e.g. ``node.labels.rack``)."""
-    spec = profile.get("placement") or {}
+    spec = profile.placement
     out: dict[str, Any] = {}
-    if spec.get("constraints"):
-        out["constraints"] = list(spec["constraints"])
-    if spec.get("spread"):
-        out["preferences"] = [("spread", label) for label in spec["spread"]]
+    if spec is not None and spec.constraints:
+        out["constraints"] = list(spec.constraints)
+    if spec is not None and spec.spread:
+        out["preferences"] = [("spread", label) for label in spec.spread]
     return out
 
 
-def resources(profile: Mapping[str, Any], pids_limit: int | None) -> dict[str, Any]:
+def resources(profile: Profile) -> dict[str, Any]:
     """The task's ``Resources`` (Engine API shape): limits from the profile's ``cpu`` and
     ``mem_limit``, reservations from its ``reserve`` (``cpu`` cores, ``mem`` bytes), and
-    a pids limit, so one user's fork bomb stops inside their own server."""
-    limits: dict[str, Any] = {}
-    if profile.get("cpu"):
-        limits["NanoCPUs"] = int(float(profile["cpu"]) * 1e9)
-    if profile.get("mem_limit"):
-        limits["MemoryBytes"] = int(profile["mem_limit"])
-    if pids_limit:
-        limits["Pids"] = int(pids_limit)
-    reserve = profile.get("reserve") or {}
+    its pids limit, so one user's fork bomb stops inside their own server."""
+    limits: dict[str, Any] = {"Pids": profile.pids_limit}
+    if profile.cpu:
+        limits["NanoCPUs"] = int(profile.cpu * 1e9)
+    if profile.mem_limit:
+        limits["MemoryBytes"] = profile.mem_limit
+    reserve = profile.reserve
     reservations: dict[str, Any] = {}
-    if reserve.get("cpu"):
-        reservations["NanoCPUs"] = int(float(reserve["cpu"]) * 1e9)
-    if reserve.get("mem"):
-        reservations["MemoryBytes"] = int(reserve["mem"])
+    if reserve is not None and reserve.cpu:
+        reservations["NanoCPUs"] = int(reserve.cpu * 1e9)
+    if reserve is not None and reserve.mem:
+        reservations["MemoryBytes"] = reserve.mem
     out: dict[str, Any] = {}
     if limits:
         out["Limits"] = limits

@@ -1,7 +1,7 @@
 """The contract between the CLI side and the hub side, written once.
 
 ``hubdeploy render`` (the CLI side) writes files and compose services that code inside the
-hub's container (the hub side: ``config/jupyterhub_config.py``, the spawner, the backends,
+hub's container (the hub side: ``hubdeploy.hub.configure``, the spawner, the backends,
 ``hubdeploy.hub.orphans``) reads. Every name, path, port, label and shape they must agree
 on is defined here and imported by both, never spelt out again:
 
@@ -10,7 +10,8 @@ on is defined here and imported by both, never spelt out again:
 - :mod:`~hubdeploy.contract.labels`: the labels Compose and Swarm set, which the stack's
   objects are found by, and the labels on hubdeploy's images;
 - :mod:`~hubdeploy.contract.services`: the built-in hub services and their scopes;
-- :mod:`~hubdeploy.contract.hubjson`: the shape of ``hub.json`` (TypedDicts) and its loader;
+- :mod:`~hubdeploy.contract.hubjson`: the shape of ``hub.json`` (frozen dataclasses) and its
+  strict loader (:mod:`~hubdeploy.contract.strict`, which also reads the backends' configs);
 - :mod:`~hubdeploy.contract.names`: Docker and Slurm names of users' servers;
 - :mod:`~hubdeploy.contract.backends`: the notebook backends' names, and the spawner's
   saved state that ``hubdeploy orphans`` reads back;

@@ -18,9 +18,10 @@ in the images (:data:`RESERVED_IDS`); :func:`check` refuses it.
 from __future__ import annotations
 
 import re
+import typing
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Literal, TypedDict
+from typing import Any, Literal
 
 # useradd's portable rule, lowercase only (hostnames, mail and Slurm fold case).
 POSIX_NAME_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
@@ -59,7 +60,9 @@ RESERVED_NAMES = frozenset({
     "jovyan", "slurm", "munge",
 })
 
-SOURCES = ("auto", "file", "ldap", "shared")
+# Where accounts come from (hubdeploy.hub.identity has one class per name).
+Source = Literal["auto", "file", "ldap", "shared"]
+SOURCES = typing.get_args(Source)
 
 # Hub usernames are taken in Unicode's compatibility normal form before anything compares
 # them: full-width ``ａｄｍｉｎ``, ligatures and superscripts are the plain characters they
@@ -155,21 +158,23 @@ def check(identity: Identity, source: str) -> Identity:
     return identity
 
 
-class IdentityConfig(TypedDict, total=False):
-    """hub.json's ``identity`` section."""
+@dataclass(frozen=True)
+class IdentityConfig:
+    """hub.json's ``identity`` section: every key is written, null where the source has
+    no use for it."""
 
-    source: Literal["auto", "file", "ldap", "shared"]  # always present
-    # auto: the range uids are allocated from, and the file that keeps the allocations.
-    uid_min: int
-    uid_max: int
-    state_file: str
-    # file: passwd(5) and group(5) files the site maintains (mounted into the hub).
-    passwd_file: str
-    group_file: str | None
-    # ldap: see hubdeploy.hub.identity_ldap.
-    ldap: dict
-    # Where users' homes are created (the homes volume, mounted into the hub) and their
-    # path on every node; where the stack's cluster reads accounts (libnss-extrausers).
-    homes_dir: str
+    source: Source
     home_template: str  # e.g. /home/{name}
+    # Where users' homes are created (the homes volume, mounted into the hub); where the
+    # stack's cluster reads accounts (libnss-extrausers). None with the shared account.
+    homes_dir: str | None
     nss_dir: str | None
+    # auto: the range uids are allocated from, and the file that keeps the allocations.
+    uid_min: int | None
+    uid_max: int | None
+    state_file: str | None
+    # file: passwd(5) and group(5) files the site maintains (mounted into the hub).
+    passwd_file: str | None
+    group_file: str | None
+    # ldap: checked by hubdeploy.hub.identity_ldap when its source is made.
+    ldap: dict[str, Any] | None

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # values sits below hub.json's shape: the limits are only read
+    from hubdeploy.contract.hubjson import SlurmLimits
 
 
 class OptionError(ValueError):
@@ -70,28 +72,25 @@ def parse_time(value: Any) -> int:
 
 def check_limits(
     profile: str,
-    limits: Mapping[str, Any],
+    limits: SlurmLimits,
     *,
     cpus: int | None = None,
     mem_bytes: int | None = None,
     time_minutes: int | None = None,
     gpus: int | None = None,
 ) -> None:
-    """Refuse (:class:`OptionError`) what is over a profile's ``slurm.limits``.
-
-    ``limits`` is hub.json's ``profiles[].slurm.limits``: ``max_cpu``, ``max_mem``
-    (bytes), ``max_time`` (a Slurm time) and ``max_gpus``, each optional. A value that is
-    None is not asked for and passes.
+    """Refuse (:class:`OptionError`) what is over a profile's ``slurm.limits``: each of
+    ``max_cpu``, ``max_mem`` (bytes), ``max_time`` (a Slurm time) and ``max_gpus`` that
+    is set. A value that is None is not asked for and passes.
     """
-    if cpus is not None and limits.get("max_cpu") is not None and cpus > float(limits["max_cpu"]):
-        raise OptionError(f"profile {profile!r} asks for {cpus} cores; its limit is {limits['max_cpu']}")
-    if mem_bytes is not None and limits.get("max_mem") is not None and mem_bytes > int(limits["max_mem"]):
+    if cpus is not None and limits.max_cpu is not None and cpus > limits.max_cpu:
+        raise OptionError(f"profile {profile!r} asks for {cpus} cores; its limit is {limits.max_cpu}")
+    if mem_bytes is not None and limits.max_mem is not None and mem_bytes > limits.max_mem:
         raise OptionError(
             f"profile {profile!r} asks for {math.ceil(mem_bytes / 2**20)} MiB of memory; "
-            f"its limit is {int(limits['max_mem']) // 2**20} MiB"
+            f"its limit is {limits.max_mem // 2**20} MiB"
         )
-    if (time_minutes is not None and limits.get("max_time") is not None
-            and time_minutes > parse_time(limits["max_time"])):
-        raise OptionError(f"profile {profile!r} asks for {time_minutes} minutes; its limit is {limits['max_time']}")
-    if gpus is not None and limits.get("max_gpus") is not None and gpus > int(limits["max_gpus"]):
-        raise OptionError(f"profile {profile!r} asks for {gpus} GPUs; its limit is {limits['max_gpus']}")
+    if time_minutes is not None and limits.max_time is not None and time_minutes > parse_time(limits.max_time):
+        raise OptionError(f"profile {profile!r} asks for {time_minutes} minutes; its limit is {limits.max_time}")
+    if gpus is not None and limits.max_gpus is not None and gpus > limits.max_gpus:
+        raise OptionError(f"profile {profile!r} asks for {gpus} GPUs; its limit is {limits.max_gpus}")

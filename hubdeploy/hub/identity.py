@@ -191,7 +191,7 @@ SOURCES: dict[str, type[IdentitySource]] = {"auto": AutoSource, "file": FileSour
 
 def get_source(config: IdentityConfig | Mapping[str, Any]) -> IdentitySource:
     """The identity source hub.json's ``identity`` section names."""
-    name = config.get("source", "shared")
+    name = config["source"]
     if name == "ldap":
         from hubdeploy.hub.identity_ldap import LdapSource
 

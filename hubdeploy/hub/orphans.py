@@ -126,27 +126,25 @@ def pick(rows: list[protocol.Row], wanted: list[str]) -> list[protocol.Row]:
 # -- the hub side -------------------------------------------------------------------
 
 
-def _backends(hub: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
-    from hubdeploy.backends import backend_config, get_backend
+def _backends(hub: hubjson.HubJson) -> tuple[dict[str, Any], str]:
+    from hubdeploy.backends import backend_configs, get_backend
 
-    sp = hub["spawner"]
-    profiles = sp.get("profiles", [])
-    configs = {sp["backend"]: sp.get("backend_config") or {}, **(sp.get("backends") or {})}
-    return {name: get_backend(name)(backend_config(cfg, profiles)) for name, cfg in configs.items()}, sp["backend"]
+    configs = backend_configs(hub.spawner)
+    return {name: get_backend(name)(config) for name, config in configs.items()}, hub.spawner.backend
 
 
-def _cli_token(hub: Mapping[str, Any]) -> str:
-    service = next((s for s in hub.get("services", []) if s["name"] == CLI.name), None)
+def _cli_token(hub: hubjson.HubJson) -> str:
+    service = next((s for s in hub.services if s.name == CLI.name), None)
     if service is None:
         raise Failed(f"hub.json has no {CLI.name} service; run `hubdeploy up` with this version")
-    return Path(service["token_file"]).read_text(encoding="utf-8").strip()
+    return Path(service.token_file).read_text(encoding="utf-8").strip()
 
 
-def _hub_api(hub: Mapping[str, Any]) -> str:
-    return os.environ.get("HUBDEPLOY_HUB_API", f"http://127.0.0.1:{hub['hub']['port']}/hub/api")
+def _hub_api(hub: hubjson.HubJson) -> str:
+    return os.environ.get("HUBDEPLOY_HUB_API", f"http://127.0.0.1:{hub.hub.port}/hub/api")
 
 
-def _spawn_metrics(hub: Mapping[str, Any]) -> dict[str, Any] | None:
+def _spawn_metrics(hub: hubjson.HubJson) -> dict[str, Any] | None:
     """The hub's spawn counts and starts in flight (hub.metrics.summary); None when its
     metrics cannot be read (an older token without read:metrics, a hub restarting)."""
     import requests
@@ -161,7 +159,7 @@ def _spawn_metrics(hub: Mapping[str, Any]) -> dict[str, Any] | None:
     return metrics.summary(r.text) if r.status_code == 200 else None
 
 
-def _active_users(hub: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _active_users(hub: hubjson.HubJson) -> list[dict[str, Any]]:
     import requests
 
     token = _cli_token(hub)

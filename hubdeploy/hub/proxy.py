@@ -19,8 +19,8 @@ class RouteKeepingProxy(ConfigurableHTTPProxy):
     """ConfigurableHTTPProxy for an externally managed CHP that re-checks routes often."""
 
     route_check_interval = Float(
-        1,
-        help="Seconds between checks that the proxy has every route (0 disables them). "
+        help="Seconds between checks that the proxy has every route (0 disables them), "
+        "from hub.json proxy.route_check_interval (the site's proxy.route_check_interval). "
         "A check is one GET of the proxy's route table; missing routes are added back.",
     ).tag(config=True)
 

@@ -9,104 +9,43 @@ notebooks again. Where and how the process runs is the backend's business.
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
+from dataclasses import replace
 from typing import Any
 
 from jupyterhub.spawner import Spawner
 from tornado import web
-from traitlets import Dict, Integer, List, Unicode, default
+from traitlets import Dict, Instance, Integer, List, Unicode, default
 
-from hubdeploy.backends import backend_config, get_backend
+from hubdeploy.backends import get_backend
 from hubdeploy.backends.base import (
     Backend,
+    BackendConfig,
     BackendError,
     Running,
     ServerSpec,
     Stopped,
 )
-from hubdeploy.contract.backends import DOCKER, SLURM, STATE_KEY, read_saved_state, saved_state
-from hubdeploy.contract.identity import Identity, IdentityError
+from hubdeploy.contract.backends import SLURM, STATE_KEY, read_saved_state, saved_state
+from hubdeploy.contract.hubjson import Profile
+from hubdeploy.contract.identity import Identity, IdentityConfig, IdentityError
 from hubdeploy.contract.layout import NOTEBOOK_PORT
 from hubdeploy.contract.values import OptionError
-from hubdeploy.hub.identity import DEFAULT_TEMPLATE, IdentitySource, ensure_home, get_source, write_nss
-from hubdeploy.hub.profiles import OPTION_FIELDS, SLURM_CHOICES, apply_slurm_choices, form_html
+from hubdeploy.hub import accounts
+from hubdeploy.hub.listening import wait_listening
+from hubdeploy.hub.profiles import default_profile, form_html, from_form, resolve, select_profile, trait_overrides
 from hubdeploy.hub.spawnqueue import QueueTimeout, StartClock, StartTimeout, Ticket, run_within, shared_queue
-from hubdeploy.hub.web import OptionsError, check_option_value, check_user_options
-
-try:  # JupyterHub >= 6.0
-    from jupyterhub.spawner import SpawnException
-except ImportError:  # pragma: no cover - older hubs: a plain HTTPError carries the message too
-    SpawnException = None
+from hubdeploy.hub.web import OptionsError, refused, start_failed
 
 # Seconds between checks of a waiting start's place in line (a bound: changes wake it sooner).
 QUEUE_POLL = 5.0
 # Margin of JupyterHub's own start timeout over the spawner's (see _widen_start_timeout).
 OUTER_MARGIN = 60
-# Bounds of the interval between connection attempts to a starting server (seconds).
-LISTEN_POLL_MIN, LISTEN_POLL_MAX = 0.05, 0.5
-
-
-def refused(message: str, status: int = 400, reason: str = "user_options") -> web.HTTPError:
-    """An HTTPError whose message reaches the user (API, spawn page, progress stream).
-
-    400 for a spawn request the site does not allow (a bad profile or choice), 403 for a
-    user without an account, 503 for a backend that cannot start the server now. A
-    SpawnException is JupyterHub's handled refusal: the REST API answers with its message
-    and the hub logs one line, no traceback.
-    """
-    if SpawnException is not None:
-        err = SpawnException(message, reason=reason, status_code=status)
-    else:  # pragma: no cover
-        err = web.HTTPError(status, "%s", message)
-    err.jupyterhub_message = message
-    return err
-
-
-# One identity source per configuration for the whole hub (the auto source's lock and
-# the file source's cache are shared by every user's spawner).
-_SOURCES: dict[str, IdentitySource] = {}
-
-
-def identity_source(config: dict[str, Any]) -> IdentitySource:
-    key = json.dumps(config, sort_keys=True, default=str)
-    if key not in _SOURCES:
-        _SOURCES[key] = get_source(config)
-    return _SOURCES[key]
-
-
-def start_failed(exc: BackendError) -> web.HTTPError:
-    """The HTTP error a backend's failed start becomes, so its words reach the user.
-
-    JupyterHub answers any other exception from ``start()`` with a bare 500 "Internal
-    Server Error" (the reason only in the hub's log, with a traceback) and counts it toward
-    ``consecutive_failure_limit``. An HTTPError's message is the API response's
-    ``message`` and the spawn page's text; ``jupyterhub_message`` is what the progress
-    stream's "Spawn failed: ..." event shows. 503: the site cannot start this server now
-    (a scheduler refusing the job, an engine without the image), not a malformed request.
-    """
-    return refused(str(exc) or type(exc).__name__, 503, "backend")
 
 
 def waiting_message(ahead: int, limit: int) -> str:
     """What a user whose start waits for its turn reads in the progress stream."""
     return (f"waiting: {ahead} starts ahead (this hub starts {limit} servers at a time; "
             f"waiting does not count against the start timeout)")
-
-
-def listen_poll_interval(elapsed: float) -> float:
-    """Seconds between connection attempts to a starting server, ``elapsed`` s into the
-    wait: 50 ms for the first second, then a twentieth of the time so far (a server
-    that took 10 s is found at most 5% later), never more than 0.5 s."""
-    return min(LISTEN_POLL_MAX, max(LISTEN_POLL_MIN, elapsed / 20))
-
-
-async def _resolve(host: str, port: int) -> str:
-    """The first address of ``host``."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    if not infos:
-        raise OSError(f"no address for {host}")
-    return infos[0][4][0]
 
 
 def _state_changes(state: dict[str, Any]):
@@ -124,7 +63,7 @@ def _state_changes(state: dict[str, Any]):
 
 # One backend per (name, config) for the whole hub: a shared Docker client or scheduler
 # session, not one per user.
-_BACKENDS: dict[tuple[str, str], Backend] = {}
+_BACKENDS: dict[tuple[str, BackendConfig], Backend] = {}
 
 
 def _check_user_options(spawner: HubdeploySpawner, user_options: dict) -> None:
@@ -138,27 +77,28 @@ class HubdeploySpawner(Spawner):
     """Starts notebook servers from the site's profiles through a hubdeploy backend."""
 
     profiles = List(
-        Dict(),
-        help="The site's profiles, in hub.json's format (docs/design.md). "
-        "Users choose one; with a single profile there is no form.",
+        Instance(Profile),
+        help="The site's profiles (hub.json spawner.profiles). Users choose one; with a "
+        "single profile there is no form.",
     ).tag(config=True)
-    backend = Unicode(DOCKER, help="Entry-point name in the hubdeploy.backends group.").tag(config=True)
-    backend_config = Dict(help="Free-form configuration of the backend (hub.json spawner.backend_config).").tag(
-        config=True
-    )
-    backends = Dict(
-        help="Further backends, name -> config (hub.json spawner.backends), e.g. {'slurm': {...}}.",
+    # No defaults of their own for what hub.json carries: the site file's schema has them.
+    backend = Unicode(help="The backend of login profiles (hub.json spawner.backend), an entry-point "
+                      "name in the hubdeploy.backends group.").tag(config=True)
+    backend_configs = Dict(
+        value_trait=Instance(BackendConfig),
+        help="Backend name -> its own Config, read from hub.json's spawner.backend_config "
+        "and spawner.backends (hubdeploy.backends.backend_configs).",
     ).tag(config=True)
     node_backends = Dict(
         {"compute": SLURM},
         help="Profile node type -> backend name; other node types use `backend`.",
     ).tag(config=True)
-    identity = Dict(
-        {"source": "shared"},
+    identity = Instance(
+        IdentityConfig,
+        allow_none=True,
         help="Where users' POSIX accounts come from (hub.json identity; hubdeploy.contract.identity).",
     ).tag(config=True)
     concurrent_spawn_limit = Integer(
-        8,
         help="Starts that run at once in this hub (hub.json spawner.concurrent_spawn_limit); "
         "more wait in order, and their waiting does not count against start_timeout.",
     ).tag(config=True)
@@ -180,7 +120,7 @@ class HubdeploySpawner(Spawner):
         self._backend_name: str | None = None
         # Original values of the traits the last applied profile changed.
         self._profile_saved: dict[str, Any] = {}
-        self._prepared: dict[str, Any] | None = None  # the profile run_pre_spawn_hook applied
+        self._prepared: Profile | None = None  # the profile run_pre_spawn_hook applied
         # The start's own budget while JupyterHub's start_timeout holds the outer bound.
         self._start_budget: int | None = None
         self._ticket: Ticket | None = None  # this start's place in the spawn queue
@@ -207,29 +147,12 @@ class HubdeploySpawner(Spawner):
     def _default_apply_user_options(self):
         return _check_user_options
 
-    # -- profiles ---------------------------------------------------------------------
+    # -- profiles (hubdeploy.hub.profiles) --------------------------------------------
 
-    def default_profile(self) -> dict[str, Any]:
-        """The profile marked ``default``, else the first one."""
+    def _profiles(self) -> list[Profile]:
         if not self.profiles:
             raise web.HTTPError(500, "HubdeploySpawner.profiles is empty: the site defines no profile")
-        return next((p for p in self.profiles if p.get("default")), self.profiles[0])
-
-    def select_profile(self, user_options: dict | None) -> dict[str, Any]:
-        """The profile ``user_options["profile"]`` names (the default when absent).
-
-        Raises ``HTTPError(400)`` naming the available profiles for an unknown name: the
-        REST API passes ``user_options`` through unchecked.
-        """
-        default = self.default_profile()
-        name = (user_options or {}).get("profile")
-        if name is None or name == "":
-            return default
-        for p in self.profiles:
-            if p.get("name") == name:
-                return p
-        available = ", ".join(str(p.get("name")) for p in self.profiles)
-        raise refused(f"Unknown profile {name!r}. Available profiles: {available}")
+        return self.profiles
 
     @staticmethod
     def profile_form(spawner: HubdeploySpawner) -> str:
@@ -237,91 +160,57 @@ class HubdeploySpawner(Spawner):
         if len(spawner.profiles) <= 1:
             return ""
         try:
-            chosen = spawner.select_profile(spawner.user_options)["name"]
-        except web.HTTPError:  # a remembered profile the site has since removed
-            chosen = spawner.default_profile()["name"]
-        return form_html(spawner.profiles, chosen)
+            chosen = select_profile(spawner.profiles, (spawner.user_options or {}).get("profile"))
+        except OptionError:  # a remembered profile the site has since removed
+            chosen = default_profile(spawner.profiles)
+        return form_html(spawner.profiles, chosen.name)
 
     def profile_from_form(self, form_data: dict[str, list[str]]) -> dict[str, str]:
         """Form data (or /spawn query arguments) -> ``{"profile": name, ...choices}``; 400 when
         the profile is unknown or a choice is not allowed."""
-        values = form_data.get("profile") or []
-        name = values[0] if values else self.default_profile()["name"]
         try:
-            check_option_value("profile", name)
-        except OptionsError as exc:
-            raise refused(str(exc)) from None
-        profile = self.select_profile({"profile": name})
-        options = {"profile": profile["name"]}
-        for key in SLURM_CHOICES:
-            # Fields are per profile in the form; the bare key works for /spawn?time=60.
-            got = form_data.get(f"{profile['name']}.{key}") or form_data.get(key) or []
-            if got and got[0].strip():
-                options[key] = got[0].strip()
-        self.resolve_profile(options)
-        return options
-
-    def resolve_profile(self, user_options: dict | None) -> dict[str, Any]:
-        """The chosen profile with the user's checked choices written in; 400 when not allowed.
-
-        The options' types and sizes are checked first: the REST API passes any JSON.
-        """
-        try:
-            check_user_options(user_options, OPTION_FIELDS)
-        except OptionsError as exc:
-            raise refused(str(exc)) from None
-        profile = self.select_profile(user_options)
-        try:
-            return apply_slurm_choices(profile, user_options or {})
-        except OptionError as exc:
+            return from_form(self._profiles(), form_data)
+        except (OptionError, OptionsError) as exc:
             raise refused(str(exc)) from None
 
-    def _apply_profile(self, profile: dict[str, Any]) -> None:
+    def resolve_profile(self, user_options: dict | None) -> Profile:
+        """The chosen profile with the user's checked choices written in; 400 when not allowed."""
+        try:
+            return resolve(self._profiles(), user_options)
+        except (OptionError, OptionsError) as exc:
+            raise refused(str(exc)) from None
+
+    def _apply_profile(self, profile: Profile) -> None:
         # A spawner object lives across its server's restarts: undo what the previous
         # profile set, so choosing B after A does not keep A's environment.
         for name, value in self._profile_saved.items():
             setattr(self, name, value)
         self._profile_saved = {}
-        overrides: dict[str, Any] = {}
-        if profile.get("cpu") is not None:
-            overrides["cpu_limit"] = float(profile["cpu"])
-        if profile.get("mem_limit") is not None:
-            overrides["mem_limit"] = int(profile["mem_limit"])
-        if profile.get("environment"):
-            overrides["environment"] = {**self.environment, **profile["environment"]}
-        for key, value in (profile.get("spawner_config") or {}).items():
-            if not self.has_trait(key):
-                raise web.HTTPError(500, f"profile {profile['name']!r}: spawner_config sets unknown trait {key!r}")
-            current = overrides.get(key, getattr(self, key))
-            # Dicts merge, as in JupyterHub's group overrides, so a profile adds to the
-            # site's environment instead of replacing it.
-            overrides[key] = {**current, **value} if isinstance(current, dict) and isinstance(value, dict) else value
+        try:
+            overrides = trait_overrides(self, profile)
+        except KeyError as exc:
+            raise web.HTTPError(500, f"profile {profile.name!r}: spawner_config sets unknown trait {exc}") from None
         for key, value in overrides.items():
             self._profile_saved[key] = getattr(self, key)
             setattr(self, key, value)
 
     # -- backend ----------------------------------------------------------------------
 
-    def backend_for(self, profile: dict[str, Any]) -> str:
+    def backend_for(self, profile: Profile) -> str:
         """The backend name of a profile: by its node type (compute -> slurm), else ``backend``."""
-        return self.node_backends.get(profile.get("node") or "login", self.backend)
+        return self.node_backends.get(profile.node, self.backend)
 
     def get_backend(self, name: str | None = None) -> Backend:
         """The shared backend instance of ``name`` (default: this server's, else ``backend``)."""
         name = name or self._backend_name or self.backend
-        if name == self.backend:
-            base = self.backend_config
-        elif name in self.backends:
-            base = self.backends[name]
-        else:
+        config = self.backend_configs.get(name)
+        if config is None:
             raise web.HTTPError(500, f"backend {name!r} is not configured (hub.json spawner.backends)")
-        config = backend_config(base, self.profiles)
-        key = (name, json.dumps(config, sort_keys=True, default=str))
-        if key not in _BACKENDS:
-            _BACKENDS[key] = get_backend(name)(config, log=self.log)
-        return _BACKENDS[key]
+        if (name, config) not in _BACKENDS:
+            _BACKENDS[name, config] = get_backend(name)(config, log=self.log)
+        return _BACKENDS[name, config]
 
-    def _prepare(self) -> dict[str, Any]:
+    def _prepare(self) -> Profile:
         profile = self.resolve_profile(self.user_options)
         self._backend_name = self.backend_for(profile)
         self._apply_profile(profile)
@@ -392,7 +281,9 @@ class HubdeploySpawner(Spawner):
         """Apply the chosen profile (unless the pre-spawn hook did) and start the server
         through the backend; return when it listens."""
         profile, self._prepared = self._prepared or self._prepare(), None
-        effective = {**profile, "cpu": self.cpu_limit, "mem_limit": self.mem_limit}
+        # What the backend runs with: the Spawner's values, which a profile's
+        # spawner_config or the site's pass-through config may have changed.
+        effective = replace(profile, cpu=self.cpu_limit, mem_limit=self.mem_limit)
         account = await self.resolve_identity()
         spec = ServerSpec(
             user=self.user.name,
@@ -406,13 +297,13 @@ class HubdeploySpawner(Spawner):
         # The same dict object that progress() reads while the backend fills it.
         state = self._backend_state
         state.clear()
-        self.log.info("starting %s with profile %s on backend %s", self._log_name, profile["name"], self._backend_name)
+        self.log.info("starting %s with profile %s on backend %s", self._log_name, profile.name, self._backend_name)
         try:
             host, port = await run_within(clock, self.get_backend().start(spec, state),
                                           _state_changes(state), "the backend's start")
         except BackendError as exc:
             raise start_failed(exc) from exc
-        state["profile"] = profile["name"]
+        state["profile"] = profile.name
         await self._await_listening(host, port)
         return host, port
 
@@ -437,54 +328,25 @@ class HubdeploySpawner(Spawner):
         return isinstance(result, Running)
 
     async def resolve_identity(self) -> Identity:
-        """This user's account, with a home and (for the stack's cluster) published to
-        the nodes; a SpawnException naming the source when there is none. Never another
-        account instead."""
-        source = identity_source(self.identity)
+        """This user's account (:func:`hubdeploy.hub.accounts.resolve`); a SpawnException
+        naming the source when there is none. Never another account instead."""
+        if self.identity is None:
+            raise web.HTTPError(500, "HubdeploySpawner.identity is not set (hub.json identity)")
         try:
-            account = await source.lookup(self.user.name)
+            account, source = await accounts.resolve(self.identity, self.user.name)
         except IdentityError as exc:
             raise refused(str(exc), 403, "identity") from None
-        homes, nss = self.identity.get("homes_dir"), self.identity.get("nss_dir")
-        if homes:
-            await asyncio.to_thread(ensure_home, homes, account, self.identity.get("home_template") or DEFAULT_TEMPLATE)
-        if nss:
-            await asyncio.to_thread(write_nss, nss, [account])
         self.log.info("%s runs as %s (uid %d) from identity source %s", self._log_name, account.name,
                       account.uid, source.describe())
         return account
 
     async def _wait_listening(self, host: str, port: int, timeout: float | None = None) -> bool:
         """True as soon as the server accepts connections; False after ``timeout`` s
-        (default ``http_timeout``).
-
-        JupyterHub's own readiness check backs off exponentially (0.2, 0.4, 0.8, 1.6 s...),
-        which alone added about a second to every spawn; a connect loop here lets its
-        first check succeed. Waiting here, inside ``start()``, also puts the slow part
+        (default ``http_timeout``). Waiting here, inside ``start()``, puts the slow part
         (the server importing) under a progress-aware clock (:meth:`_await_listening`), so
         JupyterHub's ``http_timeout`` then only covers an HTTP answer from a server that
-        already listens.
-
-        The name is resolved once (a lookup is a thread of the hub's default pool and a
-        query to the engine's DNS), then the address is tried every
-        :func:`listen_poll_interval` seconds: 50 ms at first, longer as the start takes
-        longer, so a storm of slow starts does not keep the hub busy with connects.
-        """
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + (self.http_timeout if timeout is None else timeout)
-        address = None
-        while loop.time() < deadline:
-            try:
-                if address is None:
-                    address = await _resolve(host, port)
-                _, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout=1)
-            except (OSError, asyncio.TimeoutError):
-                await asyncio.sleep(listen_poll_interval(loop.time() - started))
-                continue
-            writer.close()
-            return True
-        return False
+        already listens (:mod:`hubdeploy.hub.listening`)."""
+        return await wait_listening(host, port, self.http_timeout if timeout is None else timeout)
 
     async def stop(self, now=False):
         """Stop the server through the backend (its persistent data stays)."""
@@ -552,7 +414,7 @@ class HubdeploySpawner(Spawner):
         if not saved:
             return
         name = saved.get("backend")
-        if name != self.backend and name not in self.backends:
+        if name not in self.backend_configs:
             self.log.warning(
                 "%s was started by backend %r, which the hub no longer has; polling it with %r",
                 self._log_name,

@@ -1,7 +1,7 @@
-"""The hub's web layer: cookies, Content-Security-Policy, usernames, spawn options, logs.
+"""The hub's web layer: cookies, Content-Security-Policy, refusals, usernames, spawn options, logs.
 
 Standard library, JupyterHub and hubdeploy.contract only: this runs inside the hub, and
-config/jupyterhub_config.py imports it.
+hubdeploy.hub.configure applies it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import json
 import logging
 import unicodedata
 from typing import Any
+
+from tornado import web
 
 from hubdeploy.contract.identity import USERNAME_FORM, normal_username
 
@@ -68,6 +70,44 @@ def content_security_policy(report_uri: str) -> str:
             f"report-uri {report_uri}",
         ]
     )
+
+
+# -- refusals a user reads -------------------------------------------------------------
+
+try:  # JupyterHub >= 6.0
+    from jupyterhub.spawner import SpawnException
+except ImportError:  # pragma: no cover - older hubs: a plain HTTPError carries the message too
+    SpawnException = None
+
+
+def refused(message: str, status: int = 400, reason: str = "user_options") -> web.HTTPError:
+    """An HTTPError whose message reaches the user (API, spawn page, progress stream).
+
+    400 for a spawn request the site does not allow (a bad profile or choice), 403 for a
+    user without an account, 503 for a backend that cannot start the server now. A
+    SpawnException is JupyterHub's handled refusal: the REST API answers with its message
+    and the hub logs one line, no traceback.
+    """
+    if SpawnException is not None:
+        err = SpawnException(message, reason=reason, status_code=status)
+    else:  # pragma: no cover
+        err = web.HTTPError(status, "%s", message)
+    err.jupyterhub_message = message
+    return err
+
+
+def start_failed(exc: Exception) -> web.HTTPError:
+    """The HTTP error a backend's failed start (its BackendError) becomes, so its words
+    reach the user.
+
+    JupyterHub answers any other exception from ``start()`` with a bare 500 "Internal
+    Server Error" (the reason only in the hub's log, with a traceback) and counts it toward
+    ``consecutive_failure_limit``. An HTTPError's message is the API response's
+    ``message`` and the spawn page's text; ``jupyterhub_message`` is what the progress
+    stream's "Spawn failed: ..." event shows. 503: the site cannot start this server now
+    (a scheduler refusing the job, an engine without the image), not a malformed request.
+    """
+    return refused(str(exc) or type(exc).__name__, 503, "backend")
 
 
 # -- usernames ------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -50,65 +51,56 @@ COMPUTE_START_TIMEOUT = 300
 
 
 def hub_data(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None = None) -> hubjson.HubJson:
-    """The data the static jupyterhub_config.py reads (docs/design.md, "hub.json").
+    """What the hub side reads (docs/design.md, "hub.json"): every key, with the
+    schema's defaults written in.
 
     ``pinned``: image name -> ``REGISTRY/NAME@sha256:DIGEST``, what login-node servers run
     on a swarm with ``swarm.registry`` (known once ``up`` has pushed)."""
-    return {
-        "site": site.name,
-        "hub": {"ip": "0.0.0.0", "port": HUB_PORT, "connect_url": f"http://{HUB_SERVICE}:{HUB_PORT}"},
-        "cookie_secret_file": secret_path(COOKIE_SECRET),
-        "proxy": {
-            "api_url": f"http://{PROXY_API_ALIAS}:{PROXY_API_PORT}",
-            "token_file": secret_path(PROXY_TOKEN),
-            "route_check_interval": site.proxy.route_check_interval,
-        },
-        "database": database(site),
-        "authenticator": {
-            "class": site.hub.authenticator.class_,
-            "config": dict(site.hub.authenticator.config),
-        },
-        "admin_users": list(site.hub.admin_users),
-        "username_max_length": site.hub.username_max_length,
-        "named_server_limit_per_user": site.hub.named_server_limit_per_user,
+    return hubjson.HubJson(
+        site=site.name,
+        hub=hubjson.HubSection(ip="0.0.0.0", port=HUB_PORT, connect_url=f"http://{HUB_SERVICE}:{HUB_PORT}"),
+        cookie_secret_file=secret_path(COOKIE_SECRET),
+        proxy=hubjson.ProxySection(
+            api_url=f"http://{PROXY_API_ALIAS}:{PROXY_API_PORT}",
+            token_file=secret_path(PROXY_TOKEN),
+            route_check_interval=site.proxy.route_check_interval,
+        ),
+        database=database(site),
+        authenticator=hubjson.AuthenticatorSection(
+            class_=site.hub.authenticator.class_, config=dict(site.hub.authenticator.config)),
+        admin_users=tuple(site.hub.admin_users),
+        username_max_length=site.hub.username_max_length,
+        named_server_limit_per_user=site.hub.named_server_limit_per_user,
         # Hub cookies are Secure only when the proxy terminates TLS.
-        "tls": site.tls is not None,
-        "services": services(site),
-        "spawner": spawner(site, refs, pinned),
-        "identity": identity(site),
-        "config": {k: dict(v) for k, v in site.hub.config.items()},
-    }
+        tls=site.tls is not None,
+        services=services(site),
+        spawner=spawner(site, refs, pinned),
+        identity=identity(site),
+        config={k: dict(v) for k, v in site.hub.config.items()},
+    )
 
 
-def services(site: Site) -> list[hubjson.ServiceEntry]:
+def services(site: Site) -> tuple[hubjson.ServiceEntry, ...]:
     """The built-in services, then the site's own."""
-    out: list[hubjson.ServiceEntry] = [
-        {"name": s.name, "token_file": s.token_file, "url": None, "scopes": list(s.scopes)}
-        for s in builtin_services(site.services.idle_culler.enabled, site.services.prometheus.enabled)
-    ]
-    return out + [_extra_service(svc) for svc in site.services.extra]
+    builtin = [hubjson.ServiceEntry(name=s.name, token_file=s.token_file, url=None, scopes=tuple(s.scopes))
+               for s in builtin_services(site.services.idle_culler.enabled, site.services.prometheus.enabled)]
+    return tuple(builtin + [_extra_service(svc) for svc in site.services.extra])
 
 
 def _extra_service(svc: ExtraService) -> hubjson.ServiceEntry:
     url = svc.url
     if svc.command is not None and svc.port is not None:
         url = f"http://{svc.name}:{svc.port}"
-    return {
-        "name": svc.name,
-        "token_file": secret_path(service_token(svc.name)),
-        "url": url,
-        "scopes": list(svc.scopes),
-    }
+    return hubjson.ServiceEntry(name=svc.name, token_file=secret_path(service_token(svc.name)), url=url,
+                                scopes=tuple(svc.scopes))
 
 
 def database(site: Site) -> hubjson.DatabaseSection:
     if site.database.type == "postgresql":
-        return {
-            # The driver is named: SQLAlchemy 2.1 defaults to psycopg 3, the image has psycopg2.
-            "url": f"postgresql+psycopg2://jupyterhub@{DB_SERVICE}:{DB_PORT}/jupyterhub",
-            "password_file": secret_path(DB_PASSWORD),
-        }
-    return {"url": f"sqlite:///{HUB_DATA_DIR}/jupyterhub.sqlite"}
+        # The driver is named: SQLAlchemy 2.1 defaults to psycopg 3, the image has psycopg2.
+        return hubjson.DatabaseSection(url=f"postgresql+psycopg2://jupyterhub@{DB_SERVICE}:{DB_PORT}/jupyterhub",
+                                       password_file=secret_path(DB_PASSWORD))
+    return hubjson.DatabaseSection(url=f"sqlite:///{HUB_DATA_DIR}/jupyterhub.sqlite", password_file=None)
 
 
 def spawner(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None = None) -> hubjson.SpawnerSection:
@@ -121,44 +113,40 @@ def spawner(site: Site, refs: dict[str, str], pinned: Mapping[str, str] | None =
     docker: dict[str, Any] = {"network": stack_name(prefix, USERS_NETWORK), "prefix": prefix, "site": site.name}
     if homes_source(site) is not None:
         docker.update(homes=homes_source(site), homes_target=site.identity.homes_dir)
-    out: hubjson.SpawnerSection = {
+    return hubjson.SpawnerSection(
         # orchestrator swarm: the same config, read as a SwarmConfig (its own keys default).
-        "backend": SWARM if site.orchestrator == "swarm" else DOCKER,
-        "backend_config": docker,
-        "profiles": [profile(site, p, pinned.get(p.image, refs[p.image]) if p.node == "login" else refs[p.image])
-                     for p in site.profiles],
-        "concurrent_spawn_limit": site.hub.concurrent_spawn_limit,
-    }
-    if site.slurm is not None:
-        # Compute profiles use this backend (HubdeploySpawner.backends, by profile node).
-        out["backends"] = {SLURM: slurm_backend_config(site)}
-    return out
+        backend=SWARM if site.orchestrator == "swarm" else DOCKER,
+        backend_config=docker,
+        # Compute profiles use this backend (HubdeploySpawner.node_backends, by profile node).
+        backends={SLURM: slurm_backend_config(site)} if site.slurm is not None else {},
+        profiles=tuple(profile(site, p, pinned.get(p.image, refs[p.image]) if p.node == "login" else refs[p.image])
+                       for p in site.profiles),
+        concurrent_spawn_limit=site.hub.concurrent_spawn_limit,
+    )
 
 
 def profile(site: Site, p: Profile, image_ref: str) -> hubjson.Profile:
-    out: hubjson.Profile = {
-        "name": p.name,
-        "display_name": p.display_name or p.name,
-        "description": p.description,
-        "image": p.image,
-        "image_ref": image_ref,
-        "node": p.node,
-        "cpu": p.cpu,
-        "mem_limit": memory_bytes(p.memory) if p.memory else None,
-        "pids_limit": p.pids_limit,
-        "home": p.home,
-        "volumes": [v.model_dump() for v in p.volumes],  # type: ignore[misc]
-        "environment": dict(p.environment),
-        "default": p.default,
-        "spawner_config": spawner_config(site, p),
-    }
-    if p.node == "compute":
-        out["slurm"] = profile_slurm(site, p)
-    if p.placement is not None:
-        out["placement"] = {"constraints": list(p.placement.constraints), "spread": list(p.placement.spread)}
-    if p.reserve is not None:
-        out["reserve"] = {"cpu": p.reserve.cpu, "mem": memory_bytes(p.reserve.memory) if p.reserve.memory else None}
-    return out
+    return hubjson.Profile(
+        name=p.name,
+        display_name=p.display_name or p.name,
+        description=p.description,
+        image=p.image,
+        image_ref=image_ref,
+        node=p.node,
+        cpu=p.cpu,
+        mem_limit=memory_bytes(p.memory) if p.memory else None,
+        pids_limit=p.pids_limit,
+        home=p.home,
+        volumes=tuple(hubjson.Volume(source=v.source, target=v.target, read_only=v.read_only) for v in p.volumes),
+        environment=dict(p.environment),
+        default=p.default,
+        spawner_config=spawner_config(site, p),
+        slurm=profile_slurm(site, p) if p.node == "compute" else None,
+        placement=(hubjson.Placement(constraints=tuple(p.placement.constraints), spread=tuple(p.placement.spread))
+                   if p.placement is not None else None),
+        reserve=(hubjson.Reserve(cpu=p.reserve.cpu, mem=memory_bytes(p.reserve.memory) if p.reserve.memory else None)
+                 if p.reserve is not None else None),
+    )
 
 
 def profile_slurm(site: Site, p: Profile) -> hubjson.ProfileSlurm:
@@ -171,23 +159,23 @@ def profile_slurm(site: Site, p: Profile) -> hubjson.ProfileSlurm:
         # hubdeploy's images keep jupyterhub-singleuser in /opt/venv; a batch job's PATH
         # is Slurm's default, not the image's.
         path_prepend = ["/opt/venv/bin"]
-    return {
-        "partition": s.partition or (partitions[0] if partitions else None),
-        "partitions": partitions,
-        "account": s.account,
-        "qos": s.qos,
-        "time": s.time,
-        "gpus": s.gpus,
-        "runtime": s.runtime,
-        "image": s.image,
-        "path_prepend": path_prepend,
-        "limits": {
-            "max_cpu": s.limits.max_cpu,
-            "max_mem": memory_bytes(s.limits.max_memory) if s.limits.max_memory else None,
-            "max_time": s.limits.max_time,
-            "max_gpus": s.limits.max_gpus,
-        },
-    }
+    return hubjson.ProfileSlurm(
+        partition=s.partition or (partitions[0] if partitions else None),
+        partitions=tuple(partitions),
+        account=s.account,
+        qos=s.qos,
+        time=s.time,
+        gpus=s.gpus,
+        runtime=s.runtime,
+        image=s.image,
+        path_prepend=tuple(path_prepend),
+        limits=hubjson.SlurmLimits(
+            max_cpu=s.limits.max_cpu,
+            max_mem=memory_bytes(s.limits.max_memory) if s.limits.max_memory else None,
+            max_time=s.limits.max_time,
+            max_gpus=s.limits.max_gpus,
+        ),
+    )
 
 
 def spawner_config(site: Site, p: Profile) -> dict[str, Any]:
@@ -255,13 +243,14 @@ def _cluster_backend_config(site: Site) -> dict[str, Any]:
 
 
 def identity(site: Site) -> IdentityConfig:
-    """hub.json's ``identity``: the source, where homes and the cluster's accounts go."""
+    """hub.json's ``identity``: the source, where homes and the cluster's accounts go,
+    and the source's own settings (the others null)."""
     ident = site.identity
-    out: IdentityConfig = {"source": ident.source, "home_template": ident.home}
-    if ident.source == "shared":
-        return out
-    out["homes_dir"] = HUB_HOMES_DIR
-    out["nss_dir"] = HUB_NSS_DIR if site.slurm is not None and site.slurm.cluster is not None else None
+    out: dict[str, Any] = dict.fromkeys(f.name for f in fields(IdentityConfig))
+    out.update(source=ident.source, home_template=ident.home)
+    if ident.source != "shared":
+        out["homes_dir"] = HUB_HOMES_DIR
+        out["nss_dir"] = HUB_NSS_DIR if site.slurm is not None and site.slurm.cluster is not None else None
     if ident.source == "auto":
         out.update(uid_min=ident.auto.uid_min, uid_max=ident.auto.uid_max, state_file=IDENTITY_STATE)
     elif ident.source == "file":
@@ -276,7 +265,7 @@ def identity(site: Site) -> IdentityConfig:
         if ident.ldap.ca_file:
             ldap["ca_file"] = f"{IDENTITY_FILES_DIR}/ldap-ca.pem"
         out["ldap"] = ldap
-    return out
+    return IdentityConfig(**out)
 
 
 def homes_source(site: Site) -> str | None:

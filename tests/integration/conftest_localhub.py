@@ -207,6 +207,7 @@ def _local_hub_json(site_text: str, tmp_dir: Path, hub_port: int, api_port: int)
     """hub.json as render writes it for ``site_text``, its secrets generated into
     ``tmp_dir``, and its addresses and paths moved to loopback and ``tmp_dir``."""
     from hubdeploy import render
+    from hubdeploy.contract import hubjson
     from hubdeploy.contract.layout import SECRETS_DIR
     from hubdeploy.loader import load_site_text
     from hubdeploy.secrets import ensure_secrets, secret_names
@@ -215,13 +216,13 @@ def _local_hub_json(site_text: str, tmp_dir: Path, hub_port: int, api_port: int)
     refs = {p.image: f"hubdeploy/{site.name}-{p.image}:0" for p in site.profiles}
     secrets_dir = tmp_dir / "secrets"
     ensure_secrets(secrets_dir, secret_names(site))
-    text = json.dumps(render.hub_data(site, refs)).replace(f'"{SECRETS_DIR}/', f'"{secrets_dir}/')
+    text = hubjson.dumps(render.hub_data(site, refs)).decode().replace(f'"{SECRETS_DIR}/', f'"{secrets_dir}/')
     data = json.loads(text)
     data["hub"] = {"ip": "127.0.0.1", "port": hub_port, "connect_url": f"http://127.0.0.1:{hub_port}"}
     data["proxy"]["api_url"] = f"http://127.0.0.1:{api_port}"
-    data["database"] = {"url": f"sqlite:///{tmp_dir}/jupyterhub.sqlite"}
+    data["database"] = {"url": f"sqlite:///{tmp_dir}/jupyterhub.sqlite", "password_file": None}
     ident = data["identity"]
-    if "state_file" in ident:
+    if ident["state_file"]:
         ident["state_file"] = str(tmp_dir / "identities.json")
     # Volumes in the stack: directories that exist before the hub starts.
     for key in ("homes_dir", "nss_dir"):

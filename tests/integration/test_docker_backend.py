@@ -28,10 +28,12 @@ from hubdeploy.backends.base import (
     ServerSpec,
     Stopped,
     Unknown,
+    parse_config,
 )
-from hubdeploy.backends.docker import DockerBackend
+from hubdeploy.backends.docker import DockerBackend, DockerConfig
 from hubdeploy.contract import names
 from hubdeploy.contract.identity import Identity
+from hubsections import profile
 
 pytestmark = pytest.mark.integration
 
@@ -115,19 +117,19 @@ def make_backend(env, **extra):
         "allowed_images": [env["image"]],
         **extra,
     }
-    return DockerBackend(config)
+    return DockerBackend(parse_config(DockerConfig, config, "docker"))
 
 
-def make_spec(env, user, server="", cmd=SERVE, **profile):
-    prof = {
+def make_spec(env, user, server="", cmd=SERVE, **fields):
+    prof = profile(**{
         "name": "small",
         "image_ref": env["image"],
         "cpu": 0.5,
         "mem_limit": 256 * 1024**2,
         "home": True,
         "volumes": [{"source": env["data"], "target": "/data", "read_only": True}],
-        **profile,
-    }
+        **fields,
+    })
     token = f"token-{uuid.uuid4().hex}"
     return ServerSpec(user=user, server_name=server, profile=prof, env={"JUPYTERHUB_API_TOKEN": token}, cmd=cmd)
 

@@ -15,8 +15,9 @@ import pytest
 from stackfixture import SITE_NAME
 from slurmcluster import ACCOUNT, CONTROLLER, PREFIX, SlurmCluster
 
-from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown
-from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown, parse_config
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
+from hubsections import profile as hub_profile
 
 pytestmark = pytest.mark.integration
 
@@ -34,19 +35,14 @@ CONFIG = {
 }
 
 
-def profile(partition="interactive", account=ACCOUNT, **slurm):
-    return {
-        "name": f"p-{partition}",
-        "cpu": 1,
-        "mem_limit": 256 * 2**20,
-        "slurm": {
-            "partition": partition,
-            "account": account,
-            "time": "10",
-            "path_prepend": ["/opt/venv/bin"],
-            **slurm,
-        },
-    }
+def profile(partition="interactive", account=ACCOUNT, cpu=1, **slurm):
+    return hub_profile(name=f"p-{partition}", cpu=cpu, mem_limit=256 * 2**20, slurm={
+        "partition": partition,
+        "account": account,
+        "time": "10",
+        "path_prepend": ["/opt/venv/bin"],
+        **slurm,
+    })
 
 
 def spec(user="has@", server="", prof=None, cmd=SERVE):
@@ -87,7 +83,7 @@ def cluster(client, stack):
 
 @pytest.fixture
 def backend(cluster, request):
-    b = SlurmBackend(CONFIG)
+    b = SlurmBackend(parse_config(SlurmConfig, CONFIG, "slurm"))
     failed_before = request.session.testsfailed
     yield b
     if request.session.testsfailed > failed_before:  # the call phase is reported before teardown
@@ -198,13 +194,7 @@ def test_over_profile_limit_is_refused_before_slurm(backend):
     with pytest.raises(BackendError, match="limit is 1"):
         run(
             backend.start(
-                spec(
-                    prof={
-                        **profile(),
-                        "cpu": 2,
-                        "slurm": {**profile()["slurm"], "limits": {"max_cpu": 1}},
-                    }
-                ),
+                spec(prof=profile(cpu=2, limits={"max_cpu": 1})),
                 {},
             )
         )

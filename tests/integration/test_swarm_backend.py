@@ -12,9 +12,10 @@ import uuid
 
 import pytest
 
-from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped
+from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, parse_config
 from hubdeploy.backends.swarm import SwarmBackend
 from hubdeploy.contract.identity import Group, Identity
+from hubsections import profile
 from test_docker_backend import _ensure_base_image, _quietly, build_notebook_image
 
 pytestmark = pytest.mark.integration
@@ -50,13 +51,13 @@ def swarm(client, swarm_manager):
 
 
 def make_backend(env, cls=SwarmBackend, **extra):
-    return cls({"network": env["network"], "prefix": env["prefix"], "site": env["site"],
-                         "allowed_images": [env["image"]], "schedule_grace": 2, **extra})
+    return cls(parse_config(cls.Config, {"network": env["network"], "prefix": env["prefix"], "site": env["site"],
+                                         "allowed_images": [env["image"]], "schedule_grace": 2, **extra}, "swarm"))
 
 
-def make_spec(env, user, server="", cmd=SERVE, identity=None, **profile):
-    prof = {"name": "login", "image_ref": env["image"], "cpu": 0.5, "mem_limit": 256 * 1024**2, "home": False,
-            **profile}
+def make_spec(env, user, server="", cmd=SERVE, identity=None, **fields):
+    prof = profile(**{"name": "login", "image_ref": env["image"], "cpu": 0.5, "mem_limit": 256 * 1024**2,
+                      "home": False, **fields})
     return ServerSpec(user=user, server_name=server, profile=prof, cmd=cmd, identity=identity,
                       env={"JUPYTERHUB_API_TOKEN": f"token-{uuid.uuid4().hex}"})
 
@@ -176,7 +177,8 @@ def test_unplaceable_profile_fails_with_swarms_reason(client, swarm):
     events: list[dict] = []
 
     async def start_and_watch():
-        spec = make_spec(swarm, "nowhere", placement={"constraints": ["node.labels.role==no-such-role"]})
+        spec = make_spec(swarm, "nowhere", placement={"constraints": ["node.labels.role==no-such-role"],
+                                                     "spread": []})
         watcher = asyncio.create_task(collect(backend.progress(state)))
         try:
             await backend.start(spec, state)
@@ -193,7 +195,7 @@ def test_unplaceable_profile_fails_with_swarms_reason(client, swarm):
     assert not client.services.list(filters={"name": state["service_name"]})  # nothing left behind
 
     with pytest.raises(BackendError, match="insufficient resources"):
-        run(backend.start(make_spec(swarm, "huge", reserve={"mem": 10**15}), {}))
+        run(backend.start(make_spec(swarm, "huge", reserve={"cpu": None, "mem": 10**15}), {}))
 
 
 def test_exit_status_and_only_allowlisted_images(client, swarm):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hubdeploy.backends import UnknownBackend, get_backend, installed_backends
-from hubdeploy.backends.docker import DockerBackend
-from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.base import parse_config
+from hubdeploy.backends.docker import DockerBackend, DockerConfig
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubdeploy.errors import SiteError
 
 DOCKER = {"network": "n", "prefix": "hubdeploy-test", "site": "t"}
@@ -40,13 +41,20 @@ def test_an_entry_point_that_is_not_a_backend_is_refused(tmp_path, monkeypatch):
 
 def test_docker_backend_requires_its_config():
     with pytest.raises(ValueError, match="lacks network"):
-        DockerBackend({"prefix": "hubdeploy-test", "site": "t"})
+        parse_config(DockerConfig, {"prefix": "hubdeploy-test", "site": "t"}, "docker")
     with pytest.raises(ValueError, match="lacks network"):
-        DockerBackend({**DOCKER, "network": ""})
+        parse_config(DockerConfig, {**DOCKER, "network": ""}, "docker")
+
+
+def test_a_backend_takes_only_its_own_config():
+    with pytest.raises(TypeError, match="the slurm backend takes a SlurmConfig, not DockerConfig"):
+        SlurmBackend(DockerConfig(**DOCKER))
+    with pytest.raises(TypeError, match="not dict"):
+        DockerBackend(DOCKER)
 
 
 @pytest.mark.parametrize("cls, config, words", [
-    (DockerBackend, {**DOCKER, "netwrok": "n"}, "unknown key(s) netwrok; known: allowed_images, docker_url"),
+    (DockerBackend, {**DOCKER, "netwrok": "n"}, "unknown key netwrok (did you mean network?); known: allowed_images, docker_url"),
     (DockerBackend, {**DOCKER, "timeout": "30"}, "timeout must be an integer, not '30'"),
     (DockerBackend, {**DOCKER, "init": 1}, "init must be true or false"),
     (SlurmBackend, {"submit_prefix": "ssh login"}, "submit_prefix must be a list of str"),
@@ -55,11 +63,12 @@ def test_docker_backend_requires_its_config():
 ])
 def test_backend_configs_are_closed_and_typed(cls, config, words):
     with pytest.raises(ValueError) as exc:
-        cls(config)
+        parse_config(cls.Config, config, cls.name)
     assert words in str(exc.value)
 
 
 def test_backend_config_values_are_typed():
-    b = SlurmBackend({"submit_prefix": ["ssh", "login"], "poll_interval": 3, "allowed_images": ["a:1"]})
+    b = SlurmBackend(parse_config(SlurmConfig, {"submit_prefix": ["ssh", "login"], "poll_interval": 3,
+                                                "allowed_images": ["a:1"]}, "slurm"))
     assert b.config.submit_prefix == ("ssh", "login") and b.config.poll_interval == 3.0
     assert b.config.allowed_images == ("a:1",) and b.config.output == "hubdeploy-slurm-%j.log"

@@ -11,7 +11,9 @@ tells the hub to read.
 from __future__ import annotations
 
 import ast
+import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from hubdeploy import render, resources
+from hubdeploy.contract import hubjson
 from hubdeploy.contract.layout import HUB_SERVICE, SECRETS_DIR, SSH_KEY
 from hubdeploy.contract.services import BUILTIN, RESERVED_NAMES
 from hubdeploy.loader import load_site, load_site_text
@@ -101,7 +104,7 @@ def test_secrets_agree_three_ways(rendered):
     mounted = set(compose["services"][HUB_SERVICE]["secrets"])
     read = {data["cookie_secret_file"], data["proxy"]["token_file"],
             *(s["token_file"] for s in data["services"]),
-            *([data["database"]["password_file"]] if "password_file" in data["database"] else [])}
+            *([data["database"]["password_file"]] if data["database"]["password_file"] else [])}
     assert all(p.startswith(SECRETS_DIR + "/") for p in read)
     read_names = {p[len(SECRETS_DIR) + 1:] for p in read}
     # The hub reads only what compose mounts into it, and compose mounts only what exists.
@@ -128,7 +131,7 @@ def test_jupyterhub_loads_rendered_config_and_the_spawner_builds_every_backend(r
         config=app.config, user=SimpleNamespace(name="ann", url="/user/ann/", escaped_name="ann"), hub=Hub(),
         orm_spawner=SimpleNamespace(name="", server=None),
     )
-    assert spawner.profiles == data["spawner"]["profiles"]
+    assert spawner.profiles == list(hubjson.load().spawner.profiles)
     names = {spawner.backend_for(p) for p in spawner.profiles}
     for name in names | {spawner.backend}:
         backend = spawner.get_backend(name)  # the real class, parsing its real config
@@ -136,17 +139,22 @@ def test_jupyterhub_loads_rendered_config_and_the_spawner_builds_every_backend(r
         assert set(backend.config.allowed_images) == {p["image_ref"] for p in data["spawner"]["profiles"]}
     # Every profile is one the spawner can resolve, and its limits parse.
     for p in spawner.profiles:
-        assert spawner.resolve_profile({"profile": p["name"]})["name"] == p["name"]
+        assert spawner.resolve_profile({"profile": p.name}) is p
 
 
-def test_backend_config_is_closed(rendered):
+def test_a_backend_config_key_no_backend_knows_stops_the_hub(rendered, monkeypatch):
     site, files, data = rendered
-    from hubdeploy.backends import get_backend
-
-    for name, config in [(data["spawner"]["backend"], data["spawner"]["backend_config"]),
-                         *data["spawner"].get("backends", {}).items()]:
-        with pytest.raises(ValueError, match="unknown key.*no_such_key"):
-            get_backend(name)({**config, "no_such_key": 1})
+    good = json.loads(Path(os.environ["HUBDEPLOY_HUB_JSON"]).read_text())
+    names = [data["spawner"]["backend"], *data["spawner"]["backends"]]
+    for name in names:
+        bad = copy.deepcopy(good)
+        config = bad["spawner"]["backend_config"] if name == names[0] else bad["spawner"]["backends"][name]
+        config["no_such_key"] = 1
+        path = Path(os.environ["HUBDEPLOY_HUB_JSON"]).with_name(f"bad-{name}.json")
+        path.write_text(json.dumps(bad))
+        monkeypatch.setenv("HUBDEPLOY_HUB_JSON", str(path))
+        with pytest.raises(SystemExit, match=f"hub.json spawner: {name} backend config: unknown key no_such_key"):
+            JupyterHub().load_config_file(str(CONFIG))
 
 
 @pytest.mark.parametrize("name", sorted(RESERVED_NAMES))

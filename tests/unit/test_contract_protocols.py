@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from hubdeploy.backends import get_backend, installed_backends
-from hubdeploy.backends.base import Found
+from hubdeploy.backends.base import Found, parse_config
 from hubdeploy.contract import orphans as protocol
 from hubdeploy.contract.backends import DOCKER, SLURM, SWARM
 from hubdeploy.hub import orphans as hub_orphans
@@ -45,18 +45,19 @@ def _spawner(**config) -> HubdeploySpawner:
     (DOCKER, {"container_id": "c0ffee", "container_name": "hubdeploy-s-nb-ann--gpu"}, "c0ffee"),
 ])
 def test_what_the_spawner_saves_is_what_orphans_reads(backend, state, server_id):
-    spawner = _spawner(backends={SLURM: {"prefix": "hubdeploy", "site": "s"}},
-                       backend_config={"network": "n", "prefix": "hubdeploy-s", "site": "s"})
+    configs = {DOCKER: parse_config(get_backend(DOCKER).Config,
+                                    {"network": "n", "prefix": "hubdeploy-s", "site": "s"}, DOCKER),
+               SLURM: parse_config(get_backend(SLURM).Config, {"prefix": "hubdeploy", "site": "s"}, SLURM)}
+    spawner = _spawner(backend=DOCKER, backend_configs=configs)
     spawner._backend_name, spawner._backend_state = backend, dict(state)
     saved = spawner.get_state()
     # What the hub's REST API hands hubdeploy-cli: the spawner state of each server.
     users = [{"name": "ann", "servers": {"gpu": {"state": saved}}}]
-    backends = {name: get_backend(name)(cfg) for name, cfg in
-                ((DOCKER, spawner.backend_config), (SLURM, spawner.backends[SLURM]))}
+    backends = {name: get_backend(name)(cfg) for name, cfg in spawner.backend_configs.items()}
     (tracked,) = hub_orphans.tracked_servers(users, backends, DOCKER)
     assert (tracked.owner, tracked.backend, tracked.id) == (protocol.owner("ann", "gpu"), backend, server_id)
     # And a restarted hub's spawner reads back what it saved.
-    again = _spawner(backends=spawner.backends, backend_config=spawner.backend_config)
+    again = _spawner(backend=DOCKER, backend_configs=configs)
     again.load_state(saved)
     assert (again._backend_name, again._backend_state) == (backend, state)
 

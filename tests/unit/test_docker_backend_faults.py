@@ -10,9 +10,10 @@ import pytest
 import requests
 
 from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown
-from hubdeploy.backends.docker import DockerBackend
+from hubdeploy.backends.docker import DockerBackend, DockerConfig
+from hubsections import profile
 
-CONFIG = {"network": "hubdeploy-test-net", "prefix": "hubdeploy-test-f", "site": "f", "allowed_images": ["img:1"]}
+CONFIG = DockerConfig(network="hubdeploy-test-net", prefix="hubdeploy-test-f", site="f", allowed_images=("img:1",))
 STATE = {"container_name": "hubdeploy-test-f-nb-u", "container_id": "abc", "phase": "started"}
 
 
@@ -128,7 +129,7 @@ def test_stop_on_unreachable_engine_raises():
 
 def test_image_outside_allowlist_never_reaches_engine():
     backend = FaultyBackend(container("running"))
-    spec = ServerSpec(user="u", server_name="", profile={"name": "p", "image_ref": "evil:latest"})
+    spec = ServerSpec(user="u", server_name="", profile=profile(name="p", image_ref="evil:latest"))
     with pytest.raises(BackendError, match="not one of"):
         asyncio.run(backend.start(spec, {}))
     assert backend.clients_made == 0

@@ -17,11 +17,12 @@ import pytest
 from enginerecorder import recording_client
 
 from hubdeploy.backends import accounts
-from hubdeploy.backends.base import ServerSpec
-from hubdeploy.backends.docker import DockerBackend
+from hubdeploy.backends.base import ServerSpec, parse_config
+from hubdeploy.backends.docker import DockerBackend, DockerConfig
 from hubdeploy.contract import slurmcmd
 from hubdeploy.contract.identity import Group, Identity
 from hubdeploy.engineproxy.policy import Allow, Deny, Request, SitePolicy, decide
+from hubsections import profile
 
 IMAGE = "hubdeploy/alpha-base:0123456789ab"
 SLURM_IMAGE = "hubdeploy/alpha-slurm:0123456789ab"
@@ -90,14 +91,14 @@ def refused(decision, rule: str) -> str:
 
 
 ANN = Identity(user="ann", name="ann", uid=20001, gid=20001, home="/home/ann", groups=(Group("astro", 30000),))
-PROFILE = {"name": "login", "image_ref": IMAGE, "cpu": 1.0, "mem_limit": 2**30, "pids_limit": 512,
-           "volumes": [{"source": "/data/shared/sub", "target": "/d", "read_only": True},
-                       {"source": "datasets", "target": "/ds", "read_only": True}]}
+PROFILE = profile(name="login", image_ref=IMAGE, cpu=1.0, mem_limit=2**30, pids_limit=512,
+                  volumes=[{"source": "/data/shared/sub", "target": "/d", "read_only": True},
+                           {"source": "datasets", "target": "/ds", "read_only": True}])
 
 
 class RecordedDocker(DockerBackend):
     def __init__(self, config):
-        super().__init__(config)
+        super().__init__(parse_config(DockerConfig, config, "docker"))
         self.recorded_client, self.recorder = recording_client()
 
     def _make_client(self):
@@ -451,7 +452,7 @@ class RecordedSlurm:
     recorded (dexec argv) and answered as a cluster with one job, 7, would answer."""
 
     def __new__(cls):
-        from hubdeploy.backends.slurm import SlurmBackend
+        from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
         from hubdeploy.loader import load_site_text
         from hubdeploy.render.hubdata import _cluster_backend_config
 
@@ -477,7 +478,7 @@ class RecordedSlurm:
                     return 0, "7|RUNNING|c1|None|ann|20001|20001|hubdeploy-alpha-nb-ann\n", ""
                 return 0, "" if self.cancelled else "7|RUNNING|None|N/A|c1|hubdeploy:port=40000\n", ""
 
-        backend = Recording({**_cluster_backend_config(site), "poll_interval": 0.01})
+        backend = Recording(parse_config(SlurmConfig, {**_cluster_backend_config(site), "poll_interval": 0.01}, "slurm"))
         backend.calls = []
         return backend
 
@@ -499,7 +500,7 @@ def test_every_slurm_command_of_the_stacks_cluster_passes_the_proxy():
     import asyncio
 
     b = RecordedSlurm()
-    spec = ServerSpec("ann", "", {"name": "c", "node": "compute"}, env={"JUPYTERHUB_API_TOKEN": "t"}, identity=ANN)
+    spec = ServerSpec("ann", "", profile(name="c", slurm={}), env={"JUPYTERHUB_API_TOKEN": "t"}, identity=ANN)
     state: dict = {}
     asyncio.run(b.start(spec, state))
     asyncio.run(b.poll(state))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from urllib.parse import parse_qs
 
 import pytest
@@ -13,7 +14,7 @@ from enginerecorder import recording_client
 from test_engineproxy_policy import ANN, IMAGE, OBJECTS, PROFILE, ask, lookup, refused
 
 from hubdeploy.backends.base import ServerSpec
-from hubdeploy.backends.swarm import SwarmBackend
+from hubdeploy.backends.swarm import SwarmBackend, SwarmConfig
 from hubdeploy.engineproxy.policy import Allow, SitePolicy, decide
 
 OBJECTS.update({
@@ -31,8 +32,8 @@ SWARM_POLICY = SitePolicy("alpha", bind_paths=("/srv/homes",), images=frozenset(
 
 class RecordedSwarm(SwarmBackend):
     def __init__(self):
-        super().__init__({"network": "hubdeploy-alpha-users", "prefix": "hubdeploy-alpha", "site": "alpha",
-                          "allowed_images": [IMAGE, DIGEST], "homes": "/srv/homes"})
+        super().__init__(SwarmConfig(network="hubdeploy-alpha-users", prefix="hubdeploy-alpha", site="alpha",
+                                     allowed_images=(IMAGE, DIGEST), homes="/srv/homes"))
         self.recorded_client, self.recorder = recording_client()
 
     def _make_client(self):
@@ -41,7 +42,7 @@ class RecordedSwarm(SwarmBackend):
 
 def swarm_start(image=IMAGE):
     backend = RecordedSwarm()
-    spec = ServerSpec("ann", "", {**PROFILE, "image_ref": image, "volumes": []}, identity=ANN)
+    spec = ServerSpec("ann", "", replace(PROFILE, image_ref=image, volumes=()), identity=ANN)
     name, host = backend._names(spec)
     backend._create_sync(spec, name, host, {})
     return backend.recorder.requests

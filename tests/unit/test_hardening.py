@@ -9,9 +9,10 @@ from ruamel.yaml import YAML
 
 from hubdeploy import render
 from hubdeploy.backends.base import ServerSpec
-from hubdeploy.backends.docker import DockerBackend
+from hubdeploy.backends.docker import DockerBackend, DockerConfig
 from hubdeploy.loader import SiteError, load_site, load_site_text
 from hubdeploy.render.hardening import PROFILES, REASONS
+from hubsections import profile
 
 ROOT = Path(__file__).resolve().parents[2]
 REFS = {
@@ -94,8 +95,8 @@ def test_a_site_image_without_digest_is_warned_about(example):
 
 
 def test_login_containers_drop_capabilities_and_take_the_profiles_pids_limit():
-    backend = DockerBackend({"network": "n", "prefix": "hubdeploy-x", "site": "x", "allowed_images": ["img"]})
+    backend = DockerBackend(DockerConfig(network="n", prefix="hubdeploy-x", site="x", allowed_images=("img",)))
     spec = ServerSpec(user="u", server_name="", cmd=["jupyterhub-singleuser"], env={}, port=8888,
-                      profile={"name": "p", "image_ref": "img", "pids_limit": 200})
+                      profile=profile(name="p", image_ref="img", pids_limit=200))
     assert backend._confinement(spec) == {
         "cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"], "pids_limit": 200}

@@ -12,6 +12,7 @@ from traitlets.config.loader import PyFileConfigLoader
 
 from hubdeploy import render, resources
 from hubdeploy.contract.layout import SECRETS_DIR
+from hubdeploy.contract.strict import plain
 from hubdeploy.loader import load_site_text
 from hubdeploy.secrets import secret_names
 
@@ -55,7 +56,7 @@ def hub_json(tmp_path, text=SITE, **changes):
     secrets_dir.mkdir(exist_ok=True)
     for name in secret_names(site):
         (secrets_dir / name).write_text(f"value-of-{name}\n")
-    data = relocate(render.hub_data(site, REFS), secrets_dir)
+    data = relocate(plain(render.hub_data(site, REFS)), secrets_dir)
     for key, value in changes.items():
         data[key] = value
     path = tmp_path / "hub.json"
@@ -83,9 +84,10 @@ def test_static_config(tmp_path, monkeypatch):
     assert c.ConfigurableHTTPProxy.auth_token == "value-of-proxy_token"
     assert c.RouteKeepingProxy.route_check_interval == 7
     assert c.JupyterHub.spawner_class == "hubdeploy.hub.spawner.HubdeploySpawner"
-    assert c.HubdeploySpawner.profiles == data["spawner"]["profiles"]
+    assert plain(c.HubdeploySpawner.profiles) == data["spawner"]["profiles"]
     assert c.HubdeploySpawner.backend == "docker"
-    assert c.HubdeploySpawner.backend_config["network"] == "hubdeploy-hdtconf-users"
+    assert c.HubdeploySpawner.backend_configs["docker"].network == "hubdeploy-hdtconf-users"
+    assert c.HubdeploySpawner.backend_configs["docker"].allowed_images == (REFS["base"],)
     assert c.Authenticator.admin_users == {"admin"}
     # The entry point's class, wrapped in hubdeploy's username policy.
     assert c.JupyterHub.authenticator_class.__mro__[1].__qualname__ == "DummyAuthenticator"
@@ -111,7 +113,8 @@ def test_database_password_only_in_memory_url(tmp_path, monkeypatch):
 
 
 def test_sqlite_has_no_password(tmp_path, monkeypatch):
-    path, _ = hub_json(tmp_path, database={"url": "sqlite:////srv/jupyterhub/data/jupyterhub.sqlite"})
+    path, _ = hub_json(tmp_path, database={"url": "sqlite:////srv/jupyterhub/data/jupyterhub.sqlite",
+                                           "password_file": None})
     c = load(monkeypatch, path)
     assert c.JupyterHub.db_url.startswith("sqlite:")
     assert "db_kwargs" not in c.JupyterHub
@@ -187,7 +190,7 @@ def test_username_max_length_is_the_one_hub_json_carries(tmp_path, monkeypatch):
     # The default is the schema's alone: the hub never supplies one of its own.
     del data["username_max_length"]
     path.write_text(json.dumps(data))
-    with pytest.raises(KeyError, match="username_max_length"):
+    with pytest.raises(SystemExit, match="hub.json lacks username_max_length$"):
         load(monkeypatch, path)
 
 
@@ -211,7 +214,7 @@ def test_jupyterhub_accepts_the_config(tmp_path, monkeypatch):
     pytest.importorskip("jupyterhub")
     from jupyterhub.app import JupyterHub
 
-    path, _ = hub_json(tmp_path, database={"url": f"sqlite:///{tmp_path}/jupyterhub.sqlite"})
+    path, _ = hub_json(tmp_path, database={"url": f"sqlite:///{tmp_path}/jupyterhub.sqlite", "password_file": None})
     monkeypatch.setenv("HUBDEPLOY_HUB_JSON", str(path))
     app = JupyterHub()
     app.load_config_file(str(CONFIG))
@@ -228,7 +231,7 @@ def test_a_real_jupyterhub_normalises_and_limits_usernames(tmp_path, monkeypatch
     single POST does not) never makes a second spelling or an over-long name."""
     pytest.importorskip("jupyterhub")
     path, _ = hub_json(tmp_path, SITE.replace("admin_users: [admin]", "admin_users: [ａｄｍｉｎ]"),
-                       database={"url": f"sqlite:///{tmp_path}/jupyterhub.sqlite"})
+                       database={"url": f"sqlite:///{tmp_path}/jupyterhub.sqlite", "password_file": None})
     secret = tmp_path / "secrets" / "cookie_secret"
     secret.write_text("ab" * 32)
     secret.chmod(0o600)  # JupyterHub refuses a cookie secret others may read

@@ -17,12 +17,23 @@ from ruamel.yaml import YAML
 
 from hubdeploy import render
 from hubdeploy.backends import accounts
-from hubdeploy.backends.base import ServerSpec
-from hubdeploy.backends.slurm import SlurmBackend
-from hubdeploy.contract.identity import RESERVED_NAMES, Group, Identity, IdentityError, account_name, reserved_id
+from hubdeploy.backends.base import ServerSpec, parse_config
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
+from hubdeploy.contract.identity import (
+    RESERVED_NAMES,
+    Group,
+    Identity,
+    IdentityConfig,
+    IdentityError,
+    account_name,
+    reserved_id,
+)
 from hubdeploy.errors import SiteError
 from hubdeploy.hub.identity import AutoSource, SharedSource, ensure_home, get_source, write_nss
 from hubdeploy.loader import load_site_text
+from hubdeploy.contract import strict
+from hubdeploy.backends.docker import DockerConfig
+from hubsections import profile
 
 
 def run(coro):
@@ -251,10 +262,11 @@ REFS = {n: f"hubdeploy/idt-{n}:0" for n in ("base", "hub", "proxy", "slurm", "sl
 
 def test_render_auto_identity_for_login_and_the_stacks_cluster():
     site = load_site_text(SITE, "site.yaml")
-    data = render.hub_data(site, REFS)
+    data = strict.plain(render.hub_data(site, REFS))
     assert data["identity"] == {"source": "auto", "home_template": "/home/{name}", "uid_min": 20000,
                                 "uid_max": 59999, "state_file": "/srv/jupyterhub/data/hubdeploy-identities.json",
-                                "homes_dir": "/srv/hubdeploy/homes", "nss_dir": "/srv/hubdeploy/nss"}
+                                "homes_dir": "/srv/hubdeploy/homes", "nss_dir": "/srv/hubdeploy/nss",
+                                "passwd_file": None, "group_file": None, "ldap": None}
     docker = data["spawner"]["backend_config"]
     assert (docker["homes"], docker["homes_target"]) == ("hubdeploy-idt-homes", "/home")
     slurm = data["spawner"]["backends"]["slurm"]
@@ -271,8 +283,10 @@ def test_render_auto_identity_for_login_and_the_stacks_cluster():
 
 def test_shared_identity_renders_the_one_account_layout():
     site = load_site_text(SITE + "identity: {source: shared, allow_shared_compute_account: true}\n", "site.yaml")
-    data = render.hub_data(site, REFS)
-    assert data["identity"] == {"source": "shared", "home_template": "/home/{name}"}
+    data = strict.plain(render.hub_data(site, REFS))
+    assert data["identity"] == {"source": "shared", "home_template": "/home/{name}", "homes_dir": None,
+                                "nss_dir": None, "uid_min": None, "uid_max": None, "state_file": None,
+                                "passwd_file": None, "group_file": None, "ldap": None}
     assert "homes" not in data["spawner"]["backend_config"]
     assert "jovyan" in data["spawner"]["backends"]["slurm"]["submit_prefix"]
     assert any("every user's server as the one account jovyan" in w for w in site.warnings())
@@ -293,7 +307,7 @@ def test_profile_time_must_fit_the_clusters_max_time():
 
 class Recording(SlurmBackend):
     def __init__(self, outcomes, **config):
-        super().__init__(config)
+        super().__init__(parse_config(SlurmConfig, config, "slurm"))
         self.outcomes, self.argvs = list(outcomes), []
 
     async def run(self, argv, *, stdin=None, env=None, who=None, account=None):
@@ -306,7 +320,7 @@ def test_slurm_submits_polls_and_cancels_as_the_user_in_their_home():
                   submit_prefix=["dexec", "--user", "{uid}:{gid}", "--"], submit_env_option="--env",
                   output_in_home=True, poll_interval=0.01)
     carol = Identity("carol", "carol", 31001, 31001, "/home/carol")
-    spec = ServerSpec(user="carol", server_name="", profile={"name": "c", "node": "compute"},
+    spec = ServerSpec(user="carol", server_name="", profile=profile(name="c", slurm={}),
                       env={"JUPYTERHUB_API_TOKEN": "t"}, identity=carol)
     assert run(b.start(spec, {})) == ("c1", 40000)
     (sbatch, env), (squeue, _) = b.argvs
@@ -333,9 +347,12 @@ def test_a_user_without_an_account_is_refused_naming_the_source(tmp_path):
     s = spawner_mod.HubdeploySpawner(
         user=SimpleNamespace(name="mallory", url="/user/mallory/", escaped_name="mallory"), hub=Hub(),
         orm_spawner=SimpleNamespace(name="", server=None),
-        profiles=[{"name": "p", "image_ref": "x:1", "default": True}],
-        backend_config={"network": "n", "prefix": "hubdeploy-t", "site": "t"},
-        identity={"source": "file", "passwd_file": str(tmp_path / "passwd"), "homes_dir": str(tmp_path / "homes")},
+        profiles=[profile(name="p", image_ref="x:1", default=True)],
+        backend="docker", backend_configs={"docker": DockerConfig(network="n", prefix="hubdeploy-t", site="t")},
+        concurrent_spawn_limit=8,
+        identity=IdentityConfig(source="file", home_template="/home/{name}", homes_dir=str(tmp_path / "homes"),
+                                nss_dir=None, uid_min=None, uid_max=None, state_file=None,
+                                passwd_file=str(tmp_path / "passwd"), group_file=None, ldap=None),
     )
     with pytest.raises(SpawnException) as exc:
         run(s.start())
@@ -366,7 +383,7 @@ def test_validate_warns_about_the_shared_account(tmp_path):
 
 def test_homes_on_a_host_file_system_are_bind_mounted_everywhere():
     site = load_site_text(SITE + "identity: {homes_host: /global/homes, home: \"/global/homes/{name}\"}\n", "site.yaml")
-    data = render.hub_data(site, REFS)
+    data = strict.plain(render.hub_data(site, REFS))
     assert data["spawner"]["backend_config"]["homes"] == "/global/homes"
     assert data["spawner"]["backend_config"]["homes_target"] == "/global/homes"
     assert data["identity"]["home_template"] == "/global/homes/{name}"

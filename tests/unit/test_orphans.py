@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 
 from hubdeploy.backends.base import BackendError, Found
-from hubdeploy.backends.docker import DockerBackend
-from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.docker import DockerBackend, DockerConfig
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubdeploy.backends.slurm_parse import parse_job_list
 from hubdeploy.contract.backends import STATE_KEY, saved_state
 from hubdeploy.hub.orphans import BadRequest, Tracked, classify, pick, tracked_servers
 
 BACKENDS = {
-    "docker": DockerBackend({"network": "n", "prefix": "hubdeploy-s", "site": "s"}),
-    "slurm": SlurmBackend({"prefix": "hubdeploy", "site": "s"}),
+    "docker": DockerBackend(DockerConfig(network="n", prefix="hubdeploy-s", site="s")),
+    "slurm": SlurmBackend(SlurmConfig(prefix="hubdeploy", site="s")),
 }
 
 

@@ -6,6 +6,7 @@ from hubdeploy.loader import load_site_text
 from hubdeploy.errors import SiteError
 from hubdeploy.render import compose as compose_render
 from hubdeploy.render import hubdata
+from hubdeploy.contract import strict
 
 # Swarm publishes on every address: a swarm site says so (public.host 0.0.0.0).
 BASE = "name: sw\nprofiles:\n  - {name: login, image: base%s}\npublic: {host: 0.0.0.0}\n"
@@ -35,7 +36,7 @@ def test_swarm_renders_overlay_users_network_and_swarm_backend():
     users = nets["users"]
     assert users == {"name": "hubdeploy-sw-users", "driver": "overlay", "attachable": True,
                      "driver_opts": {"encrypted": ""}}
-    spawner = hubdata.spawner(site, {"base": "img:1"})
+    spawner = strict.plain(hubdata.spawner(site, {"base": "img:1"}))
     assert spawner["backend"] == "swarm"
     prof = spawner["profiles"][0]
     assert prof["placement"] == {"constraints": ["node.labels.role==login"], "spread": []}
@@ -46,7 +47,7 @@ def test_compose_stays_default():
     site = load_site_text(BASE % "", "site.yaml")
     assert compose_render.networks(site) == {"internal": {"name": "hubdeploy-sw-internal", "internal": True},
                                              "users": {"name": "hubdeploy-sw-users"}}
-    assert hubdata.spawner(site, {"base": "img:1"})["backend"] == "docker"
+    assert strict.plain(hubdata.spawner(site, {"base": "img:1"}))["backend"] == "docker"
 
 
 class _Engine:
@@ -131,10 +132,10 @@ def test_pinned_images_reach_login_profiles_only():
         "slurm: {submit: {prefix: [ssh, login1, '{name}']}}\nprofiles:\n"
         "  - {name: login, image: base}\n  - {name: batch, image: base, node: compute}\n", "site.yaml")
     pinned = {"base": f"reg:5000/hubdeploy/sw-base@{DIGEST}"}
-    profiles = {p["name"]: p for p in hubdata.spawner(site, {"base": "img:1"}, pinned)["profiles"]}
+    profiles = {p["name"]: p for p in strict.plain(hubdata.spawner(site, {"base": "img:1"}, pinned))["profiles"]}
     assert profiles["login"]["image_ref"] == pinned["base"]
     assert profiles["batch"]["image_ref"] == "img:1"  # the Slurm cluster is not the swarm
-    assert [p["image_ref"] for p in hubdata.spawner(site, {"base": "img:1"})["profiles"]] == ["img:1", "img:1"]
+    assert [p["image_ref"] for p in strict.plain(hubdata.spawner(site, {"base": "img:1"}))["profiles"]] == ["img:1", "img:1"]
 
 
 def test_rendered_hub_json_carries_the_digest_and_stays_deterministic():

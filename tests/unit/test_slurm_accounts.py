@@ -105,13 +105,13 @@ def test_without_accounts_there_is_one_and_no_account_check():
     lua = files["slurm/job_submit.lua"].decode()
     assert "admitted" not in lua and "ESLURM_INVALID_ACCOUNT" not in lua
     assert ["sacctmgr", "-i", "add", "account", "hubdeploy", "cluster=acct"] in slurm.accounting_commands(plain)
-    hub = render.hub_data(plain, REFS)["spawner"]["backends"]["slurm"]
+    hub = strict.plain(render.hub_data(plain, REFS))["spawner"]["backends"]["slurm"]
     assert hub["association_accounts"] == ["hubdeploy"]
 
 
 def test_accounts_are_every_users_associations():
     assert ["sacctmgr", "-i", "add", "account", "physics,astro", "cluster=acct"] in slurm.accounting_commands(site())
-    hub = render.hub_data(site(), REFS)["spawner"]["backends"]["slurm"]
+    hub = strict.plain(render.hub_data(site(), REFS))["spawner"]["backends"]["slurm"]
     assert hub["association_accounts"] == ["physics", "astro"]
 
 
@@ -137,8 +137,10 @@ from jupyterhub.spawner import SpawnException  # noqa: E402
 from jupyterhub.utils import format_exception  # noqa: E402
 from tornado import web  # noqa: E402
 
-from hubdeploy.backends.base import Backend, BackendError  # noqa: E402
+from hubdeploy.backends.base import Backend, BackendConfig, BackendError  # noqa: E402
+from hubsections import SHARED  # noqa: E402
 from hubdeploy.hub import spawner as spawner_mod  # noqa: E402
+from hubdeploy.contract import strict
 
 REFUSAL = ("Slurm refused the job: account retired is not one of this cluster's accounts; Batch job submission "
            "failed: Invalid account or account/partition combination specified")
@@ -159,11 +161,12 @@ class Refusing(Backend):
 def test_backend_refusal_is_an_http_error_with_its_words(monkeypatch):
     monkeypatch.setattr(spawner_mod, "get_backend", lambda name: Refusing)
     monkeypatch.setattr(spawner_mod, "_BACKENDS", {})
-    profiles = render.hub_data(site(), REFS)["spawner"]["profiles"]
+    profiles = list(render.hub_data(site(), REFS).spawner.profiles)
     s = spawner_mod.HubdeploySpawner(
         user=SimpleNamespace(name="u", url="/user/u/", escaped_name="u"), hub=Hub(),
         orm_spawner=SimpleNamespace(name="", server=None), profiles=profiles, backend="docker",
-        backend_config={}, backends={"slurm": {}}, user_options={"profile": "compute"},
+        backend_configs={"docker": BackendConfig(), "slurm": BackendConfig()}, user_options={"profile": "compute"},
+        concurrent_spawn_limit=8, identity=SHARED,
     )
     with pytest.raises(web.HTTPError) as exc:
         asyncio.run(s.start())

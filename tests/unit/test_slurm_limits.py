@@ -18,14 +18,16 @@ import pytest
 from ruamel.yaml import YAML
 
 from hubdeploy import render
-from hubdeploy.backends.base import BackendError, ServerSpec
-from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.base import BackendError, ServerSpec, parse_config
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubdeploy.contract import slurmcmd
 from hubdeploy.contract.identity import Identity
 from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site_text
 from hubdeploy.render import slurm
 from hubdeploy.render.files import sha
+from hubdeploy.contract import strict
+from hubsections import profile
 
 REFS = {n: f"hubdeploy/lim-{n}:1" for n in ("base", "hub", "proxy", "slurm", "slurmdbd", "debian")}
 # As the identity stack: one profile, fixed cpu, memory and time.
@@ -263,13 +265,13 @@ class Answering(SlurmBackend):
 
 
 def backend(answers: dict, **config) -> Answering:
-    b = Answering({"prefix": "hubdeploy", "site": "lim", **config})
+    b = Answering(parse_config(SlurmConfig, {"prefix": "hubdeploy", "site": "lim", **config}, "slurm"))
     b.calls, b.answers = [], answers
     return b
 
 
 def start(b: Answering, ident: Identity = ANN) -> None:
-    spec = ServerSpec("ann", "", {"name": "c", "node": "compute"}, identity=ident)
+    spec = ServerSpec("ann", "", profile(name="c", slurm={}), identity=ident)
     asyncio.run(b.start(spec, {}))
 
 
@@ -316,7 +318,7 @@ def test_an_invalid_account_at_sbatch_makes_the_association_again_next_time():
 def test_a_sites_own_slurm_gets_no_association_from_the_hub():
     s = site(FIXED.replace("  cluster: {nodes: 1, cpus: 4, memory: 3G, max_time: \"2:00:00\"}",
                            "  submit: {prefix: [sudo, -u, \"{name}\", --]}"))
-    config = render.hub_data(s, REFS)["spawner"]["backends"]["slurm"]
+    config = strict.plain(render.hub_data(s, REFS))["spawner"]["backends"]["slurm"]
     assert "association_accounts" not in config
     b = backend({"sbatch": (0, "7\n", "")}, **config)
     start(b)

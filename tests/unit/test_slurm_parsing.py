@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown
-from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown, parse_config
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubdeploy.backends.slurm_parse import (
     CommandError,
     JobInfo,
@@ -19,13 +19,10 @@ from hubdeploy.backends.slurm_parse import (
     sbatch_message,
     validate_state,
 )
+from hubsections import profile
 
-PROFILE = {
-    "name": "p",
-    "cpu": 1,
-    "mem_limit": 2**30,
-    "slurm": {"partition": "interactive", "account": "a"},
-}
+SLURM = {"partition": "interactive", "account": "a"}
+PROFILE = profile(name="p", cpu=1, mem_limit=2**30, slurm=SLURM)
 SPEC = ServerSpec(
     user="has@",
     server_name="",
@@ -43,7 +40,7 @@ class FakeBackend(SlurmBackend):
     sinfo (the node states) answers ``sinfo`` instead, every time."""
 
     def __init__(self, outcomes, sinfo=(0, "c1|allocated\nc2|idle\n", ""), **config):
-        super().__init__({"poll_interval": 0.01, "stop_timeout": 1, "node_cache_seconds": 0, **config})
+        super().__init__(configured({"poll_interval": 0.01, "stop_timeout": 1, "node_cache_seconds": 0, **config}))
         self.outcomes = list(outcomes)
         self.sinfo = sinfo
         self.calls: list[tuple[list[str], bytes | None, dict]] = []
@@ -58,6 +55,11 @@ class FakeBackend(SlurmBackend):
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
+
+
+def configured(config):
+    """The slurm backend's config as the hub reads it from hub.json."""
+    return parse_config(SlurmConfig, config, "slurm")
 
 
 def line(state, reason="None", comment="(null)", host="c1", start="N/A"):
@@ -300,7 +302,7 @@ def test_a_submit_path_that_cannot_get_through_is_not_slurms_refusal():
 
 def test_start_refuses_bad_profile_before_slurm():
     b = FakeBackend([])
-    spec = ServerSpec(user="u", server_name="", profile={**PROFILE, "slurm": {"partition": "a b"}})
+    spec = ServerSpec(user="u", server_name="", profile=profile(name="p", slurm={**SLURM, "partition": "a b"}))
     with pytest.raises(BackendError, match="profile 'p'"):
         run(b.start(spec, {}))
     assert b.calls == []
@@ -385,7 +387,7 @@ def test_stop_wait_is_bounded(caplog):
 
 
 def test_prefix_and_env_passing():
-    b = SlurmBackend({"submit_prefix": ["docker", "exec", "-i", "ctr"], "submit_env_option": "-e"})
+    b = SlurmBackend(configured({"submit_prefix": ["docker", "exec", "-i", "ctr"], "submit_env_option": "-e"}))
     assert b._argv(["squeue", "-h"], ["A", "B"]) == [
         "docker",
         "exec",
@@ -398,15 +400,15 @@ def test_prefix_and_env_passing():
         "squeue",
         "-h",
     ]
-    b = SlurmBackend({"submit_prefix": ["ssh", "login"], "submit_quote": True})
+    b = SlurmBackend(configured({"submit_prefix": ["ssh", "login"], "submit_quote": True}))
     assert b._argv(["sbatch", "/dev/stdin", "a b", "$HOME"]) == [
         "ssh",
         "login",
         "sbatch /dev/stdin 'a b' '$HOME'",
     ]
-    assert SlurmBackend({})._argv(["squeue"]) == ["squeue"]
+    assert SlurmBackend(configured({}))._argv(["squeue"]) == ["squeue"]
     with pytest.raises(ValueError):
-        SlurmBackend({"submit_prefix": "ssh login"})
+        configured({"submit_prefix": "ssh login"})
 
 
 def test_variables_cross_a_shell_prefix_on_stdin_not_argv():
@@ -416,7 +418,7 @@ def test_variables_cross_a_shell_prefix_on_stdin_not_argv():
         "A": "x y 'q' \"d\" $(echo pwned) `id`; exit 3",
         "EMPTY": "",
     }
-    b = SlurmBackend({"submit_prefix": ["sh", "-c"], "submit_quote": True, "submit_env_stdin": True})
+    b = SlurmBackend(configured({"submit_prefix": ["sh", "-c"], "submit_quote": True, "submit_env_stdin": True}))
     program = 'printf "%s|" "$JUPYTERHUB_API_TOKEN" "$A" "$EMPTY" "$1"; cat'
     argv = ["sh", "-c", program, "x", "arg 'with' $(quotes)"]
     assert all("s3cr3t" not in w for w in b._argv(argv, sorted(hostile)))
@@ -428,13 +430,13 @@ def test_variables_cross_a_shell_prefix_on_stdin_not_argv():
 
 
 def test_a_variable_with_a_line_break_is_refused_not_split():
-    b = SlurmBackend({"submit_prefix": ["sh", "-c"], "submit_quote": True, "submit_env_stdin": True})
+    b = SlurmBackend(configured({"submit_prefix": ["sh", "-c"], "submit_quote": True, "submit_env_stdin": True}))
     with pytest.raises(CommandError, match="line break"):
         run(b.run(["true"], env={"A": "one\nB=two"}))
 
 
 def test_real_subprocess_runner_timeout_and_missing_program():
-    b = SlurmBackend({"command_timeout": 0.5})
+    b = SlurmBackend(configured({"command_timeout": 0.5}))
     assert run(b.run(["sh", "-c", "echo out; echo err >&2; exit 3"])) == (
         3,
         "out\n",

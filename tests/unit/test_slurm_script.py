@@ -15,6 +15,7 @@ from hubdeploy.backends.slurm_script import (
     render,
     runtime_argv,
 )
+from hubsections import profile
 
 BASE = {
     "name": "gpu",
@@ -25,26 +26,31 @@ BASE = {
         {"source": "/data", "target": "/data", "read_only": True},
         {"source": "/scratch", "target": "/s", "read_only": False},
     ],
-    "slurm": {
-        "partition": "gpu",
-        "account": "astro-42",
-        "qos": "normal",
-        "time": "1-02:00:00",
-        "gpus": 2,
-        "path_prepend": ["/opt/venv/bin"],
-        "limits": {
-            "max_cpu": 8,
-            "max_mem": 16 * 2**30,
-            "max_time": "2-00:00:00",
-            "max_gpus": 4,
-        },
+}
+SLURM = {
+    "partition": "gpu",
+    "account": "astro-42",
+    "qos": "normal",
+    "time": "1-02:00:00",
+    "gpus": 2,
+    "path_prepend": ["/opt/venv/bin"],
+    "limits": {
+        "max_cpu": 8,
+        "max_mem": 16 * 2**30,
+        "max_time": "2-00:00:00",
+        "max_gpus": 4,
     },
 }
 EXPORT = ["JUPYTERHUB_API_TOKEN", "JUPYTERHUB_SERVICE_URL"]
 
 
+def compute(slurm=None, **fields):
+    """BASE with ``fields`` and the slurm keys ``slurm`` changed."""
+    return profile(**{**BASE, **fields}, slurm={**SLURM, **(slurm or {})})
+
+
 def opts(runtime="native", **slurm):
-    return job_options({**BASE, "slurm": {**BASE["slurm"], "runtime": runtime, **slurm}}, export=EXPORT)
+    return job_options(compute({"runtime": runtime, **slurm}), export=EXPORT)
 
 
 def test_native_script_golden():
@@ -135,10 +141,6 @@ def test_runtime_without_gpus_has_no_gpu_flags():
     assert "--gres" not in render(o)
 
 
-def test_explicit_gres_wins_over_gpus():
-    assert "#SBATCH --gres=gpu:a100:1" in render(opts(gres="gpu:a100:1"))
-
-
 def test_no_secret_and_no_user_data_in_script():
     script = render(opts("podman-hpc"))
     assert "token" not in script.lower().replace("jupyterhub_api_token", "")
@@ -152,11 +154,9 @@ def test_no_secret_and_no_user_data_in_script():
         ({"partition": "gpu; rm -rf /"}, "not a valid Slurm value"),
         ({"account": "$(id)"}, "not a valid Slurm value"),
         ({"qos": "a b"}, "not a valid Slurm value"),
-        ({"gres": "gpu:1`x`"}, "not a valid Slurm value"),
         ({"time": "soon"}, "not minutes"),
-        ({"time": 0}, "positive"),
+        ({"time": "0"}, "positive"),
         ({"gpus": -1}, "non-negative"),
-        ({"runtime": "docker"}, "not one of"),
         ({"path_prepend": ["relative/bin"]}, "absolute"),
         ({"time": "3-00:00:00"}, "limit is 2-00:00:00"),
         ({"gpus": 5}, "limit is 4"),
@@ -169,35 +169,35 @@ def test_bad_or_over_limit_options_are_refused(slurm, message):
 
 def test_cpu_and_memory_limits():
     with pytest.raises(OptionError, match="9 cores; its limit is 8"):
-        job_options({**BASE, "cpu": 9})
+        job_options(compute(cpu=9))
     with pytest.raises(OptionError, match="limit is 16384 MiB"):
-        job_options({**BASE, "mem_limit": 17 * 2**30})
-    with pytest.raises(OptionError, match="cpu"):
-        job_options({**BASE, "cpu": "2"})
+        job_options(compute(mem_limit=17 * 2**30))
+    with pytest.raises(OptionError, match="cpu -1.0 must be a non-negative number of cores"):
+        job_options(compute(cpu=-1))
 
 
 def test_container_runtime_needs_image_and_absolute_binds():
     with pytest.raises(OptionError, match="needs an image"):
-        job_options({**BASE, "image_ref": None, "slurm": {"runtime": "apptainer"}})
+        job_options(compute({"runtime": "apptainer"}, image_ref="not an image"))
     with pytest.raises(OptionError, match="absolute host paths"):
-        job_options(
-            {
-                **BASE,
-                "volumes": [{"source": "named-volume", "target": "/x"}],
-                "slurm": {"runtime": "shifter"},
-            }
-        )
+        job_options(compute({"runtime": "shifter"}, volumes=[{"source": "named-volume", "target": "/x",
+                                                             "read_only": True}]))
+
+
+def test_a_login_profile_makes_no_job():
+    with pytest.raises(OptionError, match="no slurm section"):
+        job_options(profile())
 
 
 def test_bad_export_names_and_node_programs():
     with pytest.raises(OptionError, match="cannot be exported"):
-        job_options(BASE, export=["BAD-NAME"])
+        job_options(compute(), export=["BAD-NAME"])
     with pytest.raises(OptionError, match="program"):
-        job_options(BASE, python="python3; id")
+        job_options(compute(), python="python3; id")
 
 
 def test_minimal_profile():
-    o = job_options({"name": "min"})
+    o = job_options(profile(name="min", slurm={}))
     assert (o.cpus, o.mem_mib, o.time_minutes, o.partition, o.runtime) == (
         1,
         None,
@@ -246,7 +246,7 @@ def test_port_reservation_snippet_runs_and_port_is_rebindable():
     import re
     import socket
 
-    script = render(job_options({"name": "x"}))
+    script = render(job_options(profile(name="x", slurm={})))
     code = re.search(r"python3 -c '(.*?)'\)", script, re.DOTALL).group(1)
     port = int(subprocess.run(["python3", "-c", code], capture_output=True, text=True, check=True).stdout)
     # Someone else's bind(0) is not handed that port meanwhile ...

@@ -118,14 +118,14 @@ def test_compose_keeps_slurm_off_the_users_network():
 
 
 def test_hub_json_slurm_backend_and_profile_section():
-    data = render.hub_data(site(), REFS)
+    data = strict.plain(render.hub_data(site(), REFS))
     cfg = data["spawner"]["backends"]["slurm"]
     assert cfg["submit_prefix"][:3] == ["python3", "-m", "hubdeploy.hub.dexec"]
     assert cfg["submit_prefix"][-1] == "--" and cfg["submit_env_option"] == "--env"
     assert cfg["submit_unreachable_code"] == 125  # dexec: the controller's container is not there
     assert cfg["export_all"] is True
     login, compute = data["spawner"]["profiles"]
-    assert "slurm" not in login
+    assert login["slurm"] is None
     s = compute["slurm"]
     assert s["partition"] == "compute" and s["partitions"] == ["compute", "debug"]
     assert s["limits"] == {"max_cpu": 2, "max_mem": 2**30, "max_time": "4:00:00", "max_gpus": None}
@@ -133,14 +133,14 @@ def test_hub_json_slurm_backend_and_profile_section():
 
 
 def test_compute_profiles_wait_for_a_queue_longer_than_jupyterhubs_default():
-    login, compute = render.hub_data(site(), REFS)["spawner"]["profiles"]
+    login, compute = strict.plain(render.hub_data(site(), REFS))["spawner"]["profiles"]
     assert compute["spawner_config"] == {"start_timeout": COMPUTE_START_TIMEOUT}
     assert "start_timeout" not in login["spawner_config"]
     # The site's own choice wins, globally or per profile.
     text = SITE.replace("slurm:\n", "hub:\n  config: {Spawner: {start_timeout: 900}}\nslurm:\n", 1)
-    assert render.hub_data(site(text), REFS)["spawner"]["profiles"][1]["spawner_config"] == {}
+    assert strict.plain(render.hub_data(site(text), REFS))["spawner"]["profiles"][1]["spawner_config"] == {}
     text = SITE.replace("    cpu: 1\n", "    cpu: 1\n    spawner_config: {start_timeout: 30}\n", 1)
-    assert render.hub_data(site(text), REFS)["spawner"]["profiles"][1]["spawner_config"] == {"start_timeout": 30}
+    assert strict.plain(render.hub_data(site(text), REFS))["spawner"]["profiles"][1]["spawner_config"] == {"start_timeout": 30}
 
 
 def test_submit_site_passes_its_prefix_and_has_no_cluster():
@@ -150,7 +150,7 @@ def test_submit_site_passes_its_prefix_and_has_no_cluster():
     files = render.render(s, Path("."), REFS)
     assert "slurm/slurm.conf" not in files
     assert "slurmctld" not in YAML(typ="safe").load(files["compose.yaml"])["services"]
-    cfg = render.hub_data(s, REFS)["spawner"]["backends"]["slurm"]
+    cfg = strict.plain(render.hub_data(s, REFS))["spawner"]["backends"]["slurm"]
     assert cfg["submit_prefix"] == ["ssh", "login1"] and cfg["submit_quote"] is True
     assert "munge_key" not in secret_names(s)
 
@@ -165,8 +165,8 @@ def test_slurm_image_is_planned_from_the_nodes_image(tmp_path):
 
 def test_site_without_slurm_renders_as_before():
     text = "name: plain\nprofiles: [{name: a, image: base}]\n"
-    data = render.hub_data(site(text), REFS)
-    assert "backends" not in data["spawner"]
+    data = strict.plain(render.hub_data(site(text), REFS))
+    assert data["spawner"]["backends"] == {}
     assert "slurm" not in images.plan_images(site(text), Path("."))
 
 
@@ -179,19 +179,22 @@ from hubdeploy.backends.slurm import SlurmConfig
 from hubdeploy.contract.values import OptionError
 from hubdeploy.render.hubdata import COMPUTE_START_TIMEOUT
 from hubdeploy.hub import spawner as spawner_mod
-from hubdeploy.hub.spawner import HubdeploySpawner, apply_slurm_choices
+from hubdeploy.hub.profiles import apply_slurm_choices
+from hubdeploy.hub.spawner import HubdeploySpawner
+from hubsections import SHARED
+from hubdeploy.contract import strict
 
 
 def profiles():
-    return render.hub_data(site(), REFS)["spawner"]["profiles"]
+    return list(render.hub_data(site(), REFS).spawner.profiles)
 
 
 def test_choices_within_limits_are_written_in():
     compute = profiles()[1]
     out = apply_slurm_choices(compute, {"partition": "debug", "time": "1:30:00", "cpu": "2", "memory": "512M"})
-    assert out["slurm"]["partition"] == "debug" and out["slurm"]["time"] == "90"
-    assert out["cpu"] == 2 and out["mem_limit"] == 512 * 2**20
-    assert compute["slurm"]["partition"] == "compute"  # the site's profile is untouched
+    assert out.slurm.partition == "debug" and out.slurm.time == "90"
+    assert out.cpu == 2 and out.mem_limit == 512 * 2**20
+    assert compute.slurm.partition == "compute"  # the site's profile is untouched
     assert apply_slurm_choices(compute, {"time": "", "profile": "compute"}) is compute
 
 
@@ -223,7 +226,7 @@ def test_login_profile_takes_no_choices():
 class Fake(spawner_mod.Backend):
     Config = SlurmConfig  # it stands in for the slurm backend, with the slurm backend's config
     async def start(self, spec, state):
-        state["job"] = spec.profile["name"]
+        state["job"] = spec.profile.name
         Fake.last = spec
         return "c1", 4242
 
@@ -242,8 +245,9 @@ def make(monkeypatch, **kw):
     monkeypatch.setattr(spawner_mod, "_BACKENDS", {})
     user = SimpleNamespace(name="u", url="/user/u/", escaped_name="u")
     s = HubdeploySpawner(user=user, hub=Hub(), orm_spawner=SimpleNamespace(name="", server=None),
-                         profiles=profiles(), backend="docker", backend_config={},
-                         backends={"slurm": {"site": "x"}}, **{"http_timeout": 0, **kw})
+                         profiles=profiles(), backend="docker",
+                         backend_configs={"docker": SlurmConfig(), "slurm": SlurmConfig(site="x")},
+                         **{"http_timeout": 0, "concurrent_spawn_limit": 8, "identity": SHARED, **kw})
     return s, got
 
 
@@ -264,7 +268,7 @@ def test_compute_profile_starts_on_the_slurm_backend_and_keeps_it(monkeypatch):
     s, got = make(monkeypatch, user_options={"profile": "compute", "partition": "debug", "cpu": "2"})
     assert asyncio.run(s.start()) == ("c1", 4242)
     assert got == ["slurm"]
-    assert Fake.last.profile["slurm"]["partition"] == "debug" and Fake.last.profile["cpu"] == 2
+    assert Fake.last.profile.slurm.partition == "debug" and Fake.last.profile.cpu == 2
     saved = s.get_state()
     assert saved["hubdeploy"]["backend"] == "slurm"
     # After a hub restart a fresh spawner polls the same backend from the saved state.
@@ -302,7 +306,7 @@ def ssh_site(tmp_path, text=SSH_SITE):
 
 def test_ssh_submit_renders_a_strict_ssh_and_passes_variables_on_stdin(tmp_path):
     s = ssh_site(tmp_path)
-    cfg = render.hub_data(s, REFS)["spawner"]["backends"]["slurm"]
+    cfg = strict.plain(render.hub_data(s, REFS))["spawner"]["backends"]["slurm"]
     argv = cfg["submit_prefix"]
     assert argv[0] == "ssh" and argv[-2:] == ["--", "login1.example.org"]
     pairs = dict(zip(argv, argv[1:]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import pytest
@@ -24,34 +24,14 @@ from hubdeploy.backends.base import (
 )
 from hubdeploy.hub import spawner as spawner_mod
 from hubdeploy.hub.spawner import HubdeploySpawner
+from hubsections import SHARED, profile
 
 PROFILES = [
-    {
-        "name": "small",
-        "display_name": "Small <b>",
-        "description": "1 core & 2G",
-        "image_ref": "hubdeploy/test-base:000000000001",
-        "cpu": 1.0,
-        "mem_limit": 2 * 1024**3,
-        "home": True,
-        "volumes": [],
-        "environment": {"PROFILE": "small"},
-        "default": False,
-        "spawner_config": {},
-    },
-    {
-        "name": "big",
-        "display_name": "Big",
-        "description": "",
-        "image_ref": "hubdeploy/test-base:000000000002",
-        "cpu": 4.0,
-        "mem_limit": None,
-        "home": True,
-        "volumes": [],
-        "environment": {},
-        "default": True,
-        "spawner_config": {"environment": {"EXTRA": "1"}, "start_timeout": 77},
-    },
+    profile(name="small", display_name="Small <b>", description="1 core & 2G",
+            image_ref="hubdeploy/test-base:000000000001", cpu=1.0, mem_limit=2 * 1024**3,
+            environment={"PROFILE": "small"}),
+    profile(name="big", display_name="Big", image_ref="hubdeploy/test-base:000000000002", cpu=4.0, default=True,
+            spawner_config={"environment": {"EXTRA": "1"}, "start_timeout": 77}),
 ]
 
 
@@ -95,6 +75,8 @@ def make_spawner(monkeypatch):
     def make(profiles=PROFILES, name="", **kw):
         # The fake backend's host does not listen: don't wait the default 30 s for it.
         kw.setdefault("http_timeout", 0)
+        kw.setdefault("concurrent_spawn_limit", 8)
+        kw.setdefault("identity", SHARED)
         user = SimpleNamespace(name="has@", url="/user/has@/", escaped_name="has%40")
         return HubdeploySpawner(
             user=user,
@@ -102,7 +84,7 @@ def make_spawner(monkeypatch):
             orm_spawner=SimpleNamespace(name=name, server=None),
             profiles=profiles,
             backend="fake",
-            backend_config={"site": "t"},
+            backend_configs={"fake": FakeConfig(site="t")},
             **kw,
         )
 
@@ -196,17 +178,32 @@ def test_start_applies_profile_and_builds_spec(make_spawner):
     assert spec.env["PROFILE"] == "small" and spec.env["SITE"] == "x"
     assert spec.env["JUPYTERHUB_API_TOKEN"] == "tok"
     assert spec.env["JUPYTERHUB_SERVICE_URL"].startswith("http://0.0.0.0:8888/")
-    assert spec.profile["cpu"] == 1.0 and spec.profile["mem_limit"] == 2 * 1024**3
+    assert spec.profile.cpu == 1.0 and spec.profile.mem_limit == 2 * 1024**3
     assert "tok" not in repr(spec)
-    assert backend.config.allowed_images == tuple(sorted(p["image_ref"] for p in PROFILES))
 
     # Switching profiles must not keep the previous profile's settings.
     s.user_options = {"profile": "big"}
     run(s.start())
     spec = backend.specs[-1]
     assert "PROFILE" not in spec.env and spec.env["EXTRA"] == "1" and spec.env["SITE"] == "x"
-    assert spec.profile["cpu"] == 4.0 and s.start_timeout == 77
+    assert spec.profile.cpu == 4.0 and s.start_timeout == 77
     assert s.mem_limit is None
+
+
+def test_the_backend_sees_the_spawners_effective_cpu_and_memory(make_spawner):
+    """What a profile's spawner_config or the site's pass-through config set on the
+    Spawner is what the backend runs with, not hub.json's profile as written."""
+    tuned = profile(name="tuned", cpu=1.0, spawner_config={"cpu_limit": 3.0, "mem_limit": "1G"})
+    plain = profile(name="plain", default=True)
+    s = make_spawner(profiles=[tuned, plain], user_options={"profile": "tuned"})
+    run(s.start())
+    seen = s.get_backend().specs[-1].profile
+    assert (seen.cpu, seen.mem_limit) == (3.0, 2**30) and tuned.cpu == 1.0
+    # A profile that sets neither gets the site's Spawner values (hub.config pass-through).
+    s = make_spawner(profiles=[tuned, plain], cpu_limit=0.5, mem_limit="512M")
+    run(s.start())
+    seen = s.get_backend().specs[-1].profile
+    assert (seen.name, seen.cpu, seen.mem_limit) == ("plain", 0.5, 512 * 2**20)
 
 
 def test_profile_is_in_force_before_jupyterhub_reads_start_timeout(make_spawner):
@@ -269,7 +266,7 @@ def test_progress_yields_backend_events(make_spawner):
 
 
 def test_unknown_spawner_config_trait_is_an_error(make_spawner):
-    bad = [{**PROFILES[0], "spawner_config": {"no_such_trait": 1}}]
+    bad = [replace(PROFILES[0], spawner_config={"no_such_trait": 1})]
     with pytest.raises(web.HTTPError, match="no_such_trait"):
         run(make_spawner(profiles=bad).start())
 
@@ -308,7 +305,7 @@ def test_start_returns_once_the_server_listens(make_spawner):
 
 
 def test_listen_poll_interval_grows_with_the_wait_within_bounds():
-    from hubdeploy.hub.spawner import LISTEN_POLL_MAX, LISTEN_POLL_MIN, listen_poll_interval
+    from hubdeploy.hub.listening import LISTEN_POLL_MAX, LISTEN_POLL_MIN, listen_poll_interval
 
     assert listen_poll_interval(0) == LISTEN_POLL_MIN == listen_poll_interval(1)
     assert listen_poll_interval(4) == pytest.approx(0.2)  # a twentieth of the wait so far

@@ -25,6 +25,7 @@ from hubdeploy.hub.spawnqueue import (
     run_within,
     shared_queue,
 )
+from hubsections import SHARED, profile
 
 from dataclasses import dataclass
 
@@ -258,9 +259,7 @@ class GateBackend(Backend):
         yield {"progress": 50, "message": "backend"}
 
 
-PROFILE = {"name": "p", "display_name": "p", "description": "", "image_ref": "x:1", "cpu": None,
-           "mem_limit": None, "home": True, "volumes": [], "environment": {}, "default": True,
-           "spawner_config": {}}
+PROFILE = profile(name="p", image_ref="x:1", default=True)
 
 
 @pytest.fixture
@@ -272,10 +271,11 @@ def make(monkeypatch):
     def make(user: str, **kw):
         kw.setdefault("http_timeout", 0)  # nothing listens: do not wait for it
         kw.setdefault("concurrent_spawn_limit", 1)
+        kw.setdefault("identity", SHARED)
         s = HubdeploySpawner(
             user=SimpleNamespace(name=user, url=f"/user/{user}/", escaped_name=user),
             hub=Hub(), orm_spawner=SimpleNamespace(name="", server=None),
-            profiles=[PROFILE], backend="gate", backend_config={"site": "t"}, **kw,
+            profiles=[PROFILE], backend="gate", backend_configs={"gate": GateConfig(site="t")}, **kw,
         )
         return s
 

@@ -17,13 +17,15 @@ from cryptography.hazmat.primitives.serialization import (
 from ruamel.yaml import YAML
 
 from hubdeploy import render
-from hubdeploy.backends.base import ServerSpec
-from hubdeploy.backends.slurm import SlurmBackend
+from hubdeploy.backends.base import ServerSpec, parse_config
+from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubdeploy.backends.sshcert import CertificateAuthority, CertificateError
 from hubdeploy.contract.identity import Identity
 from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site, load_site_text
 from hubdeploy.secrets import ensure_secrets, secret_names
+from hubdeploy.contract import strict
+from hubsections import profile
 
 REFS = {"base": "hubdeploy/s-base:1", "hub": "hubdeploy/s-hub:2", "proxy": "hubdeploy/s-proxy:3"}
 T0 = 1_800_000_000
@@ -166,7 +168,7 @@ class Recording(SlurmBackend):
     """Records each command's argv and stdin instead of running it."""
 
     def __init__(self, outcomes, **config):
-        super().__init__(config)
+        super().__init__(parse_config(SlurmConfig, config, "slurm"))
         self.outcomes, self.calls = list(outcomes), []
 
     async def run(self, argv, *, stdin=None, env=None, who=None, account=None):
@@ -186,7 +188,7 @@ TOKEN = "s3cr3t-token-value"
 
 
 def spec(identity=CAROL):
-    return ServerSpec(user="carol", server_name="", profile={"name": "c", "node": "compute"},
+    return ServerSpec(user="carol", server_name="", profile=profile(name="c", slurm={}),
                       env={"JUPYTERHUB_API_TOKEN": TOKEN}, identity=identity)
 
 
@@ -246,16 +248,16 @@ def test_a_server_without_an_account_is_refused_not_run_as_the_submit_account(ca
 def test_an_unusable_ca_key_is_a_failed_submit_not_a_crash(tmp_path):
     from hubdeploy.backends.base import BackendError
 
-    b = SlurmBackend({"submit_prefix": SHARED_PREFIX, "submit_quote": True, "submit_env_stdin": True,
-                      "ssh_ca_key": str(tmp_path / "missing"), "ssh_user_prefix": USER_PREFIX,
-                      "ssh_cert_dir": str(tmp_path / "certs")})
+    b = SlurmBackend(SlurmConfig(submit_prefix=SHARED_PREFIX, submit_quote=True, submit_env_stdin=True,
+                                 ssh_ca_key=str(tmp_path / "missing"), ssh_user_prefix=USER_PREFIX,
+                                 ssh_cert_dir=str(tmp_path / "certs")))
     with pytest.raises(BackendError, match="cannot submit to Slurm: .*no SSH certificate for carol"):
         asyncio.run(b.start(spec(), {}))
 
 
 def test_a_ca_key_needs_the_per_user_prefix(ca_key):
     with pytest.raises(ValueError, match="ssh_ca_key needs an ssh_user_prefix"):
-        SlurmBackend({"submit_prefix": SHARED_PREFIX, "ssh_ca_key": str(ca_key)})
+        parse_config(SlurmConfig, {"submit_prefix": SHARED_PREFIX, "ssh_ca_key": str(ca_key)}, "slurm")
 
 
 def test_a_state_account_that_is_not_a_posix_name_is_dropped(ca_key, tmp_path):
@@ -324,7 +326,7 @@ def test_certificate_minutes_are_bounded(tmp_path, minutes):
 def test_render_mounts_the_ca_into_the_hub_and_configures_the_backend(tmp_path):
     s = ssh_site(tmp_path, SSH.replace("}", ", certificate_minutes: 7}"))
     assert secret_names(s)[-2:] == ["slurm_ssh_key", "slurm_ssh_ca"]
-    cfg = render.hub_data(s, REFS)["spawner"]["backends"]["slurm"]
+    cfg = strict.plain(render.hub_data(s, REFS))["spawner"]["backends"]["slurm"]
     assert cfg["ssh_ca_key"] == "/run/secrets/slurm_ssh_ca" and cfg["ssh_cert_minutes"] == 7
     argv = cfg["ssh_user_prefix"]
     pairs = dict(zip(argv, argv[1:]))
@@ -334,7 +336,7 @@ def test_render_mounts_the_ca_into_the_hub_and_configures_the_backend(tmp_path):
             "StrictHostKeyChecking=yes", "UserKnownHostsFile=/etc/hubdeploy/ssh_known_hosts"} <= options
     # The submit account keeps its own ssh for the commands that are nobody's.
     assert dict(zip(cfg["submit_prefix"], cfg["submit_prefix"][1:]))["-l"] == "svc"
-    SlurmBackend(cfg)  # hub.json's config is one the backend takes
+    SlurmBackend(parse_config(SlurmConfig, cfg, "slurm"))  # hub.json's config is one the backend takes
     compose = YAML(typ="safe").load(render.render(s, tmp_path, REFS)["compose.yaml"])
     assert "slurm_ssh_ca" in compose["services"]["hub"]["secrets"]
     assert compose["secrets"]["slurm_ssh_ca"] == {"file": "../secrets/slurm_ssh_ca"}
@@ -345,7 +347,7 @@ def test_without_certificates_nothing_of_the_ca_is_rendered(tmp_path):
     s = ssh_site(tmp_path, SSH.replace(", certificates: true", ""),
                  extra="identity: {allow_shared_compute_account: true}\n")
     assert "slurm_ssh_ca" not in secret_names(s)
-    cfg = render.hub_data(s, REFS)["spawner"]["backends"]["slurm"]
+    cfg = strict.plain(render.hub_data(s, REFS))["spawner"]["backends"]["slurm"]
     assert "ssh_ca_key" not in cfg and "ssh_user_prefix" not in cfg
 
 

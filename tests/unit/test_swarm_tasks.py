@@ -1,6 +1,7 @@
 """The swarm backend's reading of task states, placement and resources (pure)."""
 
 from hubdeploy.backends import swarm_tasks as st
+from hubsections import profile
 
 
 def task(state, index, err="", exit_code=None, message=""):
@@ -37,16 +38,17 @@ def test_pending_with_scheduler_error_is_unschedulable():
 
 
 def test_placement_from_profile():
-    assert st.placement({}) == {}
-    assert st.placement({"placement": {"constraints": ["node.labels.role==login"], "spread": ["node.labels.rack"]}}) == {
+    assert st.placement(profile()) == {}
+    assert st.placement(profile(placement={"constraints": ["node.labels.role==login"],
+                                           "spread": ["node.labels.rack"]})) == {
         "constraints": ["node.labels.role==login"],
         "preferences": [("spread", "node.labels.rack")],
     }
 
 
 def test_resources_limits_reservations_and_pids():
-    assert st.resources({}, None) == {}
-    got = st.resources({"cpu": 1.5, "mem_limit": 2**30, "reserve": {"cpu": 0.25, "mem": 2**28}}, 512)
+    assert st.resources(profile(pids_limit=64)) == {"Limits": {"Pids": 64}}
+    got = st.resources(profile(cpu=1.5, mem_limit=2**30, reserve={"cpu": 0.25, "mem": 2**28}, pids_limit=512))
     assert got == {
         "Limits": {"NanoCPUs": 1_500_000_000, "MemoryBytes": 2**30, "Pids": 512},
         "Reservations": {"NanoCPUs": 250_000_000, "MemoryBytes": 2**28},
