@@ -10,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 from ruamel.yaml import YAML
 
-from hubdeploy import images, render
+from hubdeploy import render
 from hubdeploy.errors import SiteError
+from hubdeploy.images.plan import plan_images
 from hubdeploy.loader import load_site_text
 from hubdeploy.secrets import secret_names
 
@@ -156,18 +157,18 @@ def test_submit_site_passes_its_prefix_and_has_no_cluster():
 
 
 def test_slurm_image_is_planned_from_the_nodes_image(tmp_path):
-    plans = images.plan_images(site(), tmp_path)
+    plans = plan_images(site(), tmp_path)
     plan = plans["slurm"]
     assert plan.parent == "base" and plan.buildargs["BASE"] == plans["base"].ref
     assert b"slurmd" in plan.files["Dockerfile"] and b"LABEL" in plan.files["Dockerfile"]
-    assert images.plan_images(site(), tmp_path)["slurm"].ref == plan.ref
+    assert plan_images(site(), tmp_path)["slurm"].ref == plan.ref
 
 
 def test_site_without_slurm_renders_as_before():
     text = "name: plain\nprofiles: [{name: a, image: base}]\n"
     data = render.hub_data(site(text), REFS)
     assert "backends" not in data["spawner"]
-    assert "slurm" not in images.plan_images(site(text), Path("."))
+    assert "slurm" not in plan_images(site(text), Path("."))
 
 
 # -- spawner: the user's choices --------------------------------------------------------

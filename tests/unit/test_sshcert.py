@@ -361,8 +361,8 @@ def test_the_ca_key_is_generated_once_owner_only_with_its_public_half(tmp_path):
 
 
 def test_the_hub_image_has_cryptography():
-    from hubdeploy import images
+    from hubdeploy.images.plan import plan_images
 
     s = load_site_text("name: s\nprofiles: [{name: p, image: base}]\n", "site.yaml")
-    plans = images.plan_images(s, Path("."))
+    plans = plan_images(s, Path("."))
     assert b"cryptography" in plans["hub"].files["requirements.txt"]

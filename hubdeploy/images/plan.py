@@ -34,9 +34,9 @@ import jinja2
 import requests.exceptions
 
 import hubdeploy
-from hubdeploy import kernels as kern
-from hubdeploy import rootfs
-from hubdeploy.buildsteps import BuildStep, StepLog
+from hubdeploy.images import kernels as kern
+from hubdeploy.images import rootfs
+from hubdeploy.images.buildsteps import BuildStep, StepLog
 from hubdeploy.contract.labels import (IMAGE_CONTENT_KEY, IMAGE_JUPYTERHUB_VERSION, IMAGE_KERNELS, IMAGE_NAME,
                                        IMAGE_PARENT, IMAGE_SPEC_HASH)
 from hubdeploy.contract.layout import (DB_IMAGE, DEBIAN_IMAGE, HUB_IMAGE, LABEL_SITE, PROMETHEUS_IMAGE, PROXY_IMAGE,
