@@ -24,8 +24,9 @@ from pathlib import Path
 
 import docker
 
-from hubdeploy.images.plan import build_images, plan_images
+from hubdeploy.images.build import build_images
 from hubdeploy.images.buildsteps import BuildStep
+from hubdeploy.images.plan import plan_images
 from hubdeploy.schema import Site
 
 SITE = "hdtbench"

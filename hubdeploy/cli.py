@@ -426,7 +426,7 @@ def images_group() -> None:
 def images_list(ctx: click.Context, as_json: bool) -> None:
     """Every image of the site with its tag and whether it is built."""
     from hubdeploy import engine, stack
-    from hubdeploy.images.plan import missing_images
+    from hubdeploy.images.build import missing_images
 
     prep = stack.prepare(_site_path(ctx))
     client = engine.docker_client()
@@ -451,7 +451,7 @@ def images_list(ctx: click.Context, as_json: bool) -> None:
 def images_build(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
     """Build the site's images (only missing ones unless --force)."""
     from hubdeploy import engine, stack
-    from hubdeploy.images.plan import build_images
+    from hubdeploy.images.build import build_images
 
     prep = stack.prepare(_site_path(ctx))
     unknown = [n for n in names if n not in prep.plans]

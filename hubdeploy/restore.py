@@ -26,7 +26,7 @@ from hubdeploy.contract.atomic import write_atomic
 from hubdeploy.contract.labels import COMPOSE_PROJECT, COMPOSE_VOLUME
 from hubdeploy.contract.layout import HUB_DATA_DIR, HUB_DATA_VOLUME, LABEL_SITE, project_name, stack_name
 from hubdeploy.errors import OperationError
-from hubdeploy.images.plan import build_images
+from hubdeploy.images.build import build_images
 from hubdeploy.loader import load_site_text
 
 

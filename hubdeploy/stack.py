@@ -31,7 +31,8 @@ from hubdeploy.contract.layout import (
 )
 from hubdeploy.contract.names import server_prefix
 from hubdeploy.errors import HubdeployError, OperationError, SiteError
-from hubdeploy.images.plan import build_images, image_refs, plan_images
+from hubdeploy.images.build import build_images
+from hubdeploy.images.plan import image_refs, plan_images
 from hubdeploy.loader import load_site, where
 from hubdeploy.schema import Site
 from hubdeploy.secrets import ensure_secrets, secret_names, ssh_certificates, ssh_key_generated

@@ -41,7 +41,7 @@ from hubdeploy.contract.layout import (
     swarm_service,
 )
 from hubdeploy.errors import OperationError, SiteError
-from hubdeploy.images.plan import build_images
+from hubdeploy.images.build import build_images
 
 SQLITE_FILE = f"{HUB_DATA_DIR}/jupyterhub.sqlite"
 # Tests inject a failure at one step: "build" or "upgrade-db" (after the schema changed).

@@ -23,7 +23,7 @@ from hubdeploy.contract.labels import IMAGETEST
 from hubdeploy.errors import OperationError
 from hubdeploy.images import kernelcheck
 from hubdeploy.images import kernels as kern
-from hubdeploy.images.plan import ENGINE_ERRORS
+from hubdeploy.images.build import ENGINE_ERRORS
 
 CHECK_DIR = "/tmp/hubdeploy-check"
 # Every kernel starts (R takes a few seconds) and runs its check; bounded in total.

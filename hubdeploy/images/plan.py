@@ -1,4 +1,4 @@
-"""The site's images: plan them (pure), then build what is missing (Docker engine).
+"""Planning the site's images (pure): every image's build context and content-hashed tag.
 
 Build graph (docs/design.md, "Names")::
 
@@ -13,35 +13,24 @@ change to the base retags every descendant and a change to one collaboration ret
 only it. Proxy settings are build args only: Docker keeps its predefined proxy args out
 of the image history, and a rotated proxy password must not rebuild every image.
 """
-
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import re
 import shlex
-import shutil
-import tarfile
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import docker.errors
 import jinja2
-import requests.exceptions
 
 import hubdeploy
-from hubdeploy.images import kernels as kern
-from hubdeploy.images import rootfs
-from hubdeploy.images.buildsteps import BuildStep, StepLog
 from hubdeploy.contract.labels import (IMAGE_CONTENT_KEY, IMAGE_JUPYTERHUB_VERSION, IMAGE_KERNELS, IMAGE_NAME,
                                        IMAGE_PARENT, IMAGE_SPEC_HASH)
 from hubdeploy.contract.layout import (DB_IMAGE, DEBIAN_IMAGE, HUB_IMAGE, LABEL_SITE, PROMETHEUS_IMAGE, PROXY_IMAGE,
                                        SLURM_IMAGE, SLURMDBD_IMAGE)
-from hubdeploy.errors import OperationError, SiteError
+from hubdeploy.errors import SiteError
+from hubdeploy.images import kernels as kern
+from hubdeploy.images.source import hub_source, pyproject, source_root
 from hubdeploy.schema import Site
 
 CA_FILE = "hubdeploy-ca.crt"
@@ -49,14 +38,6 @@ CA_FILE = "hubdeploy-ca.crt"
 PROXY_ARGS = ("http_proxy", "https_proxy", "no_proxy")
 # Bump when a build step changes outside the rendered files (e.g. how rootfs is made).
 RECIPE_VERSION = "1"
-# Every context file gets the same metadata, so the same files give the same tar.
-_MTIME = 0
-# What the engine, the SDK and the socket raise when a daemon call goes wrong.
-ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
-# The classic builder colours stderr and narrates its own bookkeeping; neither helps
-# someone reading the last lines of a failed build.
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_NOISE = re.compile(r"^\s*(---> |Removing intermediate container|Successfully (built|tagged) )")
 
 
 @dataclass(frozen=True)
@@ -71,13 +52,9 @@ class ImagePlan:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def _source_root() -> Path:
-    return Path(hubdeploy.__file__).resolve().parent.parent
-
-
 def _images_dir() -> Path:
     # The recipes live in the source tree's images/ (hubdeploy runs from a checkout).
-    return _source_root() / "images"
+    return source_root() / "images"
 
 
 def _jinja() -> jinja2.Environment:
@@ -134,55 +111,6 @@ def _read_ca(site: Site, site_dir: Path) -> bytes | None:
     return data
 
 
-# What of hubdeploy runs inside the hub: the spawner, the backends, the proxy class and the
-# secret wrapper. Only these files enter the hub image (and its tag), so a change to the
-# CLI, the renderer or the docs does not rebuild and restart every site's hub.
-# The engine proxy runs from the hub image too: one image to build, and it has python.
-HUB_SOURCES = ("hubdeploy/__init__.py", "hubdeploy/errors.py", "hubdeploy/contract", "hubdeploy/hub",
-               "hubdeploy/backends", "hubdeploy/engineproxy")
-HUB_PACKAGES = ("hubdeploy", "hubdeploy.contract", "hubdeploy.hub", "hubdeploy.backends", "hubdeploy.engineproxy")
-HUB_ENTRY_POINT_GROUPS = ("hubdeploy.backends", "jupyterhub.spawners")
-
-
-def _hubdeploy_source() -> dict[str, bytes]:
-    """The hub-side part of hubdeploy and a minimal pyproject that installs it."""
-    root = _source_root()
-    if not (root / "pyproject.toml").is_file():
-        raise OperationError(
-            f"hubdeploy's source tree was not found beside {root / 'hubdeploy'}",
-            hint="the hub image installs hubdeploy from a source checkout (pip install -e .)",
-        )
-    project = _pyproject()["project"]
-    lines = [
-        "[build-system]", 'requires = ["setuptools>=68"]', 'build-backend = "setuptools.build_meta"', "",
-        "[project]", 'name = "hubdeploy"', f'version = "{project["version"]}"', "",
-        "[tool.setuptools]", f"packages = {json.dumps(list(HUB_PACKAGES))}", "",
-    ]
-    for group in HUB_ENTRY_POINT_GROUPS:
-        lines.append(f'[project.entry-points."{group}"]')
-        for name, target in sorted(project.get("entry-points", {}).get(group, {}).items()):
-            lines.append(f'{name} = "{target}"')
-        lines.append("")
-    files = {"hubdeploy-src/pyproject.toml": "\n".join(lines).encode()}
-    for source in HUB_SOURCES:
-        base = root / source
-        paths = [base] if base.is_file() else sorted(base.rglob("*.py"))
-        for path in paths:
-            rel = path.relative_to(root)
-            if "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts) or path.is_symlink():
-                continue
-            files[f"hubdeploy-src/{rel.as_posix()}"] = path.read_bytes()
-    return files
-
-
-def _pyproject() -> dict:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    return tomllib.loads((_source_root() / "pyproject.toml").read_text())
-
-
 def _requirements(lines: list[str]) -> bytes:
     seen: list[str] = []
     for line in lines:
@@ -234,7 +162,7 @@ class _Planner:
         self.proxies = _proxy_buildargs(site)
         self.env = _jinja()
         self.version = site.hub.jupyterhub_version
-        self.source_url = (_pyproject().get("project", {}).get("urls") or {}).get("Source")
+        self.source_url = (pyproject().get("project", {}).get("urls") or {}).get("Source")
         self.plans: dict[str, ImagePlan] = {}
         # Cumulative: a child's label lists its ancestors' kernels too (it inherits them).
         self.kernel_meta: dict[str, list[dict]] = {}
@@ -351,7 +279,7 @@ class _Planner:
         # h11 frames the engine proxy's HTTP (it runs from this image).
         reqs += ["docker>=7.0", "ldap3", "cryptography>=41", "h11>=0.14"]
         self.add(HUB_IMAGE, f"{HUB_IMAGE}/Dockerfile.j2", DEBIAN_IMAGE, self.plans[DEBIAN_IMAGE].ref,
-                 {"requirements.txt": _requirements(reqs), **_hubdeploy_source()})
+                 {"requirements.txt": _requirements(reqs), **hub_source()})
 
     def service_image(self, name: str, files: tuple[str, ...] = ()) -> None:
         """A stack service's image: its recipe ``images/<name>/`` (Dockerfile.j2 and
@@ -380,254 +308,6 @@ def image_refs(plans: dict[str, ImagePlan]) -> dict[str, str]:
     return {name: plan.ref for name, plan in plans.items()}
 
 
-def context_tar(files: dict[str, bytes]) -> bytes:
-    """The build context as an uncompressed tar, identical for identical files."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for path in sorted(files):
-            data = files[path]
-            info = tarfile.TarInfo(path)
-            info.size = len(data)
-            info.mtime = _MTIME
-            info.mode = 0o755 if data.startswith(b"#!") else 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def missing_images(plans: dict[str, ImagePlan], client) -> list[str]:
-    """Names of the plans whose tag is not on the engine, in build order."""
-    return [name for name, plan in plans.items() if not _exists(client, plan.ref)]
-
-
-def _exists(client, ref: str) -> bool:
-    try:
-        client.api.inspect_image(ref)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-    except ENGINE_ERRORS as exc:
-        raise OperationError(f"cannot inspect image {ref}: {exc}") from None
-
-
-def write_context(plan: ImagePlan, state_dir: Path) -> Path:
-    """Write the context to ``<state>/build/<name>/`` so that people can read what was built."""
-    dest = state_dir / "build" / plan.name
-    if dest.exists():
-        shutil.rmtree(dest)
-    for rel, data in plan.files.items():
-        path = dest / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return dest
-
-
-def build_images(
-    plans: dict[str, ImagePlan],
-    *,
-    client,
-    state_dir: Path,
-    names: list[str] | None = None,
-    force: bool = False,
-    console=None,
-    steps: list[BuildStep] | None = None,
-) -> list[str]:
-    """Build the plans whose tag is missing, parents first; returns the names built.
-
-    ``names`` limits the build to those images (plus any missing ancestor). ``force``
-    rebuilds the selected images without Docker's layer cache (and bootstraps a fresh
-    Debian rootfs), e.g. to pick up security updates. A failure raises OperationError
-    naming the image, the failing step and the last 20 lines of output. ``steps``, when
-    given, receives every Dockerfile step built, with its time and whether the layer
-    cache served it.
-    """
-    selected = list(plans) if names is None else list(names)
-    unknown = [n for n in selected if n not in plans]
-    if unknown:
-        raise SiteError(f"unknown image(s): {', '.join(unknown)}; images: {', '.join(plans)}")
-    needed: set[str] = set()
-    for name in selected:
-        cur: str | None = name
-        while cur is not None and cur not in needed:
-            needed.add(cur)
-            cur = plans[cur].parent
-    forced = set(selected) if force else set()
-    missing = set(missing_images(plans, client))
-    built = []
-    for name, plan in plans.items():
-        if name not in needed or (name not in forced and name not in missing):
-            continue
-        t0 = time.monotonic()
-        if console:
-            console.print(f"[bold]building[/] {name} -> {plan.ref}")
-        write_context(plan, state_dir)
-        fresh = name in forced
-        if fresh or not _relabel_from_another_site(plan, client, console=console, steps=steps):
-            if name == DEBIAN_IMAGE:
-                _build_debian(plan, client, state_dir, fresh=fresh, console=console, steps=steps)
-            else:
-                if plan.parent is None:
-                    _require_parent(plan, client)
-                _docker_build(client, plan, nocache=fresh, console=console, steps=steps)
-        if console:
-            console.print(f"[bold green]built[/] {name} in {time.monotonic() - t0:.0f} s")
-        built.append(name)
-    return built
-
-
-def build_time_labels() -> dict[str, str]:
-    """OCI ``created`` and ``revision``: given to the engine as build labels, outside the
-    rendered Dockerfile, so they never enter the spec hash (the tag). The engine appends
-    them as a last LABEL step: every cached layer is reused, and an image already tagged
-    is not rebuilt just because time passed or hubdeploy was committed again."""
-    out = {"org.opencontainers.image.created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    rev = _git(_source_root(), "rev-parse", "HEAD")
-    if rev and re.fullmatch(r"[0-9a-f]{40}", rev):
-        out["org.opencontainers.image.revision"] = rev
-    # pyproject's [project.urls] Source is rendered (and preferred); a checkout's remote
-    # is the fallback, as long as it carries no credentials.
-    if not (_pyproject().get("project", {}).get("urls") or {}).get("Source"):
-        url = _git(_source_root(), "remote", "get-url", "origin")
-        if url and "@" not in url.split("://", 1)[-1].split("/", 1)[0]:
-            out["org.opencontainers.image.source"] = url
-    return out
-
-
-def _git(root: Path, *args: str) -> str | None:
-    import subprocess
-
-    if not (root / ".git").exists():
-        return None
-    try:
-        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() if proc.returncode == 0 and proc.stdout.strip() else None
-
-
-def _require_parent(plan: ImagePlan, client) -> None:
-    # A classic build would try to pull a missing FROM image, and fail obscurely.
-    parent_ref = plan.labels.get(IMAGE_PARENT, "")
-    if parent_ref and not _exists(client, parent_ref):
-        raise OperationError(
-            f"image {plan.name}: its parent image {parent_ref} is not on this engine",
-            hint="build or `docker load` it first (images.base.from names a local image)",
-        )
-
-
 def image_ref(site: str, name: str, digest: str) -> str:
     """The tag hubdeploy gives a site's image: named by site and image, tagged by its spec hash."""
     return f"hubdeploy/{site}-{name}:{digest[:12]}"
-
-
-def donor_tags(image: dict[str, Any], name: str) -> list[str]:
-    """The tags under which ``image`` (an entry of the engine's image list) is another
-    site's own build of the image ``name``: its tag is the one hubdeploy gives it, from
-    its own labels. Any image built FROM a site's image inherits that image's labels,
-    content key included, but not the tag: a compute-node or a hand-made image on top of
-    a base is never taken for the base."""
-    labels = image.get("Labels") or {}
-    if labels.get(IMAGE_NAME) != name or not labels.get(IMAGE_SPEC_HASH):
-        return []
-    own = image_ref(labels.get(LABEL_SITE, ""), name, labels[IMAGE_SPEC_HASH])
-    return [t for t in image.get("RepoTags") or [] if t == own]
-
-
-def _relabel_from_another_site(plan: ImagePlan, client, *, console, steps=None) -> bool:
-    """Build ``plan`` as its own labels on top of an image of the same content that
-    another site on this engine built (a one-step build, its layers shared on disk);
-    False when there is none, or it went away meanwhile: then ``plan`` is built itself.
-
-    The site's own tag, labels and history stay its own; what is shared is only what
-    the content key proves equal: the same files, build args and parent content.
-    """
-    key = plan.labels.get(IMAGE_CONTENT_KEY)
-    if not key:
-        return False
-    # The low-level list: the SDK's images.list() inspects every hit afterwards, and
-    # fails if another build on this engine removes one in between.
-    try:
-        same = client.api.images(filters={"label": [f"{IMAGE_CONTENT_KEY}={key}"]})
-    except ENGINE_ERRORS as exc:
-        raise OperationError(f"cannot list images: {exc}") from None
-    tagged = sorted(t for img in same for t in donor_tags(img, plan.name) if t != plan.ref)
-    if not tagged:
-        return False
-    lines = [f"FROM {tagged[0]}", "LABEL " + " ".join(f"{json.dumps(k)}={json.dumps(v)}" for k, v in plan.labels.items())]
-    relabel = ImagePlan(plan.name, plan.ref, None, {"Dockerfile": ("\n".join(lines) + "\n").encode()}, {})
-    if console:
-        console.print(f"[bold cyan]{plan.name}[/] the same content as {tagged[0]}: relabelled, not rebuilt")
-    try:
-        _docker_build(client, relabel, nocache=False, console=None, steps=steps)
-    except OperationError:
-        return False  # the other site's image was removed between the list and the build
-    return True
-
-
-def _build_debian(plan: ImagePlan, client, state_dir: Path, *, fresh: bool, console, steps=None) -> None:
-    digest = plan.labels[IMAGE_SPEC_HASH]
-    recipe = json.loads(plan.files["recipe.json"])
-    tarball = rootfs.tarball_path(state_dir, recipe["suite"], digest)
-    if fresh or not tarball.is_file():
-        overlay = {k[len("rootfs/"):]: v for k, v in plan.files.items() if k.startswith("rootfs/")}
-        rootfs.bootstrap(tarball, suite=recipe["suite"], mirror=recipe["mirror"], overlay=overlay,
-                         proxies=plan.buildargs, console=console)
-    elif console:
-        console.print(f"[bold cyan]debian[/] importing the cached rootfs {tarball}")
-    rootfs.import_tarball(client, tarball, plan.ref, plan.labels)
-
-
-def _docker_build(client, plan: ImagePlan, *, nocache: bool, console, steps: list[BuildStep] | None = None) -> None:
-    """Classic-builder build through the SDK, streaming the steps to the console."""
-    from rich.markup import escape
-
-    tail: deque[str] = deque(maxlen=20)
-    step = "sending the build context"
-    log = StepLog(plan.name)
-
-    def fail(reason: str) -> OperationError:
-        detail = "".join(f"\n  {line}" for line in tail)
-        hint = None
-        if "CERTIFICATE_VERIFY_FAILED" in detail or "certificate verify failed" in detail:
-            hint = "TLS is intercepted here? set build.ca_bundle to the site's CA bundle (PEM)"
-        return OperationError(
-            f"building image {plan.name} ({plan.ref}) failed at {step[:200]}: {reason.strip()}"
-            + (f"\n  last output:{detail}" if detail else ""),
-            hint=hint,
-        )
-
-    try:
-        stream = client.api.build(
-            fileobj=io.BytesIO(context_tar(plan.files)),
-            custom_context=True,
-            tag=plan.ref,
-            buildargs=plan.buildargs or None,
-            labels=build_time_labels(),
-            decode=True,
-            rm=True,
-            forcerm=True,
-            nocache=nocache,
-            pull=False,
-            timeout=3600,
-        )
-        for chunk in stream:
-            if "error" in chunk:
-                raise fail(chunk["error"])
-            for line in _ANSI.sub("", chunk.get("stream") or "").splitlines():
-                line = line.rstrip()
-                log.feed(line)
-                if not line or _NOISE.match(line):
-                    continue
-                tail.append(line)
-                if line.startswith("Step "):
-                    step = line
-                    if console:
-                        console.print(f"[bold cyan]{plan.name}[/] {escape(' '.join(line.split())[:100])}")
-    except ENGINE_ERRORS as exc:  # API error, connection reset, timeout: never a traceback
-        raise fail(f"{type(exc).__name__}: {exc}") from None
-    finally:
-        if steps is not None:
-            steps.extend(log.close())
-    if not _exists(client, plan.ref):
-        raise fail("the engine reported no error but the image is not tagged")

@@ -23,7 +23,8 @@ import docker.errors
 from hubdeploy.contract.labels import IMAGE_PARENT, IMAGE_SPEC_HASH
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.images import kernels as kern
-from hubdeploy.images.plan import ENGINE_ERRORS, ImagePlan
+from hubdeploy.images.build import ENGINE_ERRORS
+from hubdeploy.images.plan import ImagePlan
 from hubdeploy.schema import REGISTRY_PATTERN
 
 REGISTRY_RE = re.compile(REGISTRY_PATTERN)

@@ -24,7 +24,8 @@ from stackfixture import Recorder
 from hubdeploy.contract.labels import IMAGE_CONTENT_KEY
 from hubdeploy.contract.identity import NOTEBOOK_UID, RESERVED_NAMES, USERS_GID, reserved_id
 from hubdeploy.images import buildsteps
-from hubdeploy.images.plan import build_images, image_refs, missing_images, plan_images
+from hubdeploy.images.build import build_images, missing_images
+from hubdeploy.images.plan import image_refs, plan_images
 from hubdeploy.schema import Site
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,8 @@ from registryfixture import build_registry_image, running_registry
 from stackfixture import Recorder
 
 from hubdeploy.images import buildsteps, imagetest, kernels
-from hubdeploy.images.plan import build_images, plan_images
+from hubdeploy.images.build import build_images
+from hubdeploy.images.plan import plan_images
 from hubdeploy.schema import Site
 
 pytestmark = pytest.mark.integration

@@ -12,8 +12,8 @@ import pytest
 from hubdeploy.contract.labels import IMAGE_CONTENT_KEY, IMAGE_SPEC_HASH
 from hubdeploy.contract.layout import STACK_IMAGES
 from hubdeploy.errors import SiteError
-from hubdeploy.images.plan import (CA_FILE, ImagePlan, build_images, context_tar, donor_tags, image_refs, missing_images,
-                                   plan_images)
+from hubdeploy.images.build import build_images, context_tar, donor_tags, missing_images
+from hubdeploy.images.plan import CA_FILE, ImagePlan, image_refs, plan_images
 from hubdeploy.schema import Site
 
 CA = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"

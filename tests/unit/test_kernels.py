@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from hubdeploy.contract.labels import IMAGE_KERNELS
 from hubdeploy.images import kernelcheck, kernels
-from hubdeploy.images.plan import build_time_labels, plan_images
+from hubdeploy.images.plan import plan_images
+from hubdeploy.images.source import build_time_labels
 from hubdeploy.schema import Kernel, Site
 
 
