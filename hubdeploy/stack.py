@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, ownership, render, selfsigned, stackdeploy, swarm, upgrade
+from hubdeploy import engine, render, stackdeploy, swarm, upgrade
 from hubdeploy.contract import orphans as protocol
 from hubdeploy.contract.backends import DOCKER, SLURM
 from hubdeploy.contract.labels import compose_filter
@@ -35,7 +35,8 @@ from hubdeploy.images.build import build_images
 from hubdeploy.images.plan import image_refs, plan_images
 from hubdeploy.loader import load_site, where
 from hubdeploy.schema import Site
-from hubdeploy.secrets import ensure_secrets, secret_names, ssh_certificates, ssh_key_generated
+from hubdeploy.state import ownership, selfsigned
+from hubdeploy.state.secrets import ensure_secrets, secret_names, ssh_certificates, ssh_key_generated
 
 
 @dataclass

@@ -13,7 +13,7 @@ from hubdeploy.contract.services import PROMETHEUS
 from hubdeploy.errors import SiteError
 from hubdeploy.images.plan import plan_images
 from hubdeploy.loader import load_site_text, where
-from hubdeploy.secrets import ensure_secrets, secret_names
+from hubdeploy.state.secrets import ensure_secrets, secret_names
 
 SITE = """\
 name: promsite

@@ -14,7 +14,7 @@ from hubdeploy import render
 from hubdeploy.errors import SiteError
 from hubdeploy.images.plan import plan_images
 from hubdeploy.loader import load_site_text
-from hubdeploy.secrets import secret_names
+from hubdeploy.state.secrets import secret_names
 
 SITE = """\
 name: slurmy
@@ -367,7 +367,7 @@ def test_generated_ssh_key_is_owner_only_reused_and_valid(tmp_path):
     import stat
     import subprocess
 
-    from hubdeploy.secrets import ensure_secrets
+    from hubdeploy.state.secrets import ensure_secrets
 
     paths = ensure_secrets(tmp_path / "secrets", ["slurm_ssh_key"])
     key, pub = paths["slurm_ssh_key"], tmp_path / "secrets" / "slurm_ssh_key.pub"

@@ -23,7 +23,7 @@ from hubdeploy.backends.sshcert import CertificateAuthority, CertificateError
 from hubdeploy.contract.identity import Identity
 from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site, load_site_text
-from hubdeploy.secrets import ensure_secrets, secret_names
+from hubdeploy.state.secrets import ensure_secrets, secret_names
 
 REFS = {"base": "hubdeploy/s-base:1", "hub": "hubdeploy/s-hub:2", "proxy": "hubdeploy/s-proxy:3"}
 T0 = 1_800_000_000
