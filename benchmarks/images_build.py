@@ -24,8 +24,9 @@ from pathlib import Path
 
 import docker
 
-from hubdeploy import images
-from hubdeploy.buildsteps import BuildStep
+from hubdeploy.images.build import build_images
+from hubdeploy.images.buildsteps import BuildStep
+from hubdeploy.images.plan import plan_images
 from hubdeploy.schema import Site
 
 SITE = "hdtbench"
@@ -71,7 +72,7 @@ def build(client, plans) -> tuple[list[str], float, dict[str, float], list[Build
     rec = Timings()
     steps: list[BuildStep] = []
     t0 = time.monotonic()
-    built = images.build_images(plans, client=client, state_dir=STATE, console=rec, steps=steps)
+    built = build_images(plans, client=client, state_dir=STATE, console=rec, steps=steps)
     return built, time.monotonic() - t0, rec.seconds, steps
 
 
@@ -90,7 +91,7 @@ def main() -> int:
     site_dir = Path(f"/tmp/{SITE}-site")
     site_dir.mkdir(exist_ok=True)
     (site_dir / "ca.pem").write_bytes(HOST_CA.read_bytes())
-    plans = {n: p for n, p in images.plan_images(site(["idna"]), site_dir).items() if n in NOTEBOOK}
+    plans = {n: p for n, p in plan_images(site(["idna"]), site_dir).items() if n in NOTEBOOK}
     report: dict = {}
     try:
         # Cold: drop earlier runs' notebook images so that every one is built.
@@ -104,7 +105,7 @@ def main() -> int:
         built, total, _, _ = build(client, plans)
         report["noop"] = {"built": built, "seconds": round(total, 2), "target_s": 5, "ok": not built and total < 5}
 
-        changed = {n: p for n, p in images.plan_images(site(["idna", "six"]), site_dir).items() if n in NOTEBOOK}
+        changed = {n: p for n, p in plan_images(site(["idna", "six"]), site_dir).items() if n in NOTEBOOK}
         built, total, per2, steps = build(client, changed)
         ratio = per2.get("alpha", 0) / per["alpha"] if per.get("alpha") else None
         report["one_kernel_changed"] = {

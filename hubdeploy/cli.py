@@ -425,11 +425,12 @@ def images_group() -> None:
 @_handle
 def images_list(ctx: click.Context, as_json: bool) -> None:
     """Every image of the site with its tag and whether it is built."""
-    from hubdeploy import engine, images, stack
+    from hubdeploy import engine, stack
+    from hubdeploy.images.build import missing_images
 
     prep = stack.prepare(_site_path(ctx))
     client = engine.docker_client()
-    missing = set(images.missing_images(prep.plans, client))
+    missing = set(missing_images(prep.plans, client))
     rows = [{"name": n, "ref": p.ref, "parent": p.parent, "built": n not in missing} for n, p in prep.plans.items()]
     if as_json:
         _print_json(rows)
@@ -449,14 +450,15 @@ def images_list(ctx: click.Context, as_json: bool) -> None:
 @_handle
 def images_build(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
     """Build the site's images (only missing ones unless --force)."""
-    from hubdeploy import engine, images, stack
+    from hubdeploy import engine, stack
+    from hubdeploy.images.build import build_images
 
     prep = stack.prepare(_site_path(ctx))
     unknown = [n for n in names if n not in prep.plans]
     if unknown:
         raise SiteError(f"unknown image(s): {', '.join(unknown)}; images: {', '.join(prep.plans)}")
     client = engine.docker_client()
-    built = images.build_images(
+    built = build_images(
         prep.plans, client=client, state_dir=prep.state, names=list(names) or None, force=force, console=err
     )
     out.print(f"built: {', '.join(built) if built else 'nothing (all up to date)'}")
@@ -491,7 +493,8 @@ def images_test(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> No
     """
     from rich.markup import escape
 
-    from hubdeploy import engine, imagetest, stack
+    from hubdeploy import engine, stack
+    from hubdeploy.images import imagetest
 
     prep = stack.prepare(_site_path(ctx))
     selected = _notebook_names(prep, names)
@@ -533,7 +536,8 @@ def images_test(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> No
 def images_push(ctx: click.Context, names: tuple[str, ...], registry: str, username: str | None,
                 password_stdin: bool) -> None:
     """Push built images (default: all of the site's) to REGISTRY/hubdeploy/<site>-<image>:<tag>."""
-    from hubdeploy import engine, publish, stack
+    from hubdeploy import engine, stack
+    from hubdeploy.images import publish
 
     if password_stdin and not username:
         raise SiteError("--password-stdin needs --username")
@@ -557,7 +561,8 @@ def images_push(ctx: click.Context, names: tuple[str, ...], registry: str, usern
 @_handle
 def images_save(ctx: click.Context, names: tuple[str, ...], output: str) -> None:
     """`docker save` built images (default: all) with a manifest each, for air-gapped nodes."""
-    from hubdeploy import engine, publish, stack
+    from hubdeploy import engine, stack
+    from hubdeploy.images import publish
 
     prep = stack.prepare(_site_path(ctx))
     selected = _checked_names(prep, names)

@@ -20,12 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, images, render
+from hubdeploy import engine, render
 from hubdeploy.backup import DATABASE, DB_FILE, VOLUME_DIR, Backup, Member, read_archive
 from hubdeploy.contract.atomic import write_atomic
 from hubdeploy.contract.labels import COMPOSE_PROJECT, COMPOSE_VOLUME
 from hubdeploy.contract.layout import HUB_DATA_DIR, HUB_DATA_VOLUME, LABEL_SITE, project_name, stack_name
 from hubdeploy.errors import OperationError
+from hubdeploy.images.build import build_images
 from hubdeploy.loader import load_site_text
 
 
@@ -81,7 +82,7 @@ def _volume_tar(files: dict[str, Member]) -> bytes:
 def _fill_volume(client, prep, files: dict[str, Member], console) -> None:
     """Create the hub's data volume (labelled as compose would) and put ``files`` in it
     through a container of the hub's image, which is built first when missing."""
-    images.build_images(prep.plans, client=client, state_dir=prep.state, names=["hub"], console=console)
+    build_images(prep.plans, client=client, state_dir=prep.state, names=["hub"], console=console)
     project = prep.project
     labels = {LABEL_SITE: prep.site.name}
     client.volumes.create(volume_name(prep.site.name), labels={

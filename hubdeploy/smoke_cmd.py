@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hubdeploy import stack
 from hubdeploy.contract.services import SMOKE
-from hubdeploy.secrets import read_secret
+from hubdeploy.state.secrets import read_secret
 
 FORM_AUTHENTICATORS = {"dummy", "jupyterhub.auth.DummyAuthenticator"}
 

@@ -14,11 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, images, ownership, render, selfsigned, stackdeploy, swarm, upgrade
+from hubdeploy import engine, render, stackdeploy, swarm, upgrade
 from hubdeploy.contract import orphans as protocol
 from hubdeploy.contract.backends import DOCKER, SLURM
 from hubdeploy.contract.labels import compose_filter
-from hubdeploy.contract.names import server_prefix
 from hubdeploy.contract.layout import (
     HUB_SERVICE,
     LABEL_PROFILE,
@@ -30,10 +29,14 @@ from hubdeploy.contract.layout import (
     SSH_KEY,
     project_name,
 )
+from hubdeploy.contract.names import server_prefix
 from hubdeploy.errors import HubdeployError, OperationError, SiteError
+from hubdeploy.images.build import build_images
+from hubdeploy.images.plan import image_refs, plan_images
 from hubdeploy.loader import load_site, where
 from hubdeploy.schema import Site
-from hubdeploy.secrets import ensure_secrets, secret_names, ssh_certificates, ssh_key_generated
+from hubdeploy.state import ownership, selfsigned
+from hubdeploy.state.secrets import ensure_secrets, secret_names, ssh_certificates, ssh_key_generated
 
 
 @dataclass
@@ -93,7 +96,7 @@ class Prepared:
 
 def _render(site: Site, site_file: Path, plans: dict[str, Any], owner: ownership.Owner,
             pinned: dict[str, str] | None = None, swarm_node: str = "") -> dict[str, bytes]:
-    return render.render(site, site_file.resolve().parent, images.image_refs(plans), owner=owner.labels(),
+    return render.render(site, site_file.resolve().parent, image_refs(plans), owner=owner.labels(),
                          pinned=pinned, swarm_node=swarm_node)
 
 
@@ -104,7 +107,7 @@ def _rerender(prep: "Prepared") -> None:
 def prepare(site_file: Path) -> Prepared:
     """Load, validate, plan and render in memory. Raises SiteError on bad input."""
     site = load_site(site_file)
-    plans = images.plan_images(site, site_file.resolve().parent)
+    plans = plan_images(site, site_file.resolve().parent)
     owner = ownership.load(render.state_dir(site_file))
     pinned = swarm.pinned_by_engine(site, plans)
     node = stackdeploy.control_node(render.state_dir(site_file)) if site.orchestrator == "swarm" else ""
@@ -238,7 +241,7 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
             f"{prep.site.public.host}; delete it and its key ({selfsigned.KEY}) to get a new one",
             markup=False, highlight=False, soft_wrap=True,
         )
-    built = built_first + images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
+    built = built_first + build_images(prep.plans, client=client, state_dir=prep.state, console=console)
     if console:
         console.print(f"[bold]starting[/] {prep.project}")
     _leave_other_orchestrator(prep, client)
@@ -292,7 +295,7 @@ def publish_swarm_images(prep: Prepared, client, *, console=None) -> tuple[list[
     again with their digests; returns (images built, images as nodes pull them)."""
     registry = prep.site.swarm.registry
     names = swarm.login_images(prep.site)
-    built = images.build_images(prep.plans, client=client, state_dir=prep.state, names=names, console=console)
+    built = build_images(prep.plans, client=client, state_dir=prep.state, names=names, console=console)
     published = swarm.publish_images(client, prep.plans, names, registry, console=console)
     prep.pinned = {p.image: p.ref for p in published}
     _rerender(prep)

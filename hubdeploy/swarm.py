@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import docker.errors
 
-from hubdeploy import publish
 from hubdeploy.contract.labels import compose_filter
 from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
 from hubdeploy.errors import OperationError
-from hubdeploy.images import ENGINE_ERRORS, ImagePlan
+from hubdeploy.images import publish
+from hubdeploy.images.build import ENGINE_ERRORS
+from hubdeploy.images.plan import ImagePlan
 from hubdeploy.schema import Site
 
 # Seconds to wait for the manager to let go of a removed service's configs and networks.

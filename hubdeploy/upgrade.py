@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubdeploy import engine, images
+from hubdeploy import engine
 from hubdeploy.contract.labels import COMPOSE_PROJECT, IMAGE_JUPYTERHUB_VERSION, UPGRADE_DB
 from hubdeploy.contract.layout import (
     HUB_CONFIG_PATH,
@@ -41,6 +41,7 @@ from hubdeploy.contract.layout import (
     swarm_service,
 )
 from hubdeploy.errors import OperationError, SiteError
+from hubdeploy.images.build import build_images
 
 SQLITE_FILE = f"{HUB_DATA_DIR}/jupyterhub.sqlite"
 # Tests inject a failure at one step: "build" or "upgrade-db" (after the schema changed).
@@ -266,7 +267,7 @@ def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None,
     say("[bold cyan]upgrade[/] 1/4 building the new images (the hub keeps serving)")
     if os.environ.get(FAULT_ENV) == "build":
         raise OperationError(f"building the new images: injected failure ({FAULT_ENV}); nothing was changed")
-    built = images.build_images(prep.plans, client=client, state_dir=prep.state, console=console)
+    built = build_images(prep.plans, client=client, state_dir=prep.state, console=console)
     backup = None
     if prep.site.database.type == "sqlite":
         say("[bold cyan]upgrade[/] 2/4 backing up the hub database")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubdeploy import resources, selfsigned
+from hubdeploy import resources
 from hubdeploy.contract import hubjson
 from hubdeploy.contract.layout import HUB_SERVICE
 from hubdeploy.render import prometheus, slurm, swarmstack
@@ -30,7 +30,8 @@ from hubdeploy.render.compose import Mounts, compose_data
 from hubdeploy.render.files import dump_yaml, sha, write_files
 from hubdeploy.render.hubdata import hub_data
 from hubdeploy.schema import Site
-from hubdeploy.secrets import ssh_key_generated
+from hubdeploy.state import selfsigned
+from hubdeploy.state.secrets import ssh_key_generated
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def render_files(site: Site, refs: dict[str, str], inputs: Inputs,
     """All files of ``.hubdeploy/rendered/``, relative path -> bytes. Pure and deterministic.
 
     ``owner``: the labels naming the site directory that owns the stack
-    (:mod:`hubdeploy.ownership`), put on the hub: every stack has one, and a label
+    (:mod:`hubdeploy.state.ownership`), put on the hub: every stack has one, and a label
     change recreates only it (a hub restart keeps compute jobs; a node's would not).
     ``pinned``: the registry references by digest of the images swarm nodes pull
     (:func:`hubdeploy.render.hubdata.hub_data`). ``swarm_node``: the manager a swarm

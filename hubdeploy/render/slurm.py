@@ -314,9 +314,17 @@ def job_submit_lua(site: Site) -> bytes:
     Each refusal says why to the user (``slurm.log_user``) and returns a Slurm error code,
     so sbatch fails at once with Slurm's words for it.
     """
-    c = _cluster(site)
-    limits = job_limits(site)
-    parts = [f"""\
+    accounts = _cluster(site).accounts
+    parts = [_lua_form_checks(job_limits(site).mem_mib)]
+    if accounts:
+        parts.append(_lua_accounts(accounts))
+    parts.append(_lua_entry_points(bool(accounts)))
+    return "".join(parts).encode()
+
+
+def _lua_form_checks(mem_mib: int) -> str:
+    """``refuse`` and ``over_the_form``: what no job may ask for, at submit or modify."""
+    return f"""\
 -- Rendered by hubdeploy from the site description; edit the site file, not this.
 
 -- An error code this Slurm does not define is nil, which Slurm reads as success.
@@ -333,7 +341,7 @@ local function over_the_form(job_desc)
   end
   if job_desc.min_mem_per_node == 0 or job_desc.min_mem_per_cpu == 0 then
     return refuse(slurm.ESLURM_ACCOUNTING_POLICY,
-      "--mem=0 (all of a node's memory) is not allowed on this cluster: ask for at most {limits.mem_mib}M")
+      "--mem=0 (all of a node's memory) is not allowed on this cluster: ask for at most {mem_mib}M")
   end
   if job_desc.shared == 0 then
     return refuse(slurm.ESLURM_ACCOUNTING_POLICY,
@@ -341,30 +349,41 @@ local function over_the_form(job_desc)
   end
   return nil
 end
-"""]
-    if c.accounts:
-        admitted = ", ".join(f"[{lua_string(a)}] = true" for a in c.accounts)
-        parts.append(f"""
+"""
+
+
+def _lua_accounts(accounts: list[str]) -> str:
+    """The admitted accounts, the default one, and the refusal of any other."""
+    admitted = ", ".join(f"[{lua_string(a)}] = true" for a in accounts)
+    return f"""
 local admitted = {{{admitted}}}
-local default_account = {lua_string(c.accounts[0])}
+local default_account = {lua_string(accounts[0])}
 
 local function not_admitted(account)
   return refuse(slurm.ESLURM_INVALID_ACCOUNT, "account %s is not one of this cluster's accounts", account)
 end
-""")
-    submit_account = modify_account = ""
-    if c.accounts:
-        submit_account = """
+"""
+
+
+# With cluster.accounts: a submit without an account gets the default one; a submit or a
+# modify that names another account is refused.
+_SUBMIT_ACCOUNT = """
   if job_desc.account == nil or job_desc.account == "" then
     job_desc.account = default_account
   elseif not admitted[job_desc.account] then
     return not_admitted(job_desc.account)
   end"""
-        modify_account = """
+_MODIFY_ACCOUNT = """
   if job_desc.account ~= nil and job_desc.account ~= "" and not admitted[job_desc.account] then
     return not_admitted(job_desc.account)
   end"""
-    parts.append(f"""
+
+
+def _lua_entry_points(accounts: bool) -> str:
+    """``slurm_job_submit`` and ``slurm_job_modify``, the functions Slurm calls."""
+    submit_account = _SUBMIT_ACCOUNT if accounts else ""
+    modify_account = _MODIFY_ACCOUNT if accounts else ""
+    return f"""
 function slurm_job_submit(job_desc, part_list, submit_uid)
   local refused = over_the_form(job_desc)
   if refused ~= nil then
@@ -381,5 +400,4 @@ function slurm_job_modify(job_desc, job_rec, part_list, modify_uid)
   end{modify_account}
   return slurm.SUCCESS
 end
-""")
-    return "".join(parts).encode()
+"""

@@ -21,9 +21,11 @@ import pytest
 
 from stackfixture import Recorder
 
-from hubdeploy import buildsteps, images
 from hubdeploy.contract.labels import IMAGE_CONTENT_KEY
 from hubdeploy.contract.identity import NOTEBOOK_UID, RESERVED_NAMES, USERS_GID, reserved_id
+from hubdeploy.images import buildsteps
+from hubdeploy.images.build import build_images, missing_images
+from hubdeploy.images.plan import image_refs, plan_images
 from hubdeploy.schema import Site
 
 pytestmark = pytest.mark.integration
@@ -63,14 +65,14 @@ def make_site(c1_pip: tuple[str, ...] = ("six",)) -> Site:
 def built(client, tmp_path_factory):
     site_dir = tmp_path_factory.mktemp("site")
     (site_dir / "ca.pem").write_bytes(HOST_CA.read_bytes())
-    plans = images.plan_images(make_site(), site_dir)
+    plans = plan_images(make_site(), site_dir)
     rec = Recorder()
     t0 = time.monotonic()
     try:
-        names = images.build_images(plans, client=client, state_dir=STATE, console=rec)
+        names = build_images(plans, client=client, state_dir=STATE, console=rec)
         elapsed = time.monotonic() - t0
         print(f"built {names} in {elapsed:.0f} s", flush=True)
-        yield {"plans": plans, "refs": images.image_refs(plans), "built": names, "seconds": elapsed,
+        yield {"plans": plans, "refs": image_refs(plans), "built": names, "seconds": elapsed,
                "lines": rec.lines, "site_dir": site_dir}
     finally:
         if not os.environ.get("HUBDEPLOY_TEST_KEEP_IMAGES"):
@@ -83,7 +85,7 @@ def run(client, ref: str, cmd: list[str], **kwargs) -> str:
 
 
 def test_every_image_is_tagged_and_labelled(client, built):
-    assert set(images.missing_images(built["plans"], client)) == set()
+    assert set(missing_images(built["plans"], client)) == set()
     for name, plan in built["plans"].items():
         labels = client.images.get(plan.ref).labels
         assert labels["hubdeploy.site"] == SITE
@@ -210,9 +212,9 @@ def test_without_the_ca_bundle_pip_fails_with_a_clear_error(client, built, tmp_p
     from hubdeploy.errors import OperationError
 
     site = Site.model_validate({"name": f"{SITE}-noca", "profiles": [{"name": "d", "image": "base"}]})
-    plans = images.plan_images(site, tmp_path)
+    plans = plan_images(site, tmp_path)
     with pytest.raises(OperationError) as info:
-        images.build_images(plans, client=client, state_dir=tmp_path / "state", names=["base"])
+        build_images(plans, client=client, state_dir=tmp_path / "state", names=["base"])
     msg = str(info.value)
     if "CERTIFICATE_VERIFY_FAILED" not in msg and "certificate verify failed" not in msg:
         pytest.fail(f"expected a TLS failure, got:\n{msg}")
@@ -249,7 +251,7 @@ def test_hub_code_change_rebuilds_only_the_last_layers(client, built):
     labels = {k: v for k, v in hub.labels.items() if k != IMAGE_CONTENT_KEY}
     changed = replace(hub, ref=f"{PREFIX}hub:probe{int(time.time())}", files=files, labels=labels)
     plans = {**built["plans"], "hub": changed}
-    assert images.build_images(plans, client=client, state_dir=STATE / "probe", names=["hub"]) == ["hub"]
+    assert build_images(plans, client=client, state_dir=STATE / "probe", names=["hub"]) == ["hub"]
     old = client.images.get(hub.ref).attrs["RootFS"]["Layers"]
     new = client.images.get(changed.ref).attrs["RootFS"]["Layers"]
     # COPY source, pip install source, mkdir: everything before them is reused.
@@ -299,10 +301,10 @@ def test_changing_a_collaborations_pip_list_reruns_only_that_install(client, bui
     """Only c1 is retagged, and of its steps only the pip list's COPY and install, the
     version check after them, the setuid strip and the labels run: apt comes from the
     layer cache."""
-    plans = images.plan_images(make_site(c1_pip=("six", "idna")), built["site_dir"])
+    plans = plan_images(make_site(c1_pip=("six", "idna")), built["site_dir"])
     assert [n for n in plans if plans[n].ref != built["refs"][n]] == ["c1"]
     steps: list[buildsteps.BuildStep] = []
-    assert images.build_images(plans, client=client, state_dir=STATE, steps=steps) == ["c1"]
+    assert build_images(plans, client=client, state_dir=STATE, steps=steps) == ["c1"]
     work = [i for i in buildsteps.ran(steps, "c1") if i.split()[0] in ("RUN", "COPY")]
     assert work[0] == "COPY requirements.txt constraints.txt /tmp/hubdeploy/", work
     assert [i.split()[0] for i in work] == ["COPY", "RUN", "RUN", "RUN"] and "pip install" in work[1], work
@@ -314,17 +316,17 @@ def test_changing_a_collaborations_pip_list_reruns_only_that_install(client, bui
 
 def test_unchanged_site_builds_nothing(client, built):
     steps: list[buildsteps.BuildStep] = []
-    assert images.build_images(built["plans"], client=client, state_dir=STATE, steps=steps) == []
+    assert build_images(built["plans"], client=client, state_dir=STATE, steps=steps) == []
     assert steps == []  # not one build step ran, cached or not
 
 
 def test_second_site_reuses_the_rootfs_without_bootstrapping(client, built, tmp_path):
     site = Site.model_validate({"name": f"{SITE}-b", "profiles": [{"name": "d", "image": "base"}]})
-    plans = images.plan_images(site, tmp_path)
-    if not images.missing_images({"debian": plans["debian"]}, client):
+    plans = plan_images(site, tmp_path)
+    if not missing_images({"debian": plans["debian"]}, client):
         client.images.remove(plans["debian"].ref, force=True)  # kept by an earlier run
     # An empty state dir: no cached tarball; the other site's debian image is relabelled.
-    assert images.build_images(plans, client=client, state_dir=tmp_path / "state", names=["debian"]) == ["debian"]
+    assert build_images(plans, client=client, state_dir=tmp_path / "state", names=["debian"]) == ["debian"]
     assert client.images.get(plans["debian"].ref).labels["hubdeploy.site"] == f"{SITE}-b"
     assert not (tmp_path / "state" / "rootfs").exists()
 
@@ -335,14 +337,14 @@ def test_a_second_site_with_the_same_recipe_relabels_every_image(client, built, 
     built FROM the first site's base (as the Slurm tests build their nodes) carries the
     base's labels too, and sorts first, but is not the base and is never taken for it."""
     site = make_site().model_copy(update={"name": f"{SITE}-c"})
-    plans = images.plan_images(site, built["site_dir"])
+    plans = plan_images(site, built["site_dir"])
     assert all(plans[n].ref != built["refs"][n] for n in plans)  # its own tags
     child = f"hubdeploy-test/{SITE}-child:1"
     client.images.build(fileobj=io.BytesIO(f"FROM {built['refs']['base']}\nRUN touch /tmp/child\n".encode()),
                         tag=child, rm=True, forcerm=True)
     try:
         steps: list[buildsteps.BuildStep] = []
-        assert images.build_images(plans, client=client, state_dir=tmp_path, steps=steps) == list(plans)
+        assert build_images(plans, client=client, state_dir=tmp_path, steps=steps) == list(plans)
     finally:
         client.images.remove(child, force=True)
     assert {s.instruction.split()[0] for s in steps} == {"FROM", "LABEL"}, steps
@@ -367,10 +369,10 @@ def test_proxy_credentials_stay_out_of_the_image(client, built):
         "images": {"collaborations": {"c1": {"apt": ["jq"], "pip": ["six"]}, "c2": {}}},
         "profiles": [{"name": "default", "image": "base"}],
     })
-    plans = images.plan_images(site, built["site_dir"])
+    plans = plan_images(site, built["site_dir"])
     assert plans["base"].ref == built["refs"]["base"]
     # force: a kept image from an earlier run would otherwise be reused, proving nothing.
-    assert images.build_images(plans, client=client, state_dir=STATE, names=["c2"], force=True) == ["c2"]
+    assert build_images(plans, client=client, state_dir=STATE, names=["c2"], force=True) == ["c2"]
     history = json.dumps(client.api.history(plans["c2"].ref))
     attrs = json.dumps(client.api.inspect_image(plans["c2"].ref))
     assert "hdt-proxy-pw" not in history and "hdt-proxy-pw" not in attrs
@@ -380,7 +382,7 @@ def test_cached_rootfs_tarball_imports(client, built, tmp_path):
     """A rootfs tarball imports as a working image. The cached tarball exists only when
     this run bootstrapped (another site's debian image is relabelled instead), so the
     tarball is the built debian image's own filesystem, exported."""
-    from hubdeploy import rootfs
+    from hubdeploy.images import rootfs
 
     tarball = tmp_path / "debian-rootfs.tar"
     box = client.containers.create(built["plans"]["debian"].ref, command=["true"], name=f"hubdeploy-{SITE}-export")

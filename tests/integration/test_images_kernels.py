@@ -23,7 +23,9 @@ import pytest
 from registryfixture import build_registry_image, running_registry
 from stackfixture import Recorder
 
-from hubdeploy import buildsteps, images, imagetest, kernels
+from hubdeploy.images import buildsteps, imagetest, kernels
+from hubdeploy.images.build import build_images
+from hubdeploy.images.plan import plan_images
 from hubdeploy.schema import Site
 
 pytestmark = pytest.mark.integration
@@ -81,11 +83,11 @@ def graph(client, tmp_path_factory):
     site_dir = tmp_path_factory.mktemp("kernsite")
     (site_dir / "ca.pem").write_bytes(HOST_CA.read_bytes())
     site = make_site()
-    plans = {n: p for n, p in images.plan_images(site, site_dir).items() if n in ("debian", "base", "alpha", "beta")}
+    plans = {n: p for n, p in plan_images(site, site_dir).items() if n in ("debian", "base", "alpha", "beta")}
     rec = Recorder()
     t0 = time.monotonic()
     try:
-        built = images.build_images(plans, client=client, state_dir=STATE, console=rec)
+        built = build_images(plans, client=client, state_dir=STATE, console=rec)
         print(f"built {built} in {time.monotonic() - t0:.0f} s", flush=True)
         yield {"plans": plans, "site_dir": site_dir, "site_file": write_site(site_dir, site), "built": built}
     finally:
@@ -188,18 +190,18 @@ def test_a_broken_kernel_fails_the_check_and_the_cli(client, graph):
 
 def test_unchanged_graph_builds_nothing(client, graph):
     steps: list[buildsteps.BuildStep] = []
-    assert images.build_images(graph["plans"], client=client, state_dir=STATE, steps=steps) == []
+    assert build_images(graph["plans"], client=client, state_dir=STATE, steps=steps) == []
     assert steps == []  # not one build step ran, cached or not
 
 
 def test_changing_one_collaborations_packages_rebuilds_only_it(client, graph):
     site = make_site(beta_packages=("packaging", "six"))
-    plans = {n: p for n, p in images.plan_images(site, graph["site_dir"]).items()
+    plans = {n: p for n, p in plan_images(site, graph["site_dir"]).items()
              if n in ("debian", "base", "alpha", "beta")}
     assert [n for n in plans if plans[n].ref != graph["plans"][n].ref] == ["beta"]
     t0 = time.monotonic()
     steps: list[buildsteps.BuildStep] = []
-    assert images.build_images(plans, client=client, state_dir=STATE, steps=steps) == ["beta"]
+    assert build_images(plans, client=client, state_dir=STATE, steps=steps) == ["beta"]
     print(f"beta rebuilt in {time.monotonic() - t0:.1f} s", flush=True)
     # Only the changed kernel's package layer and what follows it (the kernelspecs, the
     # setuid strip) ran: the runtimes (venvs with ipykernel / bash_kernel) and the version

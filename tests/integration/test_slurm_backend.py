@@ -12,8 +12,8 @@ import asyncio
 import time
 
 import pytest
-from stackfixture import SITE_NAME
 from slurmcluster import ACCOUNT, CONTROLLER, PREFIX, SlurmCluster
+from stackfixture import SITE_NAME
 
 from hubdeploy.backends.base import BackendError, Running, ServerSpec, Stopped, Unknown, parse_config
 from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
@@ -59,11 +59,11 @@ def spec(user="has@", server="", prof=None, cmd=SERVE):
 
 
 def stack_base_tag(stack) -> str:
-    from hubdeploy import images
+    from hubdeploy.images.plan import plan_images
     from hubdeploy.loader import load_site
 
     site = load_site(stack.site_file)
-    return images.plan_images(site, stack.dir)["base"].ref.rsplit(":", 1)[1]
+    return plan_images(site, stack.dir)["base"].ref.rsplit(":", 1)[1]
 
 
 def run(coro, timeout=180):

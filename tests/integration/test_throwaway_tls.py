@@ -17,7 +17,7 @@ import pytest
 
 from stackfixture import free_port, run_cli, tear_down_site
 
-from hubdeploy import selfsigned
+from hubdeploy.state import selfsigned
 
 pytestmark = pytest.mark.integration
 

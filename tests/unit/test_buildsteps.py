@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from hubdeploy import buildsteps
-from hubdeploy.buildsteps import StepLog
+from hubdeploy.images import buildsteps
+from hubdeploy.images.buildsteps import StepLog
 
 # What docker-py's decoded classic-builder stream holds, line by line (one cached step,
 # one that ran with output, and the final LABEL).

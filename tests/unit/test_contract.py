@@ -27,7 +27,7 @@ from hubdeploy.contract import hubjson
 from hubdeploy.contract.layout import HUB_SERVICE, SECRETS_DIR, SSH_KEY
 from hubdeploy.contract.services import BUILTIN, RESERVED_NAMES
 from hubdeploy.loader import load_site, load_site_text
-from hubdeploy.secrets import secret_names
+from hubdeploy.state.secrets import secret_names
 
 pytest.importorskip("jupyterhub")
 from jupyterhub.app import JupyterHub  # noqa: E402

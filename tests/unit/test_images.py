@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hubdeploy import images
 from hubdeploy.contract.labels import IMAGE_CONTENT_KEY, IMAGE_SPEC_HASH
 from hubdeploy.contract.layout import STACK_IMAGES
 from hubdeploy.errors import SiteError
+from hubdeploy.images.build import build_images, context_tar, donor_tags, missing_images
+from hubdeploy.images.plan import CA_FILE, ImagePlan, image_refs, plan_images
 from hubdeploy.schema import Site
 
 CA = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
@@ -49,8 +50,8 @@ def site_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def plan(site_dir: Path, **overrides) -> dict[str, images.ImagePlan]:
-    return images.plan_images(make_site(**overrides), site_dir)
+def plan(site_dir: Path, **overrides) -> dict[str, ImagePlan]:
+    return plan_images(make_site(**overrides), site_dir)
 
 
 def test_the_reserved_image_names_are_the_images_the_stack_plans(site_dir):
@@ -58,7 +59,7 @@ def test_the_reserved_image_names_are_the_images_the_stack_plans(site_dir):
     # every image the stack itself may plan, beside the site's notebook images.
     site = make_site(slurm={"cluster": {"nodes": 1, "cpus": 1, "memory": "1G"}},
                      services={"prometheus": {"enabled": True}})
-    stack_own = set(images.plan_images(site, site_dir)) - set(site.images.names())
+    stack_own = set(plan_images(site, site_dir)) - set(site.images.names())
     assert stack_own == set(STACK_IMAGES)
 
 
@@ -77,7 +78,7 @@ def test_plan_order_parents_and_refs(site_dir):
     assert plans["debian"].parent is None
     assert plans["radio"].files["Dockerfile"].startswith(b"# hubdeploy collaboration") 
     assert f"FROM {plans['astro'].ref}\n".encode() in plans["radio"].files["Dockerfile"]
-    assert images.image_refs(plans)["hub"] == plans["hub"].ref
+    assert image_refs(plans)["hub"] == plans["hub"].ref
 
 
 def test_no_db_plan_for_sqlite(site_dir):
@@ -86,10 +87,10 @@ def test_no_db_plan_for_sqlite(site_dir):
 
 def test_plans_are_deterministic(site_dir):
     a, b = plan(site_dir), plan(site_dir)
-    assert images.image_refs(a) == images.image_refs(b)
+    assert image_refs(a) == image_refs(b)
     for name in a:
         assert a[name].files == b[name].files
-        assert images.context_tar(a[name].files) == images.context_tar(b[name].files)
+        assert context_tar(a[name].files) == context_tar(b[name].files)
 
 
 def test_labels_are_last_and_carry_the_spec_hash(site_dir):
@@ -107,8 +108,8 @@ def test_labels_are_last_and_carry_the_spec_hash(site_dir):
 
 
 def test_base_change_retags_every_descendant_only(site_dir):
-    before = images.image_refs(plan(site_dir))
-    after = images.image_refs(plan(site_dir, images={
+    before = image_refs(plan(site_dir))
+    after = image_refs(plan(site_dir, images={
         "base": {"apt": ["git", "vim"], "pip": ["numpy<2"]},
         "collaborations": {
             "astro": {"pip": ["astropy"], "apt": ["jq"]},
@@ -121,8 +122,8 @@ def test_base_change_retags_every_descendant_only(site_dir):
 
 
 def test_one_collaboration_change_retags_it_and_its_children(site_dir):
-    before = images.image_refs(plan(site_dir))
-    after = images.image_refs(plan(site_dir, images={
+    before = image_refs(plan(site_dir))
+    after = image_refs(plan(site_dir, images={
         "base": {"apt": ["git"], "pip": ["numpy<2"]},
         "collaborations": {
             "astro": {"pip": ["astropy"], "apt": ["jq"]},
@@ -134,9 +135,9 @@ def test_one_collaboration_change_retags_it_and_its_children(site_dir):
 
 
 def test_jupyterhub_version_reaches_hub_and_notebooks(site_dir):
-    before = images.image_refs(plan(site_dir))
+    before = image_refs(plan(site_dir))
     plans = plan(site_dir, hub={"jupyterhub_version": "5.5.4"})
-    after = images.image_refs(plans)
+    after = image_refs(plans)
     assert {n for n in before if before[n] != after[n]} == {"base", "astro", "radio", "bio", "hub"}
     assert b'"jupyterhub==5.5.4"' in plans["base"].files["Dockerfile"]
     assert b"jupyterhub==5.5.4\n" in plans["hub"].files["requirements.txt"]
@@ -144,8 +145,8 @@ def test_jupyterhub_version_reaches_hub_and_notebooks(site_dir):
 
 
 def test_debian_suite_changes_everything_but_from_base(site_dir):
-    before = images.image_refs(plan(site_dir))
-    after = images.image_refs(plan(site_dir, build__debian={"suite": "trixie"}))
+    before = image_refs(plan(site_dir))
+    after = image_refs(plan(site_dir, build__debian={"suite": "trixie"}))
     assert all(before[n] != after[n] for n in before)
 
 
@@ -162,7 +163,7 @@ def test_ca_bundle_in_every_context_and_used(site_dir):
     for name, p in plans.items():
         if name == "debian":
             continue
-        assert p.files[images.CA_FILE] == CA, name
+        assert p.files[CA_FILE] == CA, name
     for name in ("base", "hub", "proxy", "db"):
         text = plans[name].files["Dockerfile"].decode()
         assert "COPY hubdeploy-ca.crt" in text
@@ -186,9 +187,9 @@ def test_site_copies_of_debians_certificates_are_dropped_before_the_store_is_mad
 
 
 def test_ca_bundle_change_retags_all_but_debian(site_dir):
-    before = images.image_refs(plan(site_dir))
+    before = image_refs(plan(site_dir))
     (site_dir / "ca.pem").write_bytes(CA + CA.replace(b"fake", b"other"))
-    after = images.image_refs(plan(site_dir))
+    after = image_refs(plan(site_dir))
     assert {n for n in before if before[n] != after[n]} == set(before) - {"debian"}
 
 
@@ -202,7 +203,7 @@ def test_missing_or_bad_ca_bundle_is_a_site_error(site_dir):
 
 def test_no_ca_bundle_no_ca_file(site_dir):
     plans = plan(site_dir, build={})
-    assert all(images.CA_FILE not in p.files for p in plans.values())
+    assert all(CA_FILE not in p.files for p in plans.values())
     assert b"hubdeploy-ca.crt" not in plans["base"].files["Dockerfile"]
 
 
@@ -220,8 +221,8 @@ def test_proxies_are_build_args_only(site_dir):
 
 
 def test_rotating_the_proxy_password_keeps_every_tag(site_dir):
-    before = images.image_refs(plan(site_dir))
-    after = images.image_refs(plan(site_dir, build={"ca_bundle": "ca.pem", "http_proxy": "http://bob:other@p:1"}))
+    before = image_refs(plan(site_dir))
+    after = image_refs(plan(site_dir, build={"ca_bundle": "ca.pem", "http_proxy": "http://bob:other@p:1"}))
     assert before == after
 
 
@@ -296,7 +297,7 @@ def test_notebook_images_strip_setuid_after_their_last_install(site_dir):
 
 def test_hub_context_installs_dependencies_before_source(site_dir):
     site = make_site(hub={"authenticator": {"class": "ldapauthenticator", "packages": ["jupyterhub-ldapauthenticator"]}})
-    hub = images.plan_images(site, site_dir)["hub"]
+    hub = plan_images(site, site_dir)["hub"]
     reqs = hub.files["requirements.txt"].decode().splitlines()
     for req in ("jupyterhub==6.1.1", "jupyterhub-idle-culler", "jupyterhub-ldapauthenticator",
                 "psycopg2-binary", "docker>=7.0", "ldap3"):
@@ -309,7 +310,7 @@ def test_hub_context_installs_dependencies_before_source(site_dir):
     assert "hubdeploy-src/hubdeploy/contract/hubjson.py" in hub.files
     assert b'"hubdeploy.contract"' in hub.files["hubdeploy-src/pyproject.toml"]
     assert "dockerspawner" not in reqs  # never imported by the hub
-    assert "hubdeploy-src/hubdeploy/images.py" not in hub.files
+    assert "hubdeploy-src/hubdeploy/images/plan.py" not in hub.files
     assert "hubdeploy-src/README.md" not in hub.files
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in hub.files)
     text = hub.files["Dockerfile"].decode()
@@ -323,7 +324,7 @@ def test_db_context_has_the_entrypoint(site_dir):
     db = plan(site_dir)["db"]
     assert db.files["entrypoint.sh"].startswith(b"#!/bin/sh")
     assert b"/run/secrets/db_password" in db.files["entrypoint.sh"]
-    with tarfile.open(fileobj=io.BytesIO(images.context_tar(db.files))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(context_tar(db.files))) as tar:
         assert tar.getmember("entrypoint.sh").mode == 0o755
         assert tar.getmember("Dockerfile").mode == 0o644
         assert {m.mtime for m in tar.getmembers()} == {0}
@@ -342,7 +343,7 @@ def test_debian_plan_is_a_rootfs_recipe(site_dir):
     deb = plan(site_dir)["debian"]
     assert b'"mirror": "http://deb.debian.org/debian"' in deb.files["recipe.json"]
     assert "rootfs/usr/sbin/policy-rc.d" in deb.files
-    other = images.plan_images(make_site(name="other"), site_dir)["debian"]
+    other = plan_images(make_site(name="other"), site_dir)["debian"]
     # The rootfs does not depend on the site: a second site reuses it.
     assert other.labels["hubdeploy.spec-hash"] == deb.labels["hubdeploy.spec-hash"]
 
@@ -389,7 +390,7 @@ class FakeClient:
 
 
 def test_content_key_is_the_sites_recipe_not_its_name(site_dir):
-    one, other = plan(site_dir), images.plan_images(make_site(name="other"), site_dir)
+    one, other = plan(site_dir), plan_images(make_site(name="other"), site_dir)
     key = IMAGE_CONTENT_KEY
     for name in one:
         assert one[name].labels[key] == other[name].labels[key], name
@@ -414,13 +415,13 @@ def test_only_another_sites_own_build_of_the_image_is_a_donor():
     not hubdeploy's tag for it: a compute-node or hand-made image is never the base."""
     spec = "0123456789ab" + "c" * 52
     own = listed("hubdeploy/other-base:0123456789ab", "base", spec)
-    assert images.donor_tags(own, "base") == ["hubdeploy/other-base:0123456789ab"]
-    assert images.donor_tags(own, "astro") == []
+    assert donor_tags(own, "base") == ["hubdeploy/other-base:0123456789ab"]
+    assert donor_tags(own, "astro") == []
     child = listed("hubdeploy-test/slurm:99aa00bb11cc", "base", spec)  # FROM base, labels inherited
-    assert images.donor_tags(child, "base") == []
+    assert donor_tags(child, "base") == []
     retagged = {**own, "RepoTags": ["hubdeploy/other-base:0123456789ab", "registry:5000/x/base:1"]}
-    assert images.donor_tags(retagged, "base") == ["hubdeploy/other-base:0123456789ab"]
-    assert images.donor_tags({"RepoTags": ["hubdeploy/other-base:0123456789ab"]}, "base") == []
+    assert donor_tags(retagged, "base") == ["hubdeploy/other-base:0123456789ab"]
+    assert donor_tags({"RepoTags": ["hubdeploy/other-base:0123456789ab"]}, "base") == []
 
 
 def test_an_image_another_site_built_is_relabelled_not_rebuilt(site_dir, tmp_path):
@@ -430,14 +431,14 @@ def test_an_image_another_site_built_is_relabelled_not_rebuilt(site_dir, tmp_pat
                listed(donor, "astro", "0123456789ab" + "0" * 52)]
     client = FakeClient({p.ref for n, p in plans.items() if n != "astro"},
                         {plans["astro"].labels[IMAGE_CONTENT_KEY]: entries})
-    assert images.build_images(plans, client=client, state_dir=tmp_path) == ["astro"]
+    assert build_images(plans, client=client, state_dir=tmp_path) == ["astro"]
     dockerfile = client.api.dockerfiles[plans["astro"].ref]
     first, labels = dockerfile.splitlines()
     assert first == f"FROM {donor}"
     assert '"hubdeploy.site"="demo"' in labels and f'"hubdeploy.parent"="{plans["base"].ref}"' in labels
     # --force builds from the recipe, whatever other sites hold.
     forced = FakeClient({p.ref for p in plans.values()}, {plans["astro"].labels[IMAGE_CONTENT_KEY]: entries})
-    images.build_images(plans, client=forced, state_dir=tmp_path, names=["astro"], force=True)
+    build_images(plans, client=forced, state_dir=tmp_path, names=["astro"], force=True)
     assert "RUN " in forced.api.dockerfiles[plans["astro"].ref]
 
 
@@ -445,12 +446,12 @@ def test_build_only_missing_parents_first(site_dir, tmp_path):
     plans = plan(site_dir)
     present = {p.ref for n, p in plans.items() if n not in ("astro", "radio")}
     client = FakeClient(present)
-    assert images.missing_images(plans, client) == ["astro", "radio"]
-    built = images.build_images(plans, client=client, state_dir=tmp_path / "state")
+    assert missing_images(plans, client) == ["astro", "radio"]
+    built = build_images(plans, client=client, state_dir=tmp_path / "state")
     assert built == ["astro", "radio"]
     assert (tmp_path / "state" / "build" / "astro" / "Dockerfile").is_file()
-    assert images.build_images(plans, client=client, state_dir=tmp_path / "state") == []
-    forced = images.build_images(plans, client=client, state_dir=tmp_path / "state", names=["radio"], force=True)
+    assert build_images(plans, client=client, state_dir=tmp_path / "state") == []
+    forced = build_images(plans, client=client, state_dir=tmp_path / "state", names=["radio"], force=True)
     assert forced == ["radio"]
 
 
@@ -458,11 +459,11 @@ def test_build_failure_names_image_step_and_output(site_dir, tmp_path):
     from hubdeploy.errors import OperationError
 
     plans = plan(site_dir)
-    bad = images.ImagePlan("bio", "hubdeploy/demo-fail:000000000000", "base", plans["bio"].files, {})
+    bad = ImagePlan("bio", "hubdeploy/demo-fail:000000000000", "base", plans["bio"].files, {})
     plans = {**plans, "bio": bad}
     client = FakeClient({p.ref for p in plans.values() if p.name != "bio"})
     with pytest.raises(OperationError) as info:
-        images.build_images(plans, client=client, state_dir=tmp_path)
+        build_images(plans, client=client, state_dir=tmp_path)
     msg = str(info.value)
     assert "bio" in msg and "Step 2/3 : RUN false" in msg and "boom" in msg and "non-zero code" in msg
     assert "Traceback" not in msg
@@ -470,7 +471,7 @@ def test_build_failure_names_image_step_and_output(site_dir, tmp_path):
 
 def test_unknown_name_is_a_site_error(site_dir, tmp_path):
     with pytest.raises(SiteError, match="unknown image"):
-        images.build_images(plan(site_dir), client=FakeClient(), state_dir=tmp_path, names=["nope"])
+        build_images(plan(site_dir), client=FakeClient(), state_dir=tmp_path, names=["nope"])
 
 
 def test_missing_local_from_image_is_named(site_dir, tmp_path):
@@ -479,5 +480,5 @@ def test_missing_local_from_image_is_named(site_dir, tmp_path):
     plans = plan(site_dir, images={"base": {"from": "example/notebook:1.0"}})
     client = FakeClient({p.ref for n, p in plans.items() if n != "base"})
     with pytest.raises(OperationError, match="example/notebook:1.0 is not on this engine"):
-        images.build_images(plans, client=client, state_dir=tmp_path, names=["base"])
+        build_images(plans, client=client, state_dir=tmp_path, names=["base"])
     assert client.api.built == []

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hubdeploy import publish
 from hubdeploy.errors import SiteError
-from hubdeploy.images import ImagePlan
-from hubdeploy.imagetest import ImageTestResult
+from hubdeploy.images import publish
+from hubdeploy.images.imagetest import ImageTestResult
+from hubdeploy.images.plan import ImagePlan
 
 PLAN = ImagePlan("astro", "hubdeploy/demo-astro:0123456789ab", "base", {}, {})
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from hubdeploy import images, kernelcheck, kernels
 from hubdeploy.contract.labels import IMAGE_KERNELS
+from hubdeploy.images import kernelcheck, kernels
+from hubdeploy.images.plan import plan_images
+from hubdeploy.images.source import build_time_labels
 from hubdeploy.schema import Kernel, Site
 
 
@@ -33,7 +35,7 @@ def site(alpha_kernels=None, beta_kernels=None, base_kernels=None) -> Site:
 
 
 def plans(s: Site, tmp_path: Path):
-    return images.plan_images(s, tmp_path)
+    return plan_images(s, tmp_path)
 
 
 def test_kernel_defaults_and_closed_model():
@@ -163,7 +165,7 @@ def test_changing_one_kernel_retags_only_that_image_and_its_children(tmp_path):
 
 def test_build_time_labels_stay_out_of_the_hash(tmp_path):
     p = plans(site(), tmp_path)
-    extra = images.build_time_labels()
+    extra = build_time_labels()
     assert "org.opencontainers.image.created" in extra
     for plan in p.values():
         for key in extra:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
 
-from hubdeploy import images, render
+from hubdeploy import render
 from hubdeploy.contract.services import PROMETHEUS
-import json
 from hubdeploy.errors import SiteError
+from hubdeploy.images.plan import plan_images
 from hubdeploy.loader import load_site_text, where
-from hubdeploy.secrets import ensure_secrets, secret_names
+from hubdeploy.state.secrets import ensure_secrets, secret_names
 
 SITE = """\
 name: promsite
@@ -34,7 +35,7 @@ def _render(prom: str, tmp_path: Path):
 def test_disabled_by_default_renders_nothing(tmp_path):
     site, files, doc = _render("{enabled: false}", tmp_path)
     assert "prometheus" not in doc["services"] and not any(k.startswith("prometheus/") for k in files)
-    assert "prometheus" not in images.plan_images(site, tmp_path)
+    assert "prometheus" not in plan_images(site, tmp_path)
     assert PROMETHEUS.secret not in secret_names(site)
 
 
@@ -92,7 +93,7 @@ def test_config_change_changes_the_config_hash(tmp_path):
 
 def test_image_plan_builds_debian_prometheus(tmp_path):
     site = load_site_text(SITE.format(prom="{enabled: true}"), "site.yaml")
-    plans = images.plan_images(site, tmp_path)
+    plans = plan_images(site, tmp_path)
     plan = plans["prometheus"]
     assert plan.parent == "debian" and plan.ref.startswith("hubdeploy/promsite-prometheus:")
     dockerfile = plan.files["Dockerfile"].decode()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from hubdeploy.loader import load_site_text
 from hubdeploy.errors import SiteError
+from hubdeploy.loader import load_site_text
 from hubdeploy.render import compose as compose_render
 from hubdeploy.render import hubdata
 from hubdeploy.contract import strict
@@ -81,7 +81,7 @@ def test_registry_is_a_host_and_port(good):
 
 @pytest.mark.parametrize("bad", ["http://reg:5000", "reg:5000/path", "reg 5000", "reg:port", ":5000"])
 def test_a_bad_registry_names_file_line_and_key(bad):
-    from hubdeploy.publish import REGISTRY_RE
+    from hubdeploy.images.publish import REGISTRY_RE
 
     assert not REGISTRY_RE.fullmatch(bad)  # images push --registry refuses it alike
     with pytest.raises(SiteError) as err:
@@ -99,7 +99,7 @@ def test_registry_needs_swarm():
 def test_digest_references():
     from hubdeploy import swarm
     from hubdeploy.errors import OperationError
-    from hubdeploy.images import ImagePlan
+    from hubdeploy.images.plan import ImagePlan
 
     plan = ImagePlan("base", "hubdeploy/sw-base:0123abcd", "debian", {}, {})
     repo = swarm.registry_repo(plan, "127.0.0.1:5000")

@@ -15,7 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from ruamel.yaml import YAML
 
-from hubdeploy import selfsigned, smoke_cmd, stack
+from hubdeploy import smoke_cmd, stack
+from hubdeploy.state import selfsigned
 
 SITE = """\
 name: demo

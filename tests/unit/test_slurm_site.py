@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 from ruamel.yaml import YAML
 
-from hubdeploy import images, render
+from hubdeploy import render
 from hubdeploy.errors import SiteError
+from hubdeploy.images.plan import plan_images
 from hubdeploy.loader import load_site_text
-from hubdeploy.secrets import secret_names
+from hubdeploy.state.secrets import secret_names
 
 SITE = """\
 name: slurmy
@@ -156,18 +157,18 @@ def test_submit_site_passes_its_prefix_and_has_no_cluster():
 
 
 def test_slurm_image_is_planned_from_the_nodes_image(tmp_path):
-    plans = images.plan_images(site(), tmp_path)
+    plans = plan_images(site(), tmp_path)
     plan = plans["slurm"]
     assert plan.parent == "base" and plan.buildargs["BASE"] == plans["base"].ref
     assert b"slurmd" in plan.files["Dockerfile"] and b"LABEL" in plan.files["Dockerfile"]
-    assert images.plan_images(site(), tmp_path)["slurm"].ref == plan.ref
+    assert plan_images(site(), tmp_path)["slurm"].ref == plan.ref
 
 
 def test_site_without_slurm_renders_as_before():
     text = "name: plain\nprofiles: [{name: a, image: base}]\n"
     data = strict.plain(render.hub_data(site(text), REFS))
     assert data["spawner"]["backends"] == {}
-    assert "slurm" not in images.plan_images(site(text), Path("."))
+    assert "slurm" not in plan_images(site(text), Path("."))
 
 
 # -- spawner: the user's choices --------------------------------------------------------
@@ -370,7 +371,7 @@ def test_generated_ssh_key_is_owner_only_reused_and_valid(tmp_path):
     import stat
     import subprocess
 
-    from hubdeploy.secrets import ensure_secrets
+    from hubdeploy.state.secrets import ensure_secrets
 
     paths = ensure_secrets(tmp_path / "secrets", ["slurm_ssh_key"])
     key, pub = paths["slurm_ssh_key"], tmp_path / "secrets" / "slurm_ssh_key.pub"

@@ -23,7 +23,7 @@ from hubdeploy.backends.sshcert import CertificateAuthority, CertificateError
 from hubdeploy.contract.identity import Identity
 from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site, load_site_text
-from hubdeploy.secrets import ensure_secrets, secret_names
+from hubdeploy.state.secrets import ensure_secrets, secret_names
 from hubdeploy.contract import strict
 from hubsections import profile
 
@@ -363,8 +363,8 @@ def test_the_ca_key_is_generated_once_owner_only_with_its_public_half(tmp_path):
 
 
 def test_the_hub_image_has_cryptography():
-    from hubdeploy import images
+    from hubdeploy.images.plan import plan_images
 
     s = load_site_text("name: s\nprofiles: [{name: p, image: base}]\n", "site.yaml")
-    plans = images.plan_images(s, Path("."))
+    plans = plan_images(s, Path("."))
     assert b"cryptography" in plans["hub"].files["requirements.txt"]

@@ -1,7 +1,7 @@
 """``images test``: start every kernel of a notebook image the way a user's server would.
 
 The image runs as the notebook user (uid 1000) with a fresh, empty home volume and no
-network, and :mod:`hubdeploy.kernelcheck` runs inside it with the image's own
+network, and :mod:`hubdeploy.images.kernelcheck` runs inside it with the image's own
 ``/opt/venv/bin/python``. What to expect comes from the image's ``hubdeploy.kernels``
 label, which lists the image's kernels and its ancestors', so a child image re-runs its
 ancestors' checks. The container and the volume are removed whatever happens.
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import docker.errors
 
-from hubdeploy import kernelcheck
-from hubdeploy import kernels as kern
 from hubdeploy.contract.labels import IMAGETEST
 from hubdeploy.errors import OperationError
-from hubdeploy.images import ENGINE_ERRORS
+from hubdeploy.images import kernelcheck
+from hubdeploy.images import kernels as kern
+from hubdeploy.images.build import ENGINE_ERRORS
 
 CHECK_DIR = "/tmp/hubdeploy-check"
 # Every kernel starts (R takes a few seconds) and runs its check; bounded in total.

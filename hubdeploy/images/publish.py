@@ -20,10 +20,11 @@ from pathlib import Path
 
 import docker.errors
 
-from hubdeploy import kernels as kern
 from hubdeploy.contract.labels import IMAGE_PARENT, IMAGE_SPEC_HASH
 from hubdeploy.errors import OperationError, SiteError
-from hubdeploy.images import ENGINE_ERRORS, ImagePlan
+from hubdeploy.images import kernels as kern
+from hubdeploy.images.build import ENGINE_ERRORS
+from hubdeploy.images.plan import ImagePlan
 from hubdeploy.schema import REGISTRY_PATTERN
 
 REGISTRY_RE = re.compile(REGISTRY_PATTERN)
