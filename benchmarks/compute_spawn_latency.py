@@ -67,6 +67,8 @@ from benchhomes import remove_home
 
 from hubdeploy import stack
 from hubdeploy.backends.slurm_script import JobOptions, job_options
+from hubdeploy.contract import slurmcmd
+from hubdeploy.contract.hubjson import HubJson
 from hubdeploy.contract.labels import compose_filter
 from hubdeploy.contract.layout import (
     COMPUTE_NETWORK,
@@ -76,6 +78,7 @@ from hubdeploy.contract.layout import (
     slurm_node_service,
     stack_name,
 )
+from hubdeploy.contract.strict import read
 from hubdeploy.smoke.hubclient import HubAPIError, HubClient
 
 TARGET_S = 1.5
@@ -147,6 +150,16 @@ class Cluster:
         if res.exit_code != 0:
             raise RuntimeError(f"{argv[0]} exited {res.exit_code}: {res.output.decode()[-300:]}")
         return res.output.decode()
+
+    def associate(self, accounts: list[str]) -> None:
+        """The floor's account gets the association the hub gives each user before their
+        first job (the stack's cluster enforces associations)."""
+        if not accounts:
+            return
+        res = self.container(SLURMCTLD_SERVICE).exec_run(slurmcmd.add_user_argv(NOTEBOOK_USER, accounts))
+        said = res.output.decode()
+        if res.exit_code != 0 and not any(word in said for word in slurmcmd.UNCHANGED):
+            raise RuntimeError(f"sacctmgr exited {res.exit_code}: {said[-300:]}")
 
     def wait_idle(self, limit: float = 90) -> None:
         """Until squeue lists no job (completing ones included): every node is free."""
@@ -222,8 +235,8 @@ def main() -> int:
         print("the site needs a Slurm cluster in the stack and a compute profile", file=sys.stderr)
         return 2
     # The floor job asks for what the profile's job asks (slurm_script.job_options).
-    hub_profile = next(p for p in json.loads(prep.files["hub/hub.json"])["spawner"]["profiles"]
-                       if p["name"] == profile.name)
+    hub = read(HubJson, json.loads(prep.files["hub/hub.json"]), "hub/hub.json")
+    hub_profile = next(p for p in hub.spawner.profiles if p.name == profile.name)
     script = floor_script(job_options(hub_profile))
 
     client = docker.from_env()
@@ -238,6 +251,7 @@ def main() -> int:
     api.stop_server(user, SERVER, time.monotonic() + 120)
     cluster.cancel_ours()
     cluster.wait_idle()
+    cluster.associate(list(hub.spawner.backends.get("slurm", {}).get("association_accounts") or []))
 
     hub: list[dict] = []
     floor: list[dict] = []
