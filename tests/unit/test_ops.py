@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 from ruamel.yaml import YAML
 
-from hubdeploy import backup, render, restore, userlogs
+from hubdeploy import render
+from hubdeploy.ops import backup, restore, userlogs
 from hubdeploy.cli import cli
 from hubdeploy.contract.layout import LABEL_OWNER, LABEL_OWNER_DIR
 from hubdeploy.errors import OperationError, SiteError

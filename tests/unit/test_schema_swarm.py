@@ -59,7 +59,7 @@ class _Engine:
 
 
 def test_up_needs_a_swarm_manager():
-    from hubdeploy import swarm
+    from hubdeploy.ops import swarm
     from hubdeploy.errors import OperationError
 
     for state in ({"LocalNodeState": "inactive"}, {"LocalNodeState": "active", "ControlAvailable": False}):
@@ -97,7 +97,7 @@ def test_registry_needs_swarm():
 
 
 def test_digest_references():
-    from hubdeploy import swarm
+    from hubdeploy.ops import swarm
     from hubdeploy.errors import OperationError
     from hubdeploy.images.plan import ImagePlan
 
@@ -116,7 +116,7 @@ def test_digest_references():
 
 
 def test_login_images_are_what_swarm_runs():
-    from hubdeploy import swarm
+    from hubdeploy.ops import swarm
 
     site = load_site_text(
         "name: sw\norchestrator: swarm\npublic: {host: 0.0.0.0}\nimages: {collaborations: {astro: {}}}\n"

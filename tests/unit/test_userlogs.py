@@ -15,7 +15,7 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from hubdeploy import engine, stack, userlogs
+from hubdeploy.ops import engine, stack, userlogs
 from hubdeploy.contract import orphans as protocol
 from hubdeploy.contract.backends import SWARM
 from hubdeploy.contract.labels import SWARM_SERVICE_ID

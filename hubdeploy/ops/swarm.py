@@ -87,7 +87,7 @@ def pinned_by_engine(site: Site, plans: Mapping[str, ImagePlan]) -> dict[str, st
     the local engine only, never the registry: ``render``, ``status`` and ``down`` then
     render what ``up`` rendered instead of putting tags back into hub.json. {} when the
     engine cannot be reached (``render`` works without one)."""
-    from hubdeploy.engine import docker_client
+    from hubdeploy.ops.engine import docker_client
 
     registry = site.swarm.registry
     if site.orchestrator != "swarm" or not registry:

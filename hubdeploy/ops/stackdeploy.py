@@ -47,7 +47,7 @@ def control_node(state: Path, client=None) -> str:
     if path.is_file():
         return path.read_text().strip()
     if client is None:
-        from hubdeploy.engine import docker_client
+        from hubdeploy.ops.engine import docker_client
 
         try:
             client = docker_client()

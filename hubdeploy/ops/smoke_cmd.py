@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hubdeploy import stack
+from hubdeploy.ops import stack
 from hubdeploy.contract.services import SMOKE
 from hubdeploy.state.secrets import read_secret
 

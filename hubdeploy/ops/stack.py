@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, render, stackdeploy, swarm, upgrade
+from hubdeploy import render
+from hubdeploy.ops import engine, stackdeploy, swarm, upgrade
 from hubdeploy.contract import orphans as protocol
 from hubdeploy.contract.backends import DOCKER, SLURM
 from hubdeploy.contract.labels import compose_filter

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import __version__, engine
+from hubdeploy import __version__
+from hubdeploy.ops import engine
 from hubdeploy.contract.atomic import write_atomic
 from hubdeploy.contract.layout import HUB_DATA_DIR
 from hubdeploy.errors import OperationError, SiteError

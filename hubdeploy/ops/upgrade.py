@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubdeploy import engine
+from hubdeploy.ops import engine
 from hubdeploy.contract.labels import COMPOSE_PROJECT, IMAGE_JUPYTERHUB_VERSION, UPGRADE_DB
 from hubdeploy.contract.layout import (
     HUB_CONFIG_PATH,
@@ -119,7 +119,7 @@ def running_version(container) -> str | None:
 
 def backup_database(container, state: Path, version: str) -> Path:
     """Copy the hub's sqlite database, online, into ``<state>/backups/`` (0600)."""
-    from hubdeploy.backup import snapshot_database
+    from hubdeploy.ops.backup import snapshot_database
 
     out = snapshot_database(container)
     dest_dir = state / "backups"

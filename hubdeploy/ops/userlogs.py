@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from hubdeploy import engine
+from hubdeploy.ops import engine
 from hubdeploy.contract import orphans as protocol
 from hubdeploy.contract.backends import DOCKER, SLURM, SWARM
 from hubdeploy.contract.labels import SWARM_SERVICE_ID
@@ -150,7 +150,7 @@ def _slurm_log(client, prep, row, tail: str, follow: bool, write: Callable[[byte
 
 def user_logs(prep, user: str, server: str, *, follow: bool, tail: str, write: Callable[[bytes], None]) -> int:
     """Write the log of ``user``'s server ``server`` ("" the default) to ``write``."""
-    from hubdeploy import stack
+    from hubdeploy.ops import stack
 
     check_tail(tail)
     client = engine.docker_client()
