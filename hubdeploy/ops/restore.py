@@ -21,14 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from hubdeploy import render
-from hubdeploy.ops import engine
-from hubdeploy.ops.backup import DATABASE, DB_FILE, VOLUME_DIR, Backup, Member, read_archive
 from hubdeploy.contract.atomic import write_atomic
 from hubdeploy.contract.labels import COMPOSE_PROJECT, COMPOSE_VOLUME
 from hubdeploy.contract.layout import HUB_DATA_DIR, HUB_DATA_VOLUME, LABEL_SITE, project_name, stack_name
 from hubdeploy.errors import OperationError
 from hubdeploy.images.build import build_images
 from hubdeploy.loader import load_site_text
+from hubdeploy.ops import engine
+from hubdeploy.ops.backup import DATABASE, DB_FILE, VOLUME_DIR, Backup, Member, read_archive
 
 
 def volume_name(site: str) -> str:

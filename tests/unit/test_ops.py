@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from ruamel.yaml import YAML
 
 from hubdeploy import render
-from hubdeploy.ops import backup, restore, userlogs
 from hubdeploy.cli import cli
 from hubdeploy.contract.layout import LABEL_OWNER, LABEL_OWNER_DIR
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.loader import load_site
+from hubdeploy.ops import backup, restore, userlogs
 from hubdeploy.state import ownership
 
 GOLDEN = Path(__file__).parent / "golden"
