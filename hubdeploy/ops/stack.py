@@ -123,7 +123,7 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
     changes (:mod:`hubdeploy.ops.upgrade`), start, wait until healthy."""
     t0 = time.monotonic()
     client = engine.docker_client()
-    engine.compose_command()  # down needs compose with either orchestrator
+    engine.compose_command()  # both orchestrators need compose (swarm to take a compose stack down)
     orch = orchestrator(prep.site)
     orch.place(prep, client, console=console)
     check_owner(prep, client, take_over=take_over)
