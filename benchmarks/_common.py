@@ -20,7 +20,7 @@ import requests
 
 from benchhomes import remove_home
 
-from hubdeploy import stack
+from hubdeploy.ops import stack
 from hubdeploy.contract.layout import HUB_SERVICE, PROXY_SERVICE, USERS_NETWORK, stack_name
 from hubdeploy.smoke.hubclient import HubClient
 from hubdeploy.smoke.kernel import ServerClient
@@ -231,7 +231,7 @@ def cpu_seconds(container_id: str) -> float:
 
 def service_container(bench: Bench, service: str):
     """The stack's container of ``service`` (HUB_SERVICE, PROXY_SERVICE)."""
-    from hubdeploy.engine import service_containers
+    from hubdeploy.ops.engine import service_containers
 
     found = service_containers(bench.client, bench.project, service)
     if len(found) != 1:

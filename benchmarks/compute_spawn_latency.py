@@ -65,7 +65,7 @@ from _common import (
 )
 from benchhomes import remove_home
 
-from hubdeploy import stack
+from hubdeploy.ops import stack
 from hubdeploy.backends.slurm_script import JobOptions, job_options
 from hubdeploy.contract import slurmcmd
 from hubdeploy.contract.hubjson import HubJson

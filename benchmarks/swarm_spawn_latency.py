@@ -68,7 +68,7 @@ from _common import (
     wait_http,
 )
 
-from hubdeploy import stack, swarm
+from hubdeploy.ops import stack, swarm
 from hubdeploy.contract.labels import SWARM_SERVICE_ID
 from hubdeploy.errors import OperationError
 

@@ -107,7 +107,7 @@ def schema() -> None:
 @_handle
 def render_cmd(ctx: click.Context) -> None:
     """Write compose.yaml and the hub's configuration into .hubdeploy/ beside the site file."""
-    from hubdeploy import stack
+    from hubdeploy.ops import stack
 
     prep = stack.prepare(_site_path(ctx))
     changed = stack.write(prep)
@@ -130,7 +130,7 @@ def up(ctx: click.Context, wait_timeout: int, take_over: bool, as_json: bool, fo
 
     A changed hub.jupyterhub_version upgrades the hub: new images, a database backup,
     `jupyterhub upgrade-db`, then the new hub; a failed step leaves the old hub serving."""
-    from hubdeploy import stack
+    from hubdeploy.ops import stack
 
     prep = stack.prepare(_site_path(ctx))
     _warn(prep.site)
@@ -164,7 +164,7 @@ def up(ctx: click.Context, wait_timeout: int, take_over: bool, as_json: bool, fo
 @_handle
 def status(ctx: click.Context, as_json: bool) -> None:
     """Services, their health, and running user servers. Exit 1 when not healthy."""
-    from hubdeploy import stack
+    from hubdeploy.ops import stack
 
     prep = stack.prepare(_site_path(ctx))
     data = stack.status(prep)
@@ -236,7 +236,7 @@ def orphans_group() -> None:
 @_handle
 def orphans_list(ctx: click.Context, show_all: bool, as_json: bool) -> None:
     """List the servers no hub server owns (exit 0 even when there are some)."""
-    from hubdeploy import stack
+    from hubdeploy.ops import stack
 
     report = stack.orphans(stack.prepare(_site_path(ctx)))
     rows = report["servers"] if show_all else [r for r in report["servers"] if not r["tracked"]]
@@ -262,7 +262,7 @@ def orphans_remove(ctx: click.Context, ids: tuple[str, ...], remove_all: bool, a
 
     All or nothing: an ID that is tracked, unknown or ambiguous removes nothing (exit 2).
     """
-    from hubdeploy import stack
+    from hubdeploy.ops import stack
 
     if bool(ids) == remove_all:
         raise SiteError("name the IDs to remove, or --all (not both)", hint="hubdeploy orphans list")
@@ -286,14 +286,14 @@ def orphans_remove(ctx: click.Context, ids: tuple[str, ...], remove_all: bool, a
 @_handle
 def logs(ctx: click.Context, service: str | None, user: str | None, server: str, follow: bool, tail: str) -> None:
     """Show the logs of the stack, of one SERVICE, or of a user's server (--user)."""
-    from hubdeploy import stack
+    from hubdeploy.ops import stack
 
     if user is None:
         if server:
             raise SiteError("--server needs --user")
         prep = stack.prepare(_site_path(ctx))
         sys.exit(stack.logs(prep, service, follow, tail))
-    from hubdeploy import userlogs
+    from hubdeploy.ops import userlogs
 
     if service is not None:
         raise SiteError("give a SERVICE or --user, not both")
@@ -317,7 +317,7 @@ def logs(ctx: click.Context, service: str | None, user: str | None, server: str,
 @_handle
 def down(ctx: click.Context, volumes: bool, take_over: bool, as_json: bool) -> None:
     """Stop and remove the stack and user servers (data is kept unless --volumes)."""
-    from hubdeploy import stack
+    from hubdeploy.ops import stack
 
     prep = stack.prepare(_site_path(ctx))
     result = stack.down(prep, volumes=volumes, take_over=take_over)
@@ -350,8 +350,8 @@ def backup(ctx: click.Context, output: str | None, as_json: bool) -> None:
 
     The stack must be running: the database is snapshot live by the hub's sqlite.
     """
-    from hubdeploy import backup as backup_mod
-    from hubdeploy import stack
+    from hubdeploy.ops import backup as backup_mod
+    from hubdeploy.ops import stack
 
     result = backup_mod.backup(stack.prepare(_site_path(ctx)), Path(output) if output else None)
     if as_json:
@@ -375,7 +375,7 @@ def restore(ctx: click.Context, archive: str, site_opt: str | None, force: bool,
 
     Refuses to overwrite existing state unless --force, and never runs under a live stack.
     """
-    from hubdeploy import restore as restore_mod
+    from hubdeploy.ops import restore as restore_mod
 
     site_file = Path(site_opt) if site_opt else _site_path(ctx)
     result = restore_mod.restore(site_file, Path(archive), force=force, console=None if as_json else err)
@@ -401,7 +401,7 @@ def restore(ctx: click.Context, archive: str, site_opt: str | None, force: bool,
 def smoke(ctx: click.Context, throwaway: bool, profiles: tuple[str, ...], junit: str | None,
           timeout: int, ca_bundle: str | None, as_json: bool) -> None:
     """Log a test user in, start every profile, run code in every kernel, clean up."""
-    from hubdeploy import smoke_cmd
+    from hubdeploy.ops import smoke_cmd
 
     report = smoke_cmd.smoke(
         _site_path(ctx), throwaway=throwaway, profiles=list(profiles), timeout=timeout,
@@ -425,7 +425,7 @@ def images_group() -> None:
 @_handle
 def images_list(ctx: click.Context, as_json: bool) -> None:
     """Every image of the site with its tag and whether it is built."""
-    from hubdeploy import engine, stack
+    from hubdeploy.ops import engine, stack
     from hubdeploy.images.build import missing_images
 
     prep = stack.prepare(_site_path(ctx))
@@ -450,7 +450,7 @@ def images_list(ctx: click.Context, as_json: bool) -> None:
 @_handle
 def images_build(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
     """Build the site's images (only missing ones unless --force)."""
-    from hubdeploy import engine, stack
+    from hubdeploy.ops import engine, stack
     from hubdeploy.images.build import build_images
 
     prep = stack.prepare(_site_path(ctx))
@@ -493,7 +493,7 @@ def images_test(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> No
     """
     from rich.markup import escape
 
-    from hubdeploy import engine, stack
+    from hubdeploy.ops import engine, stack
     from hubdeploy.images import imagetest
 
     prep = stack.prepare(_site_path(ctx))
@@ -536,7 +536,7 @@ def images_test(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> No
 def images_push(ctx: click.Context, names: tuple[str, ...], registry: str, username: str | None,
                 password_stdin: bool) -> None:
     """Push built images (default: all of the site's) to REGISTRY/hubdeploy/<site>-<image>:<tag>."""
-    from hubdeploy import engine, stack
+    from hubdeploy.ops import engine, stack
     from hubdeploy.images import publish
 
     if password_stdin and not username:
@@ -561,7 +561,7 @@ def images_push(ctx: click.Context, names: tuple[str, ...], registry: str, usern
 @_handle
 def images_save(ctx: click.Context, names: tuple[str, ...], output: str) -> None:
     """`docker save` built images (default: all) with a manifest each, for air-gapped nodes."""
-    from hubdeploy import engine, stack
+    from hubdeploy.ops import engine, stack
     from hubdeploy.images import publish
 
     prep = stack.prepare(_site_path(ctx))

@@ -87,8 +87,8 @@ def check(client, project: str, mine: Owner, *, take_over: bool) -> None:
     ``take_over``. Only reads the engine: called before any side effect."""
     if take_over:
         return
-    from hubdeploy.engine import project_containers
-    from hubdeploy.stackdeploy import stack_services
+    from hubdeploy.ops.engine import project_containers
+    from hubdeploy.ops.stackdeploy import stack_services
 
     found = [c.labels for c in project_containers(client, project, all=True)]
     # A swarm stack's owner is on its services too (a service may have no task yet).

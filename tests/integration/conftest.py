@@ -50,7 +50,7 @@ def swarm_manager(client):
     down: leaving a swarm was seen to break name resolution on the networks of stacks
     still running on the engine.
     """
-    from hubdeploy import swarm
+    from hubdeploy.ops import swarm
     from hubdeploy.errors import OperationError
 
     if client.info()["Swarm"]["LocalNodeState"] != "active":

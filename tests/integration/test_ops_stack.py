@@ -24,7 +24,7 @@ from stackfixture import diagnostics, run_cli, tear_down_site
 
 from hubdeploy.contract.layout import LABEL_OWNER_DIR
 from hubdeploy.smoke.hubclient import HubClient
-from hubdeploy.userlogs import job_output
+from hubdeploy.ops.userlogs import job_output
 
 pytestmark = pytest.mark.integration
 

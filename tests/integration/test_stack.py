@@ -202,7 +202,7 @@ def test_down_without_rendered_files_still_removes_the_stack(up_stack, tmp_path)
     containers (by rendering the same files again) instead of leaving them running."""
     from stackfixture import run_cli
 
-    from hubdeploy import engine
+    from hubdeploy.ops import engine
 
     client = docker.from_env()
     image = client.containers.list(filters={"name": f"{up_stack.project}-proxy"})[0].image.tags[0]

@@ -17,7 +17,7 @@ import pytest
 from registryfixture import build_registry_image, running_registry
 from stackfixture import diagnostics, run_5x4, run_cli, tear_down_site, user_session
 
-from hubdeploy import stack
+from hubdeploy.ops import stack
 
 pytestmark = pytest.mark.integration
 

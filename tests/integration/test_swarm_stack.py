@@ -16,7 +16,7 @@ import time
 import pytest
 from stackfixture import REACH_DEF, diagnostics, free_port, run_5x4, run_cli, tear_down_site, user_session
 
-from hubdeploy import engine
+from hubdeploy.ops import engine
 from hubdeploy.smoke.hubclient import SpawnFailed
 from hubdeploy.smoke.kernel import ServerClient
 

@@ -22,9 +22,9 @@ import requests
 from stackfixture import diagnostics, free_port, run_5x4, run_cli, tear_down_site, user_session
 from test_upgrade_stack import NEW, OLD, Site
 
-from hubdeploy import engine
+from hubdeploy.ops import engine
 from hubdeploy.smoke.hubclient import HubClient
-from hubdeploy.upgrade import FAULT_ENV
+from hubdeploy.ops.upgrade import FAULT_ENV
 
 pytestmark = pytest.mark.integration
 

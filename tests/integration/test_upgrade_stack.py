@@ -18,10 +18,10 @@ import pytest
 import requests
 from stackfixture import diagnostics, run_5x4, run_cli, tear_down_site, user_session
 
-from hubdeploy import engine
+from hubdeploy.ops import engine
 from hubdeploy.contract.names import container_name
 from hubdeploy.smoke.hubclient import HubClient
-from hubdeploy.upgrade import FAULT_ENV
+from hubdeploy.ops.upgrade import FAULT_ENV
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,12 @@ import pytest
 from click.testing import CliRunner
 from ruamel.yaml import YAML
 
-from hubdeploy import backup, render, restore, userlogs
+from hubdeploy import render
 from hubdeploy.cli import cli
 from hubdeploy.contract.layout import LABEL_OWNER, LABEL_OWNER_DIR
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.loader import load_site
+from hubdeploy.ops import backup, restore, userlogs
 from hubdeploy.state import ownership
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -2,11 +2,11 @@
 
 import pytest
 
+from hubdeploy.contract import strict
 from hubdeploy.errors import SiteError
 from hubdeploy.loader import load_site_text
 from hubdeploy.render import compose as compose_render
 from hubdeploy.render import hubdata
-from hubdeploy.contract import strict
 
 # Swarm publishes on every address: a swarm site says so (public.host 0.0.0.0).
 BASE = "name: sw\nprofiles:\n  - {name: login, image: base%s}\npublic: {host: 0.0.0.0}\n"
@@ -59,8 +59,8 @@ class _Engine:
 
 
 def test_up_needs_a_swarm_manager():
-    from hubdeploy import swarm
     from hubdeploy.errors import OperationError
+    from hubdeploy.ops import swarm
 
     for state in ({"LocalNodeState": "inactive"}, {"LocalNodeState": "active", "ControlAvailable": False}):
         with pytest.raises(OperationError, match="not a swarm manager"):
@@ -97,9 +97,9 @@ def test_registry_needs_swarm():
 
 
 def test_digest_references():
-    from hubdeploy import swarm
     from hubdeploy.errors import OperationError
     from hubdeploy.images.plan import ImagePlan
+    from hubdeploy.ops import swarm
 
     plan = ImagePlan("base", "hubdeploy/sw-base:0123abcd", "debian", {}, {})
     repo = swarm.registry_repo(plan, "127.0.0.1:5000")
@@ -116,7 +116,7 @@ def test_digest_references():
 
 
 def test_login_images_are_what_swarm_runs():
-    from hubdeploy import swarm
+    from hubdeploy.ops import swarm
 
     site = load_site_text(
         "name: sw\norchestrator: swarm\npublic: {host: 0.0.0.0}\nimages: {collaborations: {astro: {}}}\n"

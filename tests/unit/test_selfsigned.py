@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from ruamel.yaml import YAML
 
-from hubdeploy import smoke_cmd, stack
+from hubdeploy.ops import smoke_cmd, stack
 from hubdeploy.state import selfsigned
 
 SITE = """\

@@ -121,7 +121,7 @@ class _Service:
 def test_an_update_counts_only_when_it_began_since_the_deploy():
     """The engine's times trim the fraction's trailing zeros; an update that began before
     the deploy (an earlier one's) is not this deploy's, nor is any without ``since``."""
-    from hubdeploy.stackdeploy import _engine_time, _update_state
+    from hubdeploy.ops.stackdeploy import _engine_time, _update_state
 
     assert _engine_time("2026-11-29T12:42:20.5Z") > _engine_time("2026-11-29T12:42:20.418927873Z")
     assert _engine_time("2026-11-29T12:42:20Z") < _engine_time("2026-11-29T12:42:20.000000001Z")
@@ -138,7 +138,7 @@ def test_up_deploys_only_a_changed_stack_file(tmp_path):
     """The hash of the stack file last deployed healthy: the same file with every service
     running healthy sends nothing; another file, a missing or unhealthy service, or no
     record deploys."""
-    from hubdeploy import stackdeploy
+    from hubdeploy.ops import stackdeploy
 
     def rows(**states):
         return [{"service": name, "state": st, "health": health} for name, (st, health) in states.items()]

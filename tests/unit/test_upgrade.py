@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hubdeploy.errors import SiteError
-from hubdeploy import upgrade
-from hubdeploy.upgrade import decide, parse_version
+from hubdeploy.ops import upgrade
+from hubdeploy.ops.upgrade import decide, parse_version
 
 
 @pytest.mark.parametrize("text, expected", [("5.5.4", (5, 5, 4)), ("6.1.1\n", (6, 1, 1)),

@@ -15,11 +15,11 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from hubdeploy import engine, stack, userlogs
 from hubdeploy.contract import orphans as protocol
 from hubdeploy.contract.backends import SWARM
 from hubdeploy.contract.labels import SWARM_SERVICE_ID
 from hubdeploy.errors import OperationError
+from hubdeploy.ops import engine, servers, userlogs
 
 SERVICE = "svc0123456789abcdefghijkl"
 TASK = "t" * 64
@@ -79,7 +79,7 @@ def _logs(monkeypatch, adapter, **kwargs) -> bytes:
     client = docker.DockerClient(base_url="tcp://127.0.0.1:1", version="1.41")
     client.api.mount("http://", adapter)
     monkeypatch.setattr(engine, "docker_client", lambda: client)
-    monkeypatch.setattr(stack, "orphans", lambda prep, client=None: {"servers": [ROW]})
+    monkeypatch.setattr(servers, "orphans", lambda prep, client=None: {"servers": [ROW]})
     out = io.BytesIO()
     assert userlogs.user_logs(SimpleNamespace(), "ann", "", follow=False, tail="20", write=out.write, **kwargs) == 0
     return out.getvalue()

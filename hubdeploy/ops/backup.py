@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import __version__, engine
+from hubdeploy import __version__
 from hubdeploy.contract.atomic import write_atomic
 from hubdeploy.contract.layout import HUB_DATA_DIR
 from hubdeploy.errors import OperationError, SiteError
+from hubdeploy.ops import engine
 
 FORMAT = "hubdeploy-backup"
 VERSION = 1

@@ -28,8 +28,8 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hubdeploy import engine
 from hubdeploy.contract.labels import COMPOSE_PROJECT, IMAGE_JUPYTERHUB_VERSION, UPGRADE_DB
 from hubdeploy.contract.layout import (
     HUB_CONFIG_PATH,
@@ -42,6 +42,11 @@ from hubdeploy.contract.layout import (
 )
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.images.build import build_images
+from hubdeploy.ops import engine
+
+if TYPE_CHECKING:
+    from hubdeploy.ops.orchestrator import Orchestrator
+    from hubdeploy.ops.prepared import Prepared
 
 SQLITE_FILE = f"{HUB_DATA_DIR}/jupyterhub.sqlite"
 # Tests inject a failure at one step: "build" or "upgrade-db" (after the schema changed).
@@ -119,7 +124,7 @@ def running_version(container) -> str | None:
 
 def backup_database(container, state: Path, version: str) -> Path:
     """Copy the hub's sqlite database, online, into ``<state>/backups/`` (0600)."""
-    from hubdeploy.backup import snapshot_database
+    from hubdeploy.ops.backup import snapshot_database
 
     out = snapshot_database(container)
     dest_dir = state / "backups"
@@ -251,7 +256,8 @@ def _wait_healthy(container) -> bool:
     return False
 
 
-def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None, list[str]]:
+def run(prep: Prepared, client, decision: Decision, orch: Orchestrator, *,
+        console=None) -> tuple[Path | None, list[str]]:
     """Steps 1-4 of the module docstring; returns the backup's path (None: PostgreSQL) and
     the images built. On failure the old hub is serving again and OperationError says
     which step failed."""
@@ -276,14 +282,11 @@ def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None,
     else:
         say("[bold cyan]upgrade[/] 2/4 PostgreSQL: upgrade-db runs in one transaction (no file copy)")
     say("[bold cyan]upgrade[/] 3/4 stopping the old hub (running servers stay reachable)")
-    stop, start = _hub_control(prep, client, old)
+    stop, start = orch.hub_control(prep, client, old)
     try:
         stop()
         say("[bold cyan]upgrade[/] 4/4 jupyterhub upgrade-db with the new hub image")
-        if prep.swarm:
-            upgrade_db_service(client, prep.project, prep.plans["hub"].ref)
-        else:
-            upgrade_db(client, old, prep.plans["hub"].ref)
+        orch.upgrade_db(prep, client, old, prep.plans["hub"].ref)
         if os.environ.get(FAULT_ENV) == "upgrade-db":
             raise OperationError(f"jupyterhub upgrade-db: injected failure ({FAULT_ENV})")
     except Exception as exc:
@@ -298,23 +301,25 @@ def run(prep, client, decision: Decision, *, console=None) -> tuple[Path | None,
     return backup, built
 
 
-def _hub_control(prep, client, old):
-    """(stop, start) of the old hub; start says whether it became healthy. Under compose
-    its container; under swarm its service, scaled to 0 and back to 1 (swarm would
-    replace a stopped task's container at once)."""
-    if not prep.swarm:
-        def start() -> bool:
-            old.start()
-            return _wait_healthy(old)
-        return (lambda: old.stop(timeout=30)), start
-    service = client.services.get(swarm_service(prep.project, HUB_SERVICE))
+def container_control(old):
+    """(stop, start) of the hub's compose container; start says whether it became healthy."""
+    def start() -> bool:
+        old.start()
+        return _wait_healthy(old)
+    return (lambda: old.stop(timeout=30)), start
+
+
+def service_control(client, project: str):
+    """(stop, start) of the hub's swarm service, scaled to 0 and back to 1 (swarm would
+    replace a stopped task's container at once); start says whether it became healthy."""
+    service = client.services.get(swarm_service(project, HUB_SERVICE))
 
     def stop_service() -> None:
         service.scale(0)
         deadline = time.monotonic() + HEALTH_WAIT
-        while engine.service_containers(client, prep.project, HUB_SERVICE) and time.monotonic() < deadline:
+        while engine.service_containers(client, project, HUB_SERVICE) and time.monotonic() < deadline:
             time.sleep(1)
-        if engine.service_containers(client, prep.project, HUB_SERVICE):
+        if engine.service_containers(client, project, HUB_SERVICE):
             raise OperationError(f"the old hub's task did not stop within {HEALTH_WAIT} s")
 
     def start_service() -> bool:
@@ -322,7 +327,7 @@ def _hub_control(prep, client, old):
         service.scale(1)
         deadline = time.monotonic() + HEALTH_WAIT
         while time.monotonic() < deadline:
-            running = engine.service_containers(client, prep.project, HUB_SERVICE)
+            running = engine.service_containers(client, project, HUB_SERVICE)
             if running and _wait_healthy(running[0]):
                 return True
             time.sleep(1)

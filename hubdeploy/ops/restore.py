@@ -20,14 +20,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hubdeploy import engine, render
-from hubdeploy.backup import DATABASE, DB_FILE, VOLUME_DIR, Backup, Member, read_archive
+from hubdeploy import render
 from hubdeploy.contract.atomic import write_atomic
 from hubdeploy.contract.labels import COMPOSE_PROJECT, COMPOSE_VOLUME
 from hubdeploy.contract.layout import HUB_DATA_DIR, HUB_DATA_VOLUME, LABEL_SITE, project_name, stack_name
 from hubdeploy.errors import OperationError
 from hubdeploy.images.build import build_images
 from hubdeploy.loader import load_site_text
+from hubdeploy.ops import engine
+from hubdeploy.ops.backup import DATABASE, DB_FILE, VOLUME_DIR, Backup, Member, read_archive
 
 
 def volume_name(site: str) -> str:
@@ -109,7 +110,7 @@ def _write_state(site_file: Path, backup: Backup, stack):
 def restore(site_file: Path, archive: Path, *, force: bool = False, console=None) -> dict[str, Any]:
     """Restore ``archive`` into ``site_file`` (and its state directory) and the hub's
     data volume; the site directory gets a new site id (it owns the stack from now)."""
-    from hubdeploy import stack
+    from hubdeploy.ops import stack
 
     backup = read_archive(archive)
     site = load_site_text(backup.site_text.decode(), str(site_file), site_dir=site_file.resolve().parent)

@@ -95,6 +95,12 @@ def compose(
     return proc
 
 
+def compose_down(project: str, compose_file: Path, *, volumes: bool = False) -> None:
+    """``compose down`` of the project, its volumes too with ``volumes``."""
+    args = ["down", "--remove-orphans", "--timeout", "20"] + (["--volumes"] if volumes else [])
+    compose(project, compose_file, args, capture=True)
+
+
 def project_containers(client, project: str, *, all: bool = False) -> list:
     """Every container of the stack: compose's, or its swarm tasks' on this engine."""
     found = client.containers.list(all=all, filters={"label": compose_filter(project)})

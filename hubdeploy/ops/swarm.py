@@ -1,13 +1,13 @@
-"""The operator's side of ``orchestrator: swarm``: what ``up`` checks and pushes, and
-what ``down`` removes.
+"""The operator's side of ``orchestrator: swarm`` (:class:`SwarmOrchestrator`): the
+stack as a swarm stack on one manager (:mod:`hubdeploy.ops.stackdeploy`), what ``up``
+checks and pushes, and what ``down`` removes.
 
-The hub starts login-node servers as swarm services (hubdeploy.backends.swarm); the rest
-of the stack is compose on the manager. With ``swarm.registry``, ``up`` pushes the
-notebook images login profiles use (what the registry lacks) and the hub gets them as
-``REGISTRY/NAME@sha256:DIGEST``, so every node runs the same bytes, whatever a tag
-points to later. ``down`` removes what compose does not know: services the hub could not
-stop, their account configs, and the attachable overlay network a just-stopped task was
-still leaving when compose tried.
+The hub starts login-node servers as swarm services (hubdeploy.backends.swarm). With
+``swarm.registry``, ``up`` pushes the notebook images login profiles use (what the
+registry lacks) and the hub gets them as ``REGISTRY/NAME@sha256:DIGEST``, so every node
+runs the same bytes, whatever a tag points to later. ``down`` removes what the stack
+does not own: services the hub could not stop, their account configs, and the attachable
+overlay network a just-stopped task was still leaving when compose tried.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import docker.errors
 
@@ -23,9 +25,14 @@ from hubdeploy.contract.labels import compose_filter
 from hubdeploy.contract.layout import LABEL_SITE, LABEL_USER
 from hubdeploy.errors import OperationError
 from hubdeploy.images import publish
-from hubdeploy.images.build import ENGINE_ERRORS
+from hubdeploy.images.build import ENGINE_ERRORS, build_images
 from hubdeploy.images.plan import ImagePlan
+from hubdeploy.ops import engine, stackdeploy, upgrade
+from hubdeploy.ops.orchestrator import Orchestrator
 from hubdeploy.schema import Site
+
+if TYPE_CHECKING:
+    from hubdeploy.ops.prepared import Prepared
 
 # Seconds to wait for the manager to let go of a removed service's configs and networks.
 RELEASE_WAIT = 30
@@ -87,13 +94,11 @@ def pinned_by_engine(site: Site, plans: Mapping[str, ImagePlan]) -> dict[str, st
     the local engine only, never the registry: ``render``, ``status`` and ``down`` then
     render what ``up`` rendered instead of putting tags back into hub.json. {} when the
     engine cannot be reached (``render`` works without one)."""
-    from hubdeploy.engine import docker_client
-
     registry = site.swarm.registry
     if site.orchestrator != "swarm" or not registry:
         return {}
     try:
-        client = docker_client()
+        client = engine.docker_client()
     except OperationError:
         return {}
     pinned = {}
@@ -185,3 +190,103 @@ def _remove_when_free(objects: Iterable) -> None:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+
+class SwarmOrchestrator(Orchestrator):
+    """The stack as a swarm stack (:mod:`hubdeploy.ops.stackdeploy`) on one manager."""
+
+    name = "swarm"
+
+    def pinned_images(self, site: Site, plans: Mapping[str, ImagePlan]) -> dict[str, str]:
+        return pinned_by_engine(site, plans)
+
+    def control_node(self, state: Path) -> str:
+        return stackdeploy.control_node(state)
+
+    def place(self, prep: Prepared, client, *, console=None) -> None:
+        require_manager(client)
+        if not prep.swarm_node:  # the first up: the services stay on this manager
+            prep.swarm_node = client.info()["Swarm"]["NodeID"]
+            prep.rerender()
+            return
+        node = stackdeploy.confirm_control_node(client, prep.project, prep.swarm_node, prep.state)
+        if node != prep.swarm_node:
+            if console:
+                console.print(f"the swarm has no node {prep.swarm_node}: the services move to this manager "
+                              f"({node}), which holds the stack's volumes", markup=False, highlight=False,
+                              soft_wrap=True)
+            prep.swarm_node = node
+            prep.rerender()
+
+    def publish(self, prep: Prepared, client, *, console=None) -> tuple[list[str], list[Published]]:
+        """Build the images login profiles use, push what ``swarm.registry`` lacks, and
+        render again with their digests."""
+        registry = prep.site.swarm.registry
+        if not registry:
+            return [], []
+        names = login_images(prep.site)
+        built = build_images(prep.plans, client=client, state_dir=prep.state, names=names, console=console)
+        published = publish_images(client, prep.plans, names, registry, console=console)
+        prep.pinned = {p.image: p.ref for p in published}
+        prep.rerender()
+        if console:
+            _say_published(console, published, registry)
+        return built, published
+
+    def remember(self, prep: Prepared) -> None:
+        stackdeploy.record_control_node(prep.state, prep.swarm_node)
+
+    def leave_other(self, prep: Prepared, client) -> None:
+        if client.containers.list(all=True, filters={"label": compose_filter(prep.project)}):
+            engine.compose_down(prep.project, prep.compose_file)
+
+    def deploy(self, prep: Prepared, client, *, wait_timeout: int) -> None:
+        """Deploy unless the stack file is the one deployed and every service runs
+        healthy; then wait for every service."""
+        expected = prep.expected_services
+        deployed_at = None
+        rows = stackdeploy.service_rows(client, prep.project)
+        if not stackdeploy.deployed_unchanged(prep.state, prep.stack_file, rows, expected):
+            stackdeploy.forget_deployed(prep.state)
+            deployed_at = stackdeploy.engine_now(client)
+            stackdeploy.deploy(prep.project, prep.stack_file)
+        stackdeploy.wait_healthy(client, prep.project, expected, wait_timeout, deployed_at=deployed_at)
+        stackdeploy.record_deployed(prep.state, prep.stack_file)
+
+    def services(self, prep: Prepared, client=None) -> list[dict[str, Any]]:
+        rows = stackdeploy.service_rows(client or engine.docker_client(), prep.project)
+        return [{k: r[k] for k in ("service", "state", "health", "container")} for r in rows]
+
+    def logs(self, prep: Prepared, services: list[str] | None, follow: bool, tail: str) -> int:
+        return stackdeploy.logs(prep.project, services or sorted(prep.expected_services), follow, tail)
+
+    def remove(self, prep: Prepared, client, *, volumes: bool) -> tuple[list[str], list[str]]:
+        """The stack and the notebook services the hub left, then compose's project (a
+        stack that ran under compose before), then the networks a leaving task held."""
+        # An engine that has left the swarm holds none of the swarm's services any more.
+        manager = stackdeploy.is_manager(client)
+        removed, removed_volumes = [], []
+        if manager:
+            removed = remove_leftovers(client, prep.site.name)
+            removed_volumes = stackdeploy.remove(client, prep.project, volumes=volumes)
+            stackdeploy.forget_deployed(prep.state)
+        engine.compose_down(prep.project, prep.compose_file, volumes=volumes)
+        if manager:
+            remove_project_networks(client, prep.project)
+        return removed, removed_volumes
+
+    def hub_control(self, prep: Prepared, client, old):
+        return upgrade.service_control(client, prep.project)
+
+    def upgrade_db(self, prep: Prepared, client, old, new_image: str) -> None:
+        upgrade.upgrade_db_service(client, prep.project, new_image)
+
+
+def _say_published(console, published: list[Published], registry: str) -> None:
+    for p in published:
+        if p.pushed:
+            console.print(f"pushed {p.image} to {registry} ({p.digest})", markup=False, highlight=False,
+                          soft_wrap=True)
+    if published and not any(p.pushed for p in published):
+        console.print(f"nothing to push: {registry} has {', '.join(p.image for p in published)}",
+                      markup=False, highlight=False, soft_wrap=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hubdeploy import stack
 from hubdeploy.contract.services import SMOKE
+from hubdeploy.ops import stack
 from hubdeploy.state.secrets import read_secret
 
 FORM_AUTHENTICATORS = {"dummy", "jupyterhub.auth.DummyAuthenticator"}

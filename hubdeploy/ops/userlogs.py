@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
-from hubdeploy import engine
 from hubdeploy.contract import orphans as protocol
 from hubdeploy.contract.backends import DOCKER, SLURM, SWARM
 from hubdeploy.contract.labels import SWARM_SERVICE_ID
 from hubdeploy.contract.layout import SLURMCTLD_SERVICE, slurm_node_service
 from hubdeploy.errors import OperationError, SiteError
+from hubdeploy.ops import engine, servers
 
 # scontrol show job -o: KEY=VALUE words; the values we read never contain a space.
 _FIELD = re.compile(r"(?:^|\s)(StdOut|UserId|GroupId|BatchHost|JobState)=(\S*)")
@@ -150,11 +149,9 @@ def _slurm_log(client, prep, row, tail: str, follow: bool, write: Callable[[byte
 
 def user_logs(prep, user: str, server: str, *, follow: bool, tail: str, write: Callable[[bytes], None]) -> int:
     """Write the log of ``user``'s server ``server`` ("" the default) to ``write``."""
-    from hubdeploy import stack
-
     check_tail(tail)
     client = engine.docker_client()
-    row = find_server(stack.orphans(prep, client=client)["servers"], user, server)
+    row = find_server(servers.orphans(prep, client=client)["servers"], user, server)
     try:
         if row["backend"] == SLURM:
             return _slurm_log(client, prep, row, tail, follow, write)

@@ -47,7 +47,7 @@ def control_node(state: Path, client=None) -> str:
     if path.is_file():
         return path.read_text().strip()
     if client is None:
-        from hubdeploy.engine import docker_client
+        from hubdeploy.ops.engine import docker_client
 
         try:
             client = docker_client()
@@ -164,8 +164,8 @@ def _health(client, container_id: str) -> str | None:
 
 
 def service_rows(client, project: str, since: str | None = None) -> list[dict[str, Any]]:
-    """One row per service, as ``stack.services`` gives compose's: service, state,
-    health, container; with swarm's error for a task that failed, and the state of the
+    """One row per service, in the shape compose's services have (service, state,
+    health, container), with swarm's error for a task that failed, and the state of the
     service's update (``updating``...) when one began at or after ``since``."""
     rows = []
     for svc in stack_services(client, project):
