@@ -27,7 +27,7 @@ from hubdeploy.contract.labels import COMPOSE_PROJECT, COMPOSE_VOLUME
 from hubdeploy.contract.layout import HUB_DATA_DIR, HUB_DATA_VOLUME, LABEL_SITE, project_name, stack_name
 from hubdeploy.errors import OperationError
 from hubdeploy.images.build import build_images
-from hubdeploy.loader import load_site_text
+from hubdeploy.site.loader import load_site_text
 
 
 def volume_name(site: str) -> str:

@@ -33,8 +33,8 @@ from hubdeploy.contract.names import server_prefix
 from hubdeploy.errors import HubdeployError, OperationError, SiteError
 from hubdeploy.images.build import build_images
 from hubdeploy.images.plan import image_refs, plan_images
-from hubdeploy.loader import load_site, where
-from hubdeploy.schema import Site
+from hubdeploy.site.loader import load_site, where
+from hubdeploy.site.model import Site
 from hubdeploy.state import ownership, selfsigned
 from hubdeploy.state.secrets import ensure_secrets, secret_names, ssh_certificates, ssh_key_generated
 

@@ -25,7 +25,7 @@ from hubdeploy.errors import OperationError
 from hubdeploy.images import publish
 from hubdeploy.images.build import ENGINE_ERRORS
 from hubdeploy.images.plan import ImagePlan
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 # Seconds to wait for the manager to let go of a removed service's configs and networks.
 RELEASE_WAIT = 30

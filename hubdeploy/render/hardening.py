@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hubdeploy.contract.values import memory_bytes
-from hubdeploy.schema import ServiceLimits, Site
+from hubdeploy.site.model import ServiceLimits, Site
 
 # Why each added capability is there. Every service starts from `cap_drop: [ALL]`.
 REASONS = {

@@ -10,8 +10,8 @@ from ruamel.yaml import YAML
 from hubdeploy import render
 from hubdeploy.backends.base import ServerSpec
 from hubdeploy.backends.docker import DockerBackend, DockerConfig
-from hubdeploy.loader import SiteError, load_site, load_site_text
 from hubdeploy.render.hardening import PROFILES, REASONS
+from hubdeploy.site.loader import SiteError, load_site, load_site_text
 from hubsections import profile
 
 ROOT = Path(__file__).resolve().parents[2]

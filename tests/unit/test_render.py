@@ -12,7 +12,7 @@ from ruamel.yaml import YAML
 
 from hubdeploy import render
 from hubdeploy.engine import compose_command
-from hubdeploy.loader import load_site
+from hubdeploy.site.loader import load_site
 from hubdeploy.state.secrets import ensure_secrets, secret_names
 
 HERE = Path(__file__).parent / "golden"

@@ -3,7 +3,7 @@
 import pytest
 
 from hubdeploy.errors import SiteError
-from hubdeploy.loader import load_site_text
+from hubdeploy.site.loader import load_site_text
 from hubdeploy.render import compose as compose_render
 from hubdeploy.render import hubdata
 from hubdeploy.contract import strict

@@ -1,6 +1,6 @@
 """Wording for site-file errors: key paths, value summaries, what was expected.
 
-Kept apart from :mod:`hubdeploy.loader` (which finds *where*) because this is the part
+Kept apart from :mod:`hubdeploy.site.loader` (which finds *where*) because this is the part
 people read: pydantic's "String should match pattern '^[a-z]...'" becomes "expected a
 name: ...", and a value is never echoed in full (it may be a password).
 """
@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from . import schema
+from hubdeploy.site import model
 
 MAX_SHOWN = 40
 
@@ -31,15 +31,15 @@ def _pattern(annotated: Any) -> str:
 
 # What each schema pattern means, in words; an unknown pattern is shown as is.
 PATTERNS: dict[str, str] = {
-    _pattern(schema.Name): "a name: a lowercase letter, then up to 30 lowercase letters, digits or '-', not ending in '-'",
-    _pattern(schema.Memory): "a memory size: a number and K, M, G or T, e.g. 512M, 2G, 1.5G",
-    _pattern(schema.TraitSection): "an identifier: letters, digits and '_', not starting with a digit",
-    _pattern(schema.EnvName): "an identifier: letters, digits and '_', not starting with a digit, at most 128",
-    _pattern(schema.SlurmName): "a Slurm name: letters, digits and _ . + -, at most 64",
-    _pattern(schema.SlurmTime): "a Slurm time: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]]",
-    _pattern(schema.Package): "a package name or requirement such as numpy or numpy>=1.26 (no spaces, no options)",
-    _pattern(schema.Username): "a username without whitespace or '/'",
-    _pattern(schema.Registry): "a registry as HOST or HOST:PORT, e.g. registry.example.org:5000 (no scheme, no path)",
+    _pattern(model.Name): "a name: a lowercase letter, then up to 30 lowercase letters, digits or '-', not ending in '-'",
+    _pattern(model.Memory): "a memory size: a number and K, M, G or T, e.g. 512M, 2G, 1.5G",
+    _pattern(model.TraitSection): "an identifier: letters, digits and '_', not starting with a digit",
+    _pattern(model.EnvName): "an identifier: letters, digits and '_', not starting with a digit, at most 128",
+    _pattern(model.SlurmName): "a Slurm name: letters, digits and _ . + -, at most 64",
+    _pattern(model.SlurmTime): "a Slurm time: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]]",
+    _pattern(model.Package): "a package name or requirement such as numpy or numpy>=1.26 (no spaces, no options)",
+    _pattern(model.Username): "a username without whitespace or '/'",
+    _pattern(model.Registry): "a registry as HOST or HOST:PORT, e.g. registry.example.org:5000 (no scheme, no path)",
     r"^\d+\.\d+\.\d+$": "a version X.Y.Z, e.g. 5.2.1",
     r"^[A-Za-z_][A-Za-z0-9_.:-]*$": "an authenticator entry-point name (e.g. dummy, github) or import path",
     r"^[a-z]+$": "a Debian suite name such as bookworm",
@@ -193,7 +193,7 @@ def allowed_keys(loc: tuple[Any, ...]) -> list[str]:
 
 def model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The closed model class that validates the mapping at ``loc`` in a site."""
-    tp: Any = schema.Site
+    tp: Any = model.Site
     for seg in loc:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):

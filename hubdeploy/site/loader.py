@@ -1,4 +1,4 @@
-"""Read a site file into a validated :class:`hubdeploy.schema.Site`.
+"""Read a site file into a validated :class:`hubdeploy.site.model.Site`.
 
 Everything that can be wrong with the file becomes one :class:`SiteError` listing every
 problem, one per line, as ``FILE:LINE:COL: KEY.PATH: what was expected (got: ...)``
@@ -27,9 +27,9 @@ from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.reader import ReaderError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
-from . import loader_messages as msgs
-from .errors import SiteError
-from .schema import Site
+from hubdeploy.errors import SiteError
+from hubdeploy.site import messages as msgs
+from hubdeploy.site.model import Site
 
 # Paths in the site that name files, relative to the site file's directory.
 FILE_KEYS: tuple[tuple[str, ...], ...] = (

@@ -6,7 +6,7 @@ top-level keys because its ``additionalProperties: false`` sat at the wrong dept
 The deliberate escape hatches are ``hub.config``, ``hub.authenticator.config`` and
 ``profiles[].spawner_config``: free-form JupyterHub traits, like z2jh's ``hub.config``.
 
-Nothing here touches the disk or a daemon; :mod:`hubdeploy.loader` turns YAML into
+Nothing here touches the disk or a daemon; :mod:`hubdeploy.site.loader` turns YAML into
 these models and pydantic errors into messages with file, line and column.
 """
 
