@@ -17,7 +17,9 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from hubdeploy.site import model
+from hubdeploy.site.fields import EnvName, Memory, Name, Package, SlurmName, SlurmTime, TraitSection, Username
+from hubdeploy.site.model import Site
+from hubdeploy.site.swarm import Registry
 
 MAX_SHOWN = 40
 
@@ -31,15 +33,15 @@ def _pattern(annotated: Any) -> str:
 
 # What each schema pattern means, in words; an unknown pattern is shown as is.
 PATTERNS: dict[str, str] = {
-    _pattern(model.Name): "a name: a lowercase letter, then up to 30 lowercase letters, digits or '-', not ending in '-'",
-    _pattern(model.Memory): "a memory size: a number and K, M, G or T, e.g. 512M, 2G, 1.5G",
-    _pattern(model.TraitSection): "an identifier: letters, digits and '_', not starting with a digit",
-    _pattern(model.EnvName): "an identifier: letters, digits and '_', not starting with a digit, at most 128",
-    _pattern(model.SlurmName): "a Slurm name: letters, digits and _ . + -, at most 64",
-    _pattern(model.SlurmTime): "a Slurm time: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]]",
-    _pattern(model.Package): "a package name or requirement such as numpy or numpy>=1.26 (no spaces, no options)",
-    _pattern(model.Username): "a username without whitespace or '/'",
-    _pattern(model.Registry): "a registry as HOST or HOST:PORT, e.g. registry.example.org:5000 (no scheme, no path)",
+    _pattern(Name): "a name: a lowercase letter, then up to 30 lowercase letters, digits or '-', not ending in '-'",
+    _pattern(Memory): "a memory size: a number and K, M, G or T, e.g. 512M, 2G, 1.5G",
+    _pattern(TraitSection): "an identifier: letters, digits and '_', not starting with a digit",
+    _pattern(EnvName): "an identifier: letters, digits and '_', not starting with a digit, at most 128",
+    _pattern(SlurmName): "a Slurm name: letters, digits and _ . + -, at most 64",
+    _pattern(SlurmTime): "a Slurm time: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]]",
+    _pattern(Package): "a package name or requirement such as numpy or numpy>=1.26 (no spaces, no options)",
+    _pattern(Username): "a username without whitespace or '/'",
+    _pattern(Registry): "a registry as HOST or HOST:PORT, e.g. registry.example.org:5000 (no scheme, no path)",
     r"^\d+\.\d+\.\d+$": "a version X.Y.Z, e.g. 5.2.1",
     r"^[A-Za-z_][A-Za-z0-9_.:-]*$": "an authenticator entry-point name (e.g. dummy, github) or import path",
     r"^[a-z]+$": "a Debian suite name such as bookworm",
@@ -193,7 +195,7 @@ def allowed_keys(loc: tuple[Any, ...]) -> list[str]:
 
 def model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The closed model class that validates the mapping at ``loc`` in a site."""
-    tp: Any = model.Site
+    tp: Any = Site
     for seg in loc:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):

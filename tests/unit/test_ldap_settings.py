@@ -120,7 +120,7 @@ def test_the_schema_lists_the_contracts_keys_and_defaults():
     from dataclasses import MISSING, fields
 
     from hubdeploy.contract.ldap import LdapConfig
-    from hubdeploy.site.model import IdentityLdap
+    from hubdeploy.site.identity import IdentityLdap
 
     contract = {f.name: "required" if f.default is MISSING else f.default for f in fields(LdapConfig)}
     schema = {name: "required" if f.is_required() else f.default for name, f in IdentityLdap.model_fields.items()}
