@@ -38,6 +38,10 @@ SlurmTime = Annotated[str, StringConstraints(pattern=SLURM_TIME_PATTERN)]
 AbsPath = Annotated[str, StringConstraints(pattern=r"^/[A-Za-z0-9_./+-]{0,1023}$")]
 
 
+# One problem below a validated model: its place relative to the model, and what is wrong.
+Problem = tuple[tuple[str | int, ...], str]
+
+
 class SiteValueError(ValueError):
     """A cross-field problem that knows where below the validated model it sits.
 
@@ -46,7 +50,7 @@ class SiteValueError(ValueError):
     loader can point at ``profiles[2].image`` instead, and report all of them at once.
     """
 
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
+    def __init__(self, problems: list[Problem]):
         super().__init__("; ".join(msg for _, msg in problems))
         self.problems = problems
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from hubdeploy.contract.layout import STACK_IMAGES
-from hubdeploy.site.fields import Closed, EnvName, Name, Package, SiteValueError
+from hubdeploy.site.fields import Closed, EnvName, Name, Package, Problem, SiteValueError
 
 
 class Kernel(Closed):
@@ -34,7 +34,7 @@ class Kernel(Closed):
 
 
 def _unique_kernels(v: list[Kernel]) -> list[Kernel]:
-    problems: list[tuple[tuple[str | int, ...], str]] = []
+    problems: list[Problem] = []
     first: dict[str, int] = {}
     for j, k in enumerate(v):
         if k.name in first:
@@ -99,45 +99,60 @@ class Images(Closed):
 
     @model_validator(mode="after")
     def _graph(self) -> "Images":
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems = self._reserved_problems() + self._parent_problems() + self._kernelspec_problems()
+        if problems:
+            raise SiteValueError(problems)
+        return self
+
+    def _reserved_problems(self) -> list[Problem]:
+        """Collaborations named like the base image or one of the stack's own images."""
+        problems: list[Problem] = []
         if "base" in self.collaborations:
             problems.append((("collaborations", "base"), "'base' is reserved for the base image"))
         # The stack's own images share the site's image namespace.
         for reserved in sorted(set(STACK_IMAGES) & set(self.collaborations)):
             problems.append((("collaborations", reserved), f"'{reserved}' is reserved for the stack's own image"))
+        return problems
+
+    def _parent_problems(self) -> list[Problem]:
+        """Parents that are not declared, and cycles of parents, each reported once."""
+        problems: list[Problem] = []
         cycles: set[frozenset[str]] = set()
-        for name, img in self.collaborations.items():
+        for name in self.collaborations:
             if name == "base":
                 continue
-            seen = [name]
-            parent = img.parent
-            while parent != "base":
-                if parent not in self.collaborations:
-                    # Reported where the bad parent is written, once.
-                    if seen[-1] == name:
-                        problems.append(
-                            (
-                                ("collaborations", name, "parent"),
-                                f"image {name!r}: parent {parent!r} is not declared; "
-                                f"declared: {', '.join(self.names())}",
-                            )
-                        )
-                    break
-                if parent in seen:
-                    cycle = seen[seen.index(parent) :]
-                    # Every member of a cycle would find it; report it once, at its first member.
-                    if frozenset(cycle) not in cycles and name in cycle:
-                        cycles.add(frozenset(cycle))
-                        problems.append(
-                            (
-                                ("collaborations", name, "parent"),
-                                f"image {name!r}: parent cycle {' -> '.join(cycle + [parent])}",
-                            )
-                        )
-                    break
-                seen.append(parent)
-                parent = self.collaborations[parent].parent
+            problem = self._chain_problem(name, cycles)
+            if problem is not None:
+                problems.append(problem)
+        return problems
+
+    def _chain_problem(self, name: str, cycles: set[frozenset[str]]) -> Problem | None:
+        """What is wrong on the way from collaboration ``name`` up to base, if ``name`` is
+        where to report it; ``cycles`` collects the cycles already reported."""
+        seen = [name]
+        parent = self.collaborations[name].parent
+        while parent != "base":
+            if parent not in self.collaborations:
+                # Reported where the bad parent is written, once.
+                if seen[-1] != name:
+                    return None
+                return (("collaborations", name, "parent"),
+                        f"image {name!r}: parent {parent!r} is not declared; declared: {', '.join(self.names())}")
+            if parent in seen:
+                cycle = seen[seen.index(parent) :]
+                # Every member of a cycle would find it; report it once, at its first member.
+                if frozenset(cycle) in cycles or name not in cycle:
+                    return None
+                cycles.add(frozenset(cycle))
+                return (("collaborations", name, "parent"),
+                        f"image {name!r}: parent cycle {' -> '.join(cycle + [parent])}")
+            seen.append(parent)
+            parent = self.collaborations[parent].parent
+        return None
+
+    def _kernelspec_problems(self) -> list[Problem]:
         # "a" + kernel "b-c" and "a-b" + kernel "c" would both install kernelspec "a-b-c".
+        problems: list[Problem] = []
         specs: dict[str, str] = {}
         for image, img in [("base", self.base), *sorted(self.collaborations.items())]:
             for j, k in enumerate(img.kernels):
@@ -148,9 +163,7 @@ class Images(Closed):
                     problems.append((loc, f"kernelspec name {spec!r} is also made by image {specs[spec]!r}"))
                 else:
                     specs[spec] = image
-        if problems:
-            raise SiteValueError(problems)
-        return self
+        return problems
 
     def names(self) -> list[str]:
         return ["base", *sorted(self.collaborations)]

@@ -16,7 +16,7 @@ from hubdeploy.contract.slurmcmd import QOS
 from hubdeploy.contract.values import memory_bytes, parse_time
 from hubdeploy.site.build import Build
 from hubdeploy.site.database import Database
-from hubdeploy.site.fields import Closed, Name, SiteValueError
+from hubdeploy.site.fields import Closed, Name, Problem, SiteValueError
 from hubdeploy.site.hub import Hub
 from hubdeploy.site.identity import Identity
 from hubdeploy.site.images import Images
@@ -86,19 +86,22 @@ class Site(Closed):
         return sub.ssh if sub is not None else None
 
     @model_validator(mode="after")
-    def _profiles(self) -> "Site":
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+    def _across_sections(self) -> "Site":
+        problems = self._profile_problems() + self._orchestrator_problems() + self._slurm_problems()
+        if problems:
+            raise SiteValueError(problems)
+        return self
+
+    def _profile_problems(self) -> list[Problem]:
+        """Each profile against the images, the other profiles, Slurm and the orchestrator."""
+        problems: list[Problem] = []
         known = self.images.names()
         first: dict[str, int] = {}
         default: int | None = None
         for i, p in enumerate(self.profiles):
             if p.image not in known:
-                problems.append(
-                    (
-                        ("profiles", i, "image"),
-                        f"profile {p.name!r}: image {p.image!r} is not declared; declared: {', '.join(known)}",
-                    )
-                )
+                problems.append((("profiles", i, "image"), f"profile {p.name!r}: image {p.image!r} is not "
+                                 f"declared; declared: {', '.join(known)}"))
             if p.name in first:
                 problems.append(
                     (("profiles", i, "name"), f"duplicate profile name {p.name!r} (first: profiles[{first[p.name]}])")
@@ -107,23 +110,32 @@ class Site(Closed):
                 first[p.name] = i
             if p.node == "compute":
                 problems += self._compute_problems(i, p)
-            for key in ("placement", "reserve"):
-                if getattr(p, key) is not None and self.orchestrator != "swarm":
-                    problems.append((("profiles", i, key), f"profile {p.name!r}: {key} needs orchestrator: swarm"))
-            if p.default:
-                if default is not None:
-                    problems.append(
-                        (
-                            ("profiles", i, "default"),
-                            f"at most one profile may be the default (already: profiles[{default}])",
-                        )
-                    )
-                else:
-                    default = i
-        if self.orchestrator != "swarm" and "swarm" in self.model_fields_set:
-            problems.append((("swarm",), "swarm settings need orchestrator: swarm"))
+            problems += self._placement_problems(i, p)
+            if p.default and default is not None:
+                problems.append((("profiles", i, "default"),
+                                 f"at most one profile may be the default (already: profiles[{default}])"))
+            elif p.default:
+                default = i
+        return problems
+
+    def _placement_problems(self, i: int, p: Profile) -> list[Problem]:
+        """A profile's swarm placement or reservations without a swarm to apply them."""
         if self.orchestrator == "swarm":
-            problems += self._swarm_problems()
+            return []
+        return [(("profiles", i, key), f"profile {p.name!r}: {key} needs orchestrator: swarm")
+                for key in ("placement", "reserve") if getattr(p, key) is not None]
+
+    def _orchestrator_problems(self) -> list[Problem]:
+        if self.orchestrator == "swarm":
+            return self._swarm_problems()
+        if "swarm" in self.model_fields_set:
+            return [(("swarm",), "swarm settings need orchestrator: swarm")]
+        return []
+
+    def _slurm_problems(self) -> list[Problem]:
+        """The slurm section against the images and the identity source."""
+        problems: list[Problem] = []
+        known = self.images.names()
         if self.slurm and self.slurm.cluster and self.slurm.cluster.image not in known:
             problems.append(
                 (("slurm", "cluster", "image"), f"image {self.slurm.cluster.image!r} is not declared; "
@@ -135,13 +147,11 @@ class Site(Closed):
                 (("slurm", "submit", "ssh", "certificates"), "certificates name each user's own account, "
                  "but identity.source shared has none: choose auto, file or ldap")
             )
-        if problems:
-            raise SiteValueError(problems)
-        return self
+        return problems
 
-    def _swarm_problems(self) -> list[tuple[tuple[str | int, ...], str]]:
+    def _swarm_problems(self) -> list[Problem]:
         """What a swarm stack cannot do as the site asks (hubdeploy.render.swarmstack)."""
-        out: list[tuple[tuple[str | int, ...], str]] = []
+        out: list[Problem] = []
         if self.public.host not in ("0.0.0.0", "::"):
             out.append((("public", "host"), f"orchestrator swarm publishes the proxy's port on every address of "
                         f"the manager (a swarm port has no host address), not on {self.public.host} alone: set "
@@ -151,7 +161,8 @@ class Site(Closed):
                         "swarm, compute profiles go to the site's own Slurm (slurm.submit)"))
         return out
 
-    def _compute_problems(self, i: int, p: Profile) -> list[tuple[tuple[str | int, ...], str]]:
+    def _compute_problems(self, i: int, p: Profile) -> list[Problem]:
+        """A compute profile against the site's Slurm section and identity."""
         if self.slurm is None:
             return [(("profiles", i, "node"), f"profile {p.name!r} runs on compute nodes, but the site "
                      "declares no 'slurm' section (cluster or submit)")]
@@ -165,34 +176,42 @@ class Site(Closed):
             return []
         if p.slurm is None:
             return self._fit_problems(i, p, cluster)
-        problems: list[tuple[tuple[str | int, ...], str]] = []
-        for key, names in (("partition", [p.slurm.partition] if p.slurm.partition else []),
-                           ("partitions", p.slurm.partitions)):
+        return (self._job_problems(i, p, p.slurm, cluster) + self._fit_problems(i, p, cluster)
+                + self._native_problems(i, p, p.slurm, cluster))
+
+    def _job_problems(self, i: int, p: Profile, job: ProfileSlurm, cluster: SlurmClusterSpec) -> list[Problem]:
+        """A compute profile's job settings against the stack's cluster: partitions,
+        account, time limits and QOS that the cluster has."""
+        problems: list[Problem] = []
+        for key, names in (("partition", [job.partition] if job.partition else []), ("partitions", job.partitions)):
             for name in names:
                 if name not in cluster.partitions:
                     problems.append((("profiles", i, "slurm", key), f"partition {name!r} is not in "
                                      f"slurm.cluster.partitions ({', '.join(cluster.partitions)})"))
-        if cluster.accounts and p.slurm.account and p.slurm.account not in cluster.accounts:
+        if cluster.accounts and job.account and job.account not in cluster.accounts:
             # The cluster's job_submit plugin would refuse every job of this profile: say so
             # now, where the operator can fix it, not at each user's spawn.
-            problems.append((("profiles", i, "slurm", "account"), f"account {p.slurm.account!r} is not in "
+            problems.append((("profiles", i, "slurm", "account"), f"account {job.account!r} is not in "
                              f"slurm.cluster.accounts ({', '.join(cluster.accounts)}): Slurm would refuse "
                              f"every job of profile {p.name!r}"))
-        for key, value in (("time", p.slurm.time), ("max_time", p.slurm.limits.max_time)):
+        for key, value in (("time", job.time), ("max_time", job.limits.max_time)):
             if value and parse_time(value) > parse_time(cluster.max_time):
                 where = ("profiles", i, "slurm") + (("limits",) if key == "max_time" else ()) + (key,)
                 problems.append((where, f"{key} {value} is longer than slurm.cluster.max_time ({cluster.max_time}), "
                                  "the longest a profile may give"))
-        if p.slurm.qos and p.slurm.qos != QOS:
-            problems.append((("profiles", i, "slurm", "qos"), f"qos {p.slurm.qos!r}: the stack's cluster has one "
+        if job.qos and job.qos != QOS:
+            problems.append((("profiles", i, "slurm", "qos"), f"qos {job.qos!r}: the stack's cluster has one "
                              f"QOS, {QOS!r}, which holds its limits"))
-        problems += self._fit_problems(i, p, cluster)
-        if p.slurm.runtime == "native" and p.image != cluster.image:
-            problems.append((("profiles", i, "image"), f"profile {p.name!r} runs natively on the stack's "
-                             f"compute nodes, which run image {cluster.image!r}, not {p.image!r}"))
         return problems
 
-    def _fit_problems(self, i: int, p: Profile, cluster: SlurmClusterSpec) -> list[tuple[tuple[str | int, ...], str]]:
+    def _native_problems(self, i: int, p: Profile, job: ProfileSlurm, cluster: SlurmClusterSpec) -> list[Problem]:
+        """A native job runs in the nodes' own image: the profile must name that image."""
+        if job.runtime == "native" and p.image != cluster.image:
+            return [(("profiles", i, "image"), f"profile {p.name!r} runs natively on the stack's "
+                     f"compute nodes, which run image {cluster.image!r}, not {p.image!r}")]
+        return []
+
+    def _fit_problems(self, i: int, p: Profile, cluster: SlurmClusterSpec) -> list[Problem]:
         """Whether the most a profile's form allows fits a node and one user's limits: the
         cluster's limits derive from the profiles (hubdeploy.render.slurm), so a profile
         that does not fit would have every job refused, or pending forever."""
@@ -200,7 +219,7 @@ class Site(Closed):
         got = allowance(p)
         cpu_key = ("profiles", i, "slurm", "limits", "max_cpu") if limits.max_cpu else ("profiles", i, "cpu")
         mem_key = ("profiles", i, "slurm", "limits", "max_memory") if limits.max_memory else ("profiles", i, "memory")
-        out: list[tuple[tuple[str | int, ...], str]] = []
+        out: list[Problem] = []
         if got.cpus > cluster.cpus:
             out.append((cpu_key, f"profile {p.name!r} may ask for {got.cpus} cores; a node of slurm.cluster has "
                         f"{cluster.cpus}"))

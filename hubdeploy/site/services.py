@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from hubdeploy.contract.services import RESERVED_NAMES
-from hubdeploy.site.fields import Closed, EnvName, Name, SiteValueError
+from hubdeploy.site.fields import Closed, EnvName, Name, Problem, SiteValueError
 
 
 class IdleCuller(Closed):
@@ -61,7 +61,7 @@ class Services(Closed):
     @field_validator("extra")
     @classmethod
     def _unique(cls, v: list[ExtraService]) -> list[ExtraService]:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+        problems: list[Problem] = []
         first: dict[str, int] = {}
         for j, s in enumerate(v):
             if s.name in RESERVED_NAMES:
