@@ -1,8 +1,9 @@
 """Wording for site-file errors: key paths, value summaries, what was expected.
 
-Kept apart from :mod:`hubdeploy.site.loader` (which finds *where*) because this is the part
-people read: pydantic's "String should match pattern '^[a-z]...'" becomes "expected a
-name: ...", and a value is never echoed in full (it may be a password).
+Kept apart from :mod:`hubdeploy.site.loader` and :mod:`hubdeploy.site.parse` (which find
+*where*) because this is the part people read: pydantic's "String should match pattern
+'^[a-z]...'" becomes "expected a name: ...", and a value is never echoed in full (it may
+be a password). :func:`format_lines` lists the problems as the loader reports them.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from hubdeploy.site.model import Site
 from hubdeploy.site.swarm import Registry
 
 MAX_SHOWN = 40
+# A real site has a handful of problems; hundreds mean the wrong file was passed (and
+# every key of, say, a secrets file would be echoed).
+MAX_LINES = 50
+
+Pos = tuple[int, int]  # 1-based line and column
+# One problem as listed: where, the key path, what is wrong.
+Line = tuple[Pos, str, str]
 
 # Values under keys like these are described, never shown, even truncated.
 SECRET_RE = re.compile(r"secret|passw|token|credential|private|api_?key", re.IGNORECASE)
@@ -68,6 +76,14 @@ def format_path(loc: Any) -> str:
             shown = seg if len(seg) <= MAX_SHOWN else seg[:MAX_SHOWN] + "..."
             out += f"[{quote(shown)}]"
     return out or "(top level)"
+
+
+def format_lines(filename: str, problems: list[Line]) -> str:
+    """Problems as ``FILE:LINE:COL: KEY.PATH: what``, in file order, at most MAX_LINES."""
+    lines = [f"{filename}:{line}:{col}: {path}: {what}" for (line, col), path, what in sorted(set(problems))]
+    if len(lines) > MAX_LINES:
+        lines = [*lines[:MAX_LINES], f"{filename}: ... and {len(lines) - MAX_LINES} more problems"]
+    return "\n".join(lines)
 
 
 def quote(text: str) -> str:

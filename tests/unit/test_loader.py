@@ -22,7 +22,8 @@ from ruamel.yaml import YAML
 from hubdeploy.errors import SiteError
 from hubdeploy.init import demo_site_text, write_demo_site
 from hubdeploy.site import messages, model
-from hubdeploy.site.loader import load_site, load_site_text, resolve_site_path
+from hubdeploy.site.files import resolve_site_path
+from hubdeploy.site.loader import load_site, load_site_text
 
 HERE = Path(__file__).parent
 BAD = HERE / "bad_sites"
