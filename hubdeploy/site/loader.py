@@ -69,18 +69,7 @@ def load_site_text(text: str, filename: str, *, site_dir: Path | None = None) ->
     With ``site_dir``, the files the site names (TLS cert and key, CA bundle) are
     resolved against it and must exist and be readable.
     """
-    root = parse_yaml(text, filename)
-    if root is None:
-        raise SiteError(
-            f"{filename}:1:1: the site file is empty; it needs at least 'name' and 'profiles'",
-            hint="`hubdeploy init DIR` writes a commented example",
-        )
-    if not isinstance(root, CommentedMap):
-        line, col = node_pos(root)
-        raise SiteError(
-            f"{filename}:{line}:{col}: (top level): expected a mapping of keys such as 'name' and "
-            f"'profiles' (got: {msgs.summary(plain_scalar(root))})"
-        )
+    root = _document(text, filename)
     problems: list[Line] = []
     data = Converter(root, problems).convert()
     if data is None:  # too big to convert: nothing sensible to validate
@@ -101,6 +90,23 @@ def load_site_text(text: str, filename: str, *, site_dir: Path | None = None) ->
         raise SiteError(msgs.format_lines(filename, problems))
     assert site is not None
     return site
+
+
+def _document(text: str, filename: str) -> CommentedMap:
+    """The YAML document of a site: a mapping, or SiteError."""
+    root = parse_yaml(text, filename)
+    if root is None:
+        raise SiteError(
+            f"{filename}:1:1: the site file is empty; it needs at least 'name' and 'profiles'",
+            hint="`hubdeploy init DIR` writes a commented example",
+        )
+    if not isinstance(root, CommentedMap):
+        line, col = node_pos(root)
+        raise SiteError(
+            f"{filename}:{line}:{col}: (top level): expected a mapping of keys such as 'name' and "
+            f"'profiles' (got: {msgs.summary(plain_scalar(root))})"
+        )
+    return root
 
 
 # -- pydantic errors -------------------------------------------------------------------
