@@ -27,7 +27,7 @@ import docker
 from hubdeploy.images.build import build_images
 from hubdeploy.images.buildsteps import BuildStep
 from hubdeploy.images.plan import plan_images
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 SITE = "hdtbench"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -87,7 +87,7 @@ def init(directory: str) -> None:
 @_handle
 def validate(ctx: click.Context) -> None:
     """Check the site file; nothing is written or started."""
-    from hubdeploy.loader import load_site
+    from hubdeploy.site.loader import load_site
 
     site = load_site(_site_path(ctx))
     _warn(site)
@@ -97,7 +97,7 @@ def validate(ctx: click.Context) -> None:
 @cli.command()
 def schema() -> None:
     """Print the site file's JSON Schema (for editors)."""
-    from hubdeploy.schema import json_schema
+    from hubdeploy.site.model import json_schema
 
     _print_json(json_schema())
 

@@ -23,7 +23,7 @@ import json
 import re
 
 from hubdeploy.contract.labels import IMAGE_KERNELS
-from hubdeploy.schema import Kernel
+from hubdeploy.site.images import Kernel
 
 KERNELS_ROOT = "/opt/kernels"
 SPEC_ROOT = "/opt/venv/share/jupyter/kernels"

@@ -31,7 +31,7 @@ from hubdeploy.contract.layout import (DB_IMAGE, DEBIAN_IMAGE, HUB_IMAGE, LABEL_
 from hubdeploy.errors import SiteError
 from hubdeploy.images import kernels as kern
 from hubdeploy.images.source import hub_source, pyproject, source_root
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 CA_FILE = "hubdeploy-ca.crt"
 # Docker's predefined proxy args: usable in RUN without an ARG line, never in history.

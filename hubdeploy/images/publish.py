@@ -25,7 +25,7 @@ from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.images import kernels as kern
 from hubdeploy.images.build import ENGINE_ERRORS
 from hubdeploy.images.plan import ImagePlan
-from hubdeploy.schema import REGISTRY_PATTERN
+from hubdeploy.site.swarm import REGISTRY_PATTERN
 
 REGISTRY_RE = re.compile(REGISTRY_PATTERN)
 MANIFEST_VERSION = 1

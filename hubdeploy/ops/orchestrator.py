@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hubdeploy.images.plan import ImagePlan
     from hubdeploy.ops.prepared import Prepared
-    from hubdeploy.schema import Site
+    from hubdeploy.site.model import Site
 
 
 class Orchestrator(ABC):

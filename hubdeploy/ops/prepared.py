@@ -11,7 +11,7 @@ from hubdeploy import render
 from hubdeploy.contract.layout import project_name
 from hubdeploy.images.plan import image_refs
 from hubdeploy.ops.stackdeploy import STACK_FILE
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 from hubdeploy.state import ownership, selfsigned
 
 

@@ -26,7 +26,7 @@ from hubdeploy.contract.labels import COMPOSE_PROJECT, COMPOSE_VOLUME
 from hubdeploy.contract.layout import HUB_DATA_DIR, HUB_DATA_VOLUME, LABEL_SITE, project_name, stack_name
 from hubdeploy.errors import OperationError
 from hubdeploy.images.build import build_images
-from hubdeploy.loader import load_site_text
+from hubdeploy.site.loader import load_site_text
 from hubdeploy.ops import engine
 from hubdeploy.ops.backup import DATABASE, DB_FILE, VOLUME_DIR, Backup, Member, read_archive
 

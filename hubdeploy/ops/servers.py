@@ -16,7 +16,7 @@ from hubdeploy.contract.layout import HUB_SERVICE, LABEL_PROFILE, LABEL_SERVER, 
 from hubdeploy.contract.names import server_prefix
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.ops import engine
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 if TYPE_CHECKING:
     from hubdeploy.ops.prepared import Prepared

@@ -19,14 +19,14 @@ from hubdeploy.contract.layout import LABEL_SITE, PROXY_SERVICE, SSH_CA_KEY, SSH
 from hubdeploy.errors import HubdeployError, OperationError, SiteError
 from hubdeploy.images.build import build_images
 from hubdeploy.images.plan import plan_images
-from hubdeploy.loader import load_site, where
+from hubdeploy.site.loader import load_site, where
 from hubdeploy.ops import engine, upgrade
 from hubdeploy.ops.compose import ComposeOrchestrator
 from hubdeploy.ops.orchestrator import Orchestrator
 from hubdeploy.ops.prepared import Prepared, render_files
 from hubdeploy.ops.servers import container_row, notebook_containers, orphans, remove_notebook_containers, stop_servers
 from hubdeploy.ops.swarm import Published, SwarmOrchestrator
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 from hubdeploy.state import ownership, selfsigned
 from hubdeploy.state.secrets import ensure_secrets, secret_names, ssh_certificates, ssh_key_generated
 

@@ -29,7 +29,7 @@ from hubdeploy.images.build import ENGINE_ERRORS, build_images
 from hubdeploy.images.plan import ImagePlan
 from hubdeploy.ops import engine, stackdeploy, upgrade
 from hubdeploy.ops.orchestrator import Orchestrator
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 if TYPE_CHECKING:
     from hubdeploy.ops.prepared import Prepared

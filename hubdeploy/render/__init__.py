@@ -29,7 +29,7 @@ from hubdeploy.render import prometheus, slurm, swarmstack
 from hubdeploy.render.compose import Mounts, compose_data
 from hubdeploy.render.files import dump_yaml, sha, write_files
 from hubdeploy.render.hubdata import hub_data
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 from hubdeploy.state import selfsigned
 from hubdeploy.state.secrets import ssh_key_generated
 

@@ -68,7 +68,8 @@ from hubdeploy.contract.services import IDLE_CULLER, builtin_services
 from hubdeploy.render import prometheus, slurm
 from hubdeploy.render.hardening import harden, node_limits
 from hubdeploy.render.hubdata import homes_source
-from hubdeploy.schema import ExtraService, Site
+from hubdeploy.site.model import Site
+from hubdeploy.site.services import ExtraService
 
 # Health checks run inside the images, which have node (proxy) and python (hub).
 PROXY_HEALTH = (

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hubdeploy.contract.values import memory_bytes
-from hubdeploy.schema import ServiceLimits, Site
+from hubdeploy.site.limits import ServiceLimits
+from hubdeploy.site.model import Site
 
 # Why each added capability is there. Every service starts from `cap_drop: [ALL]`.
 REASONS = {

@@ -43,7 +43,9 @@ from hubdeploy.contract.services import builtin_services
 from hubdeploy.contract.values import memory_bytes
 from hubdeploy.render import slurm
 from hubdeploy.render.ssh import ssh_argv, ssh_user_argv
-from hubdeploy.schema import ExtraService, Profile, ProfileSlurm, Site
+from hubdeploy.site.model import Site
+from hubdeploy.site.profiles import Profile, ProfileSlurm
+from hubdeploy.site.services import ExtraService
 
 # How long a compute-node spawn may wait in the queue before the hub gives up; JupyterHub's
 # default (60 s) suits containers, not a batch queue (batchspawner uses 300 s too).

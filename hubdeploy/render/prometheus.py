@@ -25,7 +25,7 @@ from hubdeploy.contract.layout import (
     stack_name,
 )
 from hubdeploy.contract.services import PROMETHEUS
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 CONFIG_FILE = "prometheus/prometheus.yml"
 ENTRYPOINT_FILE = "prometheus/entrypoint.sh"

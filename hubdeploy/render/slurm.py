@@ -29,7 +29,8 @@ from hubdeploy.contract.layout import (
 )
 from hubdeploy.contract.slurmcmd import DEFAULT_ACCOUNT, QOS, UNCHANGED
 from hubdeploy.contract.values import SLURM_NAME_PATTERN, memory_bytes, parse_time
-from hubdeploy.schema import Site, allowance
+from hubdeploy.site.model import Site
+from hubdeploy.site.profiles import allowance
 
 SLURM_NODE_PREFIX = "c"
 

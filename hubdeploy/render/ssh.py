@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hubdeploy.contract.layout import SSH_KEY, SSH_KNOWN_HOSTS_PATH, secret_path
-from hubdeploy.schema import SlurmSSH
+from hubdeploy.site.slurm import SlurmSSH
 
 
 def _options() -> list[str]:

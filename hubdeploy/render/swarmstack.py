@@ -28,7 +28,7 @@ import hashlib
 from typing import Any
 
 from hubdeploy.contract.layout import project_name
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 # Compose keys a swarm service has no counterpart for (engine 20.10, API 1.41).
 DROPPED = {

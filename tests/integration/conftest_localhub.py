@@ -209,7 +209,7 @@ def _local_hub_json(site_text: str, tmp_dir: Path, hub_port: int, api_port: int)
     from hubdeploy import render
     from hubdeploy.contract import hubjson
     from hubdeploy.contract.layout import SECRETS_DIR
-    from hubdeploy.loader import load_site_text
+    from hubdeploy.site.loader import load_site_text
     from hubdeploy.state.secrets import ensure_secrets, secret_names
 
     site = load_site_text(site_text, "site.yaml")

@@ -26,7 +26,7 @@ from hubdeploy.contract.identity import NOTEBOOK_UID, RESERVED_NAMES, USERS_GID,
 from hubdeploy.images import buildsteps
 from hubdeploy.images.build import build_images, missing_images
 from hubdeploy.images.plan import image_refs, plan_images
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 pytestmark = pytest.mark.integration
 

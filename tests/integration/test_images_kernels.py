@@ -26,7 +26,7 @@ from stackfixture import Recorder
 from hubdeploy.images import buildsteps, imagetest, kernels
 from hubdeploy.images.build import build_images
 from hubdeploy.images.plan import plan_images
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 pytestmark = pytest.mark.integration
 

@@ -60,7 +60,7 @@ def spec(user="has@", server="", prof=None, cmd=SERVE):
 
 def stack_base_tag(stack) -> str:
     from hubdeploy.images.plan import plan_images
-    from hubdeploy.loader import load_site
+    from hubdeploy.site.loader import load_site
 
     site = load_site(stack.site_file)
     return plan_images(site, stack.dir)["base"].ref.rsplit(":", 1)[1]

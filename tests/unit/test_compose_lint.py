@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from hubdeploy import render
-from hubdeploy.loader import load_site
+from hubdeploy.site.loader import load_site
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIVERS = ROOT / "compose" / "README.md"

@@ -17,7 +17,7 @@ from hubdeploy.backends.slurm import SlurmConfig  # noqa: E402
 from hubdeploy.hub import configure  # noqa: E402
 from test_hub_config import CONFIG, SITE, hub_json  # noqa: E402
 from hubdeploy.contract.layout import SECRETS_DIR  # noqa: E402
-from hubdeploy.loader import load_site  # noqa: E402
+from hubdeploy.site.loader import load_site  # noqa: E402
 from hubdeploy.state.secrets import secret_names  # noqa: E402
 from test_hubjson import SITES, render_site  # noqa: E402
 

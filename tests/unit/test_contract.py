@@ -26,7 +26,7 @@ from hubdeploy import render, resources
 from hubdeploy.contract import hubjson
 from hubdeploy.contract.layout import HUB_SERVICE, SECRETS_DIR, SSH_KEY
 from hubdeploy.contract.services import BUILTIN, RESERVED_NAMES
-from hubdeploy.loader import load_site, load_site_text
+from hubdeploy.site.loader import load_site, load_site_text
 from hubdeploy.state.secrets import secret_names
 
 pytest.importorskip("jupyterhub")

@@ -453,7 +453,7 @@ class RecordedSlurm:
 
     def __new__(cls):
         from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
-        from hubdeploy.loader import load_site_text
+        from hubdeploy.site.loader import load_site_text
         from hubdeploy.render.hubdata import _cluster_backend_config
 
         site = load_site_text("name: alpha\nslurm: {cluster: {nodes: 1}}\nprofiles:\n"

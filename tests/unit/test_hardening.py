@@ -10,8 +10,9 @@ from ruamel.yaml import YAML
 from hubdeploy import render
 from hubdeploy.backends.base import ServerSpec
 from hubdeploy.backends.docker import DockerBackend, DockerConfig
-from hubdeploy.loader import SiteError, load_site, load_site_text
+from hubdeploy.errors import SiteError
 from hubdeploy.render.hardening import PROFILES, REASONS
+from hubdeploy.site.loader import load_site, load_site_text
 from hubsections import profile
 
 ROOT = Path(__file__).resolve().parents[2]

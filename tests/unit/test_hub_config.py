@@ -13,7 +13,7 @@ from traitlets.config.loader import PyFileConfigLoader
 from hubdeploy import render, resources
 from hubdeploy.contract.layout import SECRETS_DIR
 from hubdeploy.contract.strict import plain
-from hubdeploy.loader import load_site_text
+from hubdeploy.site.loader import load_site_text
 from hubdeploy.state.secrets import secret_names
 
 CONFIG = resources.path("config/jupyterhub_config.py")

@@ -11,7 +11,7 @@ import pytest
 from hubdeploy import render
 from hubdeploy.contract import hubjson
 from hubdeploy.contract.strict import ShapeError, plain
-from hubdeploy.loader import load_site
+from hubdeploy.site.loader import load_site
 
 REPO = Path(__file__).resolve().parents[2]
 

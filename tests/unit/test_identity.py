@@ -30,7 +30,7 @@ from hubdeploy.contract.identity import (
 )
 from hubdeploy.errors import SiteError
 from hubdeploy.hub.identity import AutoSource, SharedSource, ensure_home, get_source, write_nss
-from hubdeploy.loader import load_site_text
+from hubdeploy.site.loader import load_site_text
 from hubdeploy.contract import strict
 from hubdeploy.backends.docker import DockerConfig
 from hubsections import profile

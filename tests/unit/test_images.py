@@ -14,7 +14,7 @@ from hubdeploy.contract.layout import STACK_IMAGES
 from hubdeploy.errors import SiteError
 from hubdeploy.images.build import build_images, context_tar, donor_tags, missing_images
 from hubdeploy.images.plan import CA_FILE, ImagePlan, image_refs, plan_images
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 CA = b"-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 PROXY = "http://alice:s3cret-pw@proxy.example.org:3128"

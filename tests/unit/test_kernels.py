@@ -12,7 +12,8 @@ from hubdeploy.contract.labels import IMAGE_KERNELS
 from hubdeploy.images import kernelcheck, kernels
 from hubdeploy.images.plan import plan_images
 from hubdeploy.images.source import build_time_labels
-from hubdeploy.schema import Kernel, Site
+from hubdeploy.site.images import Kernel
+from hubdeploy.site.model import Site
 
 
 def site(alpha_kernels=None, beta_kernels=None, base_kernels=None) -> Site:

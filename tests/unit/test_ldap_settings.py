@@ -17,7 +17,7 @@ from hubdeploy import render
 from hubdeploy.contract.layout import IDENTITY_FILES_DIR, LDAP_BIND_PASSWORD, secret_path
 from hubdeploy.errors import SiteError
 from hubdeploy.hub.identity import get_source
-from hubdeploy.loader import load_site
+from hubdeploy.site.loader import load_site
 
 SITE = """\
 name: hdtldap
@@ -120,7 +120,7 @@ def test_the_schema_lists_the_contracts_keys_and_defaults():
     from dataclasses import MISSING, fields
 
     from hubdeploy.contract.ldap import LdapConfig
-    from hubdeploy.schema import IdentityLdap
+    from hubdeploy.site.identity import IdentityLdap
 
     contract = {f.name: "required" if f.default is MISSING else f.default for f in fields(LdapConfig)}
     schema = {name: "required" if f.is_required() else f.default for name, f in IdentityLdap.model_fields.items()}

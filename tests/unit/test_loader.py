@@ -19,10 +19,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from hubdeploy import loader_messages, schema
 from hubdeploy.errors import SiteError
 from hubdeploy.init import demo_site_text, write_demo_site
-from hubdeploy.loader import load_site, load_site_text, resolve_site_path
+from hubdeploy.site import messages, model
+from hubdeploy.site.files import resolve_site_path
+from hubdeploy.site.loader import load_site, load_site_text
 
 HERE = Path(__file__).parent
 BAD = HERE / "bad_sites"
@@ -286,7 +287,7 @@ NAMED_MAPS = {"images.collaborations"}
 
 
 def test_json_schema_is_closed_at_every_level() -> None:
-    js = schema.json_schema()
+    js = model.json_schema()
     defs = js.get("$defs", {})
     seen_defs: set[str] = set()
     maps: set[str] = set()
@@ -432,15 +433,15 @@ def test_full_site_is_valid_and_levels_cover_every_model() -> None:
     load_site_text(_dump(FULL_CLUSTER), "site.yaml")
     load_site_text(_dump(FULL_SUBMIT), "site.yaml")
     load_site_text(_dump(FULL_SSH), "site.yaml")
-    models = {loader_messages.model_at(level) for level in LEVELS}
+    models = {messages.model_at(level) for level in LEVELS}
     assert None not in models
-    assert {m.__name__ for m in models} == {"Site", *schema.json_schema()["$defs"]}
+    assert {m.__name__ for m in models} == {"Site", *model.json_schema()["$defs"]}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(level=st.sampled_from(LEVELS), key=st.text(min_size=1, max_size=50))
 def test_unknown_keys_are_rejected_at_every_level(level: tuple[Any, ...], key: str) -> None:
-    if key in loader_messages.allowed_keys(level):
+    if key in messages.allowed_keys(level):
         return
     # ruamel's emitter does not round-trip every string (a lone U+0085 comes back as a
     # space); what is tested here is the loader, so use keys that YAML carries intact.
@@ -449,7 +450,7 @@ def test_unknown_keys_are_rejected_at_every_level(level: tuple[Any, ...], key: s
     _at(data, level)[key] = "x"
     text = _dump(data)
     message = _site_error(text)
-    expected = f"{loader_messages.format_path((*level, key))}: unknown key"
+    expected = f"{messages.format_path((*level, key))}: unknown key"
     assert expected in message, message
     for line in message.splitlines():
         assert LINE_RE.match(line), line

@@ -72,7 +72,7 @@ def test_every_node_reads_the_agent_config_where_the_contract_says():
 
     from hubdeploy import render
     from hubdeploy.contract.layout import NODE_AGENT_CONFIG, UNPRIVILEGED_PORT_START
-    from hubdeploy.loader import load_site_text
+    from hubdeploy.site.loader import load_site_text
 
     site = load_site_text("name: a\nslurm: {cluster: {nodes: 2}}\nprofiles:\n"
                           "  - {name: c, image: base, node: compute, default: true}\n", "site.yaml")

@@ -16,7 +16,7 @@ from hubdeploy import render
 from hubdeploy.cli import cli
 from hubdeploy.contract.layout import LABEL_OWNER, LABEL_OWNER_DIR
 from hubdeploy.errors import OperationError, SiteError
-from hubdeploy.loader import load_site
+from hubdeploy.site.loader import load_site
 from hubdeploy.ops import backup, restore, userlogs
 from hubdeploy.state import ownership
 

@@ -13,7 +13,7 @@ from hubdeploy.errors import SiteError
 from hubdeploy.ops import stack
 from hubdeploy.ops.compose import ComposeOrchestrator
 from hubdeploy.ops.orchestrator import Orchestrator
-from hubdeploy.schema import Site
+from hubdeploy.site.model import Site
 
 OPS = Path(stack.__file__).parent
 

@@ -12,7 +12,7 @@ from hubdeploy import render
 from hubdeploy.contract.services import PROMETHEUS
 from hubdeploy.errors import SiteError
 from hubdeploy.images.plan import plan_images
-from hubdeploy.loader import load_site_text, where
+from hubdeploy.site.loader import load_site_text, where
 from hubdeploy.state.secrets import ensure_secrets, secret_names
 
 SITE = """\

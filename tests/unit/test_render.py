@@ -11,7 +11,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from hubdeploy import render
-from hubdeploy.loader import load_site
+from hubdeploy.site.loader import load_site
 from hubdeploy.ops.engine import compose_command
 from hubdeploy.state.secrets import ensure_secrets, secret_names
 

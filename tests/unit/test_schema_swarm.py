@@ -4,7 +4,7 @@ import pytest
 
 from hubdeploy.contract import strict
 from hubdeploy.errors import SiteError
-from hubdeploy.loader import load_site_text
+from hubdeploy.site.loader import load_site_text
 from hubdeploy.render import compose as compose_render
 from hubdeploy.render import hubdata
 

@@ -14,7 +14,7 @@ from hubdeploy import render
 from hubdeploy.render import slurm
 from hubdeploy.render.slurm import lua_string
 from hubdeploy.errors import SiteError
-from hubdeploy.loader import load_site_text
+from hubdeploy.site.loader import load_site_text
 
 SITE = """\
 name: acct

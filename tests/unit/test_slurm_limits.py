@@ -23,9 +23,9 @@ from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubdeploy.contract import slurmcmd
 from hubdeploy.contract.identity import Identity
 from hubdeploy.errors import SiteError
-from hubdeploy.loader import load_site_text
 from hubdeploy.render import slurm
 from hubdeploy.render.files import sha
+from hubdeploy.site.loader import load_site_text
 from hubdeploy.contract import strict
 from hubsections import profile
 

@@ -13,7 +13,7 @@ from ruamel.yaml import YAML
 from hubdeploy import render
 from hubdeploy.errors import SiteError
 from hubdeploy.images.plan import plan_images
-from hubdeploy.loader import load_site_text
+from hubdeploy.site.loader import load_site_text
 from hubdeploy.state.secrets import secret_names
 
 SITE = """\
@@ -300,7 +300,7 @@ SSH_SITE = SITE.replace(
 def ssh_site(tmp_path, text=SSH_SITE):
     (tmp_path / "kh").write_text("[login1.example.org]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample\n")
     (tmp_path / "site.yaml").write_text(text)
-    from hubdeploy.loader import load_site
+    from hubdeploy.site.loader import load_site
 
     return load_site(tmp_path / "site.yaml")
 
@@ -358,7 +358,7 @@ def test_ssh_key_readable_by_others_is_refused_with_its_line(tmp_path):
 
 def test_missing_known_hosts_is_a_site_error(tmp_path):
     (tmp_path / "site.yaml").write_text(SSH_SITE)
-    from hubdeploy.loader import load_site
+    from hubdeploy.site.loader import load_site
 
     with pytest.raises(SiteError) as exc:
         load_site(tmp_path / "site.yaml")

@@ -22,7 +22,7 @@ from hubdeploy.backends.slurm import SlurmBackend, SlurmConfig
 from hubdeploy.backends.sshcert import CertificateAuthority, CertificateError
 from hubdeploy.contract.identity import Identity
 from hubdeploy.errors import SiteError
-from hubdeploy.loader import load_site, load_site_text
+from hubdeploy.site.loader import load_site, load_site_text
 from hubdeploy.state.secrets import ensure_secrets, secret_names
 from hubdeploy.contract import strict
 from hubsections import profile

@@ -6,7 +6,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from hubdeploy.errors import SiteError
-from hubdeploy.loader import load_site_text
+from hubdeploy.site.loader import load_site_text
 from hubdeploy.render import render_files, swarmstack
 from hubdeploy.render import Inputs
 

@@ -59,7 +59,7 @@ def test_forced_downgrade_migrates():
 @pytest.mark.parametrize("version, ok", [("5.5.0", True), ("5.5.4", True), ("6.1.1", True), ("5.4.6", False),
                                          ("4.1.6", False)])
 def test_schema_takes_jupyterhub_from_5_5(version, ok):
-    from hubdeploy.loader import load_site_text
+    from hubdeploy.site.loader import load_site_text
 
     text = f"name: v\nhub: {{jupyterhub_version: '{version}'}}\nprofiles: [{{name: p, image: base}}]\n"
     if ok:

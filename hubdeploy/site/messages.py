@@ -1,8 +1,9 @@
 """Wording for site-file errors: key paths, value summaries, what was expected.
 
-Kept apart from :mod:`hubdeploy.loader` (which finds *where*) because this is the part
-people read: pydantic's "String should match pattern '^[a-z]...'" becomes "expected a
-name: ...", and a value is never echoed in full (it may be a password).
+Kept apart from :mod:`hubdeploy.site.loader` and :mod:`hubdeploy.site.parse` (which find
+*where*) because this is the part people read: pydantic's "String should match pattern
+'^[a-z]...'" becomes "expected a name: ...", and a value is never echoed in full (it may
+be a password). :func:`format_lines` lists the problems as the loader reports them.
 """
 
 from __future__ import annotations
@@ -17,9 +18,18 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from . import schema
+from hubdeploy.site.fields import EnvName, Memory, Name, Package, SlurmName, SlurmTime, TraitSection, Username
+from hubdeploy.site.model import Site
+from hubdeploy.site.swarm import Registry
 
 MAX_SHOWN = 40
+# A real site has a handful of problems; hundreds mean the wrong file was passed (and
+# every key of, say, a secrets file would be echoed).
+MAX_LINES = 50
+
+Pos = tuple[int, int]  # 1-based line and column
+# One problem as listed: where, the key path, what is wrong.
+Line = tuple[Pos, str, str]
 
 # Values under keys like these are described, never shown, even truncated.
 SECRET_RE = re.compile(r"secret|passw|token|credential|private|api_?key", re.IGNORECASE)
@@ -31,15 +41,15 @@ def _pattern(annotated: Any) -> str:
 
 # What each schema pattern means, in words; an unknown pattern is shown as is.
 PATTERNS: dict[str, str] = {
-    _pattern(schema.Name): "a name: a lowercase letter, then up to 30 lowercase letters, digits or '-', not ending in '-'",
-    _pattern(schema.Memory): "a memory size: a number and K, M, G or T, e.g. 512M, 2G, 1.5G",
-    _pattern(schema.TraitSection): "an identifier: letters, digits and '_', not starting with a digit",
-    _pattern(schema.EnvName): "an identifier: letters, digits and '_', not starting with a digit, at most 128",
-    _pattern(schema.SlurmName): "a Slurm name: letters, digits and _ . + -, at most 64",
-    _pattern(schema.SlurmTime): "a Slurm time: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]]",
-    _pattern(schema.Package): "a package name or requirement such as numpy or numpy>=1.26 (no spaces, no options)",
-    _pattern(schema.Username): "a username without whitespace or '/'",
-    _pattern(schema.Registry): "a registry as HOST or HOST:PORT, e.g. registry.example.org:5000 (no scheme, no path)",
+    _pattern(Name): "a name: a lowercase letter, then up to 30 lowercase letters, digits or '-', not ending in '-'",
+    _pattern(Memory): "a memory size: a number and K, M, G or T, e.g. 512M, 2G, 1.5G",
+    _pattern(TraitSection): "an identifier: letters, digits and '_', not starting with a digit",
+    _pattern(EnvName): "an identifier: letters, digits and '_', not starting with a digit, at most 128",
+    _pattern(SlurmName): "a Slurm name: letters, digits and _ . + -, at most 64",
+    _pattern(SlurmTime): "a Slurm time: minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]]",
+    _pattern(Package): "a package name or requirement such as numpy or numpy>=1.26 (no spaces, no options)",
+    _pattern(Username): "a username without whitespace or '/'",
+    _pattern(Registry): "a registry as HOST or HOST:PORT, e.g. registry.example.org:5000 (no scheme, no path)",
     r"^\d+\.\d+\.\d+$": "a version X.Y.Z, e.g. 5.2.1",
     r"^[A-Za-z_][A-Za-z0-9_.:-]*$": "an authenticator entry-point name (e.g. dummy, github) or import path",
     r"^[a-z]+$": "a Debian suite name such as bookworm",
@@ -66,6 +76,14 @@ def format_path(loc: Any) -> str:
             shown = seg if len(seg) <= MAX_SHOWN else seg[:MAX_SHOWN] + "..."
             out += f"[{quote(shown)}]"
     return out or "(top level)"
+
+
+def format_lines(filename: str, problems: list[Line]) -> str:
+    """Problems as ``FILE:LINE:COL: KEY.PATH: what``, in file order, at most MAX_LINES."""
+    lines = [f"{filename}:{line}:{col}: {path}: {what}" for (line, col), path, what in sorted(set(problems))]
+    if len(lines) > MAX_LINES:
+        lines = [*lines[:MAX_LINES], f"{filename}: ... and {len(lines) - MAX_LINES} more problems"]
+    return "\n".join(lines)
 
 
 def quote(text: str) -> str:
@@ -193,7 +211,7 @@ def allowed_keys(loc: tuple[Any, ...]) -> list[str]:
 
 def model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The closed model class that validates the mapping at ``loc`` in a site."""
-    tp: Any = schema.Site
+    tp: Any = Site
     for seg in loc:
         tp = _unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
