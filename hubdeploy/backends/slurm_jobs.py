@@ -97,12 +97,18 @@ class SlurmJobs(SlurmCommands):
             if row is None:
                 return None  # gone already
             who = row.owner
+        return await self._cancel(job_id or name, argv, account=account, who=who)
+
+    async def _cancel(self, job: str, argv: list[str], account: str | None = None,
+                      who: Mapping[str, Any] | None = None) -> int:
+        """Run one scancel; its exit status. BackendError when Slurm cannot be asked or
+        refuses; a job that is gone or already ending is no refusal."""
         try:
             code, _, err = await self.run(argv, account=account, who=who)
         except CommandError as exc:
-            raise BackendError(f"cannot cancel Slurm job {job_id or name}: {exc}") from None
+            raise BackendError(f"cannot cancel Slurm job {job}: {exc}") from None
         if code != 0 and INVALID_JOB not in err and ENDING not in err:
-            raise BackendError(f"scancel {job_id or name} failed: {err.strip()[-300:]}")
+            raise BackendError(f"scancel {job} failed: {err.strip()[-300:]}")
         return code
 
     # -- jobs the hub lost ------------------------------------------------------------
@@ -151,9 +157,4 @@ class SlurmJobs(SlurmCommands):
             if row is None:
                 return  # gone meanwhile
             who = row.owner
-        try:
-            code, _, err = await self.run(["scancel", server_id], who=who)
-        except CommandError as exc:
-            raise BackendError(f"cannot cancel Slurm job {server_id}: {exc}") from None
-        if code != 0 and INVALID_JOB not in err and ENDING not in err:
-            raise BackendError(f"scancel {server_id} failed: {err.strip()[-300:]}")
+        await self._cancel(server_id, ["scancel", server_id], who=who)
