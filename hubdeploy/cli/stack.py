@@ -13,7 +13,6 @@ from hubdeploy.cli.common import TAKE_OVER, err, handle, out, print_json, site_p
 from hubdeploy.errors import SiteError
 
 
-
 @click.command()
 @click.option("--wait-timeout", default=300, show_default=True, help="Seconds to wait for health.")
 @click.option("--take-over", is_flag=True, help=TAKE_OVER)
