@@ -52,9 +52,7 @@ def images_build(ctx: click.Context, names: tuple[str, ...], force: bool) -> Non
     from hubdeploy.images.build import build_images
 
     prep = stack.prepare(site_path(ctx))
-    unknown = [n for n in names if n not in prep.plans]
-    if unknown:
-        raise SiteError(f"unknown image(s): {', '.join(unknown)}; images: {', '.join(prep.plans)}")
+    _known(prep, names)
     client = engine.docker_client()
     built = build_images(
         prep.plans, client=client, state_dir=prep.state, names=list(names) or None, force=force, console=err
@@ -62,21 +60,22 @@ def images_build(ctx: click.Context, names: tuple[str, ...], force: bool) -> Non
     out.print(f"built: {', '.join(built) if built else 'nothing (all up to date)'}")
 
 
-def _notebook_names(prep, names: tuple[str, ...]) -> list[str]:
-    """The named images, or every notebook image (base and collaborations) by default."""
-    if names:
-        unknown = [n for n in names if n not in prep.plans]
-        if unknown:
-            raise SiteError(f"unknown image(s): {', '.join(unknown)}; images: {', '.join(prep.plans)}")
-        return list(names)
-    return prep.site.images.names()
-
-
-def _checked_names(prep, names: tuple[str, ...]) -> list[str]:
+def _known(prep, names: tuple[str, ...]) -> list[str]:
+    """``names``; SiteError (exit 2) listing the site's images when one is not among them."""
     unknown = [n for n in names if n not in prep.plans]
     if unknown:
         raise SiteError(f"unknown image(s): {', '.join(unknown)}; images: {', '.join(prep.plans)}")
-    return list(names) or list(prep.plans)
+    return list(names)
+
+
+def _notebook_names(prep, names: tuple[str, ...]) -> list[str]:
+    """The named images, or every notebook image (base and collaborations) by default."""
+    return _known(prep, names) if names else prep.site.images.names()
+
+
+def _checked_names(prep, names: tuple[str, ...]) -> list[str]:
+    """The named images, or every image of the site by default."""
+    return _known(prep, names) or list(prep.plans)
 
 
 @images_group.command("test")
