@@ -1,3 +1,3 @@
-from hubdeploy.cli import main
+from hubdeploy.cli.main import main
 
 main()

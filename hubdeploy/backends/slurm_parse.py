@@ -1,7 +1,7 @@
 """What the Slurm commands answer, read without Slurm: squeue and sinfo lines, job and
 node states and what they mean for a notebook server, the backend's saved state, and the
 progress events of a start. Pure functions, unit-tested on recorded output
-(hubdeploy.backends.slurm runs the commands).
+(hubdeploy.backends.slurm_commands runs the commands).
 """
 
 from __future__ import annotations

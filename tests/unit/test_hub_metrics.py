@@ -7,7 +7,7 @@ import asyncio
 
 from prometheus_client import REGISTRY, generate_latest
 
-from hubdeploy.cli import _describe_spawns
+from hubdeploy.cli.stack import _describe_spawns
 from hubdeploy.hub import metrics
 from hubdeploy.hub.spawnqueue import SpawnQueue
 

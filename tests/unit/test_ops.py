@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from ruamel.yaml import YAML
 
 from hubdeploy import render
-from hubdeploy.cli import cli
+from hubdeploy.cli.main import cli
 from hubdeploy.contract.layout import LABEL_OWNER, LABEL_OWNER_DIR
 from hubdeploy.errors import OperationError, SiteError
 from hubdeploy.site.loader import load_site

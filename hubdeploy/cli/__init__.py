@@ -1,0 +1,1 @@
+"""The ``hubdeploy`` command line (:mod:`hubdeploy.cli.main` assembles it)."""
