@@ -1,4 +1,4 @@
-"""``hubdeploy restore``: a backup (:mod:`hubdeploy.backup`) back into a site directory
+"""``hubdeploy restore``: a backup (:mod:`hubdeploy.ops.backup`) back into a site directory
 and the hub's data volume, on this machine or a fresh one; ``hubdeploy up`` then starts
 the same hub: users, groups, API tokens, named servers, cookie secret.
 
