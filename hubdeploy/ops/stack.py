@@ -19,13 +19,14 @@ from hubdeploy.contract.layout import LABEL_SITE, PROXY_SERVICE, SSH_CA_KEY, SSH
 from hubdeploy.errors import HubdeployError, OperationError, SiteError
 from hubdeploy.images.build import build_images
 from hubdeploy.images.plan import plan_images
-from hubdeploy.site.loader import load_site, where
 from hubdeploy.ops import engine, upgrade
 from hubdeploy.ops.compose import ComposeOrchestrator
 from hubdeploy.ops.orchestrator import Orchestrator
 from hubdeploy.ops.prepared import Prepared, render_files
 from hubdeploy.ops.servers import container_row, notebook_containers, orphans, remove_notebook_containers, stop_servers
+from hubdeploy.ops.stackdeploy import stack_services
 from hubdeploy.ops.swarm import Published, SwarmOrchestrator
+from hubdeploy.site.loader import load_site, where
 from hubdeploy.site.model import Site
 from hubdeploy.state import ownership, selfsigned
 from hubdeploy.state.secrets import ensure_secrets, secret_names, ssh_certificates, ssh_key_generated
@@ -58,8 +59,16 @@ def prepare(site_file: Path) -> Prepared:
 
 def check_owner(prep: Prepared, client, *, take_over: bool = False) -> None:
     """Refuse to act on a stack another site directory created (exit 1) unless
-    ``take_over``; reads the engine only."""
-    ownership.check(client, prep.project, prep.owner, take_over=take_over)
+    ``take_over``; reads the engine only, so it runs before any side effect."""
+    if take_over:
+        return
+    found = [c.labels for c in engine.project_containers(client, prep.project, all=True)]
+    # A swarm stack's owner is on its services too (a service may have no task yet).
+    found += [s.attrs["Spec"].get("Labels") or {} for s in stack_services(client, prep.project)]
+    why = ownership.refusal(prep.owner, found, prep.project)
+    if why:
+        raise OperationError(why, hint="run it from that directory, rename this site, "
+                             "or pass --take-over if that directory is gone")
 
 
 def write(prep: Prepared) -> list[str]:

@@ -32,13 +32,8 @@ from hubdeploy.contract.layout import (
     HUB_SERVICE,
     IDENTITY_FILES_DIR,
     INTERNAL_NETWORK,
-    LABEL_CONFIG_HASH,
     LDAP_BIND_PASSWORD,
-    NODE_CONFIG_DIR,
-    NODE_NSS_DIR,
     NSS_VOLUME,
-    LABEL_SITE,
-    MUNGE_KEY,
     PROXY_API_ALIAS,
     PROXY_ENTRYPOINT_PATH,
     PROXY_TLS_CERT_PATH,
@@ -50,23 +45,19 @@ from hubdeploy.contract.layout import (
     SLURM_NETWORK,
     SLURMCTLD_STATE_VOLUME,
     SLURMDBD_DATA_VOLUME,
-    SLURMCTLD_SERVICE,
-    SLURMDBD_HEALTH,
-    SLURMDBD_SERVICE,
     SSH_CA_KEY,
     SSH_KEY,
     SSH_KNOWN_HOSTS_PATH,
-    UNPRIVILEGED_PORT_START,
     USERS_NETWORK,
     project_name,
     secret_path,
     service_token,
-    slurm_node_service,
     stack_name,
 )
 from hubdeploy.contract.services import IDLE_CULLER, builtin_services
-from hubdeploy.render import prometheus, slurm
-from hubdeploy.render.hardening import harden, node_limits
+from hubdeploy.render import prometheus, slurmservices
+from hubdeploy.render.common import healthcheck, homes_mount, labels
+from hubdeploy.render.hardening import harden
 from hubdeploy.render.hubdata import homes_source
 from hubdeploy.site.model import Site
 from hubdeploy.site.services import ExtraService
@@ -125,13 +116,13 @@ def compose_data(site: Site, refs: dict[str, str], mounts: Mounts,
         services[IDLE_CULLER.name] = culler_service(site, refs)
     if prometheus.enabled(site):
         services[PROMETHEUS_SERVICE] = prometheus.service(
-            site, refs, mounts.hashes["prometheus"], _labels(site, mounts.hashes["prometheus"]))
+            site, refs, mounts.hashes["prometheus"], labels(site, mounts.hashes["prometheus"]))
         volumes.update(prometheus.volumes(site))
     for svc in site.services.extra:
         if svc.command is not None:
             services[svc.name] = extra_service(site, refs, svc)
     if site.slurm is not None and site.slurm.cluster is not None:
-        services.update(slurm_services(site, refs, mounts.hashes))
+        services.update(slurmservices.slurm_services(site, refs, mounts.hashes))
         for key in (SLURMCTLD_STATE_VOLUME, SLURMDBD_DATA_VOLUME):
             volumes[key] = {"name": stack_name(project, key)}
     volumes.update(identity_volumes(site))
@@ -159,10 +150,6 @@ def identity_volumes(site: Site) -> dict[str, Any]:
 
 def _has_cluster(site: Site) -> bool:
     return site.slurm is not None and site.slurm.cluster is not None
-
-
-def _homes_mount(site: Site, target: str) -> str:
-    return f"{site.identity.homes_host or HOMES_VOLUME}:{target}"
 
 
 def networks(site: Site) -> dict[str, Any]:
@@ -210,17 +197,6 @@ def secrets(services: dict[str, Any], mounts: Mounts) -> dict[str, Any]:
     return {name: {"file": own.get(name) or f"../secrets/{name}"} for name in names}
 
 
-def _healthcheck(test: list[str]) -> dict[str, Any]:
-    return {"test": test, "interval": "5s", "timeout": "5s", "retries": 5, "start_period": "60s"}
-
-
-def _labels(site: Site, config_hash: str | None = None) -> dict[str, str]:
-    labels = {LABEL_SITE: site.name}
-    if config_hash is not None:
-        labels[LABEL_CONFIG_HASH] = config_hash
-    return labels
-
-
 def proxy_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, Any]:
     scheme = "https" if mounts.tls else "http"
     volumes = [f"./proxy/entrypoint.sh:{PROXY_ENTRYPOINT_PATH}:ro"]
@@ -235,8 +211,8 @@ def proxy_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str,
         "networks": _edge(site, {"internal": {"aliases": [PROXY_API_ALIAS]}, "users": {}, **_compute_net(site)}),
         "secrets": [PROXY_TOKEN],
         "volumes": volumes,
-        "labels": _labels(site, mounts.hashes["proxy"]),
-        "healthcheck": _healthcheck(["CMD", "node", "-e", PROXY_HEALTH.format(scheme=scheme, port=PROXY_PORT)]),
+        "labels": labels(site, mounts.hashes["proxy"]),
+        "healthcheck": healthcheck(["CMD", "node", "-e", PROXY_HEALTH.format(scheme=scheme, port=PROXY_PORT)]),
         "cpu_shares": CONTROL_PLANE_CPU_SHARES,
         "restart": "unless-stopped",
     }, "proxy", site.limits.proxy)
@@ -286,8 +262,8 @@ def hub_service(site: Site, refs: dict[str, str], mounts: Mounts) -> dict[str, A
                                  **_compute_net(site, [HUB_SERVICE])}),
         "secrets": hub_secrets(site),
         "volumes": volumes,
-        "labels": _labels(site, mounts.hashes["hub"]),
-        "healthcheck": _healthcheck(["CMD", "python3", "-c", HUB_HEALTH.format(port=HUB_PORT)]),
+        "labels": labels(site, mounts.hashes["hub"]),
+        "healthcheck": healthcheck(["CMD", "python3", "-c", HUB_HEALTH.format(port=HUB_PORT)]),
         "depends_on": {PROXY_SERVICE: {"condition": "service_healthy"},
                        ENGINE_PROXY_SERVICE: {"condition": "service_healthy"}},
         "cpu_shares": CONTROL_PLANE_CPU_SHARES,
@@ -317,8 +293,8 @@ def engine_proxy_service(site: Site, refs: dict[str, str], pinned: dict[str, str
         "user": "0:0",
         "networks": {"internal": {"aliases": [ENGINE_PROXY_SERVICE]}},
         "volumes": ["/var/run/docker.sock:/var/run/docker.sock"],
-        "labels": _labels(site),
-        "healthcheck": _healthcheck(["CMD", "python3", "-c", ENGINE_PROXY_HEALTH]),
+        "labels": labels(site),
+        "healthcheck": healthcheck(["CMD", "python3", "-c", ENGINE_PROXY_HEALTH]),
         "restart": "unless-stopped",
     }, "engine-proxy", site.limits.engine_proxy)
 
@@ -339,7 +315,7 @@ def _hub_identity_volumes(site: Site, mounts: Mounts) -> list[str]:
     source's files, or the LDAP CA bundle."""
     if site.identity.source == "shared":
         return []
-    out = [_homes_mount(site, HUB_HOMES_DIR)]
+    out = [homes_mount(site, HUB_HOMES_DIR)]
     if _has_cluster(site):
         out.append(f"{NSS_VOLUME}:{HUB_NSS_DIR}")
     files = mounts.identity_files or {}
@@ -358,8 +334,8 @@ def db_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
         "networks": {"internal": {}},
         "secrets": [DB_PASSWORD],
         "volumes": [f"{DB_DATA_VOLUME}:{DB_DATA_DIR}"],
-        "labels": _labels(site),
-        "healthcheck": _healthcheck(["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "jupyterhub"]),
+        "labels": labels(site),
+        "healthcheck": healthcheck(["CMD", "pg_isready", "-h", "127.0.0.1", "-U", "jupyterhub"]),
         "restart": "unless-stopped",
     }, "db", site.limits.database)
 
@@ -382,7 +358,7 @@ def culler_service(site: Site, refs: dict[str, str]) -> dict[str, Any]:
         ]),
         "networks": {"internal": {}},
         "secrets": [IDLE_CULLER.secret],
-        "labels": _labels(site),
+        "labels": labels(site),
         "depends_on": {HUB_SERVICE: {"condition": "service_healthy"}},
         "restart": "unless-stopped",
     }, "culler", site.limits.idle_culler)
@@ -414,92 +390,7 @@ def extra_service(site: Site, refs: dict[str, str], svc: ExtraService) -> dict[s
         "environment": dict(sorted(env.items())),
         "networks": {"internal": {}},
         "secrets": [token],
-        "labels": _labels(site),
+        "labels": labels(site),
         "depends_on": {HUB_SERVICE: {"condition": "service_healthy"}},
         "restart": "unless-stopped",
     }, "service" if svc.image is None else "foreign", site.limits.services)
-
-
-def slurm_services(site: Site, refs: dict[str, str], hashes: dict[str, str]) -> dict[str, Any]:
-    """slurmdbd and slurmctld on the slurm network; one slurmd container per node on the
-    slurm network and the compute network, where the proxy and the hub reach notebooks
-    by NodeName. ``hashes``: the config hash of each (render: slurm is the nodes')."""
-    assert site.slurm is not None and site.slurm.cluster is not None
-    services: dict[str, Any] = {
-        SLURMDBD_SERVICE: slurmdbd_service(site, refs, hashes["slurmdbd"]),
-        SLURMCTLD_SERVICE: slurmctld_service(site, refs, hashes["slurmctld"]),
-    }
-    for node in slurm.node_names(site):
-        services[slurm_node_service(node)] = slurmd_service(site, refs, hashes["slurm"], node)
-    return services
-
-
-def _slurm_common(site: Site, image: str, config_hash: str) -> dict[str, Any]:
-    # A fresh dict per service: shared dicts would come out as YAML anchors.
-    return {
-        "image": image,
-        "pull_policy": "never",
-        "secrets": [MUNGE_KEY],
-        # The entrypoint installs the key as /etc/munge/munge.key, owner munge, 0400.
-        "environment": {"HUBDEPLOY_MUNGE_KEY": secret_path(MUNGE_KEY)},
-        "labels": _labels(site, config_hash),
-        "restart": "unless-stopped",
-        # Docker's init as PID 1: it reaps what users' jobs leave behind (slurmd does not).
-        "init": True,
-    }
-
-
-def _slurm_conf_mounts(names: tuple[str, ...]) -> list[str]:
-    return [f"./{name}:{NODE_CONFIG_DIR}/{name.split('/', 1)[1]}:ro" for name in names]
-
-
-def _node_accounts(site: Site) -> list[str]:
-    """The accounts the hub has resolved (libnss-extrausers): controller and nodes know
-    every job's owner."""
-    return [f"{NSS_VOLUME}:{NODE_NSS_DIR}:ro"] if site.identity.source != "shared" else []
-
-
-def slurmdbd_service(site: Site, refs: dict[str, str], config_hash: str) -> dict[str, Any]:
-    """The accounting database: slurmdbd and its MariaDB in one container, the data on a
-    volume that ``down`` keeps. Only the controller (and sacctmgr there) talks to it."""
-    return harden({
-        **_slurm_common(site, refs["slurmdbd"], config_hash),
-        "hostname": SLURMDBD_SERVICE,
-        "networks": {"slurm": {"aliases": [SLURMDBD_SERVICE]}},
-        "volumes": [*_slurm_conf_mounts(slurm.DBD_FILES), f"{SLURMDBD_DATA_VOLUME}:/var/lib/mysql"],
-        "healthcheck": _healthcheck(["CMD", SLURMDBD_HEALTH]),
-    }, "slurmdbd", site.limits.slurmdbd)
-
-
-def slurmctld_service(site: Site, refs: dict[str, str], config_hash: str) -> dict[str, Any]:
-    """The controller; its entrypoint waits for slurmdbd and sets the cluster's accounts
-    and limits there before slurmctld starts."""
-    return harden({
-        **_slurm_common(site, refs["slurm"], config_hash),
-        "command": ["slurmctld"],
-        "hostname": SLURMCTLD_SERVICE,
-        "networks": {"slurm": {"aliases": [SLURMCTLD_SERVICE]}},
-        # job_submit plugins run in slurmctld only.
-        "volumes": [*_slurm_conf_mounts(slurm.CONTROLLER_FILES), f"{SLURMCTLD_STATE_VOLUME}:/var/spool/slurmctld",
-                    *_node_accounts(site)],
-        "healthcheck": _healthcheck(["CMD", "scontrol", "ping"]),
-        "depends_on": {SLURMDBD_SERVICE: {"condition": "service_started"}},
-    }, "slurmctld", site.limits.slurmctld)
-
-
-def slurmd_service(site: Site, refs: dict[str, str], config_hash: str, node: str) -> dict[str, Any]:
-    # The nodes run jobs in their users' homes.
-    homes = [_homes_mount(site, site.identity.homes_dir)] if site.identity.source != "shared" else []
-    return harden({
-        **_slurm_common(site, refs["slurm"], config_hash),
-        "command": ["slurmd"],
-        "hostname": node,
-        # slurm first where the engine honours it; the entrypoint also gives munged the
-        # address facing the controller (slurmctld looks every credential's origin up).
-        "networks": {"slurm": {"aliases": [node], "priority": 10}, "compute": {"aliases": [node]}},
-        "volumes": [*_slurm_conf_mounts(slurm.NODE_FILES), *_node_accounts(site), *homes],
-        # Ports below it are root's again: notebook servers' ports, which the node's
-        # agent binds and no user's process can take (see images/slurm/node-agent.py).
-        "sysctls": {"net.ipv4.ip_unprivileged_port_start": UNPRIVILEGED_PORT_START},
-        # A node's bounds follow what Slurm schedules on it.
-    }, "slurmd", node_limits(site))

@@ -80,20 +80,3 @@ def refusal(mine: Owner, found: list[dict[str, str]], project: str) -> str | Non
     dirs = ", ".join(d for _, d in others)
     return (f"the stack {project} belongs to the site directory {dirs}, not {mine.directory} "
             "(two site files with the same name)")
-
-
-def check(client, project: str, mine: Owner, *, take_over: bool) -> None:
-    """Refuse (OperationError, exit 1) to act on another directory's stack unless
-    ``take_over``. Only reads the engine: called before any side effect."""
-    if take_over:
-        return
-    from hubdeploy.ops.engine import project_containers
-    from hubdeploy.ops.stackdeploy import stack_services
-
-    found = [c.labels for c in project_containers(client, project, all=True)]
-    # A swarm stack's owner is on its services too (a service may have no task yet).
-    found += [s.attrs["Spec"].get("Labels") or {} for s in stack_services(client, project)]
-    why = refusal(mine, found, project)
-    if why:
-        raise OperationError(why, hint="run it from that directory, rename this site, "
-                             "or pass --take-over if that directory is gone")
