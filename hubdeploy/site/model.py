@@ -85,6 +85,17 @@ class Site(Closed):
         sub = self.slurm.submit if self.slurm is not None else None
         return sub.ssh if sub is not None else None
 
+    def staged(self, p: Profile) -> bool:
+        """Whether profile ``p``'s image runs through Charliecloud on the stack's own
+        cluster: staged onto the nodes by ``images stage`` (hubdeploy.images.stage)."""
+        return (p.node == "compute" and p.slurm is not None and p.slurm.runtime == "charliecloud"
+                and self.slurm is not None and self.slurm.cluster is not None)
+
+    @property
+    def staged_profiles(self) -> list[Profile]:
+        """The compute profiles :meth:`staged` holds for, in the site file's order."""
+        return [p for p in self.profiles if self.staged(p)]
+
     @model_validator(mode="after")
     def _across_sections(self) -> "Site":
         problems = self._profile_problems() + self._orchestrator_problems() + self._slurm_problems()
@@ -173,11 +184,11 @@ class Site(Closed):
                      f"({why}); set identity.allow_shared_compute_account: true to accept that")]
         cluster = self.slurm.cluster
         if cluster is None:
-            return []
+            return self._submit_runtime_problems(i, p)
         if p.slurm is None:
             return self._fit_problems(i, p, cluster)
         return (self._job_problems(i, p, p.slurm, cluster) + self._fit_problems(i, p, cluster)
-                + self._native_problems(i, p, p.slurm, cluster))
+                + self._runtime_problems(i, p, p.slurm, cluster))
 
     def _job_problems(self, i: int, p: Profile, job: ProfileSlurm, cluster: SlurmClusterSpec) -> list[Problem]:
         """A compute profile's job settings against the stack's cluster: partitions,
@@ -204,11 +215,43 @@ class Site(Closed):
                              f"QOS, {QOS!r}, which holds its limits"))
         return problems
 
-    def _native_problems(self, i: int, p: Profile, job: ProfileSlurm, cluster: SlurmClusterSpec) -> list[Problem]:
-        """A native job runs in the nodes' own image: the profile must name that image."""
+    def _runtime_problems(self, i: int, p: Profile, job: ProfileSlurm, cluster: SlurmClusterSpec) -> list[Problem]:
+        """How a profile's server runs on the stack's nodes: natively in the nodes' own
+        image, or through Charliecloud (the one runtime the nodes have) in any site image."""
+        where = ("profiles", i, "slurm")
         if job.runtime == "native" and p.image != cluster.image:
             return [(("profiles", i, "image"), f"profile {p.name!r} runs natively on the stack's "
-                     f"compute nodes, which run image {cluster.image!r}, not {p.image!r}")]
+                     f"compute nodes, which run image {cluster.image!r}, not {p.image!r}; "
+                     "slurm.runtime: charliecloud runs any site image there")]
+        if job.runtime not in ("native", "charliecloud"):
+            return [((*where, "runtime"), f"runtime {job.runtime!r} is not on the stack's compute nodes: "
+                     "they run native or charliecloud")]
+        if job.runtime == "charliecloud" and job.image is not None:
+            return [((*where, "image"), f"profile {p.name!r} runs its image {p.image!r}, which `images stage` "
+                     "puts on the stack's nodes: leave slurm.image unset")]
+        return self._node_volume_problems(i, p) if job.runtime == "charliecloud" else []
+
+    def _node_volume_problems(self, i: int, p: Profile) -> list[Problem]:
+        """Every node mounts each charliecloud profile's volumes at their targets (the job
+        binds them from there): one target, one source and mode, across those profiles."""
+        out: list[Problem] = []
+        for earlier in self.profiles[:i]:
+            if earlier.slurm is None or earlier.slurm.runtime != "charliecloud" or earlier.node != "compute":
+                continue
+            seen = {v.target: v for v in earlier.volumes}
+            for j, v in enumerate(p.volumes):
+                other = seen.get(v.target)
+                if other is not None and (other.source, other.read_only) != (v.source, v.read_only):
+                    out.append((("profiles", i, "volumes", j, "target"), f"{v.target} is also profile "
+                                f"{earlier.name!r}'s, from {other.source} (read_only {other.read_only}): the "
+                                "stack's nodes mount one volume there for every charliecloud profile"))
+        return out
+
+    def _submit_runtime_problems(self, i: int, p: Profile) -> list[Problem]:
+        """charliecloud on a site's own cluster: the nodes find the image where the site put it."""
+        if p.slurm is not None and p.slurm.runtime == "charliecloud" and p.slurm.image is None:
+            return [(("profiles", i, "slurm", "image"), f"profile {p.name!r} runs through charliecloud on the "
+                     "site's own cluster: set slurm.image to the image's flattened directory or .sqfs on the nodes")]
         return []
 
     def _fit_problems(self, i: int, p: Profile, cluster: SlurmClusterSpec) -> list[Problem]:

@@ -49,7 +49,12 @@ def compute(slurm=None, **fields):
     return profile(**{**BASE, **fields}, slurm={**SLURM, **(slurm or {})})
 
 
+STAGED = "/var/lib/hubdeploy/images/hubdeploy+demo-base+0123456789ab"
+
+
 def opts(runtime="native", **slurm):
+    if runtime == "charliecloud":
+        slurm = {"image": STAGED, **slurm}  # where the nodes find it: a path, never a tag
     return job_options(compute({"runtime": runtime, **slurm}), export=EXPORT)
 
 
@@ -110,6 +115,10 @@ def test_native_script_golden():
                 "JUPYTERHUB_SERVICE_URL",
                 "hubdeploy/demo-base:0123456789ab",
             ],
+        ),
+        (
+            "charliecloud",
+            ["ch-run", "--set-env", "-b", "/data:/data", "-b", "/scratch:/s", STAGED, "--"],
         ),
         (
             "shifter",
