@@ -1,0 +1,258 @@
+"""Staging compute profiles' images for Charliecloud on the stack's own cluster: each
+image a flattened directory on the volume every node mounts read-only at
+NODE_IMAGES_DIR, named by its tag (:func:`~hubdeploy.contract.layout.staged_image_dir`;
+hubdeploy's tags are content hashes, so a changed image is a new directory).
+
+:func:`plan_staging` is pure: the site, the tags and what the volume holds in, the
+steps out. :func:`stage_images` carries them out on the engine, with argv lists only:
+
+1. the image's file system, ``docker export`` of a created container, streamed into the
+   engine's own archive extraction (``PUT /containers/{id}/archive``) under a temporary
+   name ``.tmp-<name>`` on the volume, owners and modes as in the image;
+2. a helper container (the slurm image, no network, only CHOWN, DAC_OVERRIDE and FOWNER)
+   runs :data:`FINALIZE`: it empties ``/dev`` (the node's is bound at run time), removes
+   every setuid/setgid bit, writes the image's ENV to ``/ch/environment`` (what ch-run
+   ``--set-env`` reads), makes each bind target a real directory (ch-run creates none in
+   a read-only image, and would follow a symlink on the node's side), then ``rename()``s
+   the directory into place: a node sees no image or the whole image;
+3. directories no staged profile names any more, and leftovers of an interrupted run,
+   are renamed away first, then removed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import docker.errors
+
+from hubdeploy.contract.layout import (
+    COMPUTE_IMAGES_VOLUME,
+    LABEL_SITE,
+    NODE_IMAGES_DIR,
+    NODE_JOBS_DIR,
+    SLURM_IMAGE,
+    project_name,
+    stack_name,
+    staged_image_dir,
+)
+from hubdeploy.errors import OperationError
+from hubdeploy.site.model import Site
+
+TMP_PREFIX = ".tmp-"
+GONE_PREFIX = ".rm-"
+# ch-run's default bind targets for -b without a destination, and where a site binds
+# a GPU driver's libraries (docs/runtime-plan.md); /tmp takes the job's private tmp.
+FIXED_TARGETS = ("/tmp", *(f"/mnt/{i}" for i in range(10)))
+# What the helper may do: give back owners and modes of files it does not own.
+HELPER_CAPS = ("CHOWN", "DAC_OVERRIDE", "FOWNER")
+
+
+@dataclass(frozen=True)
+class StagedImage:
+    """One image to have on the volume: its site name, tag and directory name."""
+
+    image: str
+    ref: str
+    name: str  # the directory's name under NODE_IMAGES_DIR
+    targets: tuple[str, ...]  # bind targets ch-run needs in it, absolute
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    stage: tuple[StagedImage, ...]  # missing: export and finalize
+    unchanged: tuple[StagedImage, ...]  # present under their name: nothing to do
+    remove: tuple[str, ...]  # directory names no staged profile uses, and leftovers
+
+
+def wanted(site: Site, refs: dict[str, str]) -> list[StagedImage]:
+    """Every image a staged profile runs, once, in the site file's order, with the bind
+    targets of all the profiles that run it."""
+    out: dict[str, StagedImage] = {}
+    for p in site.staged_profiles:
+        targets = set(FIXED_TARGETS) | {NODE_JOBS_DIR} | {v.target for v in p.volumes}
+        if p.home and site.identity.source != "shared":
+            targets.add(site.identity.homes_dir)
+        if p.image in out:
+            targets |= set(out[p.image].targets)
+        name = PurePosixPath(staged_image_dir(refs[p.image])).name
+        out[p.image] = StagedImage(p.image, refs[p.image], name, tuple(sorted(targets)))
+    return list(out.values())
+
+
+def plan_staging(site: Site, refs: dict[str, str], present: list[str]) -> StagePlan:
+    """What to stage, keep and remove, given the names ``present`` on the volume."""
+    want = wanted(site, refs)
+    have = set(present)
+    names = {w.name for w in want}
+    return StagePlan(
+        stage=tuple(w for w in want if w.name not in have),
+        unchanged=tuple(w for w in want if w.name in have),
+        remove=tuple(sorted(n for n in have if n not in names)),
+    )
+
+
+def finalize_argv(item: StagedImage, env: list[str]) -> list[str]:
+    """The helper's command for one exported image: data as arguments, never as code."""
+    return ["python3", "-c", FINALIZE, NODE_IMAGES_DIR, TMP_PREFIX + item.name, item.name, str(len(env)), *env,
+            *item.targets]
+
+
+def remove_argv(names: tuple[str, ...]) -> list[str]:
+    return ["python3", "-c", REMOVE, NODE_IMAGES_DIR, GONE_PREFIX, *names]
+
+
+# Fixed text: the temporary directory an export is extracted into, fresh.
+MKDIR = "import os, shutil, sys; shutil.rmtree(sys.argv[1], ignore_errors=True); os.mkdir(sys.argv[1], 0o700)"
+LIST_ARGV = ["python3", "-c", "import json, os, sys; print(json.dumps(sorted(os.listdir(sys.argv[1]))))",
+             NODE_IMAGES_DIR]
+
+# Fixed text, run by the helper as root on the volume. argv: top, temporary name, final
+# name, N, N lines of the image's ENV, then the bind targets.
+FINALIZE = r"""
+import os, shutil, stat, sys
+top, tmp_name, final_name, n = sys.argv[1:5]
+env, targets = sys.argv[5:5 + int(n)], sys.argv[5 + int(n):]
+tmp, final = os.path.join(top, tmp_name), os.path.join(top, final_name)
+dev = os.path.join(tmp, "dev")
+if os.path.isdir(dev) and not os.path.islink(dev):
+    for entry in os.listdir(dev):
+        p = os.path.join(dev, entry)
+        shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
+for root, dirs, files in os.walk(tmp):
+    for name in files:
+        p = os.path.join(root, name)
+        st = os.lstat(p)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & 0o6000:
+            os.chmod(p, stat.S_IMODE(st.st_mode) & ~0o6000)
+ch = os.path.join(tmp, "ch")
+if os.path.islink(ch) or (os.path.exists(ch) and not os.path.isdir(ch)):
+    os.unlink(ch)
+os.makedirs(ch, 0o755, exist_ok=True)
+with open(os.path.join(ch, "environment"), "w") as f:
+    f.write("".join(line + "\n" for line in env))
+for target in targets:
+    path = tmp
+    for part in target.strip("/").split("/"):
+        path = os.path.join(path, part)
+        if os.path.islink(path) or (os.path.exists(path) and not os.path.isdir(path)):
+            os.unlink(path)
+        if not os.path.exists(path):
+            os.mkdir(path, 0o755)
+os.chmod(tmp, 0o755)
+try:
+    os.rename(tmp, final)
+except OSError:
+    if not os.path.isdir(final):
+        raise
+    shutil.rmtree(tmp)  # another run staged the same tag first
+"""
+
+# Fixed text: rename each away (it vanishes from the nodes at once), then remove it.
+REMOVE = r"""
+import os, shutil, sys
+top, gone = sys.argv[1:3]
+for name in sys.argv[3:]:
+    if "/" in name or name in (".", "..") or not os.path.lexists(os.path.join(top, name)):
+        continue
+    away = os.path.join(top, name if name.startswith(gone) else gone + name)
+    if away != os.path.join(top, name):
+        os.rename(os.path.join(top, name), away)
+    shutil.rmtree(away)
+"""
+
+
+# -- on the engine ----------------------------------------------------------------------
+
+
+def volume_name(site: Site) -> str:
+    return stack_name(project_name(site.name), COMPUTE_IMAGES_VOLUME)
+
+
+def stage_images(site: Site, refs: dict[str, str], client, console=None) -> StagePlan:
+    """Stage what :func:`plan_staging` says on the engine ``client`` (docker-py), helper
+    containers from the site's slurm image. Returns the plan it carried out."""
+    volume = volume_name(site)
+    if not site.staged_profiles and not _volume_exists(client, volume, site):
+        return StagePlan((), (), ())  # nothing staged, nothing to remove
+    client.api.create_volume(volume, labels={LABEL_SITE: site.name})  # as it is when it exists
+    helper = _Helper(client, refs[SLURM_IMAGE], volume, site.name)
+    plan = plan_staging(site, refs, json.loads(helper.run(LIST_ARGV)))
+    for item in plan.unchanged:
+        _say(console, f"[bold]unchanged[/] {item.image} ({item.ref})")
+    for item in plan.stage:
+        t0 = time.monotonic()
+        _say(console, f"[bold]staging[/] {item.image} ({item.ref}) for Charliecloud")
+        _stage_one(client, helper, item)
+        _say(console, f"[bold green]staged[/] {item.image} in {time.monotonic() - t0:.0f} s")
+    if plan.remove:
+        helper.run(remove_argv(plan.remove))
+        _say(console, f"[bold]removed[/] {', '.join(plan.remove)} (no compute profile runs them)")
+    return plan
+
+
+def _volume_exists(client, volume: str, site: Site) -> bool:
+    """Whether a site that stages nothing has images left from when it did (only the
+    stack's cluster has the helper's image to remove them with)."""
+    if site.slurm is None or site.slurm.cluster is None:
+        return False
+    try:
+        client.api.inspect_volume(volume)
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
+def _stage_one(client, helper: "_Helper", item: StagedImage) -> None:
+    env = client.api.inspect_image(item.ref)["Config"].get("Env") or []
+    source = client.api.create_container(item.ref, command=["/bin/true"], network_disabled=True,
+                                         labels={LABEL_SITE: helper.site})["Id"]
+    tmp = f"{NODE_IMAGES_DIR}/{TMP_PREFIX}{item.name}"
+    target = helper.create(["python3", "-c", MKDIR, tmp])
+    try:
+        # The archive goes into the exited helper: the engine mounts its volume for it.
+        helper.start_and_wait(target)
+        client.api.put_archive(target, tmp, client.api.export(source))
+    finally:
+        client.api.remove_container(source, force=True)
+        client.api.remove_container(target, force=True)
+    helper.run(finalize_argv(item, env))
+
+
+def _say(console, text: str) -> None:
+    if console:
+        console.print(text)
+
+
+class _Helper:
+    """Short-lived containers of the slurm image with the images volume at
+    NODE_IMAGES_DIR: no network, root with only :data:`HELPER_CAPS`."""
+
+    def __init__(self, client, image: str, volume: str, site: str):
+        self.client, self.image, self.volume, self.site = client, image, volume, site
+
+    def create(self, argv: list[str]) -> str:
+        host = self.client.api.create_host_config(
+            binds={self.volume: {"bind": NODE_IMAGES_DIR, "mode": "rw"}}, network_mode="none",
+            cap_drop=["ALL"], cap_add=list(HELPER_CAPS), security_opt=["no-new-privileges:true"])
+        return self.client.api.create_container(
+            self.image, command=argv, entrypoint=[], user="0:0", host_config=host, network_disabled=True,
+            labels={LABEL_SITE: self.site})["Id"]
+
+    def start_and_wait(self, cid: str) -> bytes:
+        self.client.api.start(cid)
+        status = self.client.api.wait(cid).get("StatusCode", 1)
+        logs = self.client.api.logs(cid, stdout=True, stderr=False)
+        if status != 0:
+            err = self.client.api.logs(cid, stdout=False, stderr=True).decode(errors="replace")[-2000:]
+            raise OperationError(f"staging images: the helper container exited {status}: {err.strip()}")
+        return logs
+
+    def run(self, argv: list[str]) -> bytes:
+        cid = self.create(argv)
+        try:
+            return self.start_and_wait(cid)
+        finally:
+            self.client.api.remove_container(cid, force=True)
