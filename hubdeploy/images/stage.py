@@ -171,6 +171,11 @@ def volume_name(site: Site) -> str:
     return stack_name(project_name(site.name), COMPUTE_IMAGES_VOLUME)
 
 
+def node_named_volumes(site: Site) -> list[str]:
+    """The staged profiles' volumes that are Docker volumes (not host paths), by name."""
+    return [source for source, _, _ in site.staged_volumes if not source.startswith("/")]
+
+
 def stage_images(site: Site, refs: dict[str, str], client, console=None) -> StagePlan:
     """Stage what :func:`plan_staging` says on the engine ``client`` (docker-py), helper
     containers from the site's slurm image. Returns the plan it carried out."""
@@ -178,6 +183,10 @@ def stage_images(site: Site, refs: dict[str, str], client, console=None) -> Stag
     if not site.staged_profiles and not _volume_exists(client, volume, site):
         return StagePlan((), (), ())  # nothing staged, nothing to remove
     client.api.create_volume(volume, labels={LABEL_SITE: site.name})  # as it is when it exists
+    for name in node_named_volumes(site):
+        # The profiles' named volumes are external to compose: the nodes cannot start
+        # without them. Made as a login server's mount would make them (no label).
+        client.api.create_volume(name)
     helper = _Helper(client, refs[SLURM_IMAGE], volume, site.name)
     plan = plan_staging(site, refs, json.loads(helper.run(LIST_ARGV)))
     for item in plan.unchanged:

@@ -1,6 +1,7 @@
 """The compute nodes' seccomp profile when they run Charliecloud: the engine's default
 profile plus the four rules ``ch-run`` needs, and nothing else (compose/README.md,
-"Least privilege"; the spike's ablation in docs/runtime-plan.md shows each is needed).
+"Least privilege"; the ablation on branch runtime-spike, spike/FINDINGS.md, shows
+each is needed).
 
 Docker's default refuses ``unshare``, ``mount``, ``umount2`` and ``chroot`` to a process
 without CAP_SYS_ADMIN/CAP_SYS_CHROOT and has no ``pivot_root`` at all. The rules below

@@ -128,31 +128,21 @@ def _runtime_mounts(site: Site) -> list[str]:
     if not site.staged_profiles:
         return []
     out = [f"{COMPUTE_IMAGES_VOLUME}:{NODE_IMAGES_DIR}:ro"]
-    for source, target, read_only in node_volumes(site):
+    for source, target, read_only in site.staged_volumes:
         out.append(f"{source}:{target}" + (":ro" if read_only else ""))
     return out
-
-
-def node_volumes(site: Site) -> list[tuple[str, str, bool]]:
-    """(source, target, read_only) of every staged profile's volumes, once each, by target
-    (the site file's checks make one target one volume)."""
-    seen: dict[str, tuple[str, str, bool]] = {}
-    for p in site.staged_profiles:
-        for v in p.volumes:
-            seen.setdefault(v.target, (v.source, v.target, v.read_only))
-    return [seen[t] for t in sorted(seen)]
 
 
 def runtime_volumes(site: Site) -> dict[str, Any]:
     """compose's volumes for Charliecloud, all external (compose neither creates nor
     removes them): the staged images, which ``images stage`` creates and fills before the
     nodes start (hubdeploy.images.stage), and the staged profiles' named volumes, which
-    are the site's own, as for login-node servers."""
+    are the site's own, as for login-node servers (staging makes missing ones)."""
     if not site.staged_profiles:
         return {}
     name = stack_name(project_name(site.name), COMPUTE_IMAGES_VOLUME)
     out: dict[str, Any] = {COMPUTE_IMAGES_VOLUME: {"name": name, "external": True}}
-    for source, _, _ in node_volumes(site):
+    for source, _, _ in site.staged_volumes:
         if not source.startswith("/"):
             out[source] = {"name": source, "external": True}
     return out

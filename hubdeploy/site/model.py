@@ -96,6 +96,16 @@ class Site(Closed):
         """The compute profiles :meth:`staged` holds for, in the site file's order."""
         return [p for p in self.profiles if self.staged(p)]
 
+    @property
+    def staged_volumes(self) -> list[tuple[str, str, bool]]:
+        """(source, target, read_only) of the staged profiles' volumes, once each by target
+        (the checks below make one target one volume): every node mounts them."""
+        seen: dict[str, tuple[str, str, bool]] = {}
+        for p in self.staged_profiles:
+            for v in p.volumes:
+                seen.setdefault(v.target, (v.source, v.target, v.read_only))
+        return [seen[t] for t in sorted(seen)]
+
     @model_validator(mode="after")
     def _across_sections(self) -> "Site":
         problems = self._profile_problems() + self._orchestrator_problems() + self._slurm_problems()

@@ -146,7 +146,7 @@ class FakeAPI:
         self.exit_codes = exit_codes or {}
         self.commands: dict[str, list[str]] = {}
 
-    def create_volume(self, name, labels):
+    def create_volume(self, name, labels=None):
         self.calls.append(("create_volume", name, labels))
 
     def inspect_volume(self, name):
@@ -198,6 +198,8 @@ def test_stage_images_runs_the_plan_with_confined_helpers():
     plan = stage.stage_images(site(), REFS, FakeClient(api))
     assert [i.image for i in plan.stage] == ["deep"] and plan.remove == ("hubdeploy+cc-old+1",)
     assert api.calls[0] == ("create_volume", "hubdeploy-cc-compute-images", {"hubdeploy.site": "cc"})
+    # The profile's named volume: external to compose, so made before the nodes start.
+    assert api.calls[1] == ("create_volume", "scratch", None)
     helpers = [c for c in api.calls if c[0] == "create" and c[1] == REFS["slurm"]]
     for _, _, command, kw in helpers:
         assert isinstance(command, list) and kw["user"] == "0:0" and kw["network_disabled"] is True
