@@ -191,7 +191,7 @@ def images_stage(ctx: click.Context, as_json: bool) -> None:
         build_images(prep.plans, client=client, state_dir=prep.state, names=[*names, SLURM_IMAGE], console=err)
     plan = stage_images(prep.site, image_refs(prep.plans), client, console=None if as_json else err)
     result = {"staged": [i.image for i in plan.stage], "unchanged": [i.image for i in plan.unchanged],
-              "removed": list(plan.remove)}
+              "removed": list(plan.remove), "kept": list(plan.kept)}
     if as_json:
         print_json(result)
     elif not names and not plan.remove:

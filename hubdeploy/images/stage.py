@@ -28,6 +28,7 @@ from pathlib import PurePosixPath
 
 import docker.errors
 
+from hubdeploy.contract.labels import COMPOSE_SERVICE, compose_filter
 from hubdeploy.contract.layout import (
     COMPUTE_IMAGES_VOLUME,
     LABEL_SITE,
@@ -35,12 +36,15 @@ from hubdeploy.contract.layout import (
     NODE_JOBS_DIR,
     SLURM_IMAGE,
     project_name,
+    slurm_node_service,
     stack_name,
     staged_image_dir,
 )
 from hubdeploy.errors import OperationError
 from hubdeploy.site.model import Site
 
+# The compose services of the stack's compute nodes (slurm-c1, ...), not the controller's.
+NODE_SERVICE_PREFIX = slurm_node_service("")
 TMP_PREFIX = ".tmp-"
 GONE_PREFIX = ".rm-"
 # ch-run's default bind targets for -b without a destination, and where a site binds
@@ -65,6 +69,16 @@ class StagePlan:
     stage: tuple[StagedImage, ...]  # missing: export and finalize
     unchanged: tuple[StagedImage, ...]  # present under their name: nothing to do
     remove: tuple[str, ...]  # directory names no staged profile uses, and leftovers
+    kept: tuple[str, ...] = ()  # of those, what a running job still has mounted
+
+
+def split_removal(remove: tuple[str, ...], busy: set[str] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(removable, kept) of ``remove``: a directory a job on a node still has mounted is
+    kept (removing it would pull the files from under that user's server); when the
+    nodes could not be asked (``busy`` None), every one is kept."""
+    if busy is None:
+        return (), remove
+    return tuple(n for n in remove if n not in busy), tuple(n for n in remove if n in busy)
 
 
 def wanted(site: Site, refs: dict[str, str]) -> list[StagedImage]:
@@ -150,6 +164,20 @@ except OSError:
     shutil.rmtree(tmp)  # another run staged the same tag first
 """
 
+# Fixed text, run as root on a node: which of the names (argv) a process there has
+# mounted, i.e. a job inside ch-run (its root is a bind of NODE_IMAGES_DIR/NAME).
+IN_USE = r"""
+import glob, json, re, sys
+names, found = sys.argv[1:], set()
+for path in glob.glob("/proc/[0-9]*/mountinfo"):
+    try:
+        text = open(path).read()
+    except OSError:
+        continue
+    found.update(n for n in names if re.search("/" + re.escape(n) + r"(?=[\s/])", text))
+print(json.dumps(sorted(found)))
+"""
+
 # Fixed text: rename each away (it vanishes from the nodes at once), then remove it.
 REMOVE = r"""
 import os, shutil, sys
@@ -196,10 +224,33 @@ def stage_images(site: Site, refs: dict[str, str], client, console=None) -> Stag
         _say(console, f"[bold]staging[/] {item.image} ({item.ref}) for Charliecloud")
         _stage_one(client, helper, item)
         _say(console, f"[bold green]staged[/] {item.image} in {time.monotonic() - t0:.0f} s")
-    if plan.remove:
-        helper.run(remove_argv(plan.remove))
-        _say(console, f"[bold]removed[/] {', '.join(plan.remove)} (no compute profile runs them)")
-    return plan
+    removable, kept = split_removal(plan.remove, _in_use(client, site, plan.remove) if plan.remove else set())
+    if removable:
+        helper.run(remove_argv(removable))
+        _say(console, f"[bold]removed[/] {', '.join(removable)} (no compute profile runs them)")
+    if kept:
+        _say(console, f"[bold yellow]kept[/] {', '.join(kept)}: a job may still run on it; the next staging "
+             "removes it once none does")
+    return StagePlan(plan.stage, plan.unchanged, removable, kept)
+
+
+def _in_use(client, site: Site, names: tuple[str, ...]) -> set[str] | None:
+    """The names a process on a running node of the site has mounted; None when a running
+    node cannot be asked. A node that is not running runs no job."""
+    found: set[str] = set()
+    for c in client.api.containers(filters={"label": compose_filter(project_name(site.name))}):
+        service = (c.get("Labels") or {}).get(COMPOSE_SERVICE, "")
+        if not service.startswith(NODE_SERVICE_PREFIX) or c.get("State") != "running":
+            continue
+        try:
+            exec_id = client.api.exec_create(c["Id"], ["python3", "-c", IN_USE, *names], user="0:0")["Id"]
+            output = client.api.exec_start(exec_id)
+            if client.api.exec_inspect(exec_id).get("ExitCode") != 0:
+                return None
+            found.update(json.loads(output))
+        except (docker.errors.DockerException, ValueError):
+            return None
+    return found
 
 
 def _volume_exists(client, volume: str, site: Site) -> bool:

@@ -139,8 +139,9 @@ def test_remove_takes_names_away_and_skips_what_is_gone_or_not_a_name(tmp_path):
 
 
 class FakeAPI:
-    def __init__(self, present, exit_codes=None, volume_gone=True):
+    def __init__(self, present, exit_codes=None, volume_gone=True, nodes=(), busy=(), exec_code=0):
         self.volume_gone = volume_gone
+        self.nodes, self.busy, self.exec_code = list(nodes), list(busy), exec_code
         self.calls: list[tuple] = []
         self.present = present
         self.exit_codes = exit_codes or {}
@@ -177,6 +178,20 @@ class FakeAPI:
 
     def remove_container(self, cid, force):
         self.calls.append(("remove", cid))
+
+    def containers(self, filters):
+        assert filters == {"label": ["com.docker.compose.project=hubdeploy-cc"]}
+        return self.nodes
+
+    def exec_create(self, cid, cmd, user):
+        self.calls.append(("exec", cid, cmd, user))
+        return {"Id": "e-" + cid}
+
+    def exec_start(self, exec_id):
+        return json.dumps([n for n in self.busy]).encode()
+
+    def exec_inspect(self, exec_id):
+        return {"ExitCode": self.exec_code}
 
     def inspect_image(self, ref):
         return {"Config": {"Env": ["PATH=/opt/venv/bin:/usr/bin"]}}
@@ -262,7 +277,7 @@ def test_images_stage_builds_what_it_needs_then_stages(tmp_path, monkeypatch):
     api = FakeAPI([])
     res, built = _cli(tmp_path, monkeypatch, SITE, api)
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output) == {"staged": ["astro", "deep"], "unchanged": [], "removed": []}
+    assert json.loads(res.output) == {"staged": ["astro", "deep"], "unchanged": [], "removed": [], "kept": []}
     assert built == [["astro", "deep", "slurm"]]
 
 
@@ -270,5 +285,45 @@ def test_images_stage_without_staged_profiles_does_nothing(tmp_path, monkeypatch
     api = FakeAPI([])
     res, built = _cli(tmp_path, monkeypatch, "name: x\nprofiles: [{name: a, image: base}]\n", api)
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output) == {"staged": [], "unchanged": [], "removed": []}
+    assert json.loads(res.output) == {"staged": [], "unchanged": [], "removed": [], "kept": []}
     assert built == [] and api.calls == []
+
+
+# -- not pulling an image from under a running job ----------------------------------------
+
+
+def _node(service, state="running"):
+    return {"Id": service, "State": state, "Labels": {"com.docker.compose.service": service}}
+
+
+NODES = [_node("slurm-c1"), _node("slurm-c2", "exited"), _node("slurmctld"), _node("hub")]
+
+
+def test_split_removal():
+    assert stage.split_removal(("a", "b"), {"b"}) == (("a",), ("b",))
+    assert stage.split_removal(("a", "b"), set()) == (("a", "b"), ())
+    assert stage.split_removal(("a", "b"), None) == ((), ("a", "b"))
+
+
+def test_a_directory_a_job_still_runs_on_is_kept():
+    old = "hubdeploy+cc-old+1"
+    api = FakeAPI([name("astro"), name("deep"), old, "hubdeploy+cc-older+2"], nodes=NODES, busy=[old])
+    plan = stage.stage_images(site(), REFS, FakeClient(api))
+    assert plan.remove == ("hubdeploy+cc-older+2",) and plan.kept == (old,)
+    asked = [c for c in api.calls if c[0] == "exec"]
+    # Only running compute nodes are asked, as root, with the names as arguments.
+    assert [(c[1], c[3]) for c in asked] == [("slurm-c1", "0:0")]
+    assert asked[0][2] == ["python3", "-c", stage.IN_USE, "hubdeploy+cc-old+1", "hubdeploy+cc-older+2"]
+
+
+def test_when_a_node_cannot_be_asked_nothing_is_removed():
+    api = FakeAPI([name("astro"), name("deep"), "hubdeploy+cc-old+1"], nodes=NODES, exec_code=1)
+    plan = stage.stage_images(site(), REFS, FakeClient(api))
+    assert plan.remove == () and plan.kept == ("hubdeploy+cc-old+1",)
+    assert not any(c[0] == "create" and c[2][2] == stage.REMOVE for c in api.calls)
+
+
+def test_in_use_program_finds_a_mounted_name_and_nothing_else():
+    out = subprocess.run([sys.executable, "-c", stage.IN_USE, "proc", "sys", "not-mounted-anywhere-x1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert set(json.loads(out)) <= {"proc", "sys"} and "proc" in json.loads(out)
