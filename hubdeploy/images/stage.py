@@ -12,11 +12,14 @@ steps out. :func:`stage_images` carries them out on the engine, with argv lists 
 2. a helper container (the slurm image, no network, only CHOWN, DAC_OVERRIDE and FOWNER)
    runs :data:`FINALIZE`: it empties ``/dev`` (the node's is bound at run time), removes
    every setuid/setgid bit, writes the image's ENV to ``/ch/environment`` (what ch-run
-   ``--set-env`` reads), makes each bind target a real directory (ch-run creates none in
-   a read-only image, and would follow a symlink on the node's side), then ``rename()``s
-   the directory into place: a node sees no image or the whole image;
-3. directories no staged profile names any more, and leftovers of an interrupted run,
-   are renamed away first, then removed.
+   ``--set-env`` reads) and the image's id to ``/ch/hubdeploy-image-id``, makes each
+   bind target a real directory (ch-run creates none in a read-only image, and would
+   follow a symlink on the node's side), then ``rename()``s the directory into place: a
+   node sees no image or the whole image. Another build under the same tag (``images
+   build --force``) is swapped in with one ``renameat2(RENAME_EXCHANGE)``;
+3. directories no staged profile names any more, replaced builds and leftovers of an
+   interrupted run are renamed away, then removed, unless a job on a running node still
+   has one mounted (then it is kept until a later run).
 """
 
 from __future__ import annotations
@@ -62,12 +65,13 @@ class StagedImage:
     ref: str
     name: str  # the directory's name under NODE_IMAGES_DIR
     targets: tuple[str, ...]  # bind targets ch-run needs in it, absolute
+    image_id: str = ""  # the engine's id of the tag now: a rebuild under one tag restages
 
 
 @dataclass(frozen=True)
 class StagePlan:
-    stage: tuple[StagedImage, ...]  # missing: export and finalize
-    unchanged: tuple[StagedImage, ...]  # present under their name: nothing to do
+    stage: tuple[StagedImage, ...]  # missing, or another build of the tag: export and finalize
+    unchanged: tuple[StagedImage, ...]  # present, of the same build: nothing to do
     remove: tuple[str, ...]  # directory names no staged profile uses, and leftovers
     kept: tuple[str, ...] = ()  # of those, what a running job still has mounted
 
@@ -81,9 +85,9 @@ def split_removal(remove: tuple[str, ...], busy: set[str] | None) -> tuple[tuple
     return tuple(n for n in remove if n not in busy), tuple(n for n in remove if n in busy)
 
 
-def wanted(site: Site, refs: dict[str, str]) -> list[StagedImage]:
+def wanted(site: Site, refs: dict[str, str], ids: dict[str, str] | None = None) -> list[StagedImage]:
     """Every image a staged profile runs, once, in the site file's order, with the bind
-    targets of all the profiles that run it."""
+    targets of all the profiles that run it; ``ids``: tag -> the engine's image id."""
     out: dict[str, StagedImage] = {}
     for p in site.staged_profiles:
         targets = set(FIXED_TARGETS) | {NODE_JOBS_DIR} | {v.target for v in p.volumes}
@@ -91,27 +95,39 @@ def wanted(site: Site, refs: dict[str, str]) -> list[StagedImage]:
             targets.add(site.identity.homes_dir)
         if p.image in out:
             targets |= set(out[p.image].targets)
-        name = PurePosixPath(staged_image_dir(refs[p.image])).name
-        out[p.image] = StagedImage(p.image, refs[p.image], name, tuple(sorted(targets)))
+        ref = refs[p.image]
+        name = PurePosixPath(staged_image_dir(ref)).name
+        out[p.image] = StagedImage(p.image, ref, name, tuple(sorted(targets)), (ids or {}).get(ref, ""))
     return list(out.values())
 
 
-def plan_staging(site: Site, refs: dict[str, str], present: list[str]) -> StagePlan:
-    """What to stage, keep and remove, given the names ``present`` on the volume."""
-    want = wanted(site, refs)
-    have = set(present)
-    names = {w.name for w in want}
+def plan_staging(site: Site, refs: dict[str, str], present: dict[str, str],
+                 ids: dict[str, str] | None = None) -> StagePlan:
+    """What to stage, keep and remove, given ``present`` on the volume (name -> the image
+    id it was staged from, "" when unknown) and ``ids`` (tag -> the image id now). A tag
+    rebuilt (``images build --force``: security updates) is staged again."""
+    want = wanted(site, refs, ids)
+
+    def same(w: StagedImage) -> bool:
+        return w.name in present and (not w.image_id or not present[w.name] or present[w.name] == w.image_id)
+
     return StagePlan(
-        stage=tuple(w for w in want if w.name not in have),
-        unchanged=tuple(w for w in want if w.name in have),
-        remove=tuple(sorted(n for n in have if n not in names)),
+        stage=tuple(w for w in want if not same(w)),
+        unchanged=tuple(w for w in want if same(w)),
+        remove=unused(list(present), want),
     )
+
+
+def unused(present: list[str], want: list[StagedImage]) -> tuple[str, ...]:
+    """Names on the volume that no wanted image has: old tags, replaced builds, leftovers."""
+    names = {w.name for w in want}
+    return tuple(sorted(n for n in present if n not in names))
 
 
 def finalize_argv(item: StagedImage, env: list[str]) -> list[str]:
     """The helper's command for one exported image: data as arguments, never as code."""
-    return ["python3", "-c", FINALIZE, NODE_IMAGES_DIR, TMP_PREFIX + item.name, item.name, str(len(env)), *env,
-            *item.targets]
+    return ["python3", "-c", FINALIZE, NODE_IMAGES_DIR, TMP_PREFIX + item.name, item.name, item.image_id,
+            GONE_PREFIX, str(len(env)), *env, *item.targets]
 
 
 def remove_argv(names: tuple[str, ...]) -> list[str]:
@@ -120,15 +136,26 @@ def remove_argv(names: tuple[str, ...]) -> list[str]:
 
 # Fixed text: the temporary directory an export is extracted into, fresh.
 MKDIR = "import os, shutil, sys; shutil.rmtree(sys.argv[1], ignore_errors=True); os.mkdir(sys.argv[1], 0o700)"
-LIST_ARGV = ["python3", "-c", "import json, os, sys; print(json.dumps(sorted(os.listdir(sys.argv[1]))))",
-             NODE_IMAGES_DIR]
+# Fixed text: name -> the image id each directory was staged from ("" when unknown).
+LIST = r"""
+import json, os, sys
+top, out = sys.argv[1], {}
+for name in sorted(os.listdir(top)):
+    try:
+        with open(os.path.join(top, name, "ch", "hubdeploy-image-id")) as f:
+            out[name] = f.read().strip()
+    except OSError:
+        out[name] = ""
+print(json.dumps(out))
+"""
+LIST_ARGV = ["python3", "-c", LIST, NODE_IMAGES_DIR]
 
 # Fixed text, run by the helper as root on the volume. argv: top, temporary name, final
 # name, N, N lines of the image's ENV, then the bind targets.
 FINALIZE = r"""
-import os, shutil, stat, sys
-top, tmp_name, final_name, n = sys.argv[1:5]
-env, targets = sys.argv[5:5 + int(n)], sys.argv[5 + int(n):]
+import ctypes, os, shutil, stat, sys
+top, tmp_name, final_name, image_id, gone, n = sys.argv[1:7]
+env, targets = sys.argv[7:7 + int(n)], sys.argv[7 + int(n):]
 tmp, final = os.path.join(top, tmp_name), os.path.join(top, final_name)
 dev = os.path.join(tmp, "dev")
 if os.path.isdir(dev) and not os.path.islink(dev):
@@ -147,6 +174,8 @@ if os.path.islink(ch) or (os.path.exists(ch) and not os.path.isdir(ch)):
 os.makedirs(ch, 0o755, exist_ok=True)
 with open(os.path.join(ch, "environment"), "w") as f:
     f.write("".join(line + "\n" for line in env))
+with open(os.path.join(ch, "hubdeploy-image-id"), "w") as f:
+    f.write(image_id + "\n")
 for target in targets:
     path = tmp
     for part in target.strip("/").split("/"):
@@ -156,12 +185,17 @@ for target in targets:
         if not os.path.exists(path):
             os.mkdir(path, 0o755)
 os.chmod(tmp, 0o755)
-try:
+if not os.path.isdir(final):
+    os.rename(tmp, final)  # atomic: a node sees no image or the whole image
+    sys.exit(0)
+# Another build of the tag is there: swap the two at once (renameat2 RENAME_EXCHANGE), so
+# a job starting now gets one or the other; the old one waits under `gone` for removal.
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.renameat2(-100, tmp.encode(), -100, final.encode(), 2) != 0:
+    os.rename(final, tmp + ".old")  # no exchange on this file system: a moment without it
     os.rename(tmp, final)
-except OSError:
-    if not os.path.isdir(final):
-        raise
-    shutil.rmtree(tmp)  # another run staged the same tag first
+    os.rename(tmp + ".old", tmp)
+os.rename(tmp, os.path.join(top, f"{gone}{final_name}-{os.getpid()}"))
 """
 
 # Fixed text, run as root on a node: which of the names (argv) a process there has
@@ -216,7 +250,8 @@ def stage_images(site: Site, refs: dict[str, str], client, console=None) -> Stag
         # without them. Made as a login server's mount would make them (no label).
         client.api.create_volume(name)
     helper = _Helper(client, refs[SLURM_IMAGE], volume, site.name)
-    plan = plan_staging(site, refs, json.loads(helper.run(LIST_ARGV)))
+    ids = {w.ref: client.api.inspect_image(w.ref)["Id"] for w in wanted(site, refs)}
+    plan = plan_staging(site, refs, json.loads(helper.run(LIST_ARGV)), ids)
     for item in plan.unchanged:
         _say(console, f"[bold]unchanged[/] {item.image} ({item.ref})")
     for item in plan.stage:
@@ -224,7 +259,9 @@ def stage_images(site: Site, refs: dict[str, str], client, console=None) -> Stag
         _say(console, f"[bold]staging[/] {item.image} ({item.ref}) for Charliecloud")
         _stage_one(client, helper, item)
         _say(console, f"[bold green]staged[/] {item.image} in {time.monotonic() - t0:.0f} s")
-    removable, kept = split_removal(plan.remove, _in_use(client, site, plan.remove) if plan.remove else set())
+    # Listed again: a replaced build now waits under its GONE_PREFIX name.
+    remove = unused(list(json.loads(helper.run(LIST_ARGV))), wanted(site, refs)) if plan.stage else plan.remove
+    removable, kept = split_removal(remove, _in_use(client, site, remove) if remove else set())
     if removable:
         helper.run(remove_argv(removable))
         _say(console, f"[bold]removed[/] {', '.join(removable)} (no compute profile runs them)")

@@ -64,7 +64,16 @@ class Site(Closed):
             if svc.image is not None and "@sha256:" not in svc.image:
                 out.append(f"services.extra {svc.name}: image {svc.image} is not pinned by digest "
                            "(name:tag@sha256:...): the registry may serve other contents under that tag")
-        return out
+        return out + self._runtime_warnings()
+
+    def _runtime_warnings(self) -> list[str]:
+        # ch-run 0.31 has no read-only bind: on the stack's cluster the nodes mount such a
+        # volume read-only (render.slurmservices); a site's own nodes must do it themselves.
+        return [f"profile {p.name}: volume {v.target} is read_only, but charliecloud binds it as the site's "
+                f"nodes mount {v.source}: read-only inside only if that mount is"
+                for p in self.profiles
+                if p.node == "compute" and p.slurm is not None and p.slurm.runtime == "charliecloud"
+                and not self.staged(p) for v in p.volumes if v.read_only]
 
     @property
     def shared_compute_account(self) -> bool:

@@ -192,3 +192,13 @@ def test_charliecloud_needs_an_image_path():
 def test_a_bad_home_dir_is_refused():
     with pytest.raises(OptionError):
         _options(home_dir="relative")
+
+
+def test_a_sites_own_cluster_is_warned_that_read_only_is_its_mounts():
+    text = SITE.replace("  cluster: {nodes: 2, cpus: 2, memory: 2G}", "  submit: {prefix: [env]}")
+    text += "identity: {allow_shared_compute_account: true}\n"
+    text = text.replace("slurm: {runtime: charliecloud}}", "slurm: {runtime: charliecloud, image: /sw/img/deep}}")
+    text = text.replace("    slurm: {runtime: charliecloud}\n", "    slurm: {runtime: charliecloud, image: /sw/img/a}\n")
+    warned = [w for w in site(text).warnings() if "charliecloud binds it" in w]
+    assert len(warned) == 1 and "profile astro-compute: volume /data is read_only" in warned[0]
+    assert not [w for w in site().warnings() if "charliecloud binds it" in w]  # the stack's nodes mount it :ro

@@ -49,7 +49,8 @@ def test_two_profiles_on_one_image_share_it_with_both_targets():
 
 
 def test_plan_stages_what_is_missing_keeps_what_is_there_and_removes_the_rest():
-    present = [name("astro"), "hubdeploy+cc-old+0123", ".tmp-hubdeploy+cc-deep+000000000003", ".rm-x"]
+    present = {n: "" for n in [name("astro"), "hubdeploy+cc-old+0123", ".tmp-hubdeploy+cc-deep+000000000003",
+                               ".rm-x"]}
     plan = stage.plan_staging(site(), REFS, present)
     assert [i.image for i in plan.stage] == ["deep"]
     assert [i.image for i in plan.unchanged] == ["astro"]
@@ -57,22 +58,31 @@ def test_plan_stages_what_is_missing_keeps_what_is_there_and_removes_the_rest():
 
 
 def test_an_unchanged_site_plans_nothing():
-    plan = stage.plan_staging(site(), REFS, [name("astro"), name("deep")])
+    ids = {REFS["astro"]: "sha256:a", REFS["deep"]: "sha256:d"}
+    plan = stage.plan_staging(site(), REFS, {name("astro"): "sha256:a", name("deep"): "sha256:d"}, ids)
     assert plan.stage == () and plan.remove == () and len(plan.unchanged) == 2
+
+
+def test_a_tag_rebuilt_is_staged_again():
+    # images build --force (security updates) keeps the tag and changes the image.
+    ids = {REFS["astro"]: "sha256:new", REFS["deep"]: "sha256:d"}
+    plan = stage.plan_staging(site(), REFS, {name("astro"): "sha256:old", name("deep"): "sha256:d"}, ids)
+    assert [i.image for i in plan.stage] == ["astro"] and plan.stage[0].image_id == "sha256:new"
+    assert [i.image for i in plan.unchanged] == ["deep"]
 
 
 def test_a_site_without_staged_profiles_removes_everything_staged():
     text = SITE.split("  - name: astro-compute")[0]
-    assert stage.plan_staging(site(text), REFS, [name("astro")]).remove == (name("astro"),)
+    assert stage.plan_staging(site(text), REFS, {name("astro"): ""}).remove == (name("astro"),)
 
 
 def test_helper_argv_carries_data_as_arguments_only():
-    item = stage.wanted(site(), REFS)[0]
+    item = stage.wanted(site(), REFS, {REFS["astro"]: "sha256:a"})[0]
     env = ["PATH=/opt/venv/bin:/usr/bin", "X=a b; rm -rf /"]
     argv = stage.finalize_argv(item, env)
     assert argv[:3] == ["python3", "-c", stage.FINALIZE]
-    assert argv[3:8] == [NODE_IMAGES_DIR, ".tmp-" + item.name, item.name, "2", *env[:1]]
-    assert argv[8] == env[1] and argv[9:] == list(item.targets)
+    assert argv[3:9] == [NODE_IMAGES_DIR, ".tmp-" + item.name, item.name, "sha256:a", ".rm-", "2"]
+    assert argv[9:11] == env and argv[11:] == list(item.targets)
 
 
 # -- the helper's programs, on a scratch directory ---------------------------------------
@@ -115,14 +125,26 @@ def test_finalize_makes_a_whole_image_and_renames_it_into_place(tmp_path):
     assert stat.S_IMODE(os.stat(final).st_mode) == 0o755
 
 
-def test_finalize_leaves_an_image_staged_by_another_run(tmp_path):
-    item = stage.StagedImage("astro", REFS["astro"], "img", ("/tmp",))
-    (tmp_path / "img" / "keep").mkdir(parents=True)
+def test_finalize_swaps_in_another_build_and_sets_the_old_one_aside(tmp_path):
+    item = stage.StagedImage("astro", REFS["astro"], "img", ("/tmp",), "sha256:new")
+    (tmp_path / "img" / "old-build").mkdir(parents=True)
     _tree(tmp_path, ".tmp-img")
     argv = stage.finalize_argv(item, [])
     argv[3] = str(tmp_path)
     subprocess.run([sys.executable, *argv[1:]], check=True)
-    assert sorted(os.listdir(tmp_path)) == ["img"] and (tmp_path / "img" / "keep").is_dir()
+    names = sorted(os.listdir(tmp_path))
+    assert names[0] == ".rm-img-" + names[0].rsplit("-", 1)[1] and names[1:] == ["img"], names
+    assert (tmp_path / names[0] / "old-build").is_dir() and (tmp_path / "img/usr/bin/su").is_file()
+    assert (tmp_path / "img/ch/hubdeploy-image-id").read_text() == "sha256:new\n"
+
+
+def test_list_reads_each_directorys_build(tmp_path):
+    (tmp_path / "a" / "ch").mkdir(parents=True)
+    (tmp_path / "a" / "ch" / "hubdeploy-image-id").write_text("sha256:x\n")
+    (tmp_path / "b").mkdir()
+    out = subprocess.run([sys.executable, "-c", stage.LIST, str(tmp_path)], capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) == {"a": "sha256:x", "b": ""}
 
 
 def test_remove_takes_names_away_and_skips_what_is_gone_or_not_a_name(tmp_path):
@@ -143,7 +165,7 @@ class FakeAPI:
         self.volume_gone = volume_gone
         self.nodes, self.busy, self.exec_code = list(nodes), list(busy), exec_code
         self.calls: list[tuple] = []
-        self.present = present
+        self.present = present if isinstance(present, dict) else {n: "" for n in present}
         self.exit_codes = exit_codes or {}
         self.commands: dict[str, list[str]] = {}
 
@@ -194,7 +216,7 @@ class FakeAPI:
         return {"ExitCode": self.exec_code}
 
     def inspect_image(self, ref):
-        return {"Config": {"Env": ["PATH=/opt/venv/bin:/usr/bin"]}}
+        return {"Id": "sha256:" + ref, "Config": {"Env": ["PATH=/opt/venv/bin:/usr/bin"]}}
 
     def export(self, cid):
         return iter([b"tar bytes"])
@@ -222,7 +244,8 @@ def test_stage_images_runs_the_plan_with_confined_helpers():
         assert host["cap_drop"] == ["ALL"] and host["cap_add"] == ["CHOWN", "DAC_OVERRIDE", "FOWNER"]
         assert host["network_mode"] == "none" and host["binds"] == {
             "hubdeploy-cc-compute-images": {"bind": NODE_IMAGES_DIR, "mode": "rw"}}
-    assert [c[2][2] for c in helpers] == [stage.LIST_ARGV[2], stage.MKDIR, stage.FINALIZE, stage.REMOVE]
+    # List, make the directory, finalize, list again (a replaced build is set aside), remove.
+    assert [c[2][2] for c in helpers] == [stage.LIST, stage.MKDIR, stage.FINALIZE, stage.LIST, stage.REMOVE]
     exported = [c for c in api.calls if c[0] == "create" and c[1] == REFS["deep"]]
     assert len(exported) == 1
     put = next(c for c in api.calls if c[0] == "put_archive")
