@@ -280,7 +280,8 @@ def _in_use(client, site: Site, names: tuple[str, ...]) -> set[str] | None:
         if not service.startswith(NODE_SERVICE_PREFIX) or c.get("State") != "running":
             continue
         try:
-            exec_id = client.api.exec_create(c["Id"], ["python3", "-c", IN_USE, *names], user="0:0")["Id"]
+            exec_id = client.api.exec_create(c["Id"], ["python3", "-c", IN_USE, *names], stdout=True, stderr=False,
+                                             user="0:0")["Id"]
             output = client.api.exec_start(exec_id)
             if client.api.exec_inspect(exec_id).get("ExitCode") != 0:
                 return None

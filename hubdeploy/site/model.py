@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from hubdeploy.contract.layout import NODE_JOBS_DIR
 from hubdeploy.contract.slurmcmd import QOS
 from hubdeploy.contract.values import memory_bytes, parse_time
 from hubdeploy.site.build import Build
@@ -248,7 +249,20 @@ class Site(Closed):
         if job.runtime == "charliecloud" and job.image is not None:
             return [((*where, "image"), f"profile {p.name!r} runs its image {p.image!r}, which `images stage` "
                      "puts on the stack's nodes: leave slurm.image unset")]
-        return self._node_volume_problems(i, p) if job.runtime == "charliecloud" else []
+        return self._node_volume_problems(i, p) + self._bind_target_problems(i, p) if job.runtime == "charliecloud" \
+            else []
+
+    def _bind_target_problems(self, i: int, p: Profile) -> list[Problem]:
+        """Volume targets ch-run's own binds already hold (the job's /tmp and directory, the
+        homes, the node's /dev, /proc, /sys) or the staged image's /ch."""
+        taken = ("/tmp", NODE_JOBS_DIR, self.identity.homes_dir, "/dev", "/proc", "/sys", "/ch")
+        out: list[Problem] = []
+        for j, v in enumerate(p.volumes):
+            hit = next((t for t in taken if v.target == t or v.target.startswith(t.rstrip("/") + "/")), None)
+            if v.target == "/" or hit is not None:
+                out.append((("profiles", i, "volumes", j, "target"), f"{v.target}: charliecloud binds "
+                            f"{hit or '/'} itself on the stack's nodes; choose another target"))
+        return out
 
     def _node_volume_problems(self, i: int, p: Profile) -> list[Problem]:
         """Every node mounts each charliecloud profile's volumes at their targets (the job

@@ -202,3 +202,9 @@ def test_a_sites_own_cluster_is_warned_that_read_only_is_its_mounts():
     warned = [w for w in site(text).warnings() if "charliecloud binds it" in w]
     assert len(warned) == 1 and "profile astro-compute: volume /data is read_only" in warned[0]
     assert not [w for w in site().warnings() if "charliecloud binds it" in w]  # the stack's nodes mount it :ro
+
+
+@pytest.mark.parametrize("target", ["/tmp", "/tmp/x", "/run/hubdeploy/jobs", "/home/shared", "/proc/x", "/ch", "/"])
+def test_volume_targets_ch_run_already_binds_are_refused(target):
+    text = SITE.replace("{source: /srv/data, target: /data}", f"{{source: /srv/data, target: {target}}}")
+    assert "charliecloud binds" in error(text)

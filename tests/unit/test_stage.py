@@ -205,7 +205,8 @@ class FakeAPI:
         assert filters == {"label": ["com.docker.compose.project=hubdeploy-cc"]}
         return self.nodes
 
-    def exec_create(self, cid, cmd, user):
+    def exec_create(self, cid, cmd, stdout, stderr, user):
+        assert stdout and not stderr  # the answer is JSON on stdout alone
         self.calls.append(("exec", cid, cmd, user))
         return {"Id": "e-" + cid}
 
