@@ -8,7 +8,9 @@ that is malformed or over the profile's ``slurm.limits``. :func:`render` turns t
 What the script contains and what it does not:
 
 - ``#SBATCH`` lines and the runtime wrapper are built only from :class:`JobOptions`, whose
-  every field matched a strict pattern (names, paths, numbers) and is shell-quoted anyway.
+  every field matched a strict pattern (names, paths, numbers) and is shell-quoted anyway;
+  the one unquoted word (:class:`Shell`) is this module's fixed text for the job's tmp
+  under Charliecloud, which expands ``$SLURM_JOB_ID`` and nothing else.
 - No user data and no secret: the notebook command arrives as the script's arguments
   (``sbatch ... /dev/stdin ARG...``, so ``"$@"``) and the API token and the hub's other
   variables through ``sbatch --export=NAME,...`` from the submitting process's
