@@ -702,7 +702,11 @@ def test_what_a_notebook_detaches_counts_against_its_job_and_ends_with_it(ident_
         return not procs and files.count("No such file") == 3
 
     ident_stack.wait("nothing of carol's on the node", nothing_left, 60, every=2)
-    # Her next compute server starts as usual.
+    # Her next compute server starts as usual, once the hub has seen the job end (a start
+    # sent while the hub's own poll is stopping the dead server races JupyterHub's two
+    # stops of it: a 500 there is JupyterHub's, not the path under test).
+    ident_stack.wait("the hub sees carol's server ended",
+                     lambda: carol["hub"].server_model("carol", "cpu") is None, 120, every=2)
     try:
         carol["hub"].api("POST", "users/carol/servers/cpu", json={"profile": "compute"}, ok=(201, 202))
     except HubAPIError as exc:
