@@ -39,18 +39,6 @@ def _field(line: str, i: int) -> str:
     return parts[i] if len(parts) > i else ""
 
 
-def etc_archive(passwd: str, group: str) -> bytes:
-    """A tar of ``etc/passwd`` and ``etc/group`` (root-owned, 0644) to upload at ``/``."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, text in (("etc/passwd", passwd), ("etc/group", group)):
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.uid, info.gid = len(data), 0o644, 0, 0
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def read_archive_file(chunks, name: str) -> str:
     """The text of file ``name`` in a tar stream (Docker's get_archive answer)."""
     data = b"".join(chunks)

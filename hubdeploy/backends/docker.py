@@ -44,6 +44,7 @@ from hubdeploy.backends.base import (
 from hubdeploy.backends import accounts
 from hubdeploy.contract import names
 from hubdeploy.contract.backends import DOCKER
+from hubdeploy.contract.identity import etc_archive
 from hubdeploy.contract.layout import LABEL_PROFILE, LABEL_SERVER, LABEL_SITE, LABEL_USER
 
 HOME_TARGET = "/home/jovyan"
@@ -299,7 +300,7 @@ class DockerBackend(Backend):
             self._etc_cache[image] = texts
         merged = accounts.with_account(texts[0], texts[1], ident)
         if merged is not None:
-            api.put_archive(container_id, "/", accounts.etc_archive(*merged))
+            api.put_archive(container_id, "/", etc_archive(*merged))
 
     def _ensure_home(self, client: docker.DockerClient, user: str) -> str:
         # Creating a volume that exists returns it unchanged: one call, no look-up first.

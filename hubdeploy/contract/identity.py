@@ -17,7 +17,9 @@ in the images (:data:`RESERVED_IDS`); :func:`check` refuses it.
 
 from __future__ import annotations
 
+import io
 import re
+import tarfile
 import typing
 import unicodedata
 from dataclasses import dataclass, field
@@ -178,3 +180,17 @@ class IdentityConfig:
     group_file: str | None
     # ldap: checked by hubdeploy.hub.identity_ldap when its source is made.
     ldap: dict[str, Any] | None
+
+
+def etc_archive(passwd: str, group: str) -> bytes:
+    """The tar of ``etc/passwd`` and ``etc/group`` (root's, 0644, USTAR, no time) uploaded at
+    ``/`` of a notebook container: what the docker backend sends and what the engine proxy
+    rebuilds from the parts it checked, so the engine reads only this shape."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, text in (("etc/passwd", passwd), ("etc/group", group)):
+            data = text.encode("utf-8", "surrogateescape")
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o644, 0, 0, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -23,7 +23,7 @@ import tarfile
 from urllib.parse import parse_qs, quote
 
 from hubdeploy.contract import slurmcmd
-from hubdeploy.contract.identity import NOTEBOOK_UID, USERS_GID, reserved_id
+from hubdeploy.contract.identity import NOTEBOOK_UID, USERS_GID, etc_archive, reserved_id
 from hubdeploy.contract.labels import COMPOSE_PROJECT, COMPOSE_SERVICE, DOCKER_PREFIX, SWARM_PREFIX
 from hubdeploy.contract.layout import (
     LABEL_SITE,
@@ -249,13 +249,8 @@ def _etc_archive(body: bytes) -> bytes:
                 files[m.name] = tar.extractfile(m).read()
     except (tarfile.TarError, OSError, EOFError):
         raise Refused("archive", "the upload is not a plain tar") from None
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for name in ("etc/passwd", "etc/group"):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.uid, info.gid, info.mtime = len(files[name]), 0o644, 0, 0, 0
-            tar.addfile(info, io.BytesIO(files[name]))
-    return out.getvalue()
+    text = {name: data.decode("utf-8", "surrogateescape") for name, data in files.items()}
+    return etc_archive(text["etc/passwd"], text["etc/group"])
 
 
 def check_exec(spec) -> dict:

@@ -11,6 +11,7 @@ The deliberate escape hatches are ``hub.config``, ``hub.authenticator.config`` a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, StringConstraints
@@ -57,3 +58,18 @@ class SiteValueError(ValueError):
 
 class Closed(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def repeated_names(names: Sequence[str | None], noun: str, key: str, at: tuple[str | int, ...] = ()) -> dict[int, Problem]:
+    """Index -> the problem of each name that repeats an earlier one in ``key`` (naming
+    the first); a None name is skipped (already refused for another reason)."""
+    first: dict[str, int] = {}
+    problems: dict[int, Problem] = {}
+    for j, name in enumerate(names):
+        if name is None:
+            continue
+        if name in first:
+            problems[j] = ((*at, j, "name"), f"duplicate {noun} name {name!r} (first: {key}[{first[name]}])")
+        else:
+            first[name] = j
+    return problems

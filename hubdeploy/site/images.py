@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from hubdeploy.contract.layout import STACK_IMAGES
-from hubdeploy.site.fields import Closed, EnvName, Name, Package, Problem, SiteValueError
+from hubdeploy.site.fields import Closed, EnvName, Name, Package, Problem, SiteValueError, repeated_names
 
 
 class Kernel(Closed):
@@ -34,13 +34,7 @@ class Kernel(Closed):
 
 
 def _unique_kernels(v: list[Kernel]) -> list[Kernel]:
-    problems: list[Problem] = []
-    first: dict[str, int] = {}
-    for j, k in enumerate(v):
-        if k.name in first:
-            problems.append(((j, "name"), f"duplicate kernel name {k.name!r} (first: kernels[{first[k.name]}])"))
-        else:
-            first[k.name] = j
+    problems = list(repeated_names([k.name for k in v], "kernel", "kernels").values())
     if problems:
         raise SiteValueError(problems)
     return v

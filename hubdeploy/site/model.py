@@ -17,7 +17,7 @@ from hubdeploy.contract.slurmcmd import QOS
 from hubdeploy.contract.values import memory_bytes, parse_time
 from hubdeploy.site.build import Build
 from hubdeploy.site.database import Database
-from hubdeploy.site.fields import Closed, Name, Problem, SiteValueError
+from hubdeploy.site.fields import Closed, Name, Problem, SiteValueError, repeated_names
 from hubdeploy.site.hub import Hub
 from hubdeploy.site.identity import Identity
 from hubdeploy.site.images import Images
@@ -127,18 +127,14 @@ class Site(Closed):
         """Each profile against the images, the other profiles, Slurm and the orchestrator."""
         problems: list[Problem] = []
         known = self.images.names()
-        first: dict[str, int] = {}
+        repeated = repeated_names([p.name for p in self.profiles], "profile", "profiles", ("profiles",))
         default: int | None = None
         for i, p in enumerate(self.profiles):
             if p.image not in known:
                 problems.append((("profiles", i, "image"), f"profile {p.name!r}: image {p.image!r} is not "
                                  f"declared; declared: {', '.join(known)}"))
-            if p.name in first:
-                problems.append(
-                    (("profiles", i, "name"), f"duplicate profile name {p.name!r} (first: profiles[{first[p.name]}])")
-                )
-            else:
-                first[p.name] = i
+            if i in repeated:
+                problems.append(repeated[i])
             if p.node == "compute":
                 problems += self._compute_problems(i, p)
             problems += self._placement_problems(i, p)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from hubdeploy.contract.services import RESERVED_NAMES
-from hubdeploy.site.fields import Closed, EnvName, Name, Problem, SiteValueError
+from hubdeploy.site.fields import Closed, EnvName, Name, Problem, SiteValueError, repeated_names
 
 
 class IdleCuller(Closed):
@@ -62,15 +62,13 @@ class Services(Closed):
     @classmethod
     def _unique(cls, v: list[ExtraService]) -> list[ExtraService]:
         problems: list[Problem] = []
-        first: dict[str, int] = {}
+        repeated = repeated_names([None if s.name in RESERVED_NAMES else s.name for s in v], "service", "extra")
         for j, s in enumerate(v):
             if s.name in RESERVED_NAMES:
                 problems.append(((j, "name"), f"service name {s.name!r} is reserved for hubdeploy's own "
                                  f"service (reserved: {', '.join(sorted(RESERVED_NAMES))})"))
-            elif s.name in first:
-                problems.append(((j, "name"), f"duplicate service name {s.name!r} (first: extra[{first[s.name]}])"))
-            else:
-                first[s.name] = j
+            elif j in repeated:
+                problems.append(repeated[j])
         if problems:
             raise SiteValueError(problems)
         return v

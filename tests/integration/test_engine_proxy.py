@@ -166,10 +166,10 @@ def test_the_sites_notebook_lifecycle_works(env):
                                     labels={**LABELS, "hubdeploy.user": "x"}, network_mode=env["network"],
                                     mounts=[docker.types.Mount("/home/x", home.name, type="volume")],
                                     init=True, **NOTEBOOK)
-        from hubdeploy.backends import accounts
+        from hubdeploy.contract.identity import etc_archive
 
         assert b"root:x:0:0" in b"".join(c.get_archive("/etc/passwd")[0])
-        assert c.put_archive("/", accounts.etc_archive("x:x:20001:20001::/home/x:/bin/sh\n", "x:x:20001:\n"))
+        assert c.put_archive("/", etc_archive("x:x:20001:20001::/home/x:/bin/sh\n", "x:x:20001:\n"))
         c.start()
         assert proxy.containers.get(name).status == "running"
         # The engine ran what was checked: the user's uid, no capability, no new privileges.

@@ -57,7 +57,7 @@ def make_backend(env, cls=SwarmBackend, **extra):
 
 def make_spec(env, user, server="", cmd=SERVE, identity=None, **fields):
     prof = profile(**{"name": "login", "image_ref": env["image"], "cpu": 0.5, "mem_limit": 256 * 1024**2,
-                      "home": False, **fields})
+                      "pids_limit": 1024, "home": False, **fields})
     return ServerSpec(user=user, server_name=server, profile=prof, cmd=cmd, identity=identity,
                       env={"JUPYTERHUB_API_TOKEN": f"token-{uuid.uuid4().hex}"})
 

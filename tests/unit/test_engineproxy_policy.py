@@ -16,11 +16,10 @@ from urllib.parse import parse_qs
 import pytest
 from enginerecorder import recording_client
 
-from hubdeploy.backends import accounts
 from hubdeploy.backends.base import ServerSpec, parse_config
 from hubdeploy.backends.docker import DockerBackend, DockerConfig
 from hubdeploy.contract import slurmcmd
-from hubdeploy.contract.identity import Group, Identity
+from hubdeploy.contract.identity import Group, Identity, etc_archive
 from hubdeploy.engineproxy.policy import Allow, Deny, Request, SitePolicy, decide
 from hubsections import profile
 
@@ -361,7 +360,7 @@ def test_archives_are_the_account_files_only():
     refused(ask("GET", f"/containers/{NB}/archive", query="path=%2Fetc%2Fshadow"), "archive-path")
     refused(ask("GET", f"/containers/{NB}/archive", query="path=%2Fetc%2Fpasswd&path=%2Fetc%2Fshadow"),
             "bad-request")
-    refused(ask("PUT", f"/containers/{NB}/archive", accounts.etc_archive("a", "b"), query="path=%2Fetc"),
+    refused(ask("PUT", f"/containers/{NB}/archive", etc_archive("a", "b"), query="path=%2Fetc"),
             "archive-path")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

@@ -26,6 +26,7 @@ from hubdeploy.contract.identity import (
     IdentityConfig,
     IdentityError,
     account_name,
+    etc_archive,
     reserved_id,
 )
 from hubdeploy.errors import SiteError
@@ -243,7 +244,7 @@ def test_a_container_gets_the_users_lines_and_keeps_the_images():
     # The shared account is the image's own: nothing to write.
     jovyan = run(SharedSource({}).lookup("anyone"))
     assert accounts.with_account(IMAGE_PASSWD, IMAGE_GROUP, jovyan) is None
-    tar = accounts.etc_archive(passwd, group)
+    tar = etc_archive(passwd, group)
     assert accounts.read_archive_file([tar], "etc/passwd") == passwd
 
 
