@@ -238,7 +238,10 @@ def runtime_argv(o: JobOptions) -> list[str]:
     if o.runtime == "charliecloud":
         return charliecloud_argv(o)
     if o.runtime == "apptainer":
-        argv = ["apptainer", "exec"]
+        # --cleanenv: none of the node's environment (its modules' PYTHONPATH, LD_*)
+        # leaks into the image; the server's own variables cross as APPTAINERENV_*
+        # (render exports them), never as values in an argv.
+        argv = ["apptainer", "exec", "--cleanenv"]
         if o.gpus:
             argv.append("--nv")
         for b in o.binds:
@@ -254,7 +257,7 @@ def runtime_argv(o: JobOptions) -> list[str]:
             argv.append("--gpu")
         for b in o.binds:
             argv += ["-v", f"{b.source}:{b.target}" + (":ro" if b.read_only else "")]
-        for n in sorted({*o.export, "HUBDEPLOY_PORT", "JUPYTERHUB_SERVICE_URL"}):
+        for n in passed_names(o):
             argv += ["-e", n]
         return [*argv, o.image]
     if o.runtime == "shifter":
@@ -266,6 +269,17 @@ def runtime_argv(o: JobOptions) -> list[str]:
             argv.append(f"--volume={b.source}:{b.target}" + (":ro" if b.read_only else ""))
         return argv
     raise OptionError(f"unknown runtime {o.runtime!r}")  # hub.json's reader refuses it first
+
+
+def passed_names(o: JobOptions) -> list[str]:
+    """The variables a runtime with an environment of its own must be told to pass on:
+    those sbatch exports and the two the script sets."""
+    return sorted({*o.export, "HUBDEPLOY_PORT", "JUPYTERHUB_SERVICE_URL"})
+
+
+def _apptainer_env(o: JobOptions) -> list[str]:
+    # Set ones only (set -u): an unset name stays unset inside.
+    return [f'[ -z "${{{n}+x}}" ] || export APPTAINERENV_{n}="${n}"' for n in passed_names(o)]
 
 
 def charliecloud_argv(o: JobOptions) -> list[str]:
@@ -333,6 +347,8 @@ def render(o: JobOptions) -> str:
     lines += _agent_port(o) if o.node_agent else _reserved_port(o)
     if o.path_prepend:
         lines.append(f'export PATH={q(":".join(o.path_prepend))}"${{PATH:+:$PATH}}"')
+    if o.runtime == "apptainer":
+        lines += _apptainer_env(o)
     argv = runtime_argv(o)
     words = " ".join(w if isinstance(w, Shell) else q(w) for w in argv)
     run = f'{words + " " if argv else ""}"$@"'
