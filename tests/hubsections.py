@@ -20,7 +20,7 @@ LOGIN: dict[str, Any] = {
 }
 SLURM: dict[str, Any] = {
     "partition": None, "partitions": [], "account": None, "qos": None, "time": None, "gpus": 0,
-    "runtime": "native", "image": None, "path_prepend": [],
+    "runtime": "native", "image": None, "home_dir": None, "path_prepend": [],
     "limits": {"max_cpu": None, "max_mem": None, "max_time": None, "max_gpus": None},
 }
 

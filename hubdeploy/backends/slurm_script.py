@@ -8,7 +8,9 @@ that is malformed or over the profile's ``slurm.limits``. :func:`render` turns t
 What the script contains and what it does not:
 
 - ``#SBATCH`` lines and the runtime wrapper are built only from :class:`JobOptions`, whose
-  every field matched a strict pattern (names, paths, numbers) and is shell-quoted anyway.
+  every field matched a strict pattern (names, paths, numbers) and is shell-quoted anyway;
+  the one unquoted word (:class:`Shell`) is this module's fixed text for the job's tmp
+  under Charliecloud, which expands ``$SLURM_JOB_ID`` and nothing else.
 - No user data and no secret: the notebook command arrives as the script's arguments
   (``sbatch ... /dev/stdin ARG...``, so ``"$@"``) and the API token and the hub's other
   variables through ``sbatch --export=NAME,...`` from the submitting process's
@@ -83,6 +85,7 @@ class JobOptions:
     runtime: str = "native"
     image: str | None = None
     binds: tuple[Bind, ...] = ()
+    home_dir: str | None = None  # bound at its own path (charliecloud)
     path_prepend: tuple[str, ...] = ()
     export: tuple[str, ...] = ()  # names of the variables sbatch exports (podman-hpc passes them on)
     python: str = "python3"
@@ -129,6 +132,7 @@ def job_options(profile: Profile, export: Sequence[str] = (), node_agent: bool =
         runtime=runtime,
         image=image,
         binds=binds,
+        home_dir=_name(s.home_dir, "home_dir", _PATH),
         path_prepend=s.path_prepend,
         export=tuple(export),
         node_agent=node_agent,
@@ -160,6 +164,8 @@ def _runtime(profile: Profile, s: ProfileSlurm) -> tuple[str, str | None, tuple[
     image = s.image or profile.image_ref
     if not _IMAGE.match(image):
         raise OptionError(f"runtime {s.runtime} needs an image (slurm.image or image_ref), got {image!r}")
+    if s.runtime == "charliecloud" and not (s.image and _PATH.match(s.image)):
+        raise OptionError(f"runtime charliecloud needs slurm.image, the image's path on the nodes, got {s.image!r}")
     binds = []
     for vol in profile.volumes:
         if not (_PATH.match(vol.source) and _PATH.match(vol.target)):
@@ -220,12 +226,22 @@ def _sbatch_lines(o: JobOptions) -> list[str]:
     return lines
 
 
+class Shell(str):
+    """A word :func:`render` writes as it is, unquoted: fixed text of this module that
+    expands a Slurm variable (``"$SLURM_JOB_ID"``), never a value from a profile."""
+
+
 def runtime_argv(o: JobOptions) -> list[str]:
     """The words before ``"$@"`` that run the server in the profile's runtime."""
     if o.runtime == "native":
         return []
+    if o.runtime == "charliecloud":
+        return charliecloud_argv(o)
     if o.runtime == "apptainer":
-        argv = ["apptainer", "exec"]
+        # --cleanenv: none of the node's environment (its modules' PYTHONPATH, LD_*)
+        # leaks into the image; the server's own variables cross as APPTAINERENV_*
+        # (render exports them), never as values in an argv.
+        argv = ["apptainer", "exec", "--cleanenv"]
         if o.gpus:
             argv.append("--nv")
         for b in o.binds:
@@ -241,7 +257,7 @@ def runtime_argv(o: JobOptions) -> list[str]:
             argv.append("--gpu")
         for b in o.binds:
             argv += ["-v", f"{b.source}:{b.target}" + (":ro" if b.read_only else "")]
-        for n in sorted({*o.export, "HUBDEPLOY_PORT", "JUPYTERHUB_SERVICE_URL"}):
+        for n in passed_names(o):
             argv += ["-e", n]
         return [*argv, o.image]
     if o.runtime == "shifter":
@@ -253,6 +269,40 @@ def runtime_argv(o: JobOptions) -> list[str]:
             argv.append(f"--volume={b.source}:{b.target}" + (":ro" if b.read_only else ""))
         return argv
     raise OptionError(f"unknown runtime {o.runtime!r}")  # hub.json's reader refuses it first
+
+
+def passed_names(o: JobOptions) -> list[str]:
+    """The variables a runtime with an environment of its own must be told to pass on:
+    those sbatch exports and the two the script sets."""
+    return sorted({*o.export, "HUBDEPLOY_PORT", "JUPYTERHUB_SERVICE_URL"})
+
+
+def _apptainer_env(o: JobOptions) -> list[str]:
+    # Set ones only (set -u): an unset name stays unset inside.
+    return [f'[ -z "${{{n}+x}}" ] || export APPTAINERENV_{n}="${n}"' for n in passed_names(o)]
+
+
+def charliecloud_argv(o: JobOptions) -> list[str]:
+    """``ch-run`` (Charliecloud) on a flattened image directory or SquashFS file.
+
+    The job's whole environment passes through (JUPYTERHUB_*, HUBDEPLOY_PORT, SLURM_*);
+    ``--set-env`` puts the image's own ENV (its PATH, VIRTUAL_ENV) on top, from the
+    image's ``/ch/environment``. ``-b`` binds a path at another path, read-write as far
+    as the node's own mount allows: ch-run 0.31 has no read-only bind, so a read-only
+    volume is one the node mounts read-only (render.slurmservices does, on the stack's
+    cluster). With the node agent, the jobs' directory is bound at its own path (the
+    server's socket keeps its name on the node, where the agent relays to it) and the
+    job's private tmp at /tmp: ch-run unsets TMPDIR. No GPU flag: ch-run binds the
+    node's /dev whole, and the driver's libraries are a site's matter (docs/runtime-plan.md).
+    """
+    argv = ["ch-run", "--set-env"]
+    if o.home_dir:
+        argv += ["-b", f"{o.home_dir}:{o.home_dir}"]
+    for b in o.binds:
+        argv += ["-b", f"{b.source}:{b.target}"]
+    if o.node_agent:
+        argv += ["-b", f"{NODE_JOBS_DIR}:{NODE_JOBS_DIR}", "-b", Shell(f'"{NODE_JOBS_DIR}/$SLURM_JOB_ID/tmp:/tmp"')]
+    return [*argv, o.image, "--"]
 
 
 # Fixed text: ask the node's agent for this job's port (it checks the caller owns the job).
@@ -297,8 +347,11 @@ def render(o: JobOptions) -> str:
     lines += _agent_port(o) if o.node_agent else _reserved_port(o)
     if o.path_prepend:
         lines.append(f'export PATH={q(":".join(o.path_prepend))}"${{PATH:+:$PATH}}"')
+    if o.runtime == "apptainer":
+        lines += _apptainer_env(o)
     argv = runtime_argv(o)
-    run = f'{" ".join(q(w) for w in argv) + " " if argv else ""}"$@"'
+    words = " ".join(w if isinstance(w, Shell) else q(w) for w in argv)
+    run = f'{words + " " if argv else ""}"$@"'
     if o.node_agent:
         sock = f"{NODE_JOBS_DIR}/$SLURM_JOB_ID/{NODE_SERVER_SOCKET}"
         lines.append(f'exec {q(o.python)} -c {q(_LAUNCH)} {run} --ServerApp.sock="{sock}"')

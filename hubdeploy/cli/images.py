@@ -1,4 +1,5 @@
-"""The ``images`` group: the site's images, listed, built, tested, pushed and saved."""
+"""The ``images`` group: the site's images, listed, built, tested, pushed, saved and
+staged onto the stack's compute nodes."""
 
 from __future__ import annotations
 
@@ -167,3 +168,34 @@ def images_save(ctx: click.Context, names: tuple[str, ...], output: str) -> None
     for name in selected:
         manifest = publish.save(client, prep.plans[name], Path(output), console=err)
         out.print(f"saved {name} -> {Path(output) / manifest['tarball']}")
+
+
+@images_group.command("stage")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@handle
+def images_stage(ctx: click.Context, as_json: bool) -> None:
+    """Put every image a compute profile runs through Charliecloud where the stack's nodes
+    read it (what `up` does too): missing ones staged, unchanged ones left, unused ones removed."""
+    from hubdeploy.images.build import build_images
+    from hubdeploy.images.plan import image_refs
+    from hubdeploy.contract.layout import SLURM_IMAGE
+    from hubdeploy.images.stage import stage_images
+    from hubdeploy.ops import engine, stack
+
+    prep = stack.prepare(site_path(ctx))
+    client = engine.docker_client()
+    names = sorted({p.image for p in prep.site.staged_profiles})
+    if names:
+        # The staged images and the helper's (the nodes' image), built first if missing.
+        build_images(prep.plans, client=client, state_dir=prep.state, names=[*names, SLURM_IMAGE], console=err)
+    plan = stage_images(prep.site, image_refs(prep.plans), client, console=None if as_json else err)
+    result = {"staged": [i.image for i in plan.stage], "unchanged": [i.image for i in plan.unchanged],
+              "removed": list(plan.remove), "kept": list(plan.kept)}
+    if as_json:
+        print_json(result)
+    elif not names and not plan.remove:
+        out.print("nothing to stage: no compute profile runs through charliecloud on the stack's cluster")
+    else:
+        out.print(f"staged: {', '.join(result['staged']) or 'nothing (all up to date)'}"
+                  + (f"; removed: {', '.join(plan.remove)}" if plan.remove else ""))

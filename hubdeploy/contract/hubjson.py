@@ -73,7 +73,7 @@ class SlurmLimits:
 
 
 # How a compute job runs the server: on the node itself, or in a container runtime.
-Runtime = Literal["native", "apptainer", "podman-hpc", "shifter"]
+Runtime = Literal["native", "apptainer", "charliecloud", "podman-hpc", "shifter"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,10 @@ class ProfileSlurm:
     time: str | None
     gpus: int
     runtime: Runtime
+    # charliecloud on the stack's cluster: the staged directory (layout.staged_image_dir).
     image: str | None
+    # A container runtime binds it at the same path: the users' homes on the nodes.
+    home_dir: str | None
     path_prepend: tuple[str, ...]
     limits: SlurmLimits
 

@@ -6,6 +6,8 @@ the hub's config, spawner and backends find their files and peers by them.
 
 from __future__ import annotations
 
+import re
+
 # -- ports inside the containers (every container has its own address) -----------------
 HUB_PORT = 8081
 PROXY_API_PORT = 8001
@@ -142,6 +144,10 @@ NODE_AGENT_CONFIG = f"{NODE_CONFIG_DIR}/agent.json"
 # The agent's program in the slurm image; slurm.conf runs it as Prolog, Epilog and
 # TaskProlog through NODE_AGENT_PROGRAM-<step>.
 NODE_AGENT_PROGRAM = "/usr/local/sbin/hubdeploy-node-agent"
+# Images that compute profiles run through Charliecloud on the stack's cluster: one
+# flattened directory each (staged_image_dir), on a volume the nodes mount read-only.
+# Not directly under /: ch-run moves the image's parent onto / before pivot_root.
+NODE_IMAGES_DIR = "/var/lib/hubdeploy/images"
 # hubdeploy.hub.dexec's exit status when it cannot reach the container (no engine, the
 # controller not running); the Slurm backend reads it as "cannot reach Slurm".
 DEXEC_UNREACHABLE = 125
@@ -165,6 +171,8 @@ HOMES_VOLUME = "homes"
 NSS_VOLUME = "nss"
 SLURMCTLD_STATE_VOLUME = "slurmctld-state"
 SLURMDBD_DATA_VOLUME = "slurmdbd-data"
+# The staged images (NODE_IMAGES_DIR): written by `images stage` only, read-only on nodes.
+COMPUTE_IMAGES_VOLUME = "compute-images"
 
 
 # What every site's project name starts with (and the Slurm backend's job names).
@@ -189,3 +197,15 @@ def swarm_service(project: str, service: str) -> str:
 def slurm_node_service(node: str) -> str:
     """The compose service of the stack cluster's compute node ``node`` (its hostname)."""
     return f"slurm-{node}"
+
+
+def staged_image_dir(ref: str) -> str:
+    """Where a compute node finds the image tagged ``ref`` (``REPO:TAG``) staged for
+    Charliecloud: one directory per tag under NODE_IMAGES_DIR. A tag of hubdeploy's
+    names a content hash, so the directory is content-addressed too. Its name is the
+    reference with '/' and ':' as '+' (neither a repository nor a tag holds one, and the
+    last '+' is the tag's), so it stays one plain path word for ch-run."""
+    m = re.fullmatch(r"([a-z0-9][a-z0-9._/-]{0,254}):([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})", ref)
+    if m is None:
+        raise ValueError(f"{ref!r} is not an image reference REPO:TAG")
+    return f"{NODE_IMAGES_DIR}/{m.group(1).replace('/', '+')}+{m.group(2)}"

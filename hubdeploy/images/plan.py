@@ -144,7 +144,7 @@ def plan_images(site: Site, site_dir: Path) -> dict[str, ImagePlan]:
     planner.hub()
     planner.service_image(PROXY_IMAGE)
     if site.slurm is not None and site.slurm.cluster is not None:
-        planner.slurm(site.slurm.cluster.image)
+        planner.slurm(site.slurm.cluster.image, charliecloud=bool(site.staged_profiles))
         planner.service_image(SLURMDBD_IMAGE, ("entrypoint.sh", "health.sh"))
     if site.services.prometheus.enabled:
         planner.service_image(PROMETHEUS_IMAGE)
@@ -287,12 +287,15 @@ class _Planner:
         self.add(name, f"{name}/Dockerfile.j2", DEBIAN_IMAGE, self.plans[DEBIAN_IMAGE].ref,
                  {f: (_images_dir() / name / f).read_bytes() for f in files})
 
-    def slurm(self, node_image: str) -> None:
+    def slurm(self, node_image: str, charliecloud: bool = False) -> None:
         """The compute nodes: the image the profiles run, plus Slurm and munge. The recipe
-        is the one the Slurm tests build (FROM a build arg), so it stays a plain Dockerfile."""
+        is the one the Slurm tests build (FROM a build arg), so it stays a plain Dockerfile;
+        with ``charliecloud`` its ch-run step is appended (a site without it keeps its tag)."""
         parent_ref = self.plans[node_image].ref
         recipe = _images_dir() / SLURM_IMAGE
         files = {name: (recipe / name).read_bytes() for name in ("Dockerfile", "entrypoint.sh", "node-agent.py")}
+        if charliecloud:
+            files["Dockerfile"] += b"\n" + (recipe / "charliecloud.Dockerfile").read_bytes()
         args = {"BASE": parent_ref}
         digest = spec_hash(files, args, parent_ref)
         content = self.parent_content(node_image, parent_ref)

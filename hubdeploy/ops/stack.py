@@ -18,7 +18,8 @@ from hubdeploy import render
 from hubdeploy.contract.layout import LABEL_SITE, PROXY_SERVICE, SSH_CA_KEY, SSH_KEY
 from hubdeploy.errors import HubdeployError, OperationError, SiteError
 from hubdeploy.images.build import build_images
-from hubdeploy.images.plan import plan_images
+from hubdeploy.images.plan import image_refs, plan_images
+from hubdeploy.images.stage import stage_images
 from hubdeploy.ops import engine, upgrade
 from hubdeploy.ops.compose import ComposeOrchestrator
 from hubdeploy.ops.orchestrator import Orchestrator
@@ -129,7 +130,8 @@ def version_decision(prep: Prepared, client, *, force: bool = False) -> upgrade.
 def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool = False,
        force: bool = False) -> UpResult:
     """Render, build what is missing, upgrade the hub's database if its JupyterHub version
-    changes (:mod:`hubdeploy.ops.upgrade`), start, wait until healthy."""
+    changes (:mod:`hubdeploy.ops.upgrade`), stage compute profiles' images for
+    Charliecloud (:mod:`hubdeploy.images.stage`), start, wait until healthy."""
     t0 = time.monotonic()
     client = engine.docker_client()
     engine.compose_command()  # both orchestrators need compose (swarm to take a compose stack down)
@@ -148,6 +150,8 @@ def up(prep: Prepared, *, console=None, wait_timeout: int = 300, take_over: bool
         built += built_upgrade
     changed = _write_and_tell(prep, console)
     built += build_images(prep.plans, client=client, state_dir=prep.state, console=console)
+    # Before the nodes start: a compute profile's image is there when its first job is.
+    stage_images(prep.site, image_refs(prep.plans), client, console=console)
     if console:
         console.print(f"[bold]starting[/] {prep.project}")
     orch.leave_other(prep, client)

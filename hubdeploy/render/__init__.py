@@ -25,7 +25,7 @@ from pathlib import Path
 from hubdeploy import resources
 from hubdeploy.contract import hubjson
 from hubdeploy.contract.layout import HUB_SERVICE
-from hubdeploy.render import prometheus, slurm, swarmstack
+from hubdeploy.render import prometheus, seccomp, slurm, swarmstack
 from hubdeploy.render.compose import Mounts, compose_data
 from hubdeploy.render.files import dump_yaml, sha, write_files
 from hubdeploy.render.hubdata import hub_data
@@ -47,6 +47,8 @@ class Inputs:
     ssh_identity: str | None = None  # the site's own SSH key's absolute path
     # identity's files as absolute host paths (see compose.Mounts.identity_files).
     identity_files: dict[str, str] | None = None
+    # The engine's default seccomp profile, the nodes' base when they run Charliecloud.
+    seccomp_base: bytes = b""
 
 
 def state_dir(site_file: Path) -> Path:
@@ -73,6 +75,7 @@ def read_inputs(site: Site, site_dir: Path) -> Inputs:
         tls_cert=tls_cert,
         known_hosts=known_hosts,
         ssh_identity=identity,
+        seccomp_base=resources.read_bytes(seccomp.BASE_FILE) if site.staged_profiles else b"",
     )
 
 
@@ -127,6 +130,8 @@ def render_files(site: Site, refs: dict[str, str], inputs: Inputs,
     if inputs.known_hosts is not None:
         hub_files["hub/ssh_known_hosts"] = inputs.known_hosts
     slurm_files = slurm.files(site) if site.slurm is not None and site.slurm.cluster is not None else {}
+    if site.staged_profiles:
+        slurm_files[seccomp.NODE_PROFILE_FILE] = seccomp.node_profile(inputs.seccomp_base)
     prom_files = {}
     if prometheus.enabled(site):
         prom_files = {prometheus.CONFIG_FILE: dump_yaml(prometheus.scrape_config(site)),
@@ -165,7 +170,10 @@ def _config_hashes(hub_files: dict[str, bytes], slurm_files: dict[str, bytes], i
         # Each service of the cluster is recreated when what it reads changes, and only
         # then: the controller reads job_submit.lua and sets the limits when it starts;
         # the nodes, where the notebooks run, read slurm.conf alone.
-        for service, names in (("slurm", slurm.NODE_FILES), ("slurmctld", slurm.CONTROLLER_FILES),
+        # A node's seccomp profile is among what it reads, when it has one.
+        node_files = (*slurm.NODE_FILES, *((seccomp.NODE_PROFILE_FILE,) if seccomp.NODE_PROFILE_FILE in slurm_files
+                                           else ()))
+        for service, names in (("slurm", node_files), ("slurmctld", slurm.CONTROLLER_FILES),
                                ("slurmdbd", slurm.DBD_FILES)):
             hashes[service] = sha(*(slurm_files[k] for k in names))
     return hashes

@@ -125,6 +125,7 @@ def compose_data(site: Site, refs: dict[str, str], mounts: Mounts,
         services.update(slurmservices.slurm_services(site, refs, mounts.hashes))
         for key in (SLURMCTLD_STATE_VOLUME, SLURMDBD_DATA_VOLUME):
             volumes[key] = {"name": stack_name(project, key)}
+        volumes.update(slurmservices.runtime_volumes(site))
     volumes.update(identity_volumes(site))
     return {
         "name": project_name(site.name),

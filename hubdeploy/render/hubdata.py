@@ -38,6 +38,7 @@ from hubdeploy.contract.layout import (
     secret_path,
     service_token,
     stack_name,
+    staged_image_dir,
 )
 from hubdeploy.contract.services import builtin_services
 from hubdeploy.contract.values import memory_bytes
@@ -139,11 +140,11 @@ def profile(site: Site, p: Profile, image_ref: str) -> hubjson.Profile:
         mem_limit=memory_bytes(p.memory) if p.memory else None,
         pids_limit=p.pids_limit,
         home=p.home,
-        volumes=tuple(hubjson.Volume(source=v.source, target=v.target, read_only=v.read_only) for v in p.volumes),
+        volumes=volumes(site, p),
         environment=dict(p.environment),
         default=p.default,
         spawner_config=spawner_config(site, p),
-        slurm=profile_slurm(site, p) if p.node == "compute" else None,
+        slurm=profile_slurm(site, p, image_ref) if p.node == "compute" else None,
         placement=(hubjson.Placement(constraints=tuple(p.placement.constraints), spread=tuple(p.placement.spread))
                    if p.placement is not None else None),
         reserve=(hubjson.Reserve(cpu=p.reserve.cpu, mem=memory_bytes(p.reserve.memory) if p.reserve.memory else None)
@@ -151,7 +152,16 @@ def profile(site: Site, p: Profile, image_ref: str) -> hubjson.Profile:
     )
 
 
-def profile_slurm(site: Site, p: Profile) -> hubjson.ProfileSlurm:
+def volumes(site: Site, p: Profile) -> tuple[hubjson.Volume, ...]:
+    """A profile's volumes as its backend binds them. Through Charliecloud on the stack's
+    cluster, every node mounts each at its target (render.slurmservices), so the job
+    binds the node's path: target to target."""
+    staged = site.staged(p)
+    return tuple(hubjson.Volume(source=v.target if staged else v.source, target=v.target, read_only=v.read_only)
+                 for v in p.volumes)
+
+
+def profile_slurm(site: Site, p: Profile, image_ref: str) -> hubjson.ProfileSlurm:
     """A compute profile's ``slurm`` section as slurm_script.job_options reads it."""
     s = p.slurm or ProfileSlurm()
     partitions = list(s.partitions)
@@ -161,6 +171,12 @@ def profile_slurm(site: Site, p: Profile) -> hubjson.ProfileSlurm:
         # hubdeploy's images keep jupyterhub-singleuser in /opt/venv; a batch job's PATH
         # is Slurm's default, not the image's.
         path_prepend = ["/opt/venv/bin"]
+    image, home_dir = s.image, None
+    if site.staged(p):
+        # ch-run --set-env gives the server the image's own PATH; the nodes' homes are
+        # bound at their path unless every user shares one account (no homes on nodes).
+        image = staged_image_dir(image_ref)
+        home_dir = site.identity.homes_dir if p.home and site.identity.source != "shared" else None
     return hubjson.ProfileSlurm(
         partition=s.partition or (partitions[0] if partitions else None),
         partitions=tuple(partitions),
@@ -169,7 +185,8 @@ def profile_slurm(site: Site, p: Profile) -> hubjson.ProfileSlurm:
         time=s.time,
         gpus=s.gpus,
         runtime=s.runtime,
-        image=s.image,
+        image=image,
+        home_dir=home_dir,
         path_prepend=tuple(path_prepend),
         limits=hubjson.SlurmLimits(
             max_cpu=s.limits.max_cpu,

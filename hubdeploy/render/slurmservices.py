@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from hubdeploy.contract.layout import (
+    COMPUTE_IMAGES_VOLUME,
     MUNGE_KEY,
+    NODE_IMAGES_DIR,
     NODE_CONFIG_DIR,
     NODE_NSS_DIR,
     NSS_VOLUME,
@@ -16,12 +18,15 @@ from hubdeploy.contract.layout import (
     SLURMDBD_HEALTH,
     SLURMDBD_SERVICE,
     UNPRIVILEGED_PORT_START,
+    project_name,
     secret_path,
     slurm_node_service,
+    stack_name,
 )
 from hubdeploy.render import slurm
 from hubdeploy.render.common import healthcheck, homes_mount, labels
 from hubdeploy.render.hardening import harden, node_limits
+from hubdeploy.render.seccomp import NODE_PROFILE_FILE
 from hubdeploy.site.model import Site
 
 
@@ -95,16 +100,49 @@ def slurmctld_service(site: Site, refs: dict[str, str], config_hash: str) -> dic
 def slurmd_service(site: Site, refs: dict[str, str], config_hash: str, node: str) -> dict[str, Any]:
     # The nodes run jobs in their users' homes.
     homes = [homes_mount(site, site.identity.homes_dir)] if site.identity.source != "shared" else []
-    return harden({
+    service = harden({
         **_slurm_common(site, refs["slurm"], config_hash),
         "command": ["slurmd"],
         "hostname": node,
         # slurm first where the engine honours it; the entrypoint also gives munged the
         # address facing the controller (slurmctld looks every credential's origin up).
         "networks": {"slurm": {"aliases": [node], "priority": 10}, "compute": {"aliases": [node]}},
-        "volumes": [*_slurm_conf_mounts(slurm.NODE_FILES), *_node_accounts(site), *homes],
+        "volumes": [*_slurm_conf_mounts(slurm.NODE_FILES), *_node_accounts(site), *homes, *_runtime_mounts(site)],
         # Ports below it are root's again: notebook servers' ports, which the node's
         # agent binds and no user's process can take (see images/slurm/node-agent.py).
         "sysctls": {"net.ipv4.ip_unprivileged_port_start": UNPRIVILEGED_PORT_START},
         # A node's bounds follow what Slurm schedules on it.
     }, "slurmd", node_limits(site))
+    if site.staged_profiles:
+        # Docker's default profile plus what ch-run needs (hubdeploy.render.seccomp);
+        # compose reads the file relative to compose.yaml and hands the engine its text.
+        service["security_opt"].append(f"seccomp=./{NODE_PROFILE_FILE}")
+    return service
+
+
+def _runtime_mounts(site: Site) -> list[str]:
+    """With Charliecloud: the staged images, and each staged profile's volumes at their
+    targets (hub.json's binds start there), read-only on the node where the profile says
+    so. ch-run 0.31 has no read-only bind: a bind keeps its source's read-only flag, which
+    a user cannot lift inside their namespace (MNT_LOCK_READONLY)."""
+    if not site.staged_profiles:
+        return []
+    out = [f"{COMPUTE_IMAGES_VOLUME}:{NODE_IMAGES_DIR}:ro"]
+    for source, target, read_only in site.staged_volumes:
+        out.append(f"{source}:{target}" + (":ro" if read_only else ""))
+    return out
+
+
+def runtime_volumes(site: Site) -> dict[str, Any]:
+    """compose's volumes for Charliecloud, all external (compose neither creates nor
+    removes them): the staged images, which ``images stage`` creates and fills before the
+    nodes start (hubdeploy.images.stage), and the staged profiles' named volumes, which
+    are the site's own, as for login-node servers (staging makes missing ones)."""
+    if not site.staged_profiles:
+        return {}
+    name = stack_name(project_name(site.name), COMPUTE_IMAGES_VOLUME)
+    out: dict[str, Any] = {COMPUTE_IMAGES_VOLUME: {"name": name, "external": True}}
+    for source, _, _ in site.staged_volumes:
+        if not source.startswith("/"):
+            out[source] = {"name": source, "external": True}
+    return out

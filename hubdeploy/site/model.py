@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from hubdeploy.contract.layout import NODE_JOBS_DIR
 from hubdeploy.contract.slurmcmd import QOS
 from hubdeploy.contract.values import memory_bytes, parse_time
 from hubdeploy.site.build import Build
@@ -64,7 +65,16 @@ class Site(Closed):
             if svc.image is not None and "@sha256:" not in svc.image:
                 out.append(f"services.extra {svc.name}: image {svc.image} is not pinned by digest "
                            "(name:tag@sha256:...): the registry may serve other contents under that tag")
-        return out
+        return out + self._runtime_warnings()
+
+    def _runtime_warnings(self) -> list[str]:
+        # ch-run 0.31 has no read-only bind: on the stack's cluster the nodes mount such a
+        # volume read-only (render.slurmservices); a site's own nodes must do it themselves.
+        return [f"profile {p.name}: volume {v.target} is read_only, but charliecloud binds it as the site's "
+                f"nodes mount {v.source}: read-only inside only if that mount is"
+                for p in self.profiles
+                if p.node == "compute" and p.slurm is not None and p.slurm.runtime == "charliecloud"
+                and not self.staged(p) for v in p.volumes if v.read_only]
 
     @property
     def shared_compute_account(self) -> bool:
@@ -84,6 +94,27 @@ class Site(Closed):
         """The ssh settings when compute jobs go to the site's own Slurm over ssh."""
         sub = self.slurm.submit if self.slurm is not None else None
         return sub.ssh if sub is not None else None
+
+    def staged(self, p: Profile) -> bool:
+        """Whether profile ``p``'s image runs through Charliecloud on the stack's own
+        cluster: staged onto the nodes by ``images stage`` (hubdeploy.images.stage)."""
+        return (p.node == "compute" and p.slurm is not None and p.slurm.runtime == "charliecloud"
+                and self.slurm is not None and self.slurm.cluster is not None)
+
+    @property
+    def staged_profiles(self) -> list[Profile]:
+        """The compute profiles :meth:`staged` holds for, in the site file's order."""
+        return [p for p in self.profiles if self.staged(p)]
+
+    @property
+    def staged_volumes(self) -> list[tuple[str, str, bool]]:
+        """(source, target, read_only) of the staged profiles' volumes, once each by target
+        (the checks below make one target one volume): every node mounts them."""
+        seen: dict[str, tuple[str, str, bool]] = {}
+        for p in self.staged_profiles:
+            for v in p.volumes:
+                seen.setdefault(v.target, (v.source, v.target, v.read_only))
+        return [seen[t] for t in sorted(seen)]
 
     @model_validator(mode="after")
     def _across_sections(self) -> "Site":
@@ -169,11 +200,11 @@ class Site(Closed):
                      f"({why}); set identity.allow_shared_compute_account: true to accept that")]
         cluster = self.slurm.cluster
         if cluster is None:
-            return []
+            return self._submit_runtime_problems(i, p)
         if p.slurm is None:
             return self._fit_problems(i, p, cluster)
         return (self._job_problems(i, p, p.slurm, cluster) + self._fit_problems(i, p, cluster)
-                + self._native_problems(i, p, p.slurm, cluster))
+                + self._runtime_problems(i, p, p.slurm, cluster))
 
     def _job_problems(self, i: int, p: Profile, job: ProfileSlurm, cluster: SlurmClusterSpec) -> list[Problem]:
         """A compute profile's job settings against the stack's cluster: partitions,
@@ -200,11 +231,56 @@ class Site(Closed):
                              f"QOS, {QOS!r}, which holds its limits"))
         return problems
 
-    def _native_problems(self, i: int, p: Profile, job: ProfileSlurm, cluster: SlurmClusterSpec) -> list[Problem]:
-        """A native job runs in the nodes' own image: the profile must name that image."""
+    def _runtime_problems(self, i: int, p: Profile, job: ProfileSlurm, cluster: SlurmClusterSpec) -> list[Problem]:
+        """How a profile's server runs on the stack's nodes: natively in the nodes' own
+        image, or through Charliecloud (the one runtime the nodes have) in any site image."""
+        where = ("profiles", i, "slurm")
         if job.runtime == "native" and p.image != cluster.image:
             return [(("profiles", i, "image"), f"profile {p.name!r} runs natively on the stack's "
-                     f"compute nodes, which run image {cluster.image!r}, not {p.image!r}")]
+                     f"compute nodes, which run image {cluster.image!r}, not {p.image!r}; "
+                     "slurm.runtime: charliecloud runs any site image there")]
+        if job.runtime not in ("native", "charliecloud"):
+            return [((*where, "runtime"), f"runtime {job.runtime!r} is not on the stack's compute nodes: "
+                     "they run native or charliecloud")]
+        if job.runtime == "charliecloud" and job.image is not None:
+            return [((*where, "image"), f"profile {p.name!r} runs its image {p.image!r}, which `images stage` "
+                     "puts on the stack's nodes: leave slurm.image unset")]
+        return self._node_volume_problems(i, p) + self._bind_target_problems(i, p) if job.runtime == "charliecloud" \
+            else []
+
+    def _bind_target_problems(self, i: int, p: Profile) -> list[Problem]:
+        """Volume targets ch-run's own binds already hold (the job's /tmp and directory, the
+        homes, the node's /dev, /proc, /sys) or the staged image's /ch."""
+        taken = ("/tmp", NODE_JOBS_DIR, self.identity.homes_dir, "/dev", "/proc", "/sys", "/ch")
+        out: list[Problem] = []
+        for j, v in enumerate(p.volumes):
+            hit = next((t for t in taken if v.target == t or v.target.startswith(t.rstrip("/") + "/")), None)
+            if v.target == "/" or hit is not None:
+                out.append((("profiles", i, "volumes", j, "target"), f"{v.target}: charliecloud binds "
+                            f"{hit or '/'} itself on the stack's nodes; choose another target"))
+        return out
+
+    def _node_volume_problems(self, i: int, p: Profile) -> list[Problem]:
+        """Every node mounts each charliecloud profile's volumes at their targets (the job
+        binds them from there): one target, one source and mode, across those profiles."""
+        out: list[Problem] = []
+        for earlier in self.profiles[:i]:
+            if earlier.slurm is None or earlier.slurm.runtime != "charliecloud" or earlier.node != "compute":
+                continue
+            seen = {v.target: v for v in earlier.volumes}
+            for j, v in enumerate(p.volumes):
+                other = seen.get(v.target)
+                if other is not None and (other.source, other.read_only) != (v.source, v.read_only):
+                    out.append((("profiles", i, "volumes", j, "target"), f"{v.target} is also profile "
+                                f"{earlier.name!r}'s, from {other.source} (read_only {other.read_only}): the "
+                                "stack's nodes mount one volume there for every charliecloud profile"))
+        return out
+
+    def _submit_runtime_problems(self, i: int, p: Profile) -> list[Problem]:
+        """charliecloud on a site's own cluster: the nodes find the image where the site put it."""
+        if p.slurm is not None and p.slurm.runtime == "charliecloud" and p.slurm.image is None:
+            return [(("profiles", i, "slurm", "image"), f"profile {p.name!r} runs through charliecloud on the "
+                     "site's own cluster: set slurm.image to the image's flattened directory or .sqfs on the nodes")]
         return []
 
     def _fit_problems(self, i: int, p: Profile, cluster: SlurmClusterSpec) -> list[Problem]:

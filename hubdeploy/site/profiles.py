@@ -63,18 +63,24 @@ class ProfileSlurm(Closed):
     qos: SlurmName | None = None
     time: SlurmTime | None = Field(None, description="Default time limit, e.g. 60 or 8:00:00.")
     gpus: int = Field(0, ge=0, le=64)
-    runtime: Literal["native", "apptainer", "podman-hpc", "shifter"] = Field(
-        "native", description="native: the node's own environment; otherwise a container runtime on the node."
-    )
+    runtime: Literal["native", "apptainer", "charliecloud", "podman-hpc", "shifter"] = Field(
+        "native", description="native: the node's own environment; otherwise a container runtime on the node. "
+        "On the stack's own cluster: native (the nodes' image) or charliecloud (any site image, staged by "
+        "`hubdeploy images stage`).")
     image: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_/][A-Za-z0-9_./:@+-]{0,511}$",
-        description="Image for apptainer/podman-hpc/shifter; default: the profile's image.",
+        description="Image for apptainer/podman-hpc/shifter; default: the profile's image. charliecloud on a "
+        "site's own cluster: the image's directory or .sqfs on the nodes (an absolute path); on the stack's "
+        "cluster: unset (the profile's image, staged).",
     )
     path_prepend: list[AbsPath] = Field(default_factory=list, description="Directories put first in PATH on the node.")
     limits: SlurmLimits = Field(default_factory=SlurmLimits)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ProfileSlurm":
+        if self.runtime == "charliecloud" and self.image is not None and not self.image.startswith("/"):
+            raise ValueError(f"image {self.image!r}: charliecloud runs an image directory or SquashFS file on the "
+                             "nodes, given as an absolute path")
         if self.partition and self.partitions and self.partition not in self.partitions:
             raise ValueError(f"partition {self.partition!r} is not in partitions {self.partitions}")
         if len(set(self.partitions)) != len(self.partitions):

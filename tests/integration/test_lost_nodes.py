@@ -6,6 +6,10 @@ the node's container is killed (`docker kill`), so Slurm stops hearing from it w
 still lists the job as RUNNING. Within a bounded wait the hub reports the server stopped
 and its log and `status` name the node; the same user starts again at once and runs on
 the other node; `down` names the server it stopped. The tests run in order.
+
+The server runs in the base image through Charliecloud (``runtime: charliecloud``), so
+a lost node is shown to end a runtime's job as it ends a native one (test_stack_slurm's
+servers are native): the hub sees the job, not what the job runs.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ profiles:
     memory: 512M
     slurm:
       time: "60"
+      runtime: charliecloud
 """
 state: dict = {}
 

@@ -30,10 +30,13 @@ REFS = {
     "db": "hubdeploy/lint-db:000000000005",
     "slurm": "hubdeploy/lint-slurm:000000000006",
     "slurmdbd": "hubdeploy/lint-slurmdbd:000000000009",
+    "astro-r": "hubdeploy/lint-astro-r:00000000000a",
 }
 SITES = {
     "example": ROOT / "config" / "example" / "site.yaml",
     "golden": Path(__file__).parent / "golden" / "site.yaml",
+    # Collaboration images on the compute nodes: Charliecloud's seccomp profile and mounts.
+    "compute-images": ROOT / "config" / "example" / "site-compute-images.yaml",
 }
 # The one severe finding allowed: the Docker socket in the engine proxy, the service
 # that holds it so that the hub does not (waived in compose/README.md with how it is

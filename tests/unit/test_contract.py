@@ -40,6 +40,8 @@ CONFIG = resources.path("config/jupyterhub_config.py")
 
 SITES = {
     "example": (REPO / "config" / "example" / "site.yaml").read_text(),
+    # Compute profiles on collaboration images through Charliecloud (staged images).
+    "compute-images": (REPO / "config" / "example" / "site-compute-images.yaml").read_text(),
     "postgres-and-services": """\
 name: hdtcontract
 database: {type: postgresql}

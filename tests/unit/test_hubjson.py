@@ -19,6 +19,8 @@ SITES = {
     # The stack's own Slurm cluster, auto identities, a self-signed certificate.
     "example": (REPO / "config" / "example" / "site.yaml").read_text(),
     "swarm": (REPO / "config" / "example" / "site-swarm.yaml").read_text(),
+    # Compute profiles on collaboration images through Charliecloud (staged images).
+    "compute-images": (REPO / "config" / "example" / "site-compute-images.yaml").read_text(),
     # A site's own Slurm over ssh with certificates, accounts from files, PostgreSQL.
     "own-slurm": """\
 name: hdtjson

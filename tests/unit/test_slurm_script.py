@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -49,7 +50,12 @@ def compute(slurm=None, **fields):
     return profile(**{**BASE, **fields}, slurm={**SLURM, **(slurm or {})})
 
 
+STAGED = "/var/lib/hubdeploy/images/hubdeploy+demo-base+0123456789ab"
+
+
 def opts(runtime="native", **slurm):
+    if runtime == "charliecloud":
+        slurm = {"image": STAGED, **slurm}  # where the nodes find it: a path, never a tag
     return job_options(compute({"runtime": runtime, **slurm}), export=EXPORT)
 
 
@@ -82,6 +88,7 @@ def test_native_script_golden():
             [
                 "apptainer",
                 "exec",
+                "--cleanenv",
                 "--nv",
                 "--bind",
                 "/data:/data:ro",
@@ -112,6 +119,10 @@ def test_native_script_golden():
             ],
         ),
         (
+            "charliecloud",
+            ["ch-run", "--set-env", "-b", "/data:/data", "-b", "/scratch:/s", STAGED, "--"],
+        ),
+        (
             "shifter",
             [
                 "shifter",
@@ -133,6 +144,18 @@ def test_runtime_wrappers(runtime, expected):
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_every_script_is_valid_bash(runtime):
     subprocess.run(["bash", "-n"], input=render(opts(runtime)).encode(), check=True)
+
+
+def test_apptainer_passes_the_servers_variables_by_name_only():
+    # Apptainer's documented way through --cleanenv: APPTAINERENV_NAME becomes NAME inside.
+    script = render(opts("apptainer"))
+    for name in ("HUBDEPLOY_PORT", "JUPYTERHUB_API_TOKEN", "JUPYTERHUB_SERVICE_URL"):
+        assert f'[ -z "${{{name}+x}}" ] || export APPTAINERENV_{name}="${name}"' in script
+    env = {"PATH": os.environ["PATH"], "JUPYTERHUB_API_TOKEN": "s3cret"}
+    probe = "\n".join(line for line in script.splitlines() if "APPTAINERENV_" in line)
+    out = subprocess.run(["bash", "-euc", probe + "\nenv"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "APPTAINERENV_JUPYTERHUB_API_TOKEN=s3cret" in out
+    assert "APPTAINERENV_HUBDEPLOY_PORT" not in out  # unset outside: not set inside
 
 
 def test_runtime_without_gpus_has_no_gpu_flags():
