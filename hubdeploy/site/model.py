@@ -13,6 +13,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from hubdeploy.contract.layout import NODE_JOBS_DIR
+
+# The compute nodes' own system directories: no profile volume is mounted over them.
+NODE_SYSTEM_PATHS = ("/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/opt/venv", "/root", "/run",
+                     "/sbin", "/usr", "/var")
 from hubdeploy.contract.slurmcmd import QOS
 from hubdeploy.contract.values import memory_bytes, parse_time
 from hubdeploy.site.build import Build
@@ -258,6 +262,19 @@ class Site(Closed):
             if v.target == "/" or hit is not None:
                 out.append((("profiles", i, "volumes", j, "target"), f"{v.target}: charliecloud binds "
                             f"{hit or '/'} itself on the stack's nodes; choose another target"))
+        return out + self._node_path_problems(i, p)
+
+    def _node_path_problems(self, i: int, p: Profile) -> list[Problem]:
+        """Every node mounts a charliecloud profile's volumes at their targets, for all its
+        jobs: over the node's own programs or configuration (its agent, prolog, Slurm and
+        munge files, Jupyter) a volume users can write would run their code as root."""
+        out: list[Problem] = []
+        for j, v in enumerate(p.volumes):
+            hit = next((t for t in NODE_SYSTEM_PATHS if v.target == t or v.target.startswith(t + "/")), None)
+            if hit is not None:
+                out.append((("profiles", i, "volumes", j, "target"), f"{v.target}: every compute node of the "
+                            f"stack mounts this profile's volumes at their targets, and {hit} is the node's "
+                            "own; choose a target such as /srv/NAME or /data"))
         return out
 
     def _node_volume_problems(self, i: int, p: Profile) -> list[Problem]:

@@ -208,3 +208,20 @@ def test_a_sites_own_cluster_is_warned_that_read_only_is_its_mounts():
 def test_volume_targets_ch_run_already_binds_are_refused(target):
     text = SITE.replace("{source: /srv/data, target: /data}", f"{{source: /srv/data, target: {target}}}")
     assert "charliecloud binds" in error(text)
+
+
+@pytest.mark.parametrize("target", ["/etc/munge", "/usr/local/sbin", "/var/lib/hubdeploy/images/x", "/opt/venv",
+                                    "/run/munge", "/var/spool/slurmd", "/lib64", "/root"])
+def test_volume_targets_over_the_nodes_own_files_are_refused(target):
+    # A writable volume there would put users' files where the node's root reads programs.
+    text = SITE.replace("{source: scratch, target: /scratch, read_only: false}",
+                        f"{{source: scratch, target: {target}, read_only: false}}")
+    msg = error(text)
+    assert f"{target}: every compute node of the stack mounts" in msg and "volumes" in msg
+
+
+@pytest.mark.parametrize("target", ["/data2", "/srv/shared", "/opt/software", "/scratch", "/varx"])
+def test_volume_targets_of_the_sites_own_are_accepted(target):
+    text = SITE.replace("{source: scratch, target: /scratch, read_only: false}",
+                        f"{{source: scratch, target: {target}, read_only: false}}")
+    assert site(text).staged_profiles
