@@ -309,7 +309,7 @@ def main() -> int:
                 failures.append(f"cleanup, {what}: {exc}")
         remove_home(client, prep, user)
 
-    staged = profile.name in {p.name for p in prep.site.staged_profiles}
+    staged = prep.site.staged(profile)
     target = RUNTIME_TARGET_S if staged else TARGET_S
     staging = None
     if staged and args.staging_repeat > 0:

@@ -253,28 +253,23 @@ class Site(Closed):
             else []
 
     def _bind_target_problems(self, i: int, p: Profile) -> list[Problem]:
-        """Volume targets ch-run's own binds already hold (the job's /tmp and directory, the
-        homes, the node's /dev, /proc, /sys) or the staged image's /ch."""
-        taken = ("/tmp", NODE_JOBS_DIR, self.identity.homes_dir, "/dev", "/proc", "/sys", "/ch")
+        """Volume targets a charliecloud profile may not use on the stack's nodes: one of
+        ch-run's own binds (the job's /tmp and directory, the homes, the node's /dev, /proc,
+        /sys, the image's /ch), or the node's own files. Every node mounts these volumes at
+        their targets for all its jobs: over its programs or configuration (agent, prolog,
+        Slurm and munge files, Jupyter) a volume users can write would run their code as root."""
+        binds = ("/", "/tmp", NODE_JOBS_DIR, self.identity.homes_dir, "/dev", "/proc", "/sys", "/ch")
         out: list[Problem] = []
         for j, v in enumerate(p.volumes):
-            hit = next((t for t in taken if v.target == t or v.target.startswith(t.rstrip("/") + "/")), None)
-            if v.target == "/" or hit is not None:
-                out.append((("profiles", i, "volumes", j, "target"), f"{v.target}: charliecloud binds "
-                            f"{hit or '/'} itself on the stack's nodes; choose another target"))
-        return out + self._node_path_problems(i, p)
-
-    def _node_path_problems(self, i: int, p: Profile) -> list[Problem]:
-        """Every node mounts a charliecloud profile's volumes at their targets, for all its
-        jobs: over the node's own programs or configuration (its agent, prolog, Slurm and
-        munge files, Jupyter) a volume users can write would run their code as root."""
-        out: list[Problem] = []
-        for j, v in enumerate(p.volumes):
-            hit = next((t for t in NODE_SYSTEM_PATHS if v.target == t or v.target.startswith(t + "/")), None)
+            hit = _under(v.target, binds)
             if hit is not None:
-                out.append((("profiles", i, "volumes", j, "target"), f"{v.target}: every compute node of the "
-                            f"stack mounts this profile's volumes at their targets, and {hit} is the node's "
-                            "own; choose a target such as /srv/NAME or /data"))
+                why = f"charliecloud binds {hit} itself on the stack's nodes; choose another target"
+            elif (hit := _under(v.target, NODE_SYSTEM_PATHS)) is not None:
+                why = (f"every compute node of the stack mounts this profile's volumes at their targets, and {hit} "
+                       "is the node's own; choose a target such as /srv/NAME or /data")
+            else:
+                continue
+            out.append((("profiles", i, "volumes", j, "target"), f"{v.target}: {why}"))
         return out
 
     def _node_volume_problems(self, i: int, p: Profile) -> list[Problem]:
@@ -339,3 +334,9 @@ def _close_pattern_maps(node: Any) -> Any:
         for v in node:
             _close_pattern_maps(v)
     return node
+
+
+def _under(path: str, tops: tuple[str, ...]) -> str | None:
+    """The first of ``tops`` that ``path`` is or lies under ("/" only itself)."""
+    return next((top for top in tops if path == top or (top != "/" and path.startswith(top.rstrip("/") + "/"))),
+                None)
